@@ -1,0 +1,36 @@
+"""Gemini Meter: a cost and token accounting proxy for the Gemini API.
+
+The public surface is small: build ``Settings``, pass them to ``create_app``,
+and run the app with aiohttp (or use the ``gemini-meter`` command). Names are
+imported on first use, so ``import proxy._usage`` (or a quick CLI command)
+does not pull in the whole server.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._app import create_app
+    from ._records import Cost, Principal, Usage, UsageRecord
+    from ._settings import Settings
+
+__all__ = ["Cost", "Principal", "Settings", "Usage", "UsageRecord", "create_app"]
+__version__ = "0.1.0"
+
+_HOMES = {
+    "create_app": "._app",
+    "Cost": "._records",
+    "Principal": "._records",
+    "Usage": "._records",
+    "UsageRecord": "._records",
+    "Settings": "._settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(home, __name__), name)

@@ -1,0 +1,143 @@
+"""The shapes that flow from a finished call to storage: usage, cost, record.
+
+``Usage`` is what a parser reads off one upstream response (either API's
+shape, already normalised to Gemini's billing categories); ``Cost`` is what the
+pricing engine makes of it; ``UsageRecord`` is everything stored about one
+billable call. They are plain dataclasses so parsers, pricing and the writer
+stay pure and testable without a socket or a database.
+
+Token categories (see README, "Token categories"):
+
+- ``input_tokens``: the whole prompt, cached part included
+  (Interactions ``total_input_tokens``; generateContent ``promptTokenCount``).
+- ``cached_tokens``: the cached part of the prompt, a subset of input
+  (``total_cached_tokens`` / ``cachedContentTokenCount``).
+- ``intermediate_tokens``: tool-use tokens of code execution and other tools,
+  billed as input (``total_tool_use_tokens`` / ``toolUsePromptTokenCount``).
+- ``output_tokens``: generated output, billed as output
+  (``total_output_tokens`` / ``candidatesTokenCount``).
+- ``thinking_tokens``: thoughts, billed at the output rate
+  (``total_thought_tokens`` / ``thoughtsTokenCount``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+
+class EndpointKind(StrEnum):
+    """Which metered endpoint a call went to; stored on every record."""
+
+    INTERACTION_CREATE = "interaction.create"
+    INTERACTION_GET = "interaction.get"
+    GENERATE_CONTENT = "generate_content"
+    STREAM_GENERATE_CONTENT = "stream_generate_content"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One response's token counts, split the way Gemini bills them.
+
+    Modality maps use lower-case modality names (``text``, ``image``,
+    ``audio``, ``video``, ``document``) whichever API they came from.
+    """
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    intermediate_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+    total_tokens: int = 0
+    input_by_modality: dict[str, int] = field(default_factory=dict)
+    cached_by_modality: dict[str, int] = field(default_factory=dict)
+    intermediate_by_modality: dict[str, int] = field(default_factory=dict)
+    output_by_modality: dict[str, int] = field(default_factory=dict)
+    # grounding tool type (e.g. "google_search") -> number of uses
+    grounding: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_mismatch(self) -> bool:
+        """True when the reported total is not the sum of the billed parts."""
+        return self.total_tokens != (
+            self.input_tokens + self.intermediate_tokens + self.output_tokens + self.thinking_tokens
+        )
+
+    def modalities_json(self) -> dict[str, dict[str, int]]:
+        """The per-modality counts as stored in the record's JSON column."""
+        return {
+            name: counts
+            for name, counts in (
+                ("input", self.input_by_modality),
+                ("cached", self.cached_by_modality),
+                ("intermediate", self.intermediate_by_modality),
+                ("output", self.output_by_modality),
+            )
+            if counts
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The price of one ``Usage``, exact decimals in US dollars.
+
+    ``total`` is the sum of the split; ``None`` everywhere (and ``unpriced``)
+    when the model has no catalog entry: never a guessed price.
+    """
+
+    total: Decimal | None
+    input: Decimal | None = None
+    cached: Decimal | None = None
+    intermediate: Decimal | None = None
+    output: Decimal | None = None
+    thinking: Decimal | None = None
+    grounding: Decimal | None = None
+    catalog_version: str | None = None
+
+    @property
+    def unpriced(self) -> bool:
+        return self.total is None
+
+
+UNPRICED = Cost(total=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a call is billed to, as resolved from the key it presented."""
+
+    user_id: int
+    user_name: str
+    team_id: int | None = None
+    team_name: str | None = None
+    key_id: int | None = None
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """Everything stored about one billable upstream response."""
+
+    request_id: str
+    created_at: datetime
+    principal: Principal
+    model: str | None
+    endpoint: EndpointKind
+    streamed: bool
+    upstream_status: int
+    latency_seconds: float
+    ttfb_seconds: float | None
+    usage: Usage = field(default_factory=Usage)
+    interaction_id: str | None = None
+    response_id: str | None = None
+    previous_interaction_id: str | None = None
+    requested_service_tier: str | None = None
+    effective_service_tier: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    code_execution_calls: int = 0
+    code_execution_errors: int = 0
+    # usage missing or malformed in a response that should have carried it
+    parse_error: bool = False
+    client_disconnected: bool = False
+    cost: Cost = UNPRICED

@@ -1,0 +1,159 @@
+"""Settings: one pydantic-settings class read from flags, ``GEMINI_METER_*`` and TOML.
+
+Precedence, highest first: values the CLI passes in (its flags), environment
+variables with the ``GEMINI_METER_`` prefix, the TOML file named by
+``GEMINI_METER_CONFIG`` (or ``--config``), then the defaults below. Validators
+refuse unsafe values at start-up rather than at the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_UPSTREAM = "https://generativelanguage.googleapis.com"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./gemini-meter.db"
+
+
+class AuthMode(StrEnum):
+    VIRTUAL_KEYS = "virtual_keys"
+    PASSTHROUGH = "passthrough"
+
+
+class InteractionSharing(StrEnum):
+    OWNER = "owner"
+    TEAM = "team"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything the proxy, the CLI and the writer are configured by."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GEMINI_METER_",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    upstream: str = DEFAULT_UPSTREAM
+    upstream_api_key: SecretStr | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+
+    auth_mode: AuthMode = AuthMode.VIRTUAL_KEYS
+    # HMAC secret for key hashes and fingerprints. Unset on the embedded SQLite
+    # default, one is generated and kept in ``key_secret_file``.
+    key_secret: SecretStr | None = None
+    key_secret_file: Path = Path("./gemini-meter.secret")
+    # Passthrough mode: key fingerprint (as ``gemini-meter`` prints it) -> user name.
+    passthrough_aliases: dict[str, str] = Field(default_factory=dict)
+    key_cache_ttl_seconds: float = Field(default=30.0, ge=0)
+    interaction_sharing: InteractionSharing = InteractionSharing.OWNER
+
+    max_request_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    upstream_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Between two reads of the upstream response; a long generation streams, so
+    # this bounds silence, not the whole call.
+    upstream_read_timeout_seconds: float = Field(default=600.0, gt=0)
+    upstream_pool_size: int = Field(default=256, gt=0)
+
+    writer_batch_size: int = Field(default=500, gt=0)
+    writer_flush_interval_seconds: float = Field(default=0.2, gt=0)
+    writer_queue_limit: int = Field(default=100_000, gt=0)
+
+    price_catalog: Path | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get("GEMINI_METER_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_is_safe(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("upstream must be an http(s) URL with a host")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("upstream must use https unless it is a loopback address")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("upstream must not carry credentials, a query or a fragment")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_is_async(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "database_url must be sqlite+aiosqlite://... or postgresql+asyncpg://..."
+            )
+        return value
+
+    @field_validator("key_secret", "upstream_api_key")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_a_secret(self) -> Settings:
+        if self.key_secret is None and not self.is_sqlite:
+            raise ValueError(
+                "key_secret (GEMINI_METER_KEY_SECRET) is required with a shared database: "
+                "every proxy process must hash keys alike"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def secret_bytes(self) -> bytes:
+        """The HMAC secret; on the embedded default, made once and kept in a 0600 file."""
+        if self.key_secret is not None:
+            return self.key_secret.get_secret_value().encode()
+        path = self.key_secret_file
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and TOML file, with CLI flags (not None) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,27 @@
+"""Typed application keys: every piece of state an app carries, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, AsyncSession
+
+if TYPE_CHECKING:
+    from ._auth import Authenticator
+    from ._metrics import Metrics
+    from ._pricing import Catalog
+    from ._recorder import Recorder
+    from ._settings import Settings
+    from ._writer import UsageWriter
+
+settings_key: web.AppKey[Settings] = web.AppKey("settings")
+engine_key: web.AppKey[AsyncEngine] = web.AppKey("engine")
+sessionmaker_key: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessionmaker")
+upstream_session_key: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream_session")
+metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")
+catalog_key: web.AppKey[Catalog] = web.AppKey("catalog")
+writer_key: web.AppKey[UsageWriter] = web.AppKey("writer")
+authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
+recorder_key: web.AppKey[Recorder] = web.AppKey("recorder")
