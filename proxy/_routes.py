@@ -79,7 +79,9 @@ def classify(method: str, path: str) -> Route:
         m = _GENERATE.match(path)
         if m is not None:
             action = (
-                Action.GENERATE if m.group("method") == "generateContent" else Action.STREAM_GENERATE
+                Action.GENERATE
+                if m.group("method") == "generateContent"
+                else Action.STREAM_GENERATE
             )
             return Route(action, model=m.group("model"))
     return FORWARD

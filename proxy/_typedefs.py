@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 if TYPE_CHECKING:
     from ._auth import Authenticator
@@ -25,3 +26,5 @@ catalog_key: web.AppKey[Catalog] = web.AppKey("catalog")
 writer_key: web.AppKey[UsageWriter] = web.AppKey("writer")
 authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
 recorder_key: web.AppKey[Recorder] = web.AppKey("recorder")
+# streams still being relayed (or drained for billing after their client left)
+pumps_key: web.AppKey[set[asyncio.Task[web.StreamResponse]]] = web.AppKey("pumps")

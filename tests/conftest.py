@@ -1,0 +1,181 @@
+"""Shared fixtures: real databases, both of them.
+
+- ``database_url``: an empty database, parametrized over ``sqlite`` (a file in
+  ``tmp_path``) and ``postgresql`` (a database made for this test session on the
+  server at ``GEMINI_METER_TEST_PG_URL``, default
+  ``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``; its ``public``
+  schema is recreated for every test). An unreachable PostgreSQL fails the
+  tests that need it: it is never a reason to skip. ``-m "not postgresql"``
+  deselects those tests on purpose.
+- ``postgres_url``: the PostgreSQL one alone, for PostgreSQL-only tests.
+- ``migrated_url``: the same database upgraded to the newest migration.
+- ``engine`` / ``sessionmaker``: ``proxy._db`` objects on ``migrated_url``,
+  disposed after the test.
+- ``make_record``: a factory of plausible ``UsageRecord`` values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import pool, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from proxy._db import make_engine, make_sessionmaker
+from proxy._migrate import upgrade_async
+from proxy._records import Cost, EndpointKind, Principal, Usage, UsageRecord
+
+PG_SERVER_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgresql: needs the PostgreSQL test server")
+
+
+def _pg_server_url() -> URL:
+    return make_url(os.environ.get("GEMINI_METER_TEST_PG_URL", PG_SERVER_DEFAULT))
+
+
+def run_in_thread(coro_fn: Any, *args: Any) -> Any:
+    """Run ``coro_fn(*args)`` on a private loop in a worker thread.
+
+    Session-scoped set-up runs outside the tests' loops; ``asyncio.run`` on the
+    main thread would replace the loop pytest-asyncio manages.
+    """
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, coro_fn(*args)).result()
+
+
+async def _pg_admin(server: URL, *statements: str) -> None:
+    engine = create_async_engine(server, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    server = _pg_server_url()
+    name = f"gemini_meter_test_{uuid.uuid4().hex[:12]}"
+    try:
+        run_in_thread(_pg_admin, server, f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        pytest.fail(
+            f"PostgreSQL is unreachable at {server.render_as_string(hide_password=True)} "
+            f"({exc!r}). Start it, or point GEMINI_METER_TEST_PG_URL at a server.",
+            pytrace=False,
+        )
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        run_in_thread(_pg_admin, server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _reset_pg_schema(url: str) -> None:
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            await connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def postgres_url(postgres_database: str) -> str:
+    """An empty PostgreSQL database (for tests about PostgreSQL alone)."""
+    await _reset_pg_schema(postgres_database)
+    return postgres_database
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """An empty database of each kind; the URL is what ``Settings.database_url`` takes."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    await _reset_pg_schema(url)
+    return url
+
+
+@pytest.fixture
+async def migrated_url(database_url: str) -> str:
+    """``database_url`` upgraded to the newest migration."""
+    await upgrade_async(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def engine(migrated_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(migrated_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture
+def db_kind(database_url: str) -> str:
+    """``"sqlite"`` or ``"postgresql"``, for the few assertions that differ."""
+    return "sqlite" if database_url.startswith("sqlite") else "postgresql"
+
+
+def _make_record(principal: Principal, **overrides: Any) -> UsageRecord:
+    values: dict[str, Any] = {
+        "request_id": f"req-{uuid.uuid4().hex}",
+        "created_at": datetime.now(UTC),
+        "principal": principal,
+        "model": "gemini-2.5-flash",
+        "endpoint": EndpointKind.GENERATE_CONTENT,
+        "streamed": False,
+        "upstream_status": 200,
+        "latency_seconds": 0.25,
+        "ttfb_seconds": 0.1,
+        "usage": Usage(input_tokens=10, output_tokens=5, total_tokens=15),
+        "cost": Cost(
+            total=Decimal("0.000015"),
+            input=Decimal("0.000003"),
+            output=Decimal("0.000012"),
+            catalog_version="test",
+        ),
+    }
+    values.update(overrides)
+    return UsageRecord(**values)
+
+
+@pytest.fixture
+def make_record() -> Callable[..., UsageRecord]:
+    """``make_record(principal, **overrides)``: a plausible priced ``UsageRecord``."""
+    return _make_record
+
+
+# The end-to-end stack (emulator, proxy, keys, SDK clients), shared by the proxy tests.
+from ._stack import make_stack, stack  # noqa: E402, F401
