@@ -202,28 +202,29 @@ async def main() -> None:
                         "proxy_rss": rss_mib(proxy.pid),
                     }
                 )
-        # every proxied call must have been stored by the batching writer
-        stored = subprocess.run(
-            [sys.executable, "-m", "proxy._cli", "usage", "--format", "json"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        recorded = sum(int(r["requests"]) for r in json.loads(stored.stdout))
     finally:
+        # SIGTERM is a graceful stop: the writer flushes what it still holds.
         for process in (proxy, emulator):
             process.terminate()
             process.wait(timeout=30)
-
-    report = render(rows, args, recorded)
+    # every proxied call (the warm-up ones included) must have been stored
+    stored = subprocess.run(
+        [sys.executable, "-m", "proxy._cli", "usage", "--format", "json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    recorded = sum(int(r["requests"]) for r in json.loads(stored.stdout))
+    sent = 2 * sum(args.requests + c for c in args.concurrency)
+    report = render(rows, args, recorded, sent)
     print(report)
     if args.write:
         args.write.write_text(report + "\n")
 
 
 def render(
-    rows: list[dict[str, float | int | str]], args: argparse.Namespace, recorded: int
+    rows: list[dict[str, float | int | str]], args: argparse.Namespace, recorded: int, sent: int
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -248,7 +249,11 @@ def render(
             f" | **{r['added_p99']:.2f}** | {r['direct_rps']:.0f} | {r['proxy_rps']:.0f}"
             f" | {r['proxy_rss']:.0f} | {r['errors']} |"
         )
-    lines += ["", f"Records stored by the proxy's batching writer during the run: {recorded}."]
+    lines += [
+        "",
+        f"Calls sent through the proxy, warm-up included: {sent}; records stored by its"
+        f" batching writer after a graceful stop: {recorded}.",
+    ]
     return "\n".join(lines)
 
 

@@ -338,6 +338,10 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    if args.log_level is None:
+        # The demo's output is its report; library chatter would bury it.
+        logging.getLogger().setLevel(logging.WARNING)
+
     return asyncio.run(run_demo(Path(args.dir) if args.dir else None))
 
 

@@ -86,6 +86,8 @@ class _Call:
     body: bytes | None = None
     ttfb: float | None = None
     client_disconnected: bool = False
+    streamed: bool = False  # the response was relayed as a stream
+    owner_registered: bool = False
     upstream_headers: CIMultiDictProxy[str] | None = None
 
 
@@ -327,6 +329,7 @@ async def _relay_stream(
     except BaseException:
         upstream.release()
         raise
+    call.streamed = True
     pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
     pumps = request.app[pumps_key]
     pumps.add(pump)
@@ -351,6 +354,10 @@ async def _pump(
         async for chunk in upstream.content.iter_any():
             if tap is not None:
                 tap.feed(decode(chunk))
+                if not call.owner_registered and isinstance(tap, InteractionStreamTap):
+                    # Own the interaction as soon as the stream names it: the client
+                    # may fetch or continue it before this stream has ended.
+                    _register_owner(request, call, tap.interaction_id, upstream.status)
             if call.client_disconnected:
                 if tap is None:
                     break
@@ -383,13 +390,10 @@ async def _pump(
 def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSummary) -> None:
     """Decide whether this response is billable and hand its record on."""
     action = call.route.action
-    recorder = request.app[recorder_key]
     principal = call.principal
     assert principal is not None  # metered calls are always authenticated
     interaction_id = summary.interaction_id
-    if action is Action.INTERACTION_CREATE and interaction_id and status < 400:
-        request.app[authenticator_key].remember_owner(interaction_id, principal)
-        recorder.own(interaction_id, principal, call.meta.model or summary.model)
+    _register_owner(request, call, interaction_id, status)
     if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
         # An interaction bills once, when a response first shows it finished.
         final = summary.status in TERMINAL or (summary.status is None and summary.usage is not None)
@@ -405,7 +409,7 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
         principal=call.owner or principal,
         model=call.meta.model or call.route.model or summary.model,
         endpoint=call.route.endpoint,  # type: ignore[arg-type]  # metered: never None
-        streamed=call.meta.stream or action is Action.STREAM_GENERATE,
+        streamed=call.streamed or call.meta.stream or action is Action.STREAM_GENERATE,
         upstream_status=status,
         latency_seconds=time.perf_counter() - call.started,
         ttfb_seconds=call.ttfb,
@@ -422,4 +426,22 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     )
     if summary.usage is not None:
         record.usage = summary.usage
-    recorder.finish(record)
+    request.app[recorder_key].finish(record)
+
+
+def _register_owner(
+    request: web.Request, call: _Call, interaction_id: str | None, status: int
+) -> None:
+    """Remember who created an interaction, in this process and (via the writer) for all."""
+    principal = call.principal
+    if (
+        call.owner_registered
+        or interaction_id is None
+        or principal is None
+        or status >= 400
+        or call.route.action is not Action.INTERACTION_CREATE
+    ):
+        return
+    call.owner_registered = True
+    request.app[authenticator_key].remember_owner(interaction_id, principal)
+    request.app[recorder_key].own(interaction_id, principal, call.meta.model)

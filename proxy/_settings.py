@@ -84,7 +84,6 @@ class Settings(BaseSettings):
     writer_queue_limit: int = Field(default=100_000, gt=0)
 
     price_catalog: Path | None = None
-    log_level: str = "INFO"
 
     @classmethod
     def settings_customise_sources(

@@ -455,6 +455,11 @@ class InteractionStreamTap:
             if self._done:
                 return
 
+    @property
+    def interaction_id(self) -> str | None:
+        """The interaction's id as soon as an event has named it (``interaction.created``)."""
+        return self._id
+
     def finish(self) -> ResponseSummary:
         """The summary once the stream has ended (idempotent)."""
         if self._summary is not None:

@@ -156,7 +156,7 @@ async def test_resumed_stream_of_a_running_background_interaction_bills_it(stack
     await client.aio.interactions.get(created.id)
     [record] = await stack.records()
     assert record["interaction_id"] == created.id
-    assert record["streamed"] is False  # a GET: the request did not ask to stream the create
+    assert record["streamed"] is True  # billed from the resumed stream
     assert_tokens(record, completed.interaction.usage)
 
 

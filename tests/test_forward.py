@@ -344,8 +344,13 @@ async def _gated_upstream(aiohttp_server: Any, gate: asyncio.Event) -> Any:
             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
         )
 
+    async def get(request: web.Request) -> web.Response:
+        iid = request.match_info["id"]
+        return web.json_response({"id": iid, "status": "in_progress", "model": "gemini-3.5-flash"})
+
     app = web.Application()
     app.router.add_post("/v1beta/interactions", create)
+    app.router.add_get("/v1beta/interactions/{id}", get)
     app.router.add_post("/v1beta/models/{model}:generateContent", generate)
     return await aiohttp_server(app)
 
@@ -372,6 +377,29 @@ async def test_sse_is_relayed_event_by_event(make_stack: StackFactory, aiohttp_s
         2,
         17,
     )
+
+
+async def test_a_streamed_interaction_is_owned_as_soon_as_it_is_named(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    gate = asyncio.Event()
+    upstream = await _gated_upstream(aiohttp_server, gate)
+    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.url(CREATE), headers=stack.headers(), json={**BODY, "stream": True}
+        ) as response,
+    ):
+        await response.content.readuntil(b"\n\n")
+        # mid-stream, the creator can already fetch it and nobody else can
+        mine, _, _ = await raw("GET", stack.url(f"{CREATE}/int-gated"), headers=stack.headers())
+        theirs, _, _ = await raw(
+            "GET", stack.url(f"{CREATE}/int-gated"), headers=stack.headers("bob")
+        )
+        gate.set()
+        await response.content.read()
+    assert (mine, theirs) == (200, 404)
 
 
 async def test_a_client_that_leaves_mid_stream_is_still_billed(
@@ -416,3 +444,25 @@ async def test_compressed_bodies_are_relayed_as_sent_and_still_metered(
     assert json.loads(gzip.decompress(body))["responseId"] == "resp-gz"
     [record] = await stack.records()
     assert (record["input_tokens"], record["output_tokens"]) == (7, 3)
+
+
+async def test_metrics_count_what_was_recorded(stack: Stack):
+    await raw(
+        "POST",
+        stack.url("/v1beta/models/gemini-2.5-flash:generateContent"),
+        headers=stack.headers(),
+        json={"contents": [{"parts": [{"text": "Hello there, metrics."}]}]},
+    )
+    [record] = await stack.records()
+    status, headers, body = await raw("GET", stack.url("/metrics"))
+    assert status == 200
+    text_body = body.decode()
+    assert f'gemini_meter_tokens_total{{type="input"}} {float(record["input_tokens"])}' in text_body
+    assert (
+        f'gemini_meter_tokens_total{{type="output"}} {float(record["output_tokens"])}' in text_body
+    )
+    assert 'gemini_meter_records_total{endpoint="generate_content",status_class="2xx"} 1.0' in (
+        text_body
+    )
+    # no secret and no per-user label reaches the metrics
+    assert stack.keys["alice"] not in text_body and "alice" not in text_body
