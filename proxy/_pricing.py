@@ -75,6 +75,7 @@ log = logging.getLogger("gemini_meter.pricing")
 # Rates are quoted per million tokens.
 _PER_MILLION: Final = Decimal(1_000_000)
 _PER_THOUSAND: Final = Decimal(1_000)
+_PLURAL: Final = {"prompt": "prompts", "query": "queries"}
 
 # 80 significant digits: a rate of a dozen digits times a token count of a dozen digits
 # times a tier factor never comes close, so no multiplication or division here rounds.
@@ -907,7 +908,7 @@ def catalog_rows(catalog: Catalog, model: str | None) -> list[dict[str, str]]:
                     "long_context": _long_context_text(e.long_context),
                     "tiers": _tiers_text(e),
                     "grounding": "; ".join(
-                        f"{tool} ${fee.per_1000}/1000 {fee.unit}s"
+                        f"{tool} ${fee.per_1000}/1000 {_PLURAL.get(fee.unit, fee.unit)}"
                         for tool, fee in e.grounding.items()
                     ),
                     "cache_storage_per_hour": (

@@ -11,10 +11,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from proxy import _store
+from proxy._app import create_app
 from proxy._keys import fingerprint
+from proxy._settings import Settings
 from proxy._typedefs import authenticator_key, sessionmaker_key
 
 from ._stack import UPSTREAM_KEY, Stack, StackFactory, raw
@@ -466,3 +470,20 @@ async def test_metrics_count_what_was_recorded(stack: Stack):
     )
     # no secret and no per-user label reaches the metrics
     assert stack.keys["alice"] not in text_body and "alice" not in text_body
+
+
+async def test_readiness_fails_when_the_database_is_unreachable(aiohttp_server: Any, tmp_path: Any):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(
+        upstream="http://127.0.0.1:9",
+        upstream_api_key=SecretStr(UPSTREAM_KEY),
+        database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/gone",
+        key_secret=SecretStr("test-secret"),
+    )
+    server = await aiohttp_server(create_app(settings, registry=CollectorRegistry()))
+    status, _, body = await raw("GET", str(server.make_url("/readyz")))
+    assert (status, json.loads(body)["database"]) == (503, "unreachable")
+    status, _, _ = await raw("GET", str(server.make_url("/healthz")))
+    assert status == 200
