@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from alembic.util import CommandError as AlembicCommandError
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import _migrate, _store
@@ -34,24 +37,8 @@ from ._usage import UsageParseError, usage_from_any
 
 log = logging.getLogger("gemini_meter")
 
-TOKEN_FIELDS = (
-    "requests",
-    "input_tokens",
-    "cached_tokens",
-    "intermediate_tokens",
-    "output_tokens",
-    "thinking_tokens",
-    "total_tokens",
-)
-COST_FIELDS = (
-    "cost_usd",
-    "cost_input_usd",
-    "cost_cached_usd",
-    "cost_intermediate_usd",
-    "cost_output_usd",
-    "cost_thinking_usd",
-)
-GROUPS = ("user", "team", "model", "day")
+# The report's columns: the token categories, then the cost and its split.
+REPORT_COLUMNS = ("requests", *_store.TOKEN_COLUMNS, *_store.COST_COLUMNS)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -73,9 +60,13 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
-    if getattr(args, "config", None):
-        os.environ["GEMINI_METER_CONFIG"] = str(args.config)
+    config: Path | None = getattr(args, "config", None)
+    if config is not None and not config.is_file():
+        raise ConfigError(f"--config {config}: no such file")
     flags.setdefault("database_url", getattr(args, "database", None))
+    previous = os.environ.get("GEMINI_METER_CONFIG")
+    if config is not None:
+        os.environ["GEMINI_METER_CONFIG"] = str(config)
     try:
         return load_settings(**flags)
     except ValidationError as exc:
@@ -83,6 +74,15 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(problems) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file is not valid TOML: {exc}") from exc
+    finally:
+        # The file applies to this command only, not to whatever runs next in the process.
+        if config is not None:
+            if previous is None:
+                os.environ.pop("GEMINI_METER_CONFIG", None)
+            else:
+                os.environ["GEMINI_METER_CONFIG"] = previous
 
 
 async def _with_session(settings: Settings, work: Callable[[AsyncSession], Any]) -> Any:
@@ -229,7 +229,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     group_by = list(dict.fromkeys(args.group_by or ["user"]))
     args.group_by = group_by
     rows = usage_rows(settings, args)
-    print(render(rows, [*group_by, *TOKEN_FIELDS, *COST_FIELDS], args.format))
+    print(render(rows, [*group_by, *REPORT_COLUMNS], args.format))
     return 0
 
 
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--since", type=_when, help="ISO date or time, inclusive (UTC if naive)")
     p.add_argument("--until", type=_when, help="ISO date or time, exclusive (UTC if naive)")
-    p.add_argument("--group-by", nargs="+", choices=GROUPS, help="default: user")
+    p.add_argument("--group-by", nargs="+", choices=_store.GROUP_KEYS, help="default: user")
     p.add_argument("--format", choices=FORMATS, default="table")
     db_flag(p)
     p.set_defaults(func=cmd_usage)
@@ -447,6 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except GeminiMeterError as exc:
         print(f"gemini-meter: {exc}", file=sys.stderr)
+        return 2
+    except (DBAPIError, OSError) as exc:
+        # Connection refused, no such directory, bad credentials: one line, no traceback.
+        # DBAPIError's text holds the statement, so only its cause is shown.
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        print(f"gemini-meter: the database could not be used: {cause}", file=sys.stderr)
+        return 2
+    except AlembicCommandError as exc:
+        print(f"gemini-meter: migration: {exc}", file=sys.stderr)
         return 2
     return code
 

@@ -149,16 +149,7 @@ async def run_demo(directory: Path | None = None) -> int:
     finally:
         await proxy.cleanup()
         await emulator.cleanup()
-    columns = [
-        "requests",
-        "input_tokens",
-        "cached_tokens",
-        "intermediate_tokens",
-        "output_tokens",
-        "thinking_tokens",
-        "total_tokens",
-        "cost_usd",
-    ]
+    columns = ["requests", *_store.TOKEN_COLUMNS, "cost_usd"]
     print("\nUsage by user")
     print(render(by_user, ["user", "team", *columns], "table"))
     print("\nUsage by user and model")

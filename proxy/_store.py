@@ -363,7 +363,8 @@ async def insert_interaction_owners(
 
 GROUP_KEYS: tuple[str, ...] = ("user", "team", "model", "day")
 
-_TOKEN_COLUMNS = (
+# The measures of a usage report row, besides ``requests`` and ``unpriced_requests``.
+TOKEN_COLUMNS = (
     "input_tokens",
     "cached_tokens",
     "intermediate_tokens",
@@ -371,7 +372,7 @@ _TOKEN_COLUMNS = (
     "thinking_tokens",
     "total_tokens",
 )
-_COST_COLUMNS = (
+COST_COLUMNS = (
     "cost_usd",
     "cost_input_usd",
     "cost_cached_usd",
@@ -426,8 +427,8 @@ async def usage_report(
 
     groups = [_group_expression(k).label(k) for k in keys]
     measures: list[ColumnElement[Any]] = [func.count().label("requests")]
-    measures += [_int_sum(getattr(UsageRow, c)).label(c) for c in _TOKEN_COLUMNS]
-    measures += [func.sum(getattr(UsageRow, c)).label(c) for c in _COST_COLUMNS]
+    measures += [_int_sum(getattr(UsageRow, c)).label(c) for c in TOKEN_COLUMNS]
+    measures += [func.sum(getattr(UsageRow, c)).label(c) for c in COST_COLUMNS]
     measures.append(_int_sum(case((UsageRow.unpriced, 1), else_=0)).label("unpriced_requests"))
 
     query = (
