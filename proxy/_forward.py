@@ -395,8 +395,11 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     interaction_id = summary.interaction_id
     _register_owner(request, call, interaction_id, status)
     if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
-        # An interaction bills once, when a response first shows it finished.
-        final = summary.status in TERMINAL or (summary.status is None and summary.usage is not None)
+        # An interaction bills once, when a response first shows it finished; a stream
+        # that ends another way bills the last usage it carried.
+        final = summary.status in TERMINAL or (
+            summary.usage is not None and (call.streamed or summary.status is None)
+        )
         if not final:
             return
     elif status >= 400:

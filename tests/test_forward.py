@@ -348,6 +348,19 @@ async def _gated_upstream(aiohttp_server: Any, gate: asyncio.Event) -> Any:
             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
         )
 
+    async def cut(request: web.Request) -> web.StreamResponse:
+        # A stream that ends after a cumulative usage, without interaction.completed.
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        interaction = {"id": "int-cut", "status": "in_progress", "model": "gemini-3.5-flash"}
+        await response.write(
+            _sse({"event_type": "interaction.created", "interaction": interaction, "event_id": "1"})
+        )
+        partial = {"total_input_tokens": 4, "total_output_tokens": 1, "total_tokens": 5}
+        await response.write(_sse({"event_type": "step.stop", "index": 1, "usage": USAGE}))
+        await response.write(_sse({"event_type": "step.stop", "index": 2, "usage": partial}))
+        return response
+
     async def get(request: web.Request) -> web.Response:
         iid = request.match_info["id"]
         return web.json_response({"id": iid, "status": "in_progress", "model": "gemini-3.5-flash"})
@@ -355,6 +368,7 @@ async def _gated_upstream(aiohttp_server: Any, gate: asyncio.Event) -> Any:
     app = web.Application()
     app.router.add_post("/v1beta/interactions", create)
     app.router.add_get("/v1beta/interactions/{id}", get)
+    app.router.add_post("/v1alpha/interactions", cut)
     app.router.add_post("/v1beta/models/{model}:generateContent", generate)
     return await aiohttp_server(app)
 
@@ -487,3 +501,18 @@ async def test_readiness_fails_when_the_database_is_unreachable(aiohttp_server: 
     assert (status, json.loads(body)["database"]) == (503, "unreachable")
     status, _, _ = await raw("GET", str(server.make_url("/healthz")))
     assert status == 200
+
+
+async def test_a_stream_that_ends_without_completion_bills_its_last_usage(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    upstream = await _gated_upstream(aiohttp_server, asyncio.Event())
+    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    status, _, _ = await raw(
+        "POST", stack.url("/v1alpha/interactions"), headers=stack.headers(), json=BODY
+    )
+    assert status == 200
+    [record] = await stack.records()
+    assert record["interaction_id"] == "int-cut"
+    # the last usage seen, not the sum of the two cumulative figures
+    assert (record["input_tokens"], record["total_tokens"]) == (4, 5)
