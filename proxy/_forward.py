@@ -95,7 +95,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     """Forward any request under the API prefixes; meter the ones that bill."""
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
-    call = await admit(request)
+    call = await admit(request, started=time.perf_counter())
     upstream = await _open_upstream(request, call)
     call.ttfb = time.perf_counter() - call.started
     call.upstream_headers = upstream.headers
@@ -113,7 +113,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         upstream.release()
 
 
-async def admit(request: web.Request) -> _Call:
+async def admit(request: web.Request, started: float) -> _Call:
     """Everything that may refuse a call before it reaches the upstream."""
     app = request.app
     auth = app[authenticator_key]
@@ -122,9 +122,9 @@ async def admit(request: web.Request) -> _Call:
     if key is None and _is_upload_leg(request, route):
         # The byte legs of a resumable upload carry no API key: the upload id the
         # first (authenticated) leg obtained is their credential upstream.
-        return _Call(route=route, principal=None, started=time.perf_counter())
+        return _Call(route=route, principal=None, started=started)
     principal = await auth.authenticate(key)
-    call = _Call(route=route, principal=principal, started=time.perf_counter())
+    call = _Call(route=route, principal=principal, started=started)
     if route.action in (Action.INTERACTION_CREATE, Action.GENERATE, Action.STREAM_GENERATE):
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
         call.meta = request_meta(route, _loads(call.body))

@@ -18,7 +18,7 @@ from proxy._demo import tiny_png
 from proxy._pricing import load_catalog, price
 from proxy._usage import usage_from_generate, usage_from_interaction
 
-from ._stack import Stack, raw
+from ._stack import UPSTREAM_KEY, Stack, raw
 
 MODEL = "gemini-3.5-flash"
 PRIMES = (
@@ -242,3 +242,16 @@ async def test_recorded_cost_equals_the_price_command(stack: Stack):
     assert record["cost_input_usd"] == expected.input
     assert record["cost_intermediate_usd"] == expected.intermediate
     assert record["cost_thinking_usd"] == expected.thinking
+
+
+async def test_file_upload_through_the_proxy(stack: Stack, tmp_path):
+    # The SDK's resumable upload: an authenticated start, then keyless byte legs
+    # addressed by upload id, which the proxy must let through to the upstream.
+    path = tmp_path / "primes.csv"
+    path.write_text("n,prime\n" + "\n".join(f"{i},{p}" for i, p in enumerate([2, 3, 5, 7, 11])))
+    uploaded = await stack.sdk("alice").aio.files.upload(file=str(path))
+    assert int(uploaded.size_bytes) == path.stat().st_size
+    legs = [r for r in stack.upstream.requests if r.path.startswith("/upload/")]
+    assert len(legs) >= 2
+    assert all(r.api_key in (None, UPSTREAM_KEY) for r in legs)
+    assert await stack.records() == []  # uploads are forwarded, not billed
