@@ -143,13 +143,17 @@ def _is_upload_leg(request: web.Request, route: Route) -> bool:
     )
 
 
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.")
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.")
+        raise _too_large(limit)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.") from exc
+        raise _too_large(limit) from exc
 
 
 def _loads(body: bytes) -> object:
@@ -175,10 +179,12 @@ def _upstream_url(base: str, raw_path: str, drop_key: bool) -> URL:
 
 def _upstream_headers(request: web.Request, call: _Call) -> CIMultiDict[str]:
     settings = request.app[settings_key]
-    if settings.auth_mode is AuthMode.VIRTUAL_KEYS:
+    if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
         assert settings.upstream_api_key is not None
         headers = swap_key(request.headers, settings.upstream_api_key.get_secret_value())
     else:
+        # Passthrough, or an upload's keyless byte leg: never lend it the upstream key,
+        # or anyone could spend it by adding an upload_id to a request.
         headers = CIMultiDict(request.headers)
     # Headers the client marked hop-by-hop in Connection go too (RFC 9110 7.6.1).
     named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
@@ -203,7 +209,7 @@ async def _limited(request: web.Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_any():
         seen += len(chunk)
         if seen > limit:
-            raise RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.")
+            raise _too_large(limit)
         yield chunk
 
 
@@ -217,7 +223,7 @@ async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientRes
     if data is None and request.body_exists:
         limit = settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.")
+            raise _too_large(limit)
         data = _limited(request, limit)
     try:
         return await session.request(
@@ -236,9 +242,7 @@ async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientRes
         if isinstance(exc.__cause__, RequestTooLarge) or isinstance(
             exc.__context__, RequestTooLarge
         ):
-            raise RequestTooLarge(
-                f"Request body exceeds the proxy's limit of {settings.max_request_bytes} bytes."
-            ) from exc
+            raise _too_large(settings.max_request_bytes) from exc
         log.warning("upstream unreachable: %s", type(exc).__name__)
         raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
 
@@ -259,7 +263,8 @@ class _Decoder:
     __slots__ = ("_z",)
 
     def __init__(self, encoding: str) -> None:
-        # wbits 47 accepts both gzip and zlib headers; raw deflate is tried on failure.
+        # wbits 47 accepts both gzip and zlib headers. A body it cannot undo stops
+        # feeding the tap, so its usage shows up as missing (and flagged), not wrong.
         self._z: zlib._Decompress | None = (
             zlib.decompressobj(47) if encoding in ("gzip", "deflate", "x-gzip") else None
         )

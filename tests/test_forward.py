@@ -516,3 +516,12 @@ async def test_a_stream_that_ends_without_completion_bills_its_last_usage(
     assert record["interaction_id"] == "int-cut"
     # the last usage seen, not the sum of the two cumulative figures
     assert (record["input_tokens"], record["total_tokens"]) == (4, 5)
+
+
+async def test_a_keyless_upload_leg_is_never_lent_the_upstream_key(stack: Stack):
+    status, _, _ = await raw(
+        "POST", stack.url("/upload/v1beta/files?upload_id=guessed"), data=b"bytes"
+    )
+    [seen] = list(stack.upstream.requests)
+    assert seen.api_key is None  # the upstream judges the upload id alone
+    assert status >= 400
