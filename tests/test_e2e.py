@@ -256,3 +256,36 @@ async def test_file_upload_through_the_proxy(stack: Stack, tmp_path):
     assert legs[0].api_key == UPSTREAM_KEY
     assert len(legs) >= 2 and all(r.api_key is None for r in legs[1:])
     assert await stack.records() == []  # uploads are forwarded, not billed
+
+
+async def test_grounding_is_counted_and_charged(stack: Stack):
+    interaction = await stack.sdk("alice").aio.interactions.create(
+        model=MODEL, input="Who won the chess olympiad?", tools=[{"type": "google_search"}]
+    )
+    counts = {g.type: g.count for g in interaction.usage.grounding_tool_count}
+    assert counts["google_search"] >= 1
+    [record] = await stack.records()
+    assert record["grounding"] == counts
+    # gemini-3.5-flash bills Google Search per query
+    catalog = load_catalog()
+    expected = price(
+        catalog,
+        MODEL,
+        usage_from_interaction(interaction.usage.model_dump(mode="json", exclude_none=True)),
+    )
+    assert record["cost_grounding_usd"] == expected.grounding > 0
+
+
+async def test_bad_request_bodies_are_forwarded_and_recorded(stack: Stack):
+    for body in (b"{not json", b"[]", b'{"model": 7, "input": null}'):
+        status, _, answer = await raw(
+            "POST",
+            stack.url("/v1beta/interactions"),
+            headers={**stack.headers(), "Content-Type": "application/json"},
+            data=body,
+        )
+        # the upstream is the judge; its Gemini error comes back as it was
+        assert status == 400
+        assert json.loads(answer)["error"]["status"] == "INVALID_ARGUMENT"
+    records = await stack.records()
+    assert [(r["upstream_status"], r["total_tokens"]) for r in records] == [(400, 0)] * 3
