@@ -29,28 +29,14 @@ from proxy._streams import (
 )
 from proxy._usage import ResponseSummary, usage_from_interaction
 
+from ._sdk import assert_strict
+
 FIXTURES = Path(__file__).parent / "fixtures" / "streams"
 INTERACTION_SSE = (FIXTURES / "interaction_code_execution.sse").read_bytes()
 GENERATE_SSE = (FIXTURES / "generate_code_execution.sse").read_bytes()
 GENERATE_ARRAY = (FIXTURES / "generate_code_execution.json").read_bytes()
 
 SSE_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(gi.InteractionSSEEvent)
-
-
-def assert_strict(value: Any, path: str = "$") -> None:
-    """No field the SDK model does not know and no unknown union variant, anywhere."""
-    if isinstance(value, pydantic.BaseModel):
-        assert not getattr(value, "is_unknown", False), f"{path}: unknown variant"
-        extra = value.model_extra or {}
-        assert not extra, f"{path}: fields the SDK does not know: {sorted(extra)}"
-        for name, item in value.__dict__.items():
-            assert_strict(item, f"{path}.{name}")
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            assert_strict(item, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            assert_strict(item, f"{path}.{key}")
 
 
 def sse_payloads(body: bytes) -> list[bytes]:

@@ -11,7 +11,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import pydantic
 import pytest
 from google.genai import interactions as gi
 from google.genai import types as gt
@@ -34,28 +33,9 @@ from proxy._usage import (
     usage_from_interaction,
 )
 
+from ._sdk import assert_strict
+
 FIXTURES = Path(__file__).parent / "fixtures" / "streams"
-
-
-def assert_strict(value: Any, path: str = "$") -> None:
-    """No field the SDK model does not know and no unknown union variant, anywhere.
-
-    The Interactions models accept extra fields and unknown variants silently,
-    so a misspelt fixture would validate; this walk catches it.
-    """
-    if isinstance(value, pydantic.BaseModel):
-        assert not getattr(value, "is_unknown", False), f"{path}: unknown variant"
-        extra = value.model_extra or {}
-        assert not extra, f"{path}: fields the SDK does not know: {sorted(extra)}"
-        # __dict__, not getattr: reading deprecated fields would warn.
-        for name, item in value.__dict__.items():
-            assert_strict(item, f"{path}.{name}")
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            assert_strict(item, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            assert_strict(item, f"{path}.{key}")
 
 
 def sdk_usage(obj: dict[str, Any]) -> dict[str, Any]:
