@@ -580,7 +580,7 @@ def _usage_mode(request: web.Request) -> UsageMode:
 async def _json_body(request: web.Request) -> dict[str, object]:
     try:
         body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _ApiError(400, "Invalid JSON payload received.") from None
     if not isinstance(body, dict):
         raise _ApiError(400, "Invalid JSON payload received: expected an object.")

@@ -20,7 +20,6 @@ Bytes are relayed unchanged; the proxy decompresses only a copy for the tap.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -48,7 +47,13 @@ from ._typedefs import (
     settings_key,
     upstream_session_key,
 )
-from ._usage import TERMINAL, ResponseSummary, summarize_generate, summarize_interaction
+from ._usage import (
+    ResponseSummary,
+    parse_json,
+    summarize_generate,
+    summarize_interaction,
+    usage_due,
+)
 
 log = logging.getLogger("gemini_meter.proxy")
 
@@ -127,7 +132,7 @@ async def admit(request: web.Request, started: float) -> _Call:
     call = _Call(route=route, principal=principal, started=started)
     if route.action in (Action.INTERACTION_CREATE, Action.GENERATE, Action.STREAM_GENERATE):
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        call.meta = request_meta(route, _loads(call.body))
+        call.meta = request_meta(route, parse_json(call.body))
         if call.meta.previous_interaction_id is not None:
             await auth.check_owner(call.meta.previous_interaction_id, principal)
     elif route.interaction_id is not None:
@@ -154,13 +159,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise _too_large(limit) from exc
-
-
-def _loads(body: bytes) -> object:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
 
 
 def _upstream_url(base: str, raw_path: str, drop_key: bool) -> URL:
@@ -300,7 +298,7 @@ async def _relay_whole(
     )
     encoding = upstream.headers.get("content-encoding", "identity").lower()
     decoded = _Decoder(encoding)(body) if encoding != "identity" else body
-    summary = _summarize(call, _loads(decoded), upstream.status)
+    summary = _summarize(call, parse_json(decoded), upstream.status)
     _finish(request, call, upstream.status, summary)
     return response
 
@@ -400,11 +398,10 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     interaction_id = summary.interaction_id
     _register_owner(request, call, interaction_id, status)
     if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
-        # An interaction bills once, when a response first shows it finished; a stream
-        # that ends another way bills the last usage it carried.
-        final = summary.status in TERMINAL or (
-            summary.usage is not None and (call.streamed or summary.status is None)
-        )
+        # An interaction bills once, when a response first shows it no longer pending
+        # (garbage included: it is recorded with parse_error); a stream that ends
+        # while pending bills the last usage it carried.
+        final = usage_due(summary.status) or (call.streamed and summary.usage is not None)
         if not final:
             return
     elif status >= 400:

@@ -361,6 +361,9 @@ async def _gated_upstream(aiohttp_server: Any, gate: asyncio.Event) -> Any:
         await response.write(_sse({"event_type": "step.stop", "index": 2, "usage": partial}))
         return response
 
+    async def garbage(request: web.Request) -> web.Response:
+        return web.Response(text="<html>oops</html>", content_type="text/html")
+
     async def get(request: web.Request) -> web.Response:
         iid = request.match_info["id"]
         return web.json_response({"id": iid, "status": "in_progress", "model": "gemini-3.5-flash"})
@@ -369,6 +372,7 @@ async def _gated_upstream(aiohttp_server: Any, gate: asyncio.Event) -> Any:
     app.router.add_post("/v1beta/interactions", create)
     app.router.add_get("/v1beta/interactions/{id}", get)
     app.router.add_post("/v1alpha/interactions", cut)
+    app.router.add_post("/v1/interactions", garbage)
     app.router.add_post("/v1beta/models/{model}:generateContent", generate)
     return await aiohttp_server(app)
 
@@ -525,3 +529,33 @@ async def test_a_keyless_upload_leg_is_never_lent_the_upstream_key(stack: Stack)
     [seen] = list(stack.upstream.requests)
     assert seen.api_key is None  # the upstream judges the upload id alone
     assert status >= 400
+
+
+async def test_an_unreadable_interaction_response_is_still_recorded(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    upstream = await _gated_upstream(aiohttp_server, asyncio.Event())
+    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    status, _, body = await raw(
+        "POST", stack.url("/v1/interactions"), headers=stack.headers(), json=BODY
+    )
+    assert (status, body) == (200, b"<html>oops</html>")  # relayed as it came
+    [record] = await stack.records()
+    assert record["parse_error"] is True
+    assert record["total_tokens"] == 0
+
+
+async def test_a_deeply_nested_body_is_forwarded_not_refused(stack: Stack):
+    nested = b'{"model": "gemini-3.5-flash", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, _, body = await raw(
+        "POST",
+        stack.url(CREATE),
+        headers={**stack.headers(), "Content-Type": "application/json"},
+        data=nested,
+    )
+    # forwarded, and the upstream's own refusal came back (not a proxy 500)
+    assert len(stack.upstream.requests) == 1
+    assert status == 400
+    assert json.loads(body)["error"]["status"] == "INVALID_ARGUMENT"
+    [record] = await stack.records()
+    assert record["upstream_status"] == 400
