@@ -119,6 +119,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "database_url must be sqlite+aiosqlite://... or postgresql+asyncpg://..."
             )
+        path = value.removeprefix("sqlite+aiosqlite:///").partition("?")[0]
+        if value.startswith("sqlite") and path and path != ":memory:":
+            # SQLite creates the file but not its directory; say so now, not at the
+            # first write.
+            if not Path(path).parent.is_dir():
+                raise ValueError(f"no directory {str(Path(path).parent)!r} for the SQLite file")
         return value
 
     @field_validator("key_secret", "upstream_api_key")

@@ -909,6 +909,8 @@ def test_an_unusable_database_exits_2_with_one_line(monkeypatch, url):
     done = cli_process("usage", "--database", url)
     assert "Traceback" not in done.stderr
     assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("gemini-meter: ")
 
 
 def test_a_config_file_applies_to_its_command_only(capsys, tmp_path):
