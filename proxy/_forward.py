@@ -39,7 +39,7 @@ from ._errors import NotFound, RequestTooLarge, UpstreamTimeout, UpstreamUnavail
 from ._records import Principal, UsageRecord
 from ._routes import EMPTY_META, Action, RequestMeta, Route, classify, is_forwarded, request_meta
 from ._settings import AuthMode
-from ._streams import GenerateStreamTap, InteractionStreamTap
+from ._streams import InteractionStreamTap, StreamTap, stream_tap
 from ._typedefs import (
     authenticator_key,
     pumps_key,
@@ -106,12 +106,13 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     call.upstream_headers = upstream.headers
     route = call.route
     content_type = upstream.headers.get("content-type", "")
-    if not route.metered:
+    endpoint = route.endpoint
+    if endpoint is None:
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
-        return await _relay_stream(request, upstream, call, tap=_tap_for(call, sse=True))
+        return await _relay_stream(request, upstream, call, tap=stream_tap(endpoint, sse=True))
     if route.action is Action.STREAM_GENERATE and upstream.status < 400:
-        return await _relay_stream(request, upstream, call, tap=_tap_for(call, sse=False))
+        return await _relay_stream(request, upstream, call, tap=stream_tap(endpoint, sse=False))
     try:
         return await _relay_whole(request, upstream, call)
     finally:
@@ -277,12 +278,6 @@ class _Decoder:
             return b""
 
 
-def _tap_for(call: _Call, *, sse: bool) -> InteractionStreamTap | GenerateStreamTap:
-    if call.route.action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
-        return InteractionStreamTap()
-    return GenerateStreamTap(sse=sse)
-
-
 async def _relay_whole(
     request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
 ) -> web.StreamResponse:
@@ -315,7 +310,7 @@ async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: InteractionStreamTap | GenerateStreamTap | None,
+    tap: StreamTap | None,
 ) -> web.StreamResponse:
     """Relay the body chunk by chunk as it arrives, feeding a tap if metered.
 
@@ -349,7 +344,7 @@ async def _pump(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: InteractionStreamTap | GenerateStreamTap | None,
+    tap: StreamTap | None,
 ) -> web.StreamResponse:
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
     broken = False

@@ -36,6 +36,7 @@ from ._usage import (
     ResponseSummary,
     UsageParseError,
     count_code_execution_steps,
+    nonempty_str,
     parse_json,
     usage_from_interaction,
 )
@@ -520,8 +521,8 @@ class InteractionStreamTap:
         elif kind == "step.stop":
             self._usage(event.get("usage"))
         elif kind == "interaction.status_update":
-            self._status = _text(event.get("status")) or self._status
-            self._id = self._id or _text(event.get("interaction_id"))
+            self._status = nonempty_str(event.get("status")) or self._status
+            self._id = self._id or nonempty_str(event.get("interaction_id"))
             self._usage(event.get("usage"))
         elif kind in ("interaction.created", "interaction.completed"):
             interaction = event.get("interaction")
@@ -541,10 +542,10 @@ class InteractionStreamTap:
             self._last_usage = usage
 
     def _interaction(self, interaction: dict[str, object], *, final: bool) -> None:
-        self._id = self._id or _text(interaction.get("id"))
-        self._status = _text(interaction.get("status")) or self._status
-        self._model = _text(interaction.get("model")) or self._model
-        self._service_tier = _text(interaction.get("service_tier")) or self._service_tier
+        self._id = self._id or nonempty_str(interaction.get("id"))
+        self._status = nonempty_str(interaction.get("status")) or self._status
+        self._model = nonempty_str(interaction.get("model")) or self._model
+        self._service_tier = nonempty_str(interaction.get("service_tier")) or self._service_tier
         usage = interaction.get("usage")
         self._usage(usage)
         if final:
@@ -553,10 +554,6 @@ class InteractionStreamTap:
             steps = interaction.get("steps")
             if isinstance(steps, list) and steps:
                 self._completed_steps = count_code_execution_steps(steps)
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 class GenerateStreamTap:

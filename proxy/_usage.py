@@ -47,6 +47,7 @@ __all__ = [
     "ResponseSummary",
     "UsageParseError",
     "count_code_execution_steps",
+    "nonempty_str",
     "parse_json",
     "summarize_generate",
     "summarize_interaction",
@@ -345,7 +346,8 @@ def usage_from_any(obj: object) -> Usage:
 # --- response summaries (never raise) -----------------------------------------------------
 
 
-def _str(value: object) -> str | None:
+def nonempty_str(value: object) -> str | None:
+    """``value`` if it is a non-empty string, else ``None`` (ids, statuses, names)."""
     return value if isinstance(value, str) and value else None
 
 
@@ -375,10 +377,10 @@ def summarize_interaction(obj: object) -> ResponseSummary:
     if not isinstance(obj, dict):
         summary.parse_error = True
         return summary
-    summary.interaction_id = _str(obj.get("id"))
-    summary.status = _str(obj.get("status"))
-    summary.model = _str(obj.get("model"))
-    summary.service_tier = _str(obj.get("service_tier"))
+    summary.interaction_id = nonempty_str(obj.get("id"))
+    summary.status = nonempty_str(obj.get("status"))
+    summary.model = nonempty_str(obj.get("model"))
+    summary.service_tier = nonempty_str(obj.get("service_tier"))
     calls, errors = count_code_execution_steps(obj.get("steps"))
     summary.code_execution_calls = calls
     summary.code_execution_errors = errors
@@ -445,10 +447,10 @@ class GenerateAccumulator:
         usage = _pick(obj, "usageMetadata", "usage_metadata")
         if usage is not None:
             self._usage = usage
-        response_id = _str(_pick(obj, "responseId", "response_id"))
+        response_id = nonempty_str(_pick(obj, "responseId", "response_id"))
         if response_id is not None:
             self._response_id = response_id
-        model = _str(_pick(obj, "modelVersion", "model_version"))
+        model = nonempty_str(_pick(obj, "modelVersion", "model_version"))
         if model is not None:
             self._model = model
         candidates = obj.get("candidates")
