@@ -126,7 +126,7 @@ async def worker_once(
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "proxy._cli", *args],
+        [sys.executable, "-m", "proxy.cli.main", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -154,7 +154,7 @@ async def main() -> None:
         ["emulate", "--port", str(emu_port), "--chunk-delay-ms", str(args.chunk_delay_ms)], env
     )
     created = subprocess.run(
-        [sys.executable, "-m", "proxy._cli", "keys", "create", "--user", "bench"],
+        [sys.executable, "-m", "proxy.cli.main", "keys", "create", "--user", "bench"],
         env=env,
         check=True,
         capture_output=True,
@@ -209,7 +209,7 @@ async def main() -> None:
             process.wait(timeout=30)
     # every proxied call (the warm-up ones included) must have been stored
     stored = subprocess.run(
-        [sys.executable, "-m", "proxy._cli", "usage", "--format", "json"],
+        [sys.executable, "-m", "proxy.cli.main", "usage", "--format", "json"],
         env=env,
         check=True,
         capture_output=True,

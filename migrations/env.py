@@ -2,14 +2,14 @@
 
 Where the database URL comes from, first match wins:
 
-1. ``config.attributes["database_url"]``: set by ``proxy._migrate``, which is
+1. ``config.attributes["database_url"]``: set by ``proxy.storage.migrate``, which is
    how ``gemini-meter migrate`` and ``serve`` run migrations;
 2. ``sqlalchemy.url`` in the Alembic config, if someone sets one;
 3. ``GEMINI_METER_DATABASE_URL``, then the project settings (``GEMINI_METER_CONFIG``
    TOML file, defaults): for developers running ``alembic`` by hand.
 
 ``target_metadata`` is the models' metadata, so ``alembic revision
---autogenerate`` diffs against ``proxy._db``.
+--autogenerate`` diffs against ``proxy.storage.schema``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from proxy._db import Base
+from proxy.storage.schema import Base
 
 config = context.config
 
 # Only when run from the command line with alembic.ini: code that calls
-# proxy._migrate keeps its own logging configuration.
+# proxy.storage.migrate keeps its own logging configuration.
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
@@ -46,7 +46,7 @@ def _database_url() -> str:
     url = os.environ.get("GEMINI_METER_DATABASE_URL")
     if url:
         return url
-    from proxy._settings import load_settings
+    from proxy.settings import load_settings
 
     return load_settings().database_url
 

@@ -2,7 +2,7 @@
 
 The public surface is small: build ``Settings``, pass them to ``create_app``,
 and run the app with aiohttp (or use the ``gemini-meter`` command). Names are
-imported on first use, so ``import proxy._usage`` (or a quick CLI command)
+imported on first use, so ``import proxy.metering.parsers`` (or a quick CLI command)
 does not pull in the whole server.
 """
 
@@ -12,20 +12,20 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._app import create_app
-    from ._records import Cost, Principal, Usage, UsageRecord
-    from ._settings import Settings
+    from .metering.records import Cost, Principal, Usage, UsageRecord
+    from .server.app import create_app
+    from .settings import Settings
 
 __all__ = ["Cost", "Principal", "Settings", "Usage", "UsageRecord", "create_app"]
 __version__ = "0.1.0"
 
 _HOMES = {
-    "create_app": "._app",
-    "Cost": "._records",
-    "Principal": "._records",
-    "Usage": "._records",
-    "UsageRecord": "._records",
-    "Settings": "._settings",
+    "create_app": ".server.app",
+    "Cost": ".metering.records",
+    "Principal": ".metering.records",
+    "Usage": ".metering.records",
+    "UsageRecord": ".metering.records",
+    "Settings": ".settings",
 }
 
 

@@ -9,7 +9,7 @@
   deselects those tests on purpose.
 - ``postgres_url``: the PostgreSQL one alone, for PostgreSQL-only tests.
 - ``migrated_url``: the same database upgraded to the newest migration.
-- ``engine`` / ``sessionmaker``: ``proxy._db`` objects on ``migrated_url``,
+- ``engine`` / ``sessionmaker``: ``proxy.storage.schema`` objects on ``migrated_url``,
   disposed after the test.
 - ``make_record``: a factory of plausible ``UsageRecord`` values.
 """
@@ -35,9 +35,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from proxy._db import make_engine, make_sessionmaker
-from proxy._migrate import upgrade_async
-from proxy._records import Cost, EndpointKind, Principal, Usage, UsageRecord
+from proxy.metering.records import Cost, EndpointKind, Principal, Usage, UsageRecord
+from proxy.storage.migrate import upgrade_async
+from proxy.storage.schema import make_engine, make_sessionmaker
 
 PG_SERVER_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
@@ -178,4 +178,4 @@ def make_record() -> Callable[..., UsageRecord]:
 
 
 # The end-to-end stack (emulator, proxy, keys, SDK clients), shared by the proxy tests.
-from ._stack import make_stack, stack  # noqa: E402, F401
+from tests.factories import make_stack, stack  # noqa: E402, F401

@@ -6,7 +6,7 @@ Create Date: 2025-01-01 00:00:00+00:00
 
 Self-contained on purpose (no imports from ``proxy``): a migration describes
 the schema as it was at this revision, whatever the models say later. The
-portable column types are spelled out as variants of what ``proxy._db`` uses:
+portable column types are spelled out as variants of what ``proxy.storage.schema`` uses:
 
 - money: NUMERIC(28, 12) on PostgreSQL, BIGINT count of 1e-12 USD on SQLite;
 - timestamps: timestamptz on PostgreSQL, UTC text on SQLite;

@@ -1,0 +1,531 @@
+"""Usage extraction from whole responses of either Gemini API.
+
+This is where upstream JSON becomes a ``Usage`` (see ``metering.records``). Two
+shapes arrive on the wire:
+
+- the Interactions API's ``usage`` object (snake_case, ``total_*_tokens``,
+  modality lists of ``{"modality", "tokens"}``, ``grounding_tool_count``);
+- generateContent's ``usageMetadata`` (camelCase ``promptTokenCount`` etc.,
+  modality lists of ``{"modality": "TEXT", "tokenCount"}``), which the Python
+  SDK's ``to_json_dict`` spells in snake_case; both spellings are read.
+
+``server.forward`` calls ``summarize_interaction`` / ``summarize_generate`` on a
+whole JSON body, the stream taps in ``metering.streams`` reuse the same pieces per
+event or chunk, and the ``price`` CLI calls ``usage_from_any``.
+
+The ``usage_from_*`` functions are strict: they raise ``UsageParseError`` on
+a malformed usage object, because the CLI wants to say what is wrong. The
+``summarize_*`` functions never raise on anything from the wire; they report
+``ResponseSummary.parse_error`` instead, so one odd response can never break
+the relay of a client's call.
+
+Rules shared by both shapes:
+
+- A missing count is 0 (Gemini omits zero-valued fields), and so is ``null``.
+- A count must be a non-negative ``int``; bools, floats and strings are
+  malformed. A total that is not the sum of its parts is *not* malformed:
+  ``Usage.total_mismatch`` reports it.
+- Modality names are lower-cased. A modality item without a ``modality``
+  counts as text: proto3 JSON omits an enum at its default value, and the
+  SDK documents ``MODALITY_UNSPECIFIED`` as "treated as TEXT". Repeated
+  modalities are added up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Final
+
+from .records import Usage
+
+__all__ = [
+    "PENDING",
+    "TERMINAL",
+    "GenerateAccumulator",
+    "ResponseSummary",
+    "UsageParseError",
+    "count_code_execution_steps",
+    "nonempty_str",
+    "parse_json",
+    "summarize_generate",
+    "summarize_interaction",
+    "usage_due",
+    "usage_from_any",
+    "usage_from_generate",
+    "usage_from_interaction",
+]
+
+# Interaction statuses, from the SDK's ``InteractionStatus`` literal. While an
+# interaction is pending its usage (if any) is a snapshot that will still grow.
+PENDING: Final = frozenset({"in_progress", "queued"})
+# Statuses after which the interaction's usage is final: every known status
+# but the pending ones. ``requires_action`` and ``requires_continuation`` end
+# this interaction's work: the client continues in a new request.
+TERMINAL: Final = frozenset(
+    {
+        "completed",
+        "failed",
+        "cancelled",
+        "incomplete",
+        "budget_exceeded",
+        "requires_action",
+        "requires_continuation",
+    }
+)
+
+# The grounding key both APIs use for Google Search (Interactions
+# ``GroundingToolCountType``); generateContent's search queries are counted under it.
+GOOGLE_SEARCH: Final = "google_search"
+
+
+class UsageParseError(ValueError):
+    """A usage object that does not have the shape either API documents."""
+
+
+@dataclass(slots=True)
+class ResponseSummary:
+    """What the meter reads off one upstream response (whole or streamed)."""
+
+    usage: Usage | None = None
+    # usage missing where it was due, or malformed, or unparseable stream data
+    parse_error: bool = False
+    interaction_id: str | None = None
+    response_id: str | None = None
+    # Interaction status (Interactions API only)
+    status: str | None = None
+    # model (Interactions) or modelVersion (generateContent) as the response reports it
+    model: str | None = None
+    # Interaction ``service_tier`` as the response reports it
+    service_tier: str | None = None
+    code_execution_calls: int = 0
+    # code_execution_result steps with is_error true; codeExecutionResult parts
+    # whose outcome is not OUTCOME_OK
+    code_execution_errors: int = 0
+
+
+def parse_json(body: bytes | bytearray | str) -> object | None:
+    """``json.loads`` that returns ``None`` on anything that is not JSON.
+
+    ``None`` is also what a literal ``null`` body gives; no caller needs to
+    tell the two apart.
+    """
+    try:
+        # ValueError covers JSONDecodeError, undecodable bytes and ints longer
+        # than the interpreter's digit limit; RecursionError absurd nesting.
+        value: object = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return value
+
+
+def usage_due(status: str | None) -> bool:
+    """Whether an Interaction with this status must carry its usage.
+
+    Anything but a pending status, unknown statuses and a missing one
+    included: better to flag a missing usage than to let it pass silently.
+    """
+    return status not in PENDING
+
+
+# --- strict usage parsers ---------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    # Error messages name the type, never the value: it came from the wire.
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else f"a {type(value).__name__}"
+
+
+def _as_count(value: object, where: str) -> int:
+    if value is None:
+        return 0
+    # ``type(...) is int`` keeps bools (an int subclass) out.
+    if type(value) is not int:
+        raise UsageParseError(f"{where} must be a non-negative integer, not {_describe(value)}")
+    if value < 0:
+        raise UsageParseError(f"{where} must be a non-negative integer, not negative")
+    return value
+
+
+def _as_dict(value: object, where: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise UsageParseError(f"{where} must be a JSON object, not {_describe(value)}")
+    return value
+
+
+def _pick(d: dict[str, object], camel: str, snake: str) -> object:
+    value = d.get(camel)
+    return d.get(snake) if value is None else value
+
+
+def _modality_name(value: object, where: str) -> str:
+    if value is None:
+        return "text"
+    if not isinstance(value, str):
+        raise UsageParseError(f"{where}.modality must be a string, not {_describe(value)}")
+    name = value.lower()
+    return "text" if name in ("", "modality_unspecified") else name
+
+
+def _modalities(value: object, count_keys: tuple[str, ...], where: str) -> dict[str, int]:
+    """A modality list (``[{"modality", count_key}]``) as ``{name: tokens}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise UsageParseError(f"{where} must be a list, not {_describe(value)}")
+    out: dict[str, int] = {}
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        entry = _as_dict(item, at)
+        name = _modality_name(entry.get("modality"), at)
+        raw = None
+        for key in count_keys:
+            raw = entry.get(key)
+            if raw is not None:
+                break
+        out[name] = out.get(name, 0) + _as_count(raw, f"{at}.{count_keys[0]}")
+    return out
+
+
+def _grounding(value: object, where: str) -> dict[str, int]:
+    """``grounding_tool_count`` (``[{"type", "count"}]``) as ``{type: count}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise UsageParseError(f"{where} must be a list, not {_describe(value)}")
+    out: dict[str, int] = {}
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        entry = _as_dict(item, at)
+        kind = entry.get("type")
+        if kind is None:
+            # proto3 JSON omits an enum at its default (unspecified) value.
+            kind = "unspecified"
+        elif not isinstance(kind, str):
+            raise UsageParseError(f"{at}.type must be a string, not {_describe(kind)}")
+        out[kind] = out.get(kind, 0) + _as_count(entry.get("count"), f"{at}.count")
+    return out
+
+
+_INTERACTION_KEYS: Final = frozenset(
+    {
+        "total_input_tokens",
+        "total_cached_tokens",
+        "total_tool_use_tokens",
+        "total_output_tokens",
+        "total_thought_tokens",
+        "total_tokens",
+        "initial_input_tokens",
+        "input_tokens_by_modality",
+        "cached_tokens_by_modality",
+        "tool_use_tokens_by_modality",
+        "output_tokens_by_modality",
+        "grounding_tool_count",
+    }
+)
+
+
+def usage_from_interaction(obj: object) -> Usage:
+    """An Interactions API ``usage`` object as a ``Usage``.
+
+    Raises ``UsageParseError`` when it is not an object, a count is not a
+    non-negative integer, or a modality/grounding list is not a list of
+    objects of that shape. Unknown keys are ignored (the API grows).
+    """
+    d = _as_dict(obj, "usage")
+
+    def count(key: str) -> int:
+        return _as_count(d.get(key), key)
+
+    def modalities(key: str) -> dict[str, int]:
+        return _modalities(d.get(key), ("tokens",), key)
+
+    return Usage(
+        input_tokens=count("total_input_tokens"),
+        cached_tokens=count("total_cached_tokens"),
+        intermediate_tokens=count("total_tool_use_tokens"),
+        output_tokens=count("total_output_tokens"),
+        thinking_tokens=count("total_thought_tokens"),
+        total_tokens=count("total_tokens"),
+        input_by_modality=modalities("input_tokens_by_modality"),
+        cached_by_modality=modalities("cached_tokens_by_modality"),
+        intermediate_by_modality=modalities("tool_use_tokens_by_modality"),
+        output_by_modality=modalities("output_tokens_by_modality"),
+        grounding=_grounding(d.get("grounding_tool_count"), "grounding_tool_count"),
+    )
+
+
+# (camelCase on the wire, snake_case from the Python SDK's to_json_dict)
+_GENERATE_COUNTS: Final = (
+    ("promptTokenCount", "prompt_token_count"),
+    ("cachedContentTokenCount", "cached_content_token_count"),
+    ("toolUsePromptTokenCount", "tool_use_prompt_token_count"),
+    ("candidatesTokenCount", "candidates_token_count"),
+    ("thoughtsTokenCount", "thoughts_token_count"),
+    ("totalTokenCount", "total_token_count"),
+)
+_GENERATE_DETAILS: Final = (
+    ("promptTokensDetails", "prompt_tokens_details"),
+    ("cacheTokensDetails", "cache_tokens_details"),
+    ("toolUsePromptTokensDetails", "tool_use_prompt_tokens_details"),
+    ("candidatesTokensDetails", "candidates_tokens_details"),
+)
+_GENERATE_KEYS: Final = frozenset(
+    name for pair in (*_GENERATE_COUNTS, *_GENERATE_DETAILS) for name in pair
+)
+_TOKEN_COUNT_KEYS: Final = ("tokenCount", "token_count")
+
+
+def usage_from_generate(obj: object) -> Usage:
+    """A generateContent ``usageMetadata`` object as a ``Usage``.
+
+    Accepts the wire's camelCase and the Python SDK's snake_case. Grounding is
+    not part of ``usageMetadata`` (it is in the candidates), so ``grounding``
+    is empty here; ``summarize_generate`` fills it. Raises ``UsageParseError``
+    like ``usage_from_interaction``.
+    """
+    d = _as_dict(obj, "usageMetadata")
+
+    def count(i: int) -> int:
+        camel, snake = _GENERATE_COUNTS[i]
+        return _as_count(_pick(d, camel, snake), camel)
+
+    def details(i: int) -> dict[str, int]:
+        camel, snake = _GENERATE_DETAILS[i]
+        return _modalities(_pick(d, camel, snake), _TOKEN_COUNT_KEYS, camel)
+
+    return Usage(
+        input_tokens=count(0),
+        cached_tokens=count(1),
+        intermediate_tokens=count(2),
+        output_tokens=count(3),
+        thinking_tokens=count(4),
+        total_tokens=count(5),
+        input_by_modality=details(0),
+        cached_by_modality=details(1),
+        intermediate_by_modality=details(2),
+        output_by_modality=details(3),
+    )
+
+
+def usage_from_any(obj: object) -> Usage:
+    """A usage object of either API, told apart by its keys (for the ``price`` CLI).
+
+    Also accepts a whole response wrapping one: an Interaction (``usage``) or
+    a GenerateContentResponse (``usageMetadata``, whose candidates' search
+    queries then fill ``grounding``). An empty object is an all-zero usage.
+    Raises ``UsageParseError`` when the shape is neither or both.
+    """
+    d = _as_dict(obj, "usage")
+    keys = d.keys()
+    interaction = not _INTERACTION_KEYS.isdisjoint(keys)
+    generate = not _GENERATE_KEYS.isdisjoint(keys)
+    if interaction and generate:
+        raise UsageParseError("usage mixes Interactions and generateContent fields")
+    if interaction:
+        return usage_from_interaction(d)
+    if generate:
+        return usage_from_generate(d)
+    metadata = _pick(d, "usageMetadata", "usage_metadata")
+    if metadata is not None:
+        usage = usage_from_generate(metadata)
+        acc = GenerateAccumulator()
+        acc.add(d)
+        grounding = acc.grounding()
+        return replace(usage, grounding=grounding) if grounding else usage
+    if "usage" in d:
+        return usage_from_interaction(d["usage"])
+    if not d:
+        return Usage()
+    raise UsageParseError("not a usage object of the Interactions or generateContent API")
+
+
+# --- response summaries (never raise) -----------------------------------------------------
+
+
+def nonempty_str(value: object) -> str | None:
+    """``value`` if it is a non-empty string, else ``None`` (ids, statuses, names)."""
+    return value if isinstance(value, str) and value else None
+
+
+def count_code_execution_steps(steps: object) -> tuple[int, int]:
+    """(calls, errors) over an Interaction's ``steps`` list; anything else is (0, 0)."""
+    calls = errors = 0
+    if isinstance(steps, list):
+        for step in steps:
+            if not isinstance(step, dict):
+                continue
+            kind = step.get("type")
+            if kind == "code_execution_call":
+                calls += 1
+            elif kind == "code_execution_result" and step.get("is_error") is True:
+                errors += 1
+    return calls, errors
+
+
+def summarize_interaction(obj: object) -> ResponseSummary:
+    """Read an Interaction resource (a create or get response body).
+
+    The usage is required once the status is terminal (see ``usage_due``);
+    its absence, or a malformed one, sets ``parse_error``. A pending
+    interaction's usage, if present, is reported as the snapshot it is.
+    """
+    summary = ResponseSummary()
+    if not isinstance(obj, dict):
+        summary.parse_error = True
+        return summary
+    summary.interaction_id = nonempty_str(obj.get("id"))
+    summary.status = nonempty_str(obj.get("status"))
+    summary.model = nonempty_str(obj.get("model"))
+    summary.service_tier = nonempty_str(obj.get("service_tier"))
+    calls, errors = count_code_execution_steps(obj.get("steps"))
+    summary.code_execution_calls = calls
+    summary.code_execution_errors = errors
+    raw = obj.get("usage")
+    if raw is None:
+        summary.parse_error = usage_due(summary.status)
+    else:
+        try:
+            summary.usage = usage_from_interaction(raw)
+        except UsageParseError:
+            summary.parse_error = True
+    return summary
+
+
+def _is_ok_outcome(outcome: object) -> bool:
+    # The SDK's Outcome enum is case-insensitive; a missing outcome is
+    # OUTCOME_UNSPECIFIED (omitted by proto3 JSON), which is not a success.
+    return isinstance(outcome, str) and outcome.upper() == "OUTCOME_OK"
+
+
+class GenerateAccumulator:
+    """Folds GenerateContentResponse objects into one ``ResponseSummary``.
+
+    A whole response is one object; a stream is a sequence of chunks, each a
+    GenerateContentResponse carrying *new* parts and, usually, a cumulative
+    ``usageMetadata``. So: the last usage wins (it is only parsed once, in
+    ``summary``), code-execution parts add up, ids and model version take the
+    last value seen.
+
+    Grounding: generateContent reports Google Search use in
+    ``candidates[].groundingMetadata.webSearchQueries`` (and
+    ``imageSearchQueries`` for image search), not in ``usageMetadata``. Each
+    query is one search, counted under ``"google_search"`` like the
+    Interactions API's ``grounding_tool_count``. Whether a stream repeats a
+    candidate's metadata in later chunks or spreads it over them, taking the
+    multiset union of queries per candidate counts each search once either way.
+    """
+
+    __slots__ = (
+        "_garbage",
+        "_model",
+        "_queries",
+        "_response_id",
+        "_usage",
+        "calls",
+        "errors",
+    )
+
+    def __init__(self) -> None:
+        self._usage: object = None
+        self._response_id: str | None = None
+        self._model: str | None = None
+        self._garbage = False
+        # (candidate index, query field) -> multiset of queries
+        self._queries: dict[tuple[int, str], Counter[str]] = {}
+        self.calls = 0
+        self.errors = 0
+
+    def add(self, obj: object) -> None:
+        """Fold in one response object; a non-object marks the result unparseable."""
+        if not isinstance(obj, dict):
+            self._garbage = True
+            return
+        usage = _pick(obj, "usageMetadata", "usage_metadata")
+        if usage is not None:
+            self._usage = usage
+        response_id = nonempty_str(_pick(obj, "responseId", "response_id"))
+        if response_id is not None:
+            self._response_id = response_id
+        model = nonempty_str(_pick(obj, "modelVersion", "model_version"))
+        if model is not None:
+            self._model = model
+        candidates = obj.get("candidates")
+        if isinstance(candidates, list):
+            for candidate in candidates:
+                if isinstance(candidate, dict):
+                    self._add_candidate(candidate)
+
+    def _add_candidate(self, candidate: dict[str, object]) -> None:
+        content = candidate.get("content")
+        if isinstance(content, dict):
+            parts = content.get("parts")
+            if isinstance(parts, list):
+                for part in parts:
+                    if not isinstance(part, dict):
+                        continue
+                    if _pick(part, "executableCode", "executable_code") is not None:
+                        self.calls += 1
+                    result = _pick(part, "codeExecutionResult", "code_execution_result")
+                    if isinstance(result, dict) and not _is_ok_outcome(result.get("outcome")):
+                        self.errors += 1
+        grounding = _pick(candidate, "groundingMetadata", "grounding_metadata")
+        if isinstance(grounding, dict):
+            index = candidate.get("index")
+            # proto3 JSON omits index 0.
+            key_index = index if type(index) is int else 0
+            for camel, snake in (
+                ("webSearchQueries", "web_search_queries"),
+                ("imageSearchQueries", "image_search_queries"),
+            ):
+                queries = _pick(grounding, camel, snake)
+                if not isinstance(queries, list) or not queries:
+                    continue
+                seen = Counter(q for q in queries if isinstance(q, str))
+                key = (key_index, camel)
+                previous = self._queries.get(key)
+                self._queries[key] = seen if previous is None else previous | seen
+
+    def mark_garbage(self) -> None:
+        """Record that part of the response could not be decoded."""
+        self._garbage = True
+
+    def grounding(self) -> dict[str, int]:
+        """Grounding uses seen so far, keyed like the Interactions API's."""
+        searches = sum(sum(c.values()) for c in self._queries.values())
+        return {GOOGLE_SEARCH: searches} if searches else {}
+
+    def summary(self) -> ResponseSummary:
+        """The summary of everything folded in so far."""
+        summary = ResponseSummary(
+            response_id=self._response_id,
+            model=self._model,
+            code_execution_calls=self.calls,
+            code_execution_errors=self.errors,
+            parse_error=self._garbage,
+        )
+        if self._usage is None:
+            summary.parse_error = True
+            return summary
+        try:
+            usage = usage_from_generate(self._usage)
+        except UsageParseError:
+            summary.parse_error = True
+            return summary
+        grounding = self.grounding()
+        summary.usage = replace(usage, grounding=grounding) if grounding else usage
+        return summary
+
+
+def summarize_generate(obj: object) -> ResponseSummary:
+    """Read a GenerateContentResponse (a generateContent response body).
+
+    ``usageMetadata`` is always due: its absence, or a malformed one, sets
+    ``parse_error``.
+    """
+    acc = GenerateAccumulator()
+    acc.add(obj)
+    return acc.summary()

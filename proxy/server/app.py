@@ -1,0 +1,209 @@
+"""The application factory: wires state, routes, middlewares and cleanup contexts.
+
+``create_app(settings)`` builds everything from the settings it is given and
+holds no state at import time. Each resource has one cleanup context (set up,
+``yield``, tear down), in dependency order: database, writer, upstream
+session, authenticator and recorder. On shutdown the writer flushes every
+queued record before the engine is disposed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from ..errors import (
+    ConfigError,
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    RequestTooLarge,
+    error_body,
+)
+from ..metering.recorder import Recorder
+from ..pricing.catalog import Catalog, load_catalog
+from ..settings import AuthMode, Settings
+from ..storage.migrate import upgrade_async
+from ..storage.schema import make_engine
+from ..storage.writer import UsageWriter
+from .auth import Authenticator
+from .forward import proxy_handler
+from .metrics import build_metrics
+from .typedefs import (
+    authenticator_key,
+    catalog_key,
+    engine_key,
+    metrics_key,
+    pumps_key,
+    recorder_key,
+    sessionmaker_key,
+    settings_key,
+    upstream_session_key,
+    writer_key,
+)
+
+log = logging.getLogger("gemini_meter.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json_error(exc: ProxyError) -> web.Response:
+    return web.Response(status=exc.code, body=exc.body(), content_type="application/json")
+
+
+_HTTP_STATUS = {
+    400: InvalidArgument,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: RequestTooLarge,
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error the proxy itself answers, in Gemini's JSON error shape."""
+    # An absolute-form target ("GET http://elsewhere/ HTTP/1.1") keeps its scheme in raw_path.
+    if request.method == "CONNECT" or not request.raw_path.startswith("/"):
+        # A reverse proxy to one upstream: never a forward proxy to anywhere else.
+        return _json_error(InvalidArgument("Gemini Meter only proxies to its configured upstream."))
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return _json_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = _HTTP_STATUS.get(exc.status)
+        if kind is not None:
+            return _json_error(kind(exc.reason))
+        return web.Response(
+            status=exc.status,
+            body=error_body(exc.status, exc.reason, "INVALID_ARGUMENT"),
+            content_type="application/json",
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.Response(
+            status=500,
+            body=error_body(500, "Internal error in Gemini Meter.", "INTERNAL"),
+            content_type="application/json",
+        )
+
+
+async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    if settings.is_sqlite:
+        # The embedded default manages its own schema; PostgreSQL is upgraded
+        # deliberately with `gemini-meter db upgrade` before a deploy.
+        await upgrade_async(settings.database_url)
+    engine = make_engine(settings.database_url)
+    app[engine_key] = engine
+    app[sessionmaker_key] = async_sessionmaker(engine, expire_on_commit=False)
+    yield
+    await engine.dispose()
+
+
+async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    writer = UsageWriter(
+        app[sessionmaker_key],
+        batch_size=settings.writer_batch_size,
+        flush_interval=settings.writer_flush_interval_seconds,
+        queue_limit=settings.writer_queue_limit,
+    )
+    app[metrics_key].writer_queue.set_function(lambda: writer.queued)
+    await writer.start()
+    app[writer_key] = writer
+    yield
+    await writer.close()
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=settings.upstream_connect_timeout_seconds,
+        sock_read=settings.upstream_read_timeout_seconds,
+    )
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream_pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        # Relay cookies as headers; never keep a jar shared between users.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as session:
+        app[upstream_session_key] = session
+        yield
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    app[authenticator_key] = Authenticator(settings, app[sessionmaker_key], settings.secret_bytes())
+    app[recorder_key] = Recorder(app[catalog_key], app[writer_key], app[metrics_key])
+    app[pumps_key] = set()
+    yield
+    # Streams still draining (their clients left) finish and hand their records to
+    # the writer before it flushes; bounded by the upstream read timeout.
+    pumps = app[pumps_key]
+    if pumps:
+        await asyncio.wait(pumps, timeout=settings.upstream_read_timeout_seconds)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the database answers a trivial query within two seconds."""
+    try:
+        async with asyncio.timeout(2.0), request.app[sessionmaker_key]() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure means not ready; the reason is logged, not shown
+        log.warning("readiness check failed: %s", type(exc).__name__)
+        return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+    return web.json_response({"status": "ok", "database": "ok"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[metrics_key].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    catalog: Catalog | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The proxy application for ``settings``; tests pass their own registry."""
+    if settings.auth_mode is AuthMode.VIRTUAL_KEYS and settings.upstream_api_key is None:
+        raise ConfigError(
+            "virtual_keys mode needs the upstream key: set GEMINI_METER_UPSTREAM_API_KEY"
+        )
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.max_request_bytes
+    )
+    app[settings_key] = settings
+    app[metrics_key] = build_metrics(registry or CollectorRegistry())
+    app[catalog_key] = catalog or load_catalog(settings.price_catalog)
+    app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _services_ctx])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    return app

@@ -1,0 +1,216 @@
+"""Who is calling: the key a request presents, resolved to a ``Principal``.
+
+Two modes (``Settings.auth_mode``):
+
+- ``virtual_keys``: clients hold proxy-issued keys. The key is hashed (HMAC
+  under the server secret) and looked up; the proxy then swaps it for the
+  upstream key from settings, so the upstream never sees a virtual key.
+- ``passthrough``: clients send their own Google key, which goes upstream
+  untouched; the user is the alias configured for the key's fingerprint, or the
+  fingerprint itself (never the key).
+
+Lookups are cached in memory for ``key_cache_ttl_seconds`` so the hot path does
+not query the database on every call; concurrent misses for one key share one
+query. Revocation therefore takes effect within the TTL.
+
+Interaction ownership is resolved here too: behind one shared upstream key
+every user could read, continue, cancel or delete anyone's interaction by id,
+so ``check_owner`` answers 404 for anyone but the owner (or the owner's team).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from multidict import CIMultiDict
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..errors import NotFound, Unauthenticated
+from ..metering.records import Principal
+from ..settings import AuthMode, InteractionSharing, Settings
+from ..storage import accounts
+from .keys import fingerprint, hash_key
+
+# Unknown keys are remembered briefly too, so a client hammering with a bad key
+# costs one query per few seconds rather than one per request.
+_NEGATIVE_TTL_SECONDS = 5.0
+_CACHE_LIMIT = 50_000
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _TTLCache(Generic[K, V]):
+    """A bounded LRU whose entries expire; the clock is injectable for tests."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._limit = limit
+        self._clock = clock
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        item = self._data.get(key)
+        if item is None:
+            return False, None
+        expires, value = item
+        if expires < self._clock():
+            del self._data[key]
+            return False, None
+        self._data.move_to_end(key)
+        return True, value
+
+    def put(self, key: K, value: V, ttl: float) -> None:
+        self._data[key] = (self._clock() + ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._limit:
+            self._data.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedKey:
+    """The key a request carried, and where, so it can be removed or swapped."""
+
+    value: str
+    source: str  # "header" | "query" | "bearer"
+
+
+def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> PresentedKey | None:
+    """The client's key from ``x-goog-api-key``, ``?key=`` or ``Authorization: Bearer``."""
+    value = headers.get("x-goog-api-key")
+    if value:
+        return PresentedKey(value.strip(), "header")
+    value = query.get("key")
+    if value:
+        return PresentedKey(value.strip(), "query")
+    auth = headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return PresentedKey(token.strip(), "bearer")
+    return None
+
+
+def swap_key(headers: Mapping[str, str], upstream_key: str) -> CIMultiDict[str]:
+    """Headers with every client key carrier replaced by the upstream key.
+
+    The upstream key always travels as ``x-goog-api-key``, which keeps it out of
+    URLs (and so out of access logs along the way); a ``?key=`` parameter is
+    removed from the query by the forwarder, which keeps the raw query bytes.
+    """
+    out = CIMultiDict(headers)
+    out.popall("x-goog-api-key", None)
+    if out.get("authorization", "").lower().startswith("bearer "):
+        del out["authorization"]
+    out["x-goog-api-key"] = upstream_key
+    return out
+
+
+Loader = Callable[[AsyncSession], Awaitable[Principal | None]]
+
+
+class Authenticator:
+    """Resolves keys to principals and checks interaction owners, with caches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        secret: bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._secret = secret
+        self._ttl = settings.key_cache_ttl_seconds
+        self._principals: _TTLCache[str, Principal | None] = _TTLCache(_CACHE_LIMIT, clock)
+        self._owners: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
+        self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
+
+    @property
+    def mode(self) -> AuthMode:
+        return self._settings.auth_mode
+
+    async def authenticate(self, key: PresentedKey | None) -> Principal:
+        """The principal a key belongs to, or ``Unauthenticated``. Never echoes the key."""
+        if key is None:
+            raise Unauthenticated(
+                "Missing API key: send a Gemini Meter key in the x-goog-api-key header."
+            )
+        if self._settings.auth_mode is AuthMode.VIRTUAL_KEYS:
+            key_hash = hash_key(self._secret, key.value)
+            principal = await self._cached(
+                key_hash, lambda s: accounts.principal_for_key_hash(s, key_hash)
+            )
+            if principal is None:
+                raise Unauthenticated("API key not valid. Please pass a valid Gemini Meter key.")
+            return principal
+        fp = fingerprint(self._secret, key.value)
+        name = self._settings.passthrough_aliases.get(fp, fp)
+        principal = await self._cached(fp, lambda s: accounts.principal_for_user(s, name))
+        assert principal is not None  # get-or-create never misses
+        return principal
+
+    async def _cached(self, cache_key: str, load: Loader) -> Principal | None:
+        hit, principal = self._principals.get(cache_key)
+        if hit:
+            return principal
+        pending = self._inflight.get(cache_key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._inflight[cache_key] = future
+        try:
+            async with self._sessionmaker() as session:
+                principal = await load(session)
+                await session.commit()
+        except BaseException as exc:
+            future.set_exception(exc)
+            # The waiters re-raise it; mark it retrieved so a lone failure is not logged twice.
+            future.exception()
+            raise
+        else:
+            future.set_result(principal)
+            ttl = self._ttl if principal is not None else min(self._ttl, _NEGATIVE_TTL_SECONDS)
+            self._principals.put(cache_key, principal, ttl)
+            return principal
+        finally:
+            del self._inflight[cache_key]
+
+    def remember_owner(self, interaction_id: str, principal: Principal) -> None:
+        """Called when this process sees an interaction created: later checks need no query."""
+        # Owners never change, so the entry lives as long as the LRU keeps it.
+        self._owners.put(interaction_id, principal, float("inf"))
+
+    async def check_owner(self, interaction_id: str, principal: Principal) -> Principal | None:
+        """The interaction's owner, or ``NotFound`` unless ``principal`` may use it.
+
+        In passthrough mode every client brings its own Google key, which
+        already scopes what it can reach upstream, so nothing is checked and
+        ``None`` is returned.
+        """
+        if self._settings.auth_mode is AuthMode.PASSTHROUGH:
+            return None
+        hit, owner = self._owners.get(interaction_id)
+        if not hit:
+            async with self._sessionmaker() as session:
+                owner = await accounts.interaction_owner(session, interaction_id)
+            if owner is not None:
+                self.remember_owner(interaction_id, owner)
+        if owner is None or not self._may_use(owner, principal):
+            # The same answer as for an id that does not exist: no probing of others' ids.
+            raise NotFound(f"Interaction {interaction_id!r} was not found.")
+        return owner
+
+    def _may_use(self, owner: Principal, principal: Principal) -> bool:
+        if owner.user_id == principal.user_id:
+            return True
+        return (
+            self._settings.interaction_sharing is InteractionSharing.TEAM
+            and owner.team_id is not None
+            and owner.team_id == principal.team_id
+        )

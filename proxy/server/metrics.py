@@ -1,0 +1,116 @@
+"""Prometheus metrics, one registry per app (tests build their own).
+
+Label values are bounded: ``endpoint`` is an ``EndpointKind`` value,
+``status_class`` one of ``2xx``..``5xx``, ``type`` one of the five token
+categories, ``category`` one of the cost split's six parts. No user, key or
+model name is a label here; per-user figures come from the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..metering.records import UsageRecord
+
+TOKEN_TYPES = ("input", "cached", "intermediate", "output", "thinking")
+COST_CATEGORIES = ("input", "cached", "intermediate", "output", "thinking", "grounding")
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    records: Counter
+    tokens: Counter
+    cost: Counter
+    unpriced: Counter
+    parse_errors: Counter
+    upstream_latency: Histogram
+    writer_queue: Gauge
+
+    def observe(self, record: UsageRecord) -> None:
+        """Count one finished record; called by the recorder, never awaits."""
+        self.records.labels(record.endpoint.value, f"{record.upstream_status // 100}xx").inc()
+        usage = record.usage
+        for name, value in zip(
+            TOKEN_TYPES,
+            (
+                usage.input_tokens,
+                usage.cached_tokens,
+                usage.intermediate_tokens,
+                usage.output_tokens,
+                usage.thinking_tokens,
+            ),
+            strict=True,
+        ):
+            if value:
+                self.tokens.labels(name).inc(value)
+        cost = record.cost
+        if cost.unpriced:
+            self.unpriced.inc()
+        else:
+            for name, part in zip(
+                COST_CATEGORIES,
+                (
+                    cost.input,
+                    cost.cached,
+                    cost.intermediate,
+                    cost.output,
+                    cost.thinking,
+                    cost.grounding,
+                ),
+                strict=True,
+            ):
+                if part:
+                    # Prometheus counts in floats; the exact figure is in the database.
+                    self.cost.labels(name).inc(float(part))
+        if record.parse_error:
+            self.parse_errors.inc()
+        self.upstream_latency.labels(record.endpoint.value).observe(record.latency_seconds)
+
+
+def build_metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(
+        registry=registry,
+        records=Counter(
+            "gemini_meter_records_total",
+            "Usage records finished, by endpoint and upstream status class.",
+            ["endpoint", "status_class"],
+            registry=registry,
+        ),
+        tokens=Counter(
+            "gemini_meter_tokens_total",
+            "Tokens metered, by billing category; cached is part of input.",
+            ["type"],
+            registry=registry,
+        ),
+        cost=Counter(
+            "gemini_meter_cost_usd_total",
+            "Cost in US dollars of metered calls, by billing category.",
+            ["category"],
+            registry=registry,
+        ),
+        unpriced=Counter(
+            "gemini_meter_unpriced_records_total",
+            "Records whose model has no price catalog entry; their cost is null.",
+            registry=registry,
+        ),
+        parse_errors=Counter(
+            "gemini_meter_usage_parse_errors_total",
+            "Responses whose usage metadata was missing or malformed.",
+            registry=registry,
+        ),
+        upstream_latency=Histogram(
+            "gemini_meter_request_duration_seconds",
+            "Time from receiving a metered call to relaying its last byte.",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        ),
+        writer_queue=Gauge(
+            "gemini_meter_writer_queue_records",
+            "Records waiting in the batching writer's queue.",
+            registry=registry,
+        ),
+    )

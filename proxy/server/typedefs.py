@@ -1,0 +1,30 @@
+"""Typed application keys: every piece of state an app carries, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+if TYPE_CHECKING:
+    from ..metering.recorder import Recorder
+    from ..pricing.catalog import Catalog
+    from ..settings import Settings
+    from ..storage.writer import UsageWriter
+    from .auth import Authenticator
+    from .metrics import Metrics
+
+settings_key: web.AppKey[Settings] = web.AppKey("settings")
+engine_key: web.AppKey[AsyncEngine] = web.AppKey("engine")
+sessionmaker_key: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessionmaker")
+upstream_session_key: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream_session")
+metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")
+catalog_key: web.AppKey[Catalog] = web.AppKey("catalog")
+writer_key: web.AppKey[UsageWriter] = web.AppKey("writer")
+authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
+recorder_key: web.AppKey[Recorder] = web.AppKey("recorder")
+# streams still being relayed (or drained for billing after their client left)
+pumps_key: web.AppKey[set[asyncio.Task[web.StreamResponse]]] = web.AppKey("pumps")

@@ -1,0 +1,233 @@
+"""Reading records back: usage reports and the rows repricing revisits.
+
+The CLI's ``usage`` and the demo call ``usage_report``; ``pricing.reprice`` walks
+``records_for_repricing`` and writes with ``update_record_costs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ColumnElement, case, func, select, update
+from sqlalchemy import cast as cast_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..metering.records import Cost, Usage
+from .schema import Team, UsageRow, User, utc_day
+from .writes import cost_values
+
+__all__ = [
+    "COST_COLUMNS",
+    "GROUP_KEYS",
+    "TOKEN_COLUMNS",
+    "RepricingRow",
+    "records_for_repricing",
+    "update_record_costs",
+    "usage_report",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RepricingRow:
+    """What repricing needs of one stored record: its usage and its current cost."""
+
+    id: int
+    created_at: datetime
+    model: str | None
+    endpoint: str
+    requested_service_tier: str | None
+    effective_service_tier: str | None
+    code_execution_calls: int
+    usage: Usage
+    cost: Cost
+
+
+def _require_aware(value: datetime | None, name: str) -> None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+
+
+# --------------------------------------------------------------------- reports
+
+GROUP_KEYS: tuple[str, ...] = ("user", "team", "model", "day")
+
+# The measures of a usage report row, besides ``requests`` and ``unpriced_requests``.
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "cached_tokens",
+    "intermediate_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "total_tokens",
+)
+COST_COLUMNS = (
+    "cost_usd",
+    "cost_input_usd",
+    "cost_cached_usd",
+    "cost_intermediate_usd",
+    "cost_output_usd",
+    "cost_thinking_usd",
+    "cost_grounding_usd",
+)
+
+
+def _group_expression(key: str) -> ColumnElement[Any]:
+    if key == "user":
+        return User.name.expression
+    if key == "team":
+        return Team.name.expression
+    if key == "model":
+        return UsageRow.model.expression
+    return utc_day(UsageRow.created_at)
+
+
+def _int_sum(column: ColumnElement[Any]) -> ColumnElement[int]:
+    # PostgreSQL's SUM(bigint) is NUMERIC; the cast keeps ints ints everywhere.
+    return cast_(func.coalesce(func.sum(column), 0), BigInteger)
+
+
+async def usage_report(
+    session: AsyncSession,
+    *,
+    user: str | None = None,
+    team: str | None = None,
+    model: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    group_by: Sequence[str] = ("user",),
+) -> list[dict[str, object]]:
+    """Token and cost totals per group, over records with ``since <= created_at < until``.
+
+    ``group_by`` is a subset of ``GROUP_KEYS``: ``user`` and ``team`` are names
+    (``team`` is None for records billed to no team), ``day`` is the UTC date as
+    ``YYYY-MM-DD``. Each row holds the group keys, ``requests``, the token sums
+    (ints), the cost sums (``Decimal``; None when every record in the group is
+    unpriced, since SQL's SUM skips NULLs) and ``unpriced_requests``. Rows are
+    ordered by the group keys, None first. With an empty ``group_by`` the one
+    row is the grand total (no row when nothing matched).
+    """
+    keys = list(dict.fromkeys(group_by))
+    unknown = [k for k in keys if k not in GROUP_KEYS]
+    if unknown:
+        raise ValueError(f"cannot group by {unknown}; choose from {list(GROUP_KEYS)}")
+    _require_aware(since, "since")
+    _require_aware(until, "until")
+
+    groups = [_group_expression(k).label(k) for k in keys]
+    measures: list[ColumnElement[Any]] = [func.count().label("requests")]
+    measures += [_int_sum(getattr(UsageRow, c)).label(c) for c in TOKEN_COLUMNS]
+    measures += [func.sum(getattr(UsageRow, c)).label(c) for c in COST_COLUMNS]
+    measures.append(_int_sum(case((UsageRow.unpriced, 1), else_=0)).label("unpriced_requests"))
+
+    query = (
+        select(*groups, *measures)
+        .select_from(UsageRow)
+        .join(User, UsageRow.user_id == User.id)
+        .outerjoin(Team, UsageRow.team_id == Team.id)
+    )
+    if user is not None:
+        query = query.where(User.name == user)
+    if team is not None:
+        query = query.where(Team.name == team)
+    if model is not None:
+        query = query.where(UsageRow.model == model)
+    if since is not None:
+        query = query.where(UsageRow.created_at >= since)
+    if until is not None:
+        query = query.where(UsageRow.created_at < until)
+    if keys:
+        query = query.group_by(*(_group_expression(k) for k in keys))
+
+    rows: list[dict[str, object]] = [dict(r._mapping) for r in await session.execute(query)]
+    if not keys:
+        rows = [r for r in rows if r["requests"]]
+    # Sorted here rather than by ORDER BY: PostgreSQL's locale collation and
+    # SQLite's byte order disagree on text, and NULLs sort differently too.
+    rows.sort(key=lambda r: tuple((r[k] is not None, r[k] or "") for k in keys))
+    return rows
+
+
+# ------------------------------------------------------------------- repricing
+
+
+def _usage_from_row(row: UsageRow) -> Usage:
+    modalities = row.modalities or {}
+    return Usage(
+        input_tokens=row.input_tokens,
+        cached_tokens=row.cached_tokens,
+        intermediate_tokens=row.intermediate_tokens,
+        output_tokens=row.output_tokens,
+        thinking_tokens=row.thinking_tokens,
+        total_tokens=row.total_tokens,
+        input_by_modality=dict(modalities.get("input", {})),
+        cached_by_modality=dict(modalities.get("cached", {})),
+        intermediate_by_modality=dict(modalities.get("intermediate", {})),
+        output_by_modality=dict(modalities.get("output", {})),
+        grounding=dict(row.grounding or {}),
+    )
+
+
+def _cost_from_row(row: UsageRow) -> Cost:
+    return Cost(
+        total=row.cost_usd,
+        input=row.cost_input_usd,
+        cached=row.cost_cached_usd,
+        intermediate=row.cost_intermediate_usd,
+        output=row.cost_output_usd,
+        thinking=row.cost_thinking_usd,
+        grounding=row.cost_grounding_usd,
+        catalog_version=row.catalog_version,
+    )
+
+
+async def records_for_repricing(
+    session: AsyncSession,
+    since: datetime | None = None,
+    model: str | None = None,
+    *,
+    batch_size: int = 1000,
+) -> AsyncIterator[list[RepricingRow]]:
+    """Stored records (created at or after ``since``, of ``model``), in batches by id.
+
+    Pages by primary key rather than holding a cursor open, so the caller may
+    ``update_record_costs`` (and commit) between batches.
+    """
+    if batch_size <= 0:
+        raise ValueError("batch_size must be positive")
+    _require_aware(since, "since")
+    last_id = 0
+    while True:
+        query = select(UsageRow).where(UsageRow.id > last_id)
+        if since is not None:
+            query = query.where(UsageRow.created_at >= since)
+        if model is not None:
+            query = query.where(UsageRow.model == model)
+        rows = (await session.scalars(query.order_by(UsageRow.id).limit(batch_size))).all()
+        if not rows:
+            return
+        last_id = rows[-1].id
+        yield [
+            RepricingRow(
+                id=row.id,
+                created_at=row.created_at,
+                model=row.model,
+                endpoint=row.endpoint,
+                requested_service_tier=row.requested_service_tier,
+                effective_service_tier=row.effective_service_tier,
+                code_execution_calls=row.code_execution_calls,
+                usage=_usage_from_row(row),
+                cost=_cost_from_row(row),
+            )
+            for row in rows
+        ]
+
+
+async def update_record_costs(session: AsyncSession, updates: Iterable[tuple[int, Cost]]) -> int:
+    """Replace the cost columns of records by id; returns how many ids were given."""
+    params = [{"id": record_id, **cost_values(cost)} for record_id, cost in updates]
+    if params:
+        await session.execute(update(UsageRow), params)
+    return len(params)

@@ -1,0 +1,384 @@
+"""The database schema as SQLAlchemy models, its column types, and the engine factory.
+
+Everything the proxy stores lives in five tables:
+
+- ``teams`` and ``users``: who is billed. Users are made when a key is created
+  (``gemini-meter keys create``) or, in passthrough mode, the first time a client
+  key is seen.
+- ``api_keys``: virtual keys, stored as ``_keys.hash_key(secret, key)`` (never the
+  key itself) with a short display ``label``.
+- ``interactions``: who owns an upstream interaction, so the proxy can refuse
+  other users' GET/cancel/DELETE and ``previous_interaction_id``.
+- ``usage_records``: one row per billable upstream response, every field of
+  ``metering.records.UsageRecord`` flattened. ``interaction_id`` is unique: the writer
+  inserts with ``ON CONFLICT DO NOTHING``, so an interaction is recorded once.
+
+The schema is created by Alembic (``migrations/``), never by ``create_all`` in
+production; ``tests/test_migrate.py`` checks that these models and the migrations
+agree on SQLite and PostgreSQL. Query helpers live in ``storage`` and the batching
+writer in ``storage.writer``; this module only describes tables and opens engines.
+
+Two column types carry the portability rules:
+
+- ``Money``: exact US dollars with 12 fractional digits. PostgreSQL stores
+  ``NUMERIC(28, 12)``; SQLite, which has no exact decimal type, stores an
+  INTEGER count of 1e-12 USD so that ``SUM()`` in SQL stays exact.
+- ``UTCDateTime``: timezone-aware UTC ``datetime`` in Python on both databases
+  (``timestamptz`` on PostgreSQL, UTC text on SQLite).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    event,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+__all__ = [
+    "MONEY_SCALE",
+    "ApiKey",
+    "Base",
+    "Interaction",
+    "Money",
+    "Team",
+    "UTCDateTime",
+    "UsageRow",
+    "User",
+    "make_engine",
+    "make_sessionmaker",
+    "quantize_money",
+    "utc_day",
+    "utcnow",
+]
+
+MONEY_SCALE = 12
+_QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
+# Wide enough that quantizing any value NUMERIC(28, 12) can hold (or a SUM of
+# them) never trips the default 28-digit context.
+_MONEY_CONTEXT = Context(prec=80, rounding=ROUND_HALF_EVEN)
+# NUMERIC(28, 12) leaves 16 digits before the point.
+_NUMERIC_LIMIT = Decimal(10) ** (28 - MONEY_SCALE)
+# SQLite INTEGER is a signed 64-bit value: with 1e-12 USD units that bounds a
+# stored amount (and a SUM, which SQLite reports as "integer overflow" rather than
+# wrapping) to about 9.2 million dollars.
+_SQLITE_MIN = -(2**63)
+_SQLITE_MAX = 2**63 - 1
+
+# Explicit, stable constraint and index names: migrations refer to them by name
+# and SQLite's batch mode needs them to recreate tables.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC: the only kind of timestamp stored."""
+    return datetime.now(UTC)
+
+
+def quantize_money(value: Decimal | int) -> Decimal:
+    """``value`` rounded half-even to 12 fractional digits, as stored.
+
+    Raises ``TypeError`` for floats (binary fractions are not money) and
+    ``ValueError`` for NaN, infinities and values beyond ``NUMERIC(28, 12)``.
+    """
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise TypeError(f"money must be a Decimal or an int, not {type(value).__name__}")
+    amount = Decimal(value)
+    if not amount.is_finite():
+        raise ValueError(f"money must be finite, not {amount}")
+    quantized = amount.quantize(_QUANTUM, context=_MONEY_CONTEXT)
+    if abs(quantized) >= _NUMERIC_LIMIT:
+        raise ValueError(f"money amount {quantized} exceeds NUMERIC(28, {MONEY_SCALE})")
+    return quantized
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact US dollars, 12 fractional digits, ``Decimal`` in Python on every database.
+
+    PostgreSQL: native ``NUMERIC(28, 12)``. SQLite: an INTEGER count of 1e-12 USD
+    (SQLite's NUMERIC affinity would silently turn values into binary floats).
+    Because ``func.sum(column)`` takes the column's type, the result processor
+    also turns an SQLite integer SUM back into an exact ``Decimal``.
+    """
+
+    impl = Numeric(28, MONEY_SCALE, asdecimal=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(28, MONEY_SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = quantize_money(value)
+        if dialect.name != "sqlite":
+            return amount
+        units = int(amount.scaleb(MONEY_SCALE, context=_MONEY_CONTEXT))
+        if not _SQLITE_MIN <= units <= _SQLITE_MAX:
+            raise ValueError(f"money amount {amount} exceeds what SQLite can store exactly")
+        return units
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            if not isinstance(value, int):
+                # Only a hand-written row could put REAL or TEXT here; refuse to
+                # report a float as an exact amount.
+                raise TypeError(f"unexpected SQLite money value {value!r}")
+            return Decimal(value).scaleb(-MONEY_SCALE, context=_MONEY_CONTEXT)
+        return Decimal(value).quantize(_QUANTUM, context=_MONEY_CONTEXT)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC ``datetime`` in and out, whatever the database.
+
+    Naive datetimes are refused on bind: a local-time value silently stored as
+    UTC would shift every per-day report. PostgreSQL stores ``timestamptz``;
+    SQLite stores the UTC wall time as text (SQLAlchemy's fixed-width format,
+    so string comparison orders correctly) and gets its timezone back on load.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(DateTime())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class utc_day(FunctionElement[str]):
+    """``utc_day(column)``: the UTC calendar date of a ``UTCDateTime`` as ``YYYY-MM-DD``.
+
+    Compiled per dialect with literal arguments only, so the very same SQL text
+    can appear in SELECT and GROUP BY (PostgreSQL refuses to match expressions
+    whose bound parameters differ).
+    """
+
+    type = String()
+    name = "utc_day"
+    inherit_cache = True
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    # Values are stored as UTC wall time "YYYY-MM-DD HH:MM:SS.ffffff".
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    # timezone('UTC', timestamptz) is the UTC wall time whatever the session's
+    # TimeZone setting is.
+    return f"to_char(timezone('UTC', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD')"
+
+
+_JSON = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+_BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Team(Base):
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    # The user's home team: what passthrough-mode principals are billed to.
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Hex HMAC-SHA256 of the key under the server secret (``server.keys.hash_key``).
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # A short display id such as "gm-AbCd...", enough to tell keys apart in a
+    # listing and nowhere near enough to guess one.
+    label: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    # The team calls made with this key are billed to.
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+
+    # The upstream interaction id, as Gemini returned it.
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    model: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageRow(Base):
+    """One ``UsageRecord``, flattened (see ``storage.writes.usage_values``)."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
+        Index("ix_usage_records_team_id_created_at", "team_id", "created_at"),
+        Index("ix_usage_records_created_at", "created_at"),
+        Index("ix_usage_records_model_created_at", "model", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
+    request_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    model: Mapped[str | None] = mapped_column(Text)
+    endpoint: Mapped[str] = mapped_column(Text)
+    streamed: Mapped[bool] = mapped_column(Boolean)
+    upstream_status: Mapped[int] = mapped_column(Integer)
+    latency_seconds: Mapped[float] = mapped_column(Double)
+    ttfb_seconds: Mapped[float | None] = mapped_column(Double)
+    # Unique, nullable (NULLs never conflict): the exactly-once guarantee.
+    interaction_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    response_id: Mapped[str | None] = mapped_column(Text)
+    previous_interaction_id: Mapped[str | None] = mapped_column(Text)
+    requested_service_tier: Mapped[str | None] = mapped_column(Text)
+    effective_service_tier: Mapped[str | None] = mapped_column(Text)
+    labels: Mapped[dict[str, str]] = mapped_column(_JSON)
+
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    intermediate_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    thinking_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_mismatch: Mapped[bool] = mapped_column(Boolean)
+    modalities: Mapped[dict[str, dict[str, int]]] = mapped_column(_JSON)
+    grounding: Mapped[dict[str, int]] = mapped_column(_JSON)
+    code_execution_calls: Mapped[int] = mapped_column(Integer)
+    code_execution_errors: Mapped[int] = mapped_column(Integer)
+    parse_error: Mapped[bool] = mapped_column(Boolean)
+    client_disconnected: Mapped[bool] = mapped_column(Boolean)
+
+    # NULL when the model had no catalog entry: never a guessed price.
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_input_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_cached_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_intermediate_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_output_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_thinking_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_grounding_usd: Mapped[Decimal | None] = mapped_column(Money)
+    catalog_version: Mapped[str | None] = mapped_column(Text)
+    unpriced: Mapped[bool] = mapped_column(Boolean)
+
+
+# How long an SQLite connection waits for another writer's lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+
+def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers (reports, key lookups) run while the writer commits,
+        # and it is persistent, so the first connection sets it for the file.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # SQLite ignores foreign keys unless every connection asks for them.
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str, **overrides: Any) -> AsyncEngine:
+    """An ``AsyncEngine`` for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs.
+
+    SQLite connections get WAL, foreign keys and a busy timeout; PostgreSQL gets
+    a pre-pinged, recycled pool and a UTC session time zone. Bound parameters
+    are hidden from error messages, which end up in logs. ``overrides`` go to
+    ``create_async_engine`` as they are (tests pass ``poolclass=NullPool``).
+    The caller disposes the engine.
+    """
+    options: dict[str, Any] = {"hide_parameters": True}
+    if url.startswith("postgresql"):
+        options.update(
+            pool_size=10,
+            max_overflow=20,
+            # A proxy outlives database restarts and fail-overs: test a pooled
+            # connection before use rather than fail a batch on a dead socket.
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={
+                "server_settings": {"timezone": "UTC", "application_name": "gemini-meter"}
+            },
+        )
+    options.update(overrides)
+    engine = _create_async_engine(url, **options)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+    return engine
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose objects stay usable after commit (no lazy reloads later)."""
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,358 @@
+"""The batching usage writer: the request path hands records over and never waits.
+
+``metering.recorder`` calls ``UsageWriter.submit(record)`` (and ``server.forward`` calls
+``submit_owner`` when an interaction is created). Both turn what they are given
+into a row, append it to an in-process queue and return: no await, no I/O. One
+background task drains the queue:
+
+- a batch is written when ``batch_size`` rows are queued, when the oldest queued
+  row has waited ``flush_interval`` seconds, when ``flush()`` asks, and on
+  ``close()``;
+- each batch is one transaction of bulk INSERTs (``writes.insert_usage_rows``,
+  ``insert_interaction_owners``), with ``ON CONFLICT DO NOTHING`` on the
+  interaction id, so a batch retried after an unclear failure is still recorded
+  once;
+- a failed batch is kept and retried with capped exponential backoff, for as
+  long as it takes: a database outage delays records, it does not lose them;
+- every few failed attempts the batch is tried row by row, in case one row is
+  what the database refuses (a foreign key, a value out of range). Rows refused
+  that way are logged and counted in ``failed_rows_total``; an error that is not
+  about the row (connection, missing table) sends the rest back to retrying;
+- rows are dropped only when the queue already holds ``queue_limit`` rows,
+  counted in ``dropped_total`` and logged once per burst.
+
+The counters (``queued``, ``written_total``, ``failed_batches_total``,
+``failed_rows_total``, ``dropped_total``, ``last_success``) are plain
+attributes for ``server.metrics`` to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..metering.records import Principal, UsageRecord
+from .schema import utcnow
+from .writes import insert_interaction_owners, insert_usage_rows, owner_values, usage_values
+
+__all__ = ["UsageWriter"]
+
+log = logging.getLogger(__name__)
+
+
+class _Row(NamedTuple):
+    enqueued_at: float  # time.monotonic() at submit
+    is_usage: bool  # a usage_records row, else an interactions row
+    values: dict[str, Any]
+
+
+def _is_row_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the row itself is unacceptable (retrying cannot help).
+
+    A ``StatementError`` that is not a ``DBAPIError`` was raised while binding
+    values (a naive datetime, a float for money) before reaching the database.
+    """
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's own message: SQLAlchemy's wrapper would add the whole INSERT."""
+    cause = getattr(exc, "orig", None) or exc
+    return f"{type(cause).__name__}: {cause}"
+
+
+class UsageWriter:
+    """Writes usage records and interaction owners in batches, off the request path.
+
+    Health counters, read by ``server.metrics``:
+
+    - ``queued``: rows accepted and not yet written, the batch in flight included;
+    - ``written_total``: rows committed (usage records and interaction owners;
+      a duplicate skipped by ON CONFLICT counts, it is handled);
+    - ``failed_batches_total``: failed write attempts, each retry counted;
+    - ``failed_rows_total``: rows the database refused on their own, given up;
+    - ``dropped_total``: rows refused because the queue was full or the writer
+      closed, or left unwritten when ``close`` timed out;
+    - ``last_success``: ``time.monotonic()`` of the last successful write, or None.
+    """
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        queue_limit: int = 100_000,
+        retry_initial_seconds: float = 0.1,
+        retry_max_seconds: float = 10.0,
+        attempts_before_split: int = 3,
+    ) -> None:
+        if batch_size <= 0 or queue_limit <= 0 or attempts_before_split <= 0:
+            raise ValueError("batch_size, queue_limit and attempts_before_split must be positive")
+        if flush_interval <= 0 or retry_initial_seconds <= 0 or retry_max_seconds <= 0:
+            raise ValueError("flush_interval and retry delays must be positive")
+        self._sessionmaker = sessionmaker
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._queue_limit = queue_limit
+        self._retry_initial = retry_initial_seconds
+        self._retry_max = retry_max_seconds
+        self._attempts_before_split = attempts_before_split
+
+        self._queue: deque[_Row] = deque()
+        # The batch being written: still counted as queued until it is done.
+        self._batch: list[_Row] = []
+        # Sequence numbers of accepted rows: ``flush()`` waits for ``_done`` to
+        # reach the ``_accepted`` it saw. Rows are handled in order.
+        self._accepted = 0
+        self._done = 0
+        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self._burst_dropped = 0
+
+        self.written_total = 0
+        self.failed_batches_total = 0
+        self.failed_rows_total = 0
+        self.dropped_total = 0
+        self.last_success: float | None = None
+
+    # ------------------------------------------------------------ request path
+
+    @property
+    def queued(self) -> int:
+        """Rows accepted and not yet written (including the batch in flight)."""
+        return len(self._queue) + len(self._batch)
+
+    def submit(self, record: UsageRecord) -> None:
+        """Queue ``record`` for writing. Never awaits, never raises.
+
+        The row is a snapshot taken now: changing ``record`` afterwards has no
+        effect on what is stored.
+        """
+        try:
+            values = usage_values(record)
+        except Exception:
+            # A bug upstream of us must not fail the client's request.
+            log.exception("could not convert a usage record; it is not recorded")
+            self.failed_rows_total += 1
+            return
+        self._enqueue(True, values)
+
+    def submit_owner(self, interaction_id: str, principal: Principal, model: str | None) -> None:
+        """Queue "``principal`` owns ``interaction_id``". Never awaits, never raises."""
+        self._enqueue(False, owner_values(interaction_id, principal, model, utcnow()))
+
+    def _enqueue(self, is_usage: bool, values: dict[str, Any]) -> None:
+        if self._closed or self.queued >= self._queue_limit:
+            self.dropped_total += 1
+            if self._burst_dropped == 0:
+                reason = "the writer is closed" if self._closed else "the queue is full"
+                log.error(
+                    "dropping usage rows: %s (%d queued, limit %d)",
+                    reason,
+                    self.queued,
+                    self._queue_limit,
+                )
+            self._burst_dropped += 1
+            return
+        self._queue.append(_Row(time.monotonic(), is_usage, values))
+        self._accepted += 1
+        # Wake the loop only when it has something new to decide: the first row
+        # (start the interval clock) or a full batch.
+        if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
+            self._wakeup.set()
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start the background task (rows submitted before are kept and written)."""
+        if self._task is not None:
+            raise RuntimeError("UsageWriter already started")
+        if self._closed:
+            raise RuntimeError("UsageWriter is closed")
+        self._task = asyncio.create_task(self._run(), name="gemini-meter usage writer")
+        self._task.add_done_callback(self._on_task_done)
+
+    async def flush(self) -> None:
+        """Wait until every row submitted before this call is written (or refused)."""
+        target = self._accepted
+        if self._done >= target:
+            return
+        if self._task is None or self._task.done():
+            raise RuntimeError("UsageWriter is not running")
+        waiter = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append((target, waiter))
+        self._wakeup.set()
+        await waiter
+
+    async def close(self, timeout: float | None = 30.0) -> None:
+        """Write everything queued, then stop; later submits are dropped.
+
+        Rows submitted while closing are still written. If the database stays
+        unreachable for ``timeout`` seconds, what is left is logged, counted in
+        ``dropped_total`` and lost, so that shutdown cannot hang forever.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._task is None or self._task.done():
+                if not self._queue:
+                    break
+                # Never started, or rows arrived just as the task finished:
+                # drain them anyway, they were accepted.
+                self._task = asyncio.create_task(self._run(), name="gemini-meter usage writer")
+                self._task.add_done_callback(self._on_task_done)
+            self._wakeup.set()
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), remaining)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                break
+            except Exception:
+                break  # a bug, logged by _on_task_done; count what is left below
+        self._closed = True
+        lost = self.queued
+        if lost:
+            self.dropped_total += lost
+            log.error("usage writer closed with %d rows unwritten: they are lost", lost)
+            self._queue.clear()
+            self._batch = []
+        self._fail_waiters(RuntimeError("UsageWriter closed"))
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            self._fail_waiters(RuntimeError("UsageWriter stopped"))
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("usage writer stopped unexpectedly", exc_info=exc)
+            self._fail_waiters(RuntimeError("UsageWriter stopped unexpectedly"))
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for _, waiter in self._flush_waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._flush_waiters = []
+
+    # ------------------------------------------------------------- the loop
+
+    def _due(self) -> bool:
+        return (
+            len(self._queue) >= self._batch_size
+            or self._closing
+            or bool(self._flush_waiters)
+            or time.monotonic() - self._queue[0].enqueued_at >= self._flush_interval
+        )
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if not self._due():
+                self._wakeup.clear()
+                remaining = self._queue[0].enqueued_at + self._flush_interval - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), max(remaining, 0.0))
+                continue
+            count = min(self._batch_size, len(self._queue))
+            self._batch = [self._queue.popleft() for _ in range(count)]
+            await self._write(self._batch)
+            self._batch = []
+            self._done += count
+            self._wake_flushers()
+            if self._burst_dropped and self.queued < self._queue_limit:
+                log.warning(
+                    "usage writer accepting rows again after dropping %d", self._burst_dropped
+                )
+                self._burst_dropped = 0
+
+    def _wake_flushers(self) -> None:
+        still_waiting: list[tuple[int, asyncio.Future[None]]] = []
+        for target, waiter in self._flush_waiters:
+            if waiter.done():
+                continue  # its caller gave up (cancelled)
+            if self._done >= target:
+                waiter.set_result(None)
+            else:
+                still_waiting.append((target, waiter))
+        self._flush_waiters = still_waiting
+
+    async def _write(self, batch: Sequence[_Row]) -> None:
+        """Write ``batch``, retrying until every row is in or refused on its own merits."""
+        pending = list(batch)
+        failures = 0
+        delay = self._retry_initial
+        while True:
+            try:
+                await self._insert(pending)
+            except Exception as exc:
+                failures += 1
+                self.failed_batches_total += 1
+                if failures == 1:
+                    log.warning(
+                        "writing %d usage rows failed, retrying with backoff: %s",
+                        len(pending),
+                        _describe(exc),
+                    )
+                else:
+                    log.debug("usage batch attempt %d failed: %s", failures, _describe(exc))
+                if failures % self._attempts_before_split == 0:
+                    pending = await self._write_row_by_row(pending)
+                    if not pending:
+                        break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+            else:
+                self.written_total += len(pending)
+                break
+        self.last_success = time.monotonic()
+        if failures:
+            log.warning("usage rows written again after %d failed attempts", failures)
+
+    async def _write_row_by_row(self, rows: list[_Row]) -> list[_Row]:
+        """Insert ``rows`` one per transaction, discarding those refused for their
+        content; returns the rows still to write when the database itself fails."""
+        for index, row in enumerate(rows):
+            try:
+                await self._insert([row])
+            except Exception as exc:
+                if not _is_row_error(exc):
+                    return rows[index:]
+                self.failed_rows_total += 1
+                table = "usage_records" if row.is_usage else "interactions"
+                log.error(
+                    "the database refused a %s row, which is dropped: %s", table, _describe(exc)
+                )
+            else:
+                self.written_total += 1
+        return []
+
+    async def _insert(self, rows: Sequence[_Row]) -> None:
+        usage = [row.values for row in rows if row.is_usage]
+        owners = [row.values for row in rows if not row.is_usage]
+        async with self._sessionmaker.begin() as session:
+            await insert_interaction_owners(session, owners)
+            await insert_usage_rows(session, usage)

@@ -1,0 +1,132 @@
+"""The write path: a finished ``UsageRecord`` (or an interaction's owner) as a row.
+
+``storage.writer`` turns what it is handed into rows with ``usage_values`` and
+``owner_values`` and writes a batch with ``insert_usage_rows`` /
+``insert_interaction_owners``; both skip what is already stored, so a batch
+retried after an unclear failure is still recorded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
+
+from ..metering.records import Cost, Principal, UsageRecord
+from .schema import Interaction, UsageRow
+
+__all__ = [
+    "cost_values",
+    "insert_ignoring",
+    "insert_interaction_owners",
+    "insert_usage_rows",
+    "owner_values",
+    "table_of",
+    "usage_values",
+]
+
+
+def table_of(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def insert_ignoring(session: AsyncSession, table: Table, *conflict_columns: str) -> Insert:
+    """INSERT ... ON CONFLICT (columns) DO NOTHING in the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+def usage_values(record: UsageRecord) -> dict[str, Any]:
+    """A ``UsageRecord`` as a ``usage_records`` row (column name -> value).
+
+    Copies the mutable parts (labels, modality maps), so the row is a snapshot
+    of the record at the time of the call.
+    """
+    usage, cost, principal = record.usage, record.cost, record.principal
+    return {
+        "request_id": record.request_id,
+        "created_at": record.created_at,
+        "user_id": principal.user_id,
+        "team_id": principal.team_id,
+        "key_id": principal.key_id,
+        "model": record.model,
+        "endpoint": str(record.endpoint),
+        "streamed": record.streamed,
+        "upstream_status": record.upstream_status,
+        "latency_seconds": record.latency_seconds,
+        "ttfb_seconds": record.ttfb_seconds,
+        "interaction_id": record.interaction_id,
+        "response_id": record.response_id,
+        "previous_interaction_id": record.previous_interaction_id,
+        "requested_service_tier": record.requested_service_tier,
+        "effective_service_tier": record.effective_service_tier,
+        "labels": dict(record.labels),
+        "input_tokens": usage.input_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "intermediate_tokens": usage.intermediate_tokens,
+        "output_tokens": usage.output_tokens,
+        "thinking_tokens": usage.thinking_tokens,
+        "total_tokens": usage.total_tokens,
+        "total_mismatch": usage.total_mismatch,
+        "modalities": {k: dict(v) for k, v in usage.modalities_json().items()},
+        "grounding": dict(usage.grounding),
+        "code_execution_calls": record.code_execution_calls,
+        "code_execution_errors": record.code_execution_errors,
+        "parse_error": record.parse_error,
+        "client_disconnected": record.client_disconnected,
+        **cost_values(cost),
+    }
+
+
+def cost_values(cost: Cost) -> dict[str, Any]:
+    return {
+        "cost_usd": cost.total,
+        "cost_input_usd": cost.input,
+        "cost_cached_usd": cost.cached,
+        "cost_intermediate_usd": cost.intermediate,
+        "cost_output_usd": cost.output,
+        "cost_thinking_usd": cost.thinking,
+        "cost_grounding_usd": cost.grounding,
+        "catalog_version": cost.catalog_version,
+        "unpriced": cost.unpriced,
+    }
+
+
+def owner_values(
+    interaction_id: str, principal: Principal, model: str | None, created_at: datetime
+) -> dict[str, Any]:
+    """An ``interactions`` row: ``principal`` owns ``interaction_id``."""
+    return {
+        "id": interaction_id,
+        "user_id": principal.user_id,
+        "team_id": principal.team_id,
+        "key_id": principal.key_id,
+        "model": model,
+        "created_at": created_at,
+    }
+
+
+async def insert_usage_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``usage_values`` rows in one statement; an interaction already recorded
+    (or recorded twice in ``rows``) is skipped, which makes retries safe."""
+    if rows:
+        stmt = insert_ignoring(session, table_of(UsageRow), "interaction_id")
+        await session.execute(stmt, list(rows))
+
+
+async def insert_interaction_owners(
+    session: AsyncSession, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert ``owner_values`` rows; the first owner recorded for an interaction stays."""
+    if rows:
+        stmt = insert_ignoring(session, table_of(Interaction), "id")
+        await session.execute(stmt, list(rows))
