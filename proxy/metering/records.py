@@ -140,4 +140,11 @@ class UsageRecord:
     # usage missing or malformed in a response that should have carried it
     parse_error: bool = False
     client_disconnected: bool = False
+    # the partial usage of an interaction cut before it was terminal; the terminal
+    # usage seen later replaces it
+    provisional: bool = False
+    # tokens counted by the proxy (the response carried no usage)
+    estimated: bool = False
+    # a billable route the meter does not understand yet: zero tokens, still recorded
+    unmetered_route: bool = False
     cost: Cost = UNPRICED

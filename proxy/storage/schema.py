@@ -47,6 +47,7 @@ from sqlalchemy import (
     String,
     Text,
     event,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -285,6 +286,9 @@ class UsageRow(Base):
         Index("ix_usage_records_team_id_created_at", "team_id", "created_at"),
         Index("ix_usage_records_created_at", "created_at"),
         Index("ix_usage_records_model_created_at", "model", "created_at"),
+        # Idempotent writes: a batch written twice (a lost COMMIT reply, a journal
+        # replay) inserts each record once.
+        Index("uq_usage_records_request_id", "request_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
@@ -320,6 +324,12 @@ class UsageRow(Base):
     code_execution_errors: Mapped[int] = mapped_column(Integer)
     parse_error: Mapped[bool] = mapped_column(Boolean)
     client_disconnected: Mapped[bool] = mapped_column(Boolean)
+    # Partial usage of an interaction cut before it was terminal: replaced later.
+    provisional: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # Tokens counted by the proxy, not reported by the upstream.
+    estimated: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # A billable route the meter does not understand: recorded with zero tokens.
+    unmetered_route: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     # NULL when the model had no catalog entry: never a guessed price.
     cost_usd: Mapped[Decimal | None] = mapped_column(Money)
@@ -331,6 +341,20 @@ class UsageRow(Base):
     cost_grounding_usd: Mapped[Decimal | None] = mapped_column(Money)
     catalog_version: Mapped[str | None] = mapped_column(Text)
     unpriced: Mapped[bool] = mapped_column(Boolean)
+
+
+class UploadSession(Base):
+    """A resumable upload an authenticated principal started through the proxy."""
+
+    __tablename__ = "upload_sessions"
+
+    # keyed hash of the upload id: the id is the byte legs' only credential
+    upload_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 # How long an SQLite connection waits for another writer's lock before failing.

@@ -83,6 +83,9 @@ def usage_values(record: UsageRecord) -> dict[str, Any]:
         "code_execution_errors": record.code_execution_errors,
         "parse_error": record.parse_error,
         "client_disconnected": record.client_disconnected,
+        "provisional": record.provisional,
+        "estimated": record.estimated,
+        "unmetered_route": record.unmetered_route,
         **cost_values(cost),
     }
 
