@@ -1,4 +1,5 @@
-"""Test factories: the end-to-end stack, and strict checks of wire shapes against the SDK.
+"""Test factories: the end-to-end stack, strict checks of wire shapes against the SDK, and
+the pricing tests' shared catalog and usage builder.
 
 ``make_stack(**overrides)`` builds a proxy in front of a fresh emulator on the
 database of the ``migrated_url`` fixture (SQLite and PostgreSQL), issues keys
@@ -9,7 +10,9 @@ test clients for both raw HTTP and the google-genai SDK.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -29,6 +32,8 @@ from proxy.emulator.server import (
     create_emulator_app,
     emulator_state_key,
 )
+from proxy.metering.records import Cost, Usage
+from proxy.pricing import load_catalog
 from proxy.server.app import create_app
 from proxy.server.typedefs import sessionmaker_key, writer_key
 from proxy.settings import Settings
@@ -184,3 +189,31 @@ def assert_strict(value: Any, path: str = "$") -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             assert_strict(item, f"{path}.{key}")
+
+
+# --- pricing ----------------------------------------------------------------------------------
+
+CATALOG = load_catalog()
+AT = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+COST_PARTS = ("input", "cached", "intermediate", "output", "thinking", "grounding")
+
+
+def D(value: str) -> Decimal:
+    return Decimal(value)
+
+
+def usage(**kwargs: Any) -> Usage:
+    """A Usage whose total is consistent with its parts, like a parser's."""
+    u = Usage(**kwargs)
+    return replace(
+        u,
+        total_tokens=u.input_tokens + u.intermediate_tokens + u.output_tokens + u.thinking_tokens,
+    )
+
+
+def assert_cost(cost: Cost, expected: dict[str, str]) -> None:
+    """``cost`` is the shipped catalog's and has exactly the ``expected`` non-zero parts."""
+    assert cost.catalog_version == CATALOG.version
+    assert cost.total == D(expected["total"])
+    for part in COST_PARTS:
+        assert getattr(cost, part) == D(expected.get(part, "0")), part

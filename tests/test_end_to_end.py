@@ -16,7 +16,7 @@ from google.genai import types
 
 from proxy.cli.demo import tiny_png
 from proxy.metering.parsers import usage_from_generate, usage_from_interaction
-from proxy.pricing.catalog import load_catalog, price
+from proxy.pricing import load_catalog, price
 from tests.factories import UPSTREAM_KEY, Stack, raw
 
 MODEL = "gemini-3.5-flash"

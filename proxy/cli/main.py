@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..errors import ConfigError, GeminiMeterError
 from ..metering.parsers import UsageParseError, usage_from_any
-from ..pricing.catalog import Catalog, catalog_rows, cost_to_json, load_catalog, price
+from ..pricing import Catalog, catalog_rows, cost_to_json, load_catalog, price
 from ..settings import Settings, load_settings
 from ..storage import accounts, reports
 from ..storage import migrate as _migrate

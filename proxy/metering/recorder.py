@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from ..pricing.catalog import Catalog, price
+from ..pricing import Catalog, price
 from ..server.metrics import Metrics
 from ..storage.writer import UsageWriter
 from .records import Principal, UsageRecord

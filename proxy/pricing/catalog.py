@@ -1,32 +1,20 @@
-"""The price catalog and the cost engine: a ``Usage`` in, an exact ``Cost`` out.
+"""The price catalog: its shapes, and loading and validating ``prices.toml``.
 
 The catalog is ``prices.toml`` shipped in this package, optionally overridden or extended
 by a user file of the same format (``Settings.price_catalog``). ``load_catalog`` reads and
 validates both once, at start-up, and raises ``ConfigError`` naming the file and key of
-anything it cannot use; after that, ``price`` is a pure function over dataclasses that
-never raises on odd input from the wire. The recorder calls it once per finished record;
-the CLI's ``price``, ``prices`` and ``reprice`` commands use it and the display helpers at
-the bottom of this module.
+anything it cannot use. What it returns, a ``Catalog`` of dated ``ModelPrices`` entries,
+is what the cost engine (``cost.price``) reads and the CLI shows (``display``).
 
-How one record is priced (docs/pricing.md has the worked reasoning):
+How a record finds its entry (docs/pricing.md has the worked reasoning):
 
 - The model name resolves to a catalog entry with or without the ``models/`` prefix, or
-  through an explicit alias; anything else is unpriced (``UNPRICED``), never guessed.
+  through an explicit alias; anything else is unpriced, never guessed.
 - The entry in force is the latest whose ``effective_from`` is on or before the record's
   UTC date.
-- Long-context models bill the whole request at their higher rates when the prompt
-  (``input_tokens``, cached part included) exceeds the threshold.
-- Uncached input, cached input and intermediate (tool-use) tokens bill at the input or
-  cached rate of their modality where the model has one, text rates otherwise; output and
-  thinking tokens bill at the output rate.
-- The service tier's factor (flex, batch/deferred, priority) multiplies the input,
-  intermediate, output and thinking charges; cached tokens have their own per-tier factor
-  (1 unless the entry says otherwise: Google lists one context-caching price per model and
-  its batch rows repeat the standard one). Grounding fees are added per grounded prompt or
-  per search query, as the model bills them, in every tier alike.
 
-Money is ``decimal.Decimal`` throughout, computed in a local context wide enough that no
-operation rounds: a record's cost is exact, and only display helpers round.
+The name helpers and the bounded ``_warn_once`` below the ``Catalog`` are shared with the
+cost engine: both sides must spell models, tools and days alike.
 """
 
 from __future__ import annotations
@@ -39,23 +27,13 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import (
-    ROUND_HALF_EVEN,
-    ROUND_HALF_UP,
-    Context,
-    Decimal,
-    DivisionByZero,
-    InvalidOperation,
-    Overflow,
-    localcontext,
-)
+from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn, cast
 
 from ..errors import ConfigError
-from ..metering.records import UNPRICED, Cost, Usage
 
 __all__ = [
     "Catalog",
@@ -63,28 +41,13 @@ __all__ = [
     "LongContext",
     "ModelPrices",
     "Rates",
-    "catalog_rows",
-    "cost_to_json",
-    "format_usd",
     "load_catalog",
-    "price",
 ]
 
 log = logging.getLogger("gemini_meter.pricing")
 
-# Rates are quoted per million tokens.
-_PER_MILLION: Final = Decimal(1_000_000)
+# Grounding fees are quoted per thousand grounded prompts or queries.
 _PER_THOUSAND: Final = Decimal(1_000)
-_PLURAL: Final = {"prompt": "prompts", "query": "queries"}
-
-# 80 significant digits: a rate of a dozen digits times a token count of a dozen digits
-# times a tier factor never comes close, so no multiplication or division here rounds.
-# The traps turn a would-be silent NaN or infinity into an error the tests would see.
-_EXACT: Final = Context(
-    prec=80,
-    rounding=ROUND_HALF_EVEN,
-    traps=[InvalidOperation, DivisionByZero, Overflow],
-)
 
 _PACKAGE_FILE: Final = "prices.toml"
 _MODEL_PREFIX: Final = "models/"
@@ -92,21 +55,6 @@ _MODEL_PREFIX: Final = "models/"
 # Tiers an entry must state a factor for; standard is always 1.
 TIER_NAMES: Final = ("flex", "batch", "priority")
 _STANDARD: Final = "standard"
-# Every spelling either API uses for a tier, to the catalog's name. The Interactions API
-# calls its batch-priced asynchronous tier ``deferred``; generateContent's enum spells
-# tiers ``SERVICE_TIER_*`` (the prefix is stripped before this lookup).
-_TIER_SPELLINGS: Final = MappingProxyType(
-    {
-        "": _STANDARD,
-        "unspecified": _STANDARD,
-        "standard": _STANDARD,
-        "default": _STANDARD,
-        "flex": "flex",
-        "batch": "batch",
-        "deferred": "batch",
-        "priority": "priority",
-    }
-)
 
 GroundingUnit = Literal["prompt", "query"]
 _GROUNDING_UNITS: Final = ("prompt", "query")
@@ -305,153 +253,7 @@ class Catalog:
         )
 
 
-# --- pricing --------------------------------------------------------------------------------
-
-
-def price(
-    catalog: Catalog,
-    model: str | None,
-    usage: Usage,
-    *,
-    service_tier: str | None = None,
-    at: datetime | None = None,
-) -> Cost:
-    """The exact cost of ``usage`` on ``model``, or ``UNPRICED`` when the catalog has no price.
-
-    ``service_tier`` is the tier the call was billed at: the effective tier the response
-    reported if known, else the requested one; None and unknown names price at standard.
-    ``at`` (default: now) picks the dated entry. Nonsensical counts are clamped, never
-    raised on: negative counts count as 0, and cached tokens beyond the prompt as the
-    prompt (cached is a subset of input).
-    """
-    canonical = catalog.resolve(model)
-    if canonical is None:
-        catalog._note_unpriced(model, "not in the catalog")
-        return UNPRICED
-    day = _utc_day(at if at is not None else datetime.now(UTC))
-    entry = catalog.entry(canonical, day)
-    if entry is None:
-        catalog._note_unpriced(model, f"no entry in force on {day.isoformat()}")
-        return UNPRICED
-    return _cost(entry, usage, _tier_name(service_tier), catalog.version)
-
-
-def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
-    with localcontext(_EXACT):
-        prompt = _count(usage.input_tokens)
-        cached = min(_count(usage.cached_tokens), prompt)
-        rates = entry.rates_for(prompt)
-        factor = entry.tier_factor(tier)
-        cached_by_modality = _counts(usage.cached_by_modality)
-        # A modality's uncached input is its prompt tokens less its cached ones.
-        uncached_by_modality = {
-            modality: max(tokens - cached_by_modality.get(modality, 0), 0)
-            for modality, tokens in _counts(usage.input_by_modality).items()
-        }
-        input_cost = _charge(
-            prompt - cached, uncached_by_modality, rates.input, rates.input_by_modality, factor
-        )
-        cached_cost = _charge(
-            cached,
-            cached_by_modality,
-            rates.cached,
-            rates.cached_by_modality,
-            entry.cached_tier_factor(tier),
-        )
-        intermediate_cost = _charge(
-            _count(usage.intermediate_tokens),
-            _counts(usage.intermediate_by_modality),
-            rates.input,
-            rates.input_by_modality,
-            factor,
-        )
-        output_cost = _charge(_count(usage.output_tokens), {}, rates.output, {}, factor)
-        thinking_cost = _charge(_count(usage.thinking_tokens), {}, rates.output, {}, factor)
-        grounding_cost = _grounding(entry, usage.grounding)
-        total = (
-            input_cost
-            + cached_cost
-            + intermediate_cost
-            + output_cost
-            + thinking_cost
-            + grounding_cost
-        )
-    return Cost(
-        total=total,
-        input=input_cost,
-        cached=cached_cost,
-        intermediate=intermediate_cost,
-        output=output_cost,
-        thinking=thinking_cost,
-        grounding=grounding_cost,
-        catalog_version=version,
-    )
-
-
-def _charge(
-    tokens: int,
-    by_modality: Mapping[str, int],
-    text_rate: Decimal,
-    modality_rates: Mapping[str, Decimal],
-    factor: Decimal,
-) -> Decimal:
-    """``tokens`` at their modalities' rates; tokens no breakdown accounts for are text.
-
-    A breakdown claiming more tokens than the total is clamped to the total, so the
-    breakdown can only move tokens between rates, never add any.
-    """
-    remaining = tokens
-    amount = Decimal(0)
-    for modality in sorted(modality_rates):
-        counted = min(by_modality.get(modality, 0), remaining)
-        amount += modality_rates[modality] * counted
-        remaining -= counted
-    amount += text_rate * remaining
-    return amount * factor / _PER_MILLION
-
-
-def _grounding(entry: ModelPrices, uses: Mapping[str, int]) -> Decimal:
-    amount = Decimal(0)
-    for tool, count in uses.items():
-        used = _count(count)
-        if used == 0:
-            continue
-        fee = entry.grounding_fee(tool)
-        if fee is None:
-            # Not guessed: a tool the catalog has no fee for is not charged, and said so once.
-            _warn_once(
-                f"tool:{entry.model}:{_tool_key(tool)}",
-                "model %s has no catalog fee for grounding tool %r: not charged",
-                entry.model,
-                tool,
-            )
-            continue
-        amount += fee.charge(used)
-    return amount
-
-
-def _count(value: int) -> int:
-    return value if value > 0 else 0
-
-
-def _counts(by_modality: Mapping[str, int]) -> dict[str, int]:
-    merged: dict[str, int] = {}
-    for modality, tokens in by_modality.items():
-        key = modality.strip().lower()
-        merged[key] = merged.get(key, 0) + _count(tokens)
-    return merged
-
-
-def _tier_name(tier: str | None) -> str:
-    """The catalog's name for a tier as either API spells it; unknown ones are standard."""
-    if tier is None:
-        return _STANDARD
-    spelled = tier.strip().lower().removeprefix("service_tier_")
-    name = _TIER_SPELLINGS.get(spelled)
-    if name is None:
-        _warn_once(f"tier:{spelled[:40]}", "unknown service tier %r: priced at standard", tier)
-        return _STANDARD
-    return name
+# --- names and warnings, shared with the cost engine -----------------------------------------
 
 
 def _utc_day(at: datetime | date) -> date:
@@ -848,116 +650,3 @@ def _kind(value: object) -> str:
         list: "an array",
         dict: "a table",
     }.get(type(value), type(value).__name__)
-
-
-# --- display ----------------------------------------------------------------------------------
-
-
-def format_usd(d: Decimal | None, places: int = 6) -> str:
-    """Money for people: ``$0.001250``; rounds half up to ``places`` decimals, here only."""
-    if d is None:
-        return "unpriced"
-    if places < 0:
-        raise ValueError("places must be >= 0")
-    with localcontext(_EXACT):
-        rounded = abs(d).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    sign = "-" if d < 0 and rounded else ""
-    return f"{sign}${rounded:f}"
-
-
-def cost_to_json(cost: Cost) -> dict[str, Any]:
-    """The JSON form of a cost: exact decimal strings, null throughout when unpriced."""
-    return {
-        "cost_usd": _exact(cost.total),
-        "cost_breakdown_usd": {
-            "input": _exact(cost.input),
-            "cached": _exact(cost.cached),
-            "intermediate": _exact(cost.intermediate),
-            "output": _exact(cost.output),
-            "thinking": _exact(cost.thinking),
-            "grounding": _exact(cost.grounding),
-        },
-    }
-
-
-def catalog_rows(catalog: Catalog, model: str | None) -> list[dict[str, str]]:
-    """One row per dated entry for ``gemini-meter prices``: every model, or one model.
-
-    ``model`` may be an alias; an unknown name gives no rows. Rates are USD per 1M tokens
-    exactly as the catalog writes them.
-    """
-    if model is None:
-        names = catalog.models()
-    else:
-        resolved = catalog.resolve(model)
-        names = [resolved] if resolved is not None else []
-    aliases_of: dict[str, list[str]] = {}
-    for alias, target in sorted(catalog.aliases.items()):
-        aliases_of.setdefault(target, []).append(alias)
-    rows: list[dict[str, str]] = []
-    for name in names:
-        for e in catalog.entries(name):
-            rows.append(
-                {
-                    "model": name,
-                    "aliases": ", ".join(aliases_of.get(name, [])),
-                    "effective_from": e.effective_from.isoformat(),
-                    "input": _rate_text(e.rates.input, e.rates.input_by_modality),
-                    "cached": _rate_text(e.rates.cached, e.rates.cached_by_modality),
-                    "output": str(e.rates.output),
-                    "long_context": _long_context_text(e.long_context),
-                    "tiers": _tiers_text(e),
-                    "grounding": "; ".join(
-                        f"{tool} ${fee.per_1000}/1000 {_PLURAL.get(fee.unit, fee.unit)}"
-                        for tool, fee in e.grounding.items()
-                    ),
-                    "cache_storage_per_hour": (
-                        "" if e.cache_storage_per_hour is None else str(e.cache_storage_per_hour)
-                    ),
-                    "source": e.source,
-                    "read_on": e.read_on.isoformat(),
-                    "confirmed": (
-                        "yes"
-                        if e.confirmed
-                        else f"no ({', '.join(e.unconfirmed)})"
-                        if e.unconfirmed
-                        else "no"
-                    ),
-                }
-            )
-    return rows
-
-
-def _tiers_text(entry: ModelPrices) -> str:
-    text = ", ".join(f"{tier} x{factor}" for tier, factor in entry.tiers.items())
-    cached = entry.cached_tiers
-    if all(factor == 1 for factor in cached.values()):
-        return f"{text}; cached x1 in every tier"
-    return f"{text}; cached " + ", ".join(f"{tier} x{factor}" for tier, factor in cached.items())
-
-
-def _long_context_text(long: LongContext | None) -> str:
-    if long is None:
-        return ""
-    rates = long.rates
-    return (
-        f"prompt > {long.threshold}: "
-        f"input {_rate_text(rates.input, rates.input_by_modality)}, "
-        f"cached {_rate_text(rates.cached, rates.cached_by_modality)}, "
-        f"output {rates.output}"
-    )
-
-
-def _rate_text(rate: Decimal, by_modality: Mapping[str, Decimal]) -> str:
-    if not by_modality:
-        return str(rate)
-    others = ", ".join(f"{m} {r}" for m, r in sorted(by_modality.items()))
-    return f"{rate} ({others})"
-
-
-def _exact(value: Decimal | None) -> str | None:
-    """An exact plain-notation string without trailing zeros: ``0.00125``, ``0``."""
-    if value is None:
-        return None
-    with localcontext(_EXACT):
-        return format(value.normalize(), "f")

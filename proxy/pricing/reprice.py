@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..metering.records import Cost
 from ..storage.reports import records_for_repricing, update_record_costs
 from ..storage.schema import quantize_money
-from .catalog import Catalog, price
+from .catalog import Catalog
+from .cost import price
 
 _PARTS = ("total", "input", "cached", "intermediate", "output", "thinking", "grounding")
 

@@ -1,0 +1,220 @@
+"""The cost engine: a ``Usage`` in, an exact ``Cost`` out.
+
+``price`` is a pure function over the catalog's dataclasses (``catalog``) that never
+raises on odd input from the wire. The recorder calls it once per finished record;
+``reprice`` and the CLI's ``price`` command call it too.
+
+How one record is priced (docs/pricing.md has the worked reasoning):
+
+- The model resolves to its catalog entry in force on the record's UTC date
+  (``Catalog.resolve`` and ``Catalog.entry``); without one the record is unpriced
+  (``UNPRICED``), never guessed.
+- Long-context models bill the whole request at their higher rates when the prompt
+  (``input_tokens``, cached part included) exceeds the threshold.
+- Uncached input, cached input and intermediate (tool-use) tokens bill at the input or
+  cached rate of their modality where the model has one, text rates otherwise; output and
+  thinking tokens bill at the output rate.
+- The service tier's factor (flex, batch/deferred, priority) multiplies the input,
+  intermediate, output and thinking charges; cached tokens have their own per-tier factor
+  (1 unless the entry says otherwise: Google lists one context-caching price per model and
+  its batch rows repeat the standard one). Grounding fees are added per grounded prompt or
+  per search query, as the model bills them, in every tier alike.
+
+Money is ``decimal.Decimal`` throughout, computed in a local context wide enough that no
+operation rounds: a record's cost is exact, and only the display helpers round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+from types import MappingProxyType
+from typing import Final
+
+from ..metering.records import UNPRICED, Cost, Usage
+from .catalog import _STANDARD, Catalog, ModelPrices, _tool_key, _utc_day, _warn_once
+
+__all__ = ["price"]
+
+# Rates are quoted per million tokens.
+_PER_MILLION: Final = Decimal(1_000_000)
+
+# 80 significant digits: a rate of a dozen digits times a token count of a dozen digits
+# times a tier factor never comes close, so no multiplication or division here rounds.
+# The traps turn a would-be silent NaN or infinity into an error the tests would see.
+_EXACT: Final = Context(
+    prec=80,
+    rounding=ROUND_HALF_EVEN,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+
+# Every spelling either API uses for a tier, to the catalog's name. The Interactions API
+# calls its batch-priced asynchronous tier ``deferred``; generateContent's enum spells
+# tiers ``SERVICE_TIER_*`` (the prefix is stripped before this lookup).
+_TIER_SPELLINGS: Final = MappingProxyType(
+    {
+        "": _STANDARD,
+        "unspecified": _STANDARD,
+        "standard": _STANDARD,
+        "default": _STANDARD,
+        "flex": "flex",
+        "batch": "batch",
+        "deferred": "batch",
+        "priority": "priority",
+    }
+)
+
+
+def price(
+    catalog: Catalog,
+    model: str | None,
+    usage: Usage,
+    *,
+    service_tier: str | None = None,
+    at: datetime | None = None,
+) -> Cost:
+    """The exact cost of ``usage`` on ``model``, or ``UNPRICED`` when the catalog has no price.
+
+    ``service_tier`` is the tier the call was billed at: the effective tier the response
+    reported if known, else the requested one; None and unknown names price at standard.
+    ``at`` (default: now) picks the dated entry. Nonsensical counts are clamped, never
+    raised on: negative counts count as 0, and cached tokens beyond the prompt as the
+    prompt (cached is a subset of input).
+    """
+    canonical = catalog.resolve(model)
+    if canonical is None:
+        catalog._note_unpriced(model, "not in the catalog")
+        return UNPRICED
+    day = _utc_day(at if at is not None else datetime.now(UTC))
+    entry = catalog.entry(canonical, day)
+    if entry is None:
+        catalog._note_unpriced(model, f"no entry in force on {day.isoformat()}")
+        return UNPRICED
+    return _cost(entry, usage, _tier_name(service_tier), catalog.version)
+
+
+def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
+    with localcontext(_EXACT):
+        prompt = _count(usage.input_tokens)
+        cached = min(_count(usage.cached_tokens), prompt)
+        rates = entry.rates_for(prompt)
+        factor = entry.tier_factor(tier)
+        cached_by_modality = _counts(usage.cached_by_modality)
+        # A modality's uncached input is its prompt tokens less its cached ones.
+        uncached_by_modality = {
+            modality: max(tokens - cached_by_modality.get(modality, 0), 0)
+            for modality, tokens in _counts(usage.input_by_modality).items()
+        }
+        input_cost = _charge(
+            prompt - cached, uncached_by_modality, rates.input, rates.input_by_modality, factor
+        )
+        cached_cost = _charge(
+            cached,
+            cached_by_modality,
+            rates.cached,
+            rates.cached_by_modality,
+            entry.cached_tier_factor(tier),
+        )
+        intermediate_cost = _charge(
+            _count(usage.intermediate_tokens),
+            _counts(usage.intermediate_by_modality),
+            rates.input,
+            rates.input_by_modality,
+            factor,
+        )
+        output_cost = _charge(_count(usage.output_tokens), {}, rates.output, {}, factor)
+        thinking_cost = _charge(_count(usage.thinking_tokens), {}, rates.output, {}, factor)
+        grounding_cost = _grounding(entry, usage.grounding)
+        total = (
+            input_cost
+            + cached_cost
+            + intermediate_cost
+            + output_cost
+            + thinking_cost
+            + grounding_cost
+        )
+    return Cost(
+        total=total,
+        input=input_cost,
+        cached=cached_cost,
+        intermediate=intermediate_cost,
+        output=output_cost,
+        thinking=thinking_cost,
+        grounding=grounding_cost,
+        catalog_version=version,
+    )
+
+
+def _charge(
+    tokens: int,
+    by_modality: Mapping[str, int],
+    text_rate: Decimal,
+    modality_rates: Mapping[str, Decimal],
+    factor: Decimal,
+) -> Decimal:
+    """``tokens`` at their modalities' rates; tokens no breakdown accounts for are text.
+
+    A breakdown claiming more tokens than the total is clamped to the total, so the
+    breakdown can only move tokens between rates, never add any.
+    """
+    remaining = tokens
+    amount = Decimal(0)
+    for modality in sorted(modality_rates):
+        counted = min(by_modality.get(modality, 0), remaining)
+        amount += modality_rates[modality] * counted
+        remaining -= counted
+    amount += text_rate * remaining
+    return amount * factor / _PER_MILLION
+
+
+def _grounding(entry: ModelPrices, uses: Mapping[str, int]) -> Decimal:
+    amount = Decimal(0)
+    for tool, count in uses.items():
+        used = _count(count)
+        if used == 0:
+            continue
+        fee = entry.grounding_fee(tool)
+        if fee is None:
+            # Not guessed: a tool the catalog has no fee for is not charged, and said so once.
+            _warn_once(
+                f"tool:{entry.model}:{_tool_key(tool)}",
+                "model %s has no catalog fee for grounding tool %r: not charged",
+                entry.model,
+                tool,
+            )
+            continue
+        amount += fee.charge(used)
+    return amount
+
+
+def _count(value: int) -> int:
+    return value if value > 0 else 0
+
+
+def _counts(by_modality: Mapping[str, int]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for modality, tokens in by_modality.items():
+        key = modality.strip().lower()
+        merged[key] = merged.get(key, 0) + _count(tokens)
+    return merged
+
+
+def _tier_name(tier: str | None) -> str:
+    """The catalog's name for a tier as either API spells it; unknown ones are standard."""
+    if tier is None:
+        return _STANDARD
+    spelled = tier.strip().lower().removeprefix("service_tier_")
+    name = _TIER_SPELLINGS.get(spelled)
+    if name is None:
+        _warn_once(f"tier:{spelled[:40]}", "unknown service tier %r: priced at standard", tier)
+        return _STANDARD
+    return name
