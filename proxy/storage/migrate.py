@@ -1,4 +1,4 @@
-"""Alembic migrations run from code: ``gemini-meter migrate`` and ``serve`` use this.
+"""Alembic migrations run from code: ``gemini-meter db`` and ``serve`` use this.
 
 The Alembic configuration is built here rather than read from ``alembic.ini``
 (which exists only for developers running ``alembic`` by hand), and the

@@ -5,7 +5,7 @@ Everything the proxy stores lives in five tables:
 - ``teams`` and ``users``: who is billed. Users are made when a key is created
   (``gemini-meter keys create``) or, in passthrough mode, the first time a client
   key is seen.
-- ``api_keys``: virtual keys, stored as ``_keys.hash_key(secret, key)`` (never the
+- ``api_keys``: virtual keys, stored as ``server.keys.hash_key(secret, key)`` (never the
   key itself) with a short display ``label``.
 - ``interactions``: who owns an upstream interaction, so the proxy can refuse
   other users' GET/cancel/DELETE and ``previous_interaction_id``.
@@ -14,7 +14,7 @@ Everything the proxy stores lives in five tables:
   inserts with ``ON CONFLICT DO NOTHING``, so an interaction is recorded once.
 
 The schema is created by Alembic (``migrations/``), never by ``create_all`` in
-production; ``tests/test_migrate.py`` checks that these models and the migrations
+production; ``tests/storage/test_migrate.py`` checks that these models and the migrations
 agree on SQLite and PostgreSQL. Query helpers live in ``storage`` and the batching
 writer in ``storage.writer``; this module only describes tables and opens engines.
 

@@ -1,4 +1,4 @@
-"""Key extraction, key swapping and the TTL cache: the pure parts of ``_auth``."""
+"""Key extraction, key swapping and the TTL cache: the pure parts of ``proxy.server.auth``."""
 
 from __future__ import annotations
 
