@@ -382,6 +382,32 @@ CASES: list[tuple[str, str, Usage, str | None, dict[str, str]]] = [
             "total": "0.0415",
         },
     ),
+    # --- embeddings: input only; gemini-embedding-001 $0.15, gemini-embedding-2 $0.20 text,
+    #     $0.45 image, $6.50 audio, $12.00 video; batch x 0.5, flex and priority x 1
+    (
+        # 1,000,000 x 0.15 = 0.15
+        "embedding-001 input",
+        "gemini-embedding-001",
+        usage(input_tokens=1_000_000),
+        None,
+        {"input": "0.15", "total": "0.15"},
+    ),
+    (
+        # 1,000,000 x 0.15 x 0.5 = 0.075 (the page's batch row); priority has no row: x 1
+        "embedding-001 batch",
+        "gemini-embedding-001",
+        usage(input_tokens=1_000_000),
+        "batch",
+        {"input": "0.075", "total": "0.075"},
+    ),
+    (
+        # text 8,000 x 0.20 = 0.0016; image 2,000 x 0.45 = 0.0009
+        "embedding-2 text and image",
+        "gemini-embedding-2",
+        usage(input_tokens=10_000, input_by_modality={"text": 8_000, "image": 2_000}),
+        "priority",
+        {"input": "0.0025", "total": "0.0025"},
+    ),
 ]
 
 
@@ -410,7 +436,7 @@ def test_every_catalog_model_has_hand_worked_cases():
 
 
 def test_the_seed_catalog():
-    assert CATALOG.version == "2026-11-24.1"
+    assert CATALOG.version == "2026-11-29.1"
     assert CATALOG.models() == [
         "gemini-2.5-flash",
         "gemini-2.5-flash-lite",
@@ -420,6 +446,8 @@ def test_the_seed_catalog():
         "gemini-3.1-flash-lite",
         "gemini-3.1-pro-preview",
         "gemini-3.5-flash",
+        "gemini-embedding-001",
+        "gemini-embedding-2",
     ]
     for model in CATALOG.models():
         for entry in CATALOG.entries(model):
@@ -689,7 +717,7 @@ def test_user_file_overrides_and_extends(tmp_path: Path):
     path = write(tmp_path, USER_OVERRIDE)
     catalog = load_catalog(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    assert catalog.version == f"2026-11-24.1+user.{digest}"
+    assert catalog.version == f"2026-11-29.1+user.{digest}"
 
     # replaced: 100,000 x 1.00 = 0.1 (was 1.25); long tier 300,000 x 2.00 = 0.6
     assert price(catalog, "gemini-2.5-pro", usage(input_tokens=100_000), at=AT).total == D("0.1")
@@ -724,7 +752,7 @@ def test_the_same_user_file_gives_the_same_version(tmp_path: Path):
     a = load_catalog(write(tmp_path, ENTRY_2027)).version
     b = load_catalog(write(tmp_path, ENTRY_2027)).version
     c = load_catalog(write(tmp_path, ENTRY_2027 + "\n# edited\n")).version
-    assert a == b != c and a.startswith("2026-11-24.1+user.")
+    assert a == b != c and a.startswith("2026-11-29.1+user.")
 
 
 MALFORMED = [
