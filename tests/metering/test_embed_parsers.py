@@ -13,8 +13,11 @@ Estimates: ``ceil(characters / 4)`` per text part, worked by hand below.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.metering.parsers import (
+    ResponseSummary,
     UsageParseError,
     estimate_embed_usage,
     summarize_embed,
@@ -201,3 +204,46 @@ def test_no_usage_and_no_readable_request():
     assert summary.usage is None
     assert summary.parse_error is True
     assert summary.estimated is False
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "content",
+                    "requests",
+                    "parts",
+                    "text",
+                    "usageMetadata",
+                    "promptTokenCount",
+                    "promptTokenDetails",
+                    "modality",
+                    "tokenCount",
+                    "embedding",
+                ]
+            )
+            | st.text(max_size=8),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(JSON, JSON)
+def test_embed_summary_never_raises_and_never_loses_usage_it_can_count(
+    response: object, request: object
+) -> None:
+    summary = summarize_embed(response, request)
+    assert isinstance(summary, ResponseSummary)
+    # either a usage, or a flagged absence of one
+    assert summary.usage is not None or summary.parse_error
+    if summary.usage is not None:
+        assert summary.usage.input_tokens >= 0
+        assert summary.usage.output_tokens == 0
+    if summary.estimated:
+        assert summary.usage == estimate_embed_usage(request)
