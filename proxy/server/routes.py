@@ -23,8 +23,10 @@ FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/")
 
 _VERSION = r"(?:v1|v1beta|v1alpha)"
 _INTERACTIONS = re.compile(rf"^/{_VERSION}/interactions(?:/(?P<id>[^/:]+)(?P<cancel>/cancel)?)?/?$")
+_GENERATE = re.compile(
+    rf"^/{_VERSION}/(?:models|tunedModels)/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+)
 _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
-_GENERATE = re.compile(rf"^/{_VERSION}/{_MODEL}:(?P<method>generateContent|streamGenerateContent)$")
 _EMBED = re.compile(rf"^/{_VERSION}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$")
 
 
