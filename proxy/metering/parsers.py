@@ -326,10 +326,12 @@ def usage_from_generate(obj: object) -> Usage:
 def usage_from_any(obj: object) -> Usage:
     """A usage object of either API, told apart by its keys (for the ``price`` CLI).
 
-    Also accepts a whole response wrapping one: an Interaction (``usage``) or
-    a GenerateContentResponse (``usageMetadata``, whose candidates' search
-    queries then fill ``grounding``). An empty object is an all-zero usage.
-    Raises ``UsageParseError`` when the shape is neither or both.
+    Also accepts a whole response wrapping one: an Interaction (``usage``), a
+    GenerateContentResponse (``usageMetadata``, whose candidates' search
+    queries then fill ``grounding``) or an embeddings response (``embedding``
+    or ``embeddings`` beside its ``usageMetadata``). An embeddings usage is
+    told by its ``promptTokenDetails`` spelling. An empty object is an
+    all-zero usage. Raises ``UsageParseError`` when the shape is neither or both.
     """
     d = _as_dict(obj, "usage")
     keys = d.keys()
@@ -339,9 +341,13 @@ def usage_from_any(obj: object) -> Usage:
         raise UsageParseError("usage mixes Interactions and generateContent fields")
     if interaction:
         return usage_from_interaction(d)
+    if "promptTokenDetails" in keys or "prompt_token_details" in keys:
+        return usage_from_embed(d)
     if generate:
         return usage_from_generate(d)
     metadata = _pick(d, "usageMetadata", "usage_metadata")
+    if metadata is not None and ("embedding" in keys or "embeddings" in keys):
+        return usage_from_embed(metadata)
     if metadata is not None:
         usage = usage_from_generate(metadata)
         acc = GenerateAccumulator()

@@ -21,6 +21,7 @@ from proxy.metering.parsers import (
     UsageParseError,
     estimate_embed_usage,
     summarize_embed,
+    usage_from_any,
     usage_from_embed,
 )
 from proxy.metering.records import Usage
@@ -103,6 +104,23 @@ def test_other_spellings(raw: dict[str, object]):
 def test_malformed_usage_is_refused(raw: object):
     with pytest.raises(UsageParseError):
         usage_from_embed(raw)
+
+
+def test_the_price_cli_reads_embedding_usage():
+    details = {
+        "promptTokenCount": 15,
+        "promptTokenDetails": [
+            {"modality": "TEXT", "tokenCount": 10},
+            {"modality": "IMAGE", "tokenCount": 5},
+        ],
+    }
+    expected = Usage(input_tokens=15, total_tokens=15, input_by_modality={"text": 10, "image": 5})
+    assert usage_from_any(details) == expected
+    assert usage_from_any({"embeddings": [{"values": [0.1]}], "usageMetadata": details}) == expected
+    # a bare promptTokenCount in an embeddings response: input only, the total is the input
+    assert usage_from_any({"embedding": {}, "usageMetadata": {"promptTokenCount": 4}}) == Usage(
+        input_tokens=4, total_tokens=4
+    )
 
 
 def test_estimate_of_googles_examples():
