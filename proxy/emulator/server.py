@@ -29,7 +29,8 @@ tier (the requested one, ``standard`` by default).
 - ``DELETE /{v}/interactions/{id}``: forgets it; answers ``{}``.
 - ``POST /{v}/models/{model}:generateContent``, ``:streamGenerateContent``
   (``?alt=sse``: ``data: {chunk}\\r\\n\\r\\n`` events; without it one JSON array
-  written element by element), ``:countTokens`` (``{"totalTokens": N}``).
+  written element by element), ``:countTokens`` (``{"totalTokens": N}``),
+  ``:embedContent`` and ``:batchEmbedContents`` (see ``emulator.embeddings``).
   ``contents`` is required. Fields are read in camelCase or snake_case, as
   Google's parser accepts both (the SDK sends ``thinkingConfig`` fields in
   snake_case).
@@ -115,6 +116,8 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from .embeddings import add_embedding_routes
 
 __all__ = [
     "MAX_SEEN_REQUESTS",
@@ -429,6 +432,7 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     app.router.add_post(f"/{version}/models/{model}:generateContent", _generate_content)
     app.router.add_post(f"/{version}/models/{model}:streamGenerateContent", _stream_generate)
     app.router.add_post(f"/{version}/models/{model}:countTokens", _count_tokens)
+    add_embedding_routes(app.router, version, model, _MEDIA_TOKENS)
     app.router.add_post(f"/upload/{version}/files", _upload_file)
     return app
 

@@ -9,9 +9,16 @@ shapes arrive on the wire:
   modality lists of ``{"modality": "TEXT", "tokenCount"}``), which the Python
   SDK's ``to_json_dict`` spells in snake_case; both spellings are read.
 
-``server.forward`` calls ``summarize_interaction`` / ``summarize_generate`` on a
-whole JSON body, the stream taps in ``metering.streams`` reuse the same pieces per
-event or chunk, and the ``price`` CLI calls ``usage_from_any``.
+Embeddings (``embedContent``, ``batchEmbedContents``) bill input only. Their
+response carries an ``EmbeddingUsageMetadata`` (``promptTokenCount``,
+``promptTokenDetails``) where the API fills it; where it does not (older
+surfaces omit it) ``summarize_embed`` estimates the input from the request's
+text, flagged ``estimated``.
+
+``server.forward`` calls ``summarize_interaction`` / ``summarize_generate`` /
+``summarize_embed`` on a whole JSON body, the stream taps in ``metering.streams``
+reuse the same pieces per event or chunk, and the ``price`` CLI calls
+``usage_from_any``.
 
 The ``usage_from_*`` functions are strict: they raise ``UsageParseError`` on
 a malformed usage object, because the CLI wants to say what is wrong. The
@@ -47,12 +54,15 @@ __all__ = [
     "ResponseSummary",
     "UsageParseError",
     "count_code_execution_steps",
+    "estimate_embed_usage",
     "nonempty_str",
     "parse_json",
+    "summarize_embed",
     "summarize_generate",
     "summarize_interaction",
     "usage_due",
     "usage_from_any",
+    "usage_from_embed",
     "usage_from_generate",
     "usage_from_interaction",
 ]
@@ -103,6 +113,8 @@ class ResponseSummary:
     # code_execution_result steps with is_error true; codeExecutionResult parts
     # whose outcome is not OUTCOME_OK
     code_execution_errors: int = 0
+    # usage counted by the proxy from the request, not reported by the upstream
+    estimated: bool = False
 
 
 def parse_json(body: bytes | bytearray | str) -> object | None:
@@ -314,10 +326,12 @@ def usage_from_generate(obj: object) -> Usage:
 def usage_from_any(obj: object) -> Usage:
     """A usage object of either API, told apart by its keys (for the ``price`` CLI).
 
-    Also accepts a whole response wrapping one: an Interaction (``usage``) or
-    a GenerateContentResponse (``usageMetadata``, whose candidates' search
-    queries then fill ``grounding``). An empty object is an all-zero usage.
-    Raises ``UsageParseError`` when the shape is neither or both.
+    Also accepts a whole response wrapping one: an Interaction (``usage``), a
+    GenerateContentResponse (``usageMetadata``, whose candidates' search
+    queries then fill ``grounding``) or an embeddings response (``embedding``
+    or ``embeddings`` beside its ``usageMetadata``). An embeddings usage is
+    told by its ``promptTokenDetails`` spelling. An empty object is an
+    all-zero usage. Raises ``UsageParseError`` when the shape is neither or both.
     """
     d = _as_dict(obj, "usage")
     keys = d.keys()
@@ -327,9 +341,13 @@ def usage_from_any(obj: object) -> Usage:
         raise UsageParseError("usage mixes Interactions and generateContent fields")
     if interaction:
         return usage_from_interaction(d)
+    if "promptTokenDetails" in keys or "prompt_token_details" in keys:
+        return usage_from_embed(d)
     if generate:
         return usage_from_generate(d)
     metadata = _pick(d, "usageMetadata", "usage_metadata")
+    if metadata is not None and ("embedding" in keys or "embeddings" in keys):
+        return usage_from_embed(metadata)
     if metadata is not None:
         usage = usage_from_generate(metadata)
         acc = GenerateAccumulator()
@@ -529,3 +547,119 @@ def summarize_generate(obj: object) -> ResponseSummary:
     acc = GenerateAccumulator()
     acc.add(obj)
     return acc.summary()
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+# Google: "For Gemini models, a token is equivalent to about 4 characters. 100 tokens is
+# equal to about 60-80 English words." (ai.google.dev/gemini-api/docs/tokens). The
+# estimate rounds up per text part, so a non-empty part is never free.
+CHARS_PER_TOKEN: Final = 4
+
+# Vertex AI and the SDK's UsageMetadata spell the modality list ``promptTokensDetails``;
+# the Developer API's EmbeddingUsageMetadata spells it ``promptTokenDetails``.
+_EMBED_DETAILS: Final = (
+    ("promptTokenDetails", "prompt_token_details"),
+    ("promptTokensDetails", "prompt_tokens_details"),
+)
+
+
+def usage_from_embed(obj: object) -> Usage:
+    """An embeddings response's ``usageMetadata`` as a ``Usage`` (input only).
+
+    The Developer API's ``EmbeddingUsageMetadata`` has ``promptTokenCount`` and
+    ``promptTokenDetails`` (``[{"modality", "tokenCount"}]``); Vertex AI's
+    spelling and snake_case are read too. ``total_tokens`` is
+    ``totalTokenCount`` if given, else the prompt count: embeddings have no
+    output. Raises ``UsageParseError`` like the other strict parsers.
+    """
+    d = _as_dict(obj, "usageMetadata")
+    tokens = _as_count(_pick(d, "promptTokenCount", "prompt_token_count"), "promptTokenCount")
+    details: object = None
+    for camel, snake in _EMBED_DETAILS:
+        details = _pick(d, camel, snake)
+        if details is not None:
+            break
+    by_modality = _modalities(details, _TOKEN_COUNT_KEYS, "promptTokenDetails")
+    total = _pick(d, "totalTokenCount", "total_token_count")
+    return Usage(
+        input_tokens=tokens,
+        total_tokens=tokens if total is None else _as_count(total, "totalTokenCount"),
+        input_by_modality=by_modality,
+    )
+
+
+def _text_part_tokens(content: object) -> int:
+    """``ceil(len / CHARS_PER_TOKEN)`` summed over a Content's text parts."""
+    if not isinstance(content, dict):
+        return 0
+    parts = content.get("parts")
+    if not isinstance(parts, list):
+        return 0
+    tokens = 0
+    for part in parts:
+        text = part.get("text") if isinstance(part, dict) else None
+        if isinstance(text, str):
+            tokens += (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN  # rounded up
+    return tokens
+
+
+def estimate_embed_usage(request: object) -> Usage | None:
+    """The input tokens of an embedContent or batchEmbedContents request, estimated.
+
+    Counts ``ceil(characters / 4)`` per text part of ``content`` (embedContent)
+    or of every ``requests[].content`` (batchEmbedContents): Google documents
+    about 4 characters per token, and that "only the ``parts.text`` fields
+    will be counted" for an embedding request. Media parts are not estimated
+    (their size is not known without decoding them), so an estimate for a
+    multimodal request is a lower bound. ``None`` when the body holds no
+    content of either shape (nothing to count from).
+    """
+    if not isinstance(request, dict):
+        return None
+    if "requests" in request:
+        items = request["requests"]
+        if not isinstance(items, list):
+            return None
+        contents = [item.get("content") for item in items if isinstance(item, dict)]
+    elif "content" in request:
+        contents = [request["content"]]
+    else:
+        return None
+    tokens = sum(_text_part_tokens(content) for content in contents)
+    return Usage(
+        input_tokens=tokens,
+        total_tokens=tokens,
+        input_by_modality={"text": tokens} if tokens else {},
+    )
+
+
+def summarize_embed(response: object, request: object) -> ResponseSummary:
+    """Read an embedContent / batchEmbedContents response, given the request it answers.
+
+    The response's usage wins when it reports ``promptTokenCount``. Without
+    one the tokens are estimated from the request (``estimated``); a
+    malformed usage, or a body that is not a JSON object, is also flagged
+    ``parse_error`` and estimated. Only when neither usage nor the request's
+    content can be read is the usage left out (``parse_error``).
+    """
+    summary = ResponseSummary()
+    if not isinstance(response, dict):
+        summary.parse_error = True
+    else:
+        raw = _pick(response, "usageMetadata", "usage_metadata")
+        if isinstance(raw, dict) and _pick(raw, "promptTokenCount", "prompt_token_count") is None:
+            raw = None  # no count in it: as good as missing
+        if raw is not None:
+            try:
+                summary.usage = usage_from_embed(raw)
+                return summary
+            except UsageParseError:
+                summary.parse_error = True
+    estimate = estimate_embed_usage(request)
+    if estimate is None:
+        summary.parse_error = True
+    else:
+        summary.usage = estimate
+        summary.estimated = True
+    return summary

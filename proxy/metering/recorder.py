@@ -47,13 +47,15 @@ class Recorder:
             if len(self._billed) > _SEEN_LIMIT:
                 self._billed.popitem(last=False)
         try:
-            record.cost = price(
-                self._catalog,
-                record.model,
-                record.usage,
-                service_tier=record.effective_service_tier or record.requested_service_tier,
-                at=record.created_at,
-            )
+            # An unmetered route's zero tokens are not a zero cost: it stays unpriced.
+            if not record.unmetered_route:
+                record.cost = price(
+                    self._catalog,
+                    record.model,
+                    record.usage,
+                    service_tier=record.effective_service_tier or record.requested_service_tier,
+                    at=record.created_at,
+                )
         except Exception:
             # A pricing bug must not lose the record: it is stored unpriced and counted.
             log.exception("pricing failed for model %r", record.model)

@@ -29,12 +29,31 @@ from enum import StrEnum
 
 
 class EndpointKind(StrEnum):
-    """Which metered endpoint a call went to; stored on every record."""
+    """Which billable endpoint a call went to; stored on every record."""
 
     INTERACTION_CREATE = "interaction.create"
     INTERACTION_GET = "interaction.get"
     GENERATE_CONTENT = "generate_content"
     STREAM_GENERATE_CONTENT = "stream_generate_content"
+    EMBED_CONTENT = "embed_content"
+    # the synchronous batch of embedContent requests, not the Batch API
+    BATCH_EMBED_CONTENTS = "batch_embed_contents"
+    # Routes Google bills that the meter does not understand yet: recorded with zero
+    # tokens and ``unmetered_route`` (the table is ``server.routes.UNMETERED_ROUTES``).
+    BATCH_GENERATE_CONTENT = "batch_generate_content"
+    ASYNC_BATCH_EMBED_CONTENT = "async_batch_embed_content"
+    BATCH_GET = "batch.get"
+    CACHED_CONTENT_CREATE = "cached_content.create"
+    CACHED_CONTENT_UPDATE = "cached_content.update"
+    PREDICT = "predict"
+    PREDICT_LONG_RUNNING = "predict_long_running"
+    OPERATION_GET = "operation.get"
+    FILE_SEARCH_IMPORT = "file_search.import"
+    AUTH_TOKEN_CREATE = "auth_token.create"
+    OPENAI_CHAT_COMPLETIONS = "openai.chat_completions"
+    OPENAI_EMBEDDINGS = "openai.embeddings"
+    OPENAI_IMAGES = "openai.images"
+    OPENAI_OTHER = "openai.other"
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from ..errors import NotFound, RequestTooLarge, UpstreamTimeout, UpstreamUnavail
 from ..metering.parsers import (
     ResponseSummary,
     parse_json,
+    summarize_embed,
     summarize_generate,
     summarize_interaction,
     usage_due,
@@ -46,7 +47,16 @@ from ..metering.records import Principal, UsageRecord
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
 from .auth import presented_key, swap_key
-from .routes import EMPTY_META, Action, RequestMeta, Route, classify, is_forwarded, request_meta
+from .routes import (
+    EMPTY_META,
+    Action,
+    RequestMeta,
+    Route,
+    body_model,
+    classify,
+    is_forwarded,
+    request_meta,
+)
 from .typedefs import (
     authenticator_key,
     pumps_key,
@@ -108,6 +118,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     content_type = upstream.headers.get("content-type", "")
     endpoint = route.endpoint
     if endpoint is None:
+        if route.unmetered is not None:
+            _record_unmetered(request, call, upstream)
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
         return await _relay_stream(request, upstream, call, tap=stream_tap(endpoint, sse=True))
@@ -131,19 +143,34 @@ async def admit(request: web.Request, started: float) -> _Call:
         return _Call(route=route, principal=None, started=started)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
-    if route.action in (Action.INTERACTION_CREATE, Action.GENERATE, Action.STREAM_GENERATE):
+    if route.action in _READS_BODY:
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
         call.meta = request_meta(route, parse_json(call.body))
         if call.meta.previous_interaction_id is not None:
             await auth.check_owner(call.meta.previous_interaction_id, principal)
     elif route.interaction_id is not None:
         call.owner = await auth.check_owner(route.interaction_id, principal)
+    elif route.unmetered is not None and route.unmetered.model_in_body:
+        # Only to name the model on the unmetered record; the bytes go on unchanged.
+        call.body = await _read_body(request, app[settings_key].max_request_bytes)
+        call.meta = RequestMeta(model=body_model(parse_json(call.body)))
     return call
+
+
+_READS_BODY = frozenset(
+    {
+        Action.INTERACTION_CREATE,
+        Action.GENERATE,
+        Action.STREAM_GENERATE,
+        Action.EMBED,
+        Action.BATCH_EMBED,
+    }
+)
 
 
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
     return (
-        route.action is Action.FORWARD
+        route.action in (Action.FORWARD, Action.UNMETERED)
         and request.path.startswith("/upload/")
         and "upload_id" in request.query
     )
@@ -303,6 +330,8 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
         return ResponseSummary()
     if call.route.action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
         return summarize_interaction(payload)
+    if call.route.action in (Action.EMBED, Action.BATCH_EMBED):
+        return summarize_embed(payload, parse_json(call.body or b""))
     return summarize_generate(payload)
 
 
@@ -423,10 +452,40 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
         code_execution_errors=summary.code_execution_errors,
         parse_error=summary.parse_error and status < 400,
         client_disconnected=call.client_disconnected,
+        estimated=summary.estimated,
     )
     if summary.usage is not None:
         record.usage = summary.usage
     request.app[recorder_key].finish(record)
+
+
+def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.ClientResponse) -> None:
+    """Record a call on a billable route the meter cannot read: zero tokens, flagged.
+
+    Recorded as soon as the upstream's status is known (so ``latency_seconds``
+    is the time to the response head), before the body is relayed untouched.
+    An upload's keyless byte legs are part of the call their first leg started,
+    which is the one recorded.
+    """
+    route = call.route
+    assert route.unmetered is not None
+    if call.principal is None:
+        return
+    content_type = upstream.headers.get("content-type", "")
+    request.app[recorder_key].finish(
+        UsageRecord(
+            request_id=uuid.uuid4().hex,
+            created_at=datetime.now(UTC),
+            principal=call.principal,
+            model=call.meta.model or route.model,
+            endpoint=route.unmetered.kind,
+            streamed=content_type.startswith("text/event-stream"),
+            upstream_status=upstream.status,
+            latency_seconds=time.perf_counter() - call.started,
+            ttfb_seconds=call.ttfb,
+            unmetered_route=True,
+        )
+    )
 
 
 def _register_owner(

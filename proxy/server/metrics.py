@@ -2,8 +2,9 @@
 
 Label values are bounded: ``endpoint`` is an ``EndpointKind`` value,
 ``status_class`` one of ``2xx``..``5xx``, ``type`` one of the five token
-categories, ``category`` one of the cost split's six parts. No user, key or
-model name is a label here; per-user figures come from the database.
+categories, ``category`` one of the cost split's six parts, ``route`` the
+kind of a row of ``server.routes.UNMETERED_ROUTES``. No user, key or model
+name is a label here; per-user figures come from the database.
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ class Metrics:
     parse_errors: Counter
     upstream_latency: Histogram
     writer_queue: Gauge
+    unmetered: Counter
 
     def observe(self, record: UsageRecord) -> None:
         """Count one finished record; called by the recorder, never awaits."""
         self.records.labels(record.endpoint.value, f"{record.upstream_status // 100}xx").inc()
+        if record.unmetered_route:
+            # Zero tokens, cost unknown: counted here, not as unpriced or in the latency
+            # of metered calls.
+            self.unmetered.labels(record.endpoint.value).inc()
+            return
         usage = record.usage
         for name, value in zip(
             TOKEN_TYPES,
@@ -111,6 +118,13 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
         writer_queue=Gauge(
             "gemini_meter_writer_queue_records",
             "Records waiting in the batching writer's queue.",
+            registry=registry,
+        ),
+        unmetered=Counter(
+            "gemini_meter_unmetered_route_requests_total",
+            "Calls on billable routes the meter cannot read usage from yet, by route; "
+            "each is recorded with zero tokens and no cost.",
+            ["route"],
             registry=registry,
         ),
     )

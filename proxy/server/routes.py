@@ -4,6 +4,11 @@ The proxy forwards every path under the API prefixes; this module only tells
 the few that are metered (or that touch an interaction's ownership) apart from
 the rest, so the handler knows whether to read the body, tap the response and
 check who owns an interaction.
+
+``UNMETERED_ROUTES`` is the one table of routes Google bills that the meter
+does not understand yet (docs/metering.md lists them with what is recorded):
+a call on one is relayed untouched and still recorded, with zero tokens and
+``unmetered_route`` set, so totals never silently omit it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ _INTERACTIONS = re.compile(rf"^/{_VERSION}/interactions(?:/(?P<id>[^/:]+)(?P<can
 _GENERATE = re.compile(
     rf"^/{_VERSION}/(?:models|tunedModels)/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
 )
+_MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
+_EMBED = re.compile(rf"^/{_VERSION}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$")
 
 
 class Action(Enum):
@@ -33,6 +40,9 @@ class Action(Enum):
     INTERACTION_DELETE = auto()
     GENERATE = auto()
     STREAM_GENERATE = auto()
+    EMBED = auto()
+    BATCH_EMBED = auto()
+    UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,8 @@ class Route:
     action: Action
     interaction_id: str | None = None
     model: str | None = None
+    # Action.UNMETERED only: which row of UNMETERED_ROUTES matched
+    unmetered: UnmeteredRoute | None = None
 
     @property
     def metered(self) -> bool:
@@ -55,9 +67,100 @@ _ENDPOINTS = {
     Action.INTERACTION_GET: EndpointKind.INTERACTION_GET,
     Action.GENERATE: EndpointKind.GENERATE_CONTENT,
     Action.STREAM_GENERATE: EndpointKind.STREAM_GENERATE_CONTENT,
+    Action.EMBED: EndpointKind.EMBED_CONTENT,
+    Action.BATCH_EMBED: EndpointKind.BATCH_EMBED_CONTENTS,
 }
 
 FORWARD = Route(Action.FORWARD)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmeteredRoute:
+    """A billable route the meter cannot read usage from yet.
+
+    ``kind`` is stored as the record's endpoint and is the metric's ``route``
+    label, so label values are bounded by this table. ``model_in_body``: the
+    request's JSON body names the model (the proxy then reads the body, within
+    ``max_request_bytes`` like any metered call); otherwise a ``model`` group
+    of the pattern, if any, names it.
+    """
+
+    kind: EndpointKind
+    method: str
+    pattern: re.Pattern[str]
+    model_in_body: bool = False
+
+
+def _unmetered(
+    kind: EndpointKind, method: str, pattern: str, *, model_in_body: bool = False
+) -> UnmeteredRoute:
+    return UnmeteredRoute(kind, method, re.compile(pattern), model_in_body)
+
+
+_V = rf"^/{_VERSION}"
+_ID = r"[^/:]+"
+# First match wins. Free routes (files, countTokens, models, cachedContents get/list/delete,
+# batch list/cancel/delete) are not here: they cost nothing. docs/metering.md lists every
+# route with what the meter records for it; keep the two in step.
+UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
+    # Batch API: billed (at the batch rate) when the batch runs, not on this call.
+    _unmetered(
+        EndpointKind.BATCH_GENERATE_CONTENT, "POST", rf"{_V}/{_MODEL}:batchGenerateContent$"
+    ),
+    _unmetered(
+        EndpointKind.ASYNC_BATCH_EMBED_CONTENT, "POST", rf"{_V}/{_MODEL}:asyncBatchEmbedContent$"
+    ),
+    # A batch's state and inline results (their usage is the batch's bill).
+    _unmetered(EndpointKind.BATCH_GET, "GET", rf"{_V}/batches/{_ID}$"),
+    # Explicit caching: the cached tokens on creation, storage per hour while it lives.
+    _unmetered(
+        EndpointKind.CACHED_CONTENT_CREATE, "POST", rf"{_V}/cachedContents$", model_in_body=True
+    ),
+    _unmetered(EndpointKind.CACHED_CONTENT_UPDATE, "PATCH", rf"{_V}/cachedContents/{_ID}$"),
+    # Imagen (per image) and Veo (per second of video).
+    _unmetered(EndpointKind.PREDICT, "POST", rf"{_V}/{_MODEL}:predict$"),
+    _unmetered(EndpointKind.PREDICT_LONG_RUNNING, "POST", rf"{_V}/{_MODEL}:predictLongRunning$"),
+    # Polls of long-running work started above (Veo videos, File Search imports).
+    _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/{_MODEL}/operations/{_ID}$"),
+    _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$"),
+    # File Search indexing bills the embeddings it computes.
+    _unmetered(
+        EndpointKind.FILE_SEARCH_IMPORT, "POST", rf"{_V}/fileSearchStores/{_ID}:importFile$"
+    ),
+    _unmetered(
+        EndpointKind.FILE_SEARCH_IMPORT,
+        "POST",
+        rf"^/upload/{_VERSION}/fileSearchStores/{_ID}:uploadToFileSearchStore$",
+    ),
+    # Free itself, but the token opens a Live API session billed to the upstream key
+    # directly at Google, past this proxy: the record says who minted it.
+    _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens$"),
+    # The OpenAI-compatible surface.
+    _unmetered(
+        EndpointKind.OPENAI_CHAT_COMPLETIONS,
+        "POST",
+        rf"{_V}/openai/chat/completions$",
+        model_in_body=True,
+    ),
+    _unmetered(
+        EndpointKind.OPENAI_EMBEDDINGS, "POST", rf"{_V}/openai/embeddings$", model_in_body=True
+    ),
+    _unmetered(
+        EndpointKind.OPENAI_IMAGES, "POST", rf"{_V}/openai/images/generations$", model_in_body=True
+    ),
+    _unmetered(EndpointKind.OPENAI_OTHER, "POST", rf"{_V}/openai/(?!files(?:/|$)).+$"),
+)
+
+
+def _classify_unmetered(method: str, path: str) -> Route | None:
+    for row in UNMETERED_ROUTES:
+        if row.method != method:
+            continue
+        m = row.pattern.match(path)
+        if m is not None:
+            model = m.groupdict().get("model")
+            return Route(Action.UNMETERED, model=model, unmetered=row)
+    return None
 
 
 def classify(method: str, path: str) -> Route:
@@ -84,7 +187,12 @@ def classify(method: str, path: str) -> Route:
                 else Action.STREAM_GENERATE
             )
             return Route(action, model=m.group("model"))
-    return FORWARD
+    if method == "POST" and "mbedContent" in path:
+        m = _EMBED.match(path)
+        if m is not None:
+            action = Action.EMBED if m.group("method") == "embedContent" else Action.BATCH_EMBED
+            return Route(action, model=m.group("model"))
+    return _classify_unmetered(method, path) or FORWARD
 
 
 def is_forwarded(path: str) -> bool:
@@ -140,6 +248,16 @@ def request_meta(route: Route, body: object) -> RequestMeta:
         previous_interaction_id=_str_or_none(body.get("previous_interaction_id")),
         labels=_labels(body.get("labels")),
     )
+
+
+def body_model(body: object) -> str | None:
+    """The model a JSON body names (``models/`` prefix dropped), for unmetered routes."""
+    if not isinstance(body, dict):
+        return None
+    model = _str_or_none(body.get("model"))
+    if model is not None and model.startswith("models/"):
+        model = model.removeprefix("models/") or None
+    return model
 
 
 def _labels(value: object) -> dict[str, str] | None:

@@ -21,7 +21,7 @@ from tests.factories import AT, CATALOG, D, assert_cost, usage
 
 
 def test_the_seed_catalog():
-    assert CATALOG.version == "2026-11-24.1"
+    assert CATALOG.version == "2026-11-29.1"
     assert CATALOG.models() == [
         "gemini-2.5-flash",
         "gemini-2.5-flash-lite",
@@ -31,6 +31,8 @@ def test_the_seed_catalog():
         "gemini-3.1-flash-lite",
         "gemini-3.1-pro-preview",
         "gemini-3.5-flash",
+        "gemini-embedding-001",
+        "gemini-embedding-2",
     ]
     for model in CATALOG.models():
         for entry in CATALOG.entries(model):
@@ -201,7 +203,7 @@ def test_user_file_overrides_and_extends(tmp_path: Path):
     path = write(tmp_path, USER_OVERRIDE)
     catalog = load_catalog(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    assert catalog.version == f"2026-11-24.1+user.{digest}"
+    assert catalog.version == f"2026-11-29.1+user.{digest}"
 
     # replaced: 100,000 x 1.00 = 0.1 (was 1.25); long tier 300,000 x 2.00 = 0.6
     assert price(catalog, "gemini-2.5-pro", usage(input_tokens=100_000), at=AT).total == D("0.1")
@@ -236,7 +238,7 @@ def test_the_same_user_file_gives_the_same_version(tmp_path: Path):
     a = load_catalog(write(tmp_path, ENTRY_2027)).version
     b = load_catalog(write(tmp_path, ENTRY_2027)).version
     c = load_catalog(write(tmp_path, ENTRY_2027 + "\n# edited\n")).version
-    assert a == b != c and a.startswith("2026-11-24.1+user.")
+    assert a == b != c and a.startswith("2026-11-29.1+user.")
 
 
 MALFORMED = [

@@ -351,6 +351,32 @@ CASES: list[tuple[str, str, Usage, str | None, dict[str, str]]] = [
             "total": "0.0415",
         },
     ),
+    # --- embeddings: input only; gemini-embedding-001 $0.15, gemini-embedding-2 $0.20 text,
+    #     $0.45 image, $6.50 audio, $12.00 video; batch x 0.5, flex and priority x 1
+    (
+        # 1,000,000 x 0.15 = 0.15
+        "embedding-001 input",
+        "gemini-embedding-001",
+        usage(input_tokens=1_000_000),
+        None,
+        {"input": "0.15", "total": "0.15"},
+    ),
+    (
+        # 1,000,000 x 0.15 x 0.5 = 0.075 (the page's batch row); priority has no row: x 1
+        "embedding-001 batch",
+        "gemini-embedding-001",
+        usage(input_tokens=1_000_000),
+        "batch",
+        {"input": "0.075", "total": "0.075"},
+    ),
+    (
+        # text 8,000 x 0.20 = 0.0016; image 2,000 x 0.45 = 0.0009
+        "embedding-2 text and image",
+        "gemini-embedding-2",
+        usage(input_tokens=10_000, input_by_modality={"text": 8_000, "image": 2_000}),
+        "priority",
+        {"input": "0.0025", "total": "0.0025"},
+    ),
 ]
 
 

@@ -1,0 +1,324 @@
+"""Billable routes the meter cannot read yet: relayed untouched, still recorded and counted.
+
+The upstream here is a catch-all that records every request it receives (method,
+raw path and query, headers, body bytes) and answers a fixed body, so each test
+asserts both what reached the upstream and what came back to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.server.routes import UNMETERED_ROUTES
+from proxy.server.typedefs import metrics_key
+from tests.factories import UPSTREAM_KEY, Stack, StackFactory, raw
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    raw_path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+SSE_EVENTS = [
+    b'data: {"id":"c1","choices":[{"delta":{"content":"Hel"}}]}\n\n',
+    b'data: {"id":"c1","choices":[{"delta":{"content":"lo"}}]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+def answer_for(path: str) -> bytes:
+    return json.dumps({"answered": path}).encode()
+
+
+async def catch_all_upstream(aiohttp_server: Any) -> tuple[Any, list[Received]]:
+    """An upstream that keeps every request; ``x-catchall-status`` picks the status."""
+    received: list[Received] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        received.append(
+            Received(
+                method=request.method,
+                raw_path=request.raw_path,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+            )
+        )
+        if request.path.endswith("/chat/completions") and b'"stream": true' in body:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for event in SSE_EVENTS:
+                await response.write(event)
+            await response.write_eof()
+            return response
+        status = int(request.headers.get("x-catchall-status", "200"))
+        return web.Response(
+            status=status, body=answer_for(request.path), content_type="application/json"
+        )
+
+    app = web.Application(client_max_size=64 * 1024**2)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return await aiohttp_server(app), received
+
+
+async def stack_on_catch_all(
+    make_stack: StackFactory, aiohttp_server: Any
+) -> tuple[Stack, list[Received]]:
+    upstream, received = await catch_all_upstream(aiohttp_server)
+    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    return stack, received
+
+
+def unmetered_count(stack: Stack, route: str) -> float:
+    value = stack.app[metrics_key].registry.get_sample_value(
+        "gemini_meter_unmetered_route_requests_total", {"route": route}
+    )
+    return value or 0.0
+
+
+# One call per family of the table: (method, path with query, JSON body or None, the kind,
+# the model the record must name).
+FAMILIES = [
+    (
+        "POST",
+        "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+        {"batch": {"displayName": "b", "inputConfig": {"requests": {"requests": []}}}},
+        "batch_generate_content",
+        "gemini-2.5-flash",
+    ),
+    (
+        "POST",
+        "/v1beta/models/gemini-embedding-001:asyncBatchEmbedContent",
+        {"batch": {"displayName": "e", "inputConfig": {"fileName": "files/x"}}},
+        "async_batch_embed_content",
+        "gemini-embedding-001",
+    ),
+    ("GET", "/v1beta/batches/batch-123", None, "batch.get", None),
+    (
+        "POST",
+        "/v1beta/cachedContents",
+        {"model": "models/gemini-2.5-flash", "contents": [{"parts": [{"text": "x" * 100}]}]},
+        "cached_content.create",
+        "gemini-2.5-flash",
+    ),
+    (
+        "PATCH",
+        "/v1beta/cachedContents/c-1?updateMask=ttl",
+        {"ttl": "7200s"},
+        "cached_content.update",
+        None,
+    ),
+    (
+        "POST",
+        "/v1beta/models/imagen-4.0-generate-001:predict",
+        {"instances": [{"prompt": "a cat"}], "parameters": {"sampleCount": 1}},
+        "predict",
+        "imagen-4.0-generate-001",
+    ),
+    (
+        "POST",
+        "/v1beta/models/veo-3.0-generate-001:predictLongRunning",
+        {"instances": [{"prompt": "a cat"}]},
+        "predict_long_running",
+        "veo-3.0-generate-001",
+    ),
+    (
+        "GET",
+        "/v1beta/models/veo-3.0-generate-001/operations/op-1",
+        None,
+        "operation.get",
+        "veo-3.0-generate-001",
+    ),
+    (
+        "POST",
+        "/v1beta/fileSearchStores/store-1:importFile",
+        {"fileName": "files/abc"},
+        "file_search.import",
+        None,
+    ),
+    ("POST", "/v1alpha/auth_tokens", {"uses": 1}, "auth_token.create", None),
+    (
+        "POST",
+        "/v1beta/openai/chat/completions",
+        {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]},
+        "openai.chat_completions",
+        "gemini-2.5-flash",
+    ),
+    (
+        "POST",
+        "/v1beta/openai/embeddings",
+        {"model": "gemini-embedding-001", "input": "Hi"},
+        "openai.embeddings",
+        "gemini-embedding-001",
+    ),
+    (
+        "POST",
+        "/v1beta/openai/images/generations",
+        {"model": "imagen-4.0-generate-001", "prompt": "a cat", "n": 1},
+        "openai.images",
+        "imagen-4.0-generate-001",
+    ),
+    (
+        "POST",
+        "/v1beta/openai/batches",
+        {"input_file_id": "files/x", "endpoint": "/v1/chat/completions"},
+        "openai.other",
+        None,
+    ),
+]
+
+
+def test_every_row_of_the_table_has_a_family_here():
+    assert {row.kind.value for row in UNMETERED_ROUTES} == {f[3] for f in FAMILIES}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "kind", "model"), FAMILIES, ids=[f[3] for f in FAMILIES]
+)
+async def test_an_unmetered_route_is_relayed_untouched_and_recorded(
+    make_stack: StackFactory,
+    aiohttp_server: Any,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    kind: str,
+    model: str | None,
+):
+    stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
+    # spacing no JSON encoder of ours would produce: any re-encoding would show
+    sent = None if body is None else json.dumps(body, indent=3).encode()
+    status, headers, answer = await raw(
+        method,
+        stack.url(path),
+        headers=stack.headers("bob", **{"X-Custom": "kept", "Content-Type": "application/json"}),
+        data=sent,
+    )
+    assert status == 200
+    assert answer == answer_for(path.partition("?")[0])
+    assert headers["Content-Type"].startswith("application/json")
+
+    [seen] = received
+    assert seen.method == method
+    assert seen.raw_path == path
+    assert seen.body == (sent or b"")
+    assert seen.headers["x-custom"] == "kept"
+    assert seen.headers["x-goog-api-key"] == UPSTREAM_KEY
+
+    [record] = await stack.records()
+    assert record["unmetered_route"] is True
+    assert record["endpoint"] == kind
+    assert record["model"] == model
+    assert record["user_id"] == await stack.user_id("bob")
+    assert record["upstream_status"] == 200
+    assert record["streamed"] is False
+    assert record["input_tokens"] == record["output_tokens"] == record["total_tokens"] == 0
+    assert record["estimated"] is False
+    # zero tokens are not a zero cost: the cost is unknown
+    assert record["cost_usd"] is None
+    assert record["unpriced"] is True
+    assert unmetered_count(stack, kind) == 1
+    assert (
+        stack.app[metrics_key].registry.get_sample_value(
+            "gemini_meter_records_total", {"endpoint": kind, "status_class": "2xx"}
+        )
+        == 1
+    )
+    # not counted as a model the catalog lacks
+    unpriced = stack.app[metrics_key].registry.get_sample_value(
+        "gemini_meter_unpriced_records_total"
+    )
+    assert unpriced == 0
+
+
+async def test_a_stream_on_an_unmetered_route_stays_a_stream(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
+    body = {"model": "gemini-2.5-flash", "stream": True, "messages": []}
+    status, headers, answer = await raw(
+        "POST",
+        stack.url("/v1beta/openai/chat/completions"),
+        headers={"Authorization": f"Bearer {stack.keys['carol']}"},
+        json=body,
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/event-stream")
+    assert answer == b"".join(SSE_EVENTS)
+    [seen] = received
+    # the client's bearer key never reaches the upstream; the proxy's key does
+    assert "authorization" not in seen.headers
+    assert seen.headers["x-goog-api-key"] == UPSTREAM_KEY
+    assert json.loads(seen.body) == body
+    [record] = await stack.records()
+    assert record["endpoint"] == "openai.chat_completions"
+    assert record["streamed"] is True
+    assert record["unmetered_route"] is True
+    assert record["user_id"] == await stack.user_id("carol")
+    assert unmetered_count(stack, "openai.chat_completions") == 1
+
+
+async def test_an_upstream_error_on_an_unmetered_route_is_recorded_with_its_status(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    stack, _ = await stack_on_catch_all(make_stack, aiohttp_server)
+    status, _, _ = await raw(
+        "POST",
+        stack.url("/v1beta/models/veo-3.0-generate-001:predictLongRunning"),
+        headers=stack.headers(**{"x-catchall-status": "429"}),
+        json={"instances": []},
+    )
+    assert status == 429
+    [record] = await stack.records()
+    assert (record["upstream_status"], record["unmetered_route"]) == (429, True)
+    assert unmetered_count(stack, "predict_long_running") == 1
+
+
+async def test_a_file_search_upload_is_recorded_once_for_its_authenticated_leg(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
+    path = "/upload/v1beta/fileSearchStores/store-1:uploadToFileSearchStore"
+    status, _, _ = await raw(
+        "POST",
+        stack.url(path),
+        headers=stack.headers(**{"x-goog-upload-protocol": "resumable"}),
+        json={"displayName": "doc"},
+    )
+    assert status == 200
+    # the byte leg carries no key: its upload id is its credential, as with Google
+    status, _, _ = await raw(
+        "POST", stack.url(path + "?upload_id=u-1&upload_protocol=resumable"), data=b"%PDF-1.7 x"
+    )
+    assert status == 200
+    assert [r.body for r in received] == [b'{"displayName": "doc"}', b"%PDF-1.7 x"]
+    [record] = await stack.records()
+    assert record["endpoint"] == "file_search.import"
+    assert record["unmetered_route"] is True
+    assert unmetered_count(stack, "file_search.import") == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1beta/models/gemini-2.5-flash:countTokens"),
+        ("GET", "/v1beta/files/f-1"),
+        ("GET", "/v1beta/cachedContents/c-1"),
+        ("GET", "/v1beta/openai/models"),
+    ],
+)
+async def test_free_routes_are_relayed_and_not_recorded(
+    make_stack: StackFactory, aiohttp_server: Any, method: str, path: str
+):
+    stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
+    status, _, _ = await raw(method, stack.url(path), headers=stack.headers())
+    assert status == 200
+    assert len(received) == 1
+    assert await stack.records() == []
