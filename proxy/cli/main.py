@@ -321,7 +321,7 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from ..emulator.server import EmulatorConfig, run_emulator
+    from ..emulator import EmulatorConfig, run_emulator
 
     config = EmulatorConfig(
         latency_seconds=args.latency_ms / 1000,

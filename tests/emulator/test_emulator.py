@@ -29,8 +29,8 @@ from google.genai._gaos.lib.compat_errors import BadRequestError, NotFoundError
 from google.genai._gaos.types import interactions as itypes
 from google.genai._gaos.utils.serializers import unmarshal
 
-import proxy.emulator.server as emulator
-from proxy.emulator.server import (
+import proxy.emulator.interactions as emulator
+from proxy.emulator import (
     AUDIO_TOKENS,
     IMAGE_TOKENS,
     MAX_SEEN_REQUESTS,
