@@ -29,7 +29,7 @@ from google.genai._gaos.lib.compat_errors import BadRequestError, NotFoundError
 from google.genai._gaos.types import interactions as itypes
 from google.genai._gaos.utils.serializers import unmarshal
 
-import proxy.emulator.interactions as emulator
+import proxy.emulator.state as emulator_state
 from proxy.emulator import (
     AUDIO_TOKENS,
     IMAGE_TOKENS,
@@ -1094,7 +1094,7 @@ async def test_config_pacing(aiohttp_server: Any, http: Any) -> None:
 async def test_stored_interactions_are_bounded(
     http: Any, server: TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(emulator, "MAX_STORED_INTERACTIONS", 2)
+    monkeypatch.setattr(emulator_state, "MAX_STORED_INTERACTIONS", 2)
     ids = []
     for _ in range(3):
         _, _, raw = await post(http, server, "/v1/interactions", {"model": "m"})

@@ -1,0 +1,53 @@
+"""Test triggers: request headers that make the emulator misbehave on purpose.
+
+The proxy relays them unchanged, so a test sets them on its request through
+the proxy:
+
+- ``x-emulator-delay-ms: N``: wait N ms before answering (replaces
+  ``latency_seconds`` for that request);
+- ``x-emulator-fail: STATUS``: answer that HTTP status (400-599) with a
+  Gemini error (after the delay, before anything else);
+- ``x-emulator-usage: missing | malformed``: leave usage out, or send counts
+  that are strings or negative, in whole responses and streams alike (an
+  interaction remembers it for later polls);
+- ``x-emulator-chunk-delay-ms: N``: pause N ms between streamed events
+  (replaces ``chunk_delay_seconds``).
+
+A trigger with a value it cannot use is answered 400 INVALID_ARGUMENT naming
+the header, on every endpoint, so a typo in a test fails loudly.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .state import emulator_state_key
+from .usage import UsageMode
+from .wire import ApiError, int_or_none
+
+
+def header_ms(request: web.Request, name: str) -> float | None:
+    """A trigger header in milliseconds, as seconds; None when absent."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = int_or_none(raw)
+    if value is None or value < 0:
+        raise ApiError(400, f"{name} must be a non-negative integer number of milliseconds.")
+    return value / 1000
+
+
+def chunk_delay(request: web.Request) -> float:
+    delay = header_ms(request, "x-emulator-chunk-delay-ms")
+    return request.app[emulator_state_key].config.chunk_delay_seconds if delay is None else delay
+
+
+def requested_usage_mode(request: web.Request) -> UsageMode:
+    raw = request.headers.get("x-emulator-usage")
+    if raw is None:
+        return None
+    if raw == "missing":
+        return "missing"
+    if raw == "malformed":
+        return "malformed"
+    raise ApiError(400, "x-emulator-usage must be 'missing' or 'malformed'.")
