@@ -28,7 +28,13 @@ from .interactions import (
     get_interaction,
 )
 from .state import EmulatorConfig, EmulatorState, SeenRequest, emulator_state_key
-from .triggers import chunk_delay, header_ms, requested_usage_mode
+from .triggers import (
+    chunk_delay,
+    cut_after,
+    header_ms,
+    requested_continuations,
+    requested_usage_mode,
+)
 from .wire import (
     DEFAULT_TIER,
     SERVICE_TIERS,
@@ -106,6 +112,8 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
         delay = header_ms(request, "x-emulator-delay-ms")
         chunk_delay(request)
         requested_usage_mode(request)
+        cut_after(request)
+        requested_continuations(request)
         await asyncio.sleep(state.config.latency_seconds if delay is None else delay)
         fail = request.headers.get("x-emulator-fail")
         if fail is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .replies import plan_reply, split_text, thinking_tokens
-from .triggers import chunk_delay, requested_usage_mode
+from .triggers import chunk_delay, cut_after, requested_usage_mode
 from .usage import (
     Tally,
     Usage,
@@ -43,6 +43,7 @@ from .wire import (
     ApiError,
     Json,
     as_list,
+    drop_connection,
     get_field,
     json_body,
     json_response,
@@ -246,12 +247,16 @@ async def stream_generate(request: web.Request) -> web.StreamResponse:
     plan = await _plan_generate(request)
     mode = requested_usage_mode(request)
     delay = chunk_delay(request)
+    budget = cut_after(request)
     sse = request.query.get("alt") == "sse"
     response = await start_stream(
         request, "text/event-stream" if sse else "application/json; charset=UTF-8", plan.tier
     )
     try:
         for number, chunk in enumerate(_stream_bodies(plan, mode)):
+            if budget is not None and number >= budget:
+                drop_connection(request)
+                return response
             if number:
                 await asyncio.sleep(delay)
             if sse:

@@ -14,15 +14,24 @@
   becomes ``cancelled`` (anything else is 400 FAILED_PRECONDITION).
 - ``DELETE /{v}/interactions/{id}``: forgets it; answers ``{}``.
 
-Streams send, each as ``data: <json>\\n\\n`` with an ``event_id``:
-``interaction.created``, ``interaction.status_update`` (in_progress), then for
-every generated step ``step.start`` / ``step.delta``... / ``step.stop`` (whose
-``usage`` is cumulative so far and ``step_usage`` the step's own share), then
-``interaction.status_update`` (completed, final usage) and
-``interaction.completed`` (the whole interaction, final usage), and
-``data: [DONE]``. Usage therefore appears several times: only the last figure
-is the request's. A response's ``steps`` start with the ``user_input`` step
-echoing this turn's input, so stream ``index`` values start at 1.
+Streams take the shape of Google's documentation transcripts (the Gemini
+API streaming guide): each event is an ``event: <event_type>`` line then a
+``data: <json>`` line (the JSON also carries ``event_id``), and the stream
+ends with ``event: done`` / ``data: [DONE]``. The events:
+``interaction.created``, ``interaction.status_update`` (in_progress), for every
+generated step ``step.start`` / ``step.delta``... / ``step.stop`` with the
+``index`` counting generated steps from 0, then ``interaction.completed``: the
+interaction's head (no ``steps``) with the final ``usage``, also when it ended
+cancelled or ``requires_continuation``. Usage appears there only: never on
+``step.stop`` or a status update. A stream cut by ``x-emulator-cut-after``
+simply stops, mid-body.
+
+Continuations (``x-emulator-continuations``, see ``triggers``): each hop is
+its own interaction; a hop that is not the last ends ``requires_continuation``
+with a ``continuation_token``; ``continuation_token`` (with
+``previous_interaction_id`` = its issuer, or alone when nothing is stored)
+creates the next hop. An unknown token, or one that the named
+previous interaction did not issue, is 400 INVALID_ARGUMENT.
 
 Usage: with ``previous_interaction_id`` the previous interaction's input and
 output tokens join this turn's input, and its input (its whole prompt) is
@@ -49,7 +58,7 @@ from aiohttp import web
 
 from .replies import Reply, plan_reply, signature, split_text, thinking_tokens
 from .state import emulator_state_key
-from .triggers import chunk_delay, requested_usage_mode
+from .triggers import chunk_delay, cut_after, requested_continuations, requested_usage_mode
 from .usage import MEDIA_TOKENS, Tally, Tokens, Usage, UsageMode, add_tokens, put_interaction_usage
 from .wire import (
     DEFAULT_TIER,
@@ -57,12 +66,16 @@ from .wire import (
     ApiError,
     Json,
     as_list,
+    drop_connection,
     json_body,
     json_response,
     new_id,
     start_stream,
     timestamp,
 )
+
+# Statuses of an interaction whose planned steps were all generated.
+_GENERATED: Final = frozenset({"completed", "requires_continuation"})
 
 
 class EmulatedInteraction:
@@ -89,6 +102,8 @@ class EmulatedInteraction:
         background: bool,
         usage_mode: UsageMode,
         ready_at: float,
+        continuation_token: str | None = None,
+        remaining: tuple[str, ...] = (),
     ) -> None:
         self.id = interaction_id
         self.model = model
@@ -105,6 +120,10 @@ class EmulatedInteraction:
         self._created_monotonic = time.monotonic()
         self._created_wall = datetime.now(UTC)
         self.ready_at = ready_at
+        # A reply cut by the per-request decode limit: the token the client
+        # sends back, and the answer text the later hops will generate.
+        self.continuation_token = continuation_token
+        self.remaining = remaining
         self.cancelled_at: float | None = None
         self.deleted = False
         # Set whenever the state changes by a request (cancel, delete), so
@@ -127,7 +146,7 @@ class EmulatedInteraction:
         if self.cancelled_at is not None:
             return "cancelled"
         if (time.monotonic() if now is None else now) >= self.ready_at:
-            return "completed"
+            return "completed" if self.continuation_token is None else "requires_continuation"
         return "in_progress"
 
     def cancel(self) -> None:
@@ -139,7 +158,7 @@ class EmulatedInteraction:
         self.changed.set()
 
     def final_usage(self, status: str) -> Usage | None:
-        if status == "completed":
+        if status in _GENERATED:
             return self._usage
         if status == "cancelled":
             return Usage(input=dict(self._usage.input), cached=dict(self._usage.cached))
@@ -151,6 +170,8 @@ class EmulatedInteraction:
         """The Interaction resource as ``GET /interactions/{id}`` answers it."""
         status = self.status(now)
         body = self._head(status)
+        if status == "requires_continuation":
+            body["continuation_token"] = self.continuation_token
         if self.previous_interaction_id is not None:
             body["previous_interaction_id"] = self.previous_interaction_id
         if self.labels:
@@ -166,8 +187,12 @@ class EmulatedInteraction:
     def events(self, *, usage_mode: UsageMode, now: float | None = None) -> list[Json]:
         """The SSE events of this interaction as far as its state allows.
 
-        Events before a state change keep their ids as the state moves on, so
-        a client can resume with ``last_event_id`` across the change.
+        The shape of Google's documentation transcripts: step indexes count
+        the generated steps from 0; ``step.stop`` and status updates carry no
+        usage; ``interaction.completed`` (also for a cancelled or a
+        ``requires_continuation`` interaction) carries the final usage and no
+        steps. Events before a state change keep their ids as the state moves
+        on, so a client can resume with ``last_event_id`` across the change.
         """
         status = self.status(now)
         head = self._head("in_progress") | {"object": "interaction"}
@@ -179,32 +204,20 @@ class EmulatedInteraction:
                 "status": "in_progress",
             },
         ]
-        if status == "completed":
-            offset = 0 if self._user_step is None else 1
-            so_far = Usage()
-            for index, planned in enumerate(self._steps, start=offset):
-                so_far = so_far + planned.usage
+        if status in _GENERATED:
+            for index, planned in enumerate(self._steps):
                 events.append({"event_type": "step.start", "index": index, "step": planned.start})
                 events.extend(
                     {"event_type": "step.delta", "index": index, "delta": delta}
                     for delta in planned.deltas
                 )
-                stop: Json = {"event_type": "step.stop", "index": index}
-                put_interaction_usage(stop, so_far, usage_mode)
-                put_interaction_usage(stop, planned.usage, usage_mode, key="step_usage")
-                events.append(stop)
-        if status in ("completed", "cancelled"):
-            update: Json = {
-                "event_type": "interaction.status_update",
-                "interaction_id": self.id,
-                "status": status,
-            }
+                events.append({"event_type": "step.stop", "index": index})
+        if status != "in_progress":
             final = self.final_usage(status)
             assert final is not None
-            put_interaction_usage(update, final, usage_mode)
-            events.append(update)
             interaction = self._head(status) | {"object": "interaction"}
-            interaction["steps"] = self._resource_steps(status)
+            if status == "requires_continuation":
+                interaction["continuation_token"] = self.continuation_token
             put_interaction_usage(interaction, final, usage_mode)
             events.append({"event_type": "interaction.completed", "interaction": interaction})
         for number, event in enumerate(events, start=1):
@@ -230,7 +243,7 @@ class EmulatedInteraction:
 
     def _resource_steps(self, status: str) -> list[Json]:
         steps = [] if self._user_step is None else [self._user_step]
-        if status == "completed":
+        if status in _GENERATED:
             steps.extend(planned.step for planned in self._steps)
         return steps
 
@@ -341,8 +354,7 @@ def _plan_interaction_steps(
     """The generated steps of an interaction and the usage they add up to.
 
     The prompt's tokens are the first step's share; each later step adds what
-    it generated, so the cumulative usage on each ``step.stop`` grows to the
-    final figure.
+    it generated.
     """
     code_tokens, result_tokens, answer_tokens = reply.usage_parts
     steps: list[_PlannedStep] = []
@@ -435,31 +447,32 @@ async def create_interaction(request: web.Request) -> web.StreamResponse:
         if not isinstance(previous_id, str):
             raise ApiError(400, "previous_interaction_id must be a string.")
         previous = state.lookup(previous_id)
+    token = body.get("continuation_token")
+    issuer = None if token is None else _token_issuer(state.continued(token), previous)
 
-    read = _read_interaction_input(body.get("input"))
-    system = body.get("system_instruction")
-    read.tally.text(system)
-    prompt_usage = Usage(input=read.tally.tokens())
-    if previous is not None:
-        prompt_usage = prompt_usage + previous.context_usage
-        prompt_usage = replace(prompt_usage, cached=previous.cached_for_next_turn)
-
-    config = body.get("generation_config")
-    config = config if isinstance(config, dict) else {}
-    tools = _tool_types(body.get("tools"))
-    # Agents run their own (thinking) loop whatever the model name says.
-    thought_tokens = thinking_tokens(
-        name if isinstance(model, str) else "gemini-3-agent", config.get("thinking_level")
-    )
-    reply = plan_reply(
-        model=name,
-        prompt=read.messages[-1] if read.messages else "",
-        media=read.tally.media,
-        thought_tokens=thought_tokens,
-        summaries=config.get("thinking_summaries") == "auto",
-        code_execution="code_execution" in tools,
-        google_search="google_search" in tools,
-    )
+    if issuer is not None:
+        # A continuation hop: no new input (the SDK resends the original one
+        # only when nothing is stored, and it is already in the issuer's
+        # context). The hop re-prefills everything so far and generates the
+        # next piece of the answer.
+        read = _InteractionInput()
+        prompt_usage = replace(issuer.context_usage, cached=issuer.cached_for_next_turn)
+        pieces = issuer.remaining
+        reply = Reply(0, None, None, None, None, pieces[0])
+    else:
+        read = _read_interaction_input(body.get("input"))
+        read.tally.text(body.get("system_instruction"))
+        prompt_usage = Usage(input=read.tally.tokens())
+        if previous is not None:
+            prompt_usage = prompt_usage + previous.context_usage
+            prompt_usage = replace(prompt_usage, cached=previous.cached_for_next_turn)
+        reply = _plan_fresh_reply(body, name, read)
+        pieces = (reply.answer,)
+        hops = requested_continuations(request)
+        if hops and body.get("background") is not True:
+            # The server continues a background interaction by itself.
+            pieces = _answer_pieces(reply.answer, hops + 1)
+            reply = replace(reply, answer=pieces[0])
     steps, usage = _plan_interaction_steps(
         reply, prompt_usage, signature(name, reply.answer, str(reply.thought_tokens))
     )
@@ -481,12 +494,62 @@ async def create_interaction(request: web.Request) -> web.StreamResponse:
         background=background,
         usage_mode=usage_mode,
         ready_at=time.monotonic() + (state.config.background_seconds if background else 0.0),
+        continuation_token=new_id("ct_") if len(pieces) > 1 else None,
+        remaining=tuple(pieces[1:]),
     )
+    if interaction.continuation_token is not None:
+        state.remember_token(interaction.continuation_token, interaction)
     if body.get("store") is not False:
         state.store(interaction)
     if body.get("stream") is True:
         return await _stream_interaction(request, interaction, usage_mode, after_event=None)
     return json_response(interaction.resource(usage_mode=usage_mode), tier)
+
+
+def _plan_fresh_reply(body: Mapping[str, object], name: str, read: _InteractionInput) -> Reply:
+    """The reply to a turn's input, by the request's tools and generation config."""
+    config = body.get("generation_config")
+    config = config if isinstance(config, dict) else {}
+    tools = _tool_types(body.get("tools"))
+    # Agents run their own (thinking) loop whatever the model name says.
+    thought_tokens = thinking_tokens(
+        name if isinstance(body.get("model"), str) else "gemini-3-agent",
+        config.get("thinking_level"),
+    )
+    return plan_reply(
+        model=name,
+        prompt=read.messages[-1] if read.messages else "",
+        media=read.tally.media,
+        thought_tokens=thought_tokens,
+        summaries=config.get("thinking_summaries") == "auto",
+        code_execution="code_execution" in tools,
+        google_search="google_search" in tools,
+    )
+
+
+def _token_issuer(
+    issuer: EmulatedInteraction | None, previous: EmulatedInteraction | None
+) -> EmulatedInteraction:
+    """The interaction a ``continuation_token`` continues, checked as Google checks it.
+
+    With ``store`` on, the SDK sends the issuing interaction as
+    ``previous_interaction_id`` and the server checks the token belongs to
+    it; without, the token stands alone.
+    """
+    if issuer is None or not issuer.remaining:
+        raise ApiError(400, "Invalid continuation_token.")
+    if previous is not None and previous is not issuer:
+        raise ApiError(
+            400, "continuation_token was not issued by the interaction in previous_interaction_id."
+        )
+    return issuer
+
+
+def _answer_pieces(answer: str, count: int) -> tuple[str, ...]:
+    """``answer`` cut into ``count`` non-empty pieces that join back to it."""
+    count = min(count, len(answer))
+    cuts = [len(answer) * number // count for number in range(count + 1)]
+    return tuple(answer[a:b] for a, b in zip(cuts, cuts[1:], strict=False))
 
 
 def _query_flag(request: web.Request, name: str) -> bool:
@@ -529,8 +592,14 @@ async def delete_interaction(request: web.Request) -> web.StreamResponse:
     return json_response({}, interaction.service_tier)
 
 
-def _sse(event: object) -> bytes:
-    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+def _sse(event: Json) -> bytes:
+    """One event as Google frames it: its type on an ``event:`` line, then its data."""
+    data = json.dumps(event, separators=(",", ":")).encode()
+    return b"event: " + str(event["event_type"]).encode() + b"\ndata: " + data + b"\n\n"
+
+
+# How Google's streams end, after the last event.
+_DONE: Final = b"event: done\ndata: [DONE]\n\n"
 
 
 async def _stream_interaction(
@@ -540,7 +609,7 @@ async def _stream_interaction(
     *,
     after_event: str | None,
 ) -> web.StreamResponse:
-    """Send an interaction's events, following it until it ends, then ``[DONE]``."""
+    """Send an interaction's events, following it until it ends, then ``event: done``."""
     position = 0
     if after_event is not None:
         ids = [event["event_id"] for event in interaction.events(usage_mode=usage_mode)]
@@ -548,9 +617,10 @@ async def _stream_interaction(
             raise ApiError(400, f"Unknown last_event_id {after_event!r}.")
         position = ids.index(after_event) + 1
     delay = chunk_delay(request)
+    budget = cut_after(request)
     response = await start_stream(request, "text/event-stream", interaction.service_tier)
     try:
-        first = True
+        sent = 0
         while True:
             now = time.monotonic()
             events = interaction.events(usage_mode=usage_mode, now=now)
@@ -559,9 +629,12 @@ async def _stream_interaction(
                 await response.write(_sse({"event_type": "error", "error": error}))
                 break
             for event in events[position:]:
-                if not first:
+                if budget is not None and sent >= budget:
+                    drop_connection(request)
+                    return response
+                if sent:
                     await asyncio.sleep(delay)
-                first = False
+                sent += 1
                 await response.write(_sse(event))
             position = len(events)
             if interaction.status(now) != "in_progress":
@@ -569,7 +642,7 @@ async def _stream_interaction(
             interaction.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(interaction.changed.wait(), interaction.ready_at - now)
-        await response.write(b"data: [DONE]\n\n")
+        await response.write(_DONE)
         await response.write_eof()
     except ConnectionResetError:
         # The client went away mid-stream; there is nobody left to answer.

@@ -65,11 +65,23 @@ class EmulatorState:
         self.requests: deque[SeenRequest] = deque(maxlen=MAX_SEEN_REQUESTS)
         # Resumable uploads between their start and their finalize, by upload id.
         self.upload_sessions: OrderedDict[str, UploadSession] = OrderedDict()
+        # Interactions that ended requires_continuation, by the token they issued
+        # (also those not stored: with store=false the token stands alone).
+        self.continuations: OrderedDict[str, EmulatedInteraction] = OrderedDict()
 
     def store(self, interaction: EmulatedInteraction) -> None:
         self.interactions[interaction.id] = interaction
         while len(self.interactions) > MAX_STORED_INTERACTIONS:
             self.interactions.popitem(last=False)
+
+    def remember_token(self, token: str, interaction: EmulatedInteraction) -> None:
+        self.continuations[token] = interaction
+        while len(self.continuations) > MAX_STORED_INTERACTIONS:
+            self.continuations.popitem(last=False)
+
+    def continued(self, token: object) -> EmulatedInteraction | None:
+        """The interaction that issued a ``continuation_token``, if any did."""
+        return self.continuations.get(token) if isinstance(token, str) else None
 
     def lookup(self, interaction_id: str) -> EmulatedInteraction:
         found = self.interactions.get(interaction_id)

@@ -11,7 +11,19 @@ the proxy:
   that are strings or negative, in whole responses and streams alike (an
   interaction remembers it for later polls);
 - ``x-emulator-chunk-delay-ms: N``: pause N ms between streamed events
-  (replaces ``chunk_delay_seconds``).
+  (replaces ``chunk_delay_seconds``);
+- ``x-emulator-cut-after: N``: a stream (Interactions events or
+  generateContent chunks) stops after N events and the connection is dropped
+  without the end of the chunked body: no ``interaction.completed``, no
+  ``event: done``, as when a connection is lost;
+- ``x-emulator-continuations: N`` (1 to ``MAX_CONTINUATIONS``): an
+  interaction's answer takes N + 1 hops, as when it hits the per-request
+  decode limit: each hop but the last ends ``requires_continuation`` with a
+  ``continuation_token``, which a new ``interactions.create`` sends back
+  (with ``previous_interaction_id`` = the hop that issued it) to get the next
+  piece. Each hop is its own interaction with its own usage: it re-prefills
+  the context so far (input, the earlier hops' prompt reported as cached) and
+  bills only the output it generates. A background interaction ignores it.
 
 A trigger with a value it cannot use is answered 400 INVALID_ARGUMENT naming
 the header, on every endpoint, so a typo in a test fails loudly.
@@ -19,11 +31,16 @@ the header, on every endpoint, so a typo in a test fails loudly.
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import web
 
 from .state import emulator_state_key
 from .usage import UsageMode
 from .wire import ApiError, int_or_none
+
+# Bounds the hops one request can ask for.
+MAX_CONTINUATIONS: Final = 8
 
 
 def header_ms(request: web.Request, name: str) -> float | None:
@@ -51,3 +68,23 @@ def requested_usage_mode(request: web.Request) -> UsageMode:
     if raw == "malformed":
         return "malformed"
     raise ApiError(400, "x-emulator-usage must be 'missing' or 'malformed'.")
+
+
+def _count(request: web.Request, name: str, maximum: int) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    value = int_or_none(raw)
+    if value is None or not 0 <= value <= maximum:
+        raise ApiError(400, f"{name} must be an integer from 0 to {maximum}.")
+    return value
+
+
+def cut_after(request: web.Request) -> int | None:
+    """How many events a stream sends before its connection is dropped; None: all."""
+    return _count(request, "x-emulator-cut-after", 1_000_000)
+
+
+def requested_continuations(request: web.Request) -> int:
+    """How many ``requires_continuation`` hops an interaction's answer takes."""
+    return _count(request, "x-emulator-continuations", MAX_CONTINUATIONS) or 0

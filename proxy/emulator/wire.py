@@ -126,3 +126,14 @@ def get_field(mapping: object, name: str) -> object:
     if name in mapping:
         return mapping[name]
     return mapping.get(re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), name))
+
+
+def drop_connection(request: web.Request) -> None:
+    """End a streamed response as a lost connection does: the socket closed mid-body.
+
+    No last chunk is written, so the client (and the proxy in between) sees
+    the body end early, not a well-formed short stream.
+    """
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
