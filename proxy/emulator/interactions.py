@@ -39,8 +39,11 @@ reported as cached (``total_cached_tokens`` and ``cached_tokens_by_modality``).
 Code execution (``{"type": "code_execution"}``) bills tool-use tokens = input
 + code + result tokens and output tokens = code + result + answer tokens;
 ``google_search`` adds a search call and result and ``grounding_tool_count``
-``[{"type": "google_search", "count": 1}]``. A cancelled interaction bills its
-input only.
+``[{"type": "google_search", "count": 1}]``. ``tool_search`` (google-genai
+3.6) with function tools marked ``defer_loading`` adds a ``tool_search_call``
+naming them and a ``tool_search_result`` carrying their definitions, whose
+tokens (``ceil(len(json.dumps(definitions)) / 4)``) are tool-use input. A
+cancelled interaction bills its input only.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -59,7 +62,16 @@ from aiohttp import web
 from .replies import Reply, plan_reply, signature, split_text, thinking_tokens
 from .state import emulator_state_key
 from .triggers import chunk_delay, cut_after, requested_continuations, requested_usage_mode
-from .usage import MEDIA_TOKENS, Tally, Tokens, Usage, UsageMode, add_tokens, put_interaction_usage
+from .usage import (
+    MEDIA_TOKENS,
+    Tally,
+    Tokens,
+    Usage,
+    UsageMode,
+    add_tokens,
+    put_interaction_usage,
+    text_tokens,
+)
 from .wire import (
     DEFAULT_TIER,
     SERVICE_TIERS,
@@ -348,13 +360,26 @@ def _tool_types(tools: object) -> set[str]:
     }
 
 
+def _deferred_functions(tools: object) -> list[Json]:
+    """The function tools a ``tool_search`` tool would load: those with ``defer_loading``."""
+    if "tool_search" not in _tool_types(tools):
+        return []
+    return [
+        tool
+        for tool in as_list(tools)
+        if isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and tool.get("defer_loading") is True
+    ]
+
+
 def _plan_interaction_steps(
-    reply: Reply, prompt_usage: Usage, signature: str
+    reply: Reply, prompt_usage: Usage, signature: str, deferred: Sequence[Json] = ()
 ) -> tuple[list[_PlannedStep], Usage]:
     """The generated steps of an interaction and the usage they add up to.
 
     The prompt's tokens are the first step's share; each later step adds what
-    it generated.
+    it generated. ``deferred`` are the function tools a ``tool_search`` loads.
     """
     code_tokens, result_tokens, answer_tokens = reply.usage_parts
     steps: list[_PlannedStep] = []
@@ -374,6 +399,23 @@ def _plan_interaction_steps(
             deltas.append({"type": "thought_summary", "content": summary})
         deltas.append({"type": "thought_signature", "signature": signature})
         add(thought, {"type": "thought"}, deltas, Usage(thought=reply.thought_tokens))
+    if deferred:
+        call_id = new_id("tools_")
+        names = {"function_names": [str(function.get("name")) for function in deferred]}
+        add(
+            {"type": "tool_search_call", "id": call_id, "arguments": names},
+            {"type": "tool_search_call", "id": call_id, "arguments": {}},
+            [{"type": "tool_search_call", "arguments": names}],
+            Usage(),
+        )
+        # The definitions it loads are fed to the model: tool-use input.
+        loaded = text_tokens(len(json.dumps(list(deferred))))
+        add(
+            {"type": "tool_search_result", "call_id": call_id, "result": list(deferred)},
+            {"type": "tool_search_result", "call_id": call_id},
+            [{"type": "tool_search_result", "result": list(deferred)}],
+            Usage(tool_use={"text": loaded}),
+        )
     if reply.search_query is not None:
         call_id = new_id("search_")
         queries = {"queries": [reply.search_query]}
@@ -459,6 +501,7 @@ async def create_interaction(request: web.Request) -> web.StreamResponse:
         prompt_usage = replace(issuer.context_usage, cached=issuer.cached_for_next_turn)
         pieces = issuer.remaining
         reply = Reply(0, None, None, None, None, pieces[0])
+        deferred = []
     else:
         read = _read_interaction_input(body.get("input"))
         read.tally.text(body.get("system_instruction"))
@@ -467,6 +510,7 @@ async def create_interaction(request: web.Request) -> web.StreamResponse:
             prompt_usage = prompt_usage + previous.context_usage
             prompt_usage = replace(prompt_usage, cached=previous.cached_for_next_turn)
         reply = _plan_fresh_reply(body, name, read)
+        deferred = _deferred_functions(body.get("tools"))
         pieces = (reply.answer,)
         hops = requested_continuations(request)
         if hops and body.get("background") is not True:
@@ -474,7 +518,7 @@ async def create_interaction(request: web.Request) -> web.StreamResponse:
             pieces = _answer_pieces(reply.answer, hops + 1)
             reply = replace(reply, answer=pieces[0])
     steps, usage = _plan_interaction_steps(
-        reply, prompt_usage, signature(name, reply.answer, str(reply.thought_tokens))
+        reply, prompt_usage, signature(name, reply.answer, str(reply.thought_tokens)), deferred
     )
     background = body.get("background") is True
     if background and body.get("store") is False:

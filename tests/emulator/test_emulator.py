@@ -1276,3 +1276,42 @@ async def test_a_cut_stream_ends_mid_body(http: Any, server: TestServer) -> None
         http, server, "/v1/interactions", CONTINUED, {"x-emulator-cut-after": "?"}
     )
     assert status == 400 and "x-emulator-cut-after" in json.loads(raw)["error"]["message"]
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    "defer_loading": True,
+}
+TOOL_SEARCH = [{"type": "tool_search"}, WEATHER, {"type": "function", "name": "always_loaded"}]
+
+
+async def test_tool_search_loads_deferred_functions(http: Any, server: TestServer) -> None:
+    request = {"model": PLAIN_MODEL, "input": "Weather in Paris?", "tools": TOOL_SEARCH}
+    _, _, raw = await post(http, server, "/v1/interactions", request)
+    interaction = strict_interaction(json.loads(raw))
+    assert [step.type for step in interaction.steps] == [
+        "user_input",
+        "tool_search_call",
+        "tool_search_result",
+        "model_output",
+    ]
+    call, result = interaction.steps[1], interaction.steps[2]
+    assert call.arguments.function_names == ["get_weather"]  # only the deferred one
+    assert result.call_id == call.id
+    assert [function.name for function in result.result] == ["get_weather"]
+    # The loaded definitions are fed to the model: tool-use input.
+    assert interaction.usage.total_tool_use_tokens == tokens(json.dumps([WEATHER]))
+
+    _, _, raw = await post(http, server, "/v1/interactions", {**request, "stream": True})
+    events = parse_sse(raw)
+    for event in events[:-1]:
+        strict_event(event)
+    starts = [
+        (e["index"], e["step"]["type"]) for e in events[:-1] if e["event_type"] == "step.start"
+    ]
+    assert starts == [(0, "tool_search_call"), (1, "tool_search_result"), (2, "model_output")]
+    final = events[-2]["interaction"]["usage"]
+    assert final["total_tool_use_tokens"] == tokens(json.dumps([WEATHER]))
