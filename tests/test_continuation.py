@@ -12,6 +12,10 @@ SDKs add the hops' usages up for the caller (``merge_unary_hops``,
 response, once: the sum of the hop records is what the SDK reports, never
 more (nothing is cumulative across hops to double count).
 
+generateContent continues the same way (``finishReason: CONTINUATION`` and a
+``continuationToken`` on the candidate, the request sent again with it), and
+is billed the same way.
+
 The emulator is asked for the hops by its ``x-emulator-continuations``
 trigger; the figures below are worked by hand from its documented rules.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.genai import types
 
 from tests.factories import Stack
 
@@ -116,6 +121,40 @@ async def test_a_continuation_of_someone_elses_interaction_is_refused(stack: Sta
     assert len(stack.upstream.requests) == before  # never reached the upstream
     [record] = await stack.records()
     assert figures(record) == HOPS[0]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "streamed"])
+async def test_generate_content_continuation_is_billed_hop_by_hop(stack: Stack, stream: bool):
+    # generateContent continues the same way: a hop that stops with
+    # finishReason CONTINUATION carries a continuationToken, the SDK sends the
+    # same request again with it, and adds the hops' usage up ("each hop is a
+    # separate request", google-genai _extra_utils.StreamContinuation).
+    client = stack.sdk("alice")
+    config = types.GenerateContentConfig(http_options=types.HttpOptions(headers=TWO_MORE_HOPS))
+    if stream:
+        chunks = [
+            chunk
+            async for chunk in await client.aio.models.generate_content_stream(
+                model=MODEL, contents=PROMPT, config=config
+            )
+        ]
+        # Each chunk's usage is the SDK's running sum over the hops so far.
+        sdk_total = chunks[-1].usage_metadata.total_token_count
+        text = "".join(chunk.text or "" for chunk in chunks)
+    else:
+        merged = await client.aio.models.generate_content(
+            model=MODEL, contents=PROMPT, config=config
+        )
+        sdk_total = merged.usage_metadata.total_token_count
+        text = merged.text
+    assert text.endswith('"Hello there friend".')
+
+    records = await stack.records()
+    assert [figures(r) for r in records] == HOPS
+    assert len({r["response_id"] for r in records}) == 3  # three responses, three records
+    assert [r["streamed"] for r in records] == [stream] * 3
+    assert sum(r["total_tokens"] for r in records) == sdk_total == 139 + 17 + 23
+    assert len(stack.upstream.requests) == 3
 
 
 # --------------------------------------------------------------------------- the JavaScript SDK

@@ -13,22 +13,31 @@
 - ``googleSearch`` adds ``groundingMetadata``.
 - A streamed reply's chunks each carry the cumulative ``usageMetadata``; the
   whole response is the chunks merged, with the same final usage.
+- Continuations (``x-emulator-continuations``): a hop but the last ends with
+  ``finishReason: CONTINUATION`` and a ``continuationToken`` (proto bytes,
+  base64) on its candidate; the same request sent again with that
+  ``continuationToken`` gets the next hop, which re-prefills the context so
+  far (reported as input, the previous hop's input as cached) and bills its
+  own output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
-from .replies import plan_reply, split_text, thinking_tokens
-from .triggers import chunk_delay, cut_after, requested_usage_mode
+from .replies import Reply, answer_pieces, plan_reply, split_text, thinking_tokens
+from .state import emulator_state_key
+from .triggers import chunk_delay, cut_after, requested_continuations, requested_usage_mode
 from .usage import (
     Tally,
+    Tokens,
     Usage,
     UsageMode,
     add_tokens,
@@ -127,6 +136,8 @@ class _GcPlan:
     tier: str
     chunks: tuple[_GcChunk, ...]
     search_query: str | None
+    # Set when the reply stops at the decode limit: the token to continue with.
+    continuation_token: str | None = None
 
     @property
     def usage(self) -> Usage:
@@ -136,30 +147,68 @@ class _GcPlan:
         return total
 
 
+@dataclass(frozen=True, slots=True)
+class GenerateHop:
+    """What a ``continuationToken`` continues: the answer left, the context so far."""
+
+    pieces: tuple[str, ...]
+    context: Tokens  # the previous hop's input and output, re-prefilled
+    cached: Tokens  # the previous hop's input, reported cached
+
+
+def _token_bytes(token: object) -> bytes | None:
+    """A ``continuationToken`` (proto ``bytes``: base64, either alphabet) as bytes."""
+    if not isinstance(token, str):
+        return None
+    try:
+        return base64.urlsafe_b64decode(
+            token.replace("+", "-").replace("/", "_") + "=" * (-len(token) % 4)
+        )
+    except ValueError:
+        return None
+
+
 async def _plan_generate(request: web.Request) -> _GcPlan:
     """Parse a generateContent request and plan its reply as stream chunks.
 
     The non-streaming response is these chunks merged, so both modes report
     the same final usage for the same request.
     """
+    state = request.app[emulator_state_key]
     body = await json_body(request)
     model = request.match_info["model"]
     tier = _gc_tier(body)
     read = _read_contents(body.get("contents"), get_field(body, "systemInstruction"))
-    thinking = get_field(get_field(body, "generationConfig"), "thinkingConfig")
-    reply = plan_reply(
-        model=model,
-        prompt=read.prompt,
-        media=read.tally.media,
-        thought_tokens=thinking_tokens(
-            model, get_field(thinking, "thinkingLevel"), get_field(thinking, "thinkingBudget")
-        ),
-        summaries=get_field(thinking, "includeThoughts") is True,
-        code_execution=_has_tool(body.get("tools"), "codeExecution"),
-        google_search=_has_tool(body.get("tools"), "googleSearch"),
-    )
-    history = read.history.tokens() if read.history.chars or read.history.media else {}
-    prompt = Usage(input=read.tally.tokens(), cached=history, thought=reply.thought_tokens)
+    token = get_field(body, "continuationToken")
+    if token is not None:
+        # A continuation hop: the same contents again, the next piece of the
+        # answer; the hop re-prefills the context so far.
+        hop = state.generate_continuations.get(_token_bytes(token) or b"")
+        if hop is None:
+            raise ApiError(400, "Invalid continuationToken.")
+        pieces = hop.pieces
+        reply = Reply(0, None, None, None, None, pieces[0])
+        prompt = Usage(input=hop.context, cached=hop.cached)
+    else:
+        thinking = get_field(get_field(body, "generationConfig"), "thinkingConfig")
+        reply = plan_reply(
+            model=model,
+            prompt=read.prompt,
+            media=read.tally.media,
+            thought_tokens=thinking_tokens(
+                model, get_field(thinking, "thinkingLevel"), get_field(thinking, "thinkingBudget")
+            ),
+            summaries=get_field(thinking, "includeThoughts") is True,
+            code_execution=_has_tool(body.get("tools"), "codeExecution"),
+            google_search=_has_tool(body.get("tools"), "googleSearch"),
+        )
+        pieces = (reply.answer,)
+        hops = requested_continuations(request)
+        if hops:
+            pieces = answer_pieces(reply.answer, hops + 1)
+            reply = replace(reply, answer=pieces[0])
+        history = read.history.tokens() if read.history.chars or read.history.media else {}
+        prompt = Usage(input=read.tally.tokens(), cached=history, thought=reply.thought_tokens)
     code_tokens, result_tokens, _ = reply.usage_parts
     chunks: list[_GcChunk] = []
     pending = prompt  # the prompt and the thinking are charged to the first chunk
@@ -183,7 +232,16 @@ async def _plan_generate(request: web.Request) -> _GcPlan:
         sent += len(piece)
         chunks.append(_GcChunk(({"text": piece},), pending + Usage(output={"text": share})))
         pending = Usage()
-    return _GcPlan(model, tier, tuple(chunks), reply.search_query)
+    plan = _GcPlan(model, tier, tuple(chunks), reply.search_query)
+    if len(pieces) > 1:
+        issued = secrets.token_bytes(18)
+        output = plan.usage.output
+        state.remember_generate_token(
+            issued,
+            GenerateHop(pieces[1:], add_tokens(prompt.input, output), dict(prompt.input)),
+        )
+        plan = replace(plan, continuation_token=base64.b64encode(issued).decode())
+    return plan
 
 
 def _merge_text_parts(parts: Iterable[Json]) -> list[Json]:
@@ -208,7 +266,11 @@ def _gc_response(
 ) -> Json:
     candidate: Json = {"content": {"parts": list(parts), "role": "model"}}
     if last:
-        candidate["finishReason"] = "STOP"
+        if plan.continuation_token is not None:
+            candidate["finishReason"] = "CONTINUATION"
+            candidate["continuationToken"] = plan.continuation_token
+        else:
+            candidate["finishReason"] = "STOP"
         if plan.search_query is not None:
             candidate["groundingMetadata"] = {
                 "webSearchQueries": [plan.search_query],

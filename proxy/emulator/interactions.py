@@ -59,7 +59,7 @@ from typing import Final
 
 from aiohttp import web
 
-from .replies import Reply, plan_reply, signature, split_text, thinking_tokens
+from .replies import Reply, answer_pieces, plan_reply, signature, split_text, thinking_tokens
 from .state import emulator_state_key
 from .triggers import chunk_delay, cut_after, requested_continuations, requested_usage_mode
 from .usage import (
@@ -515,7 +515,7 @@ async def create_interaction(request: web.Request) -> web.StreamResponse:
         hops = requested_continuations(request)
         if hops and body.get("background") is not True:
             # The server continues a background interaction by itself.
-            pieces = _answer_pieces(reply.answer, hops + 1)
+            pieces = answer_pieces(reply.answer, hops + 1)
             reply = replace(reply, answer=pieces[0])
     steps, usage = _plan_interaction_steps(
         reply, prompt_usage, signature(name, reply.answer, str(reply.thought_tokens)), deferred
@@ -587,13 +587,6 @@ def _token_issuer(
             400, "continuation_token was not issued by the interaction in previous_interaction_id."
         )
     return issuer
-
-
-def _answer_pieces(answer: str, count: int) -> tuple[str, ...]:
-    """``answer`` cut into ``count`` non-empty pieces that join back to it."""
-    count = min(count, len(answer))
-    cuts = [len(answer) * number // count for number in range(count + 1)]
-    return tuple(answer[a:b] for a, b in zip(cuts, cuts[1:], strict=False))
 
 
 def _query_flag(request: web.Request, name: str) -> bool:

@@ -188,3 +188,10 @@ def thinking_tokens(model: str, level: object, budget: object = None) -> int:
     if _THINKING_MODEL.match(model) or budget == -1:
         return default
     return 0
+
+
+def answer_pieces(answer: str, count: int) -> tuple[str, ...]:
+    """``answer`` cut into ``count`` non-empty pieces that join back to it."""
+    count = min(count, len(answer))
+    cuts = [len(answer) * number // count for number in range(count + 1)]
+    return tuple(answer[a:b] for a, b in zip(cuts, cuts[1:], strict=False))

@@ -18,6 +18,7 @@ from .wire import ApiError
 
 if TYPE_CHECKING:
     from .files import UploadSession
+    from .generate import GenerateHop
     from .interactions import EmulatedInteraction
 
 
@@ -68,6 +69,8 @@ class EmulatorState:
         # Interactions that ended requires_continuation, by the token they issued
         # (also those not stored: with store=false the token stands alone).
         self.continuations: OrderedDict[str, EmulatedInteraction] = OrderedDict()
+        # generateContent replies cut by the decode limit, by their token's bytes.
+        self.generate_continuations: OrderedDict[bytes, GenerateHop] = OrderedDict()
 
     def store(self, interaction: EmulatedInteraction) -> None:
         self.interactions[interaction.id] = interaction
@@ -78,6 +81,11 @@ class EmulatorState:
         self.continuations[token] = interaction
         while len(self.continuations) > MAX_STORED_INTERACTIONS:
             self.continuations.popitem(last=False)
+
+    def remember_generate_token(self, token: bytes, hop: GenerateHop) -> None:
+        self.generate_continuations[token] = hop
+        while len(self.generate_continuations) > MAX_STORED_INTERACTIONS:
+            self.generate_continuations.popitem(last=False)
 
     def continued(self, token: object) -> EmulatedInteraction | None:
         """The interaction that issued a ``continuation_token``, if any did."""

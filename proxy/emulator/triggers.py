@@ -16,14 +16,16 @@ the proxy:
   generateContent chunks) stops after N events and the connection is dropped
   without the end of the chunked body: no ``interaction.completed``, no
   ``event: done``, as when a connection is lost;
-- ``x-emulator-continuations: N`` (1 to ``MAX_CONTINUATIONS``): an
-  interaction's answer takes N + 1 hops, as when it hits the per-request
-  decode limit: each hop but the last ends ``requires_continuation`` with a
+- ``x-emulator-continuations: N`` (0 to ``MAX_CONTINUATIONS``): the answer
+  takes N + 1 hops, as when it hits the per-request decode limit. An
+  interaction hop but the last ends ``requires_continuation`` with a
   ``continuation_token``, which a new ``interactions.create`` sends back
-  (with ``previous_interaction_id`` = the hop that issued it) to get the next
-  piece. Each hop is its own interaction with its own usage: it re-prefills
-  the context so far (input, the earlier hops' prompt reported as cached) and
-  bills only the output it generates. A background interaction ignores it.
+  (with ``previous_interaction_id`` = the hop that issued it); a
+  generateContent hop ends ``finishReason: CONTINUATION`` with a
+  ``continuationToken``, sent back in the same request. Each hop has its own
+  usage: it re-prefills the context so far (input, the previous hop's input
+  reported as cached) and bills only the output it generates. A background
+  interaction ignores it.
 
 A trigger with a value it cannot use is answered 400 INVALID_ARGUMENT naming
 the header, on every endpoint, so a typo in a test fails loudly.

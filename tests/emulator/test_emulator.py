@@ -1315,3 +1315,46 @@ async def test_tool_search_loads_deferred_functions(http: Any, server: TestServe
     assert starts == [(0, "tool_search_call"), (1, "tool_search_result"), (2, "model_output")]
     final = events[-2]["interaction"]["usage"]
     assert final["total_tool_use_tokens"] == tokens(json.dumps([WEATHER]))
+
+
+async def test_generate_content_continuations(http: Any, server: TestServer, aio: Any) -> None:
+    path = f"/v1/models/{PLAIN_MODEL}:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "Hello there friend"}]}]}
+    hops = []
+    status, _, raw = await post(http, server, path, body, {"x-emulator-continuations": "2"})
+    while True:
+        assert status == 200
+        hop = strict_generate(json.loads(raw))
+        hops.append(hop)
+        candidate = hop.candidates[0]
+        if candidate.finish_reason != types.FinishReason.CONTINUATION:
+            break
+        # The token is proto bytes: base64 on the wire, sent back as it came.
+        token = json.loads(raw)["candidates"][0]["continuationToken"]
+        status, _, raw = await post(http, server, path, {**body, "continuationToken": token})
+    usages = [
+        (
+            h.usage_metadata.prompt_token_count,
+            h.usage_metadata.cached_content_token_count or 0,
+            h.usage_metadata.candidates_token_count,
+            h.usage_metadata.total_token_count,
+        )
+        for h in hops
+    ]
+    assert usages == CONTINUED_HOPS  # the same hand-worked hops as the Interactions API
+    assert "".join(h.text for h in hops) == (
+        'Emulated reply from gemini-2.0-flash. You said: "Hello there friend".'
+    )
+    status, _, _ = await post(http, server, path, {**body, "continuationToken": "bm9wZQ=="})
+    assert status == 400
+
+    # The SDK follows the tokens itself and adds the hops' usage up.
+    merged = await aio.models.generate_content(
+        model=PLAIN_MODEL,
+        contents="Hello there friend",
+        config=types.GenerateContentConfig(
+            http_options=types.HttpOptions(headers={"x-emulator-continuations": "2"})
+        ),
+    )
+    assert merged.usage_metadata.total_token_count == 11 + 17 + 23
+    assert merged.text.endswith('"Hello there friend".')
