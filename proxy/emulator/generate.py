@@ -187,7 +187,14 @@ async def _plan_generate(request: web.Request) -> _GcPlan:
         if hop is None:
             raise ApiError(400, "Invalid continuationToken.")
         pieces = hop.pieces
-        reply = Reply(0, None, None, None, None, pieces[0])
+        reply = Reply(
+            thought_tokens=0,
+            thought_summary=None,
+            search_query=None,
+            code=None,
+            code_output=None,
+            answer=pieces[0],
+        )
         prompt = Usage(input=hop.context, cached=hop.cached)
     else:
         thinking = get_field(get_field(body, "generationConfig"), "thinkingConfig")

@@ -500,7 +500,14 @@ async def create_interaction(request: web.Request) -> web.StreamResponse:
         read = _InteractionInput()
         prompt_usage = replace(issuer.context_usage, cached=issuer.cached_for_next_turn)
         pieces = issuer.remaining
-        reply = Reply(0, None, None, None, None, pieces[0])
+        reply = Reply(
+            thought_tokens=0,
+            thought_summary=None,
+            search_query=None,
+            code=None,
+            code_output=None,
+            answer=pieces[0],
+        )
         deferred = []
     else:
         read = _read_interaction_input(body.get("input"))
