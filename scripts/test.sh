@@ -10,6 +10,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# The official JavaScript SDK, pinned by tests/js/package-lock.json, for the JS end-to-end test.
+npm ci --no-audit --no-fund --prefix tests/js
 
 # The tests use a real PostgreSQL on 127.0.0.1:5432; start the machine's own if it is down.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then

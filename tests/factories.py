@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from proxy.emulator.server import (
+from proxy.emulator import (
     EmulatorConfig,
     EmulatorState,
     create_emulator_app,

@@ -288,3 +288,31 @@ async def test_bad_request_bodies_are_forwarded_and_recorded(stack: Stack):
         assert json.loads(answer)["error"]["status"] == "INVALID_ARGUMENT"
     records = await stack.records()
     assert [(r["upstream_status"], r["total_tokens"]) for r in records] == [(400, 0)] * 3
+
+
+async def test_tool_search_steps_are_metered(stack: Stack):
+    # tool_search and its steps are new in google-genai 3.6: the SDK parses
+    # them, and the tokens of the definitions it loads are billed as tool use.
+    weather = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "defer_loading": True,
+    }
+    client = stack.sdk("alice")
+    events = [
+        event
+        async for event in await client.aio.interactions.create(
+            model=MODEL,
+            input="Weather in Paris?",
+            tools=[{"type": "tool_search"}, weather],
+            stream=True,
+        )
+    ]
+    steps = [e.step.type for e in events if e.event_type == "step.start"]
+    assert "tool_search_call" in steps and "tool_search_result" in steps
+    final = events[-1].interaction
+    [record] = await stack.records()
+    assert record["interaction_id"] == final.id and record["streamed"] is True
+    assert_tokens(record, final.usage)
+    assert record["intermediate_tokens"] == final.usage.total_tool_use_tokens > 0

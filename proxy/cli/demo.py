@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import SecretStr
 
-from ..emulator.server import EmulatorConfig, create_emulator_app
+from ..emulator import EmulatorConfig, create_emulator_app
 from ..server.app import create_app
 from ..server.typedefs import sessionmaker_key, writer_key
 from ..settings import Settings

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from ..emulator.server import EmulatorConfig, run_emulator
+    from ..emulator import EmulatorConfig, run_emulator
 
     config = EmulatorConfig(
         latency_seconds=args.latency_ms / 1000,

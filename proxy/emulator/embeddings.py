@@ -1,6 +1,6 @@
 """The emulator's embeddings endpoints: ``embedContent`` and ``batchEmbedContents``.
 
-A self-contained block of the emulator (``server.create_emulator_app`` registers
+A self-contained block of the emulator (``app.create_emulator_app`` registers
 it with ``add_embedding_routes``); the app's middleware has already checked the
 key and applied the delay and failure triggers when these handlers run.
 

@@ -72,7 +72,13 @@ __all__ = [
 PENDING: Final = frozenset({"in_progress", "queued"})
 # Statuses after which the interaction's usage is final: every known status
 # but the pending ones. ``requires_action`` and ``requires_continuation`` end
-# this interaction's work: the client continues in a new request.
+# this interaction's work: the client continues in a new request, which is a
+# new interaction with its own usage (both SDKs bill a continuation hop by
+# hop: each re-prefills its input, and they add the hops' usages up).
+# ``idle`` (google-genai 3.6) succeeds ``requires_action``, which the SDK marks
+# "Deprecated: Use IDLE instead"; it means "the server has completed all
+# processing and background reasoning", so nothing more is generated (and
+# billed) on this interaction until the client sends something new.
 TERMINAL: Final = frozenset(
     {
         "completed",
@@ -82,6 +88,7 @@ TERMINAL: Final = frozenset(
         "budget_exceeded",
         "requires_action",
         "requires_continuation",
+        "idle",
     }
 )
 

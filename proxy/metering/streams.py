@@ -404,6 +404,15 @@ class InteractionStreamTap:
       ``step_usage`` (that step alone: never used as the total).
     - ``error``; and ``data: [DONE]``, after which nothing is read.
 
+    Google frames each event as an ``event: <event_type>`` line then its
+    ``data:`` line, and ends the stream with ``event: done`` / ``data: [DONE]``
+    (the streaming guide's transcripts); the ``event:`` lines are ignored, the
+    data's own ``event_type`` is what is read. In those transcripts usage comes
+    only on ``interaction.completed``, whose interaction has no ``steps``;
+    ``step.stop`` carries usage only for some agents. Each continuation hop
+    (``requires_continuation`` then a create with ``continuation_token``) is its
+    own request and stream, billed on its own usage.
+
     The usage is the completed interaction's; failing that, the last
     cumulative usage seen. Usages are never added up: intermediate ones are
     running totals. Code execution is counted per step index (a result whose

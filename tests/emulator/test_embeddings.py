@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from google import genai
 from google.genai import types
 
-from proxy.emulator.server import create_emulator_app
+from proxy.emulator import create_emulator_app
 
 KEY = {"x-goog-api-key": "test-key"}
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake image bytes").decode()

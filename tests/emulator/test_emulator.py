@@ -1,4 +1,4 @@
-"""The Gemini emulator, driven by the real google-genai 3.3.0 SDK and by raw HTTP.
+"""The Gemini emulator, driven by the real google-genai SDK and by raw HTTP.
 
 The SDK parses responses leniently (unknown fields kept, invalid variants
 constructed anyway), so besides driving it, these tests validate the raw JSON
@@ -29,8 +29,8 @@ from google.genai._gaos.lib.compat_errors import BadRequestError, NotFoundError
 from google.genai._gaos.types import interactions as itypes
 from google.genai._gaos.utils.serializers import unmarshal
 
-import proxy.emulator.server as emulator
-from proxy.emulator.server import (
+import proxy.emulator.state as emulator_state
+from proxy.emulator import (
     AUDIO_TOKENS,
     IMAGE_TOKENS,
     MAX_SEEN_REQUESTS,
@@ -124,12 +124,29 @@ def strict_generate(payload: dict[str, Any]) -> types.GenerateContentResponse:
 
 
 def parse_sse(body: bytes, separator: bytes = b"\n\n") -> list[Any]:
+    """The events of a stream, checked against the framing Google's transcripts show.
+
+    Interactions events come as ``event: TYPE`` then ``data: {...}`` (TYPE is
+    the data's ``event_type``) and end with ``event: done`` / ``data: [DONE]``,
+    given here as the string ``"[DONE]"``; generateContent chunks are bare
+    ``data:`` lines.
+    """
     assert body.endswith(separator)
     events = []
     for block in body[: -len(separator)].split(separator):
+        name = None
+        if block.startswith(b"event: "):
+            line, block = block.split(b"\n", 1)
+            name = line[len(b"event: ") :].decode()
         assert block.startswith(b"data: "), block
         data = block[len(b"data: ") :]
-        events.append(data.decode() if data == b"[DONE]" else json.loads(data))
+        if data == b"[DONE]":
+            assert name == "done"
+            events.append("[DONE]")
+        else:
+            event = json.loads(data)
+            assert name == event.get("event_type")
+            events.append(event)
     return events
 
 
@@ -238,15 +255,17 @@ async def test_interaction_stream(aio: Any, http: Any, server: TestServer) -> No
     events = [event async for event in await aio.interactions.create(**request, stream=True)]
 
     kinds = [event.event_type for event in events]
+    # The shape of Google's streaming transcripts: created, in_progress, the
+    # generated steps indexed from 0, completed.
     assert kinds[:2] == ["interaction.created", "interaction.status_update"]
-    assert kinds[-2:] == ["interaction.status_update", "interaction.completed"]
+    assert kinds[-2:] == ["step.stop", "interaction.completed"]
     assert kinds.count("step.start") == kinds.count("step.stop") == 4
     starts = [event for event in events if event.event_type == "step.start"]
     assert [(event.index, event.step.type) for event in starts] == [
-        (1, "thought"),
-        (2, "code_execution_call"),
-        (3, "code_execution_result"),
-        (4, "model_output"),
+        (0, "thought"),
+        (1, "code_execution_call"),
+        (2, "code_execution_result"),
+        (3, "model_output"),
     ]
     ids = [event.event_id for event in events]
     assert all(ids) and len(set(ids)) == len(ids)
@@ -256,6 +275,7 @@ async def test_interaction_stream(aio: Any, http: Any, server: TestServer) -> No
     assert created.interaction.usage is None
     assert final.interaction.status == "completed"
     assert final.interaction.id == created.interaction.id
+    assert final.interaction.steps is None  # the steps came as events
 
     text = "".join(
         event.delta.text
@@ -268,17 +288,11 @@ async def test_interaction_stream(aio: Any, http: Any, server: TestServer) -> No
     ]
     assert summaries and summaries[0].delta.content.text
 
-    # step.stop usage is cumulative: the last one is the final figure, and
-    # adding them up (or adding status_update to completed) overcounts.
-    stops = [event for event in events if event.event_type == "step.stop"]
-    assert [stop.usage.total_tokens for stop in stops] == sorted(
-        stop.usage.total_tokens for stop in stops
-    )
+    # Usage comes once, on interaction.completed: never on a step or a status.
+    for event in events[:-1]:
+        assert getattr(event, "usage", None) is None
+        assert getattr(event, "step_usage", None) is None
     final_usage = usage_totals(final.interaction.usage)
-    assert usage_totals(stops[-1].usage) == final_usage
-    assert sum(stop.step_usage.total_tokens for stop in stops) == final_usage["total"]
-    assert sum(stop.usage.total_tokens for stop in stops) > final_usage["total"]
-    assert usage_totals(events[-2].usage) == final_usage
 
     # Streaming or not, the same request costs the same.
     whole = await aio.interactions.create(**request)
@@ -1048,7 +1062,7 @@ async def test_client_leaving_a_stream_does_not_hurt(http: Any, server: TestServ
         json={"model": "m", "input": "slow", "stream": True},
         headers={**KEY, "x-emulator-chunk-delay-ms": "50"},
     ) as r:
-        assert (await r.content.readuntil(b"\n\n")).startswith(b"data: ")
+        assert (await r.content.readuntil(b"\n\n")).startswith(b"event: interaction.created\n")
     await asyncio.sleep(0.2)
     status, _, _ = await post(http, server, "/v1/interactions", {"model": "m"})
     assert status == 200
@@ -1094,7 +1108,7 @@ async def test_config_pacing(aiohttp_server: Any, http: Any) -> None:
 async def test_stored_interactions_are_bounded(
     http: Any, server: TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(emulator, "MAX_STORED_INTERACTIONS", 2)
+    monkeypatch.setattr(emulator_state, "MAX_STORED_INTERACTIONS", 2)
     ids = []
     for _ in range(3):
         _, _, raw = await post(http, server, "/v1/interactions", {"model": "m"})
@@ -1151,3 +1165,196 @@ async def test_sync_client_from_a_thread(server: TestServer) -> None:
     assert created.status == "completed"
     assert usage_totals(events[-1].interaction.usage) == usage_totals(created.usage)
     assert chunks[-1].usage_metadata.total_token_count == created.usage.total_tokens
+
+
+# ----------------------------------------------------------------- cut streams, continuations
+
+CONTINUED = {"model": PLAIN_MODEL, "input": "Hello there friend"}
+# The answer 'Emulated reply from gemini-2.0-flash. You said: "Hello there
+# friend".' is 69 characters; two continuations cut it into three hops of 23
+# characters, 6 tokens each. The prompt is 18 characters, 5 tokens. Each hop
+# re-prefills the context so far and reports the earlier prompt as cached:
+# (input, cached, output, total) per hop.
+CONTINUED_HOPS = [(5, 0, 6, 11), (11, 5, 6, 17), (17, 11, 6, 23)]
+
+
+def hop_figures(usage: Any) -> tuple[int, int, int, int]:
+    return (
+        usage.total_input_tokens,
+        usage.total_cached_tokens,
+        usage.total_output_tokens,
+        usage.total_tokens,
+    )
+
+
+async def test_continuations_by_hand(http: Any, server: TestServer) -> None:
+    trigger = {"x-emulator-continuations": "2"}
+    _, _, raw = await post(http, server, "/v1/interactions", CONTINUED, trigger)
+    first = strict_interaction(json.loads(raw))
+    assert first.status == "requires_continuation" and first.continuation_token
+    assert hop_figures(first.usage) == CONTINUED_HOPS[0]
+
+    hops, text = [first], first.output_text or ""
+    while hops[-1].status == "requires_continuation":
+        body = {
+            "model": PLAIN_MODEL,
+            "continuation_token": hops[-1].continuation_token,
+            "previous_interaction_id": hops[-1].id,
+        }
+        status, _, raw = await post(http, server, "/v1/interactions", body)
+        assert status == 200
+        hop = strict_interaction(json.loads(raw))
+        assert hop.id not in {h.id for h in hops}  # every hop is its own interaction
+        assert [step.type for step in hop.steps] == ["model_output"]
+        hops.append(hop)
+        text += hop.output_text or ""
+    assert [hop_figures(hop.usage) for hop in hops] == CONTINUED_HOPS
+    assert [hop.status for hop in hops] == ["requires_continuation"] * 2 + ["completed"]
+    assert text == 'Emulated reply from gemini-2.0-flash. You said: "Hello there friend".'
+
+    # A token checked against its issuer, as the SDK's docs say the server does.
+    for body in (
+        {"model": PLAIN_MODEL, "continuation_token": "ct_unknown"},
+        {
+            "model": PLAIN_MODEL,
+            "continuation_token": first.continuation_token,
+            "previous_interaction_id": hops[-1].id,
+        },
+    ):
+        status, _, raw = await post(http, server, "/v1/interactions", body)
+        assert status == 400, raw
+    for value in ("x", "-1", "9"):
+        status, _, raw = await post(
+            http, server, "/v1/interactions", CONTINUED, {"x-emulator-continuations": value}
+        )
+        assert status == 400 and "x-emulator-continuations" in json.loads(raw)["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_sdk_continues_automatically(aio: Any, stream: bool) -> None:
+    if stream:
+        events = [
+            event
+            async for event in await aio.interactions.create(
+                **CONTINUED, stream=True, extra_headers={"x-emulator-continuations": "2"}
+            )
+        ]
+        hops_seen = [e.interaction for e in events if e.event_type == "interaction.completed"]
+        assert [hop.status for hop in hops_seen] == ["requires_continuation"] * 2 + ["completed"]
+        assert [hop_figures(hop.usage) for hop in hops_seen] == CONTINUED_HOPS
+        # every hop's stream indexes its own steps from 0
+        starts = [e.index for e in events if e.event_type == "step.start"]
+        assert starts == [0, 0, 0]
+    else:
+        merged = await aio.interactions.create(
+            **CONTINUED, extra_headers={"x-emulator-continuations": "2"}
+        )
+        assert merged.status == "completed" and len(merged.continuation_ids) == 3
+        # The SDK sums the hops' usage and keeps the first hop's input apart.
+        assert hop_figures(merged.usage) == (33, 16, 18, 51)
+        assert merged.usage.initial_input_tokens == 5
+        assert merged.output_text.endswith('"Hello there friend".')
+
+
+async def test_a_cut_stream_ends_mid_body(http: Any, server: TestServer) -> None:
+    for path, body in (
+        ("/v1/interactions", {**CONTINUED, "stream": True}),
+        ("/v1/models/m:streamGenerateContent?alt=sse", {"contents": [{"parts": [{"text": "x"}]}]}),
+    ):
+        async with http.post(
+            url(server, path), json=body, headers={**KEY, "x-emulator-cut-after": "2"}
+        ) as r:
+            assert r.status == 200
+            received = b""
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for chunk in r.content.iter_any():
+                    received += chunk
+        # Two whole events and nothing after them: no completion, no "done".
+        assert received.count(b"data: ") == 2
+        assert b"interaction.completed" not in received and b"[DONE]" not in received
+    status, _, raw = await post(
+        http, server, "/v1/interactions", CONTINUED, {"x-emulator-cut-after": "?"}
+    )
+    assert status == 400 and "x-emulator-cut-after" in json.loads(raw)["error"]["message"]
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    "defer_loading": True,
+}
+TOOL_SEARCH = [{"type": "tool_search"}, WEATHER, {"type": "function", "name": "always_loaded"}]
+
+
+async def test_tool_search_loads_deferred_functions(http: Any, server: TestServer) -> None:
+    request = {"model": PLAIN_MODEL, "input": "Weather in Paris?", "tools": TOOL_SEARCH}
+    _, _, raw = await post(http, server, "/v1/interactions", request)
+    interaction = strict_interaction(json.loads(raw))
+    assert [step.type for step in interaction.steps] == [
+        "user_input",
+        "tool_search_call",
+        "tool_search_result",
+        "model_output",
+    ]
+    call, result = interaction.steps[1], interaction.steps[2]
+    assert call.arguments.function_names == ["get_weather"]  # only the deferred one
+    assert result.call_id == call.id
+    assert [function.name for function in result.result] == ["get_weather"]
+    # The loaded definitions are fed to the model: tool-use input.
+    assert interaction.usage.total_tool_use_tokens == tokens(json.dumps([WEATHER]))
+
+    _, _, raw = await post(http, server, "/v1/interactions", {**request, "stream": True})
+    events = parse_sse(raw)
+    for event in events[:-1]:
+        strict_event(event)
+    starts = [
+        (e["index"], e["step"]["type"]) for e in events[:-1] if e["event_type"] == "step.start"
+    ]
+    assert starts == [(0, "tool_search_call"), (1, "tool_search_result"), (2, "model_output")]
+    final = events[-2]["interaction"]["usage"]
+    assert final["total_tool_use_tokens"] == tokens(json.dumps([WEATHER]))
+
+
+async def test_generate_content_continuations(http: Any, server: TestServer, aio: Any) -> None:
+    path = f"/v1/models/{PLAIN_MODEL}:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "Hello there friend"}]}]}
+    hops = []
+    status, _, raw = await post(http, server, path, body, {"x-emulator-continuations": "2"})
+    while True:
+        assert status == 200
+        hop = strict_generate(json.loads(raw))
+        hops.append(hop)
+        candidate = hop.candidates[0]
+        if candidate.finish_reason != types.FinishReason.CONTINUATION:
+            break
+        # The token is proto bytes: base64 on the wire, sent back as it came.
+        token = json.loads(raw)["candidates"][0]["continuationToken"]
+        status, _, raw = await post(http, server, path, {**body, "continuationToken": token})
+    usages = [
+        (
+            h.usage_metadata.prompt_token_count,
+            h.usage_metadata.cached_content_token_count or 0,
+            h.usage_metadata.candidates_token_count,
+            h.usage_metadata.total_token_count,
+        )
+        for h in hops
+    ]
+    assert usages == CONTINUED_HOPS  # the same hand-worked hops as the Interactions API
+    assert "".join(h.text for h in hops) == (
+        'Emulated reply from gemini-2.0-flash. You said: "Hello there friend".'
+    )
+    status, _, _ = await post(http, server, path, {**body, "continuationToken": "bm9wZQ=="})
+    assert status == 400
+
+    # The SDK follows the tokens itself and adds the hops' usage up.
+    merged = await aio.models.generate_content(
+        model=PLAIN_MODEL,
+        contents="Hello there friend",
+        config=types.GenerateContentConfig(
+            http_options=types.HttpOptions(headers={"x-emulator-continuations": "2"})
+        ),
+    )
+    assert merged.usage_metadata.total_token_count == 11 + 17 + 23
+    assert merged.text.endswith('"Hello there friend".')

@@ -674,3 +674,13 @@ def test_summaries_never_raise(raw: object) -> None:
         summary = summarize(raw)
         assert isinstance(summary, ResponseSummary)
         assert summary.usage is not None or summary.parse_error or summary.status in PENDING
+
+
+def test_an_idle_interaction_is_billed_on_its_usage() -> None:
+    # google-genai 3.6 added "idle", the successor of requires_action: the
+    # interaction's work is done, so its usage is due and final.
+    usage = {"total_input_tokens": 7, "total_output_tokens": 3, "total_tokens": 10}
+    summary = summarize_interaction({"id": "v1_a", "status": "idle", "usage": usage})
+    assert summary.parse_error is False
+    assert summary.usage is not None and summary.usage.total_tokens == 10
+    assert summarize_interaction({"id": "v1_a", "status": "idle"}).parse_error is True

@@ -953,3 +953,43 @@ def test_stream_tap_picks_the_tap() -> None:
     assert tap_result(tap, [GENERATE_ARRAY]) == GENERATE_SUMMARY
     tap = stream_tap(EndpointKind.STREAM_GENERATE_CONTENT, sse=True)
     assert tap_result(tap, [GENERATE_SSE]) == GENERATE_SUMMARY
+
+
+# --- the documented stream shape -----------------------------------------------------------
+
+DOCUMENTED = (
+    Path(__file__).parents[1] / "fixtures" / "recorded" / "interaction_stream_streaming_guide.sse"
+).read_bytes()
+
+
+def test_documented_stream_events_validate_with_the_sdk() -> None:
+    # Each event as Google's transcript frames it: "event: <event_type>" then its data.
+    blocks = DOCUMENTED.rstrip(b"\n").split(b"\n\n")
+    assert blocks[-1] == b"event: done\ndata: [DONE]"
+    for block in blocks[:-1]:
+        name, data = block.split(b"\n")
+        event = json.loads(data.removeprefix(b"data: "))
+        assert name == b"event: " + event["event_type"].encode()
+        assert_strict(SSE_EVENT.validate_python(event))
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, len(DOCUMENTED)), max_size=40))
+def test_documented_stream_bills_on_interaction_completed(cuts: list[int]) -> None:
+    # event: lines are ignored, "event: done" ends the reading, and the usage
+    # is the one interaction.completed carries (no step or status carries any).
+    body = DOCUMENTED + b"event: message\ndata: {not json}\n\n"
+    summary = tap_result(InteractionStreamTap(), chunks_at(body, cuts))
+    assert summary.parse_error is False and summary.status == "completed"
+    assert summary.usage is not None
+    assert (summary.usage.input_tokens, summary.usage.output_tokens) == (11, 90)
+    assert (summary.usage.thinking_tokens, summary.usage.total_tokens) == (245, 346)
+
+
+def test_documented_stream_cut_before_completion_has_no_usage() -> None:
+    # A real stream carries its usage only on interaction.completed: cut before
+    # it, the tap has the interaction's id and status but nothing to bill.
+    cut = DOCUMENTED[: DOCUMENTED.index(b"event: interaction.completed")]
+    summary = tap_result(InteractionStreamTap(), [cut])
+    assert summary.interaction_id == "v1_..." and summary.status == "in_progress"
+    assert summary.usage is None

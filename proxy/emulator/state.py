@@ -1,0 +1,101 @@
+"""What the emulator remembers, and how it is paced: the state tests read.
+
+Everything lives in memory on ``app[emulator_state_key]``: interactions by id
+(the newest ``MAX_STORED_INTERACTIONS``), the last ``MAX_SEEN_REQUESTS``
+requests as they arrived (what a test checks the proxy relayed), and open
+resumable uploads.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+
+from .wire import ApiError
+
+if TYPE_CHECKING:
+    from .files import UploadSession
+    from .generate import GenerateHop
+    from .interactions import EmulatedInteraction
+
+
+MAX_SEEN_REQUESTS: Final = 10_000
+
+
+MAX_STORED_INTERACTIONS: Final = 10_000
+
+
+# Abandoned resumable uploads are forgotten past this many open sessions.
+MAX_UPLOAD_SESSIONS: Final = 1_000
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Pacing of the emulator's answers."""
+
+    latency_seconds: float = 0.0  # delay before the response starts
+    chunk_delay_seconds: float = 0.0  # pause between streamed events/chunks
+    background_seconds: float = 0.2  # how long a background interaction stays in_progress
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """One request as the emulator received it, before anything else happened."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    api_key: str | None  # from x-goog-api-key, else ?key=
+
+
+class EmulatorState:
+    """Everything the emulator remembers; tests read it through ``emulator_state_key``.
+
+    ``interactions`` keeps the newest ``MAX_STORED_INTERACTIONS`` by id and
+    ``requests`` the last ``MAX_SEEN_REQUESTS`` requests, oldest first, so a
+    long benchmark runs in bounded memory.
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.interactions: OrderedDict[str, EmulatedInteraction] = OrderedDict()
+        self.requests: deque[SeenRequest] = deque(maxlen=MAX_SEEN_REQUESTS)
+        # Resumable uploads between their start and their finalize, by upload id.
+        self.upload_sessions: OrderedDict[str, UploadSession] = OrderedDict()
+        # Interactions that ended requires_continuation, by the token they issued
+        # (also those not stored: with store=false the token stands alone).
+        self.continuations: OrderedDict[str, EmulatedInteraction] = OrderedDict()
+        # generateContent replies cut by the decode limit, by their token's bytes.
+        self.generate_continuations: OrderedDict[bytes, GenerateHop] = OrderedDict()
+
+    def store(self, interaction: EmulatedInteraction) -> None:
+        self.interactions[interaction.id] = interaction
+        while len(self.interactions) > MAX_STORED_INTERACTIONS:
+            self.interactions.popitem(last=False)
+
+    def remember_token(self, token: str, interaction: EmulatedInteraction) -> None:
+        self.continuations[token] = interaction
+        while len(self.continuations) > MAX_STORED_INTERACTIONS:
+            self.continuations.popitem(last=False)
+
+    def remember_generate_token(self, token: bytes, hop: GenerateHop) -> None:
+        self.generate_continuations[token] = hop
+        while len(self.generate_continuations) > MAX_STORED_INTERACTIONS:
+            self.generate_continuations.popitem(last=False)
+
+    def continued(self, token: object) -> EmulatedInteraction | None:
+        """The interaction that issued a ``continuation_token``, if any did."""
+        return self.continuations.get(token) if isinstance(token, str) else None
+
+    def lookup(self, interaction_id: str) -> EmulatedInteraction:
+        found = self.interactions.get(interaction_id)
+        if found is None:
+            raise ApiError(404, f"Interaction {interaction_id!r} was not found.")
+        return found
+
+
+emulator_state_key: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)
