@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -107,7 +108,7 @@ def _ensure_schema(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..server.app import create_app
+    from ..server.app import create_app, serve
 
     settings = _settings(args, host=args.host, port=args.port, upstream=args.upstream)
     app = create_app(settings)
@@ -119,14 +120,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.auth_mode.value,
         "sqlite" if settings.is_sqlite else "postgresql",
     )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log_class=AccessLogger,
-        print=None,
-        shutdown_timeout=30,
-    )
+    # ``serve``, not ``web.run_app``: its runner answers malformed requests in
+    # Gemini's error shape without echoing (or logging) the request line.
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(
+            serve(
+                app,
+                settings.host,
+                settings.port,
+                access_log_class=AccessLogger,
+                shutdown_timeout=30,
+            )
+        )
     return 0
 
 

@@ -16,15 +16,23 @@ query. Revocation therefore takes effect within the TTL.
 Interaction ownership is resolved here too: behind one shared upstream key
 every user could read, continue, cancel or delete anyone's interaction by id,
 so ``check_owner`` answers 404 for anyone but the owner (or the owner's team).
+``commit_owner`` stores a new interaction's owner in the database before its
+id is released to the client, so every replica knows the owner at once.
+
+Resumable uploads likewise: the byte legs carry no key, only the upload id the
+first (keyed) leg obtained; ``remember_upload`` stores its keyed hash, and
+``upload_principal`` admits a keyless leg only for an id started here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Generic, TypeVar
 
 from multidict import CIMultiDict
@@ -35,6 +43,8 @@ from ..metering.records import Principal
 from ..settings import AuthMode, InteractionSharing, Settings
 from ..storage import accounts
 from .keys import fingerprint, hash_key
+
+log = logging.getLogger("gemini_meter.auth")
 
 # Unknown keys are remembered briefly too, so a client hammering with a bad key
 # costs one query per few seconds rather than one per request.
@@ -85,7 +95,8 @@ def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> Prese
     value = headers.get("x-goog-api-key")
     if value:
         return PresentedKey(value.strip(), "header")
-    value = query.get("key")
+    # "$key" is the system-parameter spelling Google accepts for the same thing.
+    value = query.get("key") or query.get("$key")
     if value:
         return PresentedKey(value.strip(), "query")
     auth = headers.get("authorization", "")
@@ -129,6 +140,7 @@ class Authenticator:
         self._ttl = settings.key_cache_ttl_seconds
         self._principals: _TTLCache[str, Principal | None] = _TTLCache(_CACHE_LIMIT, clock)
         self._owners: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
+        self._uploads: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
 
     @property
@@ -185,6 +197,60 @@ class Authenticator:
         """Called when this process sees an interaction created: later checks need no query."""
         # Owners never change, so the entry lives as long as the LRU keeps it.
         self._owners.put(interaction_id, principal, float("inf"))
+
+    async def commit_owner(
+        self, interaction_id: str, principal: Principal, model: str | None
+    ) -> bool:
+        """Store an interaction's owner now, before the client learns its id.
+
+        One short transaction, only on interaction creates: it is what lets a
+        second replica (or this one after a crash) answer the owner at once.
+        False when the database did not take it in time; the caller then queues
+        the row for the batching writer, and this process still knows the owner.
+        """
+        self.remember_owner(interaction_id, principal)
+        try:
+            async with (
+                asyncio.timeout(self._settings.owner_commit_timeout_seconds),
+                self._sessionmaker.begin() as session,
+            ):
+                await accounts.record_owner(session, interaction_id, principal, model)
+        except Exception as exc:  # any failure: fall back, never fail the call
+            log.warning(
+                "interaction owner not committed (%s); left to the writer", type(exc).__name__
+            )
+            return False
+        return True
+
+    def _upload_hash(self, upload_id: str) -> str:
+        return hash_key(self._secret, "upload:" + upload_id)
+
+    async def remember_upload(self, upload_id: str, principal: Principal) -> None:
+        """Record that ``principal`` started the upload ``upload_id``, before its URL is released.
+
+        Raises what the database raises: an upload whose id could not be stored
+        would be refused on every replica but this one, so the start is failed.
+        """
+        upload_hash = self._upload_hash(upload_id)
+        ttl = self._settings.upload_session_ttl_seconds
+        self._uploads.put(upload_hash, principal, ttl)
+        async with self._sessionmaker.begin() as session:
+            await accounts.record_upload(session, upload_hash, principal, timedelta(seconds=ttl))
+
+    async def upload_principal(self, upload_id: str) -> Principal:
+        """Who started the upload ``upload_id`` through this proxy, or ``NotFound``."""
+        upload_hash = self._upload_hash(upload_id)
+        hit, principal = self._uploads.get(upload_hash)
+        if not hit:
+            async with self._sessionmaker() as session:
+                principal = await accounts.upload_owner(session, upload_hash)
+            if principal is not None:
+                # Short: the row's own expiry is the authority.
+                self._uploads.put(upload_hash, principal, self._ttl)
+        if principal is None:
+            # Never the id itself in the message: it is the upload's credential.
+            raise NotFound("No upload session with that id was started through Gemini Meter.")
+        return principal
 
     async def check_owner(self, interaction_id: str, principal: Principal) -> Principal | None:
         """The interaction's owner, or ``NotFound`` unless ``principal`` may use it.

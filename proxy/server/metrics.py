@@ -2,7 +2,8 @@
 
 Label values are bounded: ``endpoint`` is an ``EndpointKind`` value,
 ``status_class`` one of ``2xx``..``5xx``, ``type`` one of the five token
-categories, ``category`` one of the cost split's six parts. No user, key or
+categories, ``category`` one of the cost split's six parts, ``reason`` one of
+``unknown_upload`` and ``busy``. No user, key or
 model name is a label here; per-user figures come from the database.
 """
 
@@ -28,6 +29,8 @@ class Metrics:
     parse_errors: Counter
     upstream_latency: Histogram
     writer_queue: Gauge
+    owner_commit_fallbacks: Counter
+    keyless_upload_refusals: Counter
 
     def observe(self, record: UsageRecord) -> None:
         """Count one finished record; called by the recorder, never awaits."""
@@ -111,6 +114,18 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
         writer_queue=Gauge(
             "gemini_meter_writer_queue_records",
             "Records waiting in the batching writer's queue.",
+            registry=registry,
+        ),
+        owner_commit_fallbacks=Counter(
+            "gemini_meter_owner_commit_fallbacks_total",
+            "Interaction owners that could not be committed before the id was released, "
+            "left to the batching writer instead.",
+            registry=registry,
+        ),
+        keyless_upload_refusals=Counter(
+            "gemini_meter_keyless_upload_refusals_total",
+            "Keyless upload legs refused: unknown upload id, or too many in flight.",
+            ["reason"],
             registry=registry,
         ),
     )
