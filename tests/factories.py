@@ -299,15 +299,34 @@ async def recording_upstream(aiohttp_server: Any) -> RecordingUpstream:
 
 
 async def send_raw(host: str, port: int, data: bytes) -> tuple[int, bytes, bytes]:
-    """Write ``data`` on a fresh connection; the answer's status, head and body."""
+    """Write ``data`` on a fresh connection; the answer's status, head and body.
+
+    Reads the body by its Content-Length when it has one, so a refusal sent
+    before the request body is complete is seen at once (the server may keep
+    the connection open a while to drain that body).
+    """
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(data)
         await writer.drain()
-        response = await asyncio.wait_for(reader.read(), timeout=30)
+        async with asyncio.timeout(30):
+            head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                None,
+            )
+            if data.startswith(b"HEAD "):
+                body = b""  # a HEAD answer's length describes a body it does not send
+            elif length is not None:
+                body = await reader.readexactly(length)
+            else:
+                body = await reader.read()
     finally:
         writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
     return status, head, body
 
