@@ -78,8 +78,9 @@ class Settings(BaseSettings):
     # this bounds silence, not the whole call.
     upstream_read_timeout_seconds: float = Field(default=600.0, gt=0)
     upstream_pool_size: int = Field(default=256, gt=0)
-    # How long a started interaction's owner row may take to commit before the
-    # proxy falls back to the batching writer (and this process's memory).
+    # How long a new interaction's owner row (or an upload session) may take to
+    # commit before the id is released: past it, an owner falls back to the
+    # batching writer (and this process's memory), an upload start gets 503.
     owner_commit_timeout_seconds: float = Field(default=5.0, gt=0)
     # Resumable uploads: how long an upload id started through the proxy stays
     # usable by the keyless byte legs, how many of those legs may be in flight at

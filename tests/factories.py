@@ -46,6 +46,8 @@ from proxy.storage import accounts
 from proxy.storage.schema import Base
 
 UPSTREAM_KEY = "upstream-secret-key"
+# For tests where the database plays no part (refusals at the edge): SQLite alone.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 USERS = {"alice": "research", "bob": "support", "carol": "research"}
 
 

@@ -270,6 +270,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     pumps = app[pumps_key]
     if pumps:
         await asyncio.wait(pumps, timeout=settings.upstream_read_timeout_seconds)
+    await app[authenticator_key].close(timeout=settings.owner_commit_timeout_seconds)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -30,10 +30,10 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from multidict import CIMultiDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -124,6 +124,13 @@ def swap_key(headers: Mapping[str, str], upstream_key: str) -> CIMultiDict[str]:
 Loader = Callable[[AsyncSession], Awaitable[Principal | None]]
 
 
+def _settle_commit(task: asyncio.Task[None]) -> None:
+    # A commit that failed after its caller stopped waiting was already logged as a
+    # fallback; retrieving the error keeps asyncio from reporting it again.
+    if not task.cancelled():
+        task.exception()
+
+
 class Authenticator:
     """Resolves keys to principals and checks interaction owners, with caches."""
 
@@ -142,6 +149,7 @@ class Authenticator:
         self._owners: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
         self._uploads: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
+        self._commits: set[asyncio.Task[None]] = set()
 
     @property
     def mode(self) -> AuthMode:
@@ -210,11 +218,7 @@ class Authenticator:
         """
         self.remember_owner(interaction_id, principal)
         try:
-            async with (
-                asyncio.timeout(self._settings.owner_commit_timeout_seconds),
-                self._sessionmaker.begin() as session,
-            ):
-                await accounts.record_owner(session, interaction_id, principal, model)
+            await self._commit(self._store_owner(interaction_id, principal, model))
         except Exception as exc:  # any failure: fall back, never fail the call
             log.warning(
                 "interaction owner not committed (%s); left to the writer", type(exc).__name__
@@ -222,20 +226,48 @@ class Authenticator:
             return False
         return True
 
+    async def _commit(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one short write, waiting at most ``owner_commit_timeout_seconds`` for it.
+
+        The write is its own task, waited on through a shield: a database that
+        hangs (a held lock, a dead connection) costs the call the timeout, not
+        the driver's; the write itself may still land later.
+        """
+        commit = asyncio.create_task(work)
+        self._commits.add(commit)
+        commit.add_done_callback(_settle_commit)
+        commit.add_done_callback(self._commits.discard)
+        await asyncio.wait_for(asyncio.shield(commit), self._settings.owner_commit_timeout_seconds)
+
+    async def _store_owner(
+        self, interaction_id: str, principal: Principal, model: str | None
+    ) -> None:
+        async with self._sessionmaker.begin() as session:
+            await accounts.record_owner(session, interaction_id, principal, model)
+
+    async def close(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for owner commits that outlived their calls."""
+        if self._commits:
+            await asyncio.wait(set(self._commits), timeout=timeout)
+
     def _upload_hash(self, upload_id: str) -> str:
         return hash_key(self._secret, "upload:" + upload_id)
 
     async def remember_upload(self, upload_id: str, principal: Principal) -> None:
         """Record that ``principal`` started the upload ``upload_id``, before its URL is released.
 
-        Raises what the database raises: an upload whose id could not be stored
-        would be refused on every replica but this one, so the start is failed.
+        Raises when the database does not take it within the commit timeout: an
+        upload whose id was not stored would be refused on every other replica,
+        so the start is failed (503) rather than released.
         """
         upload_hash = self._upload_hash(upload_id)
         ttl = self._settings.upload_session_ttl_seconds
         self._uploads.put(upload_hash, principal, ttl)
+        await self._commit(self._store_upload(upload_hash, principal, timedelta(seconds=ttl)))
+
+    async def _store_upload(self, upload_hash: str, principal: Principal, ttl: timedelta) -> None:
         async with self._sessionmaker.begin() as session:
-            await accounts.record_upload(session, upload_hash, principal, timedelta(seconds=ttl))
+            await accounts.record_upload(session, upload_hash, principal, ttl)
 
     async def upload_principal(self, upload_id: str) -> Principal:
         """Who started the upload ``upload_id`` through this proxy, or ``NotFound``."""

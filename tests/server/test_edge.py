@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from proxy.server.typedefs import keyless_uploads_key, metrics_key, sessionmaker_key
+from proxy.settings import Settings
 from tests.factories import (
     RECORDED_UPLOAD_ID,
     RecordingUpstream,
@@ -33,6 +35,7 @@ from tests.factories import (
     gemini_error,
     raw,
     send_raw,
+    sqlite_only,
 )
 
 CREATE = "/v1beta/interactions"
@@ -45,6 +48,7 @@ CONTENTS = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 # --- field masks and encodings ------------------------------------------------------------
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     ("query", "headers"),
     [
@@ -90,6 +94,7 @@ async def test_usage_stripping_parameters_are_refused_on_metered_routes(
     assert await stack.records() == []
 
 
+@sqlite_only
 async def test_harmless_system_parameters_pass(
     make_stack: StackFactory, recording_upstream: RecordingUpstream
 ):
@@ -110,6 +115,7 @@ async def test_harmless_system_parameters_pass(
 COMPRESS: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.compress, "deflate": zlib.compress}
 
 
+@sqlite_only
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_a_compressed_metered_body_is_read_and_forwarded_decoded(
     make_stack: StackFactory, recording_upstream: RecordingUpstream, encoding: str
@@ -132,6 +138,7 @@ async def test_a_compressed_metered_body_is_read_and_forwarded_decoded(
     assert record["model"] == "gemini-2.5-pro"
 
 
+@sqlite_only
 async def test_a_compressed_body_cannot_hide_a_previous_interaction(
     make_stack: StackFactory, recording_upstream: RecordingUpstream
 ):
@@ -150,6 +157,7 @@ async def test_a_compressed_body_cannot_hide_a_previous_interaction(
     assert recording_upstream.received == []
 
 
+@sqlite_only
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_a_compressed_unmetered_body_arrives_whole(
     make_stack: StackFactory, recording_upstream: RecordingUpstream, encoding: str
@@ -286,6 +294,7 @@ async def test_slow_keyless_legs_cannot_starve_other_calls(
     ]
 
 
+@sqlite_only
 async def test_a_stalled_keyless_leg_is_cut_and_frees_its_slot(
     make_stack: StackFactory, recording_upstream: RecordingUpstream
 ):
@@ -336,6 +345,7 @@ def _malformed(kind: str) -> bytes:
 KINDS = ["long-url", "bad-line", "bad-method", "many-headers", "big-header", "cl-and-te"]
 
 
+@sqlite_only
 @pytest.mark.parametrize("kind", KINDS)
 async def test_unparseable_requests_get_gemini_errors_and_leak_no_key(
     stack: Stack, kind: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
@@ -415,6 +425,7 @@ BAD_CHUNKS = (
 )
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     ("answer", "method", "path", "payload"),
     [
@@ -436,3 +447,12 @@ async def test_upstream_protocol_errors_are_502(
         server.close()
     assert status == 502
     gemini_error(body, 502, "UNAVAILABLE")
+
+
+def test_keyless_upload_legs_must_leave_room_in_the_pool(tmp_path: Path):
+    common = {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"}
+    with pytest.raises(ValidationError, match="keyless_upload_limit"):
+        Settings(**common, upstream_pool_size=8, keyless_upload_limit=8)
+    assert (
+        Settings(**common, upstream_pool_size=8, keyless_upload_limit=7).keyless_upload_limit == 7
+    )

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from proxy.server.app import create_app
-from proxy.server.typedefs import sessionmaker_key
+from proxy.server.typedefs import metrics_key, sessionmaker_key
 from proxy.storage.schema import Interaction
 from tests.factories import (
     RecordingUpstream,
@@ -25,6 +25,7 @@ from tests.factories import (
     issue_keys,
     raw,
     send_raw,
+    sqlite_only,
 )
 
 CREATE = "/v1beta/interactions"
@@ -61,6 +62,7 @@ async def _raw_request(
 # --- method overrides -----------------------------------------------------------------
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     ("headers", "query"),
     [
@@ -118,6 +120,7 @@ async def test_every_known_method_is_checked_against_the_owner(
     assert [(r.method, r.raw_path) for r in recording_upstream.received] == [(method, path)]
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     ("method", "suffix"),
     [
@@ -151,6 +154,7 @@ async def test_unknown_methods_on_an_interaction_are_refused(
 # --- paths -----------------------------------------------------------------------------
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "template",
     [
@@ -188,6 +192,7 @@ async def test_ambiguous_paths_are_refused(
     assert recording_upstream.paths() == [f"{CREATE}/{iid}"]
 
 
+@sqlite_only
 async def test_the_query_is_forwarded_byte_for_byte_without_the_key(
     make_stack: StackFactory, recording_upstream: RecordingUpstream
 ):
@@ -238,6 +243,7 @@ async def test_previous_interaction_is_checked_in_every_spelling(
     assert record["previous_interaction_id"] == iid
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     "template",
     [
@@ -262,6 +268,7 @@ async def test_bodies_with_duplicate_keys_are_refused(
     assert len(await stack.records()) == 1  # alice's create, nothing since
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     ("path", "body", "why"),
     [
@@ -360,3 +367,38 @@ async def test_a_streamed_create_commits_its_owner_before_naming_the_id(
             owners = (await db.scalars(select(Interaction.id))).all()
         await response.read()
     assert owners == ["int-streamed"]
+
+
+@sqlite_only
+async def test_an_owner_the_database_cannot_take_in_time_falls_back_to_the_writer(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream, database_url: str
+):
+    import sqlite3
+
+    stack = await make_stack(upstream=recording_upstream.url, owner_commit_timeout_seconds=0.1)
+    for user in ("alice", "bob"):  # their keys are cached from here on
+        status, _, _ = await raw("POST", stack.url(CREATE), headers=stack.headers(user), json=BODY)
+        assert status == 200
+    # Another process holds SQLite's write lock: the owner row cannot be committed.
+    blocker = sqlite3.connect(database_url.removeprefix("sqlite+aiosqlite:///"))
+    blocker.isolation_level = None
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        status, _, body = await raw(
+            "POST", stack.url(CREATE), headers=stack.headers("alice"), json=BODY
+        )
+        assert status == 200  # the call is not failed for it
+        iid = json.loads(body)["id"]
+        assert stack.app[metrics_key].owner_commit_fallbacks._value.get() == 1
+        # this process knows the owner from memory meanwhile
+        mine, _, _ = await raw("GET", stack.url(f"{CREATE}/{iid}"), headers=stack.headers())
+        theirs, _, _ = await raw("GET", stack.url(f"{CREATE}/{iid}"), headers=stack.headers("bob"))
+        assert (mine, theirs) == (200, 404)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    # and the batching writer stores the row once the database is back
+    await stack.records()
+    async with stack.app[sessionmaker_key]() as session:
+        row = await session.get(Interaction, iid)
+    assert row is not None and row.user_id == await stack.user_id("alice")
