@@ -2,9 +2,14 @@
 
 A request goes through four steps, each a small function:
 
-1. ``admit``: resolve the key to a ``Principal`` (cached), read the JSON body of
-   metered calls to learn the model, and check interaction ownership. Budgets
-   join here later: everything that may refuse a call before it is forwarded.
+1. ``admit``: refuse what the proxy could not check the way the upstream will
+   read it (an ambiguous path, a method override, an unknown method on an
+   interaction, a usage-stripping field mask or encoding, a metered body that
+   is not plain JSON: ``routes`` has the pure checks); resolve the key to a
+   ``Principal`` (cached), or admit a keyless upload leg only for an upload id
+   started here; read the JSON body of metered calls to learn the model; check
+   the owner of every interaction the call names. Budgets join here later:
+   everything that may refuse a call before it is forwarded.
 2. ``_open_upstream``: one request on the app's shared ``ClientSession``, with
    the client's key swapped for the upstream key in ``virtual_keys`` mode and
    hop-by-hop headers dropped. Connection failures become 502, silence 504.
@@ -14,7 +19,10 @@ A request goes through four steps, each a small function:
 4. ``_finish``: build the ``UsageRecord`` and hand it to the recorder, which
    never awaits the database.
 
-Bytes are relayed unchanged; the proxy decompresses only a copy for the tap.
+Response bytes are relayed unchanged; the proxy decompresses only a copy for
+the tap. A compressed request body is forwarded as aiohttp decoded it, without
+its Content-Encoding. An interaction's owner is committed before its id is
+released (``_register_owner``): the one database write on the request path.
 """
 
 from __future__ import annotations

@@ -1,9 +1,17 @@
-"""Which Gemini endpoint a request is for: a pure function over method and path.
+"""Which Gemini endpoint a request is for, and what at the edge makes it uncheckable.
 
 The proxy forwards every path under the API prefixes; this module only tells
 the few that are metered (or that touch an interaction's ownership) apart from
 the rest, so the handler knows whether to read the body, tap the response and
 check who owns an interaction.
+
+It also holds the pure checks ``server.forward.admit`` refuses by, each of them
+closing a way to make the proxy check one request while the upstream serves
+another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
+(Google honours ``X-HTTP-Method-Override`` and ``$httpMethod``),
+``masking_parameter`` (field masks and encodings that would strip usage),
+``strict_json`` (duplicate keys, unparseable or too deep bodies) and
+``previous_interaction_ids`` (both spellings, body and query).
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ _VERSION = r"(?:v1|v1beta|v1alpha)"
 _PREFIX = rf"^(?:/upload)?/{_VERSION}"
 # Everything under the interactions collection, whatever follows the id: the id is
 # checked against its owner before the rest of the path is even looked at.
-_INTERACTIONS = re.compile(rf"{_PREFIX}/interactions(?:$|(?P<rest>[/:].*))")
+# Matched without regard to case, like the generate routes: should the upstream route
+# a path case-insensitively, the proxy must not have waved it through unchecked.
+_INTERACTIONS = re.compile(rf"{_PREFIX}/interactions(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
 _INTERACTION_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
 _GENERATE = re.compile(
-    rf"{_PREFIX}/(?:models|tunedModels)/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+    rf"{_PREFIX}/(?:models|tunedModels)/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$",
+    re.IGNORECASE,
 )
 
 
@@ -102,14 +113,15 @@ def classify(method: str, path: str) -> Route:
             return _UNKNOWN
         iid = i.group("id")
         return Route(
-            _ON_INTERACTION.get((method, i.group("suffix")), Action.INTERACTION_UNKNOWN), iid
+            _ON_INTERACTION.get((method, i.group("suffix").lower()), Action.INTERACTION_UNKNOWN),
+            iid,
         )
-    if method == "POST" and "Content" in path:
+    if method == "POST" and "content" in path.lower():
         g = _GENERATE.match(path)
         if g is not None:
             action = (
                 Action.GENERATE
-                if g.group("method") == "generateContent"
+                if g.group("method").lower() == "generatecontent"
                 else Action.STREAM_GENERATE
             )
             return Route(action, model=g.group("model"))

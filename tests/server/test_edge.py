@@ -395,6 +395,7 @@ async def test_the_serve_command_answers_malformed_requests_in_gemini_shape(tmp_
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
+    assert process.returncode == 0  # SIGTERM is a clean stop
     for kind, (status, head, body) in zip(KINDS, answers, strict=True):
         assert 400 <= status < 500, kind
         gemini_error(body, status, "INVALID_ARGUMENT")

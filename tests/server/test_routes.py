@@ -36,6 +36,9 @@ from proxy.server.routes import (
         ("POST", "/v1beta/interactions/abc:resume", Action.INTERACTION_UNKNOWN, "abc", None),
         ("GET", "/v1beta/interactions/abc/steps", Action.INTERACTION_UNKNOWN, "abc", None),
         ("GET", "/upload/v1beta/interactions/abc", Action.INTERACTION_GET, "abc", None),
+        ("GET", "/v1beta/Interactions/abc", Action.INTERACTION_GET, "abc", None),
+        ("POST", "/v1beta/INTERACTIONS/abc:Cancel", Action.INTERACTION_CANCEL, "abc", None),
+        ("POST", "/v1beta/models/m:GENERATECONTENT", Action.GENERATE, None, "m"),
         (
             "POST",
             "/v1beta/models/gemini-2.5-flash:generateContent",
