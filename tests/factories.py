@@ -62,11 +62,11 @@ class Stack:
 
     @property
     def app(self) -> web.Application:
-        return self.proxy.app  # type: ignore[return-value]
+        return self.proxy.app
 
     @property
     def upstream(self) -> EmulatorState:
-        return self.emulator.app[emulator_state_key]  # type: ignore[index]
+        return self.emulator.app[emulator_state_key]
 
     @property
     def base_url(self) -> str:
@@ -300,13 +300,14 @@ async def recording_upstream(aiohttp_server: Any) -> RecordingUpstream:
     return upstream
 
 
-async def send_raw(host: str, port: int, data: bytes) -> tuple[int, bytes, bytes]:
+async def send_raw(host: str, port: int | None, data: bytes) -> tuple[int, bytes, bytes]:
     """Write ``data`` on a fresh connection; the answer's status, head and body.
 
     Reads the body by its Content-Length when it has one, so a refusal sent
     before the request body is complete is seen at once (the server may keep
     the connection open a while to drain that body).
     """
+    assert port is not None  # a started server's
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(data)

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from proxy.server.app import create_app
 from proxy.server.typedefs import keyless_uploads_key, metrics_key, sessionmaker_key
 from proxy.settings import Settings
 from tests.factories import (
@@ -229,6 +231,17 @@ async def test_keyless_legs_only_for_uploads_started_through_the_proxy(
     assert len(rows) == 1
     assert upload_id not in repr(rows)
     assert rows[0].user_id == await stack.user_id("alice")
+
+
+async def test_an_upload_started_on_one_replica_continues_on_another(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream, proxy_server: Any
+):
+    stack = await make_stack(upstream=recording_upstream.url)
+    replica = await proxy_server(create_app(stack.settings, registry=CollectorRegistry()))
+    leg = await _start_upload(stack)
+    status, _, _ = await raw("POST", str(replica.make_url(leg)), data=b"via the replica")
+    assert status == 200
+    assert recording_upstream.received[-1].body == b"via the replica"
 
 
 async def test_an_upload_id_expires(
@@ -451,7 +464,7 @@ async def test_upstream_protocol_errors_are_502(
 
 
 def test_keyless_upload_legs_must_leave_room_in_the_pool(tmp_path: Path):
-    common = {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"}
+    common: dict[str, Any] = {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"}
     with pytest.raises(ValidationError, match="keyless_upload_limit"):
         Settings(**common, upstream_pool_size=8, keyless_upload_limit=8)
     assert (
