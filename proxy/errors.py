@@ -11,6 +11,7 @@ itself uses that shape. The hierarchy::
         ├── Unauthenticated          401 UNAUTHENTICATED
         ├── NotFound                 404 NOT_FOUND
         ├── MethodNotAllowed         405 INVALID_ARGUMENT
+        ├── RequestTimeout           408 DEADLINE_EXCEEDED
         ├── RequestTooLarge          413 INVALID_ARGUMENT
         ├── ResourceExhausted        429 RESOURCE_EXHAUSTED
         ├── UpstreamUnavailable      502 UNAVAILABLE
@@ -67,6 +68,13 @@ class NotFound(ProxyError):
 class MethodNotAllowed(ProxyError):
     code = 405
     status = "INVALID_ARGUMENT"
+
+
+class RequestTimeout(ProxyError):
+    """The client stopped sending its request body."""
+
+    code = 408
+    status = "DEADLINE_EXCEEDED"
 
 
 class RequestTooLarge(ProxyError):

@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     # this bounds silence, not the whole call.
     upstream_read_timeout_seconds: float = Field(default=600.0, gt=0)
     upstream_pool_size: int = Field(default=256, gt=0)
+    # How long a new interaction's owner row (or an upload session) may take to
+    # commit before the id is released: past it, an owner falls back to the
+    # batching writer (and this process's memory), an upload start gets 503.
+    owner_commit_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Resumable uploads: how long an upload id started through the proxy stays
+    # usable by the keyless byte legs, how many of those legs may be in flight at
+    # once (fewer than upstream_pool_size, so they cannot starve keyed calls), and
+    # how long one may go without sending a byte of its body.
+    upload_session_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    keyless_upload_limit: int = Field(default=32, gt=0)
+    keyless_upload_idle_timeout_seconds: float = Field(default=30.0, gt=0)
 
     writer_batch_size: int = Field(default=500, gt=0)
     writer_flush_interval_seconds: float = Field(default=0.2, gt=0)
@@ -140,6 +151,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "key_secret (GEMINI_METER_KEY_SECRET) is required with a shared database: "
                 "every proxy process must hash keys alike"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _keyless_uploads_leave_room(self) -> Settings:
+        if self.keyless_upload_limit >= self.upstream_pool_size:
+            raise ValueError(
+                "keyless_upload_limit must be smaller than upstream_pool_size, or keyless "
+                "upload legs could take every upstream connection"
             )
         return self
 

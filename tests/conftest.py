@@ -178,4 +178,4 @@ def make_record() -> Callable[..., UsageRecord]:
 
 
 # The end-to-end stack (emulator, proxy, keys, SDK clients), shared by the proxy tests.
-from tests.factories import make_stack, stack  # noqa: E402, F401
+from tests.factories import make_stack, proxy_server, recording_upstream, stack  # noqa: E402, F401

@@ -4,11 +4,20 @@ the pricing tests' shared catalog and usage builder.
 ``make_stack(**overrides)`` builds a proxy in front of a fresh emulator on the
 database of the ``migrated_url`` fixture (SQLite and PostgreSQL), issues keys
 for alice and carol (team "research") and bob (team "support"), and gives the
-test clients for both raw HTTP and the google-genai SDK.
+test clients for both raw HTTP and the google-genai SDK. The proxy runs on
+``ProxyTestServer``, i.e. with the same runner as ``gemini-meter serve``.
+
+``recording_upstream`` is a catch-all upstream that records every request it
+receives, byte for byte (no decompression), and answers just enough like
+Gemini for the proxy to meter it: adversarial tests assert on what did (not)
+reach it. ``send_raw`` sends bytes the HTTP client libraries would not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -20,6 +29,7 @@ import pydantic
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from google import genai
 from google.genai import types
 from prometheus_client import CollectorRegistry
@@ -34,13 +44,15 @@ from proxy.emulator import (
 )
 from proxy.metering.records import Cost, Usage
 from proxy.pricing import load_catalog
-from proxy.server.app import create_app
-from proxy.server.typedefs import sessionmaker_key, writer_key
+from proxy.server.app import ProxyRunner, create_app
+from proxy.server.typedefs import sessionmaker_key, settings_key, writer_key
 from proxy.settings import Settings
 from proxy.storage import accounts
 from proxy.storage.schema import Base
 
 UPSTREAM_KEY = "upstream-secret-key"
+# For tests where the database plays no part (refusals at the edge): SQLite alone.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 USERS = {"alice": "research", "bob": "support", "carol": "research"}
 
 
@@ -55,11 +67,11 @@ class Stack:
 
     @property
     def app(self) -> web.Application:
-        return self.proxy.app  # type: ignore[return-value]
+        return self.proxy.app
 
     @property
     def upstream(self) -> EmulatorState:
-        return self.emulator.app[emulator_state_key]  # type: ignore[index]
+        return self.emulator.app[emulator_state_key]
 
     @property
     def base_url(self) -> str:
@@ -113,9 +125,32 @@ class Stack:
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
+class ProxyTestServer(TestServer):
+    """A ``TestServer`` on ``ProxyRunner``, the runner ``gemini-meter serve`` uses."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+async def proxy_server() -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
+    """``await proxy_server(app)``: the proxy app served on loopback, closed after the test."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        server = ProxyTestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.close()
+
+
 @pytest.fixture
 async def make_stack(
-    migrated_url: str, tmp_path: Any, aiohttp_server: Any
+    migrated_url: str, tmp_path: Any, aiohttp_server: Any, proxy_server: Any
 ) -> AsyncIterator[StackFactory]:
     stacks: list[Stack] = []
 
@@ -139,7 +174,7 @@ async def make_stack(
         values.update(overrides)
         settings = Settings(**values)
         app = create_app(settings, registry=CollectorRegistry())
-        proxy = await aiohttp_server(app)
+        proxy = await proxy_server(app)
         stack = Stack(proxy=proxy, emulator=emulator, settings=settings)
         async with app[sessionmaker_key]() as session:
             for user, team in USERS.items():
@@ -157,6 +192,160 @@ async def make_stack(
 @pytest.fixture
 async def stack(make_stack: StackFactory) -> Stack:
     return await make_stack()
+
+
+async def issue_keys(app: web.Application) -> dict[str, str]:
+    """Keys for the usual users on ``app``'s database (a second replica shares the users)."""
+    keys = {}
+    settings = app[settings_key]
+    async with app[sessionmaker_key]() as session:
+        for user, team in USERS.items():
+            _, keys[user] = await accounts.create_key(session, settings.secret_bytes(), user, team)
+        await session.commit()
+    return keys
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the recording upstream received it, before any decoding."""
+
+    method: str
+    raw_path: str  # path and query, exactly as sent
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass
+class RecordingUpstream:
+    """A catch-all Gemini stand-in that keeps every request it receives."""
+
+    server: TestServer
+    received: list[Received] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    def paths(self) -> list[str]:
+        return [r.raw_path for r in self.received]
+
+
+RECORDED_USAGE = {"total_input_tokens": 11, "total_output_tokens": 7, "total_tokens": 18}
+RECORDED_UPLOAD_ID = "upload-secret-"
+
+
+def _recording_app(upstream: RecordingUpstream) -> web.Application:
+    ids = itertools.count(1)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        upstream.received.append(
+            Received(
+                method=request.method,
+                raw_path=request.raw_path,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+            )
+        )
+        path = request.path
+        if path.startswith("/upload/") and "upload_id" not in request.query:
+            upload_id = f"{RECORDED_UPLOAD_ID}{next(ids)}"
+            return web.json_response(
+                {},
+                headers={
+                    "x-goog-upload-url": f"{request.scheme}://{request.host}{path}"
+                    f"?upload_id={upload_id}&upload_protocol=resumable",
+                    "x-goog-upload-status": "active",
+                },
+            )
+        if path.startswith("/upload/"):
+            return web.json_response({"file": {"sizeBytes": str(len(body))}})
+        if path.endswith("/interactions") and request.method == "POST":
+            interaction = {
+                "id": f"int-rec-{next(ids)}",
+                "status": "completed",
+                "model": "gemini-3.5-flash",
+                "usage": RECORDED_USAGE,
+            }
+            return web.json_response(interaction)
+        if "/interactions/" in path:
+            iid = path.split("/interactions/")[1].split("/")[0].split(":")[0]
+            return web.json_response(
+                {
+                    "id": iid,
+                    "status": "completed",
+                    "model": "gemini-3.5-flash",
+                    "usage": RECORDED_USAGE,
+                }
+            )
+        if path.endswith(("generateContent", "GenerateContent")):
+            return web.json_response(
+                {
+                    "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}}],
+                    "usageMetadata": {
+                        "promptTokenCount": 5,
+                        "candidatesTokenCount": 2,
+                        "totalTokenCount": 7,
+                    },
+                }
+            )
+        return web.json_response({"ok": True})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.fixture
+async def recording_upstream(aiohttp_server: Any) -> RecordingUpstream:
+    """The catch-all upstream; pass ``upstream=recording_upstream.url`` to ``make_stack``."""
+    upstream = RecordingUpstream(server=None)  # type: ignore[arg-type]
+    # auto_decompress off: the test sees the bytes on the wire, not aiohttp's reading of them
+    upstream.server = await aiohttp_server(_recording_app(upstream), auto_decompress=False)
+    return upstream
+
+
+async def send_raw(host: str, port: int | None, data: bytes) -> tuple[int, bytes, bytes]:
+    """Write ``data`` on a fresh connection; the answer's status, head and body.
+
+    Reads the body by its Content-Length when it has one, so a refusal sent
+    before the request body is complete is seen at once (the server may keep
+    the connection open a while to drain that body).
+    """
+    assert port is not None  # a started server's
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(30):
+            head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                None,
+            )
+            if data.startswith(b"HEAD "):
+                body = b""  # a HEAD answer's length describes a body it does not send
+            elif length is not None:
+                body = await reader.readexactly(length)
+            else:
+                body = await reader.read()
+    finally:
+        writer.close()
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, head, body
+
+
+def gemini_error(body: bytes, code: int, status: str) -> str:
+    """The message of a Gemini-shaped error, after checking its code and status."""
+    error = json.loads(body)["error"]
+    assert error["code"] == code
+    assert error["status"] == status
+    assert isinstance(error["message"], str) and error["message"]
+    return str(error["message"])
 
 
 async def raw(

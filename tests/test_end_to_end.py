@@ -276,7 +276,9 @@ async def test_grounding_is_counted_and_charged(stack: Stack):
 
 
 async def test_bad_request_bodies_are_forwarded_and_recorded(stack: Stack):
-    for body in (b"{not json", b"[]", b'{"model": 7, "input": null}'):
+    # JSON the upstream will refuse is its to judge; a body that is not JSON at all
+    # the proxy cannot check, so it refuses it itself (tests/server/test_isolation.py)
+    for body in (b"[]", b'{"model": 7, "input": null}'):
         status, _, answer = await raw(
             "POST",
             stack.url("/v1beta/interactions"),
@@ -287,7 +289,7 @@ async def test_bad_request_bodies_are_forwarded_and_recorded(stack: Stack):
         assert status == 400
         assert json.loads(answer)["error"]["status"] == "INVALID_ARGUMENT"
     records = await stack.records()
-    assert [(r["upstream_status"], r["total_tokens"]) for r in records] == [(400, 0)] * 3
+    assert [(r["upstream_status"], r["total_tokens"]) for r in records] == [(400, 0)] * 2
 
 
 async def test_tool_search_steps_are_metered(stack: Stack):

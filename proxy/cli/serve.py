@@ -7,6 +7,8 @@ without it.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
@@ -36,7 +38,7 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..server.app import create_app
+    from ..server.app import create_app, serve
 
     settings = _settings(args, host=args.host, port=args.port, upstream=args.upstream)
     app = create_app(settings)
@@ -48,12 +50,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.auth_mode.value,
         "sqlite" if settings.is_sqlite else "postgresql",
     )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log_class=AccessLogger,
-        print=None,
-        shutdown_timeout=30,
-    )
+    # ``serve``, not ``web.run_app``: its runner answers malformed requests in
+    # Gemini's error shape without echoing (or logging) the request line.
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(
+            serve(
+                app,
+                settings.host,
+                settings.port,
+                access_log_class=AccessLogger,
+                shutdown_timeout=30,
+            )
+        )
     return 0

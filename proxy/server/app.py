@@ -5,6 +5,12 @@ holds no state at import time. Each resource has one cleanup context (set up,
 ``yield``, tear down), in dependency order: database, writer, upstream
 session, authenticator and recorder. On shutdown the writer flushes every
 queued record before the engine is disposed.
+
+``ProxyRunner`` (used by ``serve`` and the tests) runs the app with one change
+to aiohttp's connection handler: requests aiohttp refuses before any handler
+runs (a bad request line, oversized headers, conflicting lengths) are answered
+in Gemini's JSON error shape, and neither that answer nor the log repeats the
+request line, which may carry a ``?key=``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
@@ -42,6 +51,7 @@ from .typedefs import (
     authenticator_key,
     catalog_key,
     engine_key,
+    keyless_uploads_key,
     metrics_key,
     pumps_key,
     recorder_key,
@@ -101,6 +111,104 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+# What aiohttp's own rejections become: a fixed message per status, never the
+# parser's, which quotes the offending request line.
+_PROTOCOL_ERRORS = {
+    400: ("INVALID_ARGUMENT", "The request could not be read as HTTP."),
+    413: ("INVALID_ARGUMENT", "The request is too large."),
+    414: ("INVALID_ARGUMENT", "The request URL is too long."),
+    431: ("INVALID_ARGUMENT", "The request headers are too large."),
+    500: ("INTERNAL", "Internal error in Gemini Meter."),
+    504: ("DEADLINE_EXCEEDED", "Gemini Meter did not answer in time."),
+}
+
+
+class _GeminiRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with its own error answers in Gemini's shape."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError) or exc is None:
+            # The parser's message and traceback may quote the request line (and a
+            # key in its query): the type of error is all that is logged.
+            log.warning(
+                "refused a request aiohttp could not parse: %d %s",
+                status,
+                type(exc).__name__ if exc else "-",
+            )
+        else:
+            log.error("unhandled error in a request handler", exc_info=exc)
+        if request.writer.output_size > 0:
+            # Part of a response is out already: the connection can only be cut.
+            raise ConnectionError("Response already started; cannot send an error.")
+        grpc_status, text = _PROTOCOL_ERRORS.get(
+            status, ("INVALID_ARGUMENT" if status < 500 else "INTERNAL", "Request refused.")
+        )
+        response = web.Response(
+            status=status,
+            body=error_body(status, text, grpc_status),
+            content_type="application/json",
+        )
+        response.force_close()
+        return response
+
+
+class _GeminiServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        # aiohttp's Server builds a RequestHandler from the same keyword arguments.
+        return _GeminiRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections answer aiohttp's own rejections as Gemini does.
+
+    aiohttp offers no setting for this: its ``RequestHandler.handle_error``
+    writes plain text. The runner builds the same ``Server`` as aiohttp and
+    hands connections to a handler that overrides that one method.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _GeminiServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    access_log_class: type[AbstractAccessLogger],
+    shutdown_timeout: float,
+) -> None:
+    """Run ``app`` on ``host:port`` until SIGINT/SIGTERM (``web.GracefulExit``)."""
+    runner = ProxyRunner(
+        app,
+        handle_signals=True,
+        access_log_class=access_log_class,
+        shutdown_timeout=shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        while True:
+            await asyncio.sleep(3600)
+    finally:
+        await runner.cleanup()
+
+
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     if settings.is_sqlite:
@@ -155,12 +263,14 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[authenticator_key] = Authenticator(settings, app[sessionmaker_key], settings.secret_bytes())
     app[recorder_key] = Recorder(app[catalog_key], app[writer_key], app[metrics_key])
     app[pumps_key] = set()
+    app[keyless_uploads_key] = asyncio.Semaphore(settings.keyless_upload_limit)
     yield
     # Streams still draining (their clients left) finish and hand their records to
     # the writer before it flushes; bounded by the upstream read timeout.
     pumps = app[pumps_key]
     if pumps:
         await asyncio.wait(pumps, timeout=settings.upstream_read_timeout_seconds)
+    await app[authenticator_key].close(timeout=settings.owner_commit_timeout_seconds)
 
 
 async def healthz(request: web.Request) -> web.Response:

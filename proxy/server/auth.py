@@ -16,16 +16,24 @@ query. Revocation therefore takes effect within the TTL.
 Interaction ownership is resolved here too: behind one shared upstream key
 every user could read, continue, cancel or delete anyone's interaction by id,
 so ``check_owner`` answers 404 for anyone but the owner (or the owner's team).
+``commit_owner`` stores a new interaction's owner in the database before its
+id is released to the client, so every replica knows the owner at once.
+
+Resumable uploads likewise: the byte legs carry no key, only the upload id the
+first (keyed) leg obtained; ``remember_upload`` stores its keyed hash, and
+``upload_principal`` admits a keyless leg only for an id started here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
 
 from multidict import CIMultiDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +43,8 @@ from ..metering.records import Principal
 from ..settings import AuthMode, InteractionSharing, Settings
 from ..storage import accounts
 from .keys import fingerprint, hash_key
+
+log = logging.getLogger("gemini_meter.auth")
 
 # Unknown keys are remembered briefly too, so a client hammering with a bad key
 # costs one query per few seconds rather than one per request.
@@ -85,7 +95,8 @@ def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> Prese
     value = headers.get("x-goog-api-key")
     if value:
         return PresentedKey(value.strip(), "header")
-    value = query.get("key")
+    # "$key" is the system-parameter spelling Google accepts for the same thing.
+    value = query.get("key") or query.get("$key")
     if value:
         return PresentedKey(value.strip(), "query")
     auth = headers.get("authorization", "")
@@ -113,6 +124,13 @@ def swap_key(headers: Mapping[str, str], upstream_key: str) -> CIMultiDict[str]:
 Loader = Callable[[AsyncSession], Awaitable[Principal | None]]
 
 
+def _settle_commit(task: asyncio.Task[None]) -> None:
+    # A commit that failed after its caller stopped waiting was already logged as a
+    # fallback; retrieving the error keeps asyncio from reporting it again.
+    if not task.cancelled():
+        task.exception()
+
+
 class Authenticator:
     """Resolves keys to principals and checks interaction owners, with caches."""
 
@@ -129,7 +147,9 @@ class Authenticator:
         self._ttl = settings.key_cache_ttl_seconds
         self._principals: _TTLCache[str, Principal | None] = _TTLCache(_CACHE_LIMIT, clock)
         self._owners: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
+        self._uploads: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
+        self._commits: set[asyncio.Task[None]] = set()
 
     @property
     def mode(self) -> AuthMode:
@@ -185,6 +205,84 @@ class Authenticator:
         """Called when this process sees an interaction created: later checks need no query."""
         # Owners never change, so the entry lives as long as the LRU keeps it.
         self._owners.put(interaction_id, principal, float("inf"))
+
+    async def commit_owner(
+        self, interaction_id: str, principal: Principal, model: str | None
+    ) -> bool:
+        """Store an interaction's owner now, before the client learns its id.
+
+        One short transaction, only on interaction creates: it is what lets a
+        second replica (or this one after a crash) answer the owner at once.
+        False when the database did not take it in time; the caller then queues
+        the row for the batching writer, and this process still knows the owner.
+        """
+        self.remember_owner(interaction_id, principal)
+        try:
+            await self._commit(self._store_owner(interaction_id, principal, model))
+        except Exception as exc:  # any failure: fall back, never fail the call
+            log.warning(
+                "interaction owner not committed (%s); left to the writer", type(exc).__name__
+            )
+            return False
+        return True
+
+    async def _commit(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one short write, waiting at most ``owner_commit_timeout_seconds`` for it.
+
+        The write is its own task, waited on through a shield: a database that
+        hangs (a held lock, a dead connection) costs the call the timeout, not
+        the driver's; the write itself may still land later.
+        """
+        commit = asyncio.create_task(work)
+        self._commits.add(commit)
+        commit.add_done_callback(_settle_commit)
+        commit.add_done_callback(self._commits.discard)
+        await asyncio.wait_for(asyncio.shield(commit), self._settings.owner_commit_timeout_seconds)
+
+    async def _store_owner(
+        self, interaction_id: str, principal: Principal, model: str | None
+    ) -> None:
+        async with self._sessionmaker.begin() as session:
+            await accounts.record_owner(session, interaction_id, principal, model)
+
+    async def close(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for owner commits that outlived their calls."""
+        if self._commits:
+            await asyncio.wait(set(self._commits), timeout=timeout)
+
+    def _upload_hash(self, upload_id: str) -> str:
+        return hash_key(self._secret, "upload:" + upload_id)
+
+    async def remember_upload(self, upload_id: str, principal: Principal) -> None:
+        """Record that ``principal`` started the upload ``upload_id``, before its URL is released.
+
+        Raises when the database does not take it within the commit timeout: an
+        upload whose id was not stored would be refused on every other replica,
+        so the start is failed (503) rather than released.
+        """
+        upload_hash = self._upload_hash(upload_id)
+        ttl = self._settings.upload_session_ttl_seconds
+        self._uploads.put(upload_hash, principal, ttl)
+        await self._commit(self._store_upload(upload_hash, principal, timedelta(seconds=ttl)))
+
+    async def _store_upload(self, upload_hash: str, principal: Principal, ttl: timedelta) -> None:
+        async with self._sessionmaker.begin() as session:
+            await accounts.record_upload(session, upload_hash, principal, ttl)
+
+    async def upload_principal(self, upload_id: str) -> Principal:
+        """Who started the upload ``upload_id`` through this proxy, or ``NotFound``."""
+        upload_hash = self._upload_hash(upload_id)
+        hit, principal = self._uploads.get(upload_hash)
+        if not hit:
+            async with self._sessionmaker() as session:
+                principal = await accounts.upload_owner(session, upload_hash)
+            if principal is not None:
+                # Short: the row's own expiry is the authority.
+                self._uploads.put(upload_hash, principal, self._ttl)
+        if principal is None:
+            # Never the id itself in the message: it is the upload's credential.
+            raise NotFound("No upload session with that id was started through Gemini Meter.")
+        return principal
 
     async def check_owner(self, interaction_id: str, principal: Principal) -> Principal | None:
         """The interaction's owner, or ``NotFound`` unless ``principal`` may use it.

@@ -2,9 +2,14 @@
 
 A request goes through four steps, each a small function:
 
-1. ``admit``: resolve the key to a ``Principal`` (cached), read the JSON body of
-   metered calls to learn the model, and check interaction ownership. Budgets
-   join here later: everything that may refuse a call before it is forwarded.
+1. ``admit``: refuse what the proxy could not check the way the upstream will
+   read it (an ambiguous path, a method override, an unknown method on an
+   interaction, a usage-stripping field mask or encoding, a metered body that
+   is not plain JSON: ``routes`` has the pure checks); resolve the key to a
+   ``Principal`` (cached), or admit a keyless upload leg only for an upload id
+   started here; read the JSON body of metered calls to learn the model; check
+   the owner of every interaction the call names. Budgets join here later:
+   everything that may refuse a call before it is forwarded.
 2. ``_open_upstream``: one request on the app's shared ``ClientSession``, with
    the client's key swapped for the upstream key in ``virtual_keys`` mode and
    hop-by-hop headers dropped. Connection failures become 502, silence 504.
@@ -14,7 +19,10 @@ A request goes through four steps, each a small function:
 4. ``_finish``: build the ``UsageRecord`` and hand it to the recorder, which
    never awaits the database.
 
-Bytes are relayed unchanged; the proxy decompresses only a copy for the tap.
+Response bytes are relayed unchanged; the proxy decompresses only a copy for
+the tap. A compressed request body is forwarded as aiohttp decoded it, without
+its Content-Encoding. An interaction's owner is committed before its id is
+released (``_register_owner``): the one database write on the request path.
 """
 
 from __future__ import annotations
@@ -27,14 +35,24 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ..errors import NotFound, RequestTooLarge, UpstreamTimeout, UpstreamUnavailable
+from ..errors import (
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    RequestTimeout,
+    RequestTooLarge,
+    ServiceUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from ..metering.parsers import (
     ResponseSummary,
     parse_json,
@@ -50,15 +68,23 @@ from .auth import presented_key, swap_key
 from .routes import (
     EMPTY_META,
     Action,
+    BodyRefused,
     RequestMeta,
     Route,
     body_model,
     classify,
     is_forwarded,
+    masking_parameter,
+    method_override,
+    path_problem,
+    previous_interaction_ids,
     request_meta,
+    strict_json,
 )
 from .typedefs import (
     authenticator_key,
+    keyless_uploads_key,
+    metrics_key,
     pumps_key,
     recorder_key,
     settings_key,
@@ -85,7 +111,15 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
 # Encodings the tap can undo; for metered calls the upstream is asked for no other.
 _DECODABLE = ("gzip", "deflate", "identity")
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_UPSTREAM_FAILURES = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
+# Every client-side failure, protocol errors included (a bad status line, broken
+# chunking): the upstream failed, which is a 502, never the proxy's own 500.
+_UPSTREAM_FAILURES = (aiohttp.ClientError, OSError)
+# The request encodings aiohttp's server undoes before the handler reads the body
+# (``aiohttp.http_parser``: one token, matched case-insensitively). Such a body is
+# forwarded decoded, without its Content-Encoding and with its own length.
+_SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
+# Names a client key goes by in the query ("$key" is Google's system-parameter form).
+_KEY_PARAMS = frozenset({"key", "$key"})
 
 
 @dataclass(slots=True)
@@ -111,9 +145,24 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
+    if call.principal is not None:
+        return await _forward(request, call)
+    # A keyless upload leg holds an upstream connection for as long as its client
+    # takes to send the bytes: only so many at once, so keyed calls always get one.
+    limiter = request.app[keyless_uploads_key]
+    if limiter.locked():
+        request.app[metrics_key].keyless_upload_refusals.labels("busy").inc()
+        raise ServiceUnavailable("Too many upload legs in flight; retry shortly.")
+    async with limiter:
+        return await _forward(request, call)
+
+
+async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
     upstream = await _open_upstream(request, call)
     call.ttfb = time.perf_counter() - call.started
     call.upstream_headers = upstream.headers
+    if call.principal is not None and "x-goog-upload-url" in upstream.headers:
+        await _remember_upload(request, call.principal, upstream)
     route = call.route
     content_type = upstream.headers.get("content-type", "")
     endpoint = route.endpoint
@@ -132,23 +181,59 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def admit(request: web.Request, started: float) -> _Call:
-    """Everything that may refuse a call before it reaches the upstream."""
+    """Everything that may refuse a call before it reaches the upstream.
+
+    The path is checked as it came (``routes.path_problem``) and classified as
+    decoded, which is then the same path the upstream routes: what the proxy
+    checks is what it forwards.
+    """
     app = request.app
     auth = app[authenticator_key]
+    problem = path_problem(request.raw_path)
+    if problem is not None:
+        raise InvalidArgument(f"The request path has {problem}; send its canonical form.")
+    if method_override(request.headers, request.query) is not None:
+        # Refused rather than applied: the override would have to be classified,
+        # checked and forwarded consistently, and no Gemini SDK sends one.
+        raise InvalidArgument(
+            "Gemini Meter does not accept method overrides (X-HTTP-Method-Override, "
+            "$httpMethod and the like): send the request with its own method."
+        )
     route = classify(request.method, request.path)
+    if route.action is Action.INTERACTION_UNKNOWN:
+        raise MethodNotAllowed(
+            f"{request.method} on this interactions path is not supported through Gemini Meter."
+        )
     key = presented_key(request.headers, request.query)
     if key is None and _is_upload_leg(request, route):
         # The byte legs of a resumable upload carry no API key: the upload id the
-        # first (authenticated) leg obtained is their credential upstream.
+        # first (authenticated) leg obtained is their credential upstream. Only ids
+        # started through this proxy are let through.
+        try:
+            await auth.upload_principal(request.query["upload_id"])
+        except NotFound:
+            app[metrics_key].keyless_upload_refusals.labels("unknown_upload").inc()
+            raise
         return _Call(route=route, principal=None, started=started)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
+    if route.metered and (masking := masking_parameter(request.headers, request.query)):
+        raise InvalidArgument(
+            f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
+            "the call is billed by. Send the call without it."
+        )
+    previous = _previous_interactions(None, request)
     if route.action in _READS_BODY:
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        call.meta = request_meta(route, parse_json(call.body))
-        if call.meta.previous_interaction_id is not None:
-            await auth.check_owner(call.meta.previous_interaction_id, principal)
-    elif route.interaction_id is not None:
+        try:
+            parsed = strict_json(call.body)
+        except BodyRefused as exc:
+            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
+        previous = _previous_interactions(parsed, request)
+        call.meta = request_meta(route, parsed)
+    for interaction_id in sorted(previous):
+        await auth.check_owner(interaction_id, principal)
+    if route.interaction_id is not None:
         call.owner = await auth.check_owner(route.interaction_id, principal)
     elif route.unmetered is not None and route.unmetered.model_in_body:
         # Only to name the model on the unmetered record; the bytes go on unchanged.
@@ -166,6 +251,30 @@ _READS_BODY = frozenset(
         Action.BATCH_EMBED,
     }
 )
+
+
+def _previous_interactions(body: object, request: web.Request) -> set[str]:
+    try:
+        return previous_interaction_ids(body, request.query)
+    except BodyRefused as exc:
+        raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
+
+
+async def _remember_upload(
+    request: web.Request, principal: Principal, upstream: aiohttp.ClientResponse
+) -> None:
+    """Record the upload id a start leg obtained, before its URL reaches the client."""
+    url = upstream.headers["x-goog-upload-url"]
+    upload_ids = parse_qs(urlsplit(url).query).get("upload_id", [])
+    try:
+        for upload_id in upload_ids:
+            await request.app[authenticator_key].remember_upload(upload_id, principal)
+    except Exception as exc:
+        upstream.release()
+        log.warning("upload session not recorded: %s", type(exc).__name__)
+        raise ServiceUnavailable(
+            "Gemini Meter could not record the upload session; retry shortly."
+        ) from exc
 
 
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
@@ -197,7 +306,7 @@ def _upstream_url(base: str, raw_path: str, drop_key: bool) -> URL:
     """
     path, sep, query = raw_path.partition("?")
     if sep and drop_key:
-        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != "key"]
+        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in _KEY_PARAMS]
         query = "&".join(kept)
         sep = "?" if query else ""
     return URL(base + path + sep + query, encoded=True)
@@ -223,16 +332,36 @@ def _upstream_headers(request: web.Request, call: _Call) -> CIMultiDict[str]:
             if token.split(";")[0].strip().lower() in _DECODABLE
         ]
         headers["accept-encoding"] = ",".join(accepted) if accepted else "identity"
-    if request.content_length is not None and call.body is None:
+    if _decoded_by_server(request):
+        # aiohttp already undid the encoding: the bytes forwarded are the decoded
+        # ones, so neither the client's encoding nor its length describes them.
+        headers.popall("content-encoding", None)
+    elif request.content_length is not None and call.body is None:
         # A streamed upload keeps its length so the upstream sees no chunking.
         headers["content-length"] = str(request.content_length)
     return headers
 
 
-async def _limited(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body as it arrives, refused once it passes ``limit`` bytes."""
+def _decoded_by_server(request: web.Request) -> bool:
+    encoding = request.headers.get("content-encoding", "")
+    return encoding.isascii() and encoding.lower() in _SERVER_DECODED
+
+
+async def _limited(
+    request: web.Request, limit: int, idle_timeout: float | None
+) -> AsyncIterator[bytes]:
+    """The request body as it arrives, refused once it passes ``limit`` bytes
+    or (with ``idle_timeout``) once the client sends nothing for that long."""
     seen = 0
-    async for chunk in request.content.iter_any():
+    chunks = request.content.iter_any()
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestTimeout("The request body stopped arriving.") from exc
         seen += len(chunk)
         if seen > limit:
             raise _too_large(limit)
@@ -250,7 +379,9 @@ async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientRes
         limit = settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise _too_large(limit)
-        data = _limited(request, limit)
+        # A keyless upload leg must not hold its upstream connection forever.
+        idle = settings.keyless_upload_idle_timeout_seconds if call.principal is None else None
+        data = _limited(request, limit, idle)
     try:
         return await session.request(
             request.method,
@@ -260,17 +391,25 @@ async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientRes
             allow_redirects=False,
             skip_auto_headers=_NO_AUTO_HEADERS,
         )
-    except RequestTooLarge:
+    except ProxyError:
         raise
     except TimeoutError as exc:
+        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
+            raise _client_side(exc) from exc
         raise UpstreamTimeout("The Gemini API did not answer in time.") from exc
     except _UPSTREAM_FAILURES as exc:
-        if isinstance(exc.__cause__, RequestTooLarge) or isinstance(
-            exc.__context__, RequestTooLarge
-        ):
-            raise _too_large(settings.max_request_bytes) from exc
+        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
+            # The client's body broke off (too large, stalled) while being forwarded.
+            raise _client_side(exc) from exc
         log.warning("upstream unreachable: %s", type(exc).__name__)
         raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
+
+
+def _client_side(exc: BaseException) -> ProxyError:
+    cause = exc.__cause__ if isinstance(exc.__cause__, ProxyError) else exc.__context__
+    assert isinstance(cause, ProxyError)
+    # A fresh error: re-raising the one from inside the client would chain it to itself.
+    return type(cause)(cause.message)
 
 
 def _response_headers(upstream: aiohttp.ClientResponse, *, keep_length: bool) -> CIMultiDict[str]:
@@ -321,6 +460,7 @@ async def _relay_whole(
     encoding = upstream.headers.get("content-encoding", "identity").lower()
     decoded = _Decoder(encoding)(body) if encoding != "identity" else body
     summary = _summarize(call, parse_json(decoded), upstream.status)
+    await _register_owner(request, call, summary.interaction_id, upstream.status)
     _finish(request, call, upstream.status, summary)
     return response
 
@@ -382,9 +522,10 @@ async def _pump(
             if tap is not None:
                 tap.feed(decode(chunk))
                 if not call.owner_registered and isinstance(tap, InteractionStreamTap):
-                    # Own the interaction as soon as the stream names it: the client
-                    # may fetch or continue it before this stream has ended.
-                    _register_owner(request, call, tap.interaction_id, upstream.status)
+                    # Own the interaction as soon as the stream names it, before the
+                    # chunk that completes that event is relayed: the client may fetch
+                    # or continue it (on any replica) before this stream has ended.
+                    await _register_owner(request, call, tap.interaction_id, upstream.status)
             if call.client_disconnected:
                 if tap is None:
                     break
@@ -401,7 +542,9 @@ async def _pump(
     finally:
         upstream.release()
     if tap is not None:
-        _finish(request, call, upstream.status, tap.finish())
+        summary = tap.finish()
+        await _register_owner(request, call, summary.interaction_id, upstream.status)
+        _finish(request, call, upstream.status, summary)
     if broken or call.client_disconnected:
         # The client must not take a truncated body for a whole one.
         if request.transport is not None:
@@ -420,7 +563,6 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     principal = call.principal
     assert principal is not None  # metered calls are always authenticated
     interaction_id = summary.interaction_id
-    _register_owner(request, call, interaction_id, status)
     if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
         # An interaction bills once, when a response first shows it no longer pending
         # (garbage included: it is recorded with parse_error); a stream that ends
@@ -488,10 +630,17 @@ def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.Clien
     )
 
 
-def _register_owner(
+async def _register_owner(
     request: web.Request, call: _Call, interaction_id: str | None, status: int
 ) -> None:
-    """Remember who created an interaction, in this process and (via the writer) for all."""
+    """Make an interaction's creator its owner, in the database before the id is released.
+
+    Committed at once in ``virtual_keys`` mode (the one database write on the
+    hot path, creates only), so any replica answers the owner the moment the
+    client has the id; if the database does not take it in time, the row goes
+    to the batching writer and this process answers from memory meanwhile.
+    Passthrough mode checks no owners, so the writer's queue is enough there.
+    """
     principal = call.principal
     if (
         call.owner_registered
@@ -502,5 +651,12 @@ def _register_owner(
     ):
         return
     call.owner_registered = True
-    request.app[authenticator_key].remember_owner(interaction_id, principal)
-    request.app[recorder_key].own(interaction_id, principal, call.meta.model)
+    app = request.app
+    auth = app[authenticator_key]
+    if auth.mode is AuthMode.VIRTUAL_KEYS:
+        if await auth.commit_owner(interaction_id, principal, call.meta.model):
+            return
+        app[metrics_key].owner_commit_fallbacks.inc()
+    else:
+        auth.remember_owner(interaction_id, principal)
+    app[recorder_key].own(interaction_id, principal, call.meta.model)

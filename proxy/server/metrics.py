@@ -3,8 +3,9 @@
 Label values are bounded: ``endpoint`` is an ``EndpointKind`` value,
 ``status_class`` one of ``2xx``..``5xx``, ``type`` one of the five token
 categories, ``category`` one of the cost split's six parts, ``route`` the
-kind of a row of ``server.routes.UNMETERED_ROUTES``. No user, key or model
-name is a label here; per-user figures come from the database.
+kind of a row of ``server.routes.UNMETERED_ROUTES``, ``reason`` one of
+``unknown_upload`` and ``busy``. No user, key or model name is a label here;
+per-user figures come from the database.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Metrics:
     upstream_latency: Histogram
     writer_queue: Gauge
     unmetered: Counter
+    owner_commit_fallbacks: Counter
+    keyless_upload_refusals: Counter
 
     def observe(self, record: UsageRecord) -> None:
         """Count one finished record; called by the recorder, never awaits."""
@@ -125,6 +128,18 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             "Calls on billable routes the meter cannot read usage from yet, by route; "
             "each is recorded with zero tokens and no cost.",
             ["route"],
+            registry=registry,
+        ),
+        owner_commit_fallbacks=Counter(
+            "gemini_meter_owner_commit_fallbacks_total",
+            "Interaction owners that could not be committed before the id was released, "
+            "left to the batching writer instead.",
+            registry=registry,
+        ),
+        keyless_upload_refusals=Counter(
+            "gemini_meter_keyless_upload_refusals_total",
+            "Keyless upload legs refused: unknown upload id, or too many in flight.",
+            ["reason"],
             registry=registry,
         ),
     )

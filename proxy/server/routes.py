@@ -1,4 +1,4 @@
-"""Which Gemini endpoint a request is for: a pure function over method and path.
+"""Which Gemini endpoint a request is for, and what at the edge makes it uncheckable.
 
 The proxy forwards every path under the API prefixes; this module only tells
 the few that are metered (or that touch an interaction's ownership) apart from
@@ -9,25 +9,48 @@ check who owns an interaction.
 does not understand yet (docs/metering.md lists them with what is recorded):
 a call on one is relayed untouched and still recorded, with zero tokens and
 ``unmetered_route`` set, so totals never silently omit it.
+
+It also holds the pure checks ``server.forward.admit`` refuses by, each of them
+closing a way to make the proxy check one request while the upstream serves
+another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
+(Google honours ``X-HTTP-Method-Override`` and ``$httpMethod``),
+``masking_parameter`` (field masks and encodings that would strip usage),
+``strict_json`` (duplicate keys, unparseable or too deep bodies) and
+``previous_interaction_ids`` (both spellings, body and query).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
+
+from multidict import MultiMapping
 
 from ..metering.records import EndpointKind
 
 FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/")
 
 _VERSION = r"(?:v1|v1beta|v1alpha)"
-_INTERACTIONS = re.compile(rf"^/{_VERSION}/interactions(?:/(?P<id>[^/:]+)(?P<cancel>/cancel)?)?/?$")
+# Google's front end serves an API's methods under "/upload" too, so an
+# interaction or a generation reached that way is classified like the plain one.
+_PREFIX = rf"^(?:/upload)?/{_VERSION}"
+# Everything under the interactions collection, whatever follows the id: the id is
+# checked against its owner before the rest of the path is even looked at.
+# Matched without regard to case, like the generate routes: should the upstream route
+# a path case-insensitively, the proxy must not have waved it through unchecked.
+_INTERACTIONS = re.compile(rf"{_PREFIX}/interactions(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
+_INTERACTION_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
 _GENERATE = re.compile(
-    rf"^/{_VERSION}/(?:models|tunedModels)/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+    rf"{_PREFIX}/(?:models|tunedModels)/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$",
+    re.IGNORECASE,
 )
 _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
-_EMBED = re.compile(rf"^/{_VERSION}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$")
+_EMBED = re.compile(
+    rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
+)
 
 
 class Action(Enum):
@@ -38,6 +61,9 @@ class Action(Enum):
     INTERACTION_GET = auto()
     INTERACTION_CANCEL = auto()
     INTERACTION_DELETE = auto()
+    # a method or sub-path on an interaction the proxy does not know: refused, never
+    # forwarded, since it could act on someone else's interaction or bill unmetered
+    INTERACTION_UNKNOWN = auto()
     GENERATE = auto()
     STREAM_GENERATE = auto()
     EMBED = auto()
@@ -72,6 +98,17 @@ _ENDPOINTS = {
 }
 
 FORWARD = Route(Action.FORWARD)
+_UNKNOWN = Route(Action.INTERACTION_UNKNOWN)
+
+# (method, what follows the id) -> action; anything else on an interaction is unknown.
+_ON_INTERACTION = {
+    ("GET", ""): Action.INTERACTION_GET,
+    ("GET", "/"): Action.INTERACTION_GET,
+    ("DELETE", ""): Action.INTERACTION_DELETE,
+    ("DELETE", "/"): Action.INTERACTION_DELETE,
+    ("POST", "/cancel"): Action.INTERACTION_CANCEL,
+    ("POST", ":cancel"): Action.INTERACTION_CANCEL,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +131,7 @@ class UnmeteredRoute:
 def _unmetered(
     kind: EndpointKind, method: str, pattern: str, *, model_in_body: bool = False
 ) -> UnmeteredRoute:
-    return UnmeteredRoute(kind, method, re.compile(pattern), model_in_body)
+    return UnmeteredRoute(kind, method, re.compile(pattern, re.IGNORECASE), model_in_body)
 
 
 _V = rf"^/{_VERSION}"
@@ -164,35 +201,108 @@ def _classify_unmetered(method: str, path: str) -> Route | None:
 
 
 def classify(method: str, path: str) -> Route:
-    """The route of a request whose path is already known to be forwarded."""
-    if "/interactions" in path:
-        m = _INTERACTIONS.match(path)
-        if m is not None:
-            iid = m.group("id")
-            if iid is None:
-                return Route(Action.INTERACTION_CREATE) if method == "POST" else FORWARD
-            if m.group("cancel"):
-                return Route(Action.INTERACTION_CANCEL, iid) if method == "POST" else FORWARD
-            if method == "GET":
-                return Route(Action.INTERACTION_GET, iid)
-            if method == "DELETE":
-                return Route(Action.INTERACTION_DELETE, iid)
-        return FORWARD
-    if method == "POST" and "Content" in path:
-        m = _GENERATE.match(path)
-        if m is not None:
+    """The route of a request whose path is already known to be forwarded.
+
+    ``path`` must be the one ``normalized_path`` accepted (decoded, no dot or
+    empty segments); ``method`` the effective one (see ``method_override``).
+    """
+    m = _INTERACTIONS.match(path)
+    if m is not None:
+        rest = m.group("rest") or ""
+        if rest in ("", "/"):
+            # Creating is the one thing the collection is for; a listing would show
+            # every user's interactions behind the shared upstream key.
+            return Route(Action.INTERACTION_CREATE) if method == "POST" else _UNKNOWN
+        i = _INTERACTION_ID.match(rest)
+        if i is None:
+            return _UNKNOWN
+        iid = i.group("id")
+        return Route(
+            _ON_INTERACTION.get((method, i.group("suffix").lower()), Action.INTERACTION_UNKNOWN),
+            iid,
+        )
+    if method == "POST" and "content" in path.lower():
+        g = _GENERATE.match(path)
+        if g is not None:
             action = (
                 Action.GENERATE
-                if m.group("method") == "generateContent"
+                if g.group("method").lower() == "generatecontent"
                 else Action.STREAM_GENERATE
             )
-            return Route(action, model=m.group("model"))
-    if method == "POST" and "mbedContent" in path:
-        m = _EMBED.match(path)
-        if m is not None:
-            action = Action.EMBED if m.group("method") == "embedContent" else Action.BATCH_EMBED
-            return Route(action, model=m.group("model"))
+            return Route(action, model=g.group("model"))
+    if method == "POST" and "mbedcontent" in path.lower():
+        e = _EMBED.match(path)
+        if e is not None:
+            embed = e.group("method").lower() == "embedcontent"
+            return Route(Action.EMBED if embed else Action.BATCH_EMBED, model=e.group("model"))
     return _classify_unmetered(method, path) or FORWARD
+
+
+# --- the edge: one canonical path, one effective method ------------------------------
+
+# Percent-escapes of "/", backslash, "." and "%" itself: the upstream may or may not decode
+# them before routing, so the proxy could check one path and Google serve another.
+_AMBIGUOUS_ESCAPE = re.compile(r"%(?:2[fFeE]|5[cC]|25)")
+# Every spelling of "use this method instead" that Google's front end or a common
+# framework honours: Google documents ``X-HTTP-Method-Override`` and ``$httpMethod``.
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+METHOD_OVERRIDE_PARAMS = ("$httpmethod", "httpmethod")
+
+
+def path_problem(raw_path: str) -> str | None:
+    """Why the raw request target's path is ambiguous, or None when it is canonical.
+
+    The proxy refuses rather than normalises: a path with dot segments, empty
+    segments, backslashes or encoded separators may be routed by the upstream
+    differently from how the proxy read it, and no SDK sends one. A single
+    trailing slash is allowed (``classify`` reads it the same either way).
+    """
+    path = raw_path.partition("?")[0]
+    if _AMBIGUOUS_ESCAPE.search(path):
+        return "an encoded '/', '\\', '.' or '%'"
+    if "\\" in path:
+        return "a backslash"
+    segments = path.split("/")[1:]
+    if segments and segments[-1] == "":
+        segments = segments[:-1]
+    if any(s in ("", ".", "..") for s in segments):
+        return "an empty, '.' or '..' segment"
+    return None
+
+
+def method_override(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The override a request asks for, header or query parameter, or None."""
+    for name in METHOD_OVERRIDE_HEADERS:
+        if name in headers:
+            return headers[name]
+    for name, value in query.items():
+        if name.lower() in METHOD_OVERRIDE_PARAMS:
+            return value
+    return None
+
+
+# System parameters (Google's "System parameters" page) that change what a response
+# carries or how the request body is read: on a metered route they could strip the
+# usage the meter bills by, or make the upstream read a body other than the one
+# checked. Query names are matched case-sensitively, as Google does, but with and
+# without the "$" prefix.
+_MASKING_PARAMS = ("fields", "callback", "ct")
+_MASKING_HEADERS = ("x-goog-fieldmask",)
+_JSON_ALTS = ("json", "sse")
+
+
+def masking_parameter(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The first parameter that could hide a metered response's usage, or None."""
+    for name in _MASKING_HEADERS:
+        if name in headers:
+            return f"the {name} header"
+    for name, value in query.items():
+        bare = name.removeprefix("$")
+        if bare in _MASKING_PARAMS:
+            return f"the {name!r} parameter"
+        if bare == "alt" and value.lower() not in _JSON_ALTS:
+            return f"{name}={value!r}"
+    return None
 
 
 def is_forwarded(path: str) -> bool:
@@ -222,6 +332,84 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+# Google's JSON parsing accepts a proto field by its snake_case and its camelCase name.
+PREVIOUS_INTERACTION_NAMES = ("previous_interaction_id", "previousInteractionId")
+# Deeper than any real request; json.loads itself gives up near 1,000 on the C stack.
+_MAX_DEPTH = 100
+
+
+class BodyRefused(ValueError):
+    """A metered request body the proxy will not forward: it could not check it."""
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Which of the two values Google's parser keeps is not ours to guess.
+        raise BodyRefused("the request body names a JSON key twice in one object")
+    return obj
+
+
+def _depth(value: object) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            items: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            items = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > _MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in items)
+    return deepest
+
+
+def strict_json(body: bytes) -> object:
+    """A metered request body as JSON, or ``BodyRefused`` saying why it cannot be checked.
+
+    Stricter than the upstream on purpose: a body the proxy reads one way and
+    Google another (a duplicate key, a parse the proxy gives up on) could name
+    someone else's interaction unseen, so it is refused, not forwarded.
+    """
+    if not body.strip():
+        return None
+    try:
+        value: object = json.loads(body, object_pairs_hook=_no_duplicates)
+    except BodyRefused:
+        raise
+    except RecursionError as exc:
+        raise BodyRefused("the request body nests too deeply") from exc
+    except ValueError as exc:
+        raise BodyRefused("the request body is not valid JSON") from exc
+    if _depth(value) > _MAX_DEPTH:
+        raise BodyRefused("the request body nests too deeply")
+    return value
+
+
+def previous_interaction_ids(body: object, query: MultiMapping[str]) -> set[str]:
+    """Every interaction a request continues from, in every spelling and place.
+
+    ``BodyRefused`` when one is there but not a non-empty string: the proxy
+    cannot check what it cannot read.
+    """
+    found: set[str] = set()
+    values: list[object] = []
+    if isinstance(body, dict):
+        values.extend(body[name] for name in PREVIOUS_INTERACTION_NAMES if name in body)
+    for name in PREVIOUS_INTERACTION_NAMES:
+        values.extend(query.getall(name, []))
+    for value in values:
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise BodyRefused("previous_interaction_id must be a non-empty string")
+        found.add(value)
+    return found
+
+
 def request_meta(route: Route, body: object) -> RequestMeta:
     """Model, streaming, tier, labels and the previous interaction from a parsed body.
 
@@ -240,12 +428,16 @@ def request_meta(route: Route, body: object) -> RequestMeta:
         model = route.model
         tier = _str_or_none(body.get("serviceTier") or body.get("service_tier"))
         stream = route.action is Action.STREAM_GENERATE
+    previous = next(
+        (v for n in PREVIOUS_INTERACTION_NAMES if (v := _str_or_none(body.get(n))) is not None),
+        None,
+    )
     return RequestMeta(
         model=model,
         stream=stream,
         background=body.get("background") is True,
         service_tier=tier.lower() if tier else None,
-        previous_interaction_id=_str_or_none(body.get("previous_interaction_id")),
+        previous_interaction_id=previous,
         labels=_labels(body.get("labels")),
     )
 

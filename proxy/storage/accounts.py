@@ -18,7 +18,7 @@ up with the one row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..metering.records import Principal
 from ..server.keys import KEY_PREFIX, hash_key, new_key
-from .schema import ApiKey, Interaction, Team, User, utcnow
-from .writes import insert_ignoring, table_of
+from .schema import ApiKey, Interaction, Team, UploadSession, User, utcnow
+from .writes import insert_ignoring, insert_interaction_owners, owner_values, table_of
 
 __all__ = [
     "KeyInfo",
@@ -39,7 +39,10 @@ __all__ = [
     "list_keys",
     "principal_for_key_hash",
     "principal_for_user",
+    "record_owner",
+    "record_upload",
     "revoke_key",
+    "upload_owner",
 ]
 
 
@@ -209,6 +212,55 @@ async def interaction_owner(session: AsyncSession, interaction_id: str) -> Princ
         .join(User, Interaction.user_id == User.id)
         .outerjoin(Team, Interaction.team_id == Team.id)
         .where(Interaction.id == interaction_id)
+    )
+    row = result.first()
+    if row is None:
+        return None
+    user_id, user_name, team_id, team_name, key_id = row
+    return Principal(user_id, user_name, team_id, team_name, key_id)
+
+
+async def record_owner(
+    session: AsyncSession, interaction_id: str, principal: Principal, model: str | None
+) -> None:
+    """Store "``principal`` owns ``interaction_id``"; the first owner stored stays."""
+    await insert_interaction_owners(
+        session, [owner_values(interaction_id, principal, model, utcnow())]
+    )
+
+
+# ------------------------------------------------------------------------ uploads
+
+
+async def record_upload(
+    session: AsyncSession, upload_hash: str, principal: Principal, ttl: timedelta
+) -> None:
+    """Store that ``principal`` started the resumable upload whose id hashes to ``upload_hash``.
+
+    The keyed hash, never the id: the id is the upload's only credential.
+    """
+    now = utcnow()
+    await session.execute(
+        insert_ignoring(session, table_of(UploadSession), "upload_hash").values(
+            upload_hash=upload_hash,
+            user_id=principal.user_id,
+            team_id=principal.team_id,
+            key_id=principal.key_id,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+    )
+
+
+async def upload_owner(session: AsyncSession, upload_hash: str) -> Principal | None:
+    """Who started an unexpired upload through this proxy, or None."""
+    result = await session.execute(
+        select(
+            UploadSession.user_id, User.name, UploadSession.team_id, Team.name, UploadSession.key_id
+        )
+        .join(User, UploadSession.user_id == User.id)
+        .outerjoin(Team, UploadSession.team_id == Team.id)
+        .where(UploadSession.upload_hash == upload_hash, UploadSession.expires_at > utcnow())
     )
     row = result.first()
     if row is None:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from multidict import CIMultiDict, MultiDict
 
 from proxy.metering.records import EndpointKind
 from proxy.server.routes import (
     UNMETERED_ROUTES,
     Action,
+    BodyRefused,
     body_model,
     classify,
     is_forwarded,
+    masking_parameter,
+    method_override,
+    path_problem,
+    previous_interaction_ids,
     request_meta,
+    strict_json,
 )
 
 
@@ -23,7 +30,17 @@ from proxy.server.routes import (
         ("GET", "/v1alpha/interactions/abc-123", Action.INTERACTION_GET, "abc-123", None),
         ("DELETE", "/v1beta/interactions/abc", Action.INTERACTION_DELETE, "abc", None),
         ("POST", "/v1beta/interactions/abc/cancel", Action.INTERACTION_CANCEL, "abc", None),
-        ("GET", "/v1beta/interactions", Action.FORWARD, None, None),
+        ("GET", "/v1beta/interactions", Action.INTERACTION_UNKNOWN, None, None),
+        ("POST", "/v1beta/interactions/abc:cancel", Action.INTERACTION_CANCEL, "abc", None),
+        ("PATCH", "/v1beta/interactions/abc", Action.INTERACTION_UNKNOWN, "abc", None),
+        ("HEAD", "/v1beta/interactions/abc", Action.INTERACTION_UNKNOWN, "abc", None),
+        ("POST", "/v1beta/interactions/abc", Action.INTERACTION_UNKNOWN, "abc", None),
+        ("POST", "/v1beta/interactions/abc:resume", Action.INTERACTION_UNKNOWN, "abc", None),
+        ("GET", "/v1beta/interactions/abc/steps", Action.INTERACTION_UNKNOWN, "abc", None),
+        ("GET", "/upload/v1beta/interactions/abc", Action.INTERACTION_GET, "abc", None),
+        ("GET", "/v1beta/Interactions/abc", Action.INTERACTION_GET, "abc", None),
+        ("POST", "/v1beta/INTERACTIONS/abc:Cancel", Action.INTERACTION_CANCEL, "abc", None),
+        ("POST", "/v1beta/models/m:GENERATECONTENT", Action.GENERATE, None, "m"),
         (
             "POST",
             "/v1beta/models/gemini-2.5-flash:generateContent",
@@ -273,3 +290,98 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
 )
 def test_body_model(body: object, model: str | None):
     assert body_model(body) == model
+
+
+# --- the edge: pure checks -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "problem"),
+    [
+        ("/v1beta/interactions/abc", None),
+        ("/v1beta/interactions/abc/", None),
+        ("/v1beta/models/m:generateContent?alt=sse&x=%2F..", None),  # the query is not the path
+        ("/v1beta/models/gemini%3Agenerate", None),
+        ("/v1beta/./interactions/abc", "segment"),
+        ("/v1beta//interactions", "segment"),
+        ("/v1beta/interactions/abc//", "segment"),
+        ("/v1beta/a/../interactions", "segment"),
+        ("/v1beta/interactions/..", "segment"),
+        ("/v1beta/%2e%2e/x", "encoded"),
+        ("/v1beta/interactions%2Fabc", "encoded"),
+        ("/v1beta/interactions%5cabc", "encoded"),
+        ("/v1beta/interactions%25abc", "encoded"),
+        ("/v1beta\\interactions", "backslash"),
+    ],
+)
+def test_path_problem(raw_path: str, problem: str | None):
+    found = path_problem(raw_path)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+def test_method_override_reads_every_spelling():
+    query = MultiDict[str]()
+    for name in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"):
+        assert method_override(CIMultiDict({name: "GET"}), query) == "GET"
+    for name in ("$httpMethod", "httpMethod", "$HTTPMETHOD"):
+        assert method_override(CIMultiDict(), MultiDict({name: "DELETE"})) == "DELETE"
+    assert method_override(CIMultiDict({"X-Other": "GET"}), MultiDict({"method": "x"})) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "refused"),
+    [
+        ({}, {"fields": "id"}, True),
+        ({}, {"$fields": "id"}, True),
+        ({"x-goog-fieldmask": "id"}, {}, True),
+        ({}, {"alt": "proto"}, True),
+        ({}, {"$alt": "media"}, True),
+        ({}, {"callback": "f"}, True),
+        ({}, {"$ct": "application/x-protobuf"}, True),
+        ({}, {"alt": "sse"}, False),
+        ({}, {"$alt": "JSON"}, False),
+        ({}, {"prettyPrint": "false", "$.xgafv": "2"}, False),
+    ],
+)
+def test_masking_parameter(headers: dict[str, str], query: dict[str, str], refused: bool):
+    found = masking_parameter(CIMultiDict(headers), MultiDict(query))
+    assert (found is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"a": 1, "a": 2}', "twice"),
+        (b'{"a": {"b": 1, "b": 1}}', "twice"),
+        (b'[{"x": 1}, {"y": 1, "\\u0079": 2}]', "twice"),
+        (b"{", "not valid JSON"),
+        (b"\xff", "not valid JSON"),
+        (b"[" * 101 + b"]" * 101, "too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+    ],
+)
+def test_strict_json_refuses_what_it_cannot_check(body: bytes, why: str):
+    with pytest.raises(BodyRefused, match=why):
+        strict_json(body)
+
+
+def test_strict_json_reads_ordinary_bodies():
+    assert strict_json(b"") is None
+    assert strict_json(b'{"a": [1, {"b": 2}], "c": null}') == {"a": [1, {"b": 2}], "c": None}
+    assert strict_json(b"[" * 100 + b"]" * 100) is not None
+
+
+def test_previous_interaction_ids_in_every_spelling_and_place():
+    body = {"previous_interaction_id": "a", "previousInteractionId": "b"}
+    query = MultiDict([("previous_interaction_id", "c"), ("previousInteractionId", "d")])
+    assert previous_interaction_ids(body, query) == {"a", "b", "c", "d"}
+    assert previous_interaction_ids({"previous_interaction_id": None}, MultiDict()) == set()
+    with pytest.raises(BodyRefused):
+        previous_interaction_ids({"previousInteractionId": 3}, MultiDict())
+    with pytest.raises(BodyRefused):
+        previous_interaction_ids(None, MultiDict({"previous_interaction_id": ""}))
+    meta = request_meta(classify("POST", "/v1beta/interactions"), {"previousInteractionId": "b"})
+    assert meta.previous_interaction_id == "b"

@@ -60,8 +60,15 @@ async def catch_all_upstream(aiohttp_server: Any) -> tuple[Any, list[Received]]:
             await response.write_eof()
             return response
         status = int(request.headers.get("x-catchall-status", "200"))
+        headers = {}
+        if request.headers.get("x-goog-upload-protocol") == "resumable":
+            # A resumable upload's start leg: Google answers with the URL of its byte legs.
+            headers["x-goog-upload-url"] = f"{request.url.with_query(None)}?upload_id=u-1"
         return web.Response(
-            status=status, body=answer_for(request.path), content_type="application/json"
+            status=status,
+            body=answer_for(request.path),
+            content_type="application/json",
+            headers=headers,
         )
 
     app = web.Application(client_max_size=64 * 1024**2)
