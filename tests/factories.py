@@ -130,6 +130,8 @@ async def make_stack(
             "key_secret_file": tmp_path / "secret",
             "writer_flush_interval_seconds": 0.05,
             "upstream_read_timeout_seconds": 5.0,
+            # one journal per stack: never a previous test's records replayed
+            "journal_dir": tmp_path / f"journal-{len(stacks)}",
         }
         values.update(overrides)
         settings = Settings(**values)

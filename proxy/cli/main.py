@@ -107,26 +107,10 @@ def _ensure_schema(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..server.app import create_app
+    from ..server.run import serve
 
     settings = _settings(args, host=args.host, port=args.port, upstream=args.upstream)
-    app = create_app(settings)
-    log.info(
-        "Gemini Meter on http://%s:%d -> %s (%s, %s)",
-        settings.host,
-        settings.port,
-        settings.upstream,
-        settings.auth_mode.value,
-        "sqlite" if settings.is_sqlite else "postgresql",
-    )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log_class=AccessLogger,
-        print=None,
-        shutdown_timeout=30,
-    )
+    serve(settings, access_log_class=AccessLogger)
     return 0
 
 

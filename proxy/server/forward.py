@@ -34,7 +34,13 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ..errors import NotFound, RequestTooLarge, UpstreamTimeout, UpstreamUnavailable
+from ..errors import (
+    NotFound,
+    RequestTooLarge,
+    ServiceUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from ..metering.parsers import (
     ResponseSummary,
     parse_json,
@@ -49,6 +55,7 @@ from .auth import presented_key, swap_key
 from .routes import EMPTY_META, Action, RequestMeta, Route, classify, is_forwarded, request_meta
 from .typedefs import (
     authenticator_key,
+    journal_key,
     pumps_key,
     recorder_key,
     settings_key,
@@ -101,6 +108,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
+    _check_journal(request, call.route)
     upstream = await _open_upstream(request, call)
     call.ttfb = time.perf_counter() - call.started
     call.upstream_headers = upstream.headers
@@ -139,6 +147,15 @@ async def admit(request: web.Request, started: float) -> _Call:
     elif route.interaction_id is not None:
         call.owner = await auth.check_owner(route.interaction_id, principal)
     return call
+
+
+def _check_journal(request: web.Request, route: Route) -> None:
+    """Refuse a billable call before forwarding it when its record could not be kept."""
+    journal = request.app[journal_key]
+    if route.metered and journal is not None and not journal.admit():
+        raise ServiceUnavailable(
+            "Gemini Meter cannot record more calls right now (its journal is full); retry later."
+        )
 
 
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
@@ -317,26 +334,43 @@ async def _relay_stream(
     The pump runs as its own task, shielded from the handler: if the client
     goes away mid-stream (and the server cancels the handler) the upstream is
     still read to its end, within the read timeout, so the call is billed on
-    its final usage. The app's cleanup waits for pumps still running.
+    its final usage. A client that left before the reply even started is no
+    different: the pump still reads and bills it. The app's cleanup waits for
+    pumps still running (and cuts them after the shutdown grace period).
     """
     response = web.StreamResponse(
         status=upstream.status, headers=_response_headers(upstream, keep_length=True)
     )
+    call.streamed = True
     try:
         await response.prepare(request)
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        call.client_disconnected = True
     except BaseException:
-        upstream.release()
+        # Cancelled before the pump exists: bill what the upstream sends, detached.
+        call.client_disconnected = True
+        _start_pump(request, response, upstream, call, tap)
         raise
-    call.streamed = True
-    pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
-    pumps = request.app[pumps_key]
-    pumps.add(pump)
-    pump.add_done_callback(pumps.discard)
+    pump = _start_pump(request, response, upstream, call, tap)
     try:
         return await asyncio.shield(pump)
     except asyncio.CancelledError:
         call.client_disconnected = True
         raise
+
+
+def _start_pump(
+    request: web.Request,
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    call: _Call,
+    tap: StreamTap | None,
+) -> asyncio.Task[web.StreamResponse]:
+    pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
+    pumps = request.app[pumps_key]
+    pumps.add(pump)
+    pump.add_done_callback(pumps.discard)
+    return pump
 
 
 async def _pump(
@@ -348,6 +382,7 @@ async def _pump(
 ) -> web.StreamResponse:
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
     broken = False
+    cut = False
     try:
         async for chunk in upstream.content.iter_any():
             if tap is not None:
@@ -369,10 +404,15 @@ async def _pump(
     except (TimeoutError, *_UPSTREAM_FAILURES):
         broken = True
         log.warning("upstream stream broke off: %s %s", request.method, request.path)
+    except asyncio.CancelledError:
+        # Cut at shutdown after the grace period: record what was seen, then stop.
+        cut = True
     finally:
         upstream.release()
-    if tap is not None:
-        _finish(request, call, upstream.status, tap.finish())
+        if tap is not None:
+            _finish(request, call, upstream.status, _summary_of(tap))
+    if cut:
+        raise asyncio.CancelledError
     if broken or call.client_disconnected:
         # The client must not take a truncated body for a whole one.
         if request.transport is not None:
@@ -385,6 +425,32 @@ async def _pump(
     return response
 
 
+def _summary_of(tap: StreamTap) -> ResponseSummary:
+    try:
+        return tap.finish()
+    except Exception:
+        # A bug in a tap must not lose the record: it is kept, flagged.
+        log.exception("a stream tap failed; the call is recorded without its usage")
+        return ResponseSummary(parse_error=True)
+
+
+def billing(action: Action, status: int, streamed: bool, summary: ResponseSummary) -> bool | None:
+    """Whether a metered response is recorded: None (not now), False (a final
+    record) or True (a provisional one).
+
+    An interaction bills once, when a response first shows it no longer pending
+    (garbage included: it is recorded with parse_error); a whole response that
+    shows it pending bills nothing yet (a later poll will). A stream that ends
+    while the interaction is pending (cut, or resumed and cut again) leaves a
+    provisional record of the usage it carried, zero if none, which the terminal
+    usage seen later replaces. Everything else is a final record.
+    """
+    if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
+        if not usage_due(summary.status):
+            return True if streamed else None
+    return False
+
+
 def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSummary) -> None:
     """Decide whether this response is billable and hand its record on."""
     action = call.route.action
@@ -392,14 +458,10 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     assert principal is not None  # metered calls are always authenticated
     interaction_id = summary.interaction_id
     _register_owner(request, call, interaction_id, status)
-    if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
-        # An interaction bills once, when a response first shows it no longer pending
-        # (garbage included: it is recorded with parse_error); a stream that ends
-        # while pending bills the last usage it carried.
-        final = usage_due(summary.status) or (call.streamed and summary.usage is not None)
-        if not final:
-            return
-    elif status >= 400:
+    provisional = billing(action, status, call.streamed, summary)
+    if provisional is None:
+        return
+    if status >= 400:
         interaction_id = None
     headers = call.upstream_headers
     effective_tier = headers.get("x-gemini-service-tier") if headers is not None else None
@@ -421,8 +483,10 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
         labels=call.meta.labels or {},
         code_execution_calls=summary.code_execution_calls,
         code_execution_errors=summary.code_execution_errors,
-        parse_error=summary.parse_error and status < 400,
+        # a provisional record's usage was not due yet: none is not an error
+        parse_error=summary.parse_error and status < 400 and not provisional,
         client_disconnected=call.client_disconnected,
+        provisional=provisional,
     )
     if summary.usage is not None:
         record.usage = summary.usage
