@@ -164,6 +164,12 @@ class _JournalCollector(Collector):
             value=j.appended_total,
         )
         yield CounterMetricFamily(
+            "gemini_meter_journal_commits",
+            "Group commits of the journal: one write and one fsync for every record"
+            " appended meanwhile.",
+            value=j.commits_total,
+        )
+        yield CounterMetricFamily(
             "gemini_meter_journal_dropped",
             "Records dropped because the journal was full (the drop policy).",
             value=j.dropped_total,

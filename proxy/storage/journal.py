@@ -160,7 +160,8 @@ class Journal:
     """An append-only, group-committed, self-trimming journal of rows (see module doc).
 
     Counters for ``server.metrics``: ``held_bytes``, ``appended_total``,
-    ``dropped_total``, ``refused_total``, ``write_errors_total``, ``replayed``.
+    ``dropped_total``, ``refused_total``, ``write_errors_total``, ``commits_total``,
+    ``replayed``.
     """
 
     def __init__(
@@ -194,11 +195,14 @@ class Journal:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-journal")
         self._closed = False
         self._dropping = False
+        # the active segment holds only released rows: start a fresh one, so it can go
+        self._rotate_requested = False
 
         self.appended_total = 0
         self.dropped_total = 0
         self.refused_total = 0
         self.write_errors_total = 0
+        self.commits_total = 0  # group commits (one write and one fsync each)
         self.replayed = 0
 
     # ------------------------------------------------------------ state
@@ -349,13 +353,16 @@ class Journal:
         self._callbacks.append(on_durable)
         self._pending_bytes += len(frame)
         self.appended_total += 1
+        self._start_flusher()
+        return True
+
+    def _start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
             # Started now, it runs at the next loop iteration: every row appended
             # in this tick joins the same fsync.
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_loop(), name="gemini-meter journal"
             )
-        return True
 
     def release(self, tickets: Iterable[int]) -> None:
         """The rows with these tickets are committed: trim the segments they emptied."""
@@ -365,8 +372,14 @@ class Journal:
             if live is None:
                 continue
             self._live[ticket] = live - 1
-            if live == 1 and ticket != self._active:
-                emptied.append(ticket)
+            if live == 1:
+                if ticket != self._active:
+                    emptied.append(ticket)
+                elif not self._closed:
+                    # Everything in the active segment is committed: rotate it away, so
+                    # that an idle journal holds nothing (and a full one drains).
+                    self._rotate_requested = True
+                    self._start_flusher()
         for number in emptied:
             self._forget(number)
         if self._dropping and not self.full:
@@ -387,14 +400,15 @@ class Journal:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._pending:
+        while self._pending or self._rotate_requested:
             frames, callbacks = self._pending, self._callbacks
             self._pending, self._callbacks = [], []
+            rotate, self._rotate_requested = self._rotate_requested, False
             size = sum(map(len, frames))
             ticket: int | None
             try:
                 ticket, rotated = await loop.run_in_executor(
-                    self._executor, self._write, b"".join(frames)
+                    self._executor, self._write, b"".join(frames), rotate
                 )
             except OSError as exc:
                 # The disk failed: the rows are not durable, but they must still
@@ -410,8 +424,9 @@ class Journal:
                 self._pending_bytes -= size
             if ticket is not None:
                 self._sizes[ticket] = self._sizes.get(ticket, 0) + size
-                self._disk_bytes += size
                 self._live[ticket] = self._live.get(ticket, 0) + len(frames)
+                self._disk_bytes += size
+                self.commits_total += bool(frames)
             if rotated is not None and self._live.get(rotated) == 0:
                 self._forget(rotated)
             for callback in callbacks:
@@ -420,11 +435,14 @@ class Journal:
                 except Exception:
                     log.exception("journal callback failed")
 
-    def _write(self, data: bytes) -> tuple[int, int | None]:
-        """In the journal's thread: append, fsync; rotate first if the segment is full."""
+    def _write(self, data: bytes, rotate: bool) -> tuple[int, int | None]:
+        """In the journal's thread: append, fsync; rotate first if the segment is full
+        (or if asked to: every row in it is committed)."""
         rotated = None
-        if self._active_size >= self._segment_bytes:
+        if self._active_size > 0 and (rotate or self._active_size >= self._segment_bytes):
             rotated = self._rotate()
+        if not data:
+            return self._active, rotated
         assert self._fd is not None
         view = memoryview(data)
         while view:
