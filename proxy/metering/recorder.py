@@ -15,6 +15,7 @@ and replaces it in the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from functools import partial
@@ -46,10 +47,16 @@ class Recorder:
         """Remember who created an interaction, for ownership checks in any process."""
         self._writer.submit_owner(interaction_id, principal, model)
 
-    def finish(self, record: UsageRecord) -> None:
+    def finish(self, record: UsageRecord) -> asyncio.Future[None] | None:
+        """Price, count and hand on ``record``; never awaits.
+
+        Returns a future done once the record is journaled (or refused by a full
+        journal), for the handler to hold the response's last byte until then;
+        None when the record was skipped or there is no journal to wait for.
+        """
         iid = record.interaction_id
         if iid is not None and iid in self._billed:
-            return
+            return None
         try:
             record.cost = price(
                 self._catalog,
@@ -63,7 +70,7 @@ class Recorder:
             log.exception("pricing failed for model %r", record.model)
         self._metrics.observe(record)
         billed = None if iid is None or record.provisional else partial(self._billed_once, iid)
-        self._writer.submit(record, on_durable=billed)
+        return self._writer.submit(record, on_durable=billed)
 
     def _billed_once(self, interaction_id: str) -> None:
         self._billed[interaction_id] = None

@@ -311,7 +311,11 @@ async def _relay_whole(
     encoding = upstream.headers.get("content-encoding", "identity").lower()
     decoded = _Decoder(encoding)(body) if encoding != "identity" else body
     summary = _summarize(call, parse_json(decoded), upstream.status)
-    _finish(request, call, upstream.status, summary)
+    durable = _finish(request, call, upstream.status, summary)
+    if durable is not None:
+        # The answer goes out once its record is on disk (a group commit's fsync):
+        # a client never holds a response the meter could still lose.
+        await asyncio.shield(durable)
     return response
 
 
@@ -383,6 +387,7 @@ async def _pump(
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
     broken = False
     cut = False
+    durable: asyncio.Future[None] | None = None
     try:
         async for chunk in upstream.content.iter_any():
             if tap is not None:
@@ -410,7 +415,7 @@ async def _pump(
     finally:
         upstream.release()
         if tap is not None:
-            _finish(request, call, upstream.status, _summary_of(tap))
+            durable = _finish(request, call, upstream.status, _summary_of(tap))
     if cut:
         raise asyncio.CancelledError
     if broken or call.client_disconnected:
@@ -418,6 +423,8 @@ async def _pump(
         if request.transport is not None:
             request.transport.close()
         return response
+    if durable is not None:
+        await asyncio.shield(durable)  # the last byte only once the record is on disk
     try:
         await response.write_eof()
     except (ConnectionError, aiohttp.ClientConnectionResetError):
@@ -451,8 +458,11 @@ def billing(action: Action, status: int, streamed: bool, summary: ResponseSummar
     return False
 
 
-def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSummary) -> None:
-    """Decide whether this response is billable and hand its record on."""
+def _finish(
+    request: web.Request, call: _Call, status: int, summary: ResponseSummary
+) -> asyncio.Future[None] | None:
+    """Decide whether this response is billable and hand its record on; returns a
+    future done once the record is journaled (None when there is nothing to wait for)."""
     action = call.route.action
     principal = call.principal
     assert principal is not None  # metered calls are always authenticated
@@ -460,7 +470,7 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     _register_owner(request, call, interaction_id, status)
     provisional = billing(action, status, call.streamed, summary)
     if provisional is None:
-        return
+        return None
     if status >= 400:
         interaction_id = None
     headers = call.upstream_headers
@@ -490,7 +500,7 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     )
     if summary.usage is not None:
         record.usage = summary.usage
-    request.app[recorder_key].finish(record)
+    return request.app[recorder_key].finish(record)
 
 
 def _register_owner(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -147,12 +148,16 @@ class UsageWriter:
         """Rows accepted and not yet written (including the batch in flight)."""
         return len(self._queue) + len(self._batch)
 
-    def submit(self, record: UsageRecord, on_durable: Callable[[], None] | None = None) -> None:
+    def submit(
+        self, record: UsageRecord, on_durable: Callable[[], None] | None = None
+    ) -> asyncio.Future[None] | None:
         """Journal ``record`` and queue it for writing. Never awaits, never raises.
 
         ``on_durable()`` runs once the record is journaled (at once without a
-        journal); never if the journal refused it. The row is a snapshot taken
-        now: changing ``record`` afterwards has no effect on what is stored.
+        journal); never if the journal refused it. Returns a future done once
+        the record is journaled or refused (None without a journal). The row is a
+        snapshot taken now: changing ``record`` afterwards has no effect on what
+        is stored.
         """
         try:
             values = usage_values(record)
@@ -160,8 +165,8 @@ class UsageWriter:
             # A bug upstream of us must not fail the client's request.
             log.exception("could not convert a usage record; it is not recorded")
             self.failed_rows_total += 1
-            return
-        self._hand_over(True, values, on_durable)
+            return None
+        return self._hand_over(True, values, on_durable)
 
     def submit_owner(self, interaction_id: str, principal: Principal, model: str | None) -> None:
         """Queue "``principal`` owns ``interaction_id``". Never awaits, never raises."""
@@ -169,33 +174,37 @@ class UsageWriter:
 
     def _hand_over(
         self, is_usage: bool, values: dict[str, Any], on_durable: Callable[[], None] | None
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         journal = self._journal
         if journal is None:
             self._enqueue(is_usage, values, None)
             if on_durable is not None:
                 on_durable()
-            return
+            return None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def durable(ticket: int | None) -> None:
             self._enqueue(is_usage, values, ticket)
             if on_durable is not None:
                 on_durable()
+            if not done.done():
+                done.set_result(None)
 
         try:
-            journal.append(USAGE if is_usage else OWNER, values, durable)
+            if not journal.append(USAGE if is_usage else OWNER, values, durable):
+                done.set_result(None)  # refused (and counted): nothing to wait for
         except Exception:
             # A value the journal cannot encode is a bug; the row still goes on.
             log.exception("could not journal a row; it is written unjournaled")
             durable(None)
+        return done
 
     def replay(self, entries: Iterable[Entry]) -> None:
         """Queue rows the journal kept from a previous run (beyond ``queue_limit``:
         the journal's own size bounds them)."""
         for entry in entries:
-            self._queue.append(
-                _Row(time.monotonic(), entry.kind == USAGE, entry.values, entry.ticket)
-            )
+            # Overdue already: written at once, not after a flush interval.
+            self._queue.append(_Row(-math.inf, entry.kind == USAGE, entry.values, entry.ticket))
             self._accepted += 1
         self._wakeup.set()
 
