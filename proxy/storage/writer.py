@@ -92,7 +92,8 @@ class UsageWriter:
     - ``failed_batches_total``: failed write attempts, each retry counted;
     - ``failed_rows_total``: rows the database refused on their own, given up;
     - ``dropped_total``: rows refused because the queue was full or the writer
-      closed, or left unwritten when ``close`` timed out;
+      closed, or left unwritten and unjournaled when ``close`` timed out (a
+      journaled row so refused is written on the next start);
     - ``last_success``: ``time.monotonic()`` of the last successful write, or None.
     """
 
@@ -258,9 +259,11 @@ class UsageWriter:
     async def close(self, timeout: float | None = 30.0) -> None:
         """Write everything queued, then stop; later submits are dropped.
 
-        Rows submitted while closing are still written. If the database stays
-        unreachable for ``timeout`` seconds, what is left is logged, counted in
-        ``dropped_total`` and lost, so that shutdown cannot hang forever.
+        Rows submitted while closing (and rows still waiting for the journal's
+        fsync) are still written. If the database stays unreachable for
+        ``timeout`` seconds, shutdown goes on: journaled rows left unwritten stay
+        in the journal for the next start; unjournaled ones are logged, counted
+        in ``dropped_total`` and lost.
         """
         if self._closed:
             return
