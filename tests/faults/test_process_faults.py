@@ -5,6 +5,7 @@ process; the emulator runs in the test, so its ledger of what it served is at ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -143,6 +144,52 @@ async def test_sigterm_lets_slow_calls_and_streams_finish_and_records_them(
         _assert_each_once(await _stored_response_ids(database_url), [str(a) for a in answers])
         log = proxy.log.read_text()
         assert "draining 7 calls in flight" in log
+    finally:
+        proxy.kill()
+
+
+async def test_a_stream_still_running_after_the_grace_period_is_cut_and_recorded(
+    tmp_path: Path, aiohttp_server: Any
+):
+    upstream, proxy, database_url, key = await _setup(
+        tmp_path, aiohttp_server, shutdown_grace_seconds=0.5
+    )
+    await proxy.start()
+    try:
+        body = {"model": "gemini-3.5-flash", "input": "A slow story.", "stream": True}
+        async with aiohttp.ClientSession() as session:
+            call = asyncio.ensure_future(
+                session.post(
+                    proxy.url + "/v1beta/interactions",
+                    json=body,
+                    # far longer than the grace period between two events
+                    headers={"x-goog-api-key": key, "x-emulator-chunk-delay-ms": "5000"},
+                )
+            )
+
+            async def reached_upstream() -> bool:
+                return len(upstream.interactions) == 1
+
+            await eventually(reached_upstream, what="the stream reaching the upstream")
+            proxy.signal(signal.SIGTERM)
+            assert await proxy.wait() == 0
+            with contextlib.suppress(aiohttp.ClientError):
+                response = await call
+                with contextlib.suppress(aiohttp.ClientError):
+                    await response.read()
+                response.release()
+        [iid] = list(upstream.interactions)
+        engine = make_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                rows = (
+                    await connection.execute(select(UsageRow.interaction_id, UsageRow.provisional))
+                ).all()
+        finally:
+            await engine.dispose()
+        # cut, and recorded as provisional: the terminal usage seen later replaces it
+        assert [tuple(r) for r in rows] == [(iid, True)]
+        assert "cut 1 streams still running after the grace period" in proxy.log.read_text()
     finally:
         proxy.kill()
 
