@@ -9,6 +9,13 @@ requests per second of each, and the proxy's resident memory.
 
     python benchmarks/bench_proxy.py                    # prints a markdown table
     python benchmarks/bench_proxy.py --requests 2000 --write docs/benchmarks.md
+    python benchmarks/bench_proxy.py --journal          # journal on vs off, then SIGKILL
+
+``--journal`` runs two proxies side by side on the same emulator, one with the
+durable journal (the default) and one without, interleaving their runs; it
+reports the journal's cost in added p50/p99 latency, then SIGKILLs both right
+after a last burst, restarts them, and counts responses delivered against
+records stored.
 
 Machines are noisy: compare the two columns of one run, not runs with each other.
 """
@@ -139,7 +146,14 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     parser.add_argument("--write", type=Path, help="also write the markdown report here")
+    parser.add_argument(
+        "--journal", action="store_true", help="compare the journal on and off, then SIGKILL"
+    )
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (--journal)")
     args = parser.parse_args()
+    if args.journal:
+        await journal_main(args)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="gemini-meter-bench-"))
     env = {
@@ -254,6 +268,176 @@ def render(
         f"Calls sent through the proxy, warm-up included: {sent}; records stored by its"
         f" batching writer after a graceful stop: {recorded}.",
     ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- --journal
+
+
+@dataclass
+class Proxy:
+    name: str
+    env: dict[str, str]
+    port: int
+    key: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = start(["serve", "--port", str(self.port)], self.env)
+
+    def records(self) -> int:
+        stored = subprocess.run(
+            [sys.executable, "-m", "proxy.cli.main", "usage", "--format", "json"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return sum(int(r["requests"]) for r in json.loads(stored.stdout))
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+async def journal_main(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="gemini-meter-bench-journal-"))
+    emu_port = free_port()
+    base = {
+        **os.environ,
+        "GEMINI_METER_UPSTREAM_API_KEY": "bench-upstream-key",
+        "GEMINI_METER_UPSTREAM": f"http://127.0.0.1:{emu_port}",
+        "GEMINI_METER_LOG_LEVEL": "WARNING",
+    }
+    emulator = start(["emulate", "--port", str(emu_port)], base)
+    proxies = []
+    for name, enabled in (("journal off", "false"), ("journal on", "true")):
+        env = {
+            **base,
+            "GEMINI_METER_DATABASE_URL": f"sqlite+aiosqlite:///{work / name.replace(' ', '-')}.db",
+            "GEMINI_METER_KEY_SECRET_FILE": str(work / f"{name.replace(' ', '-')}.secret"),
+            "GEMINI_METER_JOURNAL_ENABLED": enabled,
+        }
+        created = subprocess.run(
+            [sys.executable, "-m", "proxy.cli.main", "keys", "create", "--user", "bench"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        proxies.append(Proxy(name, env, free_port(), created.stdout.strip().splitlines()[-1]))
+    rows: list[dict[str, float | int | str]] = []
+    delivered = {p.name: 0 for p in proxies}
+    try:
+        for proxy in proxies:
+            proxy.start()
+        await wait_ready(f"http://127.0.0.1:{emu_port}/healthz")
+        for proxy in proxies:
+            await wait_ready(f"http://127.0.0.1:{proxy.port}/healthz")
+        for stream in (False, True):
+            method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+            path = f"/v1beta/models/gemini-2.5-flash:{method}"
+            for concurrency in args.concurrency:
+                runs: dict[str, list[Result]] = {"direct": [], **{p.name: [] for p in proxies}}
+                for _ in range(args.reps):
+                    runs["direct"].append(
+                        await load(
+                            f"http://127.0.0.1:{emu_port}{path}",
+                            {"x-goog-api-key": "bench-upstream-key"},
+                            args.requests,
+                            concurrency,
+                            stream,
+                        )
+                    )
+                    for proxy in proxies:
+                        result = await load(
+                            f"http://127.0.0.1:{proxy.port}{path}",
+                            {"x-goog-api-key": proxy.key},
+                            args.requests,
+                            concurrency,
+                            stream,
+                        )
+                        runs[proxy.name].append(result)
+                        delivered[proxy.name] += len(result.latencies) - result.errors
+                        delivered[proxy.name] += concurrency  # the warm-up calls
+                row: dict[str, float | int | str] = {
+                    "scenario": "stream (SSE)" if stream else "plain",
+                    "concurrency": concurrency,
+                }
+                for name, results in runs.items():
+                    row[f"{name} p50"] = median([r.pct(50) for r in results])
+                    row[f"{name} p99"] = median([r.pct(99) for r in results])
+                rows.append(row)
+        # A last burst, then SIGKILL at once: what survives is what was journaled.
+        for proxy in proxies:
+            result = await load(
+                f"http://127.0.0.1:{proxy.port}/v1beta/models/gemini-2.5-flash:generateContent",
+                {"x-goog-api-key": proxy.key},
+                args.requests,
+                50,
+                False,
+            )
+            delivered[proxy.name] += len(result.latencies) - result.errors + 50
+            assert proxy.process is not None
+            proxy.process.kill()
+            proxy.process.wait()
+        # Restart (the journal is replayed), then stop gracefully.
+        for proxy in proxies:
+            proxy.start()
+        for proxy in proxies:
+            await wait_ready(f"http://127.0.0.1:{proxy.port}/healthz")
+    finally:
+        for process in [p.process for p in proxies] + [emulator]:
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+    stored = {p.name: p.records() for p in proxies}
+    report = render_journal(rows, args, delivered, stored)
+    print(report)
+    if args.write:
+        args.write.write_text(report + "\n")
+
+
+def render_journal(
+    rows: list[dict[str, float | int | str]],
+    args: argparse.Namespace,
+    delivered: dict[str, int],
+    stored: dict[str, int],
+) -> str:
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}; {args.requests} requests per scenario and target,"
+        f" {args.reps} interleaved repetitions (medians), closed loop, SQLite, emulator upstream"
+        " with no added latency, all on one machine.",
+        "",
+        f"Reproduce: `python benchmarks/bench_proxy.py --journal --requests {args.requests}"
+        f" --reps {args.reps}`",
+        "",
+        "| scenario | concurrency | direct p50 ms | added p50, journal off | added p50, journal on"
+        " | **journal's p50 cost** | direct p99 ms | added p99, journal off"
+        " | added p99, journal on | **journal's p99 cost** |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [str(r["scenario"]), str(r["concurrency"])]
+        for q in ("p50", "p99"):
+            direct = float(r[f"direct {q}"])
+            off = float(r[f"journal off {q}"]) - direct
+            on = float(r[f"journal on {q}"]) - direct
+            cells += [f"{direct:.2f}", f"{off:.2f}", f"{on:.2f}", f"**{on - off:+.2f}**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Then a last burst at concurrency 50, SIGKILL right after it, a restart and a"
+        " graceful stop:",
+        "",
+        "| proxy | responses delivered | records stored | lost |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in delivered:
+        lost = delivered[name] - stored[name]
+        lines.append(f"| {name} | {delivered[name]} | {stored[name]} | {lost} |")
     return "\n".join(lines)
 
 

@@ -33,6 +33,13 @@ class AuthMode(StrEnum):
     PASSTHROUGH = "passthrough"
 
 
+class JournalFullPolicy(StrEnum):
+    """What the proxy does when its journal reaches ``journal_max_bytes``."""
+
+    DROP = "drop"  # keep serving; records that do not fit are dropped and counted
+    REFUSE = "refuse"  # refuse new billable calls with 503 until the journal drains
+
+
 class InteractionSharing(StrEnum):
     OWNER = "owner"
     TEAM = "team"
@@ -93,6 +100,18 @@ class Settings(BaseSettings):
     writer_batch_size: int = Field(default=500, gt=0)
     writer_flush_interval_seconds: float = Field(default=0.2, gt=0)
     writer_queue_limit: int = Field(default=100_000, gt=0)
+
+    # The durable journal (storage.journal): every finished record is appended and
+    # fsync'd before the writer takes it, replayed on start, trimmed once committed.
+    journal_enabled: bool = True
+    # Unset: next to the SQLite file for the embedded default, else ./gemini-meter-journal.
+    # Each process takes the first free slot (an exclusive lock) beneath it.
+    journal_dir: Path | None = None
+    journal_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    journal_segment_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    journal_full_policy: JournalFullPolicy = JournalFullPolicy.REFUSE
+    # SIGTERM: stop accepting, let calls and streams in flight finish this long.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     price_catalog: Path | None = None
 
@@ -166,6 +185,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def journal_path(self) -> Path:
+        """The journal directory: the setting, or beside the embedded SQLite file."""
+        if self.journal_dir is not None:
+            return self.journal_dir
+        path = self.database_url.removeprefix("sqlite+aiosqlite:///").partition("?")[0]
+        if self.is_sqlite and path and path != ":memory:":
+            return Path(path + ".journal")
+        return Path("./gemini-meter-journal")
 
     def secret_bytes(self) -> bytes:
         """The HMAC secret; on the embedded default, made once and kept in a 0600 file."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -148,6 +149,50 @@ async def proxy_server() -> AsyncIterator[Callable[[web.Application], Awaitable[
         await server.close()
 
 
+async def start_stack(
+    aiohttp_server: Any,
+    tmp_path: Any,
+    database_url: str,
+    emulator_config: EmulatorConfig | None = None,
+    upstream: str | None = None,
+    wrap_upstream: Callable[[str], Awaitable[str]] | None = None,
+    serve_proxy: Callable[[web.Application], Awaitable[TestServer]] | None = None,
+    **overrides: Any,
+) -> Stack:
+    """An emulator and a proxy in front of it on ``database_url`` (already migrated),
+    with keys for ``USERS``. ``upstream`` replaces the emulator; ``wrap_upstream``
+    is given the emulator's URL and returns that of something put in between;
+    ``serve_proxy`` serves the proxy app (default: ``aiohttp_server``)."""
+    emulator = await aiohttp_server(
+        create_emulator_app(emulator_config or EmulatorConfig(background_seconds=0.3))
+    )
+    emulator_url = str(emulator.make_url("")).rstrip("/")
+    if wrap_upstream is not None:
+        upstream = await wrap_upstream(emulator_url)
+    values: dict[str, Any] = {
+        "upstream": upstream or emulator_url,
+        "upstream_api_key": SecretStr(UPSTREAM_KEY),
+        "database_url": database_url,
+        "key_secret": SecretStr("test-secret"),
+        "key_secret_file": tmp_path / "secret",
+        "writer_flush_interval_seconds": 0.05,
+        "upstream_read_timeout_seconds": 5.0,
+        # one journal per stack: never a previous test's records replayed
+        "journal_dir": tmp_path / f"journal-{uuid.uuid4().hex[:8]}",
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    app = create_app(settings, registry=CollectorRegistry())
+    proxy = await (serve_proxy or aiohttp_server)(app)
+    stack = Stack(proxy=proxy, emulator=emulator, settings=settings)
+    async with app[sessionmaker_key]() as session:
+        for user, team in USERS.items():
+            _, key = await accounts.create_key(session, settings.secret_bytes(), user, team)
+            stack.keys[user] = key
+        await session.commit()
+    return stack
+
+
 @pytest.fixture
 async def make_stack(
     migrated_url: str, tmp_path: Any, aiohttp_server: Any, proxy_server: Any
@@ -159,28 +204,15 @@ async def make_stack(
         upstream: str | None = None,
         **overrides: Any,
     ) -> Stack:
-        emulator = await aiohttp_server(
-            create_emulator_app(emulator_config or EmulatorConfig(background_seconds=0.3))
+        stack = await start_stack(
+            aiohttp_server,
+            tmp_path,
+            migrated_url,
+            emulator_config,
+            upstream,
+            serve_proxy=proxy_server,
+            **overrides,
         )
-        values: dict[str, Any] = {
-            "upstream": upstream or str(emulator.make_url("")).rstrip("/"),
-            "upstream_api_key": SecretStr(UPSTREAM_KEY),
-            "database_url": migrated_url,
-            "key_secret": SecretStr("test-secret"),
-            "key_secret_file": tmp_path / "secret",
-            "writer_flush_interval_seconds": 0.05,
-            "upstream_read_timeout_seconds": 5.0,
-        }
-        values.update(overrides)
-        settings = Settings(**values)
-        app = create_app(settings, registry=CollectorRegistry())
-        proxy = await proxy_server(app)
-        stack = Stack(proxy=proxy, emulator=emulator, settings=settings)
-        async with app[sessionmaker_key]() as session:
-            for user, team in USERS.items():
-                _, key = await accounts.create_key(session, settings.secret_bytes(), user, team)
-                stack.keys[user] = key
-            await session.commit()
         stacks.append(stack)
         return stack
 

@@ -7,8 +7,6 @@ without it.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 
 from aiohttp import web
@@ -38,28 +36,8 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..server.app import create_app, serve
+    from ..server.run import serve
 
     settings = _settings(args, host=args.host, port=args.port, upstream=args.upstream)
-    app = create_app(settings)
-    log.info(
-        "Gemini Meter on http://%s:%d -> %s (%s, %s)",
-        settings.host,
-        settings.port,
-        settings.upstream,
-        settings.auth_mode.value,
-        "sqlite" if settings.is_sqlite else "postgresql",
-    )
-    # ``serve``, not ``web.run_app``: its runner answers malformed requests in
-    # Gemini's error shape without echoing (or logging) the request line.
-    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(
-            serve(
-                app,
-                settings.host,
-                settings.port,
-                access_log_class=AccessLogger,
-                shutdown_timeout=30,
-            )
-        )
+    serve(settings, access_log_class=AccessLogger)
     return 0

@@ -2,14 +2,23 @@
 
 ``Recorder.finish`` is called by the proxy handler once per billable upstream
 response. It never awaits: pricing is a pure function, metrics are in-memory
-counters, and the writer's ``submit`` only queues. Budgets (reconciling the
-estimate reserved at admission) and the durable journal join here later.
+counters, and the writer's ``submit`` only appends to the journal's next group
+commit. Budgets (reconciling the estimate reserved at admission) join here later.
+
+An interaction is billed once: the recorder remembers the interactions whose
+terminal record is *journaled* (not merely handed over: a record the journal
+refused must not stop a later poll from billing it), and skips later responses
+for them. A provisional record (a stream cut before the interaction was
+terminal) never counts as billed, so the terminal one seen later goes through
+and replaces it in the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
+from functools import partial
 
 from ..pricing import Catalog, price
 from ..server.metrics import Metrics
@@ -38,14 +47,16 @@ class Recorder:
         """Remember who created an interaction, for ownership checks in any process."""
         self._writer.submit_owner(interaction_id, principal, model)
 
-    def finish(self, record: UsageRecord) -> None:
+    def finish(self, record: UsageRecord) -> asyncio.Future[None] | None:
+        """Price, count and hand on ``record``; never awaits.
+
+        Returns a future done once the record is journaled (or refused by a full
+        journal), for the handler to hold the response's last byte until then;
+        None when the record was skipped or there is no journal to wait for.
+        """
         iid = record.interaction_id
-        if iid is not None:
-            if iid in self._billed:
-                return
-            self._billed[iid] = None
-            if len(self._billed) > _SEEN_LIMIT:
-                self._billed.popitem(last=False)
+        if iid is not None and iid in self._billed:
+            return None
         try:
             # An unmetered route's zero tokens are not a zero cost: it stays unpriced.
             if not record.unmetered_route:
@@ -60,4 +71,10 @@ class Recorder:
             # A pricing bug must not lose the record: it is stored unpriced and counted.
             log.exception("pricing failed for model %r", record.model)
         self._metrics.observe(record)
-        self._writer.submit(record)
+        billed = None if iid is None or record.provisional else partial(self._billed_once, iid)
+        return self._writer.submit(record, on_durable=billed)
+
+    def _billed_once(self, interaction_id: str) -> None:
+        self._billed[interaction_id] = None
+        if len(self._billed) > _SEEN_LIMIT:
+            self._billed.popitem(last=False)

@@ -2,12 +2,14 @@
 
 ``create_app(settings)`` builds everything from the settings it is given and
 holds no state at import time. Each resource has one cleanup context (set up,
-``yield``, tear down), in dependency order: database, writer, upstream
-session, authenticator and recorder. On shutdown the writer flushes every
-queued record before the engine is disposed.
+``yield``, tear down), in dependency order: database, journal and writer,
+upstream session, authenticator and recorder. On start the journal's rows
+left by a previous run are handed to the writer again; on shutdown streams
+still being relayed finish, the writer flushes every queued record, then the
+journal is closed and the engine disposed.
 
-``ProxyRunner`` (used by ``serve`` and the tests) runs the app with one change
-to aiohttp's connection handler: requests aiohttp refuses before any handler
+``ProxyRunner`` (used by ``server.run.serve`` and the tests) runs the app with one
+change to aiohttp's connection handler: requests aiohttp refuses before any handler
 runs (a bad request line, oversized headers, conflicting lengths) are answered
 in Gemini's JSON error shape, and neither that answer nor the log repeats the
 request line, which may carry a ``?key=``.
@@ -21,7 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry, generate_latest
@@ -41,16 +42,20 @@ from ..errors import (
 from ..metering.recorder import Recorder
 from ..pricing.catalog import Catalog, load_catalog
 from ..settings import AuthMode, Settings
+from ..storage.journal import Journal, JournalBusy
 from ..storage.migrate import upgrade_async
 from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
 from .forward import proxy_handler
-from .metrics import build_metrics
+from .metrics import build_metrics, watch_journal
 from .typedefs import (
+    InFlight,
     authenticator_key,
     catalog_key,
     engine_key,
+    in_flight_key,
+    journal_key,
     keyless_uploads_key,
     metrics_key,
     pumps_key,
@@ -76,6 +81,17 @@ _HTTP_STATUS = {
     405: MethodNotAllowed,
     413: RequestTooLarge,
 }
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts the calls being handled, for a graceful shutdown to report and wait on."""
+    counter = request.app[in_flight_key]
+    counter.value += 1
+    try:
+        return await handler(request)
+    finally:
+        counter.value -= 1
 
 
 @web.middleware
@@ -185,30 +201,6 @@ class ProxyRunner(web.AppRunner):
         )
 
 
-async def serve(
-    app: web.Application,
-    host: str,
-    port: int,
-    *,
-    access_log_class: type[AbstractAccessLogger],
-    shutdown_timeout: float,
-) -> None:
-    """Run ``app`` on ``host:port`` until SIGINT/SIGTERM (``web.GracefulExit``)."""
-    runner = ProxyRunner(
-        app,
-        handle_signals=True,
-        access_log_class=access_log_class,
-        shutdown_timeout=shutdown_timeout,
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-        while True:
-            await asyncio.sleep(3600)
-    finally:
-        await runner.cleanup()
-
-
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     if settings.is_sqlite:
@@ -224,17 +216,36 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
+    journal = None
+    if settings.journal_enabled:
+        journal = Journal(
+            settings.journal_path(),
+            max_bytes=settings.journal_max_bytes,
+            segment_bytes=settings.journal_segment_bytes,
+            policy=settings.journal_full_policy,
+        )
+        try:
+            replay = await asyncio.to_thread(journal.open)
+        except JournalBusy as exc:
+            raise ConfigError(str(exc)) from exc
+        watch_journal(app[metrics_key], journal)
+    app[journal_key] = journal
     writer = UsageWriter(
         app[sessionmaker_key],
         batch_size=settings.writer_batch_size,
         flush_interval=settings.writer_flush_interval_seconds,
         queue_limit=settings.writer_queue_limit,
+        journal=journal,
     )
     app[metrics_key].writer_queue.set_function(lambda: writer.queued)
     await writer.start()
+    if journal is not None:
+        writer.replay(replay)
     app[writer_key] = writer
     yield
     await writer.close()
+    if journal is not None:
+        await journal.close()
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -265,11 +276,22 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[pumps_key] = set()
     app[keyless_uploads_key] = asyncio.Semaphore(settings.keyless_upload_limit)
     yield
-    # Streams still draining (their clients left) finish and hand their records to
-    # the writer before it flushes; bounded by the upstream read timeout.
+    # Streams still relayed or draining (their clients left) finish and hand their
+    # records to the writer before it flushes, within the shutdown grace period.
     pumps = app[pumps_key]
     if pumps:
-        await asyncio.wait(pumps, timeout=settings.upstream_read_timeout_seconds)
+        log.info(
+            "waiting up to %.0f s for %d streams to end",
+            settings.shutdown_grace_seconds,
+            len(pumps),
+        )
+        _, late = await asyncio.wait(pumps, timeout=settings.shutdown_grace_seconds)
+        # Past the grace period a stream is cut; its pump records the usage seen so far.
+        for pump in late:
+            pump.cancel()
+        if late:
+            log.warning("cut %d streams still running after the grace period", len(late))
+            await asyncio.wait(late)
     await app[authenticator_key].close(timeout=settings.owner_commit_timeout_seconds)
 
 
@@ -306,8 +328,10 @@ def create_app(
             "virtual_keys mode needs the upstream key: set GEMINI_METER_UPSTREAM_API_KEY"
         )
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_request_bytes
+        middlewares=[in_flight_middleware, error_middleware],
+        client_max_size=settings.max_request_bytes,
     )
+    app[in_flight_key] = InFlight()
     app[settings_key] = settings
     app[metrics_key] = build_metrics(registry or CollectorRegistry())
     app[catalog_key] = catalog or load_catalog(settings.price_catalog)

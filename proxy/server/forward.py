@@ -83,6 +83,7 @@ from .routes import (
 )
 from .typedefs import (
     authenticator_key,
+    journal_key,
     keyless_uploads_key,
     metrics_key,
     pumps_key,
@@ -138,6 +139,8 @@ class _Call:
     streamed: bool = False  # the response was relayed as a stream
     owner_registered: bool = False
     upstream_headers: CIMultiDictProxy[str] | None = None
+    # done once the record of an unmetered call is journaled (see Recorder.finish)
+    durable: asyncio.Future[None] | None = None
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -145,6 +148,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
+    _check_journal(request, call.route)
     if call.principal is not None:
         return await _forward(request, call)
     # A keyless upload leg holds an upstream connection for as long as its client
@@ -168,7 +172,7 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
     endpoint = route.endpoint
     if endpoint is None:
         if route.unmetered is not None:
-            _record_unmetered(request, call, upstream)
+            call.durable = _record_unmetered(request, call, upstream)
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
         return await _relay_stream(request, upstream, call, tap=stream_tap(endpoint, sse=True))
@@ -275,6 +279,16 @@ async def _remember_upload(
         raise ServiceUnavailable(
             "Gemini Meter could not record the upload session; retry shortly."
         ) from exc
+
+
+def _check_journal(request: web.Request, route: Route) -> None:
+    """Refuse a billable call before forwarding it when its record could not be kept."""
+    journal = request.app[journal_key]
+    recorded = route.metered or route.unmetered is not None
+    if recorded and journal is not None and not journal.admit():
+        raise ServiceUnavailable(
+            "Gemini Meter cannot record more calls right now (its journal is full); retry later."
+        )
 
 
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
@@ -461,7 +475,11 @@ async def _relay_whole(
     decoded = _Decoder(encoding)(body) if encoding != "identity" else body
     summary = _summarize(call, parse_json(decoded), upstream.status)
     await _register_owner(request, call, summary.interaction_id, upstream.status)
-    _finish(request, call, upstream.status, summary)
+    durable = _finish(request, call, upstream.status, summary)
+    if durable is not None:
+        # The answer goes out once its record is on disk (a group commit's fsync):
+        # a client never holds a response the meter could still lose.
+        await asyncio.shield(durable)
     return response
 
 
@@ -486,26 +504,43 @@ async def _relay_stream(
     The pump runs as its own task, shielded from the handler: if the client
     goes away mid-stream (and the server cancels the handler) the upstream is
     still read to its end, within the read timeout, so the call is billed on
-    its final usage. The app's cleanup waits for pumps still running.
+    its final usage. A client that left before the reply even started is no
+    different: the pump still reads and bills it. The app's cleanup waits for
+    pumps still running (and cuts them after the shutdown grace period).
     """
     response = web.StreamResponse(
         status=upstream.status, headers=_response_headers(upstream, keep_length=True)
     )
+    call.streamed = True
     try:
         await response.prepare(request)
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        call.client_disconnected = True
     except BaseException:
-        upstream.release()
+        # Cancelled before the pump exists: bill what the upstream sends, detached.
+        call.client_disconnected = True
+        _start_pump(request, response, upstream, call, tap)
         raise
-    call.streamed = True
-    pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
-    pumps = request.app[pumps_key]
-    pumps.add(pump)
-    pump.add_done_callback(pumps.discard)
+    pump = _start_pump(request, response, upstream, call, tap)
     try:
         return await asyncio.shield(pump)
     except asyncio.CancelledError:
         call.client_disconnected = True
         raise
+
+
+def _start_pump(
+    request: web.Request,
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    call: _Call,
+    tap: StreamTap | None,
+) -> asyncio.Task[web.StreamResponse]:
+    pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
+    pumps = request.app[pumps_key]
+    pumps.add(pump)
+    pump.add_done_callback(pumps.discard)
+    return pump
 
 
 async def _pump(
@@ -517,6 +552,7 @@ async def _pump(
 ) -> web.StreamResponse:
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
     broken = False
+    cut = False
     try:
         async for chunk in upstream.content.iter_any():
             if tap is not None:
@@ -539,17 +575,29 @@ async def _pump(
     except (TimeoutError, *_UPSTREAM_FAILURES):
         broken = True
         log.warning("upstream stream broke off: %s %s", request.method, request.path)
+    except asyncio.CancelledError:
+        # Cut at shutdown after the grace period: record what was seen, then stop.
+        cut = True
+    except Exception:
+        # A bug while relaying must not lose the record of what the upstream served.
+        broken = True
+        log.exception("relaying a stream failed: %s %s", request.method, request.path)
     finally:
         upstream.release()
+    durable = call.durable
     if tap is not None:
-        summary = tap.finish()
+        summary = _summary_of(tap)
         await _register_owner(request, call, summary.interaction_id, upstream.status)
-        _finish(request, call, upstream.status, summary)
+        durable = _finish(request, call, upstream.status, summary)
+    if cut:
+        raise asyncio.CancelledError
     if broken or call.client_disconnected:
         # The client must not take a truncated body for a whole one.
         if request.transport is not None:
             request.transport.close()
         return response
+    if durable is not None:
+        await asyncio.shield(durable)  # the last byte only once the record is on disk
     try:
         await response.write_eof()
     except (ConnectionError, aiohttp.ClientConnectionResetError):
@@ -557,20 +605,45 @@ async def _pump(
     return response
 
 
-def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSummary) -> None:
-    """Decide whether this response is billable and hand its record on."""
+def _summary_of(tap: StreamTap) -> ResponseSummary:
+    try:
+        return tap.finish()
+    except Exception:
+        # A bug in a tap must not lose the record: it is kept, flagged.
+        log.exception("a stream tap failed; the call is recorded without its usage")
+        return ResponseSummary(parse_error=True)
+
+
+def billing(action: Action, status: int, streamed: bool, summary: ResponseSummary) -> bool | None:
+    """Whether a metered response is recorded: None (not now), False (a final
+    record) or True (a provisional one).
+
+    An interaction bills once, when a response first shows it no longer pending
+    (garbage included: it is recorded with parse_error); a whole response that
+    shows it pending bills nothing yet (a later poll will). A stream that ends
+    while the interaction is pending (cut, or resumed and cut again) leaves a
+    provisional record of the usage it carried, zero if none, which the terminal
+    usage seen later replaces. Everything else is a final record.
+    """
+    if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
+        if not usage_due(summary.status):
+            return True if streamed else None
+    return False
+
+
+def _finish(
+    request: web.Request, call: _Call, status: int, summary: ResponseSummary
+) -> asyncio.Future[None] | None:
+    """Decide whether this response is billable and hand its record on; returns a
+    future done once the record is journaled (None when there is nothing to wait for)."""
     action = call.route.action
     principal = call.principal
     assert principal is not None  # metered calls are always authenticated
     interaction_id = summary.interaction_id
-    if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
-        # An interaction bills once, when a response first shows it no longer pending
-        # (garbage included: it is recorded with parse_error); a stream that ends
-        # while pending bills the last usage it carried.
-        final = usage_due(summary.status) or (call.streamed and summary.usage is not None)
-        if not final:
-            return
-    elif status >= 400:
+    provisional = billing(action, status, call.streamed, summary)
+    if provisional is None:
+        return None
+    if status >= 400:
         interaction_id = None
     headers = call.upstream_headers
     effective_tier = headers.get("x-gemini-service-tier") if headers is not None else None
@@ -592,16 +665,20 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
         labels=call.meta.labels or {},
         code_execution_calls=summary.code_execution_calls,
         code_execution_errors=summary.code_execution_errors,
-        parse_error=summary.parse_error and status < 400,
+        # a provisional record's usage was not due yet: none is not an error
+        parse_error=summary.parse_error and status < 400 and not provisional,
         client_disconnected=call.client_disconnected,
         estimated=summary.estimated,
+        provisional=provisional,
     )
     if summary.usage is not None:
         record.usage = summary.usage
-    request.app[recorder_key].finish(record)
+    return request.app[recorder_key].finish(record)
 
 
-def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.ClientResponse) -> None:
+def _record_unmetered(
+    request: web.Request, call: _Call, upstream: aiohttp.ClientResponse
+) -> asyncio.Future[None] | None:
     """Record a call on a billable route the meter cannot read: zero tokens, flagged.
 
     Recorded as soon as the upstream's status is known (so ``latency_seconds``
@@ -612,9 +689,9 @@ def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.Clien
     route = call.route
     assert route.unmetered is not None
     if call.principal is None:
-        return
+        return None
     content_type = upstream.headers.get("content-type", "")
-    request.app[recorder_key].finish(
+    return request.app[recorder_key].finish(
         UsageRecord(
             request_id=uuid.uuid4().hex,
             created_at=datetime.now(UTC),

@@ -6,15 +6,25 @@ categories, ``category`` one of the cost split's six parts, ``route`` the
 kind of a row of ``server.routes.UNMETERED_ROUTES``, ``reason`` one of
 ``unknown_upload`` and ``busy``. No user, key or model name is a label here;
 per-user figures come from the database.
+
+The journal's figures (``gemini_meter_journal_*``) are read from the
+``storage.journal.Journal`` at scrape time by ``watch_journal``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..metering.records import UsageRecord
+
+if TYPE_CHECKING:
+    from ..storage.journal import Journal
 
 TOKEN_TYPES = ("input", "cached", "intermediate", "output", "thinking")
 COST_CATEGORIES = ("input", "cached", "intermediate", "output", "thinking", "grounding")
@@ -33,9 +43,17 @@ class Metrics:
     unmetered: Counter
     owner_commit_fallbacks: Counter
     keyless_upload_refusals: Counter
+    provisional: Counter
 
     def observe(self, record: UsageRecord) -> None:
-        """Count one finished record; called by the recorder, never awaits."""
+        """Count one finished record; called by the recorder, never awaits.
+
+        A provisional record is counted apart: the terminal record that replaces
+        it brings the interaction's tokens and cost, which must not count twice.
+        """
+        if record.provisional:
+            self.provisional.inc()
+            return
         self.records.labels(record.endpoint.value, f"{record.upstream_status // 100}xx").inc()
         if record.unmetered_route:
             # Zero tokens, cost unknown: counted here, not as unpriced or in the latency
@@ -142,4 +160,66 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             ["reason"],
             registry=registry,
         ),
+        provisional=Counter(
+            "gemini_meter_provisional_records_total",
+            "Provisional records: interactions whose stream was cut before they were"
+            " terminal; their terminal record replaces them when it is seen.",
+            registry=registry,
+        ),
     )
+
+
+class _JournalCollector(Collector):
+    """The journal's plain counters as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def collect(self) -> Iterator[Metric]:
+        j = self._journal
+        yield GaugeMetricFamily(
+            "gemini_meter_journal_bytes",
+            "Bytes held by the durable journal: records not yet committed to the database.",
+            value=j.held_bytes,
+        )
+        yield GaugeMetricFamily(
+            "gemini_meter_journal_limit_bytes",
+            "The journal's size limit; past it records are dropped or new calls refused.",
+            value=j.max_bytes,
+        )
+        yield CounterMetricFamily(
+            "gemini_meter_journal_records",
+            "Records appended to the durable journal.",
+            value=j.appended_total,
+        )
+        yield CounterMetricFamily(
+            "gemini_meter_journal_commits",
+            "Group commits of the journal: one write and one fsync for every record"
+            " appended meanwhile.",
+            value=j.commits_total,
+        )
+        yield CounterMetricFamily(
+            "gemini_meter_journal_dropped",
+            "Records dropped because the journal was full (the drop policy).",
+            value=j.dropped_total,
+        )
+        yield CounterMetricFamily(
+            "gemini_meter_journal_refused_calls",
+            "Billable calls refused with 503 because the journal was full (the refuse policy).",
+            value=j.refused_total,
+        )
+        yield CounterMetricFamily(
+            "gemini_meter_journal_write_errors",
+            "Group commits the disk failed; their records went on to the database unjournaled.",
+            value=j.write_errors_total,
+        )
+        yield GaugeMetricFamily(
+            "gemini_meter_journal_replayed_records",
+            "Records found in the journal at start and handed to the writer again.",
+            value=j.replayed,
+        )
+
+
+def watch_journal(metrics: Metrics, journal: Journal) -> None:
+    """Expose ``journal``'s figures in ``metrics.registry``."""
+    metrics.registry.register(_JournalCollector(journal))

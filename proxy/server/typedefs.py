@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from ..metering.recorder import Recorder
     from ..pricing.catalog import Catalog
     from ..settings import Settings
+    from ..storage.journal import Journal
     from ..storage.writer import UsageWriter
     from .auth import Authenticator
     from .metrics import Metrics
@@ -30,3 +32,15 @@ recorder_key: web.AppKey[Recorder] = web.AppKey("recorder")
 pumps_key: web.AppKey[set[asyncio.Task[web.StreamResponse]]] = web.AppKey("pumps")
 # keyless resumable-upload legs in flight (``Settings.keyless_upload_limit``)
 keyless_uploads_key: web.AppKey[asyncio.Semaphore] = web.AppKey("keyless_uploads")
+# the durable journal, None when disabled by the settings
+journal_key: web.AppKey[Journal | None] = web.AppKey("journal")
+
+
+@dataclass(slots=True)
+class InFlight:
+    """How many calls the app is handling right now (for a graceful shutdown)."""
+
+    value: int = 0
+
+
+in_flight_key: web.AppKey[InFlight] = web.AppKey("in_flight")

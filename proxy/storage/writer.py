@@ -2,16 +2,21 @@
 
 ``metering.recorder`` calls ``UsageWriter.submit(record)`` (and ``server.forward`` calls
 ``submit_owner`` when an interaction is created). Both turn what they are given
-into a row, append it to an in-process queue and return: no await, no I/O. One
+into a row and return: no await, no I/O. With a ``storage.journal.Journal``
+(the default in the app), the row is appended to the journal first and joins
+the in-process queue once the journal has fsync'd it; the journal's ticket
+travels with the row, and the row is released from the journal once it is
+committed (or refused for its content), which lets the journal trim itself.
+Rows the journal replays on start are queued again with ``replay``. One
 background task drains the queue:
 
 - a batch is written when ``batch_size`` rows are queued, when the oldest queued
   row has waited ``flush_interval`` seconds, when ``flush()`` asks, and on
   ``close()``;
 - each batch is one transaction of bulk INSERTs (``writes.insert_usage_rows``,
-  ``insert_interaction_owners``), with ``ON CONFLICT DO NOTHING`` on the
-  interaction id, so a batch retried after an unclear failure is still recorded
-  once;
+  ``insert_interaction_owners``) that skip a row already stored (same
+  ``request_id`` or interaction id), so a batch retried after an unclear failure
+  (a COMMIT whose reply was lost) or replayed from the journal is stored once;
 - a failed batch is kept and retried with capped exponential backoff, for as
   long as it takes: a database outage delays records, it does not lose them;
 - every few failed attempts the batch is tried row by row, in case one row is
@@ -19,7 +24,9 @@ background task drains the queue:
   that way are logged and counted in ``failed_rows_total``; an error that is not
   about the row (connection, missing table) sends the rest back to retrying;
 - rows are dropped only when the queue already holds ``queue_limit`` rows,
-  counted in ``dropped_total`` and logged once per burst.
+  counted in ``dropped_total`` and logged once per burst; a journaled row
+  dropped so (or left unwritten when ``close`` gives up) stays in the journal
+  and is written on the next start.
 
 The counters (``queued``, ``written_total``, ``failed_batches_total``,
 ``failed_rows_total``, ``dropped_total``, ``last_success``) are plain
@@ -31,15 +38,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..metering.records import Principal, UsageRecord
+from .journal import OWNER, USAGE, Entry, Journal
 from .schema import utcnow
 from .writes import insert_interaction_owners, insert_usage_rows, owner_values, usage_values
 
@@ -52,6 +61,7 @@ class _Row(NamedTuple):
     enqueued_at: float  # time.monotonic() at submit
     is_usage: bool  # a usage_records row, else an interactions row
     values: dict[str, Any]
+    ticket: int | None = None  # the journal segment holding it, if journaled
 
 
 def _is_row_error(exc: BaseException) -> bool:
@@ -82,7 +92,8 @@ class UsageWriter:
     - ``failed_batches_total``: failed write attempts, each retry counted;
     - ``failed_rows_total``: rows the database refused on their own, given up;
     - ``dropped_total``: rows refused because the queue was full or the writer
-      closed, or left unwritten when ``close`` timed out;
+      closed, or left unwritten and unjournaled when ``close`` timed out (a
+      journaled row so refused is written on the next start);
     - ``last_success``: ``time.monotonic()`` of the last successful write, or None.
     """
 
@@ -96,6 +107,7 @@ class UsageWriter:
         retry_initial_seconds: float = 0.1,
         retry_max_seconds: float = 10.0,
         attempts_before_split: int = 3,
+        journal: Journal | None = None,
     ) -> None:
         if batch_size <= 0 or queue_limit <= 0 or attempts_before_split <= 0:
             raise ValueError("batch_size, queue_limit and attempts_before_split must be positive")
@@ -108,6 +120,7 @@ class UsageWriter:
         self._retry_initial = retry_initial_seconds
         self._retry_max = retry_max_seconds
         self._attempts_before_split = attempts_before_split
+        self._journal = journal
 
         self._queue: deque[_Row] = deque()
         # The batch being written: still counted as queued until it is done.
@@ -136,11 +149,16 @@ class UsageWriter:
         """Rows accepted and not yet written (including the batch in flight)."""
         return len(self._queue) + len(self._batch)
 
-    def submit(self, record: UsageRecord) -> None:
-        """Queue ``record`` for writing. Never awaits, never raises.
+    def submit(
+        self, record: UsageRecord, on_durable: Callable[[], None] | None = None
+    ) -> asyncio.Future[None] | None:
+        """Journal ``record`` and queue it for writing. Never awaits, never raises.
 
-        The row is a snapshot taken now: changing ``record`` afterwards has no
-        effect on what is stored.
+        ``on_durable()`` runs once the record is journaled (at once without a
+        journal); never if the journal refused it. Returns a future done once
+        the record is journaled or refused (None without a journal). The row is a
+        snapshot taken now: changing ``record`` afterwards has no effect on what
+        is stored.
         """
         try:
             values = usage_values(record)
@@ -148,27 +166,64 @@ class UsageWriter:
             # A bug upstream of us must not fail the client's request.
             log.exception("could not convert a usage record; it is not recorded")
             self.failed_rows_total += 1
-            return
-        self._enqueue(True, values)
+            return None
+        return self._hand_over(True, values, on_durable)
 
     def submit_owner(self, interaction_id: str, principal: Principal, model: str | None) -> None:
         """Queue "``principal`` owns ``interaction_id``". Never awaits, never raises."""
-        self._enqueue(False, owner_values(interaction_id, principal, model, utcnow()))
+        self._hand_over(False, owner_values(interaction_id, principal, model, utcnow()), None)
 
-    def _enqueue(self, is_usage: bool, values: dict[str, Any]) -> None:
+    def _hand_over(
+        self, is_usage: bool, values: dict[str, Any], on_durable: Callable[[], None] | None
+    ) -> asyncio.Future[None] | None:
+        journal = self._journal
+        if journal is None:
+            self._enqueue(is_usage, values, None)
+            if on_durable is not None:
+                on_durable()
+            return None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def durable(ticket: int | None) -> None:
+            self._enqueue(is_usage, values, ticket)
+            if on_durable is not None:
+                on_durable()
+            if not done.done():
+                done.set_result(None)
+
+        try:
+            if not journal.append(USAGE if is_usage else OWNER, values, durable):
+                done.set_result(None)  # refused (and counted): nothing to wait for
+        except Exception:
+            # A value the journal cannot encode is a bug; the row still goes on.
+            log.exception("could not journal a row; it is written unjournaled")
+            durable(None)
+        return done
+
+    def replay(self, entries: Iterable[Entry]) -> None:
+        """Queue rows the journal kept from a previous run (beyond ``queue_limit``:
+        the journal's own size bounds them)."""
+        for entry in entries:
+            # Overdue already: written at once, not after a flush interval.
+            self._queue.append(_Row(-math.inf, entry.kind == USAGE, entry.values, entry.ticket))
+            self._accepted += 1
+        self._wakeup.set()
+
+    def _enqueue(self, is_usage: bool, values: dict[str, Any], ticket: int | None) -> None:
         if self._closed or self.queued >= self._queue_limit:
             self.dropped_total += 1
             if self._burst_dropped == 0:
                 reason = "the writer is closed" if self._closed else "the queue is full"
                 log.error(
-                    "dropping usage rows: %s (%d queued, limit %d)",
+                    "dropping usage rows: %s (%d queued, limit %d)%s",
                     reason,
                     self.queued,
                     self._queue_limit,
+                    "; journaled rows are written on the next start" if self._journal else "",
                 )
             self._burst_dropped += 1
             return
-        self._queue.append(_Row(time.monotonic(), is_usage, values))
+        self._queue.append(_Row(time.monotonic(), is_usage, values, ticket))
         self._accepted += 1
         # Wake the loop only when it has something new to decide: the first row
         # (start the interval clock) or a full batch.
@@ -188,6 +243,9 @@ class UsageWriter:
 
     async def flush(self) -> None:
         """Wait until every row submitted before this call is written (or refused)."""
+        if self._journal is not None:
+            # Rows still waiting for their fsync join the queue first.
+            await self._journal.flush()
         target = self._accepted
         if self._done >= target:
             return
@@ -201,12 +259,16 @@ class UsageWriter:
     async def close(self, timeout: float | None = 30.0) -> None:
         """Write everything queued, then stop; later submits are dropped.
 
-        Rows submitted while closing are still written. If the database stays
-        unreachable for ``timeout`` seconds, what is left is logged, counted in
-        ``dropped_total`` and lost, so that shutdown cannot hang forever.
+        Rows submitted while closing (and rows still waiting for the journal's
+        fsync) are still written. If the database stays unreachable for
+        ``timeout`` seconds, shutdown goes on: journaled rows left unwritten stay
+        in the journal for the next start; unjournaled ones are logged, counted
+        in ``dropped_total`` and lost.
         """
         if self._closed:
             return
+        if self._journal is not None:
+            await self._journal.flush()
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -230,10 +292,21 @@ class UsageWriter:
             except Exception:
                 break  # a bug, logged by _on_task_done; count what is left below
         self._closed = True
-        lost = self.queued
+        left = [*self._batch, *self._queue]
+        kept = sum(1 for row in left if row.ticket is not None)
+        lost = len(left) - kept
+        if kept:
+            log.warning(
+                "usage writer closed with %d rows unwritten: the journal keeps them for the"
+                " next start",
+                kept,
+            )
         if lost:
             self.dropped_total += lost
-            log.error("usage writer closed with %d rows unwritten: they are lost", lost)
+            log.error(
+                "usage writer closed with %d rows unwritten and unjournaled: they are lost", lost
+            )
+        if left:
             self._queue.clear()
             self._batch = []
         self._fail_waiters(RuntimeError("UsageWriter closed"))
@@ -327,6 +400,7 @@ class UsageWriter:
                 delay = min(delay * 2, self._retry_max)
             else:
                 self.written_total += len(pending)
+                self._release(pending)
                 break
         self.last_success = time.monotonic()
         if failures:
@@ -348,7 +422,13 @@ class UsageWriter:
                 )
             else:
                 self.written_total += 1
+            self._release([row])
         return []
+
+    def _release(self, rows: Iterable[_Row]) -> None:
+        """Rows handled for good: the journal may forget them."""
+        if self._journal is not None:
+            self._journal.release(row.ticket for row in rows if row.ticket is not None)
 
     async def _insert(self, rows: Sequence[_Row]) -> None:
         usage = [row.values for row in rows if row.is_usage]

@@ -2,17 +2,27 @@
 
 ``storage.writer`` turns what it is handed into rows with ``usage_values`` and
 ``owner_values`` and writes a batch with ``insert_usage_rows`` /
-``insert_interaction_owners``; both skip what is already stored, so a batch
-retried after an unclear failure is still recorded once.
+``insert_interaction_owners``. Both are idempotent, so a batch retried after an
+unclear failure (a COMMIT whose reply was lost) or replayed from the journal
+is stored once:
+
+- a usage row is keyed by its ``request_id`` (unique) and, for an interaction,
+  by its ``interaction_id`` (unique: one row per interaction);
+- a row without an interaction is ``INSERT ... ON CONFLICT DO NOTHING`` with no
+  conflict target, which skips a conflict on any unique index (both dialects);
+- an interaction's row is an upsert on the interaction id that only ever
+  replaces a *provisional* row (the partial usage of a cut stream): by the
+  terminal record, or by a later provisional one that saw at least as many
+  tokens. A terminal row is never overwritten.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import Table, and_, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
@@ -118,12 +128,65 @@ def owner_values(
     }
 
 
+def _replaces(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether ``new`` supersedes ``old`` for the same interaction (the upsert's rule)."""
+    if not old["provisional"]:
+        return False
+    return not new["provisional"] or new["total_tokens"] >= old["total_tokens"]
+
+
+def collapse_interactions(
+    rows: Sequence[Mapping[str, Any]],
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """Split ``rows`` into those without an interaction and one row per interaction
+    (the one the upsert would keep), in order. PostgreSQL refuses an upsert that
+    touches one row twice in a statement, so a batch never holds two."""
+    plain: list[Mapping[str, Any]] = []
+    by_interaction: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        iid = row["interaction_id"]
+        if iid is None:
+            plain.append(row)
+        elif iid not in by_interaction or _replaces(row, by_interaction[iid]):
+            by_interaction[iid] = row
+    return plain, list(by_interaction.values())
+
+
+def _upsert_interaction_rows(session: AsyncSession, table: Table, names: Iterable[str]) -> Insert:
+    stmt = _insert(session, table)
+    new, old = stmt.excluded, table.c
+    updated = {name: new[name] for name in names}
+    return stmt.on_conflict_do_update(
+        index_elements=["interaction_id"],
+        set_=updated,
+        where=and_(
+            old.provisional,
+            or_(~new.provisional, new.total_tokens >= old.total_tokens),
+        ),
+    )
+
+
 async def insert_usage_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``usage_values`` rows in one statement; an interaction already recorded
-    (or recorded twice in ``rows``) is skipped, which makes retries safe."""
-    if rows:
-        stmt = insert_ignoring(session, table_of(UsageRow), "interaction_id")
-        await session.execute(stmt, list(rows))
+    """Insert ``usage_values`` rows, idempotently (see the module docstring)."""
+    if not rows:
+        return
+    table = table_of(UsageRow)
+    plain, interactions = collapse_interactions(rows)
+    if plain:
+        # No conflict target: skips a conflict on request_id and on any other unique index.
+        await session.execute(_insert(session, table).on_conflict_do_nothing(), plain)
+    if interactions:
+        stmt = _upsert_interaction_rows(session, table, interactions[0].keys())
+        await session.execute(stmt, interactions)
+
+
+def _insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
 
 
 async def insert_interaction_owners(

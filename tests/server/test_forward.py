@@ -365,12 +365,17 @@ async def _gated_upstream(aiohttp_server: Any, gate: asyncio.Event) -> Any:
 
     async def get(request: web.Request) -> web.Response:
         iid = request.match_info["id"]
+        if iid == "int-cut":
+            # the cut stream's interaction went on upstream and completed
+            done = {"id": iid, "status": "completed", "model": "gemini-3.5-flash", "usage": USAGE}
+            return web.json_response(done)
         return web.json_response({"id": iid, "status": "in_progress", "model": "gemini-3.5-flash"})
 
     app = web.Application()
     app.router.add_post("/v1beta/interactions", create)
     app.router.add_get("/v1beta/interactions/{id}", get)
     app.router.add_post("/v1alpha/interactions", cut)
+    app.router.add_get("/v1alpha/interactions/{id}", get)
     app.router.add_post("/v1/interactions", garbage)
     app.router.add_post("/v1beta/models/{model}:generateContent", generate)
     return await aiohttp_server(app)
@@ -498,6 +503,7 @@ async def test_readiness_fails_when_the_database_is_unreachable(aiohttp_server: 
         upstream_api_key=SecretStr(UPSTREAM_KEY),
         database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/gone",
         key_secret=SecretStr("test-secret"),
+        journal_dir=tmp_path / "journal",
     )
     server = await aiohttp_server(create_app(settings, registry=CollectorRegistry()))
     status, _, body = await raw("GET", str(server.make_url("/readyz")))
@@ -506,7 +512,7 @@ async def test_readiness_fails_when_the_database_is_unreachable(aiohttp_server: 
     assert status == 200
 
 
-async def test_a_stream_that_ends_without_completion_bills_its_last_usage(
+async def test_a_stream_cut_before_completion_is_provisional_until_the_terminal_usage(
     make_stack: StackFactory, aiohttp_server: Any
 ):
     upstream = await _gated_upstream(aiohttp_server, asyncio.Event())
@@ -517,8 +523,21 @@ async def test_a_stream_that_ends_without_completion_bills_its_last_usage(
     assert status == 200
     [record] = await stack.records()
     assert record["interaction_id"] == "int-cut"
-    # the last usage seen, not the sum of the two cumulative figures
+    # the last usage seen, not the sum of the two cumulative figures, and not final
     assert (record["input_tokens"], record["total_tokens"]) == (4, 5)
+    assert record["provisional"] is True
+    # a later GET sees the interaction completed: its usage replaces the partial one
+    status, _, _ = await raw(
+        "GET", stack.url("/v1alpha/interactions/int-cut"), headers=stack.headers()
+    )
+    assert status == 200
+    [record] = await stack.records()
+    assert (record["input_tokens"], record["thinking_tokens"], record["total_tokens"]) == (
+        10,
+        2,
+        17,
+    )
+    assert record["provisional"] is False
 
 
 async def test_a_keyless_upload_leg_is_never_lent_the_upstream_key(stack: Stack):
