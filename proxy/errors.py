@@ -9,6 +9,7 @@ itself uses that shape. The hierarchy::
     └── ProxyError                   answered to the client (code, status)
         ├── InvalidArgument          400 INVALID_ARGUMENT
         ├── Unauthenticated          401 UNAUTHENTICATED
+        ├── PermissionDenied         403 PERMISSION_DENIED
         ├── NotFound                 404 NOT_FOUND
         ├── MethodNotAllowed         405 INVALID_ARGUMENT
         ├── RequestTimeout           408 DEADLINE_EXCEEDED
@@ -58,6 +59,11 @@ class InvalidArgument(ProxyError):
 class Unauthenticated(ProxyError):
     code = 401
     status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ProxyError):
+    code = 403
+    status = "PERMISSION_DENIED"
 
 
 class NotFound(ProxyError):

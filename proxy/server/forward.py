@@ -46,6 +46,7 @@ from ..errors import (
     InvalidArgument,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     ProxyError,
     RequestTimeout,
     RequestTooLarge,
@@ -61,7 +62,7 @@ from ..metering.parsers import (
     summarize_interaction,
     usage_due,
 )
-from ..metering.records import Principal, UsageRecord
+from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
 from .auth import presented_key, swap_key
@@ -221,6 +222,11 @@ async def admit(request: web.Request, started: float) -> _Call:
         return _Call(route=route, principal=None, started=started)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
+    if _mints_unmetered_access(route, app[settings_key].auth_mode):
+        raise PermissionDenied(
+            "Gemini Meter does not mint ephemeral tokens: a Live API session opened with one "
+            "would spend the shared upstream key past the meter."
+        )
     if route.metered and (masking := masking_parameter(request.headers, request.query)):
         raise InvalidArgument(
             f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
@@ -279,6 +285,15 @@ async def _remember_upload(
         raise ServiceUnavailable(
             "Gemini Meter could not record the upload session; retry shortly."
         ) from exc
+
+
+def _mints_unmetered_access(route: Route, mode: AuthMode) -> bool:
+    """An ephemeral token would let its holder spend the upstream key at Google directly."""
+    return (
+        mode is AuthMode.VIRTUAL_KEYS
+        and route.unmetered is not None
+        and route.unmetered.kind is EndpointKind.AUTH_TOKEN_CREATE
+    )
 
 
 def _check_journal(request: web.Request, route: Route) -> None:

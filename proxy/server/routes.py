@@ -169,8 +169,9 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
         "POST",
         rf"^/upload/{_VERSION}/fileSearchStores/{_ID}:uploadToFileSearchStore$",
     ),
-    # Free itself, but the token opens a Live API session billed to the upstream key
-    # directly at Google, past this proxy: the record says who minted it.
+    # Free itself, but the token opens a Live API session at Google directly, past this
+    # proxy: refused in virtual_keys mode (it would spend the upstream key unmetered);
+    # in passthrough mode the client's own key pays and the record says who minted it.
     _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens$"),
     # The OpenAI-compatible surface.
     _unmetered(

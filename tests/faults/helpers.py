@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
 from proxy.emulator import EmulatorState
 
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"

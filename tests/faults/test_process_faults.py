@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from proxy.emulator import EmulatorState, create_emulator_app, emulator_state_key
 from sqlalchemy import select
 
+from proxy.emulator import EmulatorState, create_emulator_app, emulator_state_key
 from proxy.storage.schema import UsageRow, make_engine
 from tests.faults.helpers import (
     GENERATE,

@@ -151,7 +151,6 @@ FAMILIES = [
         "file_search.import",
         None,
     ),
-    ("POST", "/v1alpha/auth_tokens", {"uses": 1}, "auth_token.create", None),
     (
         "POST",
         "/v1beta/openai/chat/completions",
@@ -184,7 +183,44 @@ FAMILIES = [
 
 
 def test_every_row_of_the_table_has_a_family_here():
-    assert {row.kind.value for row in UNMETERED_ROUTES} == {f[3] for f in FAMILIES}
+    # auth_tokens has tests of its own below: refused with virtual keys
+    families = {f[3] for f in FAMILIES} | {"auth_token.create"}
+    assert {row.kind.value for row in UNMETERED_ROUTES} == families
+
+
+async def test_ephemeral_tokens_are_refused_with_virtual_keys(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    # A token minted with the shared upstream key would open a Live session at Google
+    # that never passes the proxy: nothing of it may reach the upstream.
+    stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
+    status, _, answer = await raw(
+        "POST", stack.url("/v1alpha/auth_tokens"), headers=stack.headers("bob"), json={"uses": 1}
+    )
+    assert status == 403
+    assert json.loads(answer)["error"]["status"] == "PERMISSION_DENIED"
+    assert received == []
+    assert await stack.records() == []
+
+
+async def test_ephemeral_tokens_pass_and_are_recorded_in_passthrough_mode(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    # In passthrough mode the client's own Google key mints (and pays for) the token.
+    upstream, received = await catch_all_upstream(aiohttp_server)
+    stack = await make_stack(
+        upstream=str(upstream.make_url("")).rstrip("/"), auth_mode="passthrough"
+    )
+    status, _, _ = await raw(
+        "POST",
+        stack.url("/v1alpha/auth_tokens"),
+        headers={"x-goog-api-key": "AIza-client-own-key"},
+        json={"uses": 1},
+    )
+    assert status == 200
+    assert [r.headers["x-goog-api-key"] for r in received] == ["AIza-client-own-key"]
+    [record] = await stack.records()
+    assert (record["endpoint"], record["unmetered_route"]) == ("auth_token.create", True)
 
 
 @pytest.mark.parametrize(
