@@ -46,6 +46,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
     event,
     false,
 )
@@ -263,6 +264,9 @@ class ApiKey(Base):
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Coarse (updated at most once a minute per key, off the request path).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Interaction(Base):
@@ -355,6 +359,57 @@ class UploadSession(Base):
     key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class BudgetRow(Base):
+    """A spending cap on a scope over a window (see ``proxy.budgets``)."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (Index("ix_budgets_scope", "scope_kind", "scope_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # "user" | "team" | "key" | "global"; scope_name is the user or team name, the key
+    # id as text, or None for global
+    scope_kind: Mapped[str] = mapped_column(Text)
+    scope_name: Mapped[str | None] = mapped_column(Text)
+    # exactly one of the two limits is set
+    limit_usd: Mapped[Decimal | None] = mapped_column(Money)
+    limit_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # a token category ("input", "cached", "intermediate", "output", "thinking") or None
+    category: Mapped[str | None] = mapped_column(Text)
+    # "daily" | "weekly" | "monthly" | "total", aligned to the calendar in ``timezone``
+    window: Mapped[str] = mapped_column(Text)
+    timezone: Mapped[str] = mapped_column(Text)
+    # fractions of the limit as decimal strings, ascending, e.g. ["0.5", "0.8", "1"]
+    thresholds: Mapped[list[str]] = mapped_column(_JSON)
+    mode: Mapped[str] = mapped_column(Text)  # "alert" | "enforce"
+    # the webhook URL sealed under the server secret (it may itself be a secret)
+    webhook_sealed: Mapped[str | None] = mapped_column(Text)
+    webhook_format: Mapped[str] = mapped_column(Text)  # "json" | "slack"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BudgetAlert(Base):
+    """The alert outbox: one row per (budget, window, threshold), written before sending."""
+
+    __tablename__ = "budget_alerts"
+    __table_args__ = (
+        UniqueConstraint("budget_id", "window_start", "threshold", name="uq_budget_alerts_once"),
+        Index("ix_budget_alerts_sent_at", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    threshold: Mapped[str] = mapped_column(Text)  # the fraction, as in BudgetRow.thresholds
+    spend: Mapped[str] = mapped_column(Text)  # exact decimal string (USD or tokens)
+    payload: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 # How long an SQLite connection waits for another writer's lock before failing.
