@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from multidict import CIMultiDict
 
 from proxy.server.auth import PresentedKey, _TTLCache, presented_key, swap_key
 from proxy.server.forward import _upstream_url
-from proxy.server.keys import fingerprint, hash_key, new_key
+from proxy.server.keys import fingerprint, hash_key, new_key, seal, unseal
 
 
 def test_key_from_header_query_or_bearer():
@@ -61,3 +62,17 @@ def test_ttl_cache_expires_and_evicts():
     assert cache.get("b") == (False, None)
     assert cache.get("a") == (True, 1)
     assert cache.get("c") == (True, 3)
+
+
+def test_sealed_values_read_back_only_with_the_same_secret():
+    url = "https://hooks.example.test/services/T000/B000/secret-part"
+    sealed = seal(b"secret-one", url)
+    assert "secret-part" not in sealed and url not in sealed
+    assert unseal(b"secret-one", sealed) == url
+    # fresh nonce each time: equal plaintexts do not show as equal
+    assert seal(b"secret-one", url) != sealed
+    with pytest.raises(ValueError, match="not readable"):
+        unseal(b"secret-two", sealed)
+    tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
+    with pytest.raises(ValueError, match="not readable"):
+        unseal(b"secret-one", tampered)
