@@ -71,6 +71,7 @@ __all__ = [
     "reached_thresholds",
     "slack_text",
     "webhook_body",
+    "windows_to_check",
 ]
 
 log = logging.getLogger("gemini_meter.alerts")
@@ -105,6 +106,9 @@ _LABELS = {
     "grounding": "Grounding (search)",
 }
 _TOP_MODELS = 3
+# How long after a window ends it is still evaluated: records of its last moments may be
+# written late (the writer's batching, a journal replayed after a crash).
+LATE_GRACE = timedelta(hours=1)
 _PERCENT = Decimal(100)
 
 
@@ -346,8 +350,14 @@ def slack_text(payload: Mapping[str, Any]) -> str:
     if window["end"] is None:
         parts.append("The window is the whole history (total): it never resets.")
     else:
-        end = datetime.fromisoformat(window["end"]).astimezone(ZoneInfo(window["zone"]))
-        parts.append(f"Resets {end.isoformat(timespec='minutes')}.")
+        end = datetime.fromisoformat(window["end"])
+        local = end.astimezone(ZoneInfo(window["zone"])).isoformat(timespec="minutes")
+        evaluated = payload.get("evaluated_at")
+        if evaluated is not None and datetime.fromisoformat(evaluated) >= end:
+            # Found after the reset (records written late): say which window it was.
+            parts.append(f"The window ended {local}.")
+        else:
+            parts.append(f"Resets {local}.")
     return " ".join(parts)
 
 
@@ -448,13 +458,40 @@ async def budget_spend(
     return Spend(total=total, categories=categories, models=models)
 
 
+def windows_to_check(
+    window: Window, zone: ZoneInfo, at: datetime, grace: timedelta = LATE_GRACE
+) -> list[tuple[datetime, datetime | None]]:
+    """The windows an evaluation at ``at`` looks at: the current one, and the previous
+    one for ``grace`` after it ended.
+
+    Spend that crossed a threshold in the last seconds of a window (between two
+    evaluations, or while no proxy ran, or in records written late from the journal)
+    still alerts once, after the reset; the payload then says when the window ended.
+    """
+    current = window_bounds(window, zone, at)
+    if window is Window.TOTAL:
+        return [current]
+    start = current[0]
+    previous = window_bounds(window, zone, start - timedelta(microseconds=1))
+    return [current, previous] if at - start < grace else [current]
+
+
 async def evaluate_budget(session: AsyncSession, budget: Budget, at: datetime) -> list[int]:
     """Insert the outbox rows of the thresholds ``budget`` has reached at ``at``.
 
-    Returns the ids of the rows this call inserted (none for thresholds already in the
-    outbox for this window, whoever inserted them). The caller commits.
+    Looks at the windows of ``windows_to_check``. Returns the ids of the rows this call
+    inserted (none for thresholds already in the outbox for their window, whoever
+    inserted them). The caller commits.
     """
-    start, end = window_bounds(budget.window, ZoneInfo(budget.timezone), at)
+    inserted: list[int] = []
+    for start, end in windows_to_check(budget.window, ZoneInfo(budget.timezone), at):
+        inserted += await _evaluate_window(session, budget, start, end, at)
+    return inserted
+
+
+async def _evaluate_window(
+    session: AsyncSession, budget: Budget, start: datetime, end: datetime | None, at: datetime
+) -> list[int]:
     already = set(
         (
             await session.scalars(

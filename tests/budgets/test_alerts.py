@@ -29,7 +29,12 @@ from proxy.budgets.alerts import AlertDelivery, AlertEvaluator
 from proxy.metering.records import Cost, Principal, Usage, UsageRecord
 from proxy.server.app import create_app
 from proxy.server.keys import seal
-from proxy.server.typedefs import alert_delivery_key, alert_evaluator_key, metrics_key
+from proxy.server.typedefs import (
+    alert_delivery_key,
+    alert_evaluator_key,
+    metrics_key,
+    sessionmaker_key,
+)
 from proxy.settings import Settings
 from proxy.storage import accounts
 from proxy.storage.schema import BudgetAlert, BudgetRow
@@ -328,6 +333,43 @@ async def test_a_new_window_in_a_non_utc_zone_alerts_again(
     assert "Resets 2026-11-12T00:00+09:00." in second["text"]
 
 
+async def test_spend_of_a_windows_last_moments_alerts_after_the_reset(
+    sessionmaker: async_sessionmaker[AsyncSession], make_record: Callable[..., UsageRecord]
+) -> None:
+    """A record at 23:59:59 in Tokyo, first evaluated 30 s after midnight there."""
+    async with sessionmaker.begin() as session:
+        alice = await _principal(session, "alice", "research")
+    await _add_budget(
+        sessionmaker,
+        scope_kind="user",
+        scope_name="alice",
+        limit_usd=Decimal("1"),
+        window="daily",
+        timezone="Asia/Tokyo",
+        thresholds=["0.8"],
+    )
+    await _insert(
+        sessionmaker,
+        [
+            make_record(
+                alice,
+                created_at=datetime(2026, 11, 10, 14, 59, 59, tzinfo=UTC),
+                cost=_cost(output="0.90"),
+            )
+        ],
+    )
+    evaluator = AlertEvaluator(
+        sessionmaker, clock=lambda: datetime(2026, 11, 10, 15, 0, 30, tzinfo=UTC)
+    )
+    assert len(await evaluator.evaluate()) == 1
+    [alert] = await _alerts(sessionmaker)
+    assert alert.window_start == datetime(2026, 11, 9, 15, tzinfo=UTC)
+    assert alert.payload["text"].endswith(
+        "$0.90 of $1.00 (90%) — crossed 80%. Top models: gemini-2.5-flash 100%. Output tokens"
+        " made 100% of the spend. The window ended 2026-11-11T00:00+09:00."
+    )
+
+
 async def test_provisional_records_and_key_scope_count(
     sessionmaker: async_sessionmaker[AsyncSession], make_record: Callable[..., UsageRecord]
 ) -> None:
@@ -561,3 +603,50 @@ async def test_alerts_disabled_starts_no_tasks(
     )
     await proxy_server(app)
     assert alert_evaluator_key not in app and alert_delivery_key not in app
+
+
+async def test_a_call_through_the_proxy_alerts_without_waiting_for_the_interval(
+    make_stack: Any, receiver: Receiver
+) -> None:
+    """End to end: the SDK's code-execution interaction through the proxy, a token budget
+    on team research, an evaluation interval of an hour. The records the writer commits
+    bring the evaluation forward; the alert names the model and the intermediate share
+    of the tokens the upstream reported."""
+    stack = await make_stack(alert_interval_seconds=3600)
+    sessionmaker = stack.app[sessionmaker_key]
+    budget_id = await _add_budget(
+        sessionmaker,
+        webhook=receiver.url,
+        limit_usd=None,
+        limit_tokens=100,
+        window="daily",
+        timezone="America/New_York",
+        thresholds=["1"],
+    )
+    model = "gemini-3.5-flash"
+    interaction = await stack.sdk("alice").aio.interactions.create(
+        model=model,
+        input="What is the sum of the first 50 prime numbers? Generate and run code for the"
+        " calculation, and make sure you get all 50.",
+        tools=[{"type": "code_execution"}],
+    )
+    usage = interaction.usage
+    assert usage is not None and usage.total_tokens and usage.total_tool_use_tokens
+
+    await _wait_for(lambda: len(receiver.accepted) == 1, "the alert")
+    [body] = receiver.accepted
+    assert (body["budget_id"], body["scope"], body["unit"]) == (
+        budget_id,
+        "team:research",
+        "tokens",
+    )
+    assert body["spend"] == str(usage.total_tokens)
+    assert body["top_models"] == [{"model": model, "spend": str(usage.total_tokens), "share": "1"}]
+    share = (Decimal(usage.total_tool_use_tokens) / usage.total_tokens).quantize(Decimal("0.0001"))
+    intermediate = {c["category"]: c for c in body["categories"]}["intermediate"]
+    assert intermediate == {
+        "category": "intermediate",
+        "spend": str(usage.total_tool_use_tokens),
+        "share": format(share.normalize(), "f"),
+    }
+    assert stack.app[alert_evaluator_key].evaluations_total >= 2  # the start, and the nudge

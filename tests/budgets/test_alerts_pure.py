@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -20,6 +21,7 @@ from proxy.budgets.alerts import (
     reached_thresholds,
     slack_text,
     webhook_body,
+    windows_to_check,
 )
 from proxy.budgets.windows import TOTAL_START, Window
 
@@ -181,3 +183,28 @@ def test_usd_below_a_cent_keeps_its_digits() -> None:
     assert payload["text"].startswith(
         "Budget #3 (team:research, daily, UTC): $0.000015 of $0.000020 (75%) — crossed 50%."
     )
+
+
+def test_previous_window_is_checked_for_an_hour_after_it_ended() -> None:
+    tokyo = ZoneInfo("Asia/Tokyo")
+    nov10 = (datetime(2026, 11, 9, 15, tzinfo=UTC), datetime(2026, 11, 10, 15, tzinfo=UTC))
+    nov11 = (datetime(2026, 11, 10, 15, tzinfo=UTC), datetime(2026, 11, 11, 15, tzinfo=UTC))
+    # 00:30 on Nov 11 in Tokyo: Nov 11, and Nov 10 whose last records may be late.
+    at = datetime(2026, 11, 10, 15, 30, tzinfo=UTC)
+    assert windows_to_check(Window.DAILY, tokyo, at) == [nov11, nov10]
+    # 01:00 on Nov 11: Nov 10 is left alone.
+    assert windows_to_check(Window.DAILY, tokyo, datetime(2026, 11, 10, 16, tzinfo=UTC)) == [nov11]
+    assert windows_to_check(Window.TOTAL, tokyo, at) == [(TOTAL_START, None)]
+
+
+def test_an_alert_found_after_the_reset_says_when_the_window_ended() -> None:
+    spend = Spend(total=Decimal("9"), categories={}, models={})
+    payload = build_payload(
+        _budget(window=Window.DAILY, timezone="Asia/Tokyo"),
+        threshold="0.8",
+        spend=spend,
+        window_start=datetime(2026, 11, 9, 15, tzinfo=UTC),
+        window_end=datetime(2026, 11, 10, 15, tzinfo=UTC),
+        at=datetime(2026, 11, 10, 15, 0, 30, tzinfo=UTC),
+    )
+    assert payload["text"].endswith("(90%) — crossed 80%. The window ended 2026-11-11T00:00+09:00.")
