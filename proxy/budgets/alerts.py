@@ -874,15 +874,16 @@ class AlertDelivery:
         self._task = asyncio.create_task(self._run(), name="gemini-meter alert delivery")
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Finish the attempt in progress (up to ``timeout``, default the POST timeout),
-        give back the rows claimed and not attempted, and stop."""
+        """Finish the attempt in progress (up to ``timeout``, default the POST's timeout
+        and a margin to mark the row), give back the rows claimed and not attempted, and
+        stop. An attempt cut short keeps its lease: the row is sent again after it."""
         task, self._task = self._task, None
         self._stopping = True
         self._wakeup.set()
         if task is not None:
             try:
                 await asyncio.wait_for(
-                    asyncio.shield(task), self._timeout if timeout is None else timeout
+                    asyncio.shield(task), self._timeout + 5 if timeout is None else timeout
                 )
             except TimeoutError:
                 task.cancel()
