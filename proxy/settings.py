@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     # SIGTERM: stop accepting, let calls and streams in flight finish this long.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # Budget alerts (budgets.alerts), evaluated from the database off the request path:
+    # every alert_interval_seconds (sooner once new records are written), delivered to
+    # the budget's webhook with this timeout, retried with backoff capped at
+    # alert_retry_max_seconds for as long as it takes.
+    alerts_enabled: bool = True
+    alert_interval_seconds: float = Field(default=10.0, gt=0)
+    alert_webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    alert_retry_max_seconds: float = Field(default=300.0, gt=0)
+
     price_catalog: Path | None = None
 
     @classmethod

@@ -3,10 +3,11 @@
 ``create_app(settings)`` builds everything from the settings it is given and
 holds no state at import time. Each resource has one cleanup context (set up,
 ``yield``, tear down), in dependency order: database, journal and writer,
-upstream session, authenticator and recorder. On start the journal's rows
-left by a previous run are handed to the writer again; on shutdown streams
-still being relayed finish, the writer flushes every queued record, then the
-journal is closed and the engine disposed.
+upstream session, authenticator and recorder, then budget alerts (the evaluator
+and delivery worker of ``budgets.alerts``, unless ``alerts_enabled`` is off,
+stopped first). On start the journal's rows left by a previous run are handed
+to the writer again; on shutdown streams still being relayed finish, the writer
+flushes every queued record, then the journal is closed and the engine disposed.
 
 ``ProxyRunner`` (used by ``server.run.serve`` and the tests) runs the app with one
 change to aiohttp's connection handler: requests aiohttp refuses before any handler
@@ -30,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from ..budgets.alerts import AlertDelivery, AlertEvaluator
 from ..errors import (
     ConfigError,
     InvalidArgument,
@@ -51,6 +53,8 @@ from .forward import proxy_handler
 from .metrics import build_metrics, watch_journal
 from .typedefs import (
     InFlight,
+    alert_delivery_key,
+    alert_evaluator_key,
     authenticator_key,
     catalog_key,
     engine_key,
@@ -295,6 +299,40 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[authenticator_key].close(timeout=settings.owner_commit_timeout_seconds)
 
 
+async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Budget alerts: the evaluator and the delivery worker, in the background."""
+    settings = app[settings_key]
+    if not settings.alerts_enabled:
+        yield
+        return
+    metrics = app[metrics_key]
+    writer = app[writer_key]
+    delivery = AlertDelivery(
+        app[sessionmaker_key],
+        settings.secret_bytes(),
+        timeout=settings.alert_webhook_timeout_seconds,
+        retry_max=settings.alert_retry_max_seconds,
+        poll=settings.alert_interval_seconds,
+        on_sent=metrics.alerts_sent.inc,
+        on_failed=metrics.alerts_failed.inc,
+    )
+    evaluator = AlertEvaluator(
+        app[sessionmaker_key],
+        interval=settings.alert_interval_seconds,
+        # Records committed by this process bring the next evaluation forward: read
+        # in memory, so the request path is not involved.
+        changes=lambda: writer.written_total,
+        on_alerts=delivery.wake,
+    )
+    app[alert_delivery_key] = delivery
+    app[alert_evaluator_key] = evaluator
+    delivery.start()
+    evaluator.start()
+    yield
+    await evaluator.stop()
+    await delivery.stop()
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the process answers."""
     return web.json_response({"status": "ok"})
@@ -336,6 +374,7 @@ def create_app(
     app[metrics_key] = build_metrics(registry or CollectorRegistry())
     app[catalog_key] = catalog or load_catalog(settings.price_catalog)
     app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _services_ctx])
+    app.cleanup_ctx.append(_alerts_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -44,6 +44,8 @@ class Metrics:
     owner_commit_fallbacks: Counter
     keyless_upload_refusals: Counter
     provisional: Counter
+    alerts_sent: Counter
+    alerts_failed: Counter
 
     def observe(self, record: UsageRecord) -> None:
         """Count one finished record; called by the recorder, never awaits.
@@ -164,6 +166,17 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             "gemini_meter_provisional_records_total",
             "Provisional records: interactions whose stream was cut before they were"
             " terminal; their terminal record replaces them when it is seen.",
+            registry=registry,
+        ),
+        alerts_sent=Counter(
+            "gemini_meter_alerts_sent_total",
+            "Budget alerts delivered: accepted by their webhook, or logged for a budget"
+            " without one.",
+            registry=registry,
+        ),
+        alerts_failed=Counter(
+            "gemini_meter_alerts_failed_total",
+            "Budget alert delivery attempts that failed; each is retried with backoff.",
             registry=registry,
         ),
     )

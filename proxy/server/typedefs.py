@@ -11,6 +11,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 if TYPE_CHECKING:
+    from ..budgets.alerts import AlertDelivery, AlertEvaluator
     from ..metering.recorder import Recorder
     from ..pricing.catalog import Catalog
     from ..settings import Settings
@@ -44,3 +45,7 @@ class InFlight:
 
 
 in_flight_key: web.AppKey[InFlight] = web.AppKey("in_flight")
+
+# budget alerts' background tasks, absent when GEMINI_METER_ALERTS_ENABLED is false
+alert_evaluator_key: web.AppKey[AlertEvaluator] = web.AppKey("alert_evaluator")
+alert_delivery_key: web.AppKey[AlertDelivery] = web.AppKey("alert_delivery")
