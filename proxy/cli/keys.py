@@ -73,7 +73,10 @@ def register(subparsers: Subparsers) -> None:
         "line of stdout.",
     )
     p.add_argument("--user", required=True, help="the user the key belongs to")
-    p.add_argument("--team", help="the team calls with the key are billed to")
+    p.add_argument(
+        "--team",
+        help="the team calls with the key are billed to (default: the user's home team)",
+    )
     p.add_argument(
         "--expires",
         type=expiry,
