@@ -144,20 +144,18 @@ class Settings(BaseSettings):
     def _upstream_is_safe(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("upstream must be an http(s) URL with a host")
+            raise ValueError("must be an http(s) URL with a host")
         if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ValueError("upstream must use https unless it is a loopback address")
+            raise ValueError("must use https unless it is a loopback address")
         if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("upstream must not carry credentials, a query or a fragment")
+            raise ValueError("must not carry credentials, a query or a fragment")
         return value.rstrip("/")
 
     @field_validator("database_url")
     @classmethod
     def _database_is_async(cls, value: str) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError(
-                "database_url must be sqlite+aiosqlite://... or postgresql+asyncpg://..."
-            )
+            raise ValueError("must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://...")
         path = value.removeprefix("sqlite+aiosqlite:///").partition("?")[0]
         if value.startswith("sqlite") and path and path != ":memory:":
             # SQLite creates the file but not its directory; say so now, not at the
@@ -177,7 +175,7 @@ class Settings(BaseSettings):
     def _production_needs_a_secret(self) -> Settings:
         if self.key_secret is None and not self.is_sqlite:
             raise ValueError(
-                "key_secret (GEMINI_METER_KEY_SECRET) is required with a shared database: "
+                "GEMINI_METER_KEY_SECRET is required with a shared database: "
                 "every proxy process must hash keys alike"
             )
         return self
@@ -186,8 +184,9 @@ class Settings(BaseSettings):
     def _keyless_uploads_leave_room(self) -> Settings:
         if self.keyless_upload_limit >= self.upstream_pool_size:
             raise ValueError(
-                "keyless_upload_limit must be smaller than upstream_pool_size, or keyless "
-                "upload legs could take every upstream connection"
+                "keyless_upload_limit (GEMINI_METER_KEYLESS_UPLOAD_LIMIT) must be smaller than "
+                "upstream_pool_size (GEMINI_METER_UPSTREAM_POOL_SIZE), or keyless upload legs "
+                "could take every upstream connection"
             )
         return self
 

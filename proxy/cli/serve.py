@@ -1,43 +1,90 @@
 """``gemini-meter serve``: run the proxy with aiohttp's runner until interrupted.
 
-The server package is imported only when this command runs, so the other commands start
-without it.
+The server package (and aiohttp) is imported only when this command runs, so the other
+commands start without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
+from ..errors import ConfigError
+from .common import (
+    DEFAULT_UPSTREAM,
+    OFFLINE_HINT,
+    Subparsers,
+    _settings,
+    command,
+    database_flag,
+)
 
-from .common import _settings
+if TYPE_CHECKING:
+    from aiohttp.abc import AbstractAccessLogger
 
 log = logging.getLogger("gemini_meter")
 
 
-class AccessLogger(AbstractAccessLogger):
-    """Method, path, status and time: never the query string, which may carry a key."""
+def register(subparsers: Subparsers) -> None:
+    p = command(
+        subparsers,
+        "serve",
+        cmd_serve,
+        help="run the proxy",
+        description="Run the proxy until interrupted (SIGTERM drains calls in flight). "
+        "Clients keep their SDK and change only the base URL; each call is forwarded "
+        "with the upstream key (GEMINI_METER_UPSTREAM_API_KEY) and metered.\n\n"
+        f"No Google key yet? {OFFLINE_HINT[0].upper()}{OFFLINE_HINT[1:]}.",
+    )
+    p.add_argument(
+        "--host", help="address to listen on (env GEMINI_METER_HOST; default: 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port", type=int, help="port to listen on (env GEMINI_METER_PORT; default: 8080)"
+    )
+    p.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="Gemini API base URL; http only on loopback, e.g. the emulator's "
+        f"(env GEMINI_METER_UPSTREAM; default: {DEFAULT_UPSTREAM})",
+    )
+    database_flag(p)
 
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            '%s "%s %s" %s %.1fms',
-            request.remote,
-            request.method,
-            request.path,
-            response.status,
-            time * 1000,
-        )
 
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+def access_logger() -> type[AbstractAccessLogger]:
+    """The access log: method, path, status and time, never the query (it may hold a key)."""
+    from aiohttp import web
+    from aiohttp.abc import AbstractAccessLogger
+
+    class AccessLogger(AbstractAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            self.logger.info(
+                '%s "%s %s" %s %.1fms',
+                request.remote,
+                request.method,
+                request.path,
+                response.status,
+                time * 1000,
+            )
+
+        @property
+        def enabled(self) -> bool:
+            return self.logger.isEnabledFor(logging.INFO)
+
+    return AccessLogger
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..server.run import serve
+    from ..settings import AuthMode
 
     settings = _settings(args, host=args.host, port=args.port, upstream=args.upstream)
-    serve(settings, access_log_class=AccessLogger)
+    if settings.auth_mode is AuthMode.VIRTUAL_KEYS and settings.upstream_api_key is None:
+        raise ConfigError(
+            "serve needs the Gemini API key to forward calls with: set "
+            "GEMINI_METER_UPSTREAM_API_KEY (or upstream_api_key in the --config file); "
+            + OFFLINE_HINT
+        )
+    serve(settings, access_log_class=access_logger())
     return 0

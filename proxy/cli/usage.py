@@ -1,20 +1,132 @@
-"""``gemini-meter usage``: tokens and cost per user, team, model or day, as a report."""
+"""``gemini-meter usage``: tokens and cost per user, team, key, model, endpoint, day or
+label, as a report.
+
+The table shows a few columns by default (the categories that add up to the total, and
+the cost); JSON and CSV carry every measure unless ``--columns`` narrows them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from ..settings import Settings
-from ..storage import reports
-from .common import _ensure_schema, _settings, _with_session
-from .format import render
+from .common import Subparsers, _ensure_schema, _settings, _with_session, command, database_flag
+from .format import FORMATS, render
 
-# The report's columns: the token categories, then the cost and its split.
-REPORT_COLUMNS = ("requests", *reports.TOKEN_COLUMNS, *reports.COST_COLUMNS)
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+# The same names as ``storage.reports`` (the tests hold the two equal); spelled out
+# here so parsing the command line does not load the database layer.
+GROUP_KEYS = ("user", "team", "key", "model", "endpoint", "day")
+LABEL_PREFIX = "label:"
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "cached_tokens",
+    "intermediate_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "total_tokens",
+)
+COST_COLUMNS = (
+    "cost_usd",
+    "cost_input_usd",
+    "cost_cached_usd",
+    "cost_intermediate_usd",
+    "cost_output_usd",
+    "cost_thinking_usd",
+    "cost_grounding_usd",
+)
+# Every measure a report row has, in the order JSON and CSV show them.
+REPORT_COLUMNS = ("requests", *TOKEN_COLUMNS, *COST_COLUMNS)
+COLUMNS = (*REPORT_COLUMNS, "unpriced_requests")
+# The table's default: cached tokens are part of input, so the categories shown add
+# up to total_tokens; the cost split is one `--columns` away.
+TABLE_COLUMNS = (
+    "requests",
+    "input_tokens",
+    "intermediate_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "total_tokens",
+    "cost_usd",
+)
+
+
+def _when(value: str) -> datetime:
+    """An ISO date or date-time; naive values are UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def group_key(value: str) -> str:
+    """``--group-by``: one of ``GROUP_KEYS`` or ``label:NAME``."""
+    if value in GROUP_KEYS or (value.startswith(LABEL_PREFIX) and len(value) > len(LABEL_PREFIX)):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"cannot group by {value!r}; choose from {', '.join(GROUP_KEYS)} or label:NAME"
+    )
+
+
+def columns(value: str) -> list[str]:
+    """``--columns``: comma-separated measures, or ``all``."""
+    if value.strip() == "all":
+        return list(COLUMNS)
+    chosen = [c.strip() for c in value.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in COLUMNS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown column {', '.join(map(repr, unknown)) or repr(value)}; "
+            f"choose from {', '.join(COLUMNS)}"
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def register(subparsers: Subparsers) -> None:
+    p = command(
+        subparsers,
+        "usage",
+        cmd_usage,
+        help="usage and cost report",
+        description="Token and cost totals per group over the stored records.\n\n"
+        "examples:\n"
+        "  gemini-meter usage --group-by team model --since 2026-11-01\n"
+        "  gemini-meter usage --group-by label:project --columns requests,cost_usd\n"
+        "  gemini-meter usage --user alice --group-by day --format json\n\n"
+        f"columns: {', '.join(COLUMNS)}",
+    )
+    p.add_argument("--user", help="only this user's records")
+    p.add_argument("--team", help="only the records billed to this team")
+    p.add_argument("--model", help="only this model's records")
+    p.add_argument("--since", type=_when, help="ISO date or time, inclusive (UTC if naive)")
+    p.add_argument("--until", type=_when, help="ISO date or time, exclusive (UTC if naive)")
+    p.add_argument(
+        "--group-by",
+        nargs="+",
+        type=group_key,
+        metavar="KEY",
+        help=f"one or more of {', '.join(GROUP_KEYS)}, label:NAME (a request label's value); "
+        "key is the key id, day the UTC date (default: user)",
+    )
+    p.add_argument(
+        "--columns",
+        type=columns,
+        metavar="A,B,...",
+        help="the measures to show, comma-separated, or `all` (default: "
+        f"{', '.join(TABLE_COLUMNS)} for the table, all for json and csv)",
+    )
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    database_flag(p)
 
 
 def usage_rows(settings: Settings, args: argparse.Namespace) -> list[dict[str, object]]:
+    from ..storage import reports
+
     group_by = tuple(args.group_by or ("user",))
     rows: list[dict[str, object]] = asyncio.run(
         _with_session(
@@ -35,9 +147,10 @@ def usage_rows(settings: Settings, args: argparse.Namespace) -> list[dict[str, o
 
 def cmd_usage(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _ensure_schema(settings)
+    _ensure_schema(settings, create=False)
     group_by = list(dict.fromkeys(args.group_by or ["user"]))
     args.group_by = group_by
     rows = usage_rows(settings, args)
-    print(render(rows, [*group_by, *REPORT_COLUMNS], args.format))
+    shown = args.columns or (TABLE_COLUMNS if args.format == "table" else REPORT_COLUMNS)
+    print(render(rows, [*group_by, *shown], args.format))
     return 0

@@ -333,6 +333,32 @@ async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     await delivery.stop()
 
 
+# How often keys' last use is written: at most once a minute per key, in one statement.
+KEY_USE_FLUSH_SECONDS = 60.0
+
+
+async def _key_use_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Write keys' last use in the background, and once more at shutdown."""
+    authenticator = app[authenticator_key]
+
+    async def flush() -> None:
+        try:
+            await authenticator.flush_key_use()
+        except Exception as exc:  # kept for the next round; never fatal
+            log.warning("key last-use not written (%s)", type(exc).__name__)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(KEY_USE_FLUSH_SECONDS)
+            await flush()
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await flush()
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the process answers."""
     return web.json_response({"status": "ok"})
@@ -374,7 +400,7 @@ def create_app(
     app[metrics_key] = build_metrics(registry or CollectorRegistry())
     app[catalog_key] = catalog or load_catalog(settings.price_catalog)
     app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _services_ctx])
-    app.cleanup_ctx.append(_alerts_ctx)
+    app.cleanup_ctx.extend([_key_use_ctx, _alerts_ctx])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

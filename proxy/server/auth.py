@@ -11,7 +11,12 @@ Two modes (``Settings.auth_mode``):
 
 Lookups are cached in memory for ``key_cache_ttl_seconds`` so the hot path does
 not query the database on every call; concurrent misses for one key share one
-query. Revocation therefore takes effect within the TTL.
+query. Revocation therefore takes effect within the TTL; expiry exactly, since
+a key's cache entry never outlives its ``expires_at``.
+
+Each call notes its key's use in memory (``note_use``); ``flush_key_use``,
+run once a minute by a background task in ``server.app`` and at shutdown,
+writes the last use of every key seen since, in one statement.
 
 Interaction ownership is resolved here too: behind one shared upstream key
 every user could read, continue, cancel or delete anyone's interaction by id,
@@ -32,7 +37,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from multidict import CIMultiDict
@@ -121,7 +126,21 @@ def swap_key(headers: Mapping[str, str], upstream_key: str) -> CIMultiDict[str]:
     return out
 
 
-Loader = Callable[[AsyncSession], Awaitable[Principal | None]]
+# A loader answers who a key is, and until when the answer holds (None: no limit).
+Loader = Callable[[AsyncSession], Awaitable[tuple[Principal | None, datetime | None]]]
+
+
+async def _virtual_key(
+    session: AsyncSession, key_hash: str
+) -> tuple[Principal | None, datetime | None]:
+    found = await accounts.active_key(session, key_hash)
+    return (None, None) if found is None else (found.principal, found.expires_at)
+
+
+async def _passthrough_user(
+    session: AsyncSession, name: str
+) -> tuple[Principal | None, datetime | None]:
+    return await accounts.principal_for_user(session, name), None
 
 
 def _settle_commit(task: asyncio.Task[None]) -> None:
@@ -150,6 +169,8 @@ class Authenticator:
         self._uploads: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
         self._commits: set[asyncio.Task[None]] = set()
+        # key id -> when it was last used, since the last flush_key_use
+        self._used: dict[int, datetime] = {}
 
     @property
     def mode(self) -> AuthMode:
@@ -163,15 +184,14 @@ class Authenticator:
             )
         if self._settings.auth_mode is AuthMode.VIRTUAL_KEYS:
             key_hash = hash_key(self._secret, key.value)
-            principal = await self._cached(
-                key_hash, lambda s: accounts.principal_for_key_hash(s, key_hash)
-            )
+            principal = await self._cached(key_hash, lambda s: _virtual_key(s, key_hash))
             if principal is None:
                 raise Unauthenticated("API key not valid. Please pass a valid Gemini Meter key.")
+            self.note_use(principal)
             return principal
         fp = fingerprint(self._secret, key.value)
         name = self._settings.passthrough_aliases.get(fp, fp)
-        principal = await self._cached(fp, lambda s: accounts.principal_for_user(s, name))
+        principal = await self._cached(fp, lambda s: _passthrough_user(s, name))
         assert principal is not None  # get-or-create never misses
         return principal
 
@@ -186,7 +206,7 @@ class Authenticator:
         self._inflight[cache_key] = future
         try:
             async with self._sessionmaker() as session:
-                principal = await load(session)
+                principal, valid_until = await load(session)
                 await session.commit()
         except BaseException as exc:
             future.set_exception(exc)
@@ -196,10 +216,36 @@ class Authenticator:
         else:
             future.set_result(principal)
             ttl = self._ttl if principal is not None else min(self._ttl, _NEGATIVE_TTL_SECONDS)
+            if valid_until is not None:
+                # Never cache a key past its expiry.
+                ttl = max(0.0, min(ttl, (valid_until - datetime.now(UTC)).total_seconds()))
             self._principals.put(cache_key, principal, ttl)
             return principal
         finally:
             del self._inflight[cache_key]
+
+    def note_use(self, principal: Principal) -> None:
+        """Remember that ``principal``'s key was used now; a dict write, no I/O."""
+        if principal.key_id is not None:
+            self._used[principal.key_id] = datetime.now(UTC)
+
+    async def flush_key_use(self) -> int:
+        """Write the keys used since the last flush (``api_keys.last_used_at``).
+
+        Runs in the background, never on a call's path. On failure the notes are
+        kept (newer ones win) for the next flush. Returns how many keys were written.
+        """
+        used, self._used = self._used, {}
+        if not used:
+            return 0
+        try:
+            async with self._sessionmaker.begin() as session:
+                await accounts.record_key_use(session, used)
+        except Exception:
+            for key_id, at in used.items():
+                self._used.setdefault(key_id, at)
+            raise
+        return len(used)
 
     def remember_owner(self, interaction_id: str, principal: Principal) -> None:
         """Called when this process sees an interaction created: later checks need no query."""

@@ -7,8 +7,10 @@ transaction and the caller decides when it ends::
     async with sessionmaker.begin() as session:      # commits on success
         info, key = await create_key(session, secret, "alice", "ml")
 
-The CLI creates, lists and revokes keys here; ``server.auth`` resolves keys and
-interaction owners here on a cache miss only.
+The CLI creates, lists, renames and moves users and teams here, and creates, lists
+and revokes keys; ``server.auth`` resolves keys and interaction owners here on a
+cache miss only, and writes keys' last use here in the background
+(``record_key_use``), never on a request's path.
 
 Users and teams are made with INSERT ... ON CONFLICT DO NOTHING followed by a
 SELECT, so several proxy processes resolving the same new name at once all end
@@ -21,29 +23,47 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..errors import GeminiMeterError
 from ..metering.records import Principal
 from ..server.keys import KEY_PREFIX, hash_key, new_key
 from .schema import ApiKey, Interaction, Team, UploadSession, User, utcnow
 from .writes import insert_ignoring, insert_interaction_owners, owner_values, table_of
 
 __all__ = [
+    "AccountError",
+    "ActiveKey",
     "KeyInfo",
+    "TeamInfo",
+    "UserInfo",
+    "active_key",
     "create_key",
+    "create_team",
+    "create_user",
     "get_or_create_team",
     "get_or_create_user",
     "interaction_owner",
     "key_label",
     "list_keys",
+    "list_teams",
+    "list_users",
+    "move_user",
     "principal_for_key_hash",
     "principal_for_user",
+    "record_key_use",
     "record_owner",
     "record_upload",
+    "rename_team",
+    "rename_user",
     "revoke_key",
     "upload_owner",
 ]
+
+
+class AccountError(GeminiMeterError):
+    """A user or team that should exist does not, or a name that should be free is taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +79,40 @@ class KeyInfo:
     team: str | None
     created_at: datetime
     revoked_at: datetime | None
+    # None: never expires. Past it the proxy refuses the key.
+    expires_at: datetime | None = None
+    # Coarse: written at most once a minute per key, off the request path.
+    last_used_at: datetime | None = None
 
     @property
     def active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > utcnow())
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    id: int
+    name: str
+    # The user's home team: what keys are billed to unless made for another team.
+    team: str | None
+    created_at: datetime
+    active_keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class TeamInfo:
+    id: int
+    name: str
+    created_at: datetime
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveKey:
+    """What an active key resolves to: who it bills, and until when it is valid."""
+
+    principal: Principal
+    expires_at: datetime | None
 
 
 # ---------------------------------------------------------------- users and teams
@@ -99,6 +149,124 @@ async def get_or_create_user(session: AsyncSession, name: str, team: str | None)
     return user
 
 
+async def _team_id(session: AsyncSession, name: str) -> int:
+    team_id = await session.scalar(select(Team.id).where(Team.name == name))
+    if team_id is None:
+        raise AccountError(f"no team {name!r}")
+    return team_id
+
+
+async def _user_row(session: AsyncSession, name: str) -> User:
+    user = await session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise AccountError(f"no user {name!r}")
+    return user
+
+
+async def create_team(session: AsyncSession, name: str) -> Team:
+    """A new team; ``AccountError`` when the name is taken."""
+    if await session.scalar(select(Team.id).where(Team.name == name)) is not None:
+        raise AccountError(f"team {name!r} exists already")
+    return await get_or_create_team(session, name)
+
+
+async def create_user(session: AsyncSession, name: str, team: str | None) -> User:
+    """A new user in ``team`` (made if needed); ``AccountError`` when the name is taken."""
+    if await session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise AccountError(f"user {name!r} exists already")
+    return await get_or_create_user(session, name, team)
+
+
+async def list_teams(session: AsyncSession) -> list[TeamInfo]:
+    """Every team, by name, with how many users call it home."""
+    members = func.count(User.id)
+    query = (
+        select(Team.id, Team.name, Team.created_at, members)
+        .outerjoin(User, User.team_id == Team.id)
+        .group_by(Team.id, Team.name, Team.created_at)
+    )
+    teams = [TeamInfo(*row) for row in await session.execute(query)]
+    return sorted(teams, key=lambda t: t.name)
+
+
+async def list_users(session: AsyncSession, *, team: str | None = None) -> list[UserInfo]:
+    """Every user (or the users whose home team is ``team``), by name."""
+    now = utcnow()
+    active = func.count(ApiKey.id)
+    query = (
+        select(User.id, User.name, Team.name, User.created_at, active)
+        .outerjoin(Team, User.team_id == Team.id)
+        .outerjoin(
+            ApiKey,
+            (ApiKey.user_id == User.id)
+            & ApiKey.revoked_at.is_(None)
+            & or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
+        .group_by(User.id, User.name, Team.name, User.created_at)
+    )
+    if team is not None:
+        query = query.where(Team.name == team)
+    users = [UserInfo(*row) for row in await session.execute(query)]
+    return sorted(users, key=lambda u: u.name)
+
+
+async def _rename(
+    session: AsyncSession, model: type[User] | type[Team], old: str, new: str
+) -> None:
+    kind = "user" if model is User else "team"
+    if await session.scalar(select(model.id).where(model.name == new)) is not None:
+        raise AccountError(f"{kind} {new!r} exists already")
+    result = await session.execute(
+        update(model)
+        .where(model.name == old)
+        .values(name=new)
+        .execution_options(synchronize_session=False)
+    )
+    if cast(CursorResult[Any], result).rowcount != 1:
+        raise AccountError(f"no {kind} {old!r}")
+
+
+async def rename_user(session: AsyncSession, old: str, new: str) -> None:
+    """Rename a user; records and keys follow (they hold the id, not the name).
+
+    Proxies that cached one of the user's keys report the old name until the cache
+    entry expires (``key_cache_ttl_seconds``).
+    """
+    await _rename(session, User, old, new)
+
+
+async def rename_team(session: AsyncSession, old: str, new: str) -> None:
+    """Rename a team; records, users and keys follow (they hold the id)."""
+    await _rename(session, Team, old, new)
+
+
+async def move_user(session: AsyncSession, name: str, team: str) -> int:
+    """Make ``team`` (which must exist) the user's home team; returns how many keys moved.
+
+    The user's keys that billed to the old home team move with the user, since they
+    followed it; a key made for another team explicitly stays with that team. Records
+    already stored keep the team they were billed to. Proxies pick up the change when
+    their cache entry for a key expires (``key_cache_ttl_seconds``).
+    """
+    user = await _user_row(session, name)
+    team_id = await _team_id(session, team)
+    old_team_id = user.team_id
+    await session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(team_id=team_id)
+        .execution_options(synchronize_session=False)
+    )
+    same_team = ApiKey.team_id.is_(None) if old_team_id is None else ApiKey.team_id == old_team_id
+    moved = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id, same_team, ApiKey.revoked_at.is_(None))
+        .values(team_id=team_id)
+        .execution_options(synchronize_session=False)
+    )
+    return cast(CursorResult[Any], moved).rowcount
+
+
 # ------------------------------------------------------------------------- keys
 
 
@@ -118,6 +286,8 @@ def _key_info_query() -> Any:
             Team.name,
             ApiKey.created_at,
             ApiKey.revoked_at,
+            ApiKey.expires_at,
+            ApiKey.last_used_at,
         )
         .join(User, ApiKey.user_id == User.id)
         .outerjoin(Team, ApiKey.team_id == Team.id)
@@ -126,13 +296,21 @@ def _key_info_query() -> Any:
 
 
 async def create_key(
-    session: AsyncSession, secret: bytes, user: str, team: str | None
+    session: AsyncSession,
+    secret: bytes,
+    user: str,
+    team: str | None,
+    *,
+    expires_at: datetime | None = None,
 ) -> tuple[KeyInfo, str]:
     """A new virtual key for ``user``, and the key itself, which is never stored.
 
     The user (and team) are made if needed. Calls with the key are billed to
-    ``team`` when given, else to the user's home team.
+    ``team`` when given, else to the user's home team. Past ``expires_at`` (an
+    aware datetime; None: never) the proxy refuses the key.
     """
+    if expires_at is not None and expires_at.utcoffset() is None:
+        raise ValueError("expires_at must be a timezone-aware datetime")
     user_row = await get_or_create_user(session, user, team)
     team_id = (await get_or_create_team(session, team)).id if team is not None else user_row.team_id
     key = new_key()
@@ -142,6 +320,7 @@ async def create_key(
         user_id=user_row.id,
         team_id=team_id,
         created_at=utcnow(),
+        expires_at=expires_at,
     )
     session.add(row)
     await session.flush()
@@ -175,19 +354,51 @@ async def revoke_key(session: AsyncSession, key_id: int) -> bool:
 # ------------------------------------------------------------------- principals
 
 
-async def principal_for_key_hash(session: AsyncSession, key_hash: str) -> Principal | None:
-    """Who an active key bills to, or None for unknown and revoked keys."""
+async def active_key(session: AsyncSession, key_hash: str) -> ActiveKey | None:
+    """Who an active key bills to and when it expires; None for unknown, revoked and
+    expired keys."""
     result = await session.execute(
-        select(ApiKey.user_id, User.name, ApiKey.team_id, Team.name, ApiKey.id)
+        select(ApiKey.user_id, User.name, ApiKey.team_id, Team.name, ApiKey.id, ApiKey.expires_at)
         .join(User, ApiKey.user_id == User.id)
         .outerjoin(Team, ApiKey.team_id == Team.id)
-        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        .where(
+            ApiKey.key_hash == key_hash,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > utcnow()),
+        )
     )
     row = result.first()
     if row is None:
         return None
-    user_id, user_name, team_id, team_name, key_id = row
-    return Principal(user_id, user_name, team_id, team_name, key_id)
+    user_id, user_name, team_id, team_name, key_id, expires_at = row
+    return ActiveKey(Principal(user_id, user_name, team_id, team_name, key_id), expires_at)
+
+
+async def principal_for_key_hash(session: AsyncSession, key_hash: str) -> Principal | None:
+    """Who an active key bills to, or None for unknown, revoked and expired keys."""
+    found = await active_key(session, key_hash)
+    return None if found is None else found.principal
+
+
+async def record_key_use(session: AsyncSession, used: dict[int, datetime]) -> None:
+    """Write keys' last use (key id -> when), never moving a key's time backwards.
+
+    Called by ``server.auth`` in the background, at most once a minute, with every
+    key used since the last write: one statement for the lot.
+    """
+    if not used:
+        return
+    # Core, not ORM: an executemany UPDATE with extra WHERE criteria.
+    keys = table_of(ApiKey)
+    await session.execute(
+        update(keys)
+        .where(
+            keys.c.id == bindparam("key_id"),
+            or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < bindparam("used_at")),
+        )
+        .values(last_used_at=bindparam("used_at")),
+        [{"key_id": key_id, "used_at": at} for key_id, at in used.items()],
+    )
 
 
 async def principal_for_user(session: AsyncSession, name: str) -> Principal:

@@ -22,6 +22,7 @@ from .writes import cost_values
 __all__ = [
     "COST_COLUMNS",
     "GROUP_KEYS",
+    "LABEL_PREFIX",
     "TOKEN_COLUMNS",
     "RepricingRow",
     "records_for_repricing",
@@ -52,7 +53,9 @@ def _require_aware(value: datetime | None, name: str) -> None:
 
 # --------------------------------------------------------------------- reports
 
-GROUP_KEYS: tuple[str, ...] = ("user", "team", "model", "day")
+GROUP_KEYS: tuple[str, ...] = ("user", "team", "key", "model", "endpoint", "day")
+# ``label:NAME`` groups by the value of the request label NAME (None when absent).
+LABEL_PREFIX = "label:"
 
 # The measures of a usage report row, besides ``requests`` and ``unpriced_requests``.
 TOKEN_COLUMNS = (
@@ -79,9 +82,21 @@ def _group_expression(key: str) -> ColumnElement[Any]:
         return User.name.expression
     if key == "team":
         return Team.name.expression
+    if key == "key":
+        return UsageRow.key_id.expression
     if key == "model":
         return UsageRow.model.expression
+    if key == "endpoint":
+        return UsageRow.endpoint.expression
+    if key.startswith(LABEL_PREFIX):
+        # JSON_EXTRACT on SQLite, ->> on PostgreSQL: the label's value as text.
+        label: ColumnElement[Any] = UsageRow.labels[key.removeprefix(LABEL_PREFIX)].as_string()
+        return label
     return utc_day(UsageRow.created_at)
+
+
+def _is_group_key(key: str) -> bool:
+    return key in GROUP_KEYS or (key.startswith(LABEL_PREFIX) and len(key) > len(LABEL_PREFIX))
 
 
 def _int_sum(column: ColumnElement[Any]) -> ColumnElement[int]:
@@ -101,22 +116,25 @@ async def usage_report(
 ) -> list[dict[str, object]]:
     """Token and cost totals per group, over records with ``since <= created_at < until``.
 
-    ``group_by`` is a subset of ``GROUP_KEYS``: ``user`` and ``team`` are names
-    (``team`` is None for records billed to no team), ``day`` is the UTC date as
-    ``YYYY-MM-DD``. Each row holds the group keys, ``requests``, the token sums
+    ``group_by`` holds names of ``GROUP_KEYS`` and ``label:NAME``: ``user`` and
+    ``team`` are names (``team`` is None for records billed to no team), ``key``
+    the key id (None in passthrough mode), ``endpoint`` the route's name, ``day``
+    the UTC date as ``YYYY-MM-DD``, ``label:NAME`` the request label's value (None
+    for records without it). Each row holds the group keys, ``requests``, the token sums
     (ints), the cost sums (``Decimal``; None when every record in the group is
     unpriced, since SQL's SUM skips NULLs) and ``unpriced_requests``. Rows are
     ordered by the group keys, None first. With an empty ``group_by`` the one
     row is the grand total (no row when nothing matched).
     """
     keys = list(dict.fromkeys(group_by))
-    unknown = [k for k in keys if k not in GROUP_KEYS]
+    unknown = [k for k in keys if not _is_group_key(k)]
     if unknown:
-        raise ValueError(f"cannot group by {unknown}; choose from {list(GROUP_KEYS)}")
+        raise ValueError(f"cannot group by {unknown}; choose from {list(GROUP_KEYS)} or label:NAME")
     _require_aware(since, "since")
     _require_aware(until, "until")
 
-    groups = [_group_expression(k).label(k) for k in keys]
+    # Positional labels: a label's name may hold any character.
+    groups = [_group_expression(k).label(f"g{i}") for i, k in enumerate(keys)]
     measures: list[ColumnElement[Any]] = [func.count().label("requests")]
     measures += [_int_sum(getattr(UsageRow, c)).label(c) for c in TOKEN_COLUMNS]
     measures += [func.sum(getattr(UsageRow, c)).label(c) for c in COST_COLUMNS]
@@ -139,15 +157,27 @@ async def usage_report(
     if until is not None:
         query = query.where(UsageRow.created_at < until)
     if keys:
-        query = query.group_by(*(_group_expression(k) for k in keys))
+        # By the output labels: a label's JSON path is a bound parameter, and
+        # PostgreSQL does not see two binds of one value as the same expression.
+        query = query.group_by(*groups)
 
-    rows: list[dict[str, object]] = [dict(r._mapping) for r in await session.execute(query)]
+    rows: list[dict[str, object]] = []
+    for r in await session.execute(query):
+        row = dict(r._mapping)
+        rows.append({**{k: row.pop(f"g{i}") for i, k in enumerate(keys)}, **row})
     if not keys:
         rows = [r for r in rows if r["requests"]]
     # Sorted here rather than by ORDER BY: PostgreSQL's locale collation and
     # SQLite's byte order disagree on text, and NULLs sort differently too.
-    rows.sort(key=lambda r: tuple((r[k] is not None, r[k] or "") for k in keys))
+    rows.sort(key=lambda r: tuple((r[k] is not None, _sortable(r[k])) for k in keys))
     return rows
+
+
+def _sortable(value: object) -> tuple[int, str]:
+    # Key ids sort as numbers, everything else as text.
+    if isinstance(value, int):
+        return (value, "")
+    return (0, "" if value is None else str(value))
 
 
 # ------------------------------------------------------------------- repricing

@@ -42,15 +42,19 @@ from proxy.settings import Settings
 from proxy.storage import accounts, writes
 from proxy.storage import migrate as _migrate
 from proxy.storage.schema import UsageRow, make_engine, make_sessionmaker
+from tests.cli.conftest import PG_SECRET
 from tests.factories import Stack
 
-# Every variable the CLI's settings read: a developer's shell must not change results.
-SETTINGS_ENV = (
-    "GEMINI_METER_CONFIG",
-    "GEMINI_METER_LOG_LEVEL",
-    *(f"GEMINI_METER_{name.upper()}" for name in Settings.model_fields),
+# The usage table's default measures: the categories that add up to the total, and cost.
+TABLE_FIELDS = (
+    "requests",
+    "input_tokens",
+    "intermediate_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "total_tokens",
+    "cost_usd",
 )
-PG_SECRET = "cli-test-secret"
 
 # A usage report's columns after the group keys, in order: what scripts reading
 # `gemini-meter usage` rely on, so spelled out here rather than imported.
@@ -72,37 +76,6 @@ COST_FIELDS = (
     "cost_thinking_usd",
     "cost_grounding_usd",
 )
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in SETTINGS_ENV:
-        monkeypatch.delenv(name, raising=False)
-    # The embedded default keeps its generated HMAC secret here, and a command run
-    # without --database its database: nothing is ever written into the repository.
-    monkeypatch.setenv("GEMINI_METER_KEY_SECRET_FILE", str(tmp_path / "gemini-meter.secret"))
-    monkeypatch.setenv(
-        "GEMINI_METER_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'default.db'}"
-    )
-
-
-def _needs_secret(url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    # A shared (PostgreSQL) database refuses to start without an explicit secret.
-    if url.startswith("postgresql"):
-        monkeypatch.setenv("GEMINI_METER_KEY_SECRET", PG_SECRET)
-    return url
-
-
-@pytest.fixture
-def db(migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated database of each kind, with the environment the CLI needs for it."""
-    return _needs_secret(migrated_url, monkeypatch)
-
-
-@pytest.fixture
-def fresh_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An empty, never migrated database of each kind."""
-    return _needs_secret(database_url, monkeypatch)
 
 
 @dataclass
@@ -324,8 +297,17 @@ def test_keys_list_as_csv_and_table_never_shows_the_key(capsys, db):
     key = cli(capsys, "keys", "create", "--user", "carol", "--database", db).out.splitlines()[-1]
     as_csv = cli(capsys, "keys", "list", "--format", "csv", "--database", db).out
     header, row = csv.reader(io.StringIO(as_csv))
-    assert header == ["id", "label", "user", "team", "created_at", "revoked_at"]
-    assert row[2:4] == ["carol", ""] and row[5] == ""
+    assert header == [
+        "id",
+        "label",
+        "user",
+        "team",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    assert row[2:4] == ["carol", ""] and row[5:] == ["", "", ""]
     as_table = cli(capsys, "keys", "list", "--database", db).out
     assert "carol" in as_table
     assert key not in as_csv and key not in as_table
@@ -431,25 +413,21 @@ def test_usage_csv_has_a_header_and_one_row_per_group(capsys, usage_db):
 
 
 def test_usage_table_is_aligned_and_rounds_money_for_reading(capsys, usage_db):
-    out = cli(capsys, "usage", "--database", usage_db).out
+    out = cli(capsys, "usage", "--columns", "all", "--database", usage_db).out
     header, *lines = out.splitlines()
-    assert header.split() == ["user", *TOKEN_FIELDS, *COST_FIELDS]
+    assert header.split() == ["user", *TOKEN_FIELDS, *COST_FIELDS, "unpriced_requests"]
     cells = {line.split()[0]: line.split() for line in lines}
     assert list(cells) == ["alice", "bob", "carol"]
     assert cells["alice"][1:8] == [str(ALICE[k]) for k in TOKEN_FIELDS]
     assert cells["alice"][8] == "4.800000"  # the table shows micro-dollars
-    assert cells["carol"][8:] == ["-"] * len(COST_FIELDS)
+    assert cells["carol"][8:] == ["-"] * len(COST_FIELDS) + ["1"]  # and unpriced_requests
     # Numbers are right-aligned: every row ends at the same column.
     assert len({len(line) for line in lines}) == 1
 
 
 def test_usage_of_an_empty_database(capsys, db):
     assert cli(capsys, "usage", "--format", "json", "--database", db).json() == []
-    assert cli(capsys, "usage", "--database", db).out.split() == [
-        "user",
-        *TOKEN_FIELDS,
-        *COST_FIELDS,
-    ]
+    assert cli(capsys, "usage", "--database", db).out.split() == ["user", *TABLE_FIELDS]
 
 
 # --- price ------------------------------------------------------------------------------------
@@ -536,7 +514,13 @@ def test_price_flex_halves_everything_but_cached(capsys):
 
 
 def test_price_of_an_unknown_model_is_null_not_zero(capsys):
-    result = price_json(capsys, "gemini-9-ultra", INTERACTIONS_USAGE)
+    ran = cli(
+        capsys,
+        *("price", "--model", "gemini-9-ultra", "--format", "json"),
+        *("--usage", json.dumps(INTERACTIONS_USAGE)),
+    )
+    assert ran.code == 1  # and the reason on stderr (test_explains)
+    result = ran.json()
     assert result["resolved_model"] is None
     assert result["cost_usd"] is None
     assert set(result["cost_breakdown_usd"].values()) == {None}
@@ -600,7 +584,7 @@ def test_prices_table_names_the_catalog_version(capsys):
 def test_prices_of_an_unknown_model_exits_1(capsys):
     ran = cli(capsys, "prices", "--model", "gemini-9-ultra")
     assert (ran.code, ran.out) == (1, "")
-    assert ran.err.strip() == "no catalog entry for model 'gemini-9-ultra'"
+    assert ran.err.startswith("gemini-meter: model 'gemini-9-ultra' is not in the price catalog")
 
 
 # --- reprice ----------------------------------------------------------------------------------
@@ -851,15 +835,19 @@ def _write(path: Path, text: str) -> str:
 @pytest.mark.parametrize(
     ("argv", "env", "reason"),
     [
-        (["usage", "--database", "mysql://x"], {}, "database_url"),
-        (["keys", "list", "--database", "sqlite:///x.db"], {}, "database_url"),
+        (["usage", "--database", "mysql://x"], {}, "--database or GEMINI_METER_DATABASE_URL"),
+        (["keys", "list", "--database", "sqlite:///x.db"], {}, "GEMINI_METER_DATABASE_URL"),
         # A shared database with no secret would hash keys differently per process.
-        (["keys", "list", "--database", "postgresql+asyncpg://u@127.0.0.1/x"], {}, "key_secret"),
-        (["usage"], {"GEMINI_METER_KEY_SECRET": "  "}, "key_secret"),
-        (["usage"], {"GEMINI_METER_PORT": "eighty"}, "port"),
+        (
+            ["keys", "list", "--database", "postgresql+asyncpg://u@127.0.0.1/x"],
+            {},
+            "GEMINI_METER_KEY_SECRET is required",
+        ),
+        (["usage"], {"GEMINI_METER_KEY_SECRET": "  "}, "GEMINI_METER_KEY_SECRET: must not be"),
+        (["usage"], {"GEMINI_METER_PORT": "eighty"}, "GEMINI_METER_PORT: Input should be"),
         (["prices"], {"GEMINI_METER_PRICE_CATALOG": "{tmp}/missing.toml"}, "cannot read the price"),
         (["prices"], {"GEMINI_METER_PRICE_CATALOG": "{tmp}/broken.toml"}, "not valid TOML"),
-        (["prices"], {"GEMINI_METER_CONFIG": "{tmp}/extra.toml"}, "bogus"),
+        (["prices"], {"GEMINI_METER_CONFIG": "{tmp}/extra.toml"}, "unknown setting 'bogus'"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(capsys, monkeypatch, tmp_path, argv, env, reason):
@@ -879,8 +867,8 @@ def test_bad_settings_in_a_real_process_print_no_traceback():
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        "gemini-meter: database_url: Value error, database_url must be "
-        "sqlite+aiosqlite://... or postgresql+asyncpg://..."
+        "gemini-meter: --database or GEMINI_METER_DATABASE_URL: must be "
+        "sqlite+aiosqlite:///PATH or postgresql+asyncpg://..."
     ]
 
 
