@@ -85,7 +85,9 @@ def _exact(value: Any) -> Any:
 
 
 def _plain(value: Decimal) -> str:
-    return format(value, "f")
+    # Normalised, so one amount reads the same from either database ("1.3", not
+    # "1.300000000000" from PostgreSQL's NUMERIC(28, 12)).
+    return format(value.normalize(), "f")
 
 
 # An exact decimal: read from a string (or an int), written as a plain decimal string.
