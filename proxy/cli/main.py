@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ..errors import GeminiMeterError
 from ..storage import reports
+from .budgets import add_budgets_parser
 from .db import cmd_db_downgrade, cmd_db_upgrade
 from .emulate import cmd_demo, cmd_emulate
 from .format import FORMATS
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     db_flag(p)
     p.set_defaults(func=cmd_keys_revoke)
+
+    add_budgets_parser(sub)
 
     p = sub.add_parser("usage", help="usage and cost report")
     p.add_argument("--user")

@@ -317,7 +317,7 @@ async def test_budget_validation_names_the_field(admin: Stack) -> None:
 async def seed(stack: Stack, rows: list[tuple[str, datetime, Usage, Cost, str]]) -> None:
     """Usage records for (user, at, usage, cost, model), billed to the user's key's team."""
     async with stack.app[sessionmaker_key].begin() as session:
-        values = []
+        values: list[dict[str, Any]] = []
         for user, at, usage, cost, model in rows:
             user_row = (await session.scalars(select(User).where(User.name == user))).one()
             key = (
@@ -381,16 +381,17 @@ async def test_budget_status_sums_the_scope_in_the_window(admin: Stack, now: dat
             ("alice", before, usage_of(7, 7), cost_of("5", "5"), "m1"),
         ],
     )
-    spec = {"window": "weekly", "timezone": "Asia/Tokyo", "mode": "alert"}
+    spec: dict[str, Any] = {"window": "weekly", "timezone": "Asia/Tokyo", "mode": "alert"}
     created = {}
-    for name, extra in {
+    extras: dict[str, dict[str, Any]] = {
         # research = alice + carol in the window: 1.25+2.50+0.75 + 0.10+0.20 = 4.80 of 6
         "team": {"scope": "team:research", "limit_usd": "6"},
         # alice's thinking tokens in the window: 30 of 40
         "thinking": {"scope": "user:alice", "limit_tokens": 40, "category": "thinking"},
         # everyone's total tokens: 180 + 15 + 1500 = 1695 of 1000 (exceeded)
         "global": {"scope": "global", "limit_tokens": 1000},
-    }.items():
+    }
+    for name, extra in extras.items():
         status, body = await call(admin, "POST", "/admin/v1/budgets", {**spec, **extra})
         assert status == 201
         created[name] = body["id"]

@@ -37,13 +37,13 @@ async def test_usage_is_the_callers_own(stack: Stack) -> None:
     mine = [r for r in records if r["user_id"] == alice_id]
     assert len(mine) == 2 and len(records) == 6
 
-    for carrier in (
-        {"headers": {"x-goog-api-key": stack.keys["alice"]}},
-        {"headers": {"authorization": f"Bearer {stack.keys['alice']}"}},
-        {"headers": {}, "key": stack.keys["alice"]},
-    ):
-        params = {"key": carrier["key"]} if "key" in carrier else {}
-        status, body = await get(stack, "/meter/v1/usage", carrier["headers"], **params)
+    carriers: list[tuple[dict[str, str], dict[str, str]]] = [
+        ({"x-goog-api-key": stack.keys["alice"]}, {}),
+        ({"authorization": f"Bearer {stack.keys['alice']}"}, {}),
+        ({}, {"key": stack.keys["alice"]}),
+    ]
+    for headers, query in carriers:
+        status, body = await get(stack, "/meter/v1/usage", headers, **query)
         assert status == 200, body
         [total] = body["rows"]
         assert total["requests"] == 2
@@ -56,7 +56,13 @@ async def test_usage_is_the_callers_own(stack: Stack) -> None:
     assert body["rows"][0]["model"] == "gemini-2.5-flash"
 
     # Nothing names anyone else: such parameters are refused, not applied.
-    for params in ({"user": "bob"}, {"team": "support"}, {"group_by": "user"}, {"key_id": "2"}):
+    refused: list[dict[str, str]] = [
+        {"user": "bob"},
+        {"team": "support"},
+        {"group_by": "user"},
+        {"key_id": "2"},
+    ]
+    for params in refused:
         status, body = await get(stack, "/meter/v1/usage", alice, **params)
         assert status == 400, params
         assert "bob" not in json.dumps(body)
