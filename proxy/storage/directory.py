@@ -3,7 +3,8 @@
 Session first, never committing (see ``storage.accounts``, whose get-or-create helpers
 and ``create_key`` these build on). Names are unique: creating or renaming onto a name
 in use raises ``NameTaken``; a user, team or key that does not exist is ``None`` or
-``False``, for the caller to answer 404.
+``False``, for the caller to answer 404. Budgets name their user or team scope by name,
+so a rename carries the user's (or team's) budgets along.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .accounts import create_key, get_or_create_team
-from .schema import ApiKey, Team, User, utcnow
+from .schema import ApiKey, BudgetRow, Team, User, utcnow
 
 __all__ = [
     "KeyListing",
@@ -68,6 +69,15 @@ class KeyListing:
     last_used_at: datetime | None
 
 
+async def _rename_scope(session: AsyncSession, kind: str, old: str, new: str) -> None:
+    await session.execute(
+        update(BudgetRow)
+        .where(BudgetRow.scope_kind == kind, BudgetRow.scope_name == old)
+        .values(scope_name=new, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _user_query() -> Any:
     return (
         select(User.id, User.name, Team.name, User.created_at)
@@ -114,6 +124,7 @@ async def update_user(
         if await session.scalar(select(User.id).where(User.name == new_name)) is not None:
             raise NameTaken(f"a user called {new_name!r} exists")
         user.name = new_name
+        await _rename_scope(session, "user", name, new_name)
     if team is not _KEEP:
         user.team_id = (await get_or_create_team(session, team)).id if team is not None else None
     await session.flush()
@@ -159,6 +170,7 @@ async def rename_team(session: AsyncSession, name: str, new_name: str) -> TeamIn
         if await session.scalar(select(Team.id).where(Team.name == new_name)) is not None:
             raise NameTaken(f"a team called {new_name!r} exists")
         team.name = new_name
+        await _rename_scope(session, "team", name, new_name)
         await session.flush()
     return await _team_info(session, new_name)
 

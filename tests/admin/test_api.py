@@ -118,6 +118,9 @@ async def test_users_and_teams(admin: Stack) -> None:
     # Move, then rename, then leave every team.
     status, body = await call(admin, "PATCH", "/admin/v1/users/dave", {"team": "platform"})
     assert (status, body["team"]) == (200, "platform")
+    for scope in ("user:dave", "team:platform", "user:bob"):
+        budget = {"scope": scope, "limit_usd": "1", "window": "total", "mode": "alert"}
+        assert (await call(admin, "POST", "/admin/v1/budgets", budget))[0] == 201
     status, body = await call(admin, "PATCH", "/admin/v1/users/dave", {"name": "david"})
     assert (status, body["name"], body["team"]) == (200, "david", "platform")
     status, body = await call(admin, "PATCH", "/admin/v1/users/david", {"team": None})
@@ -131,6 +134,9 @@ async def test_users_and_teams(admin: Stack) -> None:
     assert (status, body["name"]) == (200, "infra")
     status, body = await call(admin, "PATCH", "/admin/v1/teams/research", {"name": "infra"})
     assert status == 409
+    # The budgets of a renamed user or team follow it.
+    status, body = await call(admin, "GET", "/admin/v1/budgets")
+    assert [b["scope"] for b in body["budgets"]] == ["user:david", "team:infra", "user:bob"]
     status, body = await call(admin, "GET", "/admin/v1/teams")
     assert {t["name"]: t["users"] for t in body["teams"]} == {
         "research": 2,
