@@ -13,6 +13,7 @@ itself uses that shape. The hierarchy::
         ├── NotFound                 404 NOT_FOUND
         ├── MethodNotAllowed         405 INVALID_ARGUMENT
         ├── RequestTimeout           408 DEADLINE_EXCEEDED
+        ├── AlreadyExists            409 ALREADY_EXISTS
         ├── RequestTooLarge          413 INVALID_ARGUMENT
         ├── ResourceExhausted        429 RESOURCE_EXHAUSTED
         ├── UpstreamUnavailable      502 UNAVAILABLE
@@ -81,6 +82,13 @@ class RequestTimeout(ProxyError):
 
     code = 408
     status = "DEADLINE_EXCEEDED"
+
+
+class AlreadyExists(ProxyError):
+    """An admin call would create (or rename onto) a name that is taken."""
+
+    code = 409
+    status = "ALREADY_EXISTS"
 
 
 class RequestTooLarge(ProxyError):

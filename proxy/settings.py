@@ -26,6 +26,8 @@ from pydantic_settings import (
 
 DEFAULT_UPSTREAM = "https://generativelanguage.googleapis.com"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./gemini-meter.db"
+# A guessable admin token would hand out every key and budget.
+ADMIN_TOKEN_MIN_LENGTH = 16
 
 
 class AuthMode(StrEnum):
@@ -124,6 +126,10 @@ class Settings(BaseSettings):
 
     price_catalog: Path | None = None
 
+    # The admin HTTP API (/admin/v1/) is served only when this is set; clients send it
+    # as "Authorization: Bearer <token>". At least 16 characters.
+    admin_token: SecretStr | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -169,6 +175,18 @@ class Settings(BaseSettings):
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not token.strip():
+            raise ValueError("must not be empty (unset it to turn the admin API off)")
+        if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters long")
         return value
 
     @model_validator(mode="after")

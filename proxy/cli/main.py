@@ -20,11 +20,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import GeminiMeterError
-from . import db, emulate, keys, prices, serve, usage, users
+from . import budgets, db, emulate, keys, prices, serve, usage, users
 from .common import HelpFormatter, global_options
 
 # Each registers its commands on the top-level parser, in the order `--help` lists them.
-COMMAND_MODULES = (serve, keys, users, usage, prices, db, emulate)
+COMMAND_MODULES = (serve, keys, users, budgets, usage, prices, db, emulate)
 
 DESCRIPTION = """\
 Cost and token accounting proxy for the Gemini API.

@@ -31,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from ..admin import add_admin_routes, add_meter_routes
 from ..budgets.alerts import AlertDelivery, AlertEvaluator
 from ..errors import (
     ConfigError,
@@ -404,5 +405,9 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_meter_routes(app)
+    if settings.admin_token is not None:
+        # Off unless configured: without a token /admin/ is an unknown path (404).
+        add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app
