@@ -3,7 +3,8 @@
 ``create_app(settings)`` builds everything from the settings it is given and
 holds no state at import time. Each resource has one cleanup context (set up,
 ``yield``, tear down), in dependency order: database, journal and writer,
-upstream session, authenticator and recorder. On start the journal's rows
+upstream session, budgets (their counters, refreshed from the database, and
+Redis when configured), authenticator and recorder. On start the journal's rows
 left by a previous run are handed to the writer again; on shutdown streams
 still being relayed finish, the writer flushes every queued record, then the
 journal is closed and the engine disposed.
@@ -30,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from ..budgets.engine import BudgetEngine, build_budget_metrics
 from ..errors import (
     ConfigError,
     InvalidArgument,
@@ -52,6 +54,7 @@ from .metrics import build_metrics, watch_journal
 from .typedefs import (
     InFlight,
     authenticator_key,
+    budgets_key,
     catalog_key,
     engine_key,
     in_flight_key,
@@ -72,7 +75,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json_error(exc: ProxyError) -> web.Response:
-    return web.Response(status=exc.code, body=exc.body(), content_type="application/json")
+    return web.Response(
+        status=exc.code, body=exc.body(), content_type="application/json", headers=exc.headers
+    )
 
 
 _HTTP_STATUS = {
@@ -269,10 +274,36 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _budgets_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    client = None
+    if settings.redis_url is not None:
+        import redis.asyncio  # only when configured: it is not needed otherwise
+
+        client = redis.asyncio.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
+    engine = BudgetEngine(
+        settings,
+        app[sessionmaker_key],
+        build_budget_metrics(app[metrics_key].registry),
+        redis_client=client,
+    )
+    await engine.start()
+    app[budgets_key] = engine
+    yield
+    # After the services: streams still relayed at shutdown settle first.
+    await engine.close()
+
+
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     app[authenticator_key] = Authenticator(settings, app[sessionmaker_key], settings.secret_bytes())
-    app[recorder_key] = Recorder(app[catalog_key], app[writer_key], app[metrics_key])
+    app[recorder_key] = Recorder(
+        app[catalog_key], app[writer_key], app[metrics_key], budgets=app[budgets_key]
+    )
     app[pumps_key] = set()
     app[keyless_uploads_key] = asyncio.Semaphore(settings.keyless_upload_limit)
     yield
@@ -335,7 +366,7 @@ def create_app(
     app[settings_key] = settings
     app[metrics_key] = build_metrics(registry or CollectorRegistry())
     app[catalog_key] = catalog or load_catalog(settings.price_catalog)
-    app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _services_ctx])
+    app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _budgets_ctx, _services_ctx])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
