@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ _SETTLE_BATCH = 500
 # What Retry-After says for a ``total`` budget, which never resets: a day, so a
 # client that honours it does not hammer, and the message says to raise the limit.
 TOTAL_RETRY_AFTER = 86_400
+
+_REDIS_WARN_INTERVAL = 10.0  # seconds
 
 # The scope kinds, the one label of the refusal counter (budget ids are unbounded).
 SCOPE_KINDS = ("user", "team", "key", "global")
@@ -203,6 +206,7 @@ class BudgetEngine:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._unusable: set[int] = set()
+        self._redis_warned = -math.inf
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -298,6 +302,19 @@ class BudgetEngine:
                 self._metrics.redis_errors.labels("seed").inc()
                 log.warning("budget counters not seeded in Redis: %s", type(exc).__name__)
 
+    def _warn_redis(self, operation: str, exc: BaseException) -> None:
+        # Once per interval, not once per call: an outage must not flood the log
+        # (the metric counts every failure).
+        now = time.monotonic()
+        if now - self._redis_warned >= _REDIS_WARN_INTERVAL:
+            self._redis_warned = now
+            log.warning(
+                "Redis did not answer (%s: %s); budgets fail %s",
+                operation,
+                type(exc).__name__,
+                self._settings.budget_redis_failure.value,
+            )
+
     # --- admission --------------------------------------------------------------------------
 
     async def admit(
@@ -329,7 +346,7 @@ class BudgetEngine:
                 in_redis = refused is None
             except Exception as exc:
                 self._metrics.redis_errors.labels("reserve").inc()
-                log.warning("Redis did not answer a budget reservation: %s", type(exc).__name__)
+                self._warn_redis("reserve", exc)
                 if self._settings.budget_redis_failure is RedisFailure.CLOSED:
                     raise ServiceUnavailable(
                         "Gemini Meter cannot check the budgets that apply to this call right "
@@ -422,7 +439,7 @@ class BudgetEngine:
             # Lost: that window's shared counter is off by these amounts until it
             # ends (the local view and the next refresh's database total still hold).
             self._metrics.redis_errors.labels("settle").inc()
-            log.warning("budget settlements not sent to Redis: %s", type(exc).__name__)
+            self._warn_redis("settle", exc)
 
     async def settled(self) -> None:
         """Wait until every queued Redis settlement is sent (tests, shutdown)."""

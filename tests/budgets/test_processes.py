@@ -31,7 +31,7 @@ from proxy.budgets.model import usd_to_nanos
 from proxy.server.app import create_app
 from proxy.server.typedefs import budgets_key, writer_key
 from tests.budgets.test_enforce import RESERVATION, call, forwarded, probe_cost, spend_of
-from tests.factories import Stack, StackFactory, add_budget, add_spend, gemini_error
+from tests.factories import Stack, StackFactory, add_budget, add_spend, gemini_error, raw
 
 postgresql_only = pytest.mark.parametrize(
     "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
@@ -218,9 +218,10 @@ async def test_redis_unreachable_fails_open_to_the_local_view(make_stack: StackF
     assert status == 200, body
     status, _, body = await call(stack, "bob")  # the local view still knows bob's spend
     assert status == 429, body
-    errors = stack.app[budgets_key]._metrics.redis_errors
-    assert errors.labels("reserve")._value.get() >= 1
-    assert errors.labels("seed")._value.get() >= 1
+    _, _, text = await raw("GET", stack.url("/metrics"))
+    # bob's call was refused by the local view without asking Redis
+    assert b'gemini_meter_budget_redis_errors_total{operation="reserve"} 1.0' in text
+    assert b'gemini_meter_budget_redis_errors_total{operation="seed"}' in text
 
 
 async def test_redis_unreachable_fails_closed_when_configured(make_stack: StackFactory):

@@ -1,0 +1,107 @@
+"""Settlement: a reservation is replaced by what the record counts, streams and
+provisional records included; compared with the upstream's own usage figures."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from proxy.budgets.model import Budget
+from proxy.metering.records import Usage
+from proxy.server.typedefs import budgets_key, sessionmaker_key
+from proxy.storage import accounts
+from tests.factories import UPSTREAM_KEY, Stack, StackFactory, add_budget, raw
+from tests.faults.helpers import cutting_upstream
+from tests.faults.test_stream_faults import _read_cut
+
+CREATE = "/v1beta/interactions"
+STREAM_GENERATE = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+
+
+async def token_budget(stack: Stack, user: str) -> Budget:
+    budget_id = await add_budget(stack.app, f"user:{user}", limit_tokens=1_000_000)
+    await stack.app[budgets_key].refresh()
+    (budget,) = [b for b in stack.app[budgets_key].budgets if b.id == budget_id]
+    return budget
+
+
+def counted(stack: Stack, budget: Budget) -> tuple[int, int]:
+    """(spend, reserved) in this process's counters for the budget's current window."""
+    local = stack.app[budgets_key].local
+    key = (budget.id, budget.bounds(datetime.now(UTC))[0])
+    return local.spend(key), local.reserved(key)
+
+
+async def test_a_stream_settles_to_the_tokens_it_carried(make_stack: StackFactory):
+    stack = await make_stack(budget_refresh_seconds=3600.0)
+    budget = await token_budget(stack, "alice")
+    body = {"contents": [{"role": "user", "parts": [{"text": "Stream me something."}]}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url(STREAM_GENERATE), headers=stack.headers(), json=body) as response,
+    ):
+        assert response.status == 200
+        events = [
+            json.loads(line[len(b"data: ") :])
+            async for line in response.content
+            if line.startswith(b"data: ")
+        ]
+    usage = events[-1]["usageMetadata"]  # the upstream's own total for the call
+    billed = usage["promptTokenCount"] + usage["candidatesTokenCount"]
+    billed += usage.get("thoughtsTokenCount", 0)
+    assert counted(stack, budget) == (billed, 0)
+
+
+async def test_a_provisional_record_is_replaced_not_added(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    async def wrap(emulator_url: str) -> str:
+        relay = await aiohttp_server(cutting_upstream(emulator_url, 2))
+        return str(relay.make_url("")).rstrip("/")
+
+    stack = await make_stack(wrap_upstream=wrap, budget_refresh_seconds=3600.0)
+    budget = await token_budget(stack, "alice")
+    body = {"model": "gemini-3.5-flash", "input": "Say hello after a cut.", "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url(CREATE), headers=stack.headers(), json=body) as response,
+    ):
+        assert response.status == 200
+        await _read_cut(response)
+    [iid] = list(stack.upstream.interactions)
+    [record] = await stack.records()
+    assert record["provisional"] is True
+    partial = record["input_tokens"] + record["output_tokens"] + record["thinking_tokens"]
+    assert counted(stack, budget) == (partial, 0)
+
+    status, _, _ = await raw("GET", stack.url(f"{CREATE}/{iid}"), headers=stack.headers())
+    assert status == 200
+    upstream_url = str(stack.emulator.make_url(f"{CREATE}/{iid}"))
+    _, _, direct = await raw("GET", upstream_url, headers={"x-goog-api-key": UPSTREAM_KEY})
+    total = json.loads(direct)["usage"]["total_tokens"]
+    assert total > partial
+    # the terminal usage replaces the partial one: counted once, as in the database
+    assert counted(stack, budget) == (total, 0)
+
+
+async def test_the_engine_counts_a_provisional_record_then_only_the_difference(
+    make_stack: StackFactory, make_record: Any
+):
+    # Interaction streams carry usage only at their end, so through the proxy a cut
+    # leaves a zero provisional record; here the engine gets one with partial usage.
+    stack = await make_stack(budget_refresh_seconds=3600.0)
+    budget = await token_budget(stack, "alice")
+    engine = stack.app[budgets_key]
+    async with stack.app[sessionmaker_key]() as session:
+        alice = await accounts.principal_for_user(session, "alice")
+    partial = Usage(input_tokens=30, output_tokens=5, total_tokens=35)
+    whole = Usage(input_tokens=30, output_tokens=70, thinking_tokens=20, total_tokens=120)
+    engine.settle(make_record(alice, interaction_id="i-1", usage=partial, provisional=True), None)
+    assert counted(stack, budget) == (35, 0)
+    engine.settle(make_record(alice, interaction_id="i-1", usage=whole), None)
+    assert counted(stack, budget) == (120, 0)
+    engine.settle(make_record(alice, interaction_id="i-2", usage=whole), None)
+    assert counted(stack, budget) == (240, 0)
