@@ -43,7 +43,15 @@ from ..settings import RedisFailure, Settings
 from ..storage.schema import BudgetRow, Team, UsageRow, User
 from .counters import CellKey, Entry, LocalCounters, RedisCounters
 from .estimate import Estimate
-from .model import NANOS_PER_USD, Budget, Unit, applicable, from_row, record_amount, usd_to_nanos
+from .model import (
+    NANOS_PER_USD,
+    Budget,
+    BudgetIndex,
+    Unit,
+    from_row,
+    record_amount,
+    usd_to_nanos,
+)
 
 __all__ = ["BudgetEngine", "BudgetMetrics", "Reservation", "build_budget_metrics"]
 
@@ -195,6 +203,7 @@ class BudgetEngine:
         self._metrics = metrics
         self._clock = clock
         self._budgets: tuple[Budget, ...] = ()
+        self._index = BudgetIndex(())
         self._local = LocalCounters()
         self._redis = (
             RedisCounters(redis_client, settings.redis_prefix) if redis_client is not None else None
@@ -291,6 +300,7 @@ class BudgetEngine:
         for key, end, total in totals:
             self._local.apply_snapshot(key, end, total)
         self._budgets = tuple(budgets)
+        self._index = BudgetIndex(budgets)
         self._local.prune(now)
         if self._redis is not None and totals:
             try:
@@ -326,7 +336,7 @@ class BudgetEngine:
         ``ResourceExhausted`` when one would be broken, ``ServiceUnavailable`` when
         Redis does not answer and ``budget_redis_failure`` is ``closed``.
         """
-        budgets = applicable(self._budgets, principal)
+        budgets = self._index.covering(principal)
         if not budgets:
             return None
         now = self._clock()
@@ -381,7 +391,7 @@ class BudgetEngine:
             log.exception("settling a record against its budgets failed")
 
     def _count(self, record: UsageRecord) -> None:
-        budgets = applicable(self._budgets, record.principal)
+        budgets = self._index.covering(record.principal)
         iid = record.interaction_id
         # A provisional record is replaced in the database by the next record of its
         # interaction: the counters take the difference, not both.

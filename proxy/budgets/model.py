@@ -24,6 +24,7 @@ __all__ = [
     "CATEGORIES",
     "NANOS_PER_USD",
     "Budget",
+    "BudgetIndex",
     "Unit",
     "applicable",
     "from_row",
@@ -117,6 +118,35 @@ def from_row(row: BudgetRow, default_zone: str) -> Budget | None:
 def applicable(budgets: Iterable[Budget], principal: Principal) -> list[Budget]:
     """The enforced budgets whose scope covers ``principal``, in id order."""
     return sorted((b for b in budgets if b.enforce and b.matches(principal)), key=lambda b: b.id)
+
+
+def scope_keys(principal: Principal) -> list[tuple[str, str | None]]:
+    """The (scope kind, scope name) pairs a budget covering ``principal`` can have."""
+    keys: list[tuple[str, str | None]] = [("global", None), ("user", principal.user_name)]
+    if principal.team_name is not None:
+        keys.append(("team", principal.team_name))
+    if principal.key_id is not None:
+        keys.append(("key", str(principal.key_id)))
+    return keys
+
+
+class BudgetIndex:
+    """Enforced budgets by scope: a call looks up its four scopes, not every budget."""
+
+    __slots__ = ("_by_scope",)
+
+    def __init__(self, budgets: Iterable[Budget]) -> None:
+        by_scope: dict[tuple[str, str | None], list[Budget]] = {}
+        for budget in budgets:
+            if budget.enforce:
+                name = None if budget.scope_kind == "global" else budget.scope_name
+                by_scope.setdefault((budget.scope_kind, name), []).append(budget)
+        self._by_scope = by_scope
+
+    def covering(self, principal: Principal) -> list[Budget]:
+        """Same as ``applicable``: the enforced budgets covering ``principal``, by id."""
+        found = [b for key in scope_keys(principal) for b in self._by_scope.get(key, ())]
+        return sorted(found, key=lambda b: b.id)
 
 
 def usage_amount(budget: Budget, usage: Usage, cost_usd: Decimal | None) -> int:

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 from proxy.budgets.counters import Entry, LocalCounters, exceeds
 from proxy.budgets.engine import TOTAL_RETRY_AFTER, refusal
 from proxy.budgets.estimate import estimate, max_output_tokens
-from proxy.budgets.model import Budget, Unit, usage_amount
+from proxy.budgets.model import Budget, BudgetIndex, Unit, applicable, usage_amount
 from proxy.budgets.windows import Window
-from proxy.metering.records import Usage
+from proxy.metering.records import Principal, Usage
 from tests.factories import AT, CATALOG
 
 
@@ -146,3 +146,22 @@ def test_the_refusal_names_the_budget_its_window_and_its_reset():
     error = refusal(Entry(total, start, None, 1), now=start)
     assert "limit 5 thinking tokens" in error.message and "never resets" in error.message
     assert error.headers == {"Retry-After": str(TOTAL_RETRY_AFTER)}
+
+
+def test_the_index_finds_the_same_budgets_as_a_scan():
+    budgets = [
+        budget(id=1, scope_kind="global", scope_name=None),
+        budget(id=2, scope_kind="user", scope_name="alice"),
+        budget(id=3, scope_kind="user", scope_name="bob"),
+        budget(id=4, scope_kind="team", scope_name="research"),
+        budget(id=5, scope_kind="key", scope_name="12"),
+        budget(id=6, scope_kind="key", scope_name="13"),
+        budget(id=7, scope_kind="user", scope_name="alice", enforce=False),  # alert only
+    ]
+    index = BudgetIndex(budgets)
+    alice = Principal(1, "alice", team_id=1, team_name="research", key_id=12)
+    bob = Principal(2, "bob", team_id=None, team_name=None, key_id=13)
+    assert [b.id for b in index.covering(alice)] == [1, 2, 4, 5]
+    assert [b.id for b in index.covering(bob)] == [1, 3, 6]
+    for who in (alice, bob):
+        assert index.covering(who) == applicable(budgets, who)

@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from proxy.budgets.model import usd_to_nanos
 from proxy.server.app import create_app
 from proxy.server.typedefs import budgets_key, writer_key
-from tests.budgets.test_enforce import RESERVATION, call, forwarded, probe_cost, spend_of
+from tests.budgets.helpers import RESERVATION, call, forwarded, probe_cost, spend_of
 from tests.factories import Stack, StackFactory, add_budget, add_spend, gemini_error, raw
 
 postgresql_only = pytest.mark.parametrize(
