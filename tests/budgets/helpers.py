@@ -24,7 +24,7 @@ RESERVATION = Decimal("0.0012566")
 def cost_of(usage: dict[str, Any]) -> Decimal:
     """A response's cost at gemini-2.5-flash's rates, from the upstream's own usage."""
     output = usage.get("candidatesTokenCount", 0) + usage.get("thoughtsTokenCount", 0)
-    return usage["promptTokenCount"] * INPUT_RATE + output * OUTPUT_RATE
+    return Decimal(usage["promptTokenCount"]) * INPUT_RATE + Decimal(output) * OUTPUT_RATE
 
 
 async def call(stack: Stack, user: str, base_url: str | None = None) -> tuple[int, Any, Any]:

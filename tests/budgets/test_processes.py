@@ -46,7 +46,7 @@ async def redis_prefix() -> AsyncIterator[str]:
     """A key prefix of this test's own on the test Redis, its keys deleted afterwards."""
     client = redis.asyncio.Redis.from_url(REDIS_URL)
     try:
-        await client.ping()
+        await client.ping()  # type: ignore[misc]  # redis-py types ping for both clients
     except Exception as exc:
         await client.aclose()
         pytest.fail(
@@ -67,7 +67,8 @@ async def redis_prefix() -> AsyncIterator[str]:
 async def second_process(stack: Stack, proxy_server: Any, tmp_path: Any) -> TestServer:
     """Another proxy on the same settings (database, secret, Redis), its own journal."""
     settings = stack.settings.model_copy(update={"journal_dir": tmp_path / "journal-second"})
-    return await proxy_server(create_app(settings, registry=CollectorRegistry()))
+    server: TestServer = await proxy_server(create_app(settings, registry=CollectorRegistry()))
+    return server
 
 
 async def total_spend(stack: Stack, *servers: TestServer, user: str) -> Decimal:
