@@ -67,6 +67,8 @@ _SETTLE_BATCH = 500
 TOTAL_RETRY_AFTER = 86_400
 
 _REDIS_WARN_INTERVAL = 10.0  # seconds
+# How long admissions go without asking Redis after it failed to answer.
+_REDIS_RETRY_AFTER = 1.0  # seconds
 
 # The scope kinds, the one label of the refusal counter (budget ids are unbounded).
 SCOPE_KINDS = ("user", "team", "key", "global")
@@ -216,6 +218,10 @@ class BudgetEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._unusable: set[int] = set()
         self._redis_warned = -math.inf
+        # After Redis fails to answer, admissions skip it until then (monotonic
+        # seconds): an outage must not add a timeout to every call.
+        self._redis_skip_until = -math.inf
+        self._refreshing = asyncio.Lock()
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -240,7 +246,7 @@ class BudgetEngine:
                 async with asyncio.timeout(self._settings.redis_timeout_seconds * 4):
                     await self.settled()
             except Exception as exc:
-                log.warning("budget settlements not sent to Redis at shutdown: %s", exc)
+                log.warning("budget settlements lost at shutdown: %s", type(exc).__name__)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -278,6 +284,10 @@ class BudgetEngine:
 
     async def refresh(self) -> None:
         """Reload budgets and each enforced one's spend in its current window."""
+        async with self._refreshing:  # one at a time: a snapshot's bookkeeping is shared
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         now = self._clock()
         self._local.begin_snapshot()
         totals: list[tuple[CellKey, datetime | None, int]] = []
@@ -350,18 +360,25 @@ class BudgetEngine:
         refused = self._local.refused(entries)
         in_redis = False
         if refused is None and self._redis is not None:
-            try:
-                async with asyncio.timeout(self._settings.redis_timeout_seconds):
-                    refused = await self._redis.reserve(entries)
-                in_redis = refused is None
-            except Exception as exc:
-                self._metrics.redis_errors.labels("reserve").inc()
-                self._warn_redis("reserve", exc)
+            failure: BaseException | None = None
+            if time.monotonic() < self._redis_skip_until:
+                failure = ConnectionError("Redis failed moments ago")
+            else:
+                try:
+                    async with asyncio.timeout(self._settings.redis_timeout_seconds):
+                        refused = await self._redis.reserve(entries)
+                    in_redis = refused is None
+                except Exception as exc:
+                    failure = exc
+                    self._redis_skip_until = time.monotonic() + _REDIS_RETRY_AFTER
+                    self._metrics.redis_errors.labels("reserve").inc()
+                    self._warn_redis("reserve", exc)
+            if failure is not None:
                 if self._settings.budget_redis_failure is RedisFailure.CLOSED:
                     raise ServiceUnavailable(
                         "Gemini Meter cannot check the budgets that apply to this call right "
                         "now; retry shortly."
-                    ) from exc
+                    ) from failure
                 # Fail open: this process's view (database + own calls) decides alone.
                 refused = self._local.refused(entries)
         if refused is not None:
