@@ -222,3 +222,20 @@ async def test_fifty_concurrent_calls_against_a_budget_at_95_percent(
     assert spend <= limit + bound
     if reserve != "0":
         assert bound == 0 and spend <= limit
+
+
+async def test_a_token_budget_reserves_the_estimated_tokens(make_stack: StackFactory):
+    # 87 bytes -> 22 input tokens, plus maxOutputTokens 100: 122 tokens reserved.
+    stack = await make_stack(budget_reserve_tokens=0, budget_refresh_seconds=3600.0)
+    await add_budget(stack.app, "user:alice", limit_tokens=121)
+    await add_budget(stack.app, "user:bob", limit_tokens=122)
+    await add_budget(stack.app, "user:carol", limit_tokens=10, category="cached")
+    await refresh(stack)
+    status, _, body = await call(stack, "alice")
+    assert "limit 121 tokens" in gemini_error(body, 429, "RESOURCE_EXHAUSTED")
+    status, _, body = await call(stack, "bob")
+    assert status == 200, body
+    # a cached-tokens budget reserves nothing for a prompt without a cache
+    status, _, body = await call(stack, "carol")
+    assert status == 200, body
+    assert forwarded(stack) == 2

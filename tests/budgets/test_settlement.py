@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
+from proxy.budgets.engine import BudgetEngine, build_budget_metrics
+from proxy.budgets.estimate import Estimate
 from proxy.budgets.model import Budget
+from proxy.errors import ResourceExhausted
 from proxy.metering.records import Usage
 from proxy.server.typedefs import budgets_key, sessionmaker_key
+from proxy.settings import Settings
 from proxy.storage import accounts
+from proxy.storage.schema import BudgetRow, make_engine, make_sessionmaker
 from tests.factories import UPSTREAM_KEY, Stack, StackFactory, add_budget, raw
 from tests.faults.helpers import cutting_upstream
 from tests.faults.test_stream_faults import _read_cut
@@ -105,3 +115,62 @@ async def test_the_engine_counts_a_provisional_record_then_only_the_difference(
     assert counted(stack, budget) == (120, 0)
     engine.settle(make_record(alice, interaction_id="i-2", usage=whole), None)
     assert counted(stack, budget) == (240, 0)
+
+
+async def test_counters_start_afresh_when_the_window_rolls_over(
+    migrated_url: str, make_record: Any, tmp_path: Any
+):
+    """The engine's own clock moved past the window's end: the new window's counter
+    starts at zero, while the records of the old one stay counted in it."""
+    settings = Settings(
+        database_url=migrated_url,
+        key_secret=SecretStr("test-secret"),
+        key_secret_file=tmp_path / "secret",
+        budget_reserve_usd=Decimal(0),
+        budget_default_output_tokens=0,
+    )
+    engine_ = make_engine(migrated_url)
+    sessions = make_sessionmaker(engine_)
+    zone = ZoneInfo("America/Los_Angeles")
+    now = [datetime(2026, 3, 8, 23, 30, tzinfo=zone)]  # the 23-hour day of DST's start
+    engine = BudgetEngine(
+        settings, sessions, build_budget_metrics(CollectorRegistry()), clock=lambda: now[0]
+    )
+    try:
+        async with sessions() as session:
+            alice = await accounts.principal_for_user(session, "alice")
+            session.add(
+                BudgetRow(
+                    scope_kind="user",
+                    scope_name="alice",
+                    limit_tokens=100,
+                    window="daily",
+                    timezone="America/Los_Angeles",
+                    thresholds=["1"],
+                    mode="enforce",
+                    webhook_format="json",
+                )
+            )
+            await session.commit()
+        await engine.refresh()
+
+        def guess() -> Estimate:
+            return Estimate(Usage(input_tokens=10, total_tokens=10), Decimal(0), 0)
+
+        spent = Usage(input_tokens=100, total_tokens=100)
+        engine.settle(make_record(alice, created_at=now[0], usage=spent), None)
+        with pytest.raises(ResourceExhausted) as refused:
+            await engine.admit(alice, guess)
+        # local midnight after 2026-03-08 in Los Angeles is 07:00 UTC (PDT, UTC-7)
+        assert "resets at 2026-03-09T00:00:00-07:00" in refused.value.message
+        assert refused.value.headers == {"Retry-After": str(30 * 60)}
+
+        now[0] = datetime(2026, 3, 9, 0, 0, tzinfo=zone)
+        reservation = await engine.admit(alice, guess)
+        assert reservation is not None
+        (entry,) = reservation.entries
+        assert entry.start == datetime(2026, 3, 9, 7, 0, tzinfo=UTC)
+        assert engine.local.spend(entry.key) == 0 and engine.local.reserved(entry.key) == 10
+    finally:
+        await engine.close()
+        await engine_.dispose()
