@@ -44,9 +44,11 @@ class ProxyError(GeminiMeterError):
     code: ClassVar[int] = 500
     status: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # extra response headers, e.g. Retry-After on a budget's refusal
+        self.headers = headers or {}
 
     def body(self) -> bytes:
         return error_body(self.code, self.message, self.status)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -40,6 +42,13 @@ class JournalFullPolicy(StrEnum):
 
     DROP = "drop"  # keep serving; records that do not fit are dropped and counted
     REFUSE = "refuse"  # refuse new billable calls with 503 until the journal drains
+
+
+class RedisFailure(StrEnum):
+    """What admission does when Redis (the shared budget counters) does not answer."""
+
+    OPEN = "open"  # this process's own view of spend decides alone (logged, counted)
+    CLOSED = "closed"  # calls under an enforced budget get 503 until Redis answers
 
 
 class InteractionSharing(StrEnum):
@@ -130,6 +139,24 @@ class Settings(BaseSettings):
     # as "Authorization: Bearer <token>". At least 16 characters.
     admin_token: SecretStr | None = None
 
+    # Budgets (proxy.budgets, docs/budgets.md). Budgets and their spend are reloaded
+    # from the database this often: admission never waits on it.
+    budget_refresh_seconds: float = Field(default=5.0, gt=0)
+    # The zone of a budget stored without one.
+    budget_timezone: str = "UTC"
+    # Reserved per call on top of its estimate, for what cannot be estimated (code
+    # execution's intermediate tokens, thinking, grounding fees).
+    budget_reserve_usd: Decimal = Field(default=Decimal("0.01"), ge=0)
+    budget_reserve_tokens: int = Field(default=4096, ge=0)
+    # The output a call is assumed to produce when it does not cap it.
+    budget_default_output_tokens: int = Field(default=8192, ge=0)
+    # Shared counters for several processes, e.g. redis://127.0.0.1:6379/0; unset, each
+    # process counts in memory over a view of the database.
+    redis_url: SecretStr | None = None
+    redis_prefix: str = "gemini-meter:"
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    budget_redis_failure: RedisFailure = RedisFailure.OPEN
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -168,6 +195,24 @@ class Settings(BaseSettings):
             # first write.
             if not Path(path).parent.is_dir():
                 raise ValueError(f"no directory {str(Path(path).parent)!r} for the SQLite file")
+        return value
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("redis_url must be redis://, rediss:// or unix://")
         return value
 
     @field_validator("key_secret", "upstream_api_key")

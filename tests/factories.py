@@ -43,13 +43,14 @@ from proxy.emulator import (
     create_emulator_app,
     emulator_state_key,
 )
-from proxy.metering.records import Cost, Usage
+from proxy.metering.records import Cost, EndpointKind, Usage, UsageRecord
 from proxy.pricing import load_catalog
 from proxy.server.app import ProxyRunner, create_app
 from proxy.server.typedefs import sessionmaker_key, settings_key, writer_key
 from proxy.settings import Settings
 from proxy.storage import accounts
-from proxy.storage.schema import Base
+from proxy.storage.schema import Base, BudgetRow
+from proxy.storage.writes import insert_usage_rows, usage_values
 
 UPSTREAM_KEY = "upstream-secret-key"
 # For tests where the database plays no part (refusals at the edge): SQLite alone.
@@ -438,3 +439,73 @@ def assert_cost(cost: Cost, expected: dict[str, str]) -> None:
     assert cost.total == D(expected["total"])
     for part in COST_PARTS:
         assert getattr(cost, part) == D(expected.get(part, "0")), part
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+
+async def add_budget(
+    app: web.Application,
+    scope: str,
+    *,
+    limit_usd: str | None = None,
+    limit_tokens: int | None = None,
+    category: str | None = None,
+    window: str = "daily",
+    timezone: str = "UTC",
+    mode: str = "enforce",
+) -> int:
+    """Insert a ``budgets`` row for ``scope`` ("user:alice", "global", ...); its id.
+
+    The proxy sees it at its next refresh (``app[budgets_key].refresh()`` in tests).
+    """
+    kind, _, name = scope.partition(":")
+    async with app[sessionmaker_key]() as session:
+        row = BudgetRow(
+            scope_kind=kind,
+            scope_name=name or None,
+            limit_usd=Decimal(limit_usd) if limit_usd is not None else None,
+            limit_tokens=limit_tokens,
+            category=category,
+            window=window,
+            timezone=timezone,
+            thresholds=["0.5", "0.8", "1"],
+            mode=mode,
+            webhook_format="json",
+        )
+        session.add(row)
+        await session.commit()
+        return row.id
+
+
+async def add_spend(
+    app: web.Application,
+    user: str,
+    cost_usd: str,
+    *,
+    at: datetime | None = None,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> None:
+    """Insert a priced usage record of ``cost_usd`` for ``user`` (as if from an earlier call)."""
+    async with app[sessionmaker_key]() as session:
+        principal = await accounts.principal_for_user(session, user)
+        record = UsageRecord(
+            request_id=uuid.uuid4().hex,
+            created_at=at or datetime.now(UTC),
+            principal=principal,
+            model="gemini-2.5-flash",
+            endpoint=EndpointKind.GENERATE_CONTENT,
+            streamed=False,
+            upstream_status=200,
+            latency_seconds=0.1,
+            ttfb_seconds=0.1,
+            usage=Usage(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                total_tokens=input_tokens + output_tokens,
+            ),
+            cost=Cost(total=Decimal(cost_usd), input=Decimal(cost_usd), catalog_version="test"),
+        )
+        await insert_usage_rows(session, [usage_values(record)])
+        await session.commit()

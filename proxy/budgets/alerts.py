@@ -399,10 +399,10 @@ async def budget_spend(
 ) -> Spend:
     """The spend of ``budget``'s scope over ``start <= created_at < end``, and its split.
 
-    USD budgets sum ``cost_usd`` (unpriced records, whose cost is unknown, add nothing)
-    and split it by cost category; token budgets sum ``total_tokens`` or the one
-    category's column and split it by token category. Either way ``models`` gives the
-    same measure per model. Provisional records count.
+    USD budgets sum ``cost_usd``, or the one cost category's column (unpriced records,
+    whose cost is unknown, add nothing) and split it by cost category; token budgets
+    sum ``total_tokens`` or the one category's column and split it by token category.
+    Either way ``models`` gives the same measure per model. Provisional records count.
     """
     where, join = _scope_filter(budget)
     conditions: list[ColumnElement[bool]] = [UsageRow.created_at >= start]
@@ -414,7 +414,12 @@ async def budget_spend(
     measure: ColumnElement[Any]
     parts: dict[str, ColumnElement[Any]]
     if budget.unit == "USD":
-        measure = func.sum(UsageRow.cost_usd)
+        # one cost category (as the budget's status reports it), or the whole cost
+        measure = func.sum(
+            getattr(UsageRow, f"cost_{budget.category}_usd")
+            if budget.category is not None
+            else UsageRow.cost_usd
+        )
         parts = {name: func.sum(getattr(UsageRow, col)) for name, col in _COST_CATEGORIES}
     else:
         if budget.category is not None:

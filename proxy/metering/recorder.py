@@ -3,7 +3,8 @@
 ``Recorder.finish`` is called by the proxy handler once per billable upstream
 response. It never awaits: pricing is a pure function, metrics are in-memory
 counters, and the writer's ``submit`` only appends to the journal's next group
-commit. Budgets (reconciling the estimate reserved at admission) join here later.
+commit. Budgets settle here: the estimate reserved at admission is replaced by
+what the record counts (``budgets.engine.BudgetEngine.settle``, which never awaits).
 
 An interaction is billed once: the recorder remembers the interactions whose
 terminal record is *journaled* (not merely handed over: a record the journal
@@ -19,11 +20,15 @@ import asyncio
 import logging
 from collections import OrderedDict
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ..pricing import Catalog, price
 from ..server.metrics import Metrics
 from ..storage.writer import UsageWriter
 from .records import Principal, UsageRecord
+
+if TYPE_CHECKING:
+    from ..budgets.engine import BudgetEngine, Reservation
 
 log = logging.getLogger("gemini_meter.recorder")
 
@@ -31,8 +36,15 @@ _SEEN_LIMIT = 100_000
 
 
 class Recorder:
-    def __init__(self, catalog: Catalog, writer: UsageWriter, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        writer: UsageWriter,
+        metrics: Metrics,
+        budgets: BudgetEngine | None = None,
+    ) -> None:
         self._catalog = catalog
+        self._budgets = budgets
         self._writer = writer
         self._metrics = metrics
         # Interactions this process already billed: spares the writer a conflicting
@@ -47,8 +59,11 @@ class Recorder:
         """Remember who created an interaction, for ownership checks in any process."""
         self._writer.submit_owner(interaction_id, principal, model)
 
-    def finish(self, record: UsageRecord) -> asyncio.Future[None] | None:
-        """Price, count and hand on ``record``; never awaits.
+    def finish(
+        self, record: UsageRecord, reservation: Reservation | None = None
+    ) -> asyncio.Future[None] | None:
+        """Price, count and hand on ``record``, settling the call's budget
+        ``reservation`` against it; never awaits.
 
         Returns a future done once the record is journaled (or refused by a full
         journal), for the handler to hold the response's last byte until then;
@@ -56,6 +71,8 @@ class Recorder:
         """
         iid = record.interaction_id
         if iid is not None and iid in self._billed:
+            if self._budgets is not None:
+                self._budgets.release(reservation)
             return None
         try:
             # An unmetered route's zero tokens are not a zero cost: it stays unpriced.
@@ -71,6 +88,8 @@ class Recorder:
             # A pricing bug must not lose the record: it is stored unpriced and counted.
             log.exception("pricing failed for model %r", record.model)
         self._metrics.observe(record)
+        if self._budgets is not None:
+            self._budgets.settle(record, reservation)
         billed = None if iid is None or record.provisional else partial(self._billed_once, iid)
         return self._writer.submit(record, on_durable=billed)
 

@@ -3,11 +3,13 @@
 ``create_app(settings)`` builds everything from the settings it is given and
 holds no state at import time. Each resource has one cleanup context (set up,
 ``yield``, tear down), in dependency order: database, journal and writer,
-upstream session, authenticator and recorder, then budget alerts (the evaluator
-and delivery worker of ``budgets.alerts``, unless ``alerts_enabled`` is off,
-stopped first). On start the journal's rows left by a previous run are handed
-to the writer again; on shutdown streams still being relayed finish, the writer
-flushes every queued record, then the journal is closed and the engine disposed.
+upstream session, budgets (their counters, refreshed from the database, and
+Redis when configured), authenticator and recorder, then keys' last use and budget
+alerts (the evaluator and delivery worker of ``budgets.alerts``, unless
+``alerts_enabled`` is off, stopped first). On start the journal's rows left by a
+previous run are handed to the writer again; on shutdown streams still being relayed
+finish, the writer flushes every queued record, then the journal is closed and the
+engine disposed.
 
 ``ProxyRunner`` (used by ``server.run.serve`` and the tests) runs the app with one
 change to aiohttp's connection handler: requests aiohttp refuses before any handler
@@ -33,6 +35,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ..admin import add_admin_routes, add_meter_routes
 from ..budgets.alerts import AlertDelivery, AlertEvaluator
+from ..budgets.engine import BudgetEngine, build_budget_metrics
 from ..errors import (
     ConfigError,
     InvalidArgument,
@@ -57,6 +60,7 @@ from .typedefs import (
     alert_delivery_key,
     alert_evaluator_key,
     authenticator_key,
+    budgets_key,
     catalog_key,
     engine_key,
     in_flight_key,
@@ -77,7 +81,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json_error(exc: ProxyError) -> web.Response:
-    return web.Response(status=exc.code, body=exc.body(), content_type="application/json")
+    return web.Response(
+        status=exc.code, body=exc.body(), content_type="application/json", headers=exc.headers
+    )
 
 
 _HTTP_STATUS = {
@@ -274,10 +280,36 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _budgets_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    client = None
+    if settings.redis_url is not None:
+        import redis.asyncio  # only when configured: it is not needed otherwise
+
+        client = redis.asyncio.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
+    engine = BudgetEngine(
+        settings,
+        app[sessionmaker_key],
+        build_budget_metrics(app[metrics_key].registry),
+        redis_client=client,
+    )
+    await engine.start()
+    app[budgets_key] = engine
+    yield
+    # After the services: streams still relayed at shutdown settle first.
+    await engine.close()
+
+
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     app[authenticator_key] = Authenticator(settings, app[sessionmaker_key], settings.secret_bytes())
-    app[recorder_key] = Recorder(app[catalog_key], app[writer_key], app[metrics_key])
+    app[recorder_key] = Recorder(
+        app[catalog_key], app[writer_key], app[metrics_key], budgets=app[budgets_key]
+    )
     app[pumps_key] = set()
     app[keyless_uploads_key] = asyncio.Semaphore(settings.keyless_upload_limit)
     yield
@@ -400,7 +432,7 @@ def create_app(
     app[settings_key] = settings
     app[metrics_key] = build_metrics(registry or CollectorRegistry())
     app[catalog_key] = catalog or load_catalog(settings.price_catalog)
-    app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _services_ctx])
+    app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _budgets_ctx, _services_ctx])
     app.cleanup_ctx.extend([_key_use_ctx, _alerts_ctx])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -8,8 +8,10 @@ A request goes through four steps, each a small function:
    is not plain JSON: ``routes`` has the pure checks); resolve the key to a
    ``Principal`` (cached), or admit a keyless upload leg only for an upload id
    started here; read the JSON body of metered calls to learn the model; check
-   the owner of every interaction the call names. Budgets join here later:
-   everything that may refuse a call before it is forwarded.
+   the owner of every interaction the call names. Then ``_reserve``: a billable
+   call reserves its estimate against the enforced budgets that cover it
+   (``budgets.engine``), or is refused with 429; the reservation is settled by
+   the recorder, or released if the call yields no record.
 2. ``_open_upstream``: one request on the app's shared ``ClientSession``, with
    the client's key swapped for the upstream key in ``virtual_keys`` mode and
    hop-by-hop headers dropped. Connection failures become 502, silence 504.
@@ -42,6 +44,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ..budgets.engine import Reservation
+from ..budgets.estimate import Estimate, estimate
 from ..errors import (
     InvalidArgument,
     MethodNotAllowed,
@@ -84,6 +88,8 @@ from .routes import (
 )
 from .typedefs import (
     authenticator_key,
+    budgets_key,
+    catalog_key,
     journal_key,
     keyless_uploads_key,
     metrics_key,
@@ -142,6 +148,8 @@ class _Call:
     upstream_headers: CIMultiDictProxy[str] | None = None
     # done once the record of an unmetered call is journaled (see Recorder.finish)
     durable: asyncio.Future[None] | None = None
+    # held against the caller's budgets until the record settles it
+    reservation: Reservation | None = None
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -151,7 +159,13 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     call = await admit(request, started=time.perf_counter())
     _check_journal(request, call.route)
     if call.principal is not None:
-        return await _forward(request, call)
+        await _reserve(request, call)
+        try:
+            return await _forward(request, call)
+        finally:
+            # A stream's pump settles or releases it when it ends (see _start_pump).
+            if not call.streamed:
+                request.app[budgets_key].release(call.reservation)
     # A keyless upload leg holds an upstream connection for as long as its client
     # takes to send the bytes: only so many at once, so keyed calls always get one.
     limiter = request.app[keyless_uploads_key]
@@ -294,6 +308,58 @@ def _mints_unmetered_access(route: Route, mode: AuthMode) -> bool:
         and route.unmetered is not None
         and route.unmetered.kind is EndpointKind.AUTH_TOKEN_CREATE
     )
+
+
+# Reading an interaction (the poll that bills a background one included), cancelling
+# or deleting one costs nothing at admission: only these reserve against budgets.
+_BUDGETED = frozenset(
+    {
+        Action.INTERACTION_CREATE,
+        Action.GENERATE,
+        Action.STREAM_GENERATE,
+        Action.EMBED,
+        Action.BATCH_EMBED,
+    }
+)
+_EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED})
+_EMBEDDING_KINDS = frozenset(
+    {EndpointKind.ASYNC_BATCH_EMBED_CONTENT, EndpointKind.OPENAI_EMBEDDINGS}
+)
+
+
+def _budgeted(request: web.Request, route: Route) -> bool:
+    """A billable call that may spend: metered creates and generations, and the
+    unmetered routes' writes (reading a batch or an operation costs nothing)."""
+    if route.unmetered is not None:
+        return request.method != "GET"
+    return route.action in _BUDGETED
+
+
+async def _reserve(request: web.Request, call: _Call) -> None:
+    """Reserve the call's estimate against its budgets, or refuse it (429)."""
+    route = call.route
+    principal = call.owner or call.principal
+    if principal is None or not _budgeted(request, route):
+        return
+    app = request.app
+    settings = app[settings_key]
+    body = call.body
+
+    def guess() -> Estimate:
+        kind = route.unmetered.kind if route.unmetered is not None else None
+        return estimate(
+            app[catalog_key],
+            call.meta.model or route.model,
+            body_bytes=len(body) if body is not None else (request.content_length or 0),
+            body=parse_json(body) if body else None,
+            generates=route.action not in _EMBEDDINGS and kind not in _EMBEDDING_KINDS,
+            default_output_tokens=settings.budget_default_output_tokens,
+            reserve_usd=settings.budget_reserve_usd,
+            reserve_tokens=settings.budget_reserve_tokens,
+            service_tier=call.meta.service_tier,
+        )
+
+    call.reservation = await app[budgets_key].admit(principal, guess)
 
 
 def _check_journal(request: web.Request, route: Route) -> None:
@@ -555,6 +621,9 @@ def _start_pump(
     pumps = request.app[pumps_key]
     pumps.add(pump)
     pump.add_done_callback(pumps.discard)
+    budgets = request.app[budgets_key]
+    # The stream's record settled the reservation; without one it is given back.
+    pump.add_done_callback(lambda _: budgets.release(call.reservation))
     return pump
 
 
@@ -688,7 +757,7 @@ def _finish(
     )
     if summary.usage is not None:
         record.usage = summary.usage
-    return request.app[recorder_key].finish(record)
+    return request.app[recorder_key].finish(record, call.reservation)
 
 
 def _record_unmetered(
@@ -718,7 +787,8 @@ def _record_unmetered(
             latency_seconds=time.perf_counter() - call.started,
             ttfb_seconds=call.ttfb,
             unmetered_route=True,
-        )
+        ),
+        call.reservation,
     )
 
 

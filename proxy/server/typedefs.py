@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 if TYPE_CHECKING:
     from ..budgets.alerts import AlertDelivery, AlertEvaluator
+    from ..budgets.engine import BudgetEngine
     from ..metering.recorder import Recorder
     from ..pricing.catalog import Catalog
     from ..settings import Settings
@@ -35,6 +36,8 @@ pumps_key: web.AppKey[set[asyncio.Task[web.StreamResponse]]] = web.AppKey("pumps
 keyless_uploads_key: web.AppKey[asyncio.Semaphore] = web.AppKey("keyless_uploads")
 # the durable journal, None when disabled by the settings
 journal_key: web.AppKey[Journal | None] = web.AppKey("journal")
+# budgets, their counters, admission and settlement (proxy.budgets)
+budgets_key: web.AppKey[BudgetEngine] = web.AppKey("budgets")
 
 
 @dataclass(slots=True)
