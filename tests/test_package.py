@@ -17,7 +17,16 @@ import pytest
 
 import proxy
 
-SUB_PACKAGES = ("server", "metering", "pricing", "storage", "emulator", "cli")
+SUB_PACKAGES = (
+    "server",
+    "metering",
+    "pricing",
+    "storage",
+    "budgets",
+    "admin",
+    "emulator",
+    "cli",
+)
 
 
 def modules_after(statement: str) -> set[str]:
@@ -77,7 +86,7 @@ def test_each_sub_package_opens_with_its_place_in_the_data_path(name: str):
 
 
 # The emulator is not here: it is an aiohttp server through and through.
-@pytest.mark.parametrize("name", ["server", "metering", "pricing", "storage", "cli"])
+@pytest.mark.parametrize("name", ["server", "metering", "pricing", "storage", "budgets", "cli"])
 def test_a_sub_package_alone_loads_no_server_or_database_library(name: str):
     loaded = modules_after(f"import proxy.{name}")
     assert not {"aiohttp", "sqlalchemy"} & loaded
