@@ -36,7 +36,9 @@ __all__ = [
     "UserCreate",
     "UserList",
     "UserOut",
+    "UserQuery",
     "UserUpdate",
+    "UserUpdated",
 ]
 
 _NAME = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
@@ -72,6 +74,22 @@ class UserOut(BaseModel):
     name: str
     team: str | None = Field(description="the user's home team")
     created_at: datetime
+    active_keys: int = Field(description="keys neither revoked nor expired")
+
+
+class UserUpdated(UserOut):
+    """A user after ``PATCH``: with how many keys moved to its new home team."""
+
+    keys_moved: int = Field(
+        description="the user's active keys that billed to its old home team and moved "
+        "with it (a key made for another team stays); 0 when the team did not change"
+    )
+
+
+class UserQuery(_Input):
+    """Filter of ``GET /admin/v1/users``."""
+
+    team: str | None = Field(default=None, description="only the users whose home team this is")
 
 
 class UserList(BaseModel):
@@ -84,10 +102,14 @@ class UserCreate(_Input):
 
 
 class UserUpdate(_Input):
-    """Rename and/or move: a field left out is kept; ``"team": null`` leaves every team."""
+    """Rename and/or move: a field left out is kept; ``"team": null`` leaves every team.
+
+    A move takes along the user's active keys that billed to its old home team; a
+    rename takes along the budgets whose scope names the user.
+    """
 
     name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
-    team: str | None = Field(default=None, description="new home team (made if needed)")
+    team: str | None = Field(default=None, description="new home team, which must exist")
 
 
 class TeamOut(BaseModel):
@@ -168,7 +190,8 @@ class UsageQuery(_Input):
     until: datetime | None = Field(default=None, description="exclusive; UTC if no zone given")
     group_by: str = Field(
         default="user",
-        description="comma-separated group keys: user, team, model, day; empty for the total",
+        description="comma-separated group keys: user, team, key, model, endpoint, day, "
+        "label:NAME (a request label's value); empty for the total",
     )
 
 

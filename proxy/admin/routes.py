@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from ..budgets.model import Budget, BudgetSpec, BudgetStatus, describe_errors
 from ..errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from ..server.typedefs import sessionmaker_key, settings_key
-from ..storage import accounts, budgets, directory, reports
+from ..storage import accounts, budgets, reports
 from ..storage.schema import utcnow
 from .models import (
     BudgetList,
@@ -42,7 +43,9 @@ from .models import (
     UserCreate,
     UserList,
     UserOut,
+    UserQuery,
     UserUpdate,
+    UserUpdated,
 )
 
 __all__ = [
@@ -123,13 +126,20 @@ def parse_query(request: web.Request, model: type[M], ignore: tuple[str, ...] = 
     return query
 
 
-def parse_group_by(text: str, allowed: tuple[str, ...]) -> list[str]:
+def parse_group_by(text: str, allowed: tuple[str, ...], *, labels: bool = False) -> list[str]:
+    """Comma-separated group keys; with ``labels``, ``label:NAME`` too (a request label's
+    value, as ``gemini-meter usage --group-by label:NAME``)."""
     keys = list(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
-    unknown = [k for k in keys if k not in allowed]
+    prefix = reports.LABEL_PREFIX
+
+    def known(key: str) -> bool:
+        return key in allowed or (labels and key.startswith(prefix) and len(key) > len(prefix))
+
+    unknown = [k for k in keys if not known(k)]
     if unknown:
         raise InvalidArgument(
             f"Invalid request: group_by: cannot group by {', '.join(unknown)}; "
-            f"choose from {', '.join(allowed)}"
+            f"choose from {', '.join(allowed)}" + (f" or {prefix}NAME" if labels else "")
         )
     return keys
 
@@ -165,76 +175,90 @@ def _guarded(handler: Handler) -> Handler:
 # -------------------------------------------------------------------- users, teams
 
 
-def _user(info: directory.UserInfo) -> UserOut:
+def _user(info: accounts.UserInfo) -> UserOut:
     return UserOut(**asdict(info))
 
 
-def _team(info: directory.TeamInfo) -> TeamOut:
+def _team(info: accounts.TeamInfo) -> TeamOut:
     return TeamOut(**asdict(info))
 
 
-def _key(info: directory.KeyListing) -> KeyOut:
-    return KeyOut(**asdict(info))
+def _key(info: accounts.KeyInfo) -> KeyOut:
+    return KeyOut(
+        id=info.id,
+        label=info.label,
+        user=info.user,
+        team=info.team,
+        created_at=info.created_at,
+        expires_at=info.expires_at,
+        revoked_at=info.revoked_at,
+        last_used_at=info.last_used_at,
+    )
+
+
+@contextmanager
+def _account_errors() -> Iterator[None]:
+    """``storage.accounts``' refusals as the API's: 404 for a missing name, 409 for a
+    taken one."""
+    try:
+        yield
+    except accounts.NoSuchAccount as exc:
+        raise NotFound(f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
+    except accounts.NameTaken as exc:
+        raise AlreadyExists(f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
 
 
 async def list_users(request: web.Request) -> web.Response:
+    query = parse_query(request, UserQuery)
     async with request.app[sessionmaker_key]() as session:
-        users = await directory.list_users(session)
+        users = await accounts.list_users(session, team=query.team)
     return json_model(UserList(users=[_user(u) for u in users]))
 
 
 async def create_user(request: web.Request) -> web.Response:
     spec = await _body(request, UserCreate)
-    try:
+    with _account_errors():
         async with request.app[sessionmaker_key].begin() as session:
-            info = await directory.create_user(session, spec.name, spec.team)
-    except directory.NameTaken as exc:
-        raise AlreadyExists(f"{exc}.") from None
+            info = await accounts.create_user(session, spec.name, spec.team)
     return json_model(_user(info), 201)
 
 
 async def update_user(request: web.Request) -> web.Response:
     spec = await _body(request, UserUpdate)
     name = request.match_info["name"]
-    changes: dict[str, Any] = {"new_name": spec.name}
-    if "team" in spec.model_fields_set:
-        changes["team"] = spec.team
-    try:
+    moved = 0
+    with _account_errors():
         async with request.app[sessionmaker_key].begin() as session:
-            info = await directory.update_user(session, name, **changes)
-    except directory.NameTaken as exc:
-        raise AlreadyExists(f"{exc}.") from None
-    if info is None:
-        raise NotFound(f"No user called {name!r}.")
-    return json_model(_user(info))
+            if spec.name is not None:
+                await accounts.rename_user(session, name, spec.name)
+                name = spec.name
+            if "team" in spec.model_fields_set:
+                moved = await accounts.move_user(session, name, spec.team)
+            info = await accounts.get_user(session, name)
+    return json_model(UserUpdated(**asdict(info), keys_moved=moved))
 
 
 async def list_teams(request: web.Request) -> web.Response:
     async with request.app[sessionmaker_key]() as session:
-        teams = await directory.list_teams(session)
+        teams = await accounts.list_teams(session)
     return json_model(TeamList(teams=[_team(t) for t in teams]))
 
 
 async def create_team(request: web.Request) -> web.Response:
     spec = await _body(request, TeamCreate)
-    try:
+    with _account_errors():
         async with request.app[sessionmaker_key].begin() as session:
-            info = await directory.create_team(session, spec.name)
-    except directory.NameTaken as exc:
-        raise AlreadyExists(f"{exc}.") from None
+            info = await accounts.create_team(session, spec.name)
     return json_model(_team(info), 201)
 
 
 async def update_team(request: web.Request) -> web.Response:
     spec = await _body(request, TeamUpdate)
     name = request.match_info["name"]
-    try:
+    with _account_errors():
         async with request.app[sessionmaker_key].begin() as session:
-            info = await directory.rename_team(session, name, spec.name)
-    except directory.NameTaken as exc:
-        raise AlreadyExists(f"{exc}.") from None
-    if info is None:
-        raise NotFound(f"No team called {name!r}.")
+            await accounts.rename_team(session, name, spec.name)
+            info = await accounts.get_team(session, spec.name)
     return json_model(_team(info))
 
 
@@ -243,7 +267,7 @@ async def update_team(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     async with request.app[sessionmaker_key]() as session:
-        keys = await directory.list_key_listings(session)
+        keys = await accounts.list_keys(session)
     return json_model(KeyList(keys=[_key(k) for k in keys]))
 
 
@@ -253,8 +277,8 @@ async def create_key(request: web.Request) -> web.Response:
         raise InvalidArgument("Invalid request: expires_at: must be in the future")
     secret = request.app[settings_key].secret_bytes()
     async with request.app[sessionmaker_key].begin() as session:
-        info, key = await directory.issue_key(
-            session, secret, spec.user, spec.team, spec.expires_at
+        info, key = await accounts.create_key(
+            session, secret, spec.user, spec.team, expires_at=spec.expires_at
         )
     return json_model(KeyCreated(info=_key(info), key=key), 201)
 
@@ -263,12 +287,10 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = _int_id(request)
     async with request.app[sessionmaker_key].begin() as session:
         done = await accounts.revoke_key(session, key_id)
-        listing = next(
-            (k for k in await directory.list_key_listings(session) if k.id == key_id), None
-        )
-    if not done or listing is None:
+        info = await accounts.get_key(session, key_id)
+    if not done or info is None:
         raise NotFound(f"No active key with id {key_id}.")
-    return json_model(_key(listing))
+    return json_model(_key(info))
 
 
 # ------------------------------------------------------------------------ budgets
@@ -342,7 +364,7 @@ async def all_budget_status(request: web.Request) -> web.Response:
 
 async def usage(request: web.Request) -> web.Response:
     query = parse_query(request, UsageQuery)
-    group_by = parse_group_by(query.group_by, reports.GROUP_KEYS)
+    group_by = parse_group_by(query.group_by, reports.GROUP_KEYS, labels=True)
     async with request.app[sessionmaker_key]() as session:
         rows = await reports.usage_report(
             session,
@@ -364,14 +386,17 @@ async def openapi(request: web.Request) -> web.Response:
 
 P = ADMIN_PREFIX
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("GET", f"{P}/users", list_users, "List users", response=UserList),
+    Operation(
+        "GET", f"{P}/users", list_users, "List users", query=UserQuery,
+        response=UserList, errors=(400,),
+    ),
     Operation(
         "POST", f"{P}/users", create_user, "Create a user", UserCreate,
         response=UserOut, status=201, errors=(400, 409),
     ),
     Operation(
         "PATCH", f"{P}/users/{{name}}", update_user, "Rename a user or move it to another team",
-        UserUpdate, response=UserOut, errors=(400, 404, 409),
+        UserUpdate, response=UserUpdated, errors=(400, 404, 409),
     ),
     Operation("GET", f"{P}/teams", list_teams, "List teams", response=TeamList),
     Operation(

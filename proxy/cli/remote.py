@@ -17,11 +17,20 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigError, GeminiMeterError
+from .common import database_flag
 
-__all__ = ["AdminTarget", "RemoteError", "add_remote_flags", "admin_call", "remote_target"]
+__all__ = [
+    "AdminTarget",
+    "RemoteError",
+    "add_remote_flags",
+    "admin_call",
+    "local_or_remote_flags",
+    "path_part",
+    "remote_target",
+]
 
 URL_ENV = "GEMINI_METER_ADMIN_URL"
 TOKEN_ENV = "GEMINI_METER_ADMIN_TOKEN"
@@ -29,7 +38,12 @@ TIMEOUT_SECONDS = 30.0
 
 
 class RemoteError(GeminiMeterError):
-    """The admin API answered with an error, or could not be reached."""
+    """The admin API answered with an error (its HTTP ``status``), or could not be
+    reached (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,18 @@ def add_remote_flags(parser: argparse.ArgumentParser) -> None:
         help=f"the proxy's admin token, for --url (env {TOKEN_ENV}; prefer the environment: "
         "a flag is visible to other local users in the process list)",
     )
+
+
+def local_or_remote_flags(parser: argparse.ArgumentParser) -> None:
+    """``--database`` for running on the database, ``--url`` and ``--admin-token`` for
+    running through a proxy's admin API (which then ignores ``--database``)."""
+    database_flag(parser)
+    add_remote_flags(parser)
+
+
+def path_part(name: str) -> str:
+    """A user or team name as one segment of an admin API path."""
+    return quote(name, safe="")
 
 
 def _is_loopback(host: str) -> bool:
@@ -118,9 +144,11 @@ async def _call(
         message = None
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             message = payload["error"].get("message")
-        if status == 404 and path.startswith("/admin/") and message and "route" in message:
+        # The proxy's answer to a path it does not serve (``server.forward``), not a
+        # missing user or key (a user may well be called "router").
+        if status == 404 and isinstance(message, str) and message.startswith("No Gemini API route"):
             message = "the proxy does not serve the admin API (is GEMINI_METER_ADMIN_TOKEN set?)"
-        raise RemoteError(f"the admin API refused ({status}): {message or 'no details'}")
+        raise RemoteError(f"the admin API refused ({status}): {message or 'no details'}", status)
     return payload
 
 

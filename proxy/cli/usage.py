@@ -3,6 +3,11 @@ label, as a report.
 
 The table shows a few columns by default (the categories that add up to the total, and
 the cost); JSON and CSV carry every measure unless ``--columns`` narrows them.
+
+The report comes from the database (``--database``) or, given ``--url`` (or
+``GEMINI_METER_ADMIN_URL``), from a running proxy's ``GET /admin/v1/usage``, which runs
+the same ``storage.reports.usage_report``; both ways print alike. Amounts are printed
+normalised ("1.3", not PostgreSQL's "1.300000000000"), as the admin API sends them.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from .common import Subparsers, _ensure_schema, _settings, _with_session, command, database_flag
+from .common import Subparsers, _ensure_schema, _settings, _with_session, command
 from .format import FORMATS, render
+from .remote import AdminTarget, admin_call, local_or_remote_flags, remote_target
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -97,8 +104,10 @@ def register(subparsers: Subparsers) -> None:
         "examples:\n"
         "  gemini-meter usage --group-by team model --since 2026-11-01\n"
         "  gemini-meter usage --group-by label:project --columns requests,cost_usd\n"
-        "  gemini-meter usage --user alice --group-by day --format json\n\n"
-        f"columns: {', '.join(COLUMNS)}",
+        "  gemini-meter usage --user alice --group-by day --format json\n"
+        "  gemini-meter usage --url https://meter.example.internal --group-by team\n\n"
+        f"columns: {', '.join(COLUMNS)}\n\n"
+        "Works on the database, or on a running proxy through its admin API with --url.",
     )
     p.add_argument("--user", help="only this user's records")
     p.add_argument("--team", help="only the records billed to this team")
@@ -121,7 +130,7 @@ def register(subparsers: Subparsers) -> None:
         f"{', '.join(TABLE_COLUMNS)} for the table, all for json and csv)",
     )
     p.add_argument("--format", choices=FORMATS, default="table", help="output format")
-    database_flag(p)
+    local_or_remote_flags(p)
 
 
 def usage_rows(settings: Settings, args: argparse.Namespace) -> list[dict[str, object]]:
@@ -145,12 +154,48 @@ def usage_rows(settings: Settings, args: argparse.Namespace) -> list[dict[str, o
     return rows
 
 
+def _utc_text(when: datetime) -> str:
+    # "Z" rather than "+00:00": a "+" in a query string can read as a space.
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def remote_usage_rows(target: AdminTarget, args: argparse.Namespace) -> list[dict[str, object]]:
+    """The report from ``GET /admin/v1/usage``, as ``usage_rows`` makes it locally."""
+    from ..admin.models import UsageReport
+
+    params = {"group_by": ",".join(args.group_by)}
+    for name in ("user", "team", "model"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    for name in ("since", "until"):
+        if getattr(args, name) is not None:
+            params[name] = _utc_text(getattr(args, name))
+    report = UsageReport.model_validate(admin_call(target, "GET", "/admin/v1/usage", None, params))
+    # Attributes, not model_dump(): that would turn the amounts back into strings.
+    return [
+        {**{name: getattr(row, name) for name in type(row).model_fields}, **(row.model_extra or {})}
+        for row in report.rows
+    ]
+
+
+def _normalised(row: dict[str, object]) -> dict[str, object]:
+    return {
+        k: Decimal(format(v.normalize(), "f")) if isinstance(v, Decimal) else v
+        for k, v in row.items()
+    }
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _ensure_schema(settings, create=False)
     group_by = list(dict.fromkeys(args.group_by or ["user"]))
     args.group_by = group_by
-    rows = usage_rows(settings, args)
+    target = remote_target(args)
+    if target is not None:
+        rows = remote_usage_rows(target, args)
+    else:
+        settings = _settings(args)
+        _ensure_schema(settings, create=False)
+        rows = usage_rows(settings, args)
+    rows = [_normalised(r) for r in rows]
     shown = args.columns or (TABLE_COLUMNS if args.format == "table" else REPORT_COLUMNS)
     print(render(rows, [*group_by, *shown], args.format))
     return 0

@@ -7,10 +7,14 @@ transaction and the caller decides when it ends::
     async with sessionmaker.begin() as session:      # commits on success
         info, key = await create_key(session, secret, "alice", "ml")
 
-The CLI creates, lists, renames and moves users and teams here, and creates, lists
-and revokes keys; ``server.auth`` resolves keys and interaction owners here on a
-cache miss only, and writes keys' last use here in the background
-(``record_key_use``), never on a request's path.
+The CLI (on the database) and the admin API (``admin.routes``, which the CLI's
+``--url`` goes through) both create, list, rename and move users and teams here, and
+create, list and revoke keys, so the two behave alike: a rename carries the budgets
+that name the user or team along, a move takes along the keys that followed the home
+team, and a missing name is ``NoSuchAccount`` (404), a taken one ``NameTaken`` (409).
+``server.auth`` resolves keys and interaction owners here on a cache miss only,
+and writes keys' last use here in the background (``record_key_use``), never on a
+request's path.
 
 Users and teams are made with INSERT ... ON CONFLICT DO NOTHING followed by a
 SELECT, so several proxy processes resolving the same new name at once all end
@@ -29,13 +33,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..errors import GeminiMeterError
 from ..metering.records import Principal
 from ..server.keys import KEY_PREFIX, hash_key, new_key
-from .schema import ApiKey, Interaction, Team, UploadSession, User, utcnow
+from .schema import ApiKey, BudgetRow, Interaction, Team, UploadSession, User, utcnow
 from .writes import insert_ignoring, insert_interaction_owners, owner_values, table_of
 
 __all__ = [
     "AccountError",
     "ActiveKey",
     "KeyInfo",
+    "NameTaken",
+    "NoSuchAccount",
     "TeamInfo",
     "UserInfo",
     "active_key",
@@ -43,7 +49,10 @@ __all__ = [
     "create_team",
     "create_user",
     "get_or_create_team",
+    "get_key",
     "get_or_create_user",
+    "get_team",
+    "get_user",
     "interaction_owner",
     "key_label",
     "list_keys",
@@ -64,6 +73,14 @@ __all__ = [
 
 class AccountError(GeminiMeterError):
     """A user or team that should exist does not, or a name that should be free is taken."""
+
+
+class NoSuchAccount(AccountError):
+    """No user (or team) of that name; the admin API answers 404."""
+
+
+class NameTaken(AccountError):
+    """Another user (or team) already has that name; the admin API answers 409."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,48 +169,60 @@ async def get_or_create_user(session: AsyncSession, name: str, team: str | None)
 async def _team_id(session: AsyncSession, name: str) -> int:
     team_id = await session.scalar(select(Team.id).where(Team.name == name))
     if team_id is None:
-        raise AccountError(f"no team {name!r}")
+        raise NoSuchAccount(f"no team {name!r}")
     return team_id
 
 
 async def _user_row(session: AsyncSession, name: str) -> User:
     user = await session.scalar(select(User).where(User.name == name))
     if user is None:
-        raise AccountError(f"no user {name!r}")
+        raise NoSuchAccount(f"no user {name!r}")
     return user
 
 
-async def create_team(session: AsyncSession, name: str) -> Team:
-    """A new team; ``AccountError`` when the name is taken."""
+async def create_team(session: AsyncSession, name: str) -> TeamInfo:
+    """A new team; ``NameTaken`` when the name is taken."""
     if await session.scalar(select(Team.id).where(Team.name == name)) is not None:
-        raise AccountError(f"team {name!r} exists already")
-    return await get_or_create_team(session, name)
+        raise NameTaken(f"team {name!r} exists already")
+    await get_or_create_team(session, name)
+    return await get_team(session, name)
 
 
-async def create_user(session: AsyncSession, name: str, team: str | None) -> User:
-    """A new user in ``team`` (made if needed); ``AccountError`` when the name is taken."""
+async def create_user(session: AsyncSession, name: str, team: str | None) -> UserInfo:
+    """A new user in ``team`` (made if needed); ``NameTaken`` when the name is taken."""
     if await session.scalar(select(User.id).where(User.name == name)) is not None:
-        raise AccountError(f"user {name!r} exists already")
-    return await get_or_create_user(session, name, team)
+        raise NameTaken(f"user {name!r} exists already")
+    await get_or_create_user(session, name, team)
+    return await get_user(session, name)
 
 
-async def list_teams(session: AsyncSession) -> list[TeamInfo]:
-    """Every team, by name, with how many users call it home."""
+def _team_query() -> Any:
     members = func.count(User.id)
-    query = (
+    return (
         select(Team.id, Team.name, Team.created_at, members)
         .outerjoin(User, User.team_id == Team.id)
         .group_by(Team.id, Team.name, Team.created_at)
     )
-    teams = [TeamInfo(*row) for row in await session.execute(query)]
+
+
+async def list_teams(session: AsyncSession) -> list[TeamInfo]:
+    """Every team, by name, with how many users call it home."""
+    teams = [TeamInfo(*row) for row in await session.execute(_team_query())]
     return sorted(teams, key=lambda t: t.name)
 
 
-async def list_users(session: AsyncSession, *, team: str | None = None) -> list[UserInfo]:
-    """Every user (or the users whose home team is ``team``), by name."""
+async def get_team(session: AsyncSession, name: str) -> TeamInfo:
+    """The team called ``name``; ``NoSuchAccount`` if there is none."""
+    row = (await session.execute(_team_query().where(Team.name == name))).first()
+    if row is None:
+        raise NoSuchAccount(f"no team {name!r}")
+    return TeamInfo(*row)
+
+
+def _user_query() -> Any:
     now = utcnow()
     active = func.count(ApiKey.id)
-    query = (
+    return (
         select(User.id, User.name, Team.name, User.created_at, active)
         .outerjoin(Team, User.team_id == Team.id)
         .outerjoin(
@@ -204,18 +233,31 @@ async def list_users(session: AsyncSession, *, team: str | None = None) -> list[
         )
         .group_by(User.id, User.name, Team.name, User.created_at)
     )
+
+
+async def list_users(session: AsyncSession, *, team: str | None = None) -> list[UserInfo]:
+    """Every user (or the users whose home team is ``team``), by name."""
+    query = _user_query()
     if team is not None:
         query = query.where(Team.name == team)
     users = [UserInfo(*row) for row in await session.execute(query)]
     return sorted(users, key=lambda u: u.name)
 
 
+async def get_user(session: AsyncSession, name: str) -> UserInfo:
+    """The user called ``name``; ``NoSuchAccount`` if there is none."""
+    row = (await session.execute(_user_query().where(User.name == name))).first()
+    if row is None:
+        raise NoSuchAccount(f"no user {name!r}")
+    return UserInfo(*row)
+
+
 async def _rename(
     session: AsyncSession, model: type[User] | type[Team], old: str, new: str
 ) -> None:
     kind = "user" if model is User else "team"
-    if await session.scalar(select(model.id).where(model.name == new)) is not None:
-        raise AccountError(f"{kind} {new!r} exists already")
+    if old != new and await session.scalar(select(model.id).where(model.name == new)) is not None:
+        raise NameTaken(f"{kind} {new!r} exists already")
     result = await session.execute(
         update(model)
         .where(model.name == old)
@@ -223,25 +265,38 @@ async def _rename(
         .execution_options(synchronize_session=False)
     )
     if cast(CursorResult[Any], result).rowcount != 1:
-        raise AccountError(f"no {kind} {old!r}")
+        raise NoSuchAccount(f"no {kind} {old!r}")
+    if old != new:
+        # Budgets name their user or team scope by name (records and keys hold ids):
+        # without this, a renamed user's budget would cap a name nobody has.
+        await session.execute(
+            update(BudgetRow)
+            .where(BudgetRow.scope_kind == kind, BudgetRow.scope_name == old)
+            .values(scope_name=new, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 async def rename_user(session: AsyncSession, old: str, new: str) -> None:
-    """Rename a user; records and keys follow (they hold the id, not the name).
+    """Rename a user; records and keys follow (they hold the id, not the name), and so do
+    the budgets whose scope is ``user:OLD``.
 
     Proxies that cached one of the user's keys report the old name until the cache
-    entry expires (``key_cache_ttl_seconds``).
+    entry expires (``key_cache_ttl_seconds``); their budget counters pick up the new
+    scope when they next load the budgets.
     """
     await _rename(session, User, old, new)
 
 
 async def rename_team(session: AsyncSession, old: str, new: str) -> None:
-    """Rename a team; records, users and keys follow (they hold the id)."""
+    """Rename a team; records, users and keys follow (they hold the id), and so do the
+    budgets whose scope is ``team:OLD``."""
     await _rename(session, Team, old, new)
 
 
-async def move_user(session: AsyncSession, name: str, team: str) -> int:
-    """Make ``team`` (which must exist) the user's home team; returns how many keys moved.
+async def move_user(session: AsyncSession, name: str, team: str | None) -> int:
+    """Make ``team`` (which must exist; None: no team) the user's home team; returns how
+    many keys moved.
 
     The user's keys that billed to the old home team move with the user, since they
     followed it; a key made for another team explicitly stays with that team. Records
@@ -249,7 +304,7 @@ async def move_user(session: AsyncSession, name: str, team: str) -> int:
     their cache entry for a key expires (``key_cache_ttl_seconds``).
     """
     user = await _user_row(session, name)
-    team_id = await _team_id(session, team)
+    team_id = await _team_id(session, team) if team is not None else None
     old_team_id = user.team_id
     await session.execute(
         update(User)
@@ -257,6 +312,8 @@ async def move_user(session: AsyncSession, name: str, team: str) -> int:
         .values(team_id=team_id)
         .execution_options(synchronize_session=False)
     )
+    if old_team_id == team_id:
+        return 0
     same_team = ApiKey.team_id.is_(None) if old_team_id is None else ApiKey.team_id == old_team_id
     moved = await session.execute(
         update(ApiKey)
@@ -334,6 +391,12 @@ async def list_keys(session: AsyncSession, *, include_revoked: bool = True) -> l
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
     return [KeyInfo(*row) for row in await session.execute(query)]
+
+
+async def get_key(session: AsyncSession, key_id: int) -> KeyInfo | None:
+    """The key with id ``key_id`` (active or not), or None."""
+    row = (await session.execute(_key_info_query().where(ApiKey.id == key_id))).first()
+    return KeyInfo(*row) if row is not None else None
 
 
 async def revoke_key(session: AsyncSession, key_id: int) -> bool:

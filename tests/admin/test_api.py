@@ -148,6 +148,32 @@ async def test_users_and_teams(admin: Stack) -> None:
     assert status == 400 and "role" in body["error"]["message"]
 
 
+async def test_a_move_takes_the_keys_that_followed_the_home_team(admin: Stack) -> None:
+    # alice's key bills to research, her home team; one more is made for audit explicitly.
+    status, body = await call(admin, "POST", "/admin/v1/keys", {"user": "alice", "team": "audit"})
+    audit_key = body["info"]["id"]
+    status, body = await call(admin, "PATCH", "/admin/v1/users/alice", {"team": "support"})
+    assert (status, body["team"], body["keys_moved"], body["active_keys"]) == (
+        200,
+        "support",
+        1,
+        2,
+    )
+    status, body = await call(admin, "GET", "/admin/v1/keys")
+    alices = {k["id"]: k["team"] for k in body["keys"] if k["user"] == "alice"}
+    assert alices.pop(audit_key) == "audit" and list(alices.values()) == ["support"]
+    # A team that does not exist is not made by a move: 404, and nothing changed.
+    status, body = await call(admin, "PATCH", "/admin/v1/users/alice", {"team": "nowhere"})
+    assert status == 404 and "nowhere" in body["error"]["message"]
+    status, body = await call(admin, "GET", "/admin/v1/users?team=support")
+    assert [(u["name"], u["team"]) for u in body["users"]] == [
+        ("alice", "support"),
+        ("bob", "support"),
+    ]
+    status, body = await call(admin, "GET", "/admin/v1/teams")
+    assert "nowhere" not in {t["name"] for t in body["teams"]}
+
+
 # ----------------------------------------------------------------------------- keys
 
 

@@ -94,6 +94,33 @@ def test_moving_a_user_moves_the_keys_that_followed_its_team(capsys, db):
     assert other_principal is not None and other_principal.team_name == "audit"
 
 
+def test_a_rename_carries_the_budgets_that_name_the_user_or_team(capsys, db):
+    cli(capsys, "users", "create", "bob", "--team", "research", "--database", db)
+    for scope in ("user:bob", "team:research", "user:alice"):
+        made = cli(
+            capsys,
+            *("budgets", "set", "--scope", scope, "--limit-usd", "5", "--window", "daily"),
+            *("--mode", "enforce", "--database", db),
+        )
+        assert made.code == 0, made.err
+    assert cli(capsys, "users", "rename", "bob", "robert", "--database", db).code == 0
+    assert cli(capsys, "teams", "rename", "research", "ml", "--database", db).code == 0
+    scopes = [b["scope"] for b in rows(capsys, "budgets", "list", "--database", db)]
+    # A budget on a name nobody has any more would cap nothing; alice's is untouched.
+    assert scopes == ["user:robert", "team:ml", "user:alice"]
+
+
+def test_moving_a_user_to_the_team_it_is_in_moves_no_key(capsys, db):
+    cli(capsys, "users", "create", "alice", "--team", "research", "--database", db)
+    cli(capsys, "teams", "create", "support", "--database", db)
+    cli(capsys, "keys", "create", "--user", "alice", "--database", db)
+    there = cli(capsys, "users", "move", "alice", "--team", "support", "--database", db)
+    assert there.out == "user alice moved to team support, with 1 key(s)\n"
+    # Already there: nothing moves, and the count says so.
+    again = cli(capsys, "users", "move", "alice", "--team", "support", "--database", db)
+    assert again.out == "user alice moved to team support, with 0 key(s)\n"
+
+
 # --- keys: expiry and last use --------------------------------------------------------------
 
 

@@ -296,3 +296,32 @@ def test_usage_refuses_unknown_groupings_and_columns(capsys, argv, message):
         cli(capsys, "usage", *argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+REMOTE_COMMANDS = {
+    ("users", "list"),
+    ("users", "create"),
+    ("users", "rename"),
+    ("users", "move"),
+    ("teams", "list"),
+    ("teams", "create"),
+    ("teams", "rename"),
+    ("keys", "create"),
+    ("keys", "list"),
+    ("keys", "revoke"),
+    ("usage",),
+    ("budgets", "set"),
+    ("budgets", "list"),
+    ("budgets", "status"),
+    ("budgets", "delete"),
+}
+
+
+def test_the_commands_that_work_remotely_say_so_in_their_help():
+    commands = {path: parser for path, parser, _ in every_command(build_parser())}
+    for path in REMOTE_COMMANDS:
+        text = " ".join(commands[path].format_help().split())
+        assert "--url URL" in text and "--admin-token" in text, path
+        assert "admin API" in text, path
+    for group in ("users", "teams", "keys", "budgets"):
+        assert "--url" in " ".join(commands[(group,)].format_help().split()), group
