@@ -8,7 +8,6 @@ refuse unsafe values at start-up rather than at the first request.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 from decimal import Decimal
@@ -25,6 +24,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from .loopback import is_loopback
 
 DEFAULT_UPSTREAM = "https://generativelanguage.googleapis.com"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./gemini-meter.db"
@@ -54,15 +55,6 @@ class RedisFailure(StrEnum):
 class InteractionSharing(StrEnum):
     OWNER = "owner"
     TEAM = "team"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(BaseSettings):
@@ -178,7 +170,7 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL with a host")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ValueError("must use https unless it is a loopback address")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry credentials, a query or a fragment")

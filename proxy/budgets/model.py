@@ -16,7 +16,6 @@ input) and a USD budget the whole cost.
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -36,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..loopback import is_loopback
 from .windows import Window
 
 __all__ = [
@@ -133,15 +133,6 @@ class Scope(BaseModel):
         return "global" if self.kind == "global" else f"{self.kind}:{self.name}"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class BudgetSpec(BaseModel):
     """A budget as an operator sets it (create, or replace by id)."""
 
@@ -231,7 +222,7 @@ class BudgetSpec(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # Never the value itself in the message: the URL may be a credential.
             raise ValueError("must be an http(s) URL with a host")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ValueError("must use https unless it is a loopback address")
         return value.strip()
 

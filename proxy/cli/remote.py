@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigError, GeminiMeterError
+from ..loopback import is_loopback
 from .common import database_flag
 
 __all__ = [
@@ -81,15 +81,6 @@ def path_part(name: str) -> str:
     return quote(name, safe="")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def remote_target(args: argparse.Namespace) -> AdminTarget | None:
     """Where to send the command, or None to use the database directly."""
     url = getattr(args, "url", None) or os.environ.get(URL_ENV)
@@ -98,7 +89,7 @@ def remote_target(args: argparse.Namespace) -> AdminTarget | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"--url must be an http(s) URL with a host (or set {URL_ENV})")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError("--url must use https unless it is a loopback address")
     token = getattr(args, "admin_token", None) or os.environ.get(TOKEN_ENV)
     if not token:
