@@ -26,6 +26,7 @@ import hmac
 import time
 from importlib import resources
 from typing import Final
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -110,9 +111,10 @@ def _page(body: bytes, status: int = 200) -> web.Response:
 
 
 def _same_origin(request: web.Request) -> bool:
-    # A form posted from another site's page carries that site's Origin.
+    # A form posted from another site's page carries that site's Origin. Only the host is
+    # compared: behind a TLS-terminating proxy the page is https and this request http.
     origin = request.headers.get("origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    return origin is None or urlsplit(origin).netloc == request.host
 
 
 async def page(request: web.Request) -> web.Response:
