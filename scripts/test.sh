@@ -32,6 +32,11 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   done
 fi
 
+# The usage page is tested in Debian's Chromium, driven by Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update && apt-get install -y chromium
+fi
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

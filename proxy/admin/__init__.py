@@ -5,8 +5,9 @@ reports; it exists only when ``Settings.admin_token`` is set, and every call mus
 that token as a Bearer token. ``/meter/v1/`` (``meter``) lets a virtual key read its
 own user's usage and the status of the budgets that apply to it. Both are described by
 one OpenAPI document (``openapi``) built from the pydantic models in ``models`` and the
-route tables. Handlers talk to ``storage`` in short transactions of their own; no
-proxied call ever waits on them.
+route tables. ``ui`` serves the usage page under ``/ui/`` (with the admin API, only
+when the token is set): static files that read the admin API's JSON. Handlers talk to
+``storage`` in short transactions of their own; no proxied call ever waits on them.
 """
 
 from .meter import add_meter_routes

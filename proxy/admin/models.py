@@ -26,6 +26,9 @@ __all__ = [
     "KeyOut",
     "MeterUsageQuery",
     "NoQuery",
+    "RecordList",
+    "RecordOut",
+    "RecordsQuery",
     "TeamCreate",
     "TeamList",
     "TeamOut",
@@ -242,3 +245,38 @@ class UsageReport(BaseModel):
     @classmethod
     def of(cls, group_by: list[str], rows: list[dict[str, Any]]) -> UsageReport:
         return cls(group_by=group_by, rows=[UsageReportRow(**r) for r in rows])
+
+
+# ------------------------------------------------------------------------ records
+
+
+class RecordsQuery(_Input):
+    """``GET /admin/v1/records``: how many of the most recent records."""
+
+    limit: int = Field(default=50, ge=1, le=1000, description="at most this many, newest first")
+
+
+class RecordOut(BaseModel):
+    """One stored usage record, as the usage page's list of recent calls shows it."""
+
+    id: int
+    created_at: datetime
+    user: str
+    team: str | None = Field(description="the team the call was billed to")
+    model: str | None
+    endpoint: str = Field(description="the route's name, e.g. generate_content")
+    streamed: bool
+    status: int = Field(description="the upstream's HTTP status")
+    provisional: bool = Field(description="partial usage of an interaction not yet finished")
+    code_execution_calls: int
+    input_tokens: int
+    cached_tokens: int
+    intermediate_tokens: int
+    output_tokens: int
+    thinking_tokens: int
+    total_tokens: int
+    cost_usd: DecimalString | None = Field(description="null when the model was unpriced")
+
+
+class RecordList(BaseModel):
+    records: list[RecordOut]

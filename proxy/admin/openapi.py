@@ -19,6 +19,7 @@ from .. import __version__
 from .meter import METER_OPERATIONS
 from .models import ErrorResponse
 from .routes import OPERATIONS, Operation
+from .ui import SESSION_COOKIE
 
 __all__ = ["openapi_document"]
 
@@ -83,10 +84,14 @@ def _operation(op: Operation, refs: dict[Any, Any], defs: dict[str, Any]) -> dic
         responses[str(op.status)] = {"description": _REASONS[op.status]}
     for code in sorted({*op.errors, 401}):
         responses[str(code)] = _error(code)
+    security: list[dict[str, list[str]]] = [{op.security: []}]
+    if op.security == "adminToken" and op.method == "GET":
+        # The usage page's session reads what the admin token reads (``ui``).
+        security.append({"uiSession": []})
     out: dict[str, Any] = {
         "operationId": op.handler.__name__,
         "summary": op.summary,
-        "security": [{op.security: []}],
+        "security": security,
         "responses": responses,
     }
     params = _parameters(op, refs, defs)
@@ -135,6 +140,13 @@ def openapi_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "GEMINI_METER_ADMIN_TOKEN",
+                },
+                "uiSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": "the usage page's session (GET only): POST the admin "
+                    "token to /ui/login as the form field token",
                 },
                 "virtualKey": {
                     "type": "apiKey",

@@ -2,10 +2,11 @@
 document are both made.
 
 Every handler is wrapped by ``_guarded``: ``Authorization: Bearer <token>`` compared with
-``Settings.admin_token`` in constant time, else 401 in Gemini's error shape (the same
-answer for a missing and a wrong token, which is never echoed). Handlers parse the body
-or the query into a pydantic model (a failure is 400 naming the field), do one short
-transaction through ``storage``, and answer a pydantic model as JSON. They run beside the
+``Settings.admin_token`` in constant time (or, for a GET, the usage page's session
+cookie, see ``ui``), else 401 in Gemini's error shape (the same answer for a missing and
+a wrong token, which is never echoed). Handlers parse the body or the query into a
+pydantic model (a failure is 400 naming the field), do one short transaction through
+``storage``, and answer a pydantic model as JSON. They run beside the
 proxy on the same event loop; none of them is on a proxied call's path.
 """
 
@@ -34,6 +35,9 @@ from .models import (
     KeyCreated,
     KeyList,
     KeyOut,
+    RecordList,
+    RecordOut,
+    RecordsQuery,
     TeamCreate,
     TeamList,
     TeamOut,
@@ -47,6 +51,7 @@ from .models import (
     UserUpdate,
     UserUpdated,
 )
+from .ui import add_ui_routes, session_ok
 
 __all__ = [
     "ADMIN_PREFIX",
@@ -154,6 +159,9 @@ def _int_id(request: web.Request) -> int:
 def _guarded(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         token = request.app[settings_key].admin_token
+        # The usage page's session cookie may read, never write (see ``ui``).
+        if request.method == "GET" and session_ok(request):
+            return await handler(request)
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         # The configured token is checked at start-up; compare_digest on bytes takes the
         # same time whatever prefix of the token a caller got right.
@@ -378,6 +386,15 @@ async def usage(request: web.Request) -> web.Response:
     return json_model(UsageReport.of(group_by, rows))
 
 
+async def records(request: web.Request) -> web.Response:
+    query = parse_query(request, RecordsQuery)
+    async with request.app[sessionmaker_key]() as session:
+        rows = await reports.recent_records(session, query.limit)
+    for row in rows:
+        row["status"] = row.pop("upstream_status")
+    return json_model(RecordList(records=[RecordOut.model_validate(r) for r in rows]))
+
+
 async def openapi(request: web.Request) -> web.Response:
     from .openapi import openapi_document
 
@@ -447,11 +464,16 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET", f"{P}/usage", usage, "Usage and cost report, grouped like `gemini-meter usage`",
         query=UsageQuery, response=UsageReport, errors=(400,),
     ),
+    Operation(
+        "GET", f"{P}/records", records, "The most recent usage records, newest first",
+        query=RecordsQuery, response=RecordList, errors=(400,),
+    ),
     Operation("GET", f"{P}/openapi.json", openapi, "This OpenAPI document"),
 )  # fmt: skip
 
 
 def add_admin_routes(app: web.Application) -> None:
-    """Add every admin route to ``app``, each behind the admin token."""
+    """Add every admin route to ``app``, each behind the admin token, and the usage page."""
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op.handler))
+    add_ui_routes(app)

@@ -25,6 +25,7 @@ __all__ = [
     "LABEL_PREFIX",
     "TOKEN_COLUMNS",
     "RepricingRow",
+    "recent_records",
     "records_for_repricing",
     "update_record_costs",
     "usage_report",
@@ -171,6 +172,41 @@ async def usage_report(
     # SQLite's byte order disagree on text, and NULLs sort differently too.
     rows.sort(key=lambda r: tuple((r[k] is not None, _sortable(r[k])) for k in keys))
     return rows
+
+
+RECENT_COLUMNS = (
+    "id",
+    "created_at",
+    "model",
+    "endpoint",
+    "streamed",
+    "upstream_status",
+    "provisional",
+    "code_execution_calls",
+    *TOKEN_COLUMNS,
+    "cost_usd",
+)
+
+
+async def recent_records(session: AsyncSession, limit: int) -> list[dict[str, object]]:
+    """The ``limit`` most recent records, newest first, with user and team names.
+
+    Each row holds ``RECENT_COLUMNS`` plus ``user`` and ``team`` (None for a record billed
+    to no team). Ordered by ``created_at`` then ``id``, both descending: the writer
+    batches records, so ids alone need not follow the time a call was made.
+    """
+    query = (
+        select(
+            *(getattr(UsageRow, c) for c in RECENT_COLUMNS),
+            User.name.label("user"),
+            Team.name.label("team"),
+        )
+        .join(User, UsageRow.user_id == User.id)
+        .outerjoin(Team, UsageRow.team_id == Team.id)
+        .order_by(UsageRow.created_at.desc(), UsageRow.id.desc())
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in await session.execute(query)]
 
 
 def _sortable(value: object) -> tuple[int, str]:
