@@ -51,6 +51,14 @@ class RedisFailure(StrEnum):
     CLOSED = "closed"  # calls under an enforced budget get 503 until Redis answers
 
 
+class MetricsPrincipal(StrEnum):
+    """What the ``principal`` label of the per-call metrics carries."""
+
+    NONE = "none"  # always "": the fewest series
+    TEAM = "team"  # the team's name ("" for a user without one)
+    USER = "user"  # the user's name
+
+
 class InteractionSharing(StrEnum):
     OWNER = "owner"
     TEAM = "team"
@@ -134,6 +142,14 @@ class Settings(BaseSettings):
     alert_retry_max_seconds: float = Field(default=300.0, gt=0)
 
     price_catalog: Path | None = None
+
+    # Prometheus /metrics (server.metrics, docs/metrics.md). Unset port: served on the
+    # proxy's own port; set, only on this one (same host), off the proxy port.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # The per-principal label, and how many distinct values it takes before the rest
+    # are counted as "other" (series grow with it: docs/metrics.md has the bound).
+    metrics_principal: MetricsPrincipal = MetricsPrincipal.TEAM
+    metrics_principal_limit: int = Field(default=100, gt=0)
 
     # The admin HTTP API (/admin/v1/) is served only when this is set; clients send it
     # as "Authorization: Bearer <token>". At least 16 characters.
