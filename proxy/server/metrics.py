@@ -154,7 +154,8 @@ class Metrics:
         )
         self.duration = Histogram(
             "gemini_meter_request_duration_seconds",
-            "Time from receiving a metered call to relaying its last byte.",
+            "Time from receiving a metered call to its record being finished: its whole"
+            " response read from the upstream, or its stream relayed.",
             ["endpoint", "streamed"],
             buckets=_DURATION_BUCKETS,
             registry=registry,
