@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     # are counted as "other" (series grow with it: docs/metrics.md has the bound).
     metrics_principal: MetricsPrincipal = MetricsPrincipal.TEAM
     metrics_principal_limit: int = Field(default=100, gt=0)
+    # Optional OTLP/HTTP export of the GenAI client metrics (server.otel; needs the
+    # ``otel`` extra): the collector's base URL, e.g. http://127.0.0.1:4318.
+    otlp_endpoint: str | None = None
+    otlp_interval_seconds: float = Field(default=60.0, gt=0)
 
     # The admin HTTP API (/admin/v1/) is served only when this is set; clients send it
     # as "Authorization: Bearer <token>". At least 16 characters.
@@ -199,6 +203,18 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry credentials, a query or a fragment")
         return value.rstrip("/")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials")
+        return value
 
     @field_validator("database_url")
     @classmethod

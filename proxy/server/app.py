@@ -54,6 +54,7 @@ from ..storage.writer import UsageWriter
 from .auth import Authenticator
 from .forward import proxy_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
+from .otel import otel_ctx
 from .typedefs import (
     InFlight,
     alert_delivery_key,
@@ -437,6 +438,7 @@ def create_app(
         principal_limit=settings.metrics_principal_limit,
         resolve_model=app[catalog_key].resolve,
     )
+    app.cleanup_ctx.append(otel_ctx)  # torn down last: records finished late are exported
     app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _budgets_ctx, _services_ctx])
     app.cleanup_ctx.extend([_key_use_ctx, _alerts_ctx])
     app.router.add_get("/healthz", healthz)

@@ -23,6 +23,7 @@ scrape time by collectors (``watch_journal``, ``watch_writer``,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -57,6 +58,8 @@ __all__ = [
     "watch_journal",
     "watch_writer",
 ]
+
+log = logging.getLogger("gemini_meter.metrics")
 
 TOKEN_TYPES = ("input", "cached", "intermediate", "output", "thinking")
 COST_CATEGORIES = ("input", "cached", "intermediate", "output", "thinking", "grounding")
@@ -131,6 +134,8 @@ class Metrics:
         # raw model name -> label value; bounded apart from the label cap, since raw
         # names are whatever clients send
         self._model_labels: dict[str | None, str] = {}
+        # Also given each finished record (the OTLP export, ``server.otel``).
+        self.listeners: list[Callable[[UsageRecord], None]] = []
 
         self.requests = Counter(
             "gemini_meter_requests_total",
@@ -287,6 +292,11 @@ class Metrics:
         if record.provisional:
             self.provisional.inc()
             return
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("a metrics listener failed; the record is kept")
         endpoint = record.endpoint.value
         model = self.model_label(record.model)
         principal = self.principal_label(record.principal)
