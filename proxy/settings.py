@@ -276,6 +276,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        if self.metrics_port is not None and self.metrics_port == self.port != 0:
+            raise ValueError(
+                "metrics_port (GEMINI_METER_METRICS_PORT) must differ from port: unset it "
+                "to serve /metrics on the proxy's port"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _keyless_uploads_leave_room(self) -> Settings:
         if self.keyless_upload_limit >= self.upstream_pool_size:
             raise ValueError(

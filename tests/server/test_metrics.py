@@ -9,6 +9,7 @@ and the catalog's published rates worked by hand.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pydantic
 import pytest
 from google.genai import types
 from prometheus_client import CollectorRegistry
@@ -27,6 +29,7 @@ from proxy.emulator import create_emulator_app
 from proxy.metering.records import Cost, EndpointKind, Usage, UsageRecord
 from proxy.server.metrics import MODEL_LIMIT, OTHER, build_metrics
 from proxy.server.typedefs import budgets_key, metrics_key, sessionmaker_key
+from proxy.settings import Settings
 from proxy.storage import accounts
 from tests.factories import Stack, StackFactory, add_budget, add_spend, raw
 from tests.faults.helpers import ProxyProcess, cli, free_port, proxy_env
@@ -366,6 +369,14 @@ async def test_a_metrics_port_serves_metrics_and_the_proxy_port_does_not(
             async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
                 assert response.status == 200
                 samples = parse(await response.text())
+        proxy.signal(signal.SIGTERM)
+        assert await proxy.wait() == 0  # both sites stop cleanly
     finally:
         proxy.kill()
     assert total(samples, "gemini_meter_tokens_total", type="input", model=EMBED_MODEL) == 7
+
+
+def test_the_metrics_port_must_be_another_port():
+    with pytest.raises(pydantic.ValidationError, match="metrics_port"):
+        Settings(port=9400, metrics_port=9400)
+    assert Settings(port=9400, metrics_port=9401).metrics_port == 9401
