@@ -52,6 +52,14 @@ class RedisFailure(StrEnum):
     CLOSED = "closed"  # calls under an enforced budget get 503 until Redis answers
 
 
+class MetricsPrincipal(StrEnum):
+    """What the ``principal`` label of the per-call metrics carries."""
+
+    NONE = "none"  # always "": the fewest series
+    TEAM = "team"  # the team's name ("" for a user without one)
+    USER = "user"  # the user's name
+
+
 class InteractionSharing(StrEnum):
     OWNER = "owner"
     TEAM = "team"
@@ -127,6 +135,18 @@ class Settings(BaseSettings):
 
     price_catalog: Path | None = None
 
+    # Prometheus /metrics (server.metrics, docs/metrics.md). Unset port: served on the
+    # proxy's own port; set, only on this one (same host), off the proxy port.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # The per-principal label, and how many distinct values it takes before the rest
+    # are counted as "other" (series grow with it: docs/metrics.md has the bound).
+    metrics_principal: MetricsPrincipal = MetricsPrincipal.TEAM
+    metrics_principal_limit: int = Field(default=100, gt=0)
+    # Optional OTLP/HTTP export of the GenAI client metrics (server.otel; needs the
+    # ``otel`` extra): the collector's base URL, e.g. http://127.0.0.1:4318.
+    otlp_endpoint: str | None = None
+    otlp_interval_seconds: float = Field(default=60.0, gt=0)
+
     # The admin HTTP API (/admin/v1/) is served only when this is set; clients send it
     # as "Authorization: Bearer <token>". At least 16 characters.
     admin_token: SecretStr | None = None
@@ -175,6 +195,18 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry credentials, a query or a fragment")
         return value.rstrip("/")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -232,6 +264,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GEMINI_METER_KEY_SECRET is required with a shared database: "
                 "every proxy process must hash keys alike"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        if self.metrics_port is not None and self.metrics_port == self.port != 0:
+            raise ValueError(
+                "metrics_port (GEMINI_METER_METRICS_PORT) must differ from port: unset it "
+                "to serve /metrics on the proxy's port"
             )
         return self
 

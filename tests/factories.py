@@ -420,6 +420,16 @@ AT = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 COST_PARTS = ("input", "cached", "intermediate", "output", "thinking", "grounding")
 
 
+def metric_sum(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def D(value: str) -> Decimal:
     return Decimal(value)
 

@@ -19,7 +19,7 @@ from google.genai import types
 
 from proxy.cli.demo import tiny_png
 from proxy.server.typedefs import metrics_key
-from tests.factories import Stack, raw
+from tests.factories import Stack, metric_sum, raw
 
 LIFE = "What is the meaning of life?"  # 28 characters
 WOOD = "How much wood would a woodchuck chuck?"  # 38 characters
@@ -33,8 +33,7 @@ def config(**headers: str) -> types.EmbedContentConfig:
 
 
 def metric(stack: Stack, name: str, **labels: str) -> float:
-    value = stack.app[metrics_key].registry.get_sample_value(name, labels)
-    return value or 0.0
+    return metric_sum(stack.app[metrics_key].registry, name, **labels)
 
 
 async def test_sdk_one_content_with_reported_usage(stack: Stack):

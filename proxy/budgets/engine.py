@@ -53,7 +53,7 @@ from .rules import (
     usd_to_nanos,
 )
 
-__all__ = ["BudgetEngine", "BudgetMetrics", "Reservation", "build_budget_metrics"]
+__all__ = ["BudgetEngine", "BudgetMetrics", "BudgetView", "Reservation", "build_budget_metrics"]
 
 log = logging.getLogger("gemini_meter.budgets")
 
@@ -103,6 +103,15 @@ def build_budget_metrics(registry: CollectorRegistry) -> BudgetMetrics:
             registry=registry,
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """A budget's spend in its current window as this process counts it (for metrics)."""
+
+    budget: Budget
+    spend: int  # in the budget's unit
+    end: datetime | None  # None: a total budget, which never resets
 
 
 @dataclass(slots=True)
@@ -209,6 +218,9 @@ class BudgetEngine:
         self._clock = clock
         self._budgets: tuple[Budget, ...] = ()
         self._index = BudgetIndex(())
+        # Every budget, enforced or not: each one's spend is counted (and exported as a
+        # metric); only the enforced ones admit or refuse calls.
+        self._counted = BudgetIndex(())
         self._local = LocalCounters()
         self._redis = (
             RedisCounters(redis_client, settings.redis_prefix) if redis_client is not None else None
@@ -264,6 +276,15 @@ class BudgetEngine:
     def budgets(self) -> tuple[Budget, ...]:
         return self._budgets
 
+    def views(self) -> list[BudgetView]:
+        """Each budget's spend in its current window, from memory (never the database)."""
+        now = self._clock()
+        found = []
+        for budget in self._budgets:
+            start, end = budget.bounds(now)
+            found.append(BudgetView(budget, self._local.spend((budget.id, start)), end))
+        return found
+
     @property
     def local(self) -> LocalCounters:
         return self._local
@@ -286,7 +307,7 @@ class BudgetEngine:
                 log.warning("budget refresh failed: %s", type(exc).__name__)
 
     async def refresh(self) -> None:
-        """Reload budgets and each enforced one's spend in its current window."""
+        """Reload budgets and each one's spend in its current window."""
         async with self._refreshing:  # one at a time: a snapshot's bookkeeping is shared
             await self._refresh()
 
@@ -305,20 +326,24 @@ class BudgetEngine:
                         log.warning("budget %d is not usable as stored; it is ignored", row.id)
                     continue
                 budgets.append(budget)
+            enforced: list[tuple[CellKey, datetime | None, int]] = []
             for budget in budgets:
+                start, end = budget.bounds(now)
+                total = await window_total(session, budget, start, end)
+                totals.append(((budget.id, start), end, total))
                 if budget.enforce:
-                    start, end = budget.bounds(now)
-                    total = await window_total(session, budget, start, end)
-                    totals.append(((budget.id, start), end, total))
+                    enforced.append(((budget.id, start), end, total))
         for key, end, total in totals:
             self._local.apply_snapshot(key, end, total)
         self._budgets = tuple(budgets)
         self._index = BudgetIndex(budgets)
+        self._counted = BudgetIndex(budgets, enforced_only=False)
         self._local.prune(now)
-        if self._redis is not None and totals:
+        # Redis shares the counters admission reads: the enforced budgets' only.
+        if self._redis is not None and enforced:
             try:
                 async with asyncio.timeout(self._settings.redis_timeout_seconds * 4):
-                    seeded = await self._redis.seed(totals)
+                    seeded = await self._redis.seed(enforced)
                 if seeded:
                     log.info("seeded %d budget counters in Redis from the database", seeded)
             except Exception as exc:
@@ -411,7 +436,7 @@ class BudgetEngine:
             log.exception("settling a record against its budgets failed")
 
     def _count(self, record: UsageRecord) -> None:
-        budgets = self._index.covering(record.principal)
+        budgets = self._counted.covering(record.principal)
         iid = record.interaction_id
         # A provisional record is replaced in the database by the next record of its
         # interaction: the counters take the difference, not both.
@@ -425,7 +450,7 @@ class BudgetEngine:
             counted[budget.id] = (start, amount)
             if delta:
                 self._local.settle((budget.id, start), end, delta)
-                if self._redis is not None:
+                if self._redis is not None and budget.enforce:
                     self._queue((budget.id, start), end, delta)
         if iid is not None and record.provisional:
             self._provisional[iid] = counted

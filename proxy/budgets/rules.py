@@ -135,20 +135,24 @@ def scope_keys(principal: Principal) -> list[tuple[str, str | None]]:
 
 
 class BudgetIndex:
-    """Enforced budgets by scope: a call looks up its four scopes, not every budget."""
+    """Enforced budgets by scope: a call looks up its four scopes, not every budget.
+
+    With ``enforced_only=False`` it holds every budget (what the engine counts, for
+    the budget metrics).
+    """
 
     __slots__ = ("_by_scope",)
 
-    def __init__(self, budgets: Iterable[Budget]) -> None:
+    def __init__(self, budgets: Iterable[Budget], *, enforced_only: bool = True) -> None:
         by_scope: dict[tuple[str, str | None], list[Budget]] = {}
         for budget in budgets:
-            if budget.enforce:
+            if budget.enforce or not enforced_only:
                 name = None if budget.scope_kind == "global" else budget.scope_name
                 by_scope.setdefault((budget.scope_kind, name), []).append(budget)
         self._by_scope = by_scope
 
     def covering(self, principal: Principal) -> list[Budget]:
-        """Same as ``applicable``: the enforced budgets covering ``principal``, by id."""
+        """Same as ``applicable``: the (enforced) budgets covering ``principal``, by id."""
         found = [b for key in scope_keys(principal) for b in self._by_scope.get(key, ())]
         return sorted(found, key=lambda b: b.id)
 

@@ -44,6 +44,13 @@ def register(subparsers: Subparsers) -> None:
         "--port", type=int, help="port to listen on (env GEMINI_METER_PORT; default: 8080)"
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics on this port (same host) instead of the proxy's "
+        "(env GEMINI_METER_METRICS_PORT; default: on the proxy's port)",
+    )
+    p.add_argument(
         "--upstream",
         metavar="URL",
         help="Gemini API base URL; http only on loopback, e.g. the emulator's "
@@ -79,7 +86,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server.run import serve
     from ..settings import AuthMode
 
-    settings = _settings(args, host=args.host, port=args.port, upstream=args.upstream)
+    settings = _settings(
+        args,
+        host=args.host,
+        port=args.port,
+        upstream=args.upstream,
+        metrics_port=args.metrics_port,
+    )
     if settings.auth_mode is AuthMode.VIRTUAL_KEYS and settings.upstream_api_key is None:
         raise ConfigError(
             "serve needs the Gemini API key to forward calls with: set "

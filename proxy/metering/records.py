@@ -167,3 +167,6 @@ class UsageRecord:
     # a billable route the meter does not understand yet: zero tokens, still recorded
     unmetered_route: bool = False
     cost: Cost = UNPRICED
+    # Not stored: the part of ``latency_seconds`` spent waiting on the upstream, for
+    # the proxy-overhead metric (None when not measured).
+    upstream_seconds: float | None = None

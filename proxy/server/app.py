@@ -28,8 +28,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -54,7 +53,8 @@ from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
 from .forward import proxy_handler
-from .metrics import build_metrics, watch_journal
+from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
+from .otel import otel_ctx
 from .typedefs import (
     InFlight,
     alert_delivery_key,
@@ -247,8 +247,9 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
         flush_interval=settings.writer_flush_interval_seconds,
         queue_limit=settings.writer_queue_limit,
         journal=journal,
+        on_batch=app[metrics_key].writer_batch.observe,
     )
-    app[metrics_key].writer_queue.set_function(lambda: writer.queued)
+    watch_writer(app[metrics_key], writer)
     await writer.start()
     if journal is not None:
         writer.replay(replay)
@@ -298,6 +299,7 @@ async def _budgets_ctx(app: web.Application) -> AsyncIterator[None]:
         redis_client=client,
     )
     await engine.start()
+    watch_budgets(app[metrics_key], engine)
     app[budgets_key] = engine
     yield
     # After the services: streams still relayed at shutdown settle first.
@@ -409,8 +411,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[metrics_key].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return exposition(request.app[metrics_key].registry)
 
 
 def create_app(
@@ -430,13 +431,21 @@ def create_app(
     )
     app[in_flight_key] = InFlight()
     app[settings_key] = settings
-    app[metrics_key] = build_metrics(registry or CollectorRegistry())
     app[catalog_key] = catalog or load_catalog(settings.price_catalog)
+    app[metrics_key] = build_metrics(
+        registry or CollectorRegistry(),
+        principal=settings.metrics_principal,
+        principal_limit=settings.metrics_principal_limit,
+        resolve_model=app[catalog_key].resolve,
+    )
+    app.cleanup_ctx.append(otel_ctx)  # torn down last: records finished late are exported
     app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _budgets_ctx, _services_ctx])
     app.cleanup_ctx.extend([_key_use_ctx, _alerts_ctx])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    if settings.metrics_port is None:
+        # Else served on its own port only (server.run), not to the proxy's clients.
+        app.router.add_get("/metrics", metrics_handler)
     add_meter_routes(app)
     if settings.admin_token is not None:
         # Off unless configured: without a token /admin/ is an unknown path (404).

@@ -142,6 +142,9 @@ class _Call:
     owner: Principal | None = None
     body: bytes | None = None
     ttfb: float | None = None
+    # Seconds spent waiting on the upstream (its head, then each body chunk): the
+    # call's duration less this is the proxy's own overhead (a metric).
+    upstream_wait: float = 0.0
     client_disconnected: bool = False
     streamed: bool = False  # the response was relayed as a stream
     owner_registered: bool = False
@@ -177,9 +180,15 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
-    upstream = await _open_upstream(request, call)
+    opened = time.perf_counter()
+    try:
+        upstream = await _open_upstream(request, call)
+    finally:
+        call.upstream_wait += time.perf_counter() - opened
     call.ttfb = time.perf_counter() - call.started
     call.upstream_headers = upstream.headers
+    if upstream.status >= 400:
+        request.app[metrics_key].upstream_error(upstream.status)
     if call.principal is not None and "x-goog-upload-url" in upstream.headers:
         await _remember_upload(request, call.principal, upstream)
     route = call.route
@@ -543,12 +552,15 @@ async def _relay_whole(
     request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
 ) -> web.StreamResponse:
     """A metered call answered with one JSON body: read it, meter it, answer it."""
+    reading = time.perf_counter()
     try:
         body = await upstream.read()
     except TimeoutError as exc:
         raise UpstreamTimeout("The Gemini API stopped answering mid-response.") from exc
     except _UPSTREAM_FAILURES as exc:
         raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
+    finally:
+        call.upstream_wait += time.perf_counter() - reading
     response = web.Response(
         status=upstream.status, body=body, headers=_response_headers(upstream, keep_length=False)
     )
@@ -638,7 +650,7 @@ async def _pump(
     broken = False
     cut = False
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in _timed(upstream, call):
             if tap is not None:
                 tap.feed(decode(chunk))
                 if not call.owner_registered and isinstance(tap, InteractionStreamTap):
@@ -687,6 +699,21 @@ async def _pump(
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         pass
     return response
+
+
+async def _timed(upstream: aiohttp.ClientResponse, call: _Call) -> AsyncIterator[bytes]:
+    """The upstream body's chunks as they arrive, adding the time blocked on each
+    to ``call.upstream_wait``."""
+    chunks = upstream.content.iter_any()
+    while True:
+        waiting = time.perf_counter()
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        finally:
+            call.upstream_wait += time.perf_counter() - waiting
+        yield chunk
 
 
 def _summary_of(tap: StreamTap) -> ResponseSummary:
@@ -741,6 +768,7 @@ def _finish(
         upstream_status=status,
         latency_seconds=time.perf_counter() - call.started,
         ttfb_seconds=call.ttfb,
+        upstream_seconds=call.upstream_wait,
         interaction_id=interaction_id,
         response_id=summary.response_id,
         previous_interaction_id=call.meta.previous_interaction_id,
@@ -786,6 +814,7 @@ def _record_unmetered(
             upstream_status=upstream.status,
             latency_seconds=time.perf_counter() - call.started,
             ttfb_seconds=call.ttfb,
+            upstream_seconds=call.upstream_wait,
             unmetered_route=True,
         ),
         call.reservation,

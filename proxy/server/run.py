@@ -15,6 +15,9 @@ SIGINT, then:
    for the next start) and the engine disposed.
 
 A SIGKILL skips all this; the journal is what makes that safe.
+
+With ``metrics_port`` set, ``/metrics`` is served by a second small app on that
+port (same host, same event loop, the proxy's registry) and not on the proxy's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..settings import Settings
 from .app import ProxyRunner, create_app
-from .typedefs import in_flight_key, pumps_key
+from .metrics import metrics_app
+from .typedefs import in_flight_key, metrics_key, pumps_key
 
 __all__ = ["serve"]
 
@@ -54,9 +58,15 @@ async def _serve(settings: Settings, access_log_class: type[AbstractAccessLogger
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    metrics_runner: web.AppRunner | None = None
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        if settings.metrics_port is not None:
+            metrics_runner = web.AppRunner(metrics_app(app[metrics_key]), access_log=None)
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
+            log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
         log.info(
             "Gemini Meter on http://%s:%d -> %s (%s, %s)",
             settings.host,
@@ -77,4 +87,7 @@ async def _serve(settings: Settings, access_log_class: type[AbstractAccessLogger
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+        if metrics_runner is not None:
+            # Last: the drain stays observable while it runs.
+            await metrics_runner.cleanup()
     log.info("stopped: every finished call is recorded")

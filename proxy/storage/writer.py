@@ -108,6 +108,7 @@ class UsageWriter:
         retry_max_seconds: float = 10.0,
         attempts_before_split: int = 3,
         journal: Journal | None = None,
+        on_batch: Callable[[float], None] | None = None,
     ) -> None:
         if batch_size <= 0 or queue_limit <= 0 or attempts_before_split <= 0:
             raise ValueError("batch_size, queue_limit and attempts_before_split must be positive")
@@ -121,6 +122,8 @@ class UsageWriter:
         self._retry_max = retry_max_seconds
         self._attempts_before_split = attempts_before_split
         self._journal = journal
+        # Given each batch write's duration in seconds, failed attempts included (a metric).
+        self._on_batch = on_batch
 
         self._queue: deque[_Row] = deque()
         # The batch being written: still counted as queued until it is done.
@@ -379,9 +382,11 @@ class UsageWriter:
         failures = 0
         delay = self._retry_initial
         while True:
+            began = time.perf_counter()
             try:
                 await self._insert(pending)
             except Exception as exc:
+                self._observe(began)
                 failures += 1
                 self.failed_batches_total += 1
                 if failures == 1:
@@ -399,12 +404,17 @@ class UsageWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
             else:
+                self._observe(began)
                 self.written_total += len(pending)
                 self._release(pending)
                 break
         self.last_success = time.monotonic()
         if failures:
             log.warning("usage rows written again after %d failed attempts", failures)
+
+    def _observe(self, began: float) -> None:
+        if self._on_batch is not None:
+            self._on_batch(time.perf_counter() - began)
 
     async def _write_row_by_row(self, rows: list[_Row]) -> list[_Row]:
         """Insert ``rows`` one per transaction, discarding those refused for their

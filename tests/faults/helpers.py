@@ -179,8 +179,10 @@ def _event_end(buffer: bytes) -> int | None:
 class ProxyProcess:
     """``gemini-meter serve`` in a subprocess, with its log kept in a file."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
-        self.env, self.port, self.log = env, port, log
+    def __init__(
+        self, env: dict[str, str], port: int, log: Path, args: tuple[str, ...] = ()
+    ) -> None:
+        self.env, self.port, self.log, self.args = env, port, log, args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -190,7 +192,15 @@ class ProxyProcess:
     async def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli.main", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy.cli.main",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

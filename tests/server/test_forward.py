@@ -483,14 +483,15 @@ async def test_metrics_count_what_was_recorded(stack: Stack):
     status, headers, body = await raw("GET", stack.url("/metrics"))
     assert status == 200
     text_body = body.decode()
-    assert f'gemini_meter_tokens_total{{type="input"}} {float(record["input_tokens"])}' in text_body
+    series = 'model="gemini-2.5-flash",principal="research"'
+    input_tokens, output_tokens = float(record["input_tokens"]), float(record["output_tokens"])
+    assert f'gemini_meter_tokens_total{{{series},type="input"}} {input_tokens}' in text_body
+    assert f'gemini_meter_tokens_total{{{series},type="output"}} {output_tokens}' in text_body
     assert (
-        f'gemini_meter_tokens_total{{type="output"}} {float(record["output_tokens"])}' in text_body
-    )
-    assert 'gemini_meter_records_total{endpoint="generate_content",status_class="2xx"} 1.0' in (
-        text_body
-    )
-    # no secret and no per-user label reaches the metrics
+        'gemini_meter_requests_total{endpoint="generate_content",model="gemini-2.5-flash",'
+        'principal="research",status_class="2xx",streamed="false"} 1.0'
+    ) in text_body
+    # no secret and no user name (the principal label is the team by default)
     assert stack.keys["alice"] not in text_body and "alice" not in text_body
 
 
