@@ -314,8 +314,17 @@ def budgets_dashboard() -> dash.Dashboard:
             .title("Utilisation")
             .description("Spend in the current window as a share of the limit.")
             .datasource(DS)
-            .targets(_targets([Query(f"max by (budget_id, scope, window, unit) "
-                                     f"(gemini_meter_budget_utilization_ratio)", by_budget)]))
+            .targets(
+                _targets(
+                    [
+                        Query(
+                            "max by (budget_id, scope, window, unit) "
+                            "(gemini_meter_budget_utilization_ratio)",
+                            by_budget,
+                        )
+                    ]
+                )
+            )
             .unit("percentunit")
             .min(0)
             .max(1)
@@ -349,8 +358,11 @@ def budgets_dashboard() -> dash.Dashboard:
             _timeseries(
                 "Burn rate",
                 "Spend per hour over the last hour, in the budget's unit.",
-                [Query(f"max by (budget_id, scope, window, unit) ({BURN}) * {PER_HOUR}",
-                       by_budget)],
+                [
+                    Query(
+                        f"max by (budget_id, scope, window, unit) ({BURN}) * {PER_HOUR}", by_budget
+                    )
+                ],
                 "short",
             )
         )

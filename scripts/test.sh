@@ -32,6 +32,12 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   done
 fi
 
+# The observability tests run Debian's Prometheus (and its promtool) on loopback; install it
+# when missing (CI). Nothing is started here: the tests start their own.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt-get update && apt-get install -y --no-install-recommends prometheus
+fi
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
