@@ -4,10 +4,12 @@ scrapes the proxy's service on its port and loads the rules."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.observability.helpers import COMPOSE, ROOT, load_yaml
 
 
-def _compose() -> dict:
+def _compose() -> dict[str, Any]:
     compose = load_yaml(COMPOSE)
     assert isinstance(compose, dict)
     return compose
