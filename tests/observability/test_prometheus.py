@@ -85,7 +85,8 @@ class Prometheus:
         seen: set[float] = set()
         while len(seen) < scrapes:
             assert time.monotonic() < deadline, "Prometheus did not scrape the proxy"
-            result = await self.vector('timestamp(up{job="gemini-meter"} == 1)')
+            # a bare selector: timestamp() of anything else is the evaluation time
+            result = await self.vector('timestamp(up{job="gemini-meter"})')
             seen |= {float(s["value"][1]) for s in result if float(s["value"][1]) > since}
             await asyncio.sleep(0.2)
 
@@ -314,9 +315,11 @@ async def test_every_panel_and_alert_query_returns_data_on_a_real_prometheus(
         # The first scrape before any call: every series then starts from its first value,
         # and the rates see the calls.
         await prometheus.scraped_since(time.time(), scrapes=1)
-        started = time.time()
+        [up] = await prometheus.vector('up{job="gemini-meter"}')
+        assert up["value"][1] == "1", "Prometheus could not scrape the proxy"
         await traffic(stack, ("alice", "bob", "carol"))
-        await prometheus.scraped_since(started)
+        await stack.app[writer_key].flush()
+        await prometheus.scraped_since(time.time())
 
         # Budgets: carol at 90% of a token limit; bob's team past its limit; alice on a pace
         # that ends the month far past a limit she has used a thousandth of (a pace of
@@ -331,9 +334,9 @@ async def test_every_panel_and_alert_query_returns_data_on_a_real_prometheus(
         await stack.app[budgets_key].refresh()
         await prometheus.scraped_since(time.time())
 
-        started = time.time()
         await traffic(stack, ("alice", "bob", "alice"), refused=("bob",))
-        await prometheus.scraped_since(started)
+        await stack.app[writer_key].flush()
+        await prometheus.scraped_since(time.time())
 
         queries = {f"panel {uid} / {title} / {ref}": e for uid, title, ref, e in panel_queries()}
         queries |= {
