@@ -2,6 +2,7 @@
 # Installs what the tests need into .venv and runs lint, types and the test suite.
 # The README's test command and .ci/run both call exactly this script.
 set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
@@ -32,9 +33,14 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   done
 fi
 
-# The usage page is tested in Debian's Chromium, driven by Playwright (no browser download).
-if [ ! -x /usr/bin/chromium ]; then
-  apt-get update && apt-get install -y chromium
+# The usage page is tested in Debian's Chromium, driven by Playwright (no browser download);
+# the observability tests run Debian's Prometheus (and its promtool) on loopback, started by
+# the tests themselves. Install what is missing (CI).
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
 .venv/bin/ruff check .
