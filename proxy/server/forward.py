@@ -141,6 +141,8 @@ class _Call:
     # whose interaction this is, when the call names one (billing goes to the owner)
     owner: Principal | None = None
     body: bytes | None = None
+    # ``body`` as JSON, parsed once at admission (None when unread or not JSON)
+    parsed: object = None
     ttfb: float | None = None
     # Seconds spent waiting on the upstream (its head, then each body chunk): the
     # call's duration less this is the proxy's own overhead (a metric).
@@ -263,6 +265,7 @@ async def admit(request: web.Request, started: float) -> _Call:
         except BodyRefused as exc:
             raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
         previous = _previous_interactions(parsed, request)
+        call.parsed = parsed
         call.meta = request_meta(route, parsed)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
@@ -271,7 +274,8 @@ async def admit(request: web.Request, started: float) -> _Call:
     elif route.unmetered is not None and route.unmetered.model_in_body:
         # Only to name the model on the unmetered record; the bytes go on unchanged.
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        call.meta = RequestMeta(model=body_model(parse_json(call.body)))
+        call.parsed = parse_json(call.body)
+        call.meta = RequestMeta(model=body_model(call.parsed))
     return call
 
 
@@ -360,7 +364,7 @@ async def _reserve(request: web.Request, call: _Call) -> None:
             app[catalog_key],
             call.meta.model or route.model,
             body_bytes=len(body) if body is not None else (request.content_length or 0),
-            body=parse_json(body) if body else None,
+            body=call.parsed,
             generates=route.action not in _EMBEDDINGS and kind not in _EMBEDDING_KINDS,
             default_output_tokens=settings.budget_default_output_tokens,
             reserve_usd=settings.budget_reserve_usd,
@@ -582,7 +586,7 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
     if call.route.action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
         return summarize_interaction(payload)
     if call.route.action in (Action.EMBED, Action.BATCH_EMBED):
-        return summarize_embed(payload, parse_json(call.body or b""))
+        return summarize_embed(payload, call.parsed)
     return summarize_generate(payload)
 
 
