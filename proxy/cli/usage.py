@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from ..storage.columns import COST_COLUMNS, GROUP_KEYS, LABEL_PREFIX, TOKEN_COLUMNS
 from .common import Subparsers, _ensure_schema, _settings, _with_session, command
 from .format import FORMATS, render
 from .remote import AdminTarget, admin_call, local_or_remote_flags, remote_target
@@ -25,27 +26,7 @@ from .remote import AdminTarget, admin_call, local_or_remote_flags, remote_targe
 if TYPE_CHECKING:
     from ..settings import Settings
 
-# The same names as ``storage.reports`` (the tests hold the two equal); spelled out
-# here so parsing the command line does not load the database layer.
-GROUP_KEYS = ("user", "team", "key", "model", "endpoint", "day")
-LABEL_PREFIX = "label:"
-TOKEN_COLUMNS = (
-    "input_tokens",
-    "cached_tokens",
-    "intermediate_tokens",
-    "output_tokens",
-    "thinking_tokens",
-    "total_tokens",
-)
-COST_COLUMNS = (
-    "cost_usd",
-    "cost_input_usd",
-    "cost_cached_usd",
-    "cost_intermediate_usd",
-    "cost_output_usd",
-    "cost_thinking_usd",
-    "cost_grounding_usd",
-)
+# Report names from ``storage.columns``: constants only, so the parser loads no database.
 # Every measure a report row has, in the order JSON and CSV show them.
 REPORT_COLUMNS = ("requests", *TOKEN_COLUMNS, *COST_COLUMNS)
 COLUMNS = (*REPORT_COLUMNS, "unpriced_requests")

@@ -16,6 +16,7 @@ from sqlalchemy import cast as cast_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..metering.records import Cost, Usage
+from .columns import COST_COLUMNS, GROUP_KEYS, LABEL_PREFIX, TOKEN_COLUMNS
 from .schema import Team, UsageRow, User, utc_day
 from .writes import cost_values
 
@@ -53,29 +54,6 @@ def _require_aware(value: datetime | None, name: str) -> None:
 
 
 # --------------------------------------------------------------------- reports
-
-GROUP_KEYS: tuple[str, ...] = ("user", "team", "key", "model", "endpoint", "day")
-# ``label:NAME`` groups by the value of the request label NAME (None when absent).
-LABEL_PREFIX = "label:"
-
-# The measures of a usage report row, besides ``requests`` and ``unpriced_requests``.
-TOKEN_COLUMNS = (
-    "input_tokens",
-    "cached_tokens",
-    "intermediate_tokens",
-    "output_tokens",
-    "thinking_tokens",
-    "total_tokens",
-)
-COST_COLUMNS = (
-    "cost_usd",
-    "cost_input_usd",
-    "cost_cached_usd",
-    "cost_intermediate_usd",
-    "cost_output_usd",
-    "cost_thinking_usd",
-    "cost_grounding_usd",
-)
 
 
 def _group_expression(key: str) -> ColumnElement[Any]:
