@@ -19,6 +19,7 @@ Modules, by concern:
 - ``triggers``: request headers that make it delay, fail or misreport;
 - ``interactions``: the Interactions API and its event streams;
 - ``generate``: generateContent, its streams, countTokens;
+- ``batches``: the Batch API and its responses files;
 - ``files``: uploads, plain and resumable;
 - ``usage``: deterministic token accounting and its wire shapes;
 - ``replies``: what the emulated model says (code, primes, thinking);
@@ -26,6 +27,7 @@ Modules, by concern:
 """
 
 from .app import create_emulator_app, run_emulator
+from .batches import EmulatedBatch, ServedResult
 from .interactions import EmulatedInteraction
 from .replies import THOUGHT_TOKENS
 from .state import (
@@ -46,10 +48,12 @@ __all__ = [
     "MAX_STORED_INTERACTIONS",
     "THOUGHT_TOKENS",
     "VIDEO_TOKENS",
+    "EmulatedBatch",
     "EmulatedInteraction",
     "EmulatorConfig",
     "EmulatorState",
     "SeenRequest",
+    "ServedResult",
     "create_emulator_app",
     "emulator_state_key",
     "run_emulator",

@@ -1,7 +1,8 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings`` and ``files`` behind ``_emulate``, the middleware every request passes: it
+``embeddings``, ``batches`` and ``files`` behind ``_emulate``, the middleware every
+request passes: it
 records the request in ``EmulatorState.requests``, authenticates it (a
 non-empty ``x-goog-api-key`` or ``?key=``, or a known upload session), applies
 the delay and failure triggers of ``triggers`` and maps every error to
@@ -19,6 +20,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .batches import add_batch_routes, requested_outcome
 from .embeddings import add_embedding_routes
 from .files import upload_file
 from .generate import count_tokens, generate_content, stream_generate
@@ -69,6 +71,7 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     app.router.add_post(f"/{version}/models/{model}:streamGenerateContent", stream_generate)
     app.router.add_post(f"/{version}/models/{model}:countTokens", count_tokens)
     add_embedding_routes(app.router, version, model, MEDIA_TOKENS)
+    add_batch_routes(app.router, version, model)
     app.router.add_post(f"/upload/{version}/files", upload_file)
     return app
 
@@ -117,6 +120,7 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
         requested_usage_mode(request)
         cut_after(request)
         requested_continuations(request)
+        requested_outcome(request)
         await asyncio.sleep(state.config.latency_seconds if delay is None else delay)
         fail = request.headers.get("x-emulator-fail")
         if fail is not None:

@@ -9,12 +9,12 @@ upload URL acting as the credential the way Google's does.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from .state import MAX_UPLOAD_SESSIONS, emulator_state_key
+from .state import MAX_KEPT_FILE_BYTES, MAX_UPLOAD_SESSIONS, emulator_state_key
 from .wire import (
     DEFAULT_TIER,
     TIER_HEADER,
@@ -32,6 +32,7 @@ class UploadSession:
     mime_type: str
     display_name: str | None
     received: int = 0
+    data: bytearray = field(default_factory=bytearray)
 
 
 def _file_resource(request: web.Request, size: int, mime_type: str, name: str | None) -> Json:
@@ -54,11 +55,14 @@ def _file_resource(request: web.Request, size: int, mime_type: str, name: str | 
     return {"file": body}
 
 
-async def _count_body(request: web.Request) -> int:
-    """Read the request body as it arrives, keeping only its length."""
+async def _count_body(request: web.Request, kept: bytearray | None = None) -> int:
+    """Read the request body as it arrives, keeping its length, and into ``kept`` the
+    bytes up to ``MAX_KEPT_FILE_BYTES`` (a batch reads its JSONL input file from there)."""
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
+        if kept is not None and len(kept) <= MAX_KEPT_FILE_BYTES:
+            kept.extend(chunk)
     return size
 
 
@@ -99,17 +103,21 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
         session = state.upload_sessions.get(upload_id)
         if session is None:
             raise ApiError(404, "Unknown upload session.")
-        session.received += await _count_body(request)
+        session.received += await _count_body(request, session.data)
         if "finalize" not in command:
             return web.Response(
                 headers={"x-goog-upload-status": "active", TIER_HEADER: DEFAULT_TIER}
             )
         del state.upload_sessions[upload_id]
         body = _file_resource(request, session.received, session.mime_type, session.display_name)
+        state.keep_file(body["file"]["name"], bytes(session.data))
         return web.json_response(
             body, headers={"x-goog-upload-status": "final", TIER_HEADER: DEFAULT_TIER}
         )
 
-    size = await _count_body(request)
+    data = bytearray()
+    size = await _count_body(request, data)
     mime = request.headers.get("content-type", "application/octet-stream")
-    return json_response(_file_resource(request, size, mime, None), DEFAULT_TIER)
+    body = _file_resource(request, size, mime, None)
+    state.keep_file(body["file"]["name"], bytes(data))
+    return json_response(body, DEFAULT_TIER)

@@ -26,6 +26,8 @@ the proxy:
   usage: it re-prefills the context so far (input, the previous hop's input
   reported as cached) and bills only the output it generates. A background
   interaction ignores it.
+- ``x-emulator-batch-outcome: succeeded | failed | expired``: how a batch created with
+  it ends (``batches.requested_outcome``).
 
 A trigger with a value it cannot use is answered 400 INVALID_ARGUMENT naming
 the header, on every endpoint, so a typo in a test fails loudly.
