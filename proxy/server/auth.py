@@ -150,6 +150,15 @@ def _settle_commit(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
+@dataclass(slots=True)
+class OwnedResource:
+    """TEMPORARY stand-in for the lead's foundation (replaced by main's on merge)."""
+
+    owner: Principal
+    model: str | None
+    state: dict[str, Any]
+
+
 class Authenticator:
     """Resolves keys to principals and checks interaction owners, with caches."""
 
@@ -349,6 +358,48 @@ class Authenticator:
             # The same answer as for an id that does not exist: no probing of others' ids.
             raise NotFound(f"Interaction {interaction_id!r} was not found.")
         return owner
+
+    # TEMPORARY in-memory stand-in for the foundation's owned resources (main's on merge).
+    async def commit_resource(
+        self,
+        kind: Any,
+        name: str,
+        principal: Principal,
+        model: str | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> bool:
+        self._resources()[(str(kind), name)] = OwnedResource(principal, model, dict(state or {}))
+        return True
+
+    def _resources(self) -> dict[tuple[str, str], OwnedResource]:
+        found: dict[tuple[str, str], OwnedResource] | None = getattr(self, "_tmp_resources", None)
+        if found is None:
+            found = {}
+            self._tmp_resources = found
+        return found
+
+    async def check_resource(
+        self, kind: Any, name: str, principal: Principal
+    ) -> OwnedResource | None:
+        if self._settings.auth_mode is AuthMode.PASSTHROUGH:
+            return None
+        owned = self._resources().get((str(kind), name))
+        if owned is None or not self._may_use(owned.owner, principal):
+            raise NotFound(f"{name!r} was not found.")
+        return owned
+
+    async def update_resource_state(self, kind: Any, name: str, state: dict[str, Any]) -> None:
+        owned = self._resources().get((str(kind), name))
+        if owned is not None:
+            owned.state = dict(state)
+
+    async def owned_names(self, kind: Any, principal: Principal, names: Any) -> set[str]:
+        return {
+            n
+            for n in names
+            if (o := self._resources().get((str(kind), n))) is not None
+            and self._may_use(o.owner, principal)
+        }
 
     def _may_use(self, owner: Principal, principal: Principal) -> bool:
         if owner.user_id == principal.user_id:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -226,6 +227,16 @@ def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> s
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ResourceKind(StrEnum):
+    """TEMPORARY stand-in for the lead's foundation (replaced by main's on merge)."""
+
+    FILE = "file"
+    CACHED_CONTENT = "cached_content"
+    BATCH = "batch"
+    OPERATION = "operation"
+    AUTH_TOKEN = "auth_token"
 
 
 class Base(DeclarativeBase):
