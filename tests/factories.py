@@ -311,6 +311,20 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                     "usage": RECORDED_USAGE,
                 }
             )
+        if path.endswith(":batchGenerateContent"):
+            return web.json_response({"name": f"batches/rec-{next(ids)}", "metadata": {}})
+        if "/batches/" in path:
+            # Every batch is done, its results in a responses file named after it.
+            bid = path.split("/batches/")[1].split("/")[0].split(":")[0]
+            output = {"responsesFile": f"files/batch-{bid}"}
+            return web.json_response(
+                {
+                    "name": f"batches/{bid}",
+                    "metadata": {"state": "BATCH_STATE_SUCCEEDED", "output": output},
+                    "done": True,
+                    "response": output,
+                }
+            )
         if path.endswith(("generateContent", "GenerateContent")):
             return web.json_response(
                 {

@@ -38,6 +38,8 @@ class EndpointKind(StrEnum):
     EMBED_CONTENT = "embed_content"
     # the synchronous batch of embedContent requests, not the Batch API
     BATCH_EMBED_CONTENTS = "batch_embed_contents"
+    # one result of a Batch API job, billed at the batch rate
+    BATCH_RESULT = "batch.result"
     # Routes Google bills that the meter does not understand yet: recorded with zero
     # tokens and ``unmetered_route`` (the table is ``server.routes.UNMETERED_ROUTES``).
     BATCH_GENERATE_CONTENT = "batch_generate_content"
@@ -167,6 +169,8 @@ class UsageRecord:
     # a billable route the meter does not understand yet: zero tokens, still recorded
     unmetered_route: bool = False
     cost: Cost = UNPRICED
+    # the batch (cache, operation, session) the line belongs to
+    resource: str | None = None
     # Not stored: the part of ``latency_seconds`` spent waiting on the upstream, for
     # the proxy-overhead metric (None when not measured).
     upstream_seconds: float | None = None

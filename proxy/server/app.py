@@ -52,6 +52,7 @@ from ..storage.migrate import upgrade_async
 from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
+from .batches import BatchMeter
 from .forward import proxy_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
 from .otel import otel_ctx
@@ -60,6 +61,7 @@ from .typedefs import (
     alert_delivery_key,
     alert_evaluator_key,
     authenticator_key,
+    batch_meter_key,
     budgets_key,
     catalog_key,
     engine_key,
@@ -314,6 +316,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[pumps_key] = set()
     app[keyless_uploads_key] = asyncio.Semaphore(settings.keyless_upload_limit)
+    app[batch_meter_key] = BatchMeter()
     yield
     # Streams still relayed or draining (their clients left) finish and hand their
     # records to the writer before it flushes, within the shutdown grace period.
@@ -331,6 +334,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         if late:
             log.warning("cut %d streams still running after the grace period", len(late))
             await asyncio.wait(late)
+    await app[batch_meter_key].close(timeout=settings.owner_commit_timeout_seconds)
     await app[authenticator_key].close(timeout=settings.owner_commit_timeout_seconds)
 
 

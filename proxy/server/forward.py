@@ -35,7 +35,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
@@ -69,6 +69,7 @@ from ..metering.parsers import (
 from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
+from . import batches
 from .auth import presented_key, swap_key
 from .routes import (
     EMPTY_META,
@@ -155,6 +156,8 @@ class _Call:
     durable: asyncio.Future[None] | None = None
     # held against the caller's budgets until the record settles it
     reservation: Reservation | None = None
+    # the batch or file the path names, as admission checked it (server.batches)
+    owned: batches.Owned | None = None
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -196,6 +199,14 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
     route = call.route
     content_type = upstream.headers.get("content-type", "")
     endpoint = route.endpoint
+    if route.action in _BATCH_ANSWERS:
+        try:
+            return await _relay_batch(request, upstream, call)
+        finally:
+            upstream.release()
+    if route.action is Action.FILE_DOWNLOAD and upstream.status < 400:
+        tap = batches.download_tap(request, _batch_call(call))
+        return await _relay_stream(request, upstream, call, tap=tap)
     if endpoint is None:
         if route.unmetered is not None:
             call.durable = _record_unmetered(request, call, upstream)
@@ -252,7 +263,10 @@ async def admit(request: web.Request, started: float) -> _Call:
             "Gemini Meter does not mint ephemeral tokens: a Live API session opened with one "
             "would spend the shared upstream key past the meter."
         )
-    if route.metered and (masking := masking_parameter(request.headers, request.query)):
+    media = route.action is Action.FILE_DOWNLOAD
+    if route.metered and (
+        masking := masking_parameter(request.headers, request.query, media=media)
+    ):
         raise InvalidArgument(
             f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
             "the call is billed by. Send the call without it."
@@ -267,8 +281,15 @@ async def admit(request: web.Request, started: float) -> _Call:
         previous = _previous_interactions(parsed, request)
         call.parsed = parsed
         call.meta = request_meta(route, parsed)
+        if route.action is Action.BATCH_CREATE:
+            # Reserved at the batch rate its results will be billed at.
+            call.meta = replace(call.meta, service_tier=batches.BATCH_TIER)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
+    if route.action in _BATCH_CHECKED:
+        call.owned = await batches.check_batch_call(request, route, principal, call.parsed)
+        if call.owned is not None and call.owned.owner is not None:
+            call.owner = call.owned.owner
     if route.interaction_id is not None:
         call.owner = await auth.check_owner(route.interaction_id, principal)
     elif route.unmetered is not None and route.unmetered.model_in_body:
@@ -286,8 +307,23 @@ _READS_BODY = frozenset(
         Action.STREAM_GENERATE,
         Action.EMBED,
         Action.BATCH_EMBED,
+        Action.BATCH_CREATE,
     }
 )
+# Batch API calls whose batch (or input or downloaded file) has an owner to check.
+_BATCH_CHECKED = frozenset(
+    {
+        Action.BATCH_CREATE,
+        Action.BATCH_GET,
+        Action.BATCH_CANCEL,
+        Action.BATCH_DELETE,
+        Action.BATCH_UPDATE,
+        Action.BATCH_UNKNOWN,
+        Action.FILE_DOWNLOAD,
+    }
+)
+# Batch API answers read whole: to own a new batch, or to record inline results.
+_BATCH_ANSWERS = frozenset({Action.BATCH_CREATE, Action.BATCH_GET, Action.BATCH_LIST})
 
 
 def _previous_interactions(body: object, request: web.Request) -> set[str]:
@@ -332,6 +368,8 @@ _BUDGETED = frozenset(
         Action.STREAM_GENERATE,
         Action.EMBED,
         Action.BATCH_EMBED,
+        # free itself, but refused once the budgets it would spend are
+        Action.BATCH_CREATE,
     }
 )
 _EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED})
@@ -552,10 +590,8 @@ class _Decoder:
             return b""
 
 
-async def _relay_whole(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
-) -> web.StreamResponse:
-    """A metered call answered with one JSON body: read it, meter it, answer it."""
+async def _read_whole(upstream: aiohttp.ClientResponse, call: _Call) -> tuple[bytes, bytes]:
+    """The whole upstream body, as sent and decoded."""
     reading = time.perf_counter()
     try:
         body = await upstream.read()
@@ -565,11 +601,18 @@ async def _relay_whole(
         raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
     finally:
         call.upstream_wait += time.perf_counter() - reading
+    encoding = upstream.headers.get("content-encoding", "identity").lower()
+    return body, _Decoder(encoding)(body) if encoding != "identity" else body
+
+
+async def _relay_whole(
+    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+) -> web.StreamResponse:
+    """A metered call answered with one JSON body: read it, meter it, answer it."""
+    body, decoded = await _read_whole(upstream, call)
     response = web.Response(
         status=upstream.status, body=body, headers=_response_headers(upstream, keep_length=False)
     )
-    encoding = upstream.headers.get("content-encoding", "identity").lower()
-    decoded = _Decoder(encoding)(body) if encoding != "identity" else body
     summary = _summarize(call, parse_json(decoded), upstream.status)
     await _register_owner(request, call, summary.interaction_id, upstream.status)
     durable = _finish(request, call, upstream.status, summary)
@@ -577,6 +620,30 @@ async def _relay_whole(
         # The answer goes out once its record is on disk (a group commit's fsync):
         # a client never holds a response the meter could still lose.
         await asyncio.shield(durable)
+    return response
+
+
+def _batch_call(call: _Call) -> batches.Call:
+    assert call.principal is not None  # batch routes are always keyed
+    return batches.Call(call.route, call.principal, call.owned, call.started, call.ttfb)
+
+
+async def _relay_batch(
+    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+) -> web.StreamResponse:
+    """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
+    body, decoded = await _read_whole(upstream, call)
+    replaced, durable = await batches.answer(
+        request, _batch_call(call), upstream.status, parse_json(decoded)
+    )
+    headers = _response_headers(upstream, keep_length=False)
+    if replaced is not None:
+        body = replaced
+        headers.popall("content-encoding", None)
+    response = web.Response(status=upstream.status, body=body, headers=headers)
+    if durable:
+        # As for any metered call: the answer goes out once its records are on disk.
+        await asyncio.shield(asyncio.gather(*durable, return_exceptions=True))
     return response
 
 
@@ -594,7 +661,7 @@ async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: StreamTap | None,
+    tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
     """Relay the body chunk by chunk as it arrives, feeding a tap if metered.
 
@@ -631,7 +698,7 @@ def _start_pump(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: StreamTap | None,
+    tap: StreamTap | batches.DownloadTap | None,
 ) -> asyncio.Task[web.StreamResponse]:
     pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
     pumps = request.app[pumps_key]
@@ -648,7 +715,7 @@ async def _pump(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: StreamTap | None,
+    tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
     broken = False
@@ -685,7 +752,10 @@ async def _pump(
     finally:
         upstream.release()
     durable = call.durable
-    if tap is not None:
+    if isinstance(tap, batches.DownloadTap):
+        # Each line was recorded as it completed; a file cut short is not marked recorded.
+        durable = tap.finish(complete=not (broken or cut))
+    elif tap is not None:
         summary = _summary_of(tap)
         await _register_owner(request, call, summary.interaction_id, upstream.status)
         durable = _finish(request, call, upstream.status, summary)

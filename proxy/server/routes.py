@@ -31,7 +31,12 @@ from multidict import MultiMapping
 
 from ..metering.records import EndpointKind
 
-FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/")
+FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/", "/download/")
+# Google serves media downloads under "/download" (a batch's responses file: the Batch
+# API guide's REST example); its front end may route any method there like the plain
+# path, so ``classify`` reads "/download/X" exactly as "/X": no route is reachable
+# there unchecked.
+_DOWNLOAD = "/download"
 
 _VERSION = r"(?:v1|v1beta|v1alpha)"
 # Google's front end serves an API's methods under "/upload" too, so an
@@ -51,6 +56,13 @@ _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
 _EMBED = re.compile(
     rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
 )
+_BATCH_CREATE = re.compile(rf"{_PREFIX}/{_MODEL}:batchGenerateContent$", re.IGNORECASE)
+# Everything under the batches collection, like interactions: a batch named in the
+# path is checked against its owner whatever follows its id.
+_BATCHES = re.compile(rf"{_PREFIX}/batches(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
+_BATCH_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
+# A file's bytes (``files.download``); a trailing slash reads the same.
+_FILE_DOWNLOAD = re.compile(rf"{_PREFIX}/files/(?P<id>[^/:]+):download/?$", re.IGNORECASE)
 
 
 class Action(Enum):
@@ -68,6 +80,17 @@ class Action(Enum):
     STREAM_GENERATE = auto()
     EMBED = auto()
     BATCH_EMBED = auto()
+    # The Batch API: a create is free but budget-checked; its results are metered
+    # where the proxy sees them (a get or list of batches, the responses file).
+    BATCH_CREATE = auto()
+    BATCH_GET = auto()
+    BATCH_LIST = auto()
+    BATCH_CANCEL = auto()
+    BATCH_DELETE = auto()
+    BATCH_UPDATE = auto()
+    # a method or sub-path on a batch the proxy does not know: refused, never forwarded
+    BATCH_UNKNOWN = auto()
+    FILE_DOWNLOAD = auto()
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
 
 
@@ -78,6 +101,8 @@ class Route:
     model: str | None = None
     # Action.UNMETERED only: which row of UNMETERED_ROUTES matched
     unmetered: UnmeteredRoute | None = None
+    # the owned resource the path names: ``batches/{id}``, ``files/{id}``
+    resource: str | None = None
 
     @property
     def metered(self) -> bool:
@@ -95,6 +120,10 @@ _ENDPOINTS = {
     Action.STREAM_GENERATE: EndpointKind.STREAM_GENERATE_CONTENT,
     Action.EMBED: EndpointKind.EMBED_CONTENT,
     Action.BATCH_EMBED: EndpointKind.BATCH_EMBED_CONTENTS,
+    # Metered for the results they may carry: one record per result, none for the call.
+    Action.BATCH_GET: EndpointKind.BATCH_RESULT,
+    Action.BATCH_LIST: EndpointKind.BATCH_RESULT,
+    Action.FILE_DOWNLOAD: EndpointKind.BATCH_RESULT,
 }
 
 FORWARD = Route(Action.FORWARD)
@@ -109,6 +138,23 @@ _ON_INTERACTION = {
     ("POST", "/cancel"): Action.INTERACTION_CANCEL,
     ("POST", ":cancel"): Action.INTERACTION_CANCEL,
 }
+
+
+# (method, what follows the batch id) -> action; anything else on a batch is unknown.
+# Google's methods (REST reference of ``batches``): get, delete, ``:cancel``,
+# ``:updateGenerateContentBatch`` and ``:updateEmbedContentBatch`` (PATCH); "/cancel" is
+# checked like ":cancel" rather than refused, as for interactions.
+_ON_BATCH = {
+    ("GET", ""): Action.BATCH_GET,
+    ("GET", "/"): Action.BATCH_GET,
+    ("DELETE", ""): Action.BATCH_DELETE,
+    ("DELETE", "/"): Action.BATCH_DELETE,
+    ("POST", ":cancel"): Action.BATCH_CANCEL,
+    ("POST", "/cancel"): Action.BATCH_CANCEL,
+    ("PATCH", ":updategeneratecontentbatch"): Action.BATCH_UPDATE,
+    ("PATCH", ":updateembedcontentbatch"): Action.BATCH_UPDATE,
+}
+_BATCH_UNKNOWN = Route(Action.BATCH_UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,19 +182,15 @@ def _unmetered(
 
 _V = rf"^/{_VERSION}"
 _ID = r"[^/:]+"
-# First match wins. Free routes (files, countTokens, models, cachedContents get/list/delete,
-# batch list/cancel/delete) are not here: they cost nothing. docs/metering.md lists every
+# First match wins. Free routes (files, countTokens, models, cachedContents get/list/delete)
+# are not here: they cost nothing. docs/metering.md lists every
 # route with what the meter records for it; keep the two in step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
-    # Batch API: billed (at the batch rate) when the batch runs, not on this call.
-    _unmetered(
-        EndpointKind.BATCH_GENERATE_CONTENT, "POST", rf"{_V}/{_MODEL}:batchGenerateContent$"
-    ),
+    # Embeddings through the Batch API: billed (at the batch rate) when the batch runs.
+    # (batchGenerateContent and its batches are metered: ``Action.BATCH_*``.)
     _unmetered(
         EndpointKind.ASYNC_BATCH_EMBED_CONTENT, "POST", rf"{_V}/{_MODEL}:asyncBatchEmbedContent$"
     ),
-    # A batch's state and inline results (their usage is the batch's bill).
-    _unmetered(EndpointKind.BATCH_GET, "GET", rf"{_V}/batches/{_ID}$"),
     # Explicit caching: the cached tokens on creation, storage per hour while it lives.
     _unmetered(
         EndpointKind.CACHED_CONTENT_CREATE, "POST", rf"{_V}/cachedContents$", model_in_body=True
@@ -207,6 +249,8 @@ def classify(method: str, path: str) -> Route:
     ``path`` must be the one ``normalized_path`` accepted (decoded, no dot or
     empty segments); ``method`` the effective one (see ``method_override``).
     """
+    if path.startswith(_DOWNLOAD + "/"):
+        path = path[len(_DOWNLOAD) :]
     m = _INTERACTIONS.match(path)
     if m is not None:
         rest = m.group("rest") or ""
@@ -236,7 +280,31 @@ def classify(method: str, path: str) -> Route:
         if e is not None:
             embed = e.group("method").lower() == "embedcontent"
             return Route(Action.EMBED if embed else Action.BATCH_EMBED, model=e.group("model"))
-    return _classify_unmetered(method, path) or FORWARD
+    return _classify_batches(method, path) or _classify_unmetered(method, path) or FORWARD
+
+
+def _classify_batches(method: str, path: str) -> Route | None:
+    """The Batch API's routes, and the download of a file (a batch's responses)."""
+    lowered = path.lower()
+    if "batch" in lowered:
+        if method == "POST" and (c := _BATCH_CREATE.match(path)) is not None:
+            return Route(Action.BATCH_CREATE, model=c.group("model"))
+        b = _BATCHES.match(path)
+        if b is not None:
+            rest = b.group("rest") or ""
+            if rest in ("", "/"):
+                # Listing is all the collection is for (batches are created on a model).
+                return Route(Action.BATCH_LIST) if method == "GET" else _BATCH_UNKNOWN
+            i = _BATCH_ID.match(rest)
+            if i is None:
+                return _BATCH_UNKNOWN
+            action = _ON_BATCH.get((method, i.group("suffix").lower()), Action.BATCH_UNKNOWN)
+            return Route(action, resource=f"batches/{i.group('id')}")
+    if method == "GET" and ":download" in lowered:
+        d = _FILE_DOWNLOAD.match(path)
+        if d is not None:
+            return Route(Action.FILE_DOWNLOAD, resource=f"files/{d.group('id')}")
+    return None
 
 
 # --- the edge: one canonical path, one effective method ------------------------------
@@ -292,8 +360,13 @@ _MASKING_HEADERS = ("x-goog-fieldmask",)
 _JSON_ALTS = ("json", "sse")
 
 
-def masking_parameter(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """The first parameter that could hide a metered response's usage, or None."""
+def masking_parameter(
+    headers: Mapping[str, str], query: Mapping[str, str], *, media: bool = False
+) -> str | None:
+    """The first parameter that could hide a metered response's usage, or None.
+
+    ``media``: the call is a download, which is ``alt=media`` and nothing else.
+    """
     for name in _MASKING_HEADERS:
         if name in headers:
             return f"the {name} header"
@@ -301,7 +374,7 @@ def masking_parameter(headers: Mapping[str, str], query: Mapping[str, str]) -> s
         bare = name.removeprefix("$")
         if bare in _MASKING_PARAMS:
             return f"the {name!r} parameter"
-        if bare == "alt" and value.lower() not in _JSON_ALTS:
+        if bare == "alt" and value.lower() not in (("media",) if media else _JSON_ALTS):
             return f"{name}={value!r}"
     return None
 

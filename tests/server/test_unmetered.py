@@ -96,19 +96,11 @@ def unmetered_count(stack: Stack, route: str) -> float:
 FAMILIES = [
     (
         "POST",
-        "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
-        {"batch": {"displayName": "b", "inputConfig": {"requests": {"requests": []}}}},
-        "batch_generate_content",
-        "gemini-2.5-flash",
-    ),
-    (
-        "POST",
         "/v1beta/models/gemini-embedding-001:asyncBatchEmbedContent",
         {"batch": {"displayName": "e", "inputConfig": {"fileName": "files/x"}}},
         "async_batch_embed_content",
         "gemini-embedding-001",
     ),
-    ("GET", "/v1beta/batches/batch-123", None, "batch.get", None),
     (
         "POST",
         "/v1beta/cachedContents",

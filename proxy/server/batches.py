@@ -1,0 +1,408 @@
+"""The Batch API through the proxy: who may reach a batch, and the records of its results.
+
+``server.forward`` calls in here for the routes ``routes.classify`` gives a ``BATCH_*``
+or ``FILE_DOWNLOAD`` action:
+
+- at admission, ``check_batch_call`` checks the owner of the batch a path names (404 for
+  anyone else, never forwarded), of the input file a create names, and of a file whose
+  bytes are downloaded;
+- ``answer`` reads the whole JSON answer of a create (whose batch it registers as owned
+  by the caller before the name reaches the client), of a get (whose inline results it
+  records) and of a list (which it filters to the caller's own batches, recording their
+  inline results too). A done batch that names its responses file registers that file
+  as owned by the batch's owner, with the batch in its state, so its download is
+  checked like any file and metered;
+- ``download_tap`` reads a responses file line by line as it streams to the client
+  (``metering.batches.ResultLines``), recording each result as its line completes.
+
+Each result is one ``UsageRecord`` (endpoint ``batch.result``, tier ``batch``, the
+batch as ``resource``) billed to the batch's owner, with a deterministic request id:
+the database keeps one however often it is seen, and this process hands each to the
+recorder once (``BatchMeter`` remembers which), so budgets count it once. Once every
+result of a batch has been journaled, the batch (or its responses file) is marked
+``recorded`` in its resource state, in the background: a later poll on any replica
+then skips the results without parsing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import InvalidArgument, MethodNotAllowed
+from ..metering.batches import (
+    BatchResult,
+    InputRefused,
+    ResultLines,
+    inline_results,
+    input_files,
+    operation_model,
+    operation_name,
+    responses_file,
+    result_request_id,
+)
+from ..metering.records import EndpointKind, Principal, Usage, UsageRecord
+from ..settings import AuthMode
+from ..storage.schema import ResourceKind
+from .routes import Action, Route
+from .typedefs import authenticator_key, batch_meter_key, recorder_key
+
+log = logging.getLogger("gemini_meter.batches")
+
+# The tier a batch's results are billed at (``pricing.cost`` applies the catalog's
+# batch factor to it).
+BATCH_TIER = "batch"
+_REMEMBERED = 100_000
+# Only files this process saw named as a batch's responses are metered on download
+# in passthrough mode, where no file has an owner to carry that.
+_RECORDED = "recorded"
+
+
+class BatchMeter:
+    """This process's memory of batch results: which it recorded, which files it owns.
+
+    Bounded LRUs; the database (unique request ids, resource state) is the authority
+    across processes. State writes run in the background, tracked until ``close``.
+    """
+
+    def __init__(self) -> None:
+        self._recorded: OrderedDict[str, None] = OrderedDict()
+        self._files: OrderedDict[str, tuple[str, Principal, str | None]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def fresh(self, request_id: str) -> bool:
+        """True the first time this process sees ``request_id`` (and remembers it)."""
+        if request_id in self._recorded:
+            self._recorded.move_to_end(request_id)
+            return False
+        self._recorded[request_id] = None
+        if len(self._recorded) > _REMEMBERED:
+            self._recorded.popitem(last=False)
+        return True
+
+    def forget(self, request_id: str) -> None:
+        """A record the journal refused: a later sighting must hand it on again."""
+        self._recorded.pop(request_id, None)
+
+    def note_file(self, file: str, batch: str, owner: Principal, model: str | None) -> bool:
+        """Remember whose batch wrote ``file``; True the first time."""
+        new = file not in self._files
+        self._files[file] = (batch, owner, model)
+        self._files.move_to_end(file)
+        if len(self._files) > _REMEMBERED:
+            self._files.popitem(last=False)
+        return new
+
+    def file_batch(self, file: str) -> tuple[str, Principal, str | None] | None:
+        return self._files.get(file)
+
+    def later(self, work: Any) -> None:
+        """Run a coroutine in the background, logged if it fails."""
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a batch state write failed: %s", type(task.exception()).__name__)
+
+    async def close(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+@dataclass(slots=True)
+class Owned:
+    """What admission learned about the batch or file a call names."""
+
+    owner: Principal | None  # None in passthrough mode (nothing is checked there)
+    model: str | None
+    state: dict[str, Any]
+
+
+def _file_name(value: str) -> str:
+    """The canonical ``files/{id}`` of an input file name, or ``InvalidArgument``."""
+    name = value.split("?", 1)[0].rstrip("/")
+    if "://" in name and "/files/" in name:
+        name = "files/" + name.rsplit("/files/", 1)[1]
+    rest = name.removeprefix("files/")
+    if name == rest or not rest or "/" in rest:
+        raise InvalidArgument(
+            "Gemini Meter could not check this batch: its input file must be named files/{id}."
+        )
+    return name
+
+
+async def check_batch_call(
+    request: web.Request, route: Route, principal: Principal, body: object
+) -> Owned | None:
+    """Refuse what the caller may not do on a batch or file; what admission learned."""
+    auth = request.app[authenticator_key]
+    action = route.action
+    if action is Action.BATCH_UNKNOWN:
+        raise MethodNotAllowed(
+            f"{request.method} on this batches path is not supported through Gemini Meter."
+        )
+    if action is Action.BATCH_CREATE:
+        try:
+            files = input_files(body)
+        except InputRefused as exc:
+            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
+        for name in sorted(files):
+            await auth.check_resource(ResourceKind.FILE, _file_name(name), principal)
+        return None
+    if route.resource is None:
+        return None
+    kind = ResourceKind.FILE if action is Action.FILE_DOWNLOAD else ResourceKind.BATCH
+    owned = await auth.check_resource(kind, route.resource, principal)
+    if owned is None:
+        return Owned(owner=None, model=None, state={})
+    return Owned(owner=owned.owner, model=owned.model, state=dict(owned.state or {}))
+
+
+@dataclass(slots=True)
+class Call:
+    """The parts of ``forward._Call`` the batch code reads."""
+
+    route: Route
+    principal: Principal
+    owned: Owned | None
+    started: float
+    ttfb: float | None
+
+
+def result_record(
+    result: BatchResult, *, batch: str, owner: Principal, model: str | None, call: Call
+) -> UsageRecord:
+    """The record of one batch result: zero tokens (and its status) when it failed."""
+    summary = result.summary
+    record = UsageRecord(
+        request_id=result_request_id(batch, result.index),
+        created_at=datetime.now(UTC),
+        principal=owner,
+        model=model or summary.model,
+        endpoint=EndpointKind.BATCH_RESULT,
+        streamed=call.route.action is Action.FILE_DOWNLOAD,
+        upstream_status=result.status,
+        latency_seconds=time.perf_counter() - call.started,
+        ttfb_seconds=call.ttfb,
+        response_id=summary.response_id,
+        requested_service_tier=BATCH_TIER,
+        effective_service_tier=BATCH_TIER,
+        code_execution_calls=summary.code_execution_calls,
+        code_execution_errors=summary.code_execution_errors,
+        parse_error=summary.parse_error and result.status < 400,
+        resource=batch,
+    )
+    record.usage = summary.usage or Usage()
+    return record
+
+
+def _record(
+    app: web.Application,
+    results: Iterable[BatchResult],
+    *,
+    batch: str,
+    owner: Principal,
+    model: str | None,
+    call: Call,
+) -> list[asyncio.Future[None]]:
+    """Hand each result this process has not recorded yet to the recorder."""
+    meter = app[batch_meter_key]
+    recorder = app[recorder_key]
+    durable = []
+    for result in results:
+        record = result_record(result, batch=batch, owner=owner, model=model, call=call)
+        if not meter.fresh(record.request_id):
+            continue
+        future = recorder.finish(record)
+        if future is not None:
+            future.add_done_callback(_forget_refused(meter, record.request_id))
+            durable.append(future)
+    return durable
+
+
+def _forget_refused(meter: BatchMeter, request_id: str) -> Any:
+    def done(future: asyncio.Future[None]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            meter.forget(request_id)
+
+    return done
+
+
+async def _mark_recorded(
+    app: web.Application,
+    kind: ResourceKind,
+    name: str,
+    state: dict[str, Any],
+    durable: list[asyncio.Future[None]],
+) -> None:
+    """Once every record is journaled, mark ``name`` recorded in its resource state."""
+    if durable:
+        outcomes = await asyncio.gather(*durable, return_exceptions=True)
+        if any(isinstance(o, BaseException) for o in outcomes):
+            return
+    await app[authenticator_key].update_resource_state(kind, name, {**state, _RECORDED: True})
+
+
+async def _register_file(
+    app: web.Application, file: str, batch: str, owner: Principal, model: str | None
+) -> None:
+    """Own a batch's responses file by the batch's owner, before its name is relayed."""
+    if not app[batch_meter_key].note_file(file, batch, owner, model):
+        return
+    await app[authenticator_key].commit_resource(
+        ResourceKind.FILE, file, owner, model=model, state={"batch": batch}
+    )
+
+
+async def _done_batch(
+    app: web.Application, operation: object, call: Call, owned: Owned | None
+) -> list[asyncio.Future[None]]:
+    """Register the responses file and record the inline results of one batch Operation."""
+    batch = operation_name(operation)
+    if batch is None:
+        return []
+    owner = (owned.owner if owned is not None else None) or call.principal
+    model = operation_model(operation) or (owned.model if owned is not None else None)
+    file = responses_file(operation)
+    if file is not None:
+        await _register_file(app, file, batch, owner, model)
+    state = owned.state if owned is not None else {}
+    if state.get(_RECORDED):
+        return []
+    results = inline_results(operation)
+    if results is None:
+        return []
+    durable = _record(app, results, batch=batch, owner=owner, model=model, call=call)
+    if owned is not None and owned.owner is not None:
+        app[batch_meter_key].later(_mark_recorded(app, ResourceKind.BATCH, batch, state, durable))
+    return durable
+
+
+async def answer(
+    request: web.Request, call: Call, status: int, payload: object
+) -> tuple[bytes | None, list[asyncio.Future[None]]]:
+    """Act on the whole JSON answer of a create, get or list of batches.
+
+    Returns the body to send instead of the upstream's (a filtered list), or None to
+    relay it unchanged, and the futures of the records to wait for before the last byte.
+    """
+    if status >= 400:
+        return None, []
+    app = request.app
+    action = call.route.action
+    auth = app[authenticator_key]
+    if action is Action.BATCH_CREATE:
+        name = operation_name(payload)
+        if name is not None:
+            await auth.commit_resource(
+                ResourceKind.BATCH, name, call.principal, model=call.route.model, state={}
+            )
+        return None, []
+    if action is Action.BATCH_GET:
+        return None, await _done_batch(app, payload, call, call.owned)
+    # BATCH_LIST: only the caller's own batches, each handled as a get of it.
+    operations = payload.get("operations") if isinstance(payload, dict) else None
+    if not isinstance(operations, list):
+        return None, []
+    filtering = auth.mode is AuthMode.VIRTUAL_KEYS
+    names = {n for op in operations if (n := operation_name(op)) is not None}
+    mine = await auth.owned_names(ResourceKind.BATCH, call.principal, names) if filtering else names
+    kept = [op for op in operations if operation_name(op) in mine]
+    durable: list[asyncio.Future[None]] = []
+    for op in kept:
+        owned = None
+        if filtering and (inline_results(op) is not None or responses_file(op) is not None):
+            name = operation_name(op)
+            assert name is not None
+            found = await auth.check_resource(ResourceKind.BATCH, name, call.principal)
+            if found is not None:
+                owned = Owned(found.owner, found.model, dict(found.state or {}))
+        durable += await _done_batch(app, op, call, owned)
+    if not filtering:
+        return None, durable
+    assert isinstance(payload, dict)
+    return json.dumps({**payload, "operations": kept}).encode(), durable
+
+
+class DownloadTap:
+    """Records a responses file's results line by line as the download streams by."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        call: Call,
+        batch: str,
+        owner: Principal,
+        model: str | None,
+        state: dict[str, Any],
+    ) -> None:
+        self._app = app
+        self._call = call
+        self._batch = batch
+        self._owner = owner
+        self._model = model
+        self._state = state
+        self._lines = ResultLines()
+        self._durable: list[asyncio.Future[None]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        self._hand_on(self._lines.feed(chunk))
+
+    def _hand_on(self, results: list[BatchResult]) -> None:
+        if not results:
+            return
+        # Futures already done are dropped: a file of many lines keeps few in hand.
+        self._durable = [f for f in self._durable if not f.done()]
+        self._durable += _record(
+            self._app,
+            results,
+            batch=self._batch,
+            owner=self._owner,
+            model=self._model,
+            call=self._call,
+        )
+
+    def finish(self, *, complete: bool) -> asyncio.Future[Any] | None:
+        """Record the last line; a future done once every record is journaled."""
+        self._hand_on(self._lines.close())
+        durable = list(self._durable)
+        file = self._call.route.resource
+        if complete and file is not None and self._call.owned is not None:
+            if self._call.owned.owner is not None:
+                self._app[batch_meter_key].later(
+                    _mark_recorded(self._app, ResourceKind.FILE, file, self._state, durable)
+                )
+        if not durable:
+            return None
+        return asyncio.gather(*durable, return_exceptions=True)
+
+
+def download_tap(request: web.Request, call: Call) -> DownloadTap | None:
+    """The tap for a file download if it is a batch's responses file not yet recorded."""
+    file = call.route.resource
+    if file is None:
+        return None
+    owned = call.owned
+    if owned is not None and owned.owner is not None:
+        batch = owned.state.get("batch")
+        if not isinstance(batch, str) or owned.state.get(_RECORDED):
+            return None
+        return DownloadTap(request.app, call, batch, owned.owner, owned.model, owned.state)
+    # Passthrough: only what this process saw named as a batch's responses file.
+    seen = request.app[batch_meter_key].file_batch(file)
+    if seen is None:
+        return None
+    batch, owner, model = seen
+    return DownloadTap(request.app, call, batch, owner, model, {})

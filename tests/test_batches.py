@@ -1,0 +1,222 @@
+"""The Batch API end to end: the real google-genai SDK through the proxy, on both databases.
+
+A batch's results are metered where the proxy first sees them: inline in a
+``batches.get`` (or list), or line by line while its responses file downloads. Each
+result is one ``batch.result`` record billed to the batch's owner at the batch rate,
+stored once however often it is fetched; the create itself leaves no record.
+
+Hand-worked figures. The emulator counts ``ceil(characters / 4)`` tokens of text and
+thinks 128 tokens on gemini-2.5-flash (its default "medium" level); its reply is
+``Emulated reply from gemini-2.5-flash. You said: "<prompt>".``. gemini-2.5-flash costs
+$0.30 per 1M input and $2.50 per 1M output (thinking included) at the standard rate;
+the catalog's batch factor is 0.5, so $0.15 and $1.25.
+
+- JOKE, "Tell me a one-sentence joke." (28 characters): input 7; reply 79 characters,
+  output 20; thinking 128. Input 7 x 0.15 / 1M = 0.00000105; output 20 x 1.25 / 1M =
+  0.000025; thinking 128 x 1.25 / 1M = 0.00016; total 0.00018605.
+- SKY, "Why is the sky blue?" (20 characters): input 5; reply 71 characters, output 18;
+  thinking 128. Input 0.00000075; output 0.0000225; thinking 0.00016; total 0.00018325.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from decimal import Decimal
+from typing import Any
+
+from google import genai
+from google.genai import errors, types
+from prometheus_client import CollectorRegistry
+
+from proxy.emulator import EmulatorConfig
+from proxy.errors import NotFound
+from proxy.server.app import create_app
+from proxy.server.typedefs import authenticator_key, budgets_key, sessionmaker_key
+from proxy.storage import accounts
+from proxy.storage.schema import ResourceKind
+from tests.factories import Stack, StackFactory, add_budget, add_spend, issue_keys, raw
+
+MODEL = "gemini-2.5-flash"
+JOKE = "Tell me a one-sentence joke."
+SKY = "Why is the sky blue?"
+BATCH_SECONDS = 0.3
+EXPECTED = {
+    JOKE: {"input": 7, "output": 20, "thinking": 128, "cost": "0.00018605"},
+    SKY: {"input": 5, "output": 18, "thinking": 128, "cost": "0.00018325"},
+}
+
+
+def content(text: str) -> dict[str, Any]:
+    return {"contents": [{"parts": [{"text": text}], "role": "user"}]}
+
+
+async def batch_stack(make_stack: StackFactory, **overrides: Any) -> Stack:
+    return await make_stack(EmulatorConfig(batch_seconds=BATCH_SECONDS), **overrides)
+
+
+async def wait_done(client: genai.Client, name: str) -> types.BatchJob:
+    for _ in range(100):
+        job = await client.aio.batches.get(name=name)
+        if job.done:
+            return job
+        await asyncio.sleep(BATCH_SECONDS / 5)
+    raise AssertionError("the batch never finished")
+
+
+async def own_file(stack: Stack, name: str, user: str) -> None:
+    """Own an uploaded file by ``user``, as the files half of issue 9 does on upload."""
+    auth = stack.app[authenticator_key]
+    async with stack.app[sessionmaker_key]() as session:
+        principal = await accounts.principal_for_user(session, user)
+    try:
+        await auth.check_resource(ResourceKind.FILE, name, principal)
+    except NotFound:
+        await auth.commit_resource(ResourceKind.FILE, name, principal)
+
+
+def ledger_usage(stack: Stack, batch: str) -> dict[int, dict[str, Any] | None]:
+    """What the emulator served of ``batch``, by result index (repeats collapse)."""
+    return {s.index: s.usage for s in stack.upstream.batch_ledger if s.batch == batch}
+
+
+def assert_matches_ledger(row: dict[str, Any], usage: dict[str, Any] | None) -> None:
+    assert usage is not None
+    assert row["input_tokens"] == usage["promptTokenCount"]
+    assert row["output_tokens"] == usage["candidatesTokenCount"]
+    assert row["thinking_tokens"] == usage.get("thoughtsTokenCount", 0)
+    assert row["total_tokens"] == usage["totalTokenCount"]
+
+
+async def test_inline_results_metered_once_at_batch_rates(make_stack: StackFactory):
+    stack = await batch_stack(make_stack)
+    client = stack.sdk("alice")
+    job = await client.aio.batches.create(
+        model=MODEL, src=[content(JOKE), {**content(SKY), "metadata": {"key": "sky"}}]
+    )
+    assert job.name is not None and job.state == types.JobState.JOB_STATE_PENDING
+    assert await stack.records() == []  # the create is free
+    done = await wait_done(client, job.name)
+    assert done.state == types.JobState.JOB_STATE_SUCCEEDED
+    assert done.dest is not None and done.dest.inlined_responses is not None
+    # fetched again, and listed: the results are recorded once
+    await client.aio.batches.get(name=job.name)
+    await client.aio.batches.get(name=job.name)
+    listed = [b.name async for b in await client.aio.batches.list()]
+    assert listed == [job.name]
+    served = [s for s in stack.upstream.batch_ledger if s.batch == job.name]
+    assert len(served) >= 6  # the emulator served both results at least three times
+
+    rows = await stack.records()
+    assert len(rows) == 2
+    alice = await stack.user_id("alice")
+    ledger = ledger_usage(stack, job.name)
+    for row, text, index in zip(rows, (JOKE, SKY), (0, 1), strict=True):
+        expected = EXPECTED[text]
+        assert row["endpoint"] == "batch.result"
+        assert row["user_id"] == alice
+        assert row["model"] == MODEL
+        assert row["resource"] == job.name
+        assert row["effective_service_tier"] == "batch"
+        assert row["upstream_status"] == 200
+        assert (row["input_tokens"], row["output_tokens"], row["thinking_tokens"]) == (
+            expected["input"],
+            expected["output"],
+            expected["thinking"],
+        )
+        assert_matches_ledger(row, ledger[index])
+        assert row["cost_usd"] == Decimal(expected["cost"])
+        assert row["parse_error"] is False and row["unmetered_route"] is False
+    assert rows[0]["request_id"] != rows[1]["request_id"]
+
+
+async def test_a_second_replica_stores_nothing_twice(make_stack: StackFactory, proxy_server: Any):
+    stack = await batch_stack(make_stack)
+    client = stack.sdk("alice")
+    job = await client.aio.batches.create(model=MODEL, src=[content(JOKE)])
+    assert job.name is not None
+    await wait_done(client, job.name)
+    assert len(await stack.records()) == 1
+    # Another replica on the same database and upstream sees the same results.
+    replica = create_app(stack.settings, registry=CollectorRegistry())
+    server = await proxy_server(replica)
+    keys = await issue_keys(replica)
+    status, _, _ = await raw(
+        "GET",
+        str(server.make_url(f"/v1beta/{job.name}")),
+        headers={"x-goog-api-key": keys["alice"]},
+    )
+    assert status == 200
+    rows = await stack.records()
+    assert len(rows) == 1 and rows[0]["cost_usd"] == Decimal(EXPECTED[JOKE]["cost"])
+
+
+async def test_file_results_metered_while_the_download_streams(make_stack: StackFactory):
+    stack = await batch_stack(make_stack)
+    client = stack.sdk("bob")
+    lines = [
+        {"key": "joke", "request": content(JOKE)},
+        {"key": "broken", "request": {"contents": []}},
+        {"key": "sky", "request": content(SKY)},
+    ]
+    jsonl = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = await client.aio.files.upload(
+        file=io.BytesIO(jsonl), config={"mime_type": "jsonl", "display_name": "in"}
+    )
+    assert uploaded.name is not None
+    await own_file(stack, uploaded.name, "bob")
+    job = await client.aio.batches.create(model=MODEL, src=uploaded.name)
+    assert job.name is not None
+    done = await wait_done(client, job.name)
+    assert done.dest is not None and done.dest.file_name is not None
+    assert await stack.records() == []  # nothing inline: the results are in the file
+
+    data = await client.aio.files.download(file=done.dest.file_name)
+    assert len(data.splitlines()) == 3
+    # the SDK asked the proxy, not Google, for the bytes
+    downloads = [r.path for r in stack.upstream.requests if r.path.endswith(":download")]
+    assert downloads == [f"/v1/{done.dest.file_name}:download"]  # the SDK's default version
+    # downloaded again, the other way: nothing recorded twice
+    status, _, again = await raw(
+        "GET",
+        stack.url(f"/download/v1beta/{done.dest.file_name}:download?alt=media"),
+        headers=stack.headers("bob"),
+    )
+    assert status == 200 and again == data
+
+    rows = await stack.records()
+    assert len(rows) == 3
+    bob = await stack.user_id("bob")
+    assert {r["user_id"] for r in rows} == {bob}
+    assert {r["resource"] for r in rows} == {job.name}
+    joke, broken, sky = rows
+    ledger = ledger_usage(stack, job.name)
+    assert_matches_ledger(joke, ledger[0])
+    assert_matches_ledger(sky, ledger[2])
+    assert joke["cost_usd"] == Decimal(EXPECTED[JOKE]["cost"])
+    assert sky["cost_usd"] == Decimal(EXPECTED[SKY]["cost"])
+    # the failed line: zero tokens, its status (INVALID_ARGUMENT is HTTP 400), no cost
+    assert broken["upstream_status"] == 400
+    assert broken["total_tokens"] == 0 and broken["cost_usd"] == Decimal(0)
+    assert broken["parse_error"] is False
+    assert all(r["streamed"] for r in rows)
+
+
+async def test_create_is_refused_when_the_budget_is_spent(make_stack: StackFactory):
+    stack = await batch_stack(make_stack)
+    await add_budget(stack.app, "user:alice", limit_usd="1.00")
+    await add_spend(stack.app, "alice", "1.00")
+    await stack.app[budgets_key].refresh()
+    client = stack.sdk("alice")
+    before = len(stack.upstream.requests)
+    try:
+        await client.aio.batches.create(model=MODEL, src=[content(JOKE)])
+    except errors.ClientError as exc:
+        assert exc.code == 429
+    else:
+        raise AssertionError("the create was not refused")
+    assert len(stack.upstream.requests) == before
+    # bob has no budget: his goes through
+    job = await stack.sdk("bob").aio.batches.create(model=MODEL, src=[content(JOKE)])
+    assert job.name is not None
