@@ -26,6 +26,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from google import genai
 from google.genai import errors, types
 from prometheus_client import CollectorRegistry
@@ -220,3 +221,38 @@ async def test_create_is_refused_when_the_budget_is_spent(make_stack: StackFacto
     # bob has no budget: his goes through
     job = await stack.sdk("bob").aio.batches.create(model=MODEL, src=[content(JOKE)])
     assert job.name is not None
+
+
+async def test_embeddings_batch_metered_at_batch_rates(make_stack: StackFactory):
+    # gemini-embedding-001: $0.15 per 1M input tokens, batch factor 0.5, so $0.075.
+    # "abcdefgh" is ceil(8 / 4) = 2 tokens: 2 x 0.075 / 1M = 0.00000015; "abc" is 1 token:
+    # 0.000000075.
+    stack = await batch_stack(make_stack)
+    client = stack.sdk("carol")
+    with pytest.warns(Warning, match="experimental"):
+        job = await client.aio.batches.create_embeddings(
+            model="gemini-embedding-001",
+            src={"inlined_requests": {"contents": ["abcdefgh", "abc"]}},
+        )
+    assert job.name is not None
+    done = await wait_done(client, job.name)
+    assert done.dest is not None and done.dest.inlined_embed_content_responses is not None
+    await client.aio.batches.get(name=job.name)
+    rows = await stack.records()
+    assert [(r["input_tokens"], r["output_tokens"], r["cost_usd"]) for r in rows] == [
+        (2, 0, Decimal("0.00000015")),
+        (1, 0, Decimal("0.000000075")),
+    ]
+    ledger = ledger_usage(stack, job.name)
+    assert [ledger[0], ledger[1]] == [
+        {"promptTokenCount": 2, "promptTokenDetails": [{"modality": "TEXT", "tokenCount": 2}]},
+        {"promptTokenCount": 1, "promptTokenDetails": [{"modality": "TEXT", "tokenCount": 1}]},
+    ]
+    carol = await stack.user_id("carol")
+    assert all(
+        r["endpoint"] == "batch.result"
+        and r["user_id"] == carol
+        and r["model"] == "gemini-embedding-001"
+        and r["effective_service_tier"] == "batch"
+        for r in rows
+    )

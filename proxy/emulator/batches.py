@@ -1,5 +1,5 @@
-"""The Batch API: ``models/{m}:batchGenerateContent``, ``batches`` get, list, cancel and
-delete, and the download of a batch's responses file.
+"""The Batch API: ``models/{m}:batchGenerateContent`` and ``:asyncBatchEmbedContent``,
+``batches`` get, list, cancel and delete, and the download of a batch's responses file.
 
 A self-contained block of the emulator (``app.create_emulator_app`` registers it with
 ``add_batch_routes``); the app's middleware has already checked the key and applied the
@@ -46,8 +46,14 @@ with a Chinese walkthrough of the API; both read 2026-11-29):
 
 Each result is planned like a generateContent call (``generate.plan_generate``), so it
 has the same deterministic usage; a request that generateContent would refuse is an
-``error`` line instead. ``EmulatorState.batch_ledger`` records every result served,
-with its ``usageMetadata``: what a test compares the proxy's records with.
+``error`` line instead. An embeddings batch (``asyncBatchEmbedContent``, what the SDK's
+``batches.create_embeddings`` sends: ``inputConfig.requests.requests[].request`` an
+EmbedContentRequest, or ``file_name``) is the same machinery with ``@type``
+``EmbedContentBatch``/``EmbedContentBatchOutput`` and each result an EmbedContentResponse
+with ``usageMetadata``, as ``embeddings.embed_one`` answers it (the SDK tells the two
+outputs apart by the ``embedding`` in a response: ``t_recv_batch_job_destination``).
+``EmulatorState.batch_ledger`` records every result served, with its ``usageMetadata``:
+what a test compares the proxy's records with.
 """
 
 from __future__ import annotations
@@ -61,8 +67,10 @@ from typing import Final, Literal
 
 from aiohttp import web
 
+from .embeddings import embed_one
 from .generate import plan_generate, whole_response
 from .state import EmulatorState, emulator_state_key
+from .usage import MEDIA_TOKENS
 from .wire import (
     DEFAULT_TIER,
     ApiError,
@@ -77,10 +85,12 @@ from .wire import (
 
 __all__ = ["EmulatedBatch", "ServedResult", "add_batch_routes"]
 
-BATCH_TYPE: Final = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
-OUTPUT_TYPE: Final = (
-    "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
-)
+_TYPE_PREFIX: Final = "type.googleapis.com/google.ai.generativelanguage.v1main."
+BATCH_TYPE: Final = _TYPE_PREFIX + "GenerateContentBatch"
+OUTPUT_TYPE: Final = _TYPE_PREFIX + "GenerateContentBatchOutput"
+EMBED_BATCH_TYPE: Final = _TYPE_PREFIX + "EmbedContentBatch"
+EMBED_OUTPUT_TYPE: Final = _TYPE_PREFIX + "EmbedContentBatchOutput"
+Kind = Literal["generate", "embed"]
 MAX_STORED_BATCHES: Final = 1_000
 DEFAULT_PAGE_SIZE: Final = 50
 OUTCOME_HEADER: Final = "x-emulator-batch-outcome"
@@ -141,6 +151,7 @@ class EmulatedBatch:
     items: list[BatchItem]
     input_file: str | None  # files/... when created from a file, whose output is a file too
     outcome: Outcome = "succeeded"
+    kind: Kind = "generate"
     cancelled_at: float | None = None
     ended: datetime | None = field(default=None)
 
@@ -178,6 +189,7 @@ def add_batch_routes(router: web.UrlDispatcher, version: str, model: str) -> Non
     """Register the Batch API; ``version`` and ``model`` are the app's path patterns."""
     batch = r"{batch_id:[^/:]+}"
     router.add_post(f"/{version}/models/{model}:batchGenerateContent", create_batch)
+    router.add_post(f"/{version}/models/{model}:asyncBatchEmbedContent", create_embed_batch)
     router.add_get(f"/{version}/batches", list_batches)
     router.add_get(f"/{version}/batches/{batch}", get_batch)
     router.add_post(f"/{version}/batches/{batch}:cancel", cancel_batch)
@@ -196,7 +208,14 @@ def requested_outcome(request: web.Request) -> Outcome:
     raise ApiError(400, f"{OUTCOME_HEADER} must be one of {', '.join(_OUTCOMES)}.")
 
 
-def _result(state: EmulatorState, model: str, request: object, key: str | None) -> BatchItem:
+def _result(
+    state: EmulatorState, kind: Kind, model: str, request: object, key: str | None
+) -> BatchItem:
+    if kind == "embed":
+        try:
+            return BatchItem(key=key, response=embed_one(request, MEDIA_TOKENS))
+        except ValueError as exc:
+            return _failed(key, str(exc))
     if not isinstance(request, dict):
         return _failed(key, "Invalid request: expected a GenerateContentRequest object.")
     try:
@@ -214,15 +233,17 @@ def _key(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _inline_items(state: EmulatorState, model: str, requests: object) -> list[BatchItem]:
+def _inline_items(
+    state: EmulatorState, kind: Kind, model: str, requests: object
+) -> list[BatchItem]:
     items = []
     for entry in as_list(get_field(requests, "requests")):
         key = _key(get_field(get_field(entry, "metadata"), "key"))
-        items.append(_result(state, model, get_field(entry, "request"), key))
+        items.append(_result(state, kind, model, get_field(entry, "request"), key))
     return items
 
 
-def _file_items(state: EmulatorState, model: str, file_name: str) -> list[BatchItem]:
+def _file_items(state: EmulatorState, kind: Kind, model: str, file_name: str) -> list[BatchItem]:
     data = state.file_data.get(file_name)
     if data is None:
         raise ApiError(404, f"File {file_name} was not found.")
@@ -236,13 +257,21 @@ def _file_items(state: EmulatorState, model: str, file_name: str) -> list[BatchI
             items.append(_failed(None, "Invalid JSON in the input file."))
             continue
         if isinstance(line, dict) and get_field(line, "request") is not None:
-            items.append(_result(state, model, line["request"], _key(line.get("key"))))
+            items.append(_result(state, kind, model, line["request"], _key(line.get("key"))))
         else:
-            items.append(_result(state, model, line, None))
+            items.append(_result(state, kind, model, line, None))
     return items
 
 
 async def create_batch(request: web.Request) -> web.StreamResponse:
+    return await _create(request, "generate")
+
+
+async def create_embed_batch(request: web.Request) -> web.StreamResponse:
+    return await _create(request, "embed")
+
+
+async def _create(request: web.Request, kind: Kind) -> web.StreamResponse:
     state = request.app[emulator_state_key]
     outcome = requested_outcome(request)
     body = await json_body(request)
@@ -252,9 +281,9 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
     file_name = get_field(config, "fileName")
     requests = get_field(config, "requests")
     if isinstance(file_name, str) and file_name:
-        items = _file_items(state, model, file_name)
+        items = _file_items(state, kind, model, file_name)
     elif requests is not None:
-        items = _inline_items(state, model, requests)
+        items = _inline_items(state, kind, model, requests)
     else:
         raise ApiError(400, "* batch.input_config: either requests or file_name is required")
     if not items:
@@ -270,6 +299,7 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
         items=items,
         input_file=file_name if isinstance(file_name, str) and file_name else None,
         outcome=outcome,
+        kind=kind,
     )
     state.batches[emulated.name] = emulated
     while len(state.batches) > MAX_STORED_BATCHES:
@@ -324,7 +354,11 @@ def _operation(
     now: float,
     via: Literal["get", "list"] | None,
 ) -> Json:
-    metadata: Json = {"@type": BATCH_TYPE, "model": f"models/{batch.model}"}
+    embed = batch.kind == "embed"
+    metadata: Json = {
+        "@type": EMBED_BATCH_TYPE if embed else BATCH_TYPE,
+        "model": f"models/{batch.model}",
+    }
     if batch.display_name is not None:
         metadata["displayName"] = batch.display_name
     if batch.input_file is not None:
@@ -347,7 +381,8 @@ def _operation(
     if done:
         operation["done"] = True
         if output is not None:
-            operation["response"] = {"@type": OUTPUT_TYPE, **output}
+            output_type = EMBED_OUTPUT_TYPE if embed else OUTPUT_TYPE
+            operation["response"] = {"@type": output_type, **output}
         elif batch.outcome == "failed" and batch.cancelled_at is None:
             operation["error"] = {"code": 13, "message": "The batch failed."}
         elif batch.outcome == "expired" and batch.cancelled_at is None:

@@ -12,10 +12,11 @@ learns their usage when the results pass through it, in one of two ways:
   incrementally as the download streams by, keeping only the unfinished line.
 
 Each result, inline item or line, becomes a ``BatchResult``: its position in the
-batch, its key, the ``ResponseSummary`` of its GenerateContentResponse (``parsers``),
-or the HTTP status of the ``error`` it failed with. ``server.batches`` turns results
-into records with ``result_request_id``, which is deterministic, so a result seen
-twice (a second poll, another replica) is stored once.
+batch, its key, the ``ResponseSummary`` of its GenerateContentResponse (or, in an
+embeddings batch, EmbedContentResponse) read by ``parsers``, or the HTTP status of the
+``error`` it failed with. ``server.batches`` turns results into records with
+``result_request_id``, which is deterministic, so a result seen twice (a second poll,
+another replica) is stored once.
 
 ``input_files`` reads the input file(s) a create request names, in every spelling
 Google's JSON parser accepts, for the proxy to check their owner.
@@ -33,7 +34,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Final
 
-from .parsers import ResponseSummary, nonempty_str, parse_json, summarize_generate
+from .parsers import (
+    ResponseSummary,
+    nonempty_str,
+    parse_json,
+    summarize_embed,
+    summarize_generate,
+)
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -121,6 +128,11 @@ def read_result(item: object, index: int) -> BatchResult:
         return BatchResult(index, key, ResponseSummary(), grpc_http_status(error.get("code")))
     if not isinstance(item, dict) or not isinstance(response, dict):
         return BatchResult(index, key, ResponseSummary(parse_error=True))
+    if "embedding" in response:
+        # An embeddings batch's EmbedContentResponse (the SDK tells them apart the same
+        # way: ``t_recv_batch_job_destination``). Its request is not at hand, so a
+        # response without usage is flagged, not estimated.
+        return BatchResult(index, key, summarize_embed(response, None))
     return BatchResult(index, key, summarize_generate(response))
 
 

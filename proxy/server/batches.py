@@ -62,6 +62,7 @@ log = logging.getLogger("gemini_meter.batches")
 # batch factor to it).
 BATCH_TIER = "batch"
 _REMEMBERED = 100_000
+_CREATES = frozenset({Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE})
 # Only files this process saw named as a batch's responses are metered on download
 # in passthrough mode, where no file has an owner to carry that.
 _RECORDED = "recorded"
@@ -153,7 +154,7 @@ async def check_batch_call(
         raise MethodNotAllowed(
             f"{request.method} on this batches path is not supported through Gemini Meter."
         )
-    if action is Action.BATCH_CREATE:
+    if action in _CREATES:
         try:
             files = input_files(body)
         except InputRefused as exc:
@@ -303,7 +304,7 @@ async def answer(
     app = request.app
     action = call.route.action
     auth = app[authenticator_key]
-    if action is Action.BATCH_CREATE:
+    if action in _CREATES:
         name = operation_name(payload)
         if name is not None:
             await auth.commit_resource(

@@ -281,7 +281,7 @@ async def admit(request: web.Request, started: float) -> _Call:
         previous = _previous_interactions(parsed, request)
         call.parsed = parsed
         call.meta = request_meta(route, parsed)
-        if route.action is Action.BATCH_CREATE:
+        if route.action in (Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE):
             # Reserved at the batch rate its results will be billed at.
             call.meta = replace(call.meta, service_tier=batches.BATCH_TIER)
     for interaction_id in sorted(previous):
@@ -308,12 +308,14 @@ _READS_BODY = frozenset(
         Action.EMBED,
         Action.BATCH_EMBED,
         Action.BATCH_CREATE,
+        Action.BATCH_EMBED_CREATE,
     }
 )
 # Batch API calls whose batch (or input or downloaded file) has an owner to check.
 _BATCH_CHECKED = frozenset(
     {
         Action.BATCH_CREATE,
+        Action.BATCH_EMBED_CREATE,
         Action.BATCH_GET,
         Action.BATCH_CANCEL,
         Action.BATCH_DELETE,
@@ -323,7 +325,9 @@ _BATCH_CHECKED = frozenset(
     }
 )
 # Batch API answers read whole: to own a new batch, or to record inline results.
-_BATCH_ANSWERS = frozenset({Action.BATCH_CREATE, Action.BATCH_GET, Action.BATCH_LIST})
+_BATCH_ANSWERS = frozenset(
+    {Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE, Action.BATCH_GET, Action.BATCH_LIST}
+)
 
 
 def _previous_interactions(body: object, request: web.Request) -> set[str]:
@@ -370,9 +374,10 @@ _BUDGETED = frozenset(
         Action.BATCH_EMBED,
         # free itself, but refused once the budgets it would spend are
         Action.BATCH_CREATE,
+        Action.BATCH_EMBED_CREATE,
     }
 )
-_EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED})
+_EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED, Action.BATCH_EMBED_CREATE})
 _EMBEDDING_KINDS = frozenset(
     {EndpointKind.ASYNC_BATCH_EMBED_CONTENT, EndpointKind.OPENAI_EMBEDDINGS}
 )

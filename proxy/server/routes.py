@@ -56,7 +56,9 @@ _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
 _EMBED = re.compile(
     rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
 )
-_BATCH_CREATE = re.compile(rf"{_PREFIX}/{_MODEL}:batchGenerateContent$", re.IGNORECASE)
+_BATCH_CREATE = re.compile(
+    rf"{_PREFIX}/{_MODEL}:(?P<method>batchGenerateContent|asyncBatchEmbedContent)$", re.IGNORECASE
+)
 # Everything under the batches collection, like interactions: a batch named in the
 # path is checked against its owner whatever follows its id.
 _BATCHES = re.compile(rf"{_PREFIX}/batches(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
@@ -83,6 +85,7 @@ class Action(Enum):
     # The Batch API: a create is free but budget-checked; its results are metered
     # where the proxy sees them (a get or list of batches, the responses file).
     BATCH_CREATE = auto()
+    BATCH_EMBED_CREATE = auto()  # asyncBatchEmbedContent: embeddings through the Batch API
     BATCH_GET = auto()
     BATCH_LIST = auto()
     BATCH_CANCEL = auto()
@@ -183,14 +186,10 @@ def _unmetered(
 _V = rf"^/{_VERSION}"
 _ID = r"[^/:]+"
 # First match wins. Free routes (files, countTokens, models, cachedContents get/list/delete)
-# are not here: they cost nothing. docs/metering.md lists every
-# route with what the meter records for it; keep the two in step.
+# are not here: they cost nothing; nor the Batch API, whose results are metered
+# (``Action.BATCH_*``). docs/metering.md lists every route with what the meter records for
+# it; keep the two in step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
-    # Embeddings through the Batch API: billed (at the batch rate) when the batch runs.
-    # (batchGenerateContent and its batches are metered: ``Action.BATCH_*``.)
-    _unmetered(
-        EndpointKind.ASYNC_BATCH_EMBED_CONTENT, "POST", rf"{_V}/{_MODEL}:asyncBatchEmbedContent$"
-    ),
     # Explicit caching: the cached tokens on creation, storage per hour while it lives.
     _unmetered(
         EndpointKind.CACHED_CONTENT_CREATE, "POST", rf"{_V}/cachedContents$", model_in_body=True
@@ -288,7 +287,9 @@ def _classify_batches(method: str, path: str) -> Route | None:
     lowered = path.lower()
     if "batch" in lowered:
         if method == "POST" and (c := _BATCH_CREATE.match(path)) is not None:
-            return Route(Action.BATCH_CREATE, model=c.group("model"))
+            embed = c.group("method").lower() == "asyncbatchembedcontent"
+            action = Action.BATCH_EMBED_CREATE if embed else Action.BATCH_CREATE
+            return Route(action, model=c.group("model"))
         b = _BATCHES.match(path)
         if b is not None:
             rest = b.group("rest") or ""

@@ -246,3 +246,21 @@ async def test_bad_requests(http: aiohttp.ClientSession, server: TestServer) -> 
         assert "x-emulator-batch-outcome" in (await r.json())["error"]["message"]
     status, body = await call(http, server, "GET", "/v1beta/files/batch-x:download?alt=media")
     assert status == 404
+
+
+async def test_embeddings_batch(client: genai.Client, server: TestServer) -> None:
+    with pytest.warns(Warning, match="experimental"):
+        created = await client.aio.batches.create_embeddings(
+            model="gemini-embedding-001",
+            src={"inlined_requests": {"contents": ["abcdefgh", "abc"]}},
+        )
+    assert created.name is not None
+    finished = await done(client, created.name)
+    assert finished.state == types.JobState.JOB_STATE_SUCCEEDED
+    assert finished.dest is not None
+    # the SDK read the results as embeddings, by the embedding in each response
+    responses = finished.dest.inlined_embed_content_responses
+    assert responses is not None and len(responses) == 2
+    ledger = server.app[emulator_state_key].batch_ledger
+    # ceil(8 / 4) = 2 and ceil(3 / 4) = 1 tokens, as embedContent counts them
+    assert [s.usage["promptTokenCount"] for s in ledger[-2:] if s.usage] == [2, 1]

@@ -96,13 +96,6 @@ def unmetered_count(stack: Stack, route: str) -> float:
 FAMILIES = [
     (
         "POST",
-        "/v1beta/models/gemini-embedding-001:asyncBatchEmbedContent",
-        {"batch": {"displayName": "e", "inputConfig": {"fileName": "files/x"}}},
-        "async_batch_embed_content",
-        "gemini-embedding-001",
-    ),
-    (
-        "POST",
         "/v1beta/cachedContents",
         {"model": "models/gemini-2.5-flash", "contents": [{"parts": [{"text": "x" * 100}]}]},
         "cached_content.create",
