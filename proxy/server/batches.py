@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,8 +63,7 @@ log = logging.getLogger("gemini_meter.batches")
 BATCH_TIER = "batch"
 _REMEMBERED = 100_000
 _CREATES = frozenset({Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE})
-# Only files this process saw named as a batch's responses are metered on download
-# in passthrough mode, where no file has an owner to carry that.
+# The resource-state flag of a batch (or responses file) whose every result is journaled.
 _RECORDED = "recorded"
 
 
@@ -106,7 +105,7 @@ class BatchMeter:
     def file_batch(self, file: str) -> tuple[str, Principal, str | None] | None:
         return self._files.get(file)
 
-    def later(self, work: Any) -> None:
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine in the background, logged if it fails."""
         task: asyncio.Task[None] = asyncio.create_task(work)
         self._tasks.add(task)
@@ -209,6 +208,21 @@ def result_record(
     return record
 
 
+@dataclass(slots=True)
+class Outcome:
+    """Whether any record handed on by one call (or one download) was refused."""
+
+    refused: bool = False
+
+
+@dataclass(slots=True)
+class Handed:
+    """What ``_record`` handed to the recorder."""
+
+    count: int  # results recorded by this call (the others were, earlier, in this process)
+    durable: list[asyncio.Future[None]]  # done once each of those is journaled or refused
+
+
 def _record(
     app: web.Application,
     results: Iterable[BatchResult],
@@ -217,28 +231,52 @@ def _record(
     owner: Principal,
     model: str | None,
     call: Call,
-) -> list[asyncio.Future[None]]:
+    outcome: Outcome,
+) -> Handed:
     """Hand each result this process has not recorded yet to the recorder."""
     meter = app[batch_meter_key]
     recorder = app[recorder_key]
-    durable = []
+    handed = Handed(0, [])
     for result in results:
         record = result_record(result, batch=batch, owner=owner, model=model, call=call)
         if not meter.fresh(record.request_id):
             continue
-        future = recorder.finish(record)
-        if future is not None:
-            future.add_done_callback(_forget_refused(meter, record.request_id))
-            durable.append(future)
-    return durable
+        handed.count += 1
+        journaled = _Flag()
+        future = recorder.finish(record, on_durable=journaled.set)
+        check = _RefusalCheck(meter, record.request_id, journaled, outcome)
+        if future is None:
+            check(None)
+        else:
+            future.add_done_callback(check)
+            handed.durable.append(future)
+    return handed
 
 
-def _forget_refused(meter: BatchMeter, request_id: str) -> Any:
-    def done(future: asyncio.Future[None]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            meter.forget(request_id)
+class _Flag:
+    __slots__ = ("value",)
 
-    return done
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+
+@dataclass(slots=True)
+class _RefusalCheck:
+    """Once a record's fate is known: a refused one is forgotten, to be recorded again
+    at its next sighting, and its call's ``Outcome`` says so."""
+
+    meter: BatchMeter
+    request_id: str
+    journaled: _Flag
+    outcome: Outcome
+
+    def __call__(self, _: object) -> None:
+        if not self.journaled.value:
+            self.meter.forget(self.request_id)
+            self.outcome.refused = True
 
 
 async def _mark_recorded(
@@ -247,13 +285,13 @@ async def _mark_recorded(
     name: str,
     state: dict[str, Any],
     durable: list[asyncio.Future[None]],
+    outcome: Outcome,
 ) -> None:
     """Once every record is journaled, mark ``name`` recorded in its resource state."""
     if durable:
-        outcomes = await asyncio.gather(*durable, return_exceptions=True)
-        if any(isinstance(o, BaseException) for o in outcomes):
-            return
-    await app[authenticator_key].update_resource_state(kind, name, {**state, _RECORDED: True})
+        await asyncio.gather(*durable, return_exceptions=True)
+    if not outcome.refused:
+        await app[authenticator_key].update_resource_state(kind, name, {**state, _RECORDED: True})
 
 
 async def _register_file(
@@ -285,10 +323,16 @@ async def _done_batch(
     results = inline_results(operation)
     if results is None:
         return []
-    durable = _record(app, results, batch=batch, owner=owner, model=model, call=call)
-    if owned is not None and owned.owner is not None:
-        app[batch_meter_key].later(_mark_recorded(app, ResourceKind.BATCH, batch, state, durable))
-    return durable
+    outcome = Outcome()
+    handed = _record(
+        app, results, batch=batch, owner=owner, model=model, call=call, outcome=outcome
+    )
+    # Marked by the call that recorded them all (an earlier one's records may still be
+    # on their way to the journal).
+    if owned is not None and owned.owner is not None and handed.count == len(results):
+        marking = _mark_recorded(app, ResourceKind.BATCH, batch, state, handed.durable, outcome)
+        app[batch_meter_key].later(marking)
+    return handed.durable
 
 
 async def answer(
@@ -357,6 +401,9 @@ class DownloadTap:
         self._state = state
         self._lines = ResultLines()
         self._durable: list[asyncio.Future[None]] = []
+        self._outcome = Outcome()
+        # every line so far recorded by this download (none by an earlier one)
+        self._all_handed = True
 
     def feed(self, chunk: bytes) -> None:
         self._hand_on(self._lines.feed(chunk))
@@ -364,26 +411,32 @@ class DownloadTap:
     def _hand_on(self, results: list[BatchResult]) -> None:
         if not results:
             return
-        # Futures already done are dropped: a file of many lines keeps few in hand.
+        # Futures already done are dropped (a refusal is in the outcome): a file of many
+        # lines keeps few in hand.
         self._durable = [f for f in self._durable if not f.done()]
-        self._durable += _record(
+        handed = _record(
             self._app,
             results,
             batch=self._batch,
             owner=self._owner,
             model=self._model,
             call=self._call,
+            outcome=self._outcome,
         )
+        self._durable += handed.durable
+        self._all_handed = self._all_handed and handed.count == len(results)
 
     def finish(self, *, complete: bool) -> asyncio.Future[Any] | None:
         """Record the last line; a future done once every record is journaled."""
         self._hand_on(self._lines.close())
         durable = list(self._durable)
         file = self._call.route.resource
-        if complete and file is not None and self._call.owned is not None:
+        if complete and self._all_handed and file is not None and self._call.owned is not None:
             if self._call.owned.owner is not None:
                 self._app[batch_meter_key].later(
-                    _mark_recorded(self._app, ResourceKind.FILE, file, self._state, durable)
+                    _mark_recorded(
+                        self._app, ResourceKind.FILE, file, self._state, durable, self._outcome
+                    )
                 )
         if not durable:
             return None
