@@ -38,8 +38,6 @@ class EndpointKind(StrEnum):
     EMBED_CONTENT = "embed_content"
     # the synchronous batch of embedContent requests, not the Batch API
     BATCH_EMBED_CONTENTS = "batch_embed_contents"
-    # one result of a Batch API job, billed at the batch rate
-    BATCH_RESULT = "batch.result"
     # Routes Google bills that the meter does not understand yet: recorded with zero
     # tokens and ``unmetered_route`` (the table is ``server.routes.UNMETERED_ROUTES``).
     BATCH_GENERATE_CONTENT = "batch_generate_content"
@@ -56,6 +54,12 @@ class EndpointKind(StrEnum):
     OPENAI_EMBEDDINGS = "openai.embeddings"
     OPENAI_IMAGES = "openai.images"
     OPENAI_OTHER = "openai.other"
+    # One result of a Batch API job, billed at the batch rate to the batch's owner.
+    BATCH_RESULT = "batch.result"
+    # The storage refunded for a context cache deleted before it expired.
+    CACHED_CONTENT_DELETE = "cached_content.delete"
+    # One Live API (WebSocket) session.
+    LIVE_SESSION = "live.session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,12 @@ class Usage:
     output_by_modality: dict[str, int] = field(default_factory=dict)
     # grounding tool type (e.g. "google_search") -> number of uses
     grounding: dict[str, int] = field(default_factory=dict)
+    # Units billed other than by the token: images generated (Imagen, per image),
+    # seconds of video generated (Veo, per second, summed over the videos), and a
+    # context cache's storage as cached tokens x seconds (negative for a refund).
+    images: int = 0
+    video_seconds: int = 0
+    storage_token_seconds: int = 0
 
     @property
     def total_mismatch(self) -> bool:
@@ -115,6 +125,10 @@ class Cost:
     output: Decimal | None = None
     thinking: Decimal | None = None
     grounding: Decimal | None = None
+    # per image and per second of video
+    media: Decimal | None = None
+    # context-cache storage (negative for a refund)
+    storage: Decimal | None = None
     catalog_version: str | None = None
 
     @property
@@ -151,6 +165,9 @@ class UsageRecord:
     ttfb_seconds: float | None
     usage: Usage = field(default_factory=Usage)
     interaction_id: str | None = None
+    # The upstream resource the line belongs to (a batch, a context cache, a video
+    # operation, a Live session), when it is not an interaction.
+    resource: str | None = None
     response_id: str | None = None
     previous_interaction_id: str | None = None
     requested_service_tier: str | None = None
@@ -169,8 +186,6 @@ class UsageRecord:
     # a billable route the meter does not understand yet: zero tokens, still recorded
     unmetered_route: bool = False
     cost: Cost = UNPRICED
-    # the batch (cache, operation, session) the line belongs to
-    resource: str | None = None
     # Not stored: the part of ``latency_seconds`` spent waiting on the upstream, for
     # the proxy-overhead metric (None when not measured).
     upstream_seconds: float | None = None

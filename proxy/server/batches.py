@@ -89,6 +89,10 @@ class BatchMeter:
             self._recorded.popitem(last=False)
         return True
 
+    def seen(self, request_id: str) -> bool:
+        """Whether this process already handed ``request_id`` on (nothing remembered)."""
+        return request_id in self._recorded
+
     def forget(self, request_id: str) -> None:
         """A record the journal refused: a later sighting must hand it on again."""
         self._recorded.pop(request_id, None)
@@ -167,7 +171,14 @@ async def check_batch_call(
     owned = await auth.check_resource(kind, route.resource, principal)
     if owned is None:
         return Owned(owner=None, model=None, state={})
-    return Owned(owner=owned.owner, model=owned.model, state=dict(owned.state or {}))
+    state = dict(owned.state or {})
+    if kind is ResourceKind.FILE and "batch" in state and not state.get(_RECORDED):
+        # A responses file about to be metered: whether another replica already did is
+        # in the row, not in this process's cached copy (downloads are few).
+        found = await auth.resource(kind, route.resource, fresh=True)
+        if found is not None:
+            state = dict(found.state or {})
+    return Owned(owner=owned.owner, model=owned.model, state=state)
 
 
 @dataclass(slots=True)
@@ -323,6 +334,17 @@ async def _done_batch(
     results = inline_results(operation)
     if results is None:
         return []
+    meter = app[batch_meter_key]
+    if owned is not None and owned.owner is not None:
+        if any(not meter.seen(result_request_id(batch, r.index)) for r in results):
+            # The first sighting of these results in this process: another replica may
+            # have recorded them (and counted them against budgets) already, which only
+            # the row says. One read per batch and process; later polls skip it.
+            found = await app[authenticator_key].resource(ResourceKind.BATCH, batch, fresh=True)
+            if found is not None and found.state.get(_RECORDED):
+                for r in results:
+                    meter.fresh(result_request_id(batch, r.index))
+                return []
     outcome = Outcome()
     handed = _record(
         app, results, batch=batch, owner=owner, model=model, call=call, outcome=outcome
@@ -331,7 +353,7 @@ async def _done_batch(
     # on their way to the journal).
     if owned is not None and owned.owner is not None and handed.count == len(results):
         marking = _mark_recorded(app, ResourceKind.BATCH, batch, state, handed.durable, outcome)
-        app[batch_meter_key].later(marking)
+        meter.later(marking)
     return handed.durable
 
 
@@ -371,7 +393,7 @@ async def answer(
         if filtering and (inline_results(op) is not None or responses_file(op) is not None):
             name = operation_name(op)
             assert name is not None
-            found = await auth.check_resource(ResourceKind.BATCH, name, call.principal)
+            found = await auth.resource(ResourceKind.BATCH, name)
             if found is not None:
                 owned = Owned(found.owner, found.model, dict(found.state or {}))
         durable += await _done_batch(app, op, call, owned)
