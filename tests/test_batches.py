@@ -26,6 +26,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -256,3 +257,44 @@ async def test_embeddings_batch_metered_at_batch_rates(make_stack: StackFactory)
         and r["effective_service_tier"] == "batch"
         for r in rows
     )
+
+
+async def test_a_client_leaving_mid_download_still_meters_every_line(make_stack: StackFactory):
+    stack = await batch_stack(make_stack)
+    client = stack.sdk("bob")
+    jsonl = "".join(
+        json.dumps({"key": str(i), "request": content(text)}) + "\n"
+        for i, text in enumerate((JOKE, SKY, JOKE))
+    ).encode()
+    uploaded = await client.aio.files.upload(file=io.BytesIO(jsonl), config={"mime_type": "jsonl"})
+    assert uploaded.name is not None
+    await own_file(stack, uploaded.name, "bob")
+    job = await client.aio.batches.create(model=MODEL, src=uploaded.name)
+    assert job.name is not None
+    done = await wait_done(client, job.name)
+    assert done.dest is not None and done.dest.file_name is not None
+    # The emulator writes a line every 300 ms; the client reads the first and leaves.
+    headers = stack.headers("bob", **{"x-emulator-chunk-delay-ms": "300"})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            stack.url(f"/v1beta/{done.dest.file_name}:download?alt=media"), headers=headers
+        ) as response,
+    ):
+        assert response.status == 200
+        first = await response.content.readline()
+        assert json.loads(first)["key"] == "0"
+    served = [s for s in stack.upstream.batch_ledger if s.batch == job.name]
+    assert len(served) < 3  # the client left before the file was served whole
+    for _ in range(50):
+        rows = await stack.records()
+        if len(rows) == 3:
+            break
+        await asyncio.sleep(0.1)
+    # the proxy read the file to its end: every result recorded
+    assert [r["cost_usd"] for r in rows] == [
+        Decimal(EXPECTED[JOKE]["cost"]),
+        Decimal(EXPECTED[SKY]["cost"]),
+        Decimal(EXPECTED[JOKE]["cost"]),
+    ]
+    assert len([s for s in stack.upstream.batch_ledger if s.batch == job.name]) == 3

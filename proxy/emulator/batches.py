@@ -42,7 +42,7 @@ with a Chinese walkthrough of the API; both read 2026-11-29):
   (the guide's REST example) or ``GET /{v}/files/{id}:download?alt=media`` (what the SDK's
   ``files.download`` requests): JSONL, one line per request in request order,
   ``{"key", "response"}`` or ``{"key", "error"}`` (the line shape inspect_ai's
-  ``_google_batch.py`` parses), written line by line.
+  ``_google_batch.py`` parses), written line by line (``x-emulator-chunk-delay-ms`` apart).
 
 Each result is planned like a generateContent call (``generate.plan_generate``), so it
 has the same deterministic usage; a request that generateContent would refuse is an
@@ -58,6 +58,7 @@ what a test compares the proxy's records with.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -70,6 +71,7 @@ from aiohttp import web
 from .embeddings import embed_one
 from .generate import plan_generate, whole_response
 from .state import EmulatorState, emulator_state_key
+from .triggers import chunk_delay
 from .usage import MEDIA_TOKENS
 from .wire import (
     DEFAULT_TIER,
@@ -440,7 +442,10 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     if batch is None or not batch.succeeded(time.monotonic()):
         raise ApiError(404, "Requested entity was not found.")
     response = await start_stream(request, "application/octet-stream", DEFAULT_TIER)
+    delay = chunk_delay(request)
     for index, item in enumerate(batch.items):
+        if index:
+            await asyncio.sleep(delay)
         state.batch_ledger.append(_served(batch, index, item, "download"))
         await response.write(item.line())
     await response.write_eof()

@@ -204,8 +204,10 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
             return await _relay_batch(request, upstream, call)
         finally:
             upstream.release()
-    if route.action is Action.FILE_DOWNLOAD and upstream.status < 400:
-        tap = batches.download_tap(request, _batch_call(call))
+    if route.action is Action.FILE_DOWNLOAD:
+        # Metered only when it is a batch's responses file; a refusal is relayed, not recorded.
+        ok = upstream.status < 400
+        tap = batches.download_tap(request, _batch_call(call)) if ok else None
         return await _relay_stream(request, upstream, call, tap=tap)
     if endpoint is None:
         if route.unmetered is not None:
@@ -759,7 +761,10 @@ async def _pump(
     durable = call.durable
     if isinstance(tap, batches.DownloadTap):
         # Each line was recorded as it completed; a file cut short is not marked recorded.
-        durable = tap.finish(complete=not (broken or cut))
+        try:
+            durable = tap.finish(complete=not (broken or cut))
+        except Exception:
+            log.exception("recording the last results of a responses file failed")
     elif tap is not None:
         summary = _summary_of(tap)
         await _register_owner(request, call, summary.interaction_id, upstream.status)
