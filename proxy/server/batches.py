@@ -20,8 +20,12 @@ batch as ``resource``) billed to the batch's owner, with a deterministic request
 the database keeps one however often it is seen, and this process hands each to the
 recorder once (``BatchMeter`` remembers which), so budgets count it once. Once every
 result of a batch has been journaled, the batch (or its responses file) is marked
-``recorded`` in its resource state, in the background: a later poll on any replica
-then skips the results without parsing them.
+``recorded`` in its resource state, in the background; a process that sees a batch's
+results for the first time reads that state afresh (one short read per batch and
+process), so another replica's recording is not counted against budgets again.
+
+Inline requests of a create are in ``call.parsed`` like any body the proxy reads, for
+the checks of the files and caches they name (``server.references``, where present).
 """
 
 from __future__ import annotations
