@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from proxy.emulator import EmulatorConfig
 from proxy.errors import NotFound
 from proxy.server.app import create_app
+from proxy.server.keys import fingerprint
 from proxy.server.typedefs import authenticator_key, budgets_key, sessionmaker_key
 from proxy.storage import accounts
 from proxy.storage.schema import ResourceKind
@@ -298,3 +299,26 @@ async def test_a_client_leaving_mid_download_still_meters_every_line(make_stack:
         Decimal(EXPECTED[JOKE]["cost"]),
     ]
     assert len([s for s in stack.upstream.batch_ledger if s.batch == job.name]) == 3
+
+
+async def test_passthrough_mode_bills_the_callers_own_key(make_stack: StackFactory):
+    # No owners are checked in passthrough mode; the results go to the key that fetched
+    # them, and a responses file is metered because this process saw its batch name it.
+    own_key = "AIza-client-own-google-key"
+    stack = await batch_stack(make_stack, auth_mode="passthrough")
+    base = {"x-goog-api-key": own_key}
+    status, _, body = await raw(
+        "POST",
+        stack.url(f"/v1beta/models/{MODEL}:batchGenerateContent"),
+        headers=base,
+        json={"batch": {"inputConfig": {"requests": {"requests": [{"request": content(JOKE)}]}}}},
+    )
+    assert status == 200
+    name = json.loads(body)["name"]
+    await asyncio.sleep(BATCH_SECONDS * 1.2)
+    status, _, _ = await raw("GET", stack.url(f"/v1beta/{name}"), headers=base)
+    assert status == 200
+    [row] = await stack.records()
+    assert row["user_id"] == await stack.user_id(fingerprint(b"test-secret", own_key))
+    assert row["cost_usd"] == Decimal(EXPECTED[JOKE]["cost"])
+    assert [r.api_key for r in stack.upstream.requests] == [own_key, own_key]
