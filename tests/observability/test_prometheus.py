@@ -201,11 +201,11 @@ async def traffic(stack: Stack, users: tuple[str, ...], *, refused: tuple[str, .
             ),
             500,
         )
-    # a billable route the meter does not read (the Batch API); the emulator has no batches
+    # a billable route the meter does not read (File Search indexing); the emulator has no
+    # file search stores
     await _expect_error(
-        client.batches.create(
-            model=MODEL,
-            src=[types.InlinedRequest(contents="Batch me.")],
+        client.file_search_stores.import_file(
+            file_search_store_name="fileSearchStores/store-1", file_name="files/file-1"
         )
     )
 
