@@ -384,10 +384,11 @@ async def answer(
     if action is Action.BATCH_GET:
         return None, await _done_batch(app, payload, call, call.owned)
     # BATCH_LIST: only the caller's own batches, each handled as a get of it.
+    filtering = auth.mode is AuthMode.VIRTUAL_KEYS
     operations = payload.get("operations") if isinstance(payload, dict) else None
     if not isinstance(operations, list):
-        return None, []
-    filtering = auth.mode is AuthMode.VIRTUAL_KEYS
+        # Nothing the proxy can filter: behind the shared key, pass on nothing of it.
+        return (_filtered_list(payload, []) if filtering else None), []
     names = {n for op in operations if (n := operation_name(op)) is not None}
     mine = await auth.owned_names(ResourceKind.BATCH, call.principal, names) if filtering else names
     kept = [op for op in operations if operation_name(op) in mine]
@@ -403,8 +404,17 @@ async def answer(
         durable += await _done_batch(app, op, call, owned)
     if not filtering:
         return None, durable
-    assert isinstance(payload, dict)
-    return json.dumps({**payload, "operations": kept}).encode(), durable
+    return _filtered_list(payload, kept), durable
+
+
+def _filtered_list(payload: object, kept: list[object]) -> bytes:
+    """A filtered list of batches: the kept Operations and the page token, nothing else
+    (a field the proxy does not know could name someone else's batches)."""
+    body: dict[str, object] = {"operations": kept}
+    token = payload.get("nextPageToken") if isinstance(payload, dict) else None
+    if isinstance(token, str) and token:
+        body["nextPageToken"] = token
+    return json.dumps(body).encode()
 
 
 class DownloadTap:

@@ -289,3 +289,17 @@ async def test_a_list_shows_and_records_only_ones_own_batches(make_stack: StackF
     for user, own in names.items():
         for name in own:
             assert owners[name] == await stack.user_id(user)
+
+
+async def test_a_list_the_proxy_cannot_filter_passes_on_nothing(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    # The recording upstream answers a list with {"ok": true}: no "operations" to filter,
+    # so nothing of it goes back (a field the proxy does not know could name anyone's).
+    stack, _, _ = await _stack_with_batch(make_stack, recording_upstream)
+    status, _, body = await raw(
+        "GET", stack.url("/v1beta/batches?pageSize=5"), headers=stack.headers("alice")
+    )
+    assert status == 200
+    assert json.loads(body) == {"operations": []}
+    assert recording_upstream.paths() == ["/v1beta/batches?pageSize=5"]
