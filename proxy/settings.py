@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     journal_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     journal_segment_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     journal_full_policy: JournalFullPolicy = JournalFullPolicy.REFUSE
+    # One line per request (method, path, status, time; never the query): off saves its
+    # formatting on every call where a load balancer or the metrics already say enough.
+    access_log: bool = True
     # SIGTERM: stop accepting, let calls and streams in flight finish this long.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 

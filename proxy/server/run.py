@@ -38,6 +38,7 @@ import signal
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -153,8 +154,11 @@ async def _serve(
     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
     app = create_app(settings)
-    access_log_class = access_log() if access_log is not None else None
-    kwargs = {"access_log_class": access_log_class} if access_log_class is not None else {}
+    kwargs: dict[str, Any] = {}
+    if not settings.access_log:
+        kwargs["access_log"] = None  # aiohttp then skips the logger entirely
+    elif access_log is not None:
+        kwargs["access_log_class"] = access_log()
     # aiohttp waits up to shutdown_timeout for handlers in flight once the sites stop.
     runner = ProxyRunner(
         app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds, **kwargs

@@ -1,5 +1,5 @@
-"""``gemini-meter serve --workers N``: N processes on one port, each with its own writer
-and journal slot, under a supervisor that restarts one that dies.
+"""``gemini-meter serve`` as processes: ``--workers N`` runs N on one port, each with its own writer
+and journal slot, under a supervisor that restarts one that dies; the access log can be off.
 
 The proxy runs as real processes on the embedded SQLite default; the emulator runs in the
 test, so its ledger of what it served is at hand.
@@ -56,10 +56,11 @@ async def _start(tmp_path: Path, aiohttp_server: Any, workers: int, **settings: 
     env = proxy_env(tmp_path, database_url, str(emulator.make_url("")).rstrip("/"), **settings)
     key = cli(env, "keys", "create", "--user", "alice").strip().splitlines()[-1]
     metrics_port = free_port()
-    args = ("--workers", str(workers), "--metrics-port", str(metrics_port))
+    args = ("--workers", str(workers), "--metrics-port", str(metrics_port)) if workers > 1 else ()
     proxy = ProxyProcess(env, free_port(), tmp_path / "proxy.log", args)
     await proxy.start()
-    await _all_ready(metrics_port, workers)
+    if workers > 1:
+        await _all_ready(metrics_port, workers)
     return emulator.app[emulator_state_key], proxy, database_url, key, metrics_port
 
 
@@ -146,5 +147,18 @@ async def test_a_killed_worker_is_restarted_and_its_journal_replayed(
         await eventually(stored_all, what="the replayed records")
         _assert_each_once(await _stored_response_ids(database_url), received + again)
         assert served(upstream) == 50
+    finally:
+        proxy.kill()
+
+
+async def test_the_access_log_can_be_turned_off(tmp_path: Path, aiohttp_server: Any):
+    _, proxy, _, key, _ = await _start(tmp_path, aiohttp_server, workers=1, access_log="false")
+    try:
+        assert await _burst(proxy, key, 3)
+        proxy.signal(signal.SIGTERM)
+        assert await proxy.wait() == 0
+        log = proxy.log.read_text()
+        assert "stopped: every finished call is recorded" in log
+        assert GENERATE.split("?")[0] not in log and '" 200 ' not in log
     finally:
         proxy.kill()
