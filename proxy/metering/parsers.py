@@ -578,6 +578,7 @@ class GenerateAccumulator:
             if seen is None:
                 seen = self._grounding[key_index] = _CandidateGrounding()
             seen.add(grounding)
+
     def mark_garbage(self) -> None:
         """Record that part of the response could not be decoded."""
         self._garbage = True
