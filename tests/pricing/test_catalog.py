@@ -47,7 +47,7 @@ def test_the_seed_catalog():
     # the cached-token factors settled on 2026-11-29 (docs/pricing.md): text models with a
     # priority tier bill cached tokens at half under flex, in full under batch and at 1.8x
     # under priority; models without those tiers (speech, image, Live, embeddings) at 1
-    settled = {"flex": D("0.5"), "batch": D(1), "priority": D("1.8")}
+    settled = {"flex": D("0.5"), "batch": D("1"), "priority": D("1.8")}
     for model in CATALOG.models():
         for entry in CATALOG.entries(model):
             assert entry.source.startswith("https://ai.google.dev/gemini-api/docs/pricing")
