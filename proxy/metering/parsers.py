@@ -497,7 +497,8 @@ class GenerateAccumulator:
       "each search query", and "for billing purposes, we ignore the empty web
       search queries when counting unique queries" (quoted on Google's developer
       forum, thread 168136, read 2026-11-29). So each candidate's queries count
-      once per distinct non-empty string, whether a stream repeats a candidate's
+      once per distinct non-empty string (a blank one, all spaces, is taken as
+      empty: no search can run on it), whether a stream repeats a candidate's
       metadata in later chunks or spreads it over them; candidates (each its own
       generation) add up. Gemini 2.5 bills per grounded prompt instead: the
       catalog's ``unit`` turns any count into one charge.
