@@ -51,6 +51,11 @@ _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
 _EMBED = re.compile(
     rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
 )
+# Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash is
+# read as the same route, so the spelling cannot move a call off the meter.
+_OPENAI = re.compile(
+    rf"^/{_VERSION}/openai/(?P<method>chat/completions|embeddings)/?$", re.IGNORECASE
+)
 
 
 class Action(Enum):
@@ -68,6 +73,8 @@ class Action(Enum):
     STREAM_GENERATE = auto()
     EMBED = auto()
     BATCH_EMBED = auto()
+    OPENAI_CHAT = auto()  # /openai/chat/completions
+    OPENAI_EMBED = auto()  # /openai/embeddings
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
 
 
@@ -95,6 +102,8 @@ _ENDPOINTS = {
     Action.STREAM_GENERATE: EndpointKind.STREAM_GENERATE_CONTENT,
     Action.EMBED: EndpointKind.EMBED_CONTENT,
     Action.BATCH_EMBED: EndpointKind.BATCH_EMBED_CONTENTS,
+    Action.OPENAI_CHAT: EndpointKind.OPENAI_CHAT_COMPLETIONS,
+    Action.OPENAI_EMBED: EndpointKind.OPENAI_EMBEDDINGS,
 }
 
 FORWARD = Route(Action.FORWARD)
@@ -173,16 +182,7 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
     # proxy: refused in virtual_keys mode (it would spend the upstream key unmetered);
     # in passthrough mode the client's own key pays and the record says who minted it.
     _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens$"),
-    # The OpenAI-compatible surface.
-    _unmetered(
-        EndpointKind.OPENAI_CHAT_COMPLETIONS,
-        "POST",
-        rf"{_V}/openai/chat/completions$",
-        model_in_body=True,
-    ),
-    _unmetered(
-        EndpointKind.OPENAI_EMBEDDINGS, "POST", rf"{_V}/openai/embeddings$", model_in_body=True
-    ),
+    # The OpenAI-compatible surface but chat completions and embeddings (metered).
     _unmetered(
         EndpointKind.OPENAI_IMAGES, "POST", rf"{_V}/openai/images/generations$", model_in_body=True
     ),
@@ -236,6 +236,11 @@ def classify(method: str, path: str) -> Route:
         if e is not None:
             embed = e.group("method").lower() == "embedcontent"
             return Route(Action.EMBED if embed else Action.BATCH_EMBED, model=e.group("model"))
+    if method == "POST" and "openai" in path.lower():
+        o = _OPENAI.match(path)
+        if o is not None:
+            chat = o.group("method").lower() == "chat/completions"
+            return Route(Action.OPENAI_CHAT if chat else Action.OPENAI_EMBED)
     return _classify_unmetered(method, path) or FORWARD
 
 
@@ -419,6 +424,10 @@ def request_meta(route: Route, body: object) -> RequestMeta:
     """
     if not isinstance(body, dict):
         return RequestMeta(model=route.model, stream=route.action is Action.STREAM_GENERATE)
+    if route.action in (Action.OPENAI_CHAT, Action.OPENAI_EMBED):
+        # OpenAI's shape: the model in the body, ``stream`` a bool, no labels; its
+        # ``service_tier`` names OpenAI's tiers, not Gemini's, so it is not read.
+        return RequestMeta(model=body_model(body), stream=body.get("stream") is True)
     if route.action is Action.INTERACTION_CREATE:
         model = _str_or_none(body.get("model"))
         if model is None and (agent := _str_or_none(body.get("agent"))) is not None:
