@@ -51,11 +51,9 @@ _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
 _EMBED = re.compile(
     rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
 )
-# Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash is
-# read as the same route, so the spelling cannot move a call off the meter.
-_OPENAI = re.compile(
-    rf"^/{_VERSION}/openai/(?P<method>chat/completions|embeddings)/?$", re.IGNORECASE
-)
+# Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash and the
+# "/upload" prefix are read as the same route, so the spelling cannot move a call off the meter.
+_OPENAI = re.compile(rf"{_PREFIX}/openai/(?P<method>chat/completions|embeddings)/?$", re.IGNORECASE)
 
 
 class Action(Enum):

@@ -294,6 +294,11 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         ),
         ("/v1beta/openai/embeddings", Action.OPENAI_EMBED, EndpointKind.OPENAI_EMBEDDINGS),
         ("/v1alpha/openai/Embeddings/", Action.OPENAI_EMBED, EndpointKind.OPENAI_EMBEDDINGS),
+        (
+            "/upload/v1beta/openai/chat/completions",
+            Action.OPENAI_CHAT,
+            EndpointKind.OPENAI_CHAT_COMPLETIONS,
+        ),
     ],
 )
 def test_the_openai_surface_is_metered(path: str, action: Action, kind: EndpointKind):
