@@ -25,7 +25,9 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionSystemMessageParam, ChatCompletionUserMessageParam
 
 from proxy.emulator.openai import OpenAIServed, openai_ledger_key
-from proxy.server.typedefs import budgets_key
+from proxy.server.auth import PresentedKey
+from proxy.server.typedefs import authenticator_key, budgets_key
+from proxy.storage.schema import ResourceKind
 from tests.factories import (
     UPSTREAM_KEY,
     RecordingUpstream,
@@ -33,6 +35,7 @@ from tests.factories import (
     StackFactory,
     add_budget,
     add_spend,
+    gemini_error,
     raw,
     sqlite_only,
 )
@@ -358,3 +361,93 @@ async def test_a_chat_completion_reserves_its_estimate(make_stack: StackFactory)
     # without max_tokens read, 8192 default output tokens (0.02048) would refuse carol too
     assert await send("carol") == 200
     assert len(ledger(stack)) == 1
+
+
+# --- context caches named in the body -------------------------------------------------------
+
+ALICES_CACHE = "cachedContents/alice-cache-1"
+
+
+async def stack_with_alices_cache(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+) -> Stack:
+    stack = await make_stack(upstream=recording_upstream.url)
+    auth = stack.app[authenticator_key]
+    alice = await auth.authenticate(PresentedKey(stack.keys["alice"], "header"))
+    await auth.commit_resource(ResourceKind.CACHED_CONTENT, ALICES_CACHE, alice, MODEL)
+    return stack
+
+
+def naming(cache: str, spelling: str) -> dict[str, Any]:
+    """A chat body naming ``cache`` in one of the places Google's layer may read it."""
+    body: dict[str, Any] = {"model": MODEL, "messages": [QUESTION]}
+    outer, key = spelling.split(".")
+    google = {key: cache}
+    if outer == "top":
+        body[key] = cache
+    elif outer == "google":
+        body["google"] = google
+    else:
+        body[outer] = {"google": google}
+    return body
+
+
+SPELLINGS = [
+    "extra_body.cached_content",  # what the openai SDK's extra_body sends, as documented
+    "extra_body.cachedContent",
+    "extraBody.cached_content",
+    "google.cached_content",
+    "top.cachedContent",
+]
+
+
+@sqlite_only
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize(
+    "cache",
+    [
+        ALICES_CACHE,
+        "alice-cache-1",  # the bare id
+        "v1beta/cachedContents/alice-cache-1",  # with a version prefix
+        "/cachedcontents/alice-cache-1",  # another case of the collection
+        "cachedContents/never-made-here",
+    ],
+)
+async def test_someone_elses_cache_is_refused_before_the_upstream(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream, spelling: str, cache: str
+):
+    stack = await stack_with_alices_cache(make_stack, recording_upstream)
+    headers = {"Authorization": f"Bearer {stack.keys['bob']}"}
+    status, _, answer = await raw(
+        "POST", stack.url(CHAT), headers=headers, json=naming(cache, spelling)
+    )
+    assert status == 404
+    message = gemini_error(answer, 404, "NOT_FOUND")
+    assert "was not found" in message
+    assert recording_upstream.received == []
+    assert await stack.records() == []
+
+
+@sqlite_only
+async def test_the_owner_uses_her_cache_and_garbage_names_are_refused(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    stack = await stack_with_alices_cache(make_stack, recording_upstream)
+    alice = {"Authorization": f"Bearer {stack.keys['alice']}"}
+    # her cache, by the spelling the openai SDK's extra_body produces
+    async with client_for(stack, "alice") as client:
+        await client.chat.completions.create(
+            model=MODEL,
+            messages=[QUESTION],
+            extra_body={"extra_body": {"google": {"cached_content": ALICES_CACHE}}},
+        )
+    [seen] = recording_upstream.received
+    assert json.loads(seen.body)["extra_body"] == {"google": {"cached_content": ALICES_CACHE}}
+    # a name the proxy cannot read as one cache is refused, not forwarded
+    for garbage in (7, "", "cachedContents/alice-cache-1/../other", "files/abc"):
+        body = naming("x", "extra_body.cached_content")
+        body["extra_body"]["google"]["cached_content"] = garbage
+        status, _, answer = await raw("POST", stack.url(CHAT), headers=alice, json=body)
+        assert status == 400, garbage
+        gemini_error(answer, 400, "INVALID_ARGUMENT")
+    assert len(recording_upstream.received) == 1

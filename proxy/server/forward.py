@@ -35,7 +35,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote_plus, urlsplit
@@ -77,6 +77,7 @@ from ..metering.parsers import (
 from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
+from ..storage.schema import ResourceKind
 from .auth import presented_key, swap_key
 from .routes import (
     EMPTY_META,
@@ -89,6 +90,7 @@ from .routes import (
     is_forwarded,
     masking_parameter,
     method_override,
+    openai_cached_contents,
     path_problem,
     previous_interaction_ids,
     request_meta,
@@ -285,6 +287,9 @@ async def admit(request: web.Request, started: float) -> _Call:
         call.meta = request_meta(route, parsed)
         if route.action is Action.OPENAI_CHAT:
             _ask_stream_usage(call)
+            for name in sorted(_checked(openai_cached_contents, parsed)):
+                # Someone else's cache (or one never made here) is 404, never forwarded.
+                await auth.check_resource(ResourceKind.CACHED_CONTENT, name, principal)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
     if route.interaction_id is not None:
@@ -327,8 +332,13 @@ def _ask_stream_usage(call: _Call) -> None:
 
 
 def _previous_interactions(body: object, request: web.Request) -> set[str]:
+    return _checked(lambda parsed: previous_interaction_ids(parsed, request.query), body)
+
+
+def _checked(names: Callable[[object], set[str]], body: object) -> set[str]:
+    """The resource names a body refers to, or 400 when one cannot be read."""
     try:
-        return previous_interaction_ids(body, request.query)
+        return names(body)
     except BodyRefused as exc:
         raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
 

@@ -414,6 +414,57 @@ def previous_interaction_ids(body: object, query: MultiMapping[str]) -> set[str]
     return found
 
 
+# Where an OpenAI-shaped chat completion can name a Gemini context cache: Google's
+# compatibility layer reads ``extra_body.google.cached_content`` (what the openai SDK sends
+# for ``extra_body={"extra_body": {"google": {"cached_content": ...}}}``, as clients of
+# the endpoint do, e.g. NousResearch/hermes-agent's tests and several gateways' adapters);
+# the other spellings are read too, so no spelling of the name goes unchecked.
+_EXTRA_BODY_NAMES = ("extra_body", "extraBody")
+_CACHED_CONTENT_NAMES = ("cached_content", "cachedContent")
+_CACHE_ID = re.compile(r"^[^/?#\s]+$")
+
+
+def _cached_content_name(value: object) -> str:
+    """A cached content's canonical name, ``cachedContents/{id}``, however it was spelt."""
+    if not isinstance(value, str) or not value.strip():
+        raise BodyRefused("cached_content must be a non-empty string")
+    name = value.strip().lstrip("/")
+    version, _, rest = name.partition("/")
+    if re.fullmatch(_VERSION, version) and rest:
+        name = rest
+    collection, sep, cache_id = name.partition("/")
+    if not sep:
+        # a bare id: checked as the cache it would name
+        collection, cache_id = "cachedContents", name
+    if collection.lower() != "cachedcontents" or not _CACHE_ID.match(cache_id):
+        raise BodyRefused("cached_content must name one cachedContents/{id}")
+    return f"cachedContents/{cache_id}"
+
+
+def openai_cached_contents(body: object) -> set[str]:
+    """Every context cache an OpenAI-compatible chat body names, canonical.
+
+    ``BodyRefused`` for a value that is there but is not one cache's name: the
+    proxy cannot check what it cannot read.
+    """
+    if not isinstance(body, dict):
+        return set()
+    holders: list[object] = [body]
+    for outer in (body, *(body.get(n) for n in _EXTRA_BODY_NAMES)):
+        if isinstance(outer, dict):
+            holders.append(outer)
+            holders.append(outer.get("google"))
+    found: set[str] = set()
+    for holder in holders:
+        if not isinstance(holder, dict):
+            continue
+        for name in _CACHED_CONTENT_NAMES:
+            value = holder.get(name)
+            if value is not None:
+                found.add(_cached_content_name(value))
+    return found
+
+
 def request_meta(route: Route, body: object) -> RequestMeta:
     """Model, streaming, tier, labels and the previous interaction from a parsed body.
 
