@@ -309,6 +309,8 @@ async def test_the_bearer_key_is_swapped_never_forwarded(
     assert key.encode() not in seen.body
     # the body the upstream got asks for the usage, and is otherwise the client's
     assert json.loads(seen.body) == {**body, "stream_options": {"include_usage": True}}
+    # the events are rewritten for the client, so they are asked for uncompressed
+    assert seen.headers["accept-encoding"] == "identity"
     [record] = await stack.records()
     assert record["user_id"] == await stack.user_id("alice")
 

@@ -23,8 +23,11 @@ A request goes through four steps, each a small function:
 
 Response bytes are relayed unchanged; the proxy decompresses only a copy for
 the tap. A compressed request body is forwarded as aiohttp decoded it, without
-its Content-Encoding. An interaction's owner is committed before its id is
-released (``_register_owner``): the one database write on the request path.
+its Content-Encoding. One exception each way: a streamed OpenAI-compatible chat
+completion whose client did not ask for usage is forwarded asking for it, and
+the usage-only event that adds is taken out of the stream (``_ask_stream_usage``).
+An interaction's owner is committed before its id is released
+(``_register_owner``): the one database write on the request path.
 """
 
 from __future__ import annotations
@@ -486,6 +489,9 @@ def _upstream_headers(request: web.Request, call: _Call) -> CIMultiDict[str]:
             if token.split(";")[0].strip().lower() in _DECODABLE
         ]
         headers["accept-encoding"] = ",".join(accepted) if accepted else "identity"
+    if call.drops_usage_chunk:
+        # The events are rewritten for the client: have them come plain, not compressed.
+        headers["accept-encoding"] = "identity"
     if _decoded_by_server(request):
         # aiohttp already undid the encoding: the bytes forwarded are the decoded
         # ones, so neither the client's encoding nor its length describes them.

@@ -15,8 +15,9 @@ closing a way to make the proxy check one request while the upstream serves
 another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
 (Google honours ``X-HTTP-Method-Override`` and ``$httpMethod``),
 ``masking_parameter`` (field masks and encodings that would strip usage),
-``strict_json`` (duplicate keys, unparseable or too deep bodies) and
-``previous_interaction_ids`` (both spellings, body and query).
+``strict_json`` (duplicate keys, unparseable or too deep bodies),
+``previous_interaction_ids`` (both spellings, body and query) and
+``openai_cached_contents`` (a context cache an OpenAI-compatible chat body names).
 """
 
 from __future__ import annotations
