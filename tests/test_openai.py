@@ -15,12 +15,16 @@ works".``, 77 characters, so 20 output tokens.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionSystemMessageParam, ChatCompletionUserMessageParam
 
@@ -453,3 +457,63 @@ async def test_the_owner_uses_her_cache_and_garbage_names_are_refused(
         assert status == 400, garbage
         gemini_error(answer, 400, "INVALID_ARGUMENT")
     assert len(recording_upstream.received) == 1
+
+
+# --- odd upstreams --------------------------------------------------------------------------
+
+
+@sqlite_only
+async def test_a_compressed_stream_is_filtered_on_its_decoded_events(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    # An upstream that gzips its stream although asked for identity: the client gets the
+    # decoded events, without the usage-only one and without a Content-Encoding.
+    events = [
+        b'data: {"id":"c9","object":"chat.completion.chunk","choices":[{"index":0,'
+        b'"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n',
+        b'data: {"id":"c9","object":"chat.completion.chunk","choices":[],'
+        b'"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":105}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    packed = gzip.compress(b"".join(events))
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"}
+        )
+        await response.prepare(request)
+        for start in range(0, len(packed), 7):
+            await response.write(packed[start : start + 7])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post(CHAT, handle)
+    upstream = await aiohttp_server(app)
+    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    body = {"model": MODEL, "messages": [QUESTION], "stream": True}
+    status, headers, answer = await raw("POST", stack.url(CHAT), headers=stack.headers(), json=body)
+    assert status == 200
+    assert "Content-Encoding" not in headers
+    assert answer == events[0] + events[2]
+    [record] = await stack.records()
+    # 9 input, 3 output, 105 - 9 - 3 = 93 thinking
+    assert (record["input_tokens"], record["output_tokens"], record["thinking_tokens"]) == (
+        9,
+        3,
+        93,
+    )
+
+
+@sqlite_only
+async def test_a_stream_cut_before_its_usage_is_still_recorded_and_flagged(stack: Stack):
+    body = {"model": MODEL, "messages": [QUESTION], "stream": True}
+    headers = stack.headers(**{"x-emulator-cut-after": "2"})
+    with contextlib.suppress(aiohttp.ClientPayloadError):
+        await raw("POST", stack.url(CHAT), headers=headers, json=body)
+    [served] = ledger(stack)
+    assert served.include_usage  # asked for, never delivered
+    [record] = await stack.records()
+    assert record["endpoint"] == "openai.chat_completions" and record["streamed"] is True
+    assert record["parse_error"] is True
+    assert record["total_tokens"] == 0
