@@ -322,3 +322,21 @@ async def test_passthrough_mode_bills_the_callers_own_key(make_stack: StackFacto
     assert row["user_id"] == await stack.user_id(fingerprint(b"test-secret", own_key))
     assert row["cost_usd"] == Decimal(EXPECTED[JOKE]["cost"])
     assert [r.api_key for r in stack.upstream.requests] == [own_key, own_key]
+
+
+async def test_recorded_results_count_against_the_owners_budget(make_stack: StackFactory):
+    # No per-call reserve and no assumed output: a create reserves only its body's bytes / 4
+    # tokens at the batch input rate (a few millionths of a dollar). The two results cost
+    # 0.00018605 + 0.00018325 = 0.0003693 (see the module docstring), past the $0.0002
+    # limit: the next create is refused, though nothing but batch results was spent.
+    stack = await batch_stack(make_stack, budget_reserve_usd="0", budget_default_output_tokens=0)
+    await add_budget(stack.app, "user:alice", limit_usd="0.0002")
+    await stack.app[budgets_key].refresh()
+    client = stack.sdk("alice")
+    job = await client.aio.batches.create(model=MODEL, src=[content(JOKE), content(SKY)])
+    assert job.name is not None
+    await wait_done(client, job.name)
+    assert len(await stack.records()) == 2
+    with pytest.raises(errors.ClientError) as refused:
+        await client.aio.batches.create(model=MODEL, src=[content(JOKE)])
+    assert refused.value.code == 429
