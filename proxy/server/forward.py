@@ -792,7 +792,9 @@ async def _pump(
         async for chunk in _timed(upstream, call):
             if tap is not None or relayed is not None:
                 plain = decode(chunk)
-                if tap is not None:
+                if isinstance(tap, batches.DownloadTap):
+                    await tap.feed(plain)  # it may hold many results: it yields between them
+                elif tap is not None:
                     tap.feed(plain)
                 if relayed is not None:
                     chunk = relayed.feed(plain)
