@@ -542,3 +542,14 @@ async def add_spend(
         )
         await insert_usage_rows(session, [usage_values(record)])
         await session.commit()
+
+
+# --- the Batch API ------------------------------------------------------------------------
+
+
+def batch_request(text: str, key: str | None = None) -> types.InlinedRequestDict:
+    """One user turn as a batch's inline request (its ``metadata.key`` when given)."""
+    request: types.InlinedRequestDict = {"contents": [{"parts": [{"text": text}], "role": "user"}]}
+    if key is not None:
+        request["metadata"] = {"key": key}
+    return request

@@ -39,20 +39,24 @@ from proxy.server.keys import fingerprint
 from proxy.server.typedefs import authenticator_key, budgets_key, sessionmaker_key
 from proxy.storage import accounts
 from proxy.storage.schema import ResourceKind
-from tests.factories import Stack, StackFactory, add_budget, add_spend, issue_keys, raw
+from tests.factories import (
+    Stack,
+    StackFactory,
+    add_budget,
+    add_spend,
+    batch_request,
+    issue_keys,
+    raw,
+)
 
 MODEL = "gemini-2.5-flash"
 JOKE = "Tell me a one-sentence joke."
 SKY = "Why is the sky blue?"
 BATCH_SECONDS = 0.3
-EXPECTED = {
+EXPECTED: dict[str, dict[str, int | str]] = {
     JOKE: {"input": 7, "output": 20, "thinking": 128, "cost": "0.00018605"},
     SKY: {"input": 5, "output": 18, "thinking": 128, "cost": "0.00018325"},
 }
-
-
-def content(text: str) -> dict[str, Any]:
-    return {"contents": [{"parts": [{"text": text}], "role": "user"}]}
 
 
 async def batch_stack(make_stack: StackFactory, **overrides: Any) -> Stack:
@@ -96,7 +100,7 @@ async def test_inline_results_metered_once_at_batch_rates(make_stack: StackFacto
     stack = await batch_stack(make_stack)
     client = stack.sdk("alice")
     job = await client.aio.batches.create(
-        model=MODEL, src=[content(JOKE), {**content(SKY), "metadata": {"key": "sky"}}]
+        model=MODEL, src=[batch_request(JOKE), batch_request(SKY, "sky")]
     )
     assert job.name is not None and job.state == types.JobState.JOB_STATE_PENDING
     assert await stack.records() == []  # the create is free
@@ -137,7 +141,7 @@ async def test_inline_results_metered_once_at_batch_rates(make_stack: StackFacto
 async def test_a_second_replica_stores_nothing_twice(make_stack: StackFactory, proxy_server: Any):
     stack = await batch_stack(make_stack)
     client = stack.sdk("alice")
-    job = await client.aio.batches.create(model=MODEL, src=[content(JOKE)])
+    job = await client.aio.batches.create(model=MODEL, src=[batch_request(JOKE)])
     assert job.name is not None
     await wait_done(client, job.name)
     assert len(await stack.records()) == 1
@@ -159,9 +163,9 @@ async def test_file_results_metered_while_the_download_streams(make_stack: Stack
     stack = await batch_stack(make_stack)
     client = stack.sdk("bob")
     lines = [
-        {"key": "joke", "request": content(JOKE)},
+        {"key": "joke", "request": batch_request(JOKE)},
         {"key": "broken", "request": {"contents": []}},
-        {"key": "sky", "request": content(SKY)},
+        {"key": "sky", "request": batch_request(SKY)},
     ]
     jsonl = "".join(json.dumps(line) + "\n" for line in lines).encode()
     uploaded = await client.aio.files.upload(
@@ -214,14 +218,14 @@ async def test_create_is_refused_when_the_budget_is_spent(make_stack: StackFacto
     client = stack.sdk("alice")
     before = len(stack.upstream.requests)
     try:
-        await client.aio.batches.create(model=MODEL, src=[content(JOKE)])
+        await client.aio.batches.create(model=MODEL, src=[batch_request(JOKE)])
     except errors.ClientError as exc:
         assert exc.code == 429
     else:
         raise AssertionError("the create was not refused")
     assert len(stack.upstream.requests) == before
     # bob has no budget: his goes through
-    job = await stack.sdk("bob").aio.batches.create(model=MODEL, src=[content(JOKE)])
+    job = await stack.sdk("bob").aio.batches.create(model=MODEL, src=[batch_request(JOKE)])
     assert job.name is not None
 
 
@@ -264,7 +268,7 @@ async def test_a_client_leaving_mid_download_still_meters_every_line(make_stack:
     stack = await batch_stack(make_stack)
     client = stack.sdk("bob")
     jsonl = "".join(
-        json.dumps({"key": str(i), "request": content(text)}) + "\n"
+        json.dumps({"key": str(i), "request": batch_request(text)}) + "\n"
         for i, text in enumerate((JOKE, SKY, JOKE))
     ).encode()
     uploaded = await client.aio.files.upload(file=io.BytesIO(jsonl), config={"mime_type": "jsonl"})
@@ -302,16 +306,16 @@ async def test_a_client_leaving_mid_download_still_meters_every_line(make_stack:
 
 
 async def test_passthrough_mode_bills_the_callers_own_key(make_stack: StackFactory):
-    # No owners are checked in passthrough mode; the results go to the key that fetched
-    # them, and a responses file is metered because this process saw its batch name it.
+    # No owners are checked in passthrough mode: the results go to the key that fetched them.
     own_key = "AIza-client-own-google-key"
     stack = await batch_stack(make_stack, auth_mode="passthrough")
     base = {"x-goog-api-key": own_key}
+    request = batch_request(JOKE)
     status, _, body = await raw(
         "POST",
         stack.url(f"/v1beta/models/{MODEL}:batchGenerateContent"),
         headers=base,
-        json={"batch": {"inputConfig": {"requests": {"requests": [{"request": content(JOKE)}]}}}},
+        json={"batch": {"inputConfig": {"requests": {"requests": [{"request": request}]}}}},
     )
     assert status == 200
     name = json.loads(body)["name"]
@@ -333,10 +337,12 @@ async def test_recorded_results_count_against_the_owners_budget(make_stack: Stac
     await add_budget(stack.app, "user:alice", limit_usd="0.0002")
     await stack.app[budgets_key].refresh()
     client = stack.sdk("alice")
-    job = await client.aio.batches.create(model=MODEL, src=[content(JOKE), content(SKY)])
+    job = await client.aio.batches.create(
+        model=MODEL, src=[batch_request(JOKE), batch_request(SKY)]
+    )
     assert job.name is not None
     await wait_done(client, job.name)
     assert len(await stack.records()) == 2
     with pytest.raises(errors.ClientError) as refused:
-        await client.aio.batches.create(model=MODEL, src=[content(JOKE)])
+        await client.aio.batches.create(model=MODEL, src=[batch_request(JOKE)])
     assert refused.value.code == 429

@@ -20,6 +20,7 @@ from google import genai
 from google.genai import errors, types
 
 from proxy.emulator import EmulatorConfig, create_emulator_app, emulator_state_key
+from tests.factories import batch_request
 
 KEY = {"x-goog-api-key": "test-key"}
 MODEL = "gemini-2.5-flash"
@@ -55,10 +56,6 @@ async def client(server: TestServer, http: aiohttp.ClientSession) -> AsyncIterat
     sdk.close()
 
 
-def content(text: str) -> dict[str, Any]:
-    return {"contents": [{"parts": [{"text": text}], "role": "user"}]}
-
-
 async def call(
     http: aiohttp.ClientSession, server: TestServer, method: str, path: str, body: Any = None
 ) -> tuple[int, Any]:
@@ -81,7 +78,7 @@ async def test_inline_batch_runs_pending_running_succeeded(
 ) -> None:
     job = await client.aio.batches.create(
         model=MODEL,
-        src=[content(JOKE), {**content(SKY), "metadata": {"key": "sky"}}],
+        src=[batch_request(JOKE), batch_request(SKY, "sky")],
         config={"display_name": "two"},
     )
     assert job.name is not None and job.name.startswith("batches/")
@@ -132,9 +129,9 @@ async def test_file_batch_writes_a_responses_file(
     client: genai.Client, http: aiohttp.ClientSession, server: TestServer
 ) -> None:
     lines = [
-        {"key": "joke", "request": content(JOKE)},
+        {"key": "joke", "request": batch_request(JOKE)},
         {"key": "broken", "request": {"contents": []}},
-        content(SKY),  # a bare request, as in the guide's REST example
+        batch_request(SKY),  # a bare request, as in the guide's REST example
     ]
     jsonl = "".join(json.dumps(line) + "\n" for line in lines).encode()
     uploaded = await client.aio.files.upload(
@@ -181,7 +178,7 @@ async def test_file_batch_writes_a_responses_file(
 async def test_list_pages_newest_first(client: genai.Client, server: TestServer) -> None:
     names = []
     for text in ("one", "two", "three"):
-        job = await client.aio.batches.create(model=MODEL, src=[content(text)])
+        job = await client.aio.batches.create(model=MODEL, src=[batch_request(text)])
         names.append(job.name)
     pager = await client.aio.batches.list(config={"page_size": 2})
     listed = [job.name async for job in pager]
@@ -194,7 +191,7 @@ async def test_list_pages_newest_first(client: genai.Client, server: TestServer)
 async def test_cancel_and_delete(
     client: genai.Client, http: aiohttp.ClientSession, server: TestServer
 ) -> None:
-    job = await client.aio.batches.create(model=MODEL, src=[content(JOKE)])
+    job = await client.aio.batches.create(model=MODEL, src=[batch_request(JOKE)])
     assert job.name is not None
     await client.aio.batches.cancel(name=job.name)
     cancelled = await client.aio.batches.get(name=job.name)
@@ -215,7 +212,9 @@ async def test_cancel_and_delete(
 async def test_failed_and_expired_batches_have_no_output(
     http: aiohttp.ClientSession, server: TestServer, outcome: str, state: str, code: int
 ) -> None:
-    body = {"batch": {"input_config": {"requests": {"requests": [{"request": content(JOKE)}]}}}}
+    body = {
+        "batch": {"input_config": {"requests": {"requests": [{"request": batch_request(JOKE)}]}}}
+    }
     async with http.post(
         server.make_url(f"/v1beta/models/{MODEL}:batchGenerateContent"),
         json=body,

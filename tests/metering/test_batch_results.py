@@ -165,7 +165,7 @@ def test_input_files_every_spelling() -> None:
         }
     }
     assert input_files(both) == {"files/a", "files/c", "files/d"}
-    inline = {"batch": {"inputConfig": {"requests": {"requests": []}}}}
+    inline: dict[str, object] = {"batch": {"inputConfig": {"requests": {"requests": []}}}}
     assert input_files(inline) == set()
     assert input_files(None) == set()
     for bad in (7, "", ["files/a"], {"name": "files/a"}):

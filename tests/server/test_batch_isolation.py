@@ -15,11 +15,21 @@ from typing import Any
 import pytest
 
 from proxy.emulator import EmulatorConfig
-from tests.factories import RecordingUpstream, Stack, StackFactory, gemini_error, raw, send_raw
+from tests.factories import (
+    RecordingUpstream,
+    Stack,
+    StackFactory,
+    batch_request,
+    gemini_error,
+    raw,
+    send_raw,
+)
 
 MODEL = "gemini-2.5-flash"
 CREATE = f"/v1beta/models/{MODEL}:batchGenerateContent"
-INLINE = {"batch": {"inputConfig": {"requests": {"requests": [{"request": {"contents": []}}]}}}}
+INLINE: dict[str, Any] = {
+    "batch": {"inputConfig": {"requests": {"requests": [{"request": {"contents": []}}]}}}
+}
 
 
 async def create_batch(stack: Stack, user: str) -> str:
@@ -263,7 +273,7 @@ async def test_what_could_strip_results_is_refused(
 
 async def test_a_list_shows_and_records_only_ones_own_batches(make_stack: StackFactory):
     stack = await make_stack(EmulatorConfig(batch_seconds=0.1))
-    request = [{"contents": [{"parts": [{"text": "hi"}], "role": "user"}]}]
+    request = [batch_request("hi")]
     names: dict[str, list[str]] = {"alice": [], "bob": [], "carol": []}
     for user in ("alice", "bob", "alice", "carol"):
         job = await stack.sdk(user).aio.batches.create(model=MODEL, src=request)
