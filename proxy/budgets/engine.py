@@ -437,10 +437,11 @@ class BudgetEngine:
 
     def _count(self, record: UsageRecord) -> None:
         budgets = self._counted.covering(record.principal)
-        iid = record.interaction_id
         # A provisional record is replaced in the database by the next record of its
-        # interaction: the counters take the difference, not both.
-        before = self._provisional.pop(iid, {}) if iid is not None else {}
+        # interaction (or, without one, of its request: a Live session's): the counters
+        # take the difference, not both.
+        iid = record.interaction_id or record.request_id
+        before = self._provisional.pop(iid, {})
         counted: dict[int, tuple[datetime, int]] = {}
         for budget in budgets:
             start, end = budget.bounds(record.created_at)
@@ -452,7 +453,7 @@ class BudgetEngine:
                 self._local.settle((budget.id, start), end, delta)
                 if self._redis is not None and budget.enforce:
                     self._queue((budget.id, start), end, delta)
-        if iid is not None and record.provisional:
+        if record.provisional:
             self._provisional[iid] = counted
             while len(self._provisional) > _PROVISIONAL_LIMIT:
                 self._provisional.popitem(last=False)

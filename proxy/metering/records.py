@@ -54,6 +54,7 @@ class EndpointKind(StrEnum):
     OPENAI_EMBEDDINGS = "openai.embeddings"
     OPENAI_IMAGES = "openai.images"
     OPENAI_OTHER = "openai.other"
+    LIVE_SESSION = "live.session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +171,4 @@ class UsageRecord:
     # Not stored: the part of ``latency_seconds`` spent waiting on the upstream, for
     # the proxy-overhead metric (None when not measured).
     upstream_seconds: float | None = None
+    resource: str | None = None

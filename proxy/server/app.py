@@ -53,6 +53,7 @@ from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
 from .forward import proxy_handler
+from .live import live_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
 from .otel import otel_ctx
 from .typedefs import (
@@ -450,5 +451,7 @@ def create_app(
     if settings.admin_token is not None:
         # Off unless configured: without a token /admin/ is an unknown path (404).
         add_admin_routes(app)
+    # The Live API's WebSocket (server.live): outside the forwarded prefixes.
+    app.router.add_get("/ws/{service}", live_handler)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app

@@ -406,15 +406,17 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise _too_large(limit) from exc
 
 
-def _upstream_url(base: str, raw_path: str, drop_key: bool) -> URL:
+def _upstream_url(
+    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
+) -> URL:
     """The upstream URL: the raw path and query as the client sent them.
 
-    The query is kept byte for byte (no re-encoding), except that a ``key``
-    parameter is removed when the proxy supplies the upstream key itself.
+    The query is kept byte for byte (no re-encoding), except that the ``drop``
+    parameters (a ``key``) are removed when the proxy supplies the credential itself.
     """
     path, sep, query = raw_path.partition("?")
     if sep and drop_key:
-        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in _KEY_PARAMS]
+        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in drop]
         query = "&".join(kept)
         sep = "?" if query else ""
     return URL(base + path + sep + query, encoded=True)

@@ -1,0 +1,485 @@
+"""The Live API relay: a client's WebSocket session, metered, to the upstream and back.
+
+``GET /ws/google.ai.generativelanguage.{v1beta,v1alpha}.GenerativeService.BidiGenerateContent``
+(and ``...BidiGenerateContentConstrained``, opened with an ephemeral token) is
+what google-genai 3.6.1 ``AsyncLive.connect`` opens: the API key in
+``x-goog-api-key`` (an ephemeral token as ``Authorization: Token auth_tokens/...``
+and, since the SDK puts its "api key" in the default headers, in
+``x-goog-api-key`` too), then a first text frame ``{"setup": {"model": ...}}``.
+The SDK always turns the base URL's scheme into ``wss`` (``BaseApiClient.
+_websocket_base_url``), so clients reach the proxy over TLS: a terminating load
+balancer in front, or TLS on the proxy itself.
+
+A session goes:
+
+1. admission, before any upstream connection: the key (or the ephemeral
+   token's handle, see ``auth_tokens`` below) resolves to a ``Principal``; the
+   journal must have room; the caller's enforced budgets must admit the
+   reservation (else 429, Gemini's error shape). A refused handshake is an
+   ordinary HTTP error response.
+2. one upstream WebSocket on the app's shared ``ClientSession``, the client's
+   credential swapped for the upstream key (or the real ephemeral token); an
+   upstream that refuses the handshake is answered with its status.
+3. the relay: two pumps, one per direction, forward every frame as it arrives
+   (text as text, binary as binary, nothing held back); the first close, from
+   either side, is passed on with its code and reason. The upstream's frames are
+   fed to ``metering.live.LiveMeter`` on the way through.
+4. one ``UsageRecord`` per session (``EndpointKind.LIVE_SESSION``,
+   ``request_id`` = ``resource`` = the proxy's session id), final when the
+   session ends however it ends (either side closes or vanishes, or shutdown
+   cuts it); while it runs, a provisional record of the usage so far replaces
+   the previous one at most every ``live_provisional_interval_seconds``, so a
+   crash loses little. The relay runs as a task in ``pumps_key``: the app's
+   cleanup waits for it and cuts it after the shutdown grace period.
+
+``auth_tokens``: in ``virtual_keys`` mode an ephemeral token minted with the
+upstream key would let its holder open sessions at Google directly, past the
+meter. So ``POST /{v}/auth_tokens`` (``client.auth_tokens.create``) is minted
+here: the upstream token is kept sealed (``keys.seal``) in the ``resources``
+table (kind ``AUTH_TOKEN``, owned by the caller, named by ``hash_key`` of the
+handle) and the client gets a handle of the proxy's own (``auth_tokens/gm-...``:
+the SDK picks the Constrained method by that prefix). A Constrained session
+presenting the handle is billed to its owner, with the real token swapped in;
+Google's token never leaves the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..budgets.engine import Reservation
+from ..budgets.estimate import Estimate, estimate
+from ..errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ProxyError,
+    ResourceExhausted,
+    ServiceUnavailable,
+    Unauthenticated,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from ..metering.live import LiveMeter, setup_model
+from ..metering.records import EndpointKind, Principal, UsageRecord
+from ..settings import AuthMode
+from .auth import PresentedKey, presented_key, swap_key
+from .forward import HOP_BY_HOP, _upstream_url
+from .routes import method_override
+from .typedefs import (
+    authenticator_key,
+    budgets_key,
+    catalog_key,
+    journal_key,
+    metrics_key,
+    pumps_key,
+    recorder_key,
+    settings_key,
+    upstream_session_key,
+)
+
+log = logging.getLogger("gemini_meter.live")
+
+SERVICE: Final = re.compile(
+    r"^google\.ai\.generativelanguage\.(?:v1beta|v1alpha)\.GenerativeService\."
+    r"(?P<method>BidiGenerateContent|BidiGenerateContentConstrained)$"
+)
+# What the SDK's ephemeral tokens start with; the SDK switches to the Constrained
+# method (and the ``Authorization: Token`` header) on this prefix (live.py).
+TOKEN_PREFIX: Final = "auth_tokens/"
+HANDLE_PREFIX: Final = TOKEN_PREFIX + "gm-"
+# Query parameters that carry a credential on a Live handshake.
+_CREDENTIAL_PARAMS: Final = frozenset({"key", "$key", "access_token"})
+# The handshake's own headers: each hop negotiates its own.
+_HANDSHAKE: Final = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+        "host",
+        "content-length",
+    }
+)
+# Close codes an endpoint may not send (RFC 6455 7.4.1): "no status", "abnormal
+# closure" (the connection dropped without a close frame) and "TLS failure".
+_RESERVED_CLOSE: Final = frozenset({1005, 1006, 1015})
+GOING_AWAY: Final = 1001
+# RFC 6455 registry (IANA): 1014 "Bad Gateway", for an upstream that vanished.
+BAD_GATEWAY: Final = 1014
+
+
+def relayed_close(code: int | None, *, vanished_side: str) -> int:
+    """The close code to pass on to the other side of the relay.
+
+    A code that may be sent goes on unchanged. A close without a frame (1006),
+    without a status (1005) or an out-of-range one becomes, toward the client,
+    1014 (the upstream vanished) and, toward the upstream, 1001 (the client is
+    gone); a frame without a status is a normal close (1000).
+    """
+    if code == 1005:
+        return 1000
+    if code is None or code in _RESERVED_CLOSE or not (1000 <= code <= 4999):
+        return BAD_GATEWAY if vanished_side == "upstream" else GOING_AWAY
+    if 1016 <= code < 3000:
+        # Unassigned in the registry: not ours to forward as if it meant something.
+        return BAD_GATEWAY if vanished_side == "upstream" else GOING_AWAY
+    return code
+
+
+@dataclass(slots=True)
+class _End:
+    """How one direction of the relay ended."""
+
+    side: str  # "client" | "upstream": whose end it was
+    code: int | None  # the close code received, None when the connection just dropped
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class LiveCall:
+    """One Live session as the relay knows it."""
+
+    id: str
+    principal: Principal
+    started: float
+    created_at: datetime
+    model: str | None = None
+    meter: LiveMeter = field(default_factory=LiveMeter)
+    ttfb: float | None = None
+    client_disconnected: bool = False
+    last_provisional: float = 0.0
+    reservation: Reservation | None = None
+    finished: bool = False
+
+
+async def live_handler(request: web.Request) -> web.StreamResponse:
+    """Admit, connect upstream, upgrade the client, relay until either side ends."""
+    match = SERVICE.match(request.match_info["service"])
+    if match is None:
+        raise NotFound(f"No Gemini API route at {request.path!r}.")
+    if method_override(request.headers, request.query) is not None:
+        raise InvalidArgument("Gemini Meter does not accept method overrides.")
+    app = request.app
+    settings = app[settings_key]
+    started = time.perf_counter()
+    constrained = match.group("method") == "BidiGenerateContentConstrained"
+    principal, credential, model = await _admit(request, constrained)
+    journal = app[journal_key]
+    if journal is not None and not journal.admit():
+        raise ServiceUnavailable(
+            "Gemini Meter cannot record more sessions right now (its journal is full)."
+        )
+    call = LiveCall(
+        id=uuid.uuid4().hex,
+        principal=principal,
+        started=started,
+        created_at=datetime.now(UTC),
+        model=model,
+    )
+
+    def guess() -> Estimate:
+        return estimate(
+            app[catalog_key],
+            model,
+            body_bytes=0,
+            body=None,
+            generates=True,
+            default_output_tokens=settings.budget_default_output_tokens,
+            reserve_usd=settings.budget_reserve_usd,
+            reserve_tokens=settings.budget_reserve_tokens,
+        )
+
+    budgets = app[budgets_key]
+    call.reservation = await budgets.admit(principal, guess)
+    try:
+        upstream = await _connect(request, credential, constrained)
+    except BaseException:
+        budgets.release(call.reservation)
+        raise
+    call.ttfb = time.perf_counter() - started
+    client = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        max_msg_size=settings.max_request_bytes,
+    )
+    try:
+        await client.prepare(request)
+    except BaseException:
+        await upstream.close(code=GOING_AWAY)
+        budgets.release(call.reservation)
+        raise
+    relay = asyncio.create_task(_relay(request, client, upstream, call))
+    pumps = app[pumps_key]
+    pumps.add(relay)
+    relay.add_done_callback(pumps.discard)
+    try:
+        return await asyncio.shield(relay)
+    except asyncio.CancelledError:
+        call.client_disconnected = True
+        raise
+
+
+async def _admit(request: web.Request, constrained: bool) -> tuple[Principal, str, str | None]:
+    """Who pays for the session, the credential to present upstream, a model locked in."""
+    app = request.app
+    auth = app[authenticator_key]
+    settings = app[settings_key]
+    if not constrained:
+        key = presented_key(request.headers, request.query)
+        principal = await auth.authenticate(key)
+        if settings.auth_mode is AuthMode.VIRTUAL_KEYS:
+            assert settings.upstream_api_key is not None
+            return principal, settings.upstream_api_key.get_secret_value(), None
+        assert key is not None
+        return principal, key.value, None
+    token = ephemeral_token(request.headers, request.query)
+    if token is None:
+        raise Unauthenticated(
+            "Missing ephemeral token: send it as 'Authorization: Token auth_tokens/...'."
+        )
+    if settings.auth_mode is AuthMode.PASSTHROUGH:
+        # The client's own token, minted with its own key: relayed as it is, billed
+        # to the principal its fingerprint names (like any passthrough credential).
+        return await auth.authenticate(PresentedKey(token, "token")), token, None
+    grant = await auth.ephemeral_grant(token)
+    # A virtual key presented beside the handle must be the handle's owner's.
+    key = presented_key(request.headers, request.query)
+    if key is not None and key.value != token:
+        caller = await auth.authenticate(key)
+        if not auth.may_use(grant.owner, caller):
+            raise NotFound("That ephemeral token was not found.")
+    return grant.owner, grant.token, grant.model
+
+
+def ephemeral_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """An ephemeral token from ``Authorization: Token``, ``?access_token=`` or
+    ``x-goog-api-key`` (where the SDK puts it too), in that order."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "token" and value.strip():
+        return value.strip()
+    for candidate in (query.get("access_token"), headers.get("x-goog-api-key")):
+        if candidate and candidate.strip().startswith(TOKEN_PREFIX):
+            return candidate.strip()
+    return None
+
+
+def _upstream_headers(request: web.Request, credential: str, constrained: bool) -> CIMultiDict[str]:
+    settings = request.app[settings_key]
+    headers = CIMultiDict(request.headers)
+    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
+    for name in HOP_BY_HOP | _HANDSHAKE | named:
+        headers.popall(name, None)
+    if constrained:
+        headers.popall("x-goog-api-key", None)
+        headers.popall("authorization", None)
+        # As the SDK sends a real token: in both headers.
+        headers["authorization"] = f"Token {credential}"
+        headers["x-goog-api-key"] = credential
+    elif settings.auth_mode is AuthMode.VIRTUAL_KEYS:
+        headers = swap_key(headers, credential)
+    return headers
+
+
+async def _connect(
+    request: web.Request, credential: str, constrained: bool
+) -> aiohttp.ClientWebSocketResponse:
+    """The upstream WebSocket, or the upstream's refusal as a Gemini-shaped error."""
+    app = request.app
+    settings = app[settings_key]
+    virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
+    url = _upstream_url(
+        settings.upstream, request.raw_path, drop_key=virtual, drop=_CREDENTIAL_PARAMS
+    )
+    offered = request.headers.get("sec-websocket-protocol", "")
+    protocols = tuple(p.strip() for p in offered.split(",") if p.strip())
+    try:
+        return await app[upstream_session_key].ws_connect(
+            url,
+            headers=_upstream_headers(request, credential, constrained),
+            protocols=protocols,
+            max_msg_size=settings.max_request_bytes,
+            autoping=True,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        app[metrics_key].upstream_error(exc.status)
+        raise _refused(exc.status) from exc
+    except TimeoutError as exc:
+        raise UpstreamTimeout("The Gemini API did not answer the Live handshake in time.") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        log.warning("Live upstream unreachable: %s", type(exc).__name__)
+        raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
+
+
+# An upstream's refusal of the handshake, by status (the WebSocket client does not
+# read its body, so the message is the proxy's).
+_REFUSALS: Final[dict[int, type[ProxyError]]] = {
+    400: InvalidArgument,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    429: ResourceExhausted,
+}
+
+
+def _refused(status: int) -> ProxyError:
+    kind = _REFUSALS.get(status, UpstreamUnavailable if status >= 500 else InvalidArgument)
+    return kind(f"The Gemini API refused the Live session (HTTP {status}).")
+
+
+async def _relay(
+    request: web.Request,
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    call: LiveCall,
+) -> web.StreamResponse:
+    """Both directions until the first ends; pass its close on; record the session."""
+    up = asyncio.create_task(_client_to_upstream(client, upstream, call))
+    down = asyncio.create_task(_upstream_to_client(request, client, upstream, call))
+    cut = False
+    end: _End | None = None
+    try:
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        end = next(iter(done)).result()
+    except asyncio.CancelledError:
+        cut = True  # shutdown, past the grace period
+    except Exception:
+        log.exception("relaying a Live session failed")
+    finally:
+        for task in (up, down):
+            task.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+        try:
+            await _close_other_side(client, upstream, end, cut, call)
+        finally:
+            _record(request, call, provisional=False)
+    if cut:
+        raise asyncio.CancelledError
+    return client
+
+
+async def _close_other_side(
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    end: _End | None,
+    cut: bool,
+    call: LiveCall,
+) -> None:
+    if cut or end is None:
+        reason = b"Gemini Meter is shutting down." if cut else b"Gemini Meter relay error."
+        code = GOING_AWAY if cut else 1011
+        await asyncio.gather(
+            client.close(code=code, message=reason),
+            upstream.close(code=GOING_AWAY),
+            return_exceptions=True,
+        )
+        return
+    code = relayed_close(end.code, vanished_side=end.side)
+    reason = end.reason.encode()[:123]  # a close frame's reason fits in 123 bytes
+    try:
+        if end.side == "client":
+            if end.code is None:
+                call.client_disconnected = True
+            await upstream.close(code=code, message=reason)
+        else:
+            await client.close(code=code, message=reason)
+    except (ConnectionError, aiohttp.ClientError):
+        pass
+
+
+async def _client_to_upstream(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, call: LiveCall
+) -> _End:
+    first = True
+    while True:
+        msg = await client.receive()
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            return _End("client", msg.data, msg.extra or "")
+        if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            return _End("client", None)  # closed or broken without a close frame
+        if first:
+            first = False
+            model = setup_model(msg.data)
+            if call.model is None:
+                call.model = model
+        try:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            else:
+                await upstream.send_bytes(msg.data)
+        except (ConnectionError, aiohttp.ClientError):
+            return _End("upstream", None)
+
+
+async def _upstream_to_client(
+    request: web.Request,
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    call: LiveCall,
+) -> _End:
+    interval = request.app[settings_key].live_provisional_interval_seconds
+    while True:
+        msg = await upstream.receive()
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            return _End("upstream", msg.data, msg.extra or "")
+        if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            return _End("upstream", None)
+        if call.meter.feed(msg.data):
+            now = time.monotonic()
+            if now - call.last_provisional >= interval:
+                call.last_provisional = now
+                _record(request, call, provisional=True)
+        try:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await client.send_str(msg.data)
+            else:
+                await client.send_bytes(msg.data)
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            return _End("client", None)
+
+
+def _record(request: web.Request, call: LiveCall, *, provisional: bool) -> None:
+    """Hand the session's record (so far) to the recorder; the final one only once."""
+    if call.finished:
+        return
+    call.finished = not provisional
+    meter = call.meter
+    record = UsageRecord(
+        request_id=call.id,
+        created_at=call.created_at,
+        principal=call.principal,
+        model=call.model,
+        endpoint=EndpointKind.LIVE_SESSION,
+        streamed=True,
+        upstream_status=101,
+        latency_seconds=time.perf_counter() - call.started,
+        ttfb_seconds=call.ttfb,
+        usage=meter.usage,
+        parse_error=meter.parse_errors > 0,
+        client_disconnected=call.client_disconnected,
+        provisional=provisional,
+        resource=call.id,
+    )
+    reservation, call.reservation = call.reservation, None
+    try:
+        request.app[recorder_key].finish(record, reservation)
+    except Exception:
+        log.exception("recording a Live session failed")
+
+
+def new_handle() -> str:
+    """A fresh ephemeral-token handle of the proxy's own (256 bits of randomness)."""
+    return HANDLE_PREFIX + secrets.token_urlsafe(32)
