@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # A Live API session (server.live) is recorded when it ends; while it runs, a
     # provisional record of its usage so far is written at most this often.
     live_provisional_interval_seconds: float = Field(default=60.0, ge=0)
+    # A client that vanishes mid-turn: how long the relay reads on for that turn's usage
+    # (the upstream bills the turn either way) before it closes the upstream session.
+    live_drain_seconds: float = Field(default=10.0, ge=0)
 
     # Budget alerts (budgets.alerts), evaluated from the database off the request path:
     # every alert_interval_seconds (sooner once new records are written), delivered to

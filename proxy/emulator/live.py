@@ -89,6 +89,8 @@ class LiveLedger:
     usages: list[Json] = field(default_factory=list)
     frames_sent: int = 0
     closed: bool = False
+    # the close code the client sent (None: it never sent one)
+    close_code: int | None = None
 
 
 @dataclass
@@ -150,6 +152,7 @@ async def live_session(request: web.Request) -> web.StreamResponse:
         await _serve(request, ws, ledger, state.live_release)
     finally:
         ledger.closed = True
+        ledger.close_code = ws.close_code
     return ws
 
 

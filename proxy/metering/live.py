@@ -76,6 +76,8 @@ _LIVE_DETAILS: Final = (
 )
 # A cheap test before parsing a frame: most frames are audio chunks without usage.
 _USAGE_MARKERS: Final = (b"usageMetadata", b"usage_metadata")
+# What the model sends within a turn (LiveServerContent.model_turn, LiveServerToolCall).
+_TURN_MARKERS: Final = (b"modelTurn", b"model_turn", b"toolCall", b"tool_call")
 
 
 def usage_from_live(obj: object) -> Usage:
@@ -146,9 +148,15 @@ def setup_model(frame: str | bytes) -> str | None:
 
 
 class LiveMeter:
-    """Folds a session's server frames into its ``Usage`` (see the module docstring)."""
+    """Folds a session's server frames into its ``Usage`` (see the module docstring).
 
-    __slots__ = ("parse_errors", "reports", "usage")
+    ``turn_open`` says whether the model is in a turn whose usage has not come
+    yet (content or a tool call seen since the last ``usageMetadata``): when a
+    client vanishes then, the relay reads on until that usage arrives, since
+    the upstream bills the turn whether or not anyone is listening.
+    """
+
+    __slots__ = ("parse_errors", "reports", "turn_open", "usage")
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -156,11 +164,14 @@ class LiveMeter:
         self.reports = 0
         # frames that carried a usageMetadata the meter could not read
         self.parse_errors = 0
+        self.turn_open = False
 
     def feed(self, frame: str | bytes) -> bool:
         """Fold in one frame from the upstream; True when it carried usage."""
         raw = frame.encode() if isinstance(frame, str) else frame
         if not any(marker in raw for marker in _USAGE_MARKERS):
+            if any(marker in raw for marker in _TURN_MARKERS):
+                self.turn_open = True
             return False
         message = _json_object(raw)
         metadata = None if message is None else _pick(message, "usageMetadata", "usage_metadata")
@@ -168,6 +179,7 @@ class LiveMeter:
             # The marker was there: a usage that cannot be read is flagged, never guessed.
             self.parse_errors += message is None
             return False
+        self.turn_open = False
         try:
             usage = usage_from_live(metadata)
         except UsageParseError:

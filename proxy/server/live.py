@@ -46,6 +46,7 @@ Google's token never leaves the proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -165,6 +166,8 @@ class LiveCall:
     last_provisional: float = 0.0
     reservation: Reservation | None = None
     finished: bool = False
+    # set whenever the upstream has reported the usage of every turn it started
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def live_handler(request: web.Request) -> web.StreamResponse:
@@ -354,6 +357,13 @@ async def _relay(
     try:
         done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         end = next(iter(done)).result()
+        if end.side == "client" and end.code is None and call.meter.turn_open:
+            # The client vanished mid-turn: the upstream still finishes (and bills)
+            # the turn, so read on, for a while, until its usage arrives.
+            call.client_disconnected = True
+            drain = request.app[settings_key].live_drain_seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.settled.wait(), drain)
     except asyncio.CancelledError:
         cut = True  # shutdown, past the grace period
     except Exception:
@@ -442,13 +452,20 @@ async def _upstream_to_client(
             if now - call.last_provisional >= interval:
                 call.last_provisional = now
                 _record(request, call, provisional=True)
+        if call.meter.turn_open:
+            call.settled.clear()
+        else:
+            call.settled.set()
+        if call.client_disconnected:
+            continue  # draining the turn the client left: metered, not relayed
         try:
             if msg.type is aiohttp.WSMsgType.TEXT:
                 await client.send_str(msg.data)
             else:
                 await client.send_bytes(msg.data)
         except (ConnectionError, aiohttp.ClientConnectionResetError):
-            return _End("client", None)
+            # The other pump sees the client gone too, and decides about draining.
+            call.client_disconnected = True
 
 
 def _record(request: web.Request, call: LiveCall, *, provisional: bool) -> None:

@@ -11,18 +11,24 @@ catalog, and compared with the emulator's ledger of what it reported.
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from google.genai import errors, types
+from google.genai import types
 
+from proxy.server.typedefs import budgets_key
 from tests.factories import (
     RecordingUpstream,
     Stack,
     StackFactory,
     Tls,
+    add_budget,
+    add_spend,
+    gemini_error,
     live_sdk,
     sqlite_only,
 )
@@ -151,4 +157,185 @@ async def test_an_invalid_key_never_reaches_the_upstream(
             pass
     assert "401" in str(caught.value)
     assert recording_upstream.received == []
-    assert isinstance(errors.APIError, type)
+
+
+LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+SETUP = json.dumps({"setup": {"model": f"models/{MODEL}"}})
+
+
+def content(text: str) -> str:
+    return json.dumps(
+        {
+            "clientContent": {
+                "turns": [{"role": "user", "parts": [{"text": text}]}],
+                "turnComplete": True,
+            }
+        }
+    )
+
+
+async def raw_session(
+    stack: Stack, tls: Tls, user: str = "alice", path: str = LIVE_PATH
+) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+    """A bare WebSocket client on the proxy (for what the SDK cannot do: vanish, close oddly)."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
+    stack._sessions.append(session)
+    ws = await session.ws_connect(stack.url(path), headers={"x-goog-api-key": stack.keys[user]})
+    return session, ws
+
+
+async def until_turn_complete(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    messages = []
+    while True:
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.BINARY, msg  # Google's frames are binary
+        messages.append(json.loads(msg.data))
+        if messages[-1].get("serverContent", {}).get("turnComplete"):
+            return messages
+
+
+async def test_frames_are_relayed_as_they_arrive(live_stack: Stack, tls: Tls) -> None:
+    """The first chunk of a turn reaches the client while the upstream is holding the
+    second: the proxy forwards each frame on its own, never a batch of them."""
+    client = live_sdk(live_stack, tls)
+    config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
+    [ledger] = [None]
+    async with client.aio.live.connect(model=MODEL, config=config) as session:
+        [ledger] = live_stack.upstream.live_sessions
+        await session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text="[hold] wait")]),
+            turn_complete=True,
+        )
+        received = session.receive()
+        first = await anext(received)
+        assert first.text == "You said: "
+        # setupComplete and this chunk are all the upstream has sent so far.
+        assert ledger.frames_sent == 2
+        live_stack.upstream.live_release.set()
+        rest = [message async for message in received]
+    assert "".join(m.text or "" for m in rest) == "[hold] wait"
+    assert ledger.frames_sent == 5  # then the second chunk, generationComplete, turnComplete
+
+
+async def test_a_client_that_vanishes_mid_session_is_still_recorded(
+    live_stack: Stack, tls: Tls
+) -> None:
+    session, ws = await raw_session(live_stack, tls)
+    await ws.send_str(SETUP)
+    assert json.loads((await ws.receive(timeout=10)).data) == {"setupComplete": {}}
+    await ws.send_str(content("Hello there"))
+    await until_turn_complete(ws)
+    await ws.send_str(content("[hold] and then"))
+    first = json.loads((await ws.receive(timeout=10)).data)
+    assert "modelTurn" in first["serverContent"]
+    # Gone without a close frame: the TCP connection just closes under it.
+    await session.connector.close()  # type: ignore[union-attr]
+    live_stack.upstream.live_release.set()  # the upstream may go on with its turn
+
+    [record] = await live_records(live_stack)
+    [ledger] = live_stack.upstream.live_sessions
+    assert record["client_disconnected"] and not record["provisional"]
+    # The upstream finished the turn the client left (and bills it): the proxy read on
+    # until its usage came. Turn 1: 3 in, 6 out; turn 2: (3 + 6) + "[hold] and then"
+    # (15 chars = 4) = 13 in, "You said: [hold] and then" (25 chars) = 7 out.
+    assert [u["promptTokenCount"] for u in ledger.usages] == [3, 13]
+    assert (record["input_tokens"], record["output_tokens"]) == (16, 13)
+    assert record["input_tokens"] == ledger_sum(live_stack, "promptTokenCount")
+    assert record["output_tokens"] == ledger_sum(live_stack, "responseTokenCount")
+    for _ in range(100):
+        if ledger.closed:
+            break
+        await asyncio.sleep(0.05)
+    assert ledger.closed  # and the proxy ended the upstream session too
+    assert ledger.close_code == 1001  # "going away"
+
+
+async def test_close_codes_and_reasons_pass_through(live_stack: Stack, tls: Tls) -> None:
+    # The upstream's: the emulator refuses a first message that is not a setup with 1007.
+    _, ws = await raw_session(live_stack, tls)
+    await ws.send_str(json.dumps({"clientContent": {}}))
+    msg = await ws.receive(timeout=10)
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert (msg.data, msg.extra) == (1007, "The first message must be a setup message.")
+    # The client's: a code of its own reaches the upstream.
+    _, ws = await raw_session(live_stack, tls, "bob")
+    await ws.send_str(SETUP)
+    await ws.receive(timeout=10)
+    await ws.close(code=4000, message=b"done here")
+    await live_records(live_stack, count=2)
+    assert live_stack.upstream.live_sessions[1].close_code == 4000
+    records = await live_stack.records()
+    assert not any(r["client_disconnected"] for r in records)
+
+
+async def test_long_sessions_leave_a_provisional_record_that_the_final_one_replaces(
+    make_stack: StackFactory, tls_proxy_server: Any, catalog_file: Path, tls: Tls
+) -> None:
+    stack = await make_stack(
+        serve_proxy=tls_proxy_server,
+        price_catalog=catalog_file,
+        live_provisional_interval_seconds=0,
+    )
+    _, ws = await raw_session(stack, tls)
+    await ws.send_str(SETUP)
+    await ws.receive(timeout=10)
+    await ws.send_str(content("Hello there"))
+    await until_turn_complete(ws)
+    # While the session is still open, its usage so far is stored, provisional.
+    for _ in range(100):
+        rows = [r for r in await stack.records() if r["endpoint"] == "live.session"]
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    assert [(r["provisional"], r["input_tokens"]) for r in rows] == [(True, 3)]
+    await ws.send_str(content("How are you today?"))
+    await until_turn_complete(ws)
+    await ws.close()
+    [record] = await live_records(stack)
+    # One row, replaced in place: the whole session (17 in, 13 out, as worked above).
+    assert (record["provisional"], record["input_tokens"], record["output_tokens"]) == (
+        False,
+        17,
+        13,
+    )
+    assert record["request_id"] == rows[0]["request_id"]
+
+
+async def test_an_upstream_that_vanishes_is_passed_on_and_recorded(
+    live_stack: Stack, tls: Tls
+) -> None:
+    _, ws = await raw_session(live_stack, tls)
+    await ws.send_str(SETUP)
+    await ws.receive(timeout=10)
+    await ws.send_str(content("Hello there"))
+    await until_turn_complete(ws)
+    await ws.send_str(content("[drop] now"))
+    await ws.receive(timeout=10)  # the first chunk, then the upstream's connection drops
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1014)  # "bad gateway"
+    [record] = await live_records(live_stack)
+    assert (record["input_tokens"], record["output_tokens"]) == (3, 6)
+    assert not record["client_disconnected"]
+
+
+@sqlite_only
+async def test_an_exhausted_budget_refuses_the_session_before_any_upstream_connection(
+    make_stack: StackFactory,
+    tls_proxy_server: Any,
+    recording_upstream: RecordingUpstream,
+    tls: Tls,
+) -> None:
+    stack = await make_stack(upstream=recording_upstream.url, serve_proxy=tls_proxy_server)
+    await add_budget(stack.app, "user:alice", limit_usd="1.00")
+    await add_spend(stack.app, "alice", "1.00")
+    await stack.app[budgets_key].refresh()
+    client = live_sdk(stack, tls)
+    with pytest.raises(Exception) as caught:
+        async with client.aio.live.connect(model=MODEL):
+            pass
+    assert "429" in str(caught.value)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
+    async with session, session.get(stack.url(LIVE_PATH), headers=stack.headers()) as response:
+        assert response.status == 429
+        gemini_error(await response.read(), 429, "RESOURCE_EXHAUSTED")
+    assert recording_upstream.received == []
