@@ -169,15 +169,17 @@ class LiveMeter:
     def feed(self, frame: str | bytes) -> bool:
         """Fold in one frame from the upstream; True when it carried usage."""
         raw = frame.encode() if isinstance(frame, str) else frame
-        if not any(marker in raw for marker in _USAGE_MARKERS):
+        metadata = None
+        if any(marker in raw for marker in _USAGE_MARKERS):
+            message = _json_object(raw)
+            if message is None:
+                # The marker was there: a usage that cannot be read is flagged, not guessed.
+                self.parse_errors += 1
+                return False
+            metadata = _pick(message, "usageMetadata", "usage_metadata")
+        if metadata is None:
             if any(marker in raw for marker in _TURN_MARKERS):
                 self.turn_open = True
-            return False
-        message = _json_object(raw)
-        metadata = None if message is None else _pick(message, "usageMetadata", "usage_metadata")
-        if metadata is None:
-            # The marker was there: a usage that cannot be read is flagged, never guessed.
-            self.parse_errors += message is None
             return False
         self.turn_open = False
         try:

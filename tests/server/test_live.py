@@ -28,6 +28,7 @@ from tests.factories import (
     Tls,
     add_budget,
     add_spend,
+    assert_strict,
     gemini_error,
     live_sdk,
     sqlite_only,
@@ -95,6 +96,8 @@ async def test_text_session_is_recorded_once_with_every_turn(live_stack: Stack, 
     async with client.aio.live.connect(model=MODEL, config=config) as session:
         first = await turn(session, "Hello there")
         second = await turn(session, "How are you today?")
+    for message in first + second:
+        assert_strict(message)  # every field the emulator sent is one the SDK knows
     assert "".join(m.text or "" for m in first) == "You said: Hello there"
     assert "".join(m.text or "" for m in second) == "You said: How are you today?"
     # What the SDK parsed is what the emulator sent: the usage rode through unchanged.
