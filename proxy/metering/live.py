@@ -57,7 +57,7 @@ from .parsers import (
 )
 from .records import Usage
 
-__all__ = ["LiveMeter", "add_usage", "setup_model", "usage_from_live"]
+__all__ = ["LiveMeter", "add_usage", "model_name", "setup_model", "usage_from_live"]
 
 # (camelCase on the wire, snake_case as the SDK's to_json_dict spells it)
 _LIVE_COUNTS: Final = (
@@ -139,12 +139,13 @@ def setup_model(frame: str | bytes) -> str | None:
     if message is None:
         return None
     setup = message.get("setup")
-    if not isinstance(setup, dict):
-        return None
-    model = nonempty_str(setup.get("model"))
-    if model is None:
-        return None
-    return model.removeprefix("models/")
+    return model_name(setup.get("model")) if isinstance(setup, dict) else None
+
+
+def model_name(value: object) -> str | None:
+    """A ``models/...`` name as the catalog spells it (prefix dropped); None if not a name."""
+    model = nonempty_str(value)
+    return None if model is None else model.removeprefix("models/")
 
 
 class LiveMeter:

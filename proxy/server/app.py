@@ -53,7 +53,7 @@ from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
 from .forward import proxy_handler
-from .live import live_handler
+from .live import auth_tokens_handler, live_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
 from .otel import otel_ctx
 from .typedefs import (
@@ -453,5 +453,6 @@ def create_app(
         add_admin_routes(app)
     # The Live API's WebSocket (server.live): outside the forwarded prefixes.
     app.router.add_get("/ws/{service}", live_handler)
+    app.router.add_post("/{version:v1|v1beta|v1alpha}/auth_tokens", auth_tokens_handler)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app

@@ -162,6 +162,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
+    if _mints_unmetered_access(call.route, request.app[settings_key].auth_mode):
+        # Only the canonical route (server.live.auth_tokens_handler) mints, with a handle
+        # of the proxy's own in place of the token; no other spelling reaches Google.
+        raise PermissionDenied(
+            "Gemini Meter mints ephemeral tokens only at POST /v1alpha/auth_tokens."
+        )
     _check_journal(request, call.route)
     if call.principal is not None:
         await _reserve(request, call)
@@ -247,11 +253,6 @@ async def admit(request: web.Request, started: float) -> _Call:
         return _Call(route=route, principal=None, started=started)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
-    if _mints_unmetered_access(route, app[settings_key].auth_mode):
-        raise PermissionDenied(
-            "Gemini Meter does not mint ephemeral tokens: a Live API session opened with one "
-            "would spend the shared upstream key past the meter."
-        )
     if route.metered and (masking := masking_parameter(request.headers, request.query)):
         raise InvalidArgument(
             f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "

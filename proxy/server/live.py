@@ -74,12 +74,22 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ..metering.live import LiveMeter, setup_model
+from ..metering.live import LiveMeter, model_name, setup_model
+from ..metering.parsers import parse_json
 from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..settings import AuthMode
 from .auth import PresentedKey, presented_key, swap_key
-from .forward import HOP_BY_HOP, _upstream_url
-from .routes import method_override
+from .forward import (
+    HOP_BY_HOP,
+    _Decoder,
+    _open_upstream,
+    _read_body,
+    _response_headers,
+    _upstream_url,
+    admit,
+    proxy_handler,
+)
+from .routes import BodyRefused, method_override, strict_json
 from .typedefs import (
     authenticator_key,
     budgets_key,
@@ -258,13 +268,10 @@ async def _admit(request: web.Request, constrained: bool) -> tuple[Principal, st
         # The client's own token, minted with its own key: relayed as it is, billed
         # to the principal its fingerprint names (like any passthrough credential).
         return await auth.authenticate(PresentedKey(token, "token")), token, None
-    grant = await auth.ephemeral_grant(token)
-    # A virtual key presented beside the handle must be the handle's owner's.
+    # A virtual key presented beside the handle must be one that may use it (its owner's).
     key = presented_key(request.headers, request.query)
-    if key is not None and key.value != token:
-        caller = await auth.authenticate(key)
-        if not auth.may_use(grant.owner, caller):
-            raise NotFound("That ephemeral token was not found.")
+    caller = await auth.authenticate(key) if key is not None and key.value != token else None
+    grant = await auth.ephemeral_grant(token, caller)
     return grant.owner, grant.token, grant.model
 
 
@@ -500,3 +507,48 @@ def _record(request: web.Request, call: LiveCall, *, provisional: bool) -> None:
 def new_handle() -> str:
     """A fresh ephemeral-token handle of the proxy's own (256 bits of randomness)."""
     return HANDLE_PREFIX + secrets.token_urlsafe(32)
+
+
+async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
+    """``POST /{v}/auth_tokens``: in ``virtual_keys`` mode, mint with the upstream key and
+    answer a handle of the proxy's own; in passthrough mode, an ordinary forwarded call."""
+    app = request.app
+    settings = app[settings_key]
+    if settings.auth_mode is not AuthMode.VIRTUAL_KEYS:
+        return await proxy_handler(request)
+    call = await admit(request, started=time.perf_counter())
+    assert call.principal is not None  # admit authenticates every call but upload legs
+    call.body = await _read_body(request, settings.max_request_bytes)
+    try:
+        parsed = strict_json(call.body)
+    except BodyRefused as exc:
+        raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidArgument("The auth_tokens request body must be a JSON object.")
+    upstream = await _open_upstream(request, call)
+    try:
+        payload = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
+    finally:
+        upstream.release()
+    encoding = upstream.headers.get("content-encoding", "identity").lower()
+    if upstream.status >= 400:
+        app[metrics_key].upstream_error(upstream.status)
+        return web.Response(
+            status=upstream.status,
+            body=payload,
+            headers=_response_headers(upstream, keep_length=False),
+        )
+    minted = parse_json(_Decoder(encoding)(payload) if encoding != "identity" else payload)
+    token = minted.get("name") if isinstance(minted, dict) else None
+    if not isinstance(minted, dict) or not isinstance(token, str):
+        raise UpstreamUnavailable("The Gemini API answered auth_tokens without a token.")
+    handle = new_handle()
+    # A model the token locks its sessions to (the SDK's live_connect_constraints).
+    setup = parsed.get("bidiGenerateContentSetup") or parsed.get("bidi_generate_content_setup")
+    model = model_name(setup.get("model")) if isinstance(setup, dict) else None
+    # Stored (sealed, under the handle's hash) before the handle reaches the client.
+    await app[authenticator_key].commit_ephemeral(handle, call.principal, token, model)
+    minted["name"] = handle
+    return web.json_response(minted, status=upstream.status)
