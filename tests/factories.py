@@ -404,6 +404,8 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                     "usage": RECORDED_USAGE,
                 }
             )
+        if path.endswith("/auth_tokens"):
+            return web.json_response({"name": f"auth_tokens/rec-{next(ids)}"})
         if path.endswith(("generateContent", "GenerateContent")):
             return web.json_response(
                 {

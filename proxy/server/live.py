@@ -95,6 +95,7 @@ from .typedefs import (
     budgets_key,
     catalog_key,
     journal_key,
+    live_sessions_key,
     metrics_key,
     pumps_key,
     recorder_key,
@@ -236,14 +237,32 @@ async def live_handler(request: web.Request) -> web.StreamResponse:
         budgets.release(call.reservation)
         raise
     relay = asyncio.create_task(_relay(request, client, upstream, call))
-    pumps = app[pumps_key]
-    pumps.add(relay)
-    relay.add_done_callback(pumps.discard)
-    try:
-        return await asyncio.shield(relay)
-    except asyncio.CancelledError:
-        call.client_disconnected = True
-        raise
+    for running in (app[pumps_key], app[live_sessions_key]):
+        running.add(relay)
+        relay.add_done_callback(running.discard)
+    # Shielded: a cancelled handler must not cut the relay before it has recorded the
+    # session (the relay itself tells a client that left from one that was cut).
+    return await asyncio.shield(relay)
+
+
+async def end_live_sessions(app: web.Application) -> None:
+    """``on_shutdown``: give open sessions the grace period, then cut them.
+
+    Runs before aiohttp waits for its handlers: a session's handler returns only
+    once its relay has ended, and a WebSocket need never end by itself. A cut
+    session is closed on both sides with 1001 and recorded.
+    """
+    sessions = app[live_sessions_key]
+    if not sessions:
+        return
+    grace = app[settings_key].shutdown_grace_seconds
+    log.info("waiting up to %.0f s for %d Live sessions to end", grace, len(sessions))
+    _, late = await asyncio.wait(set(sessions), timeout=grace)
+    for relay in late:
+        relay.cancel()
+    if late:
+        log.warning("cut %d Live sessions still open after the grace period", len(late))
+        await asyncio.wait(late)
 
 
 async def _admit(request: web.Request, constrained: bool) -> tuple[Principal, str, str | None]:

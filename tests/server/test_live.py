@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 from google.genai import types
+from sqlalchemy import select
 
-from proxy.server.typedefs import budgets_key
+from proxy.server.keys import hash_key
+from proxy.server.typedefs import budgets_key, sessionmaker_key
+from proxy.storage.schema import Base, make_engine
 from tests.factories import (
     RecordingUpstream,
     Stack,
@@ -342,3 +346,117 @@ async def test_an_exhausted_budget_refuses_the_session_before_any_upstream_conne
         assert response.status == 429
         gemini_error(await response.read(), 429, "RESOURCE_EXHAUSTED")
     assert recording_upstream.received == []
+
+
+CONSTRAINED_PATH = (
+    "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained"
+)
+# The SDK warns that its ephemeral-token support is experimental (live.py, tokens.py).
+experimental = pytest.mark.filterwarnings("ignore::google.genai.errors.ExperimentalWarning")
+
+
+async def mint(stack: Stack, tls: Tls, user: str = "alice") -> str:
+    client = live_sdk(stack, tls, user, version="v1alpha")
+    token = await client.aio.auth_tokens.create(
+        config=types.CreateAuthTokenConfig(
+            uses=1, live_connect_constraints=types.LiveConnectConstraints(model=MODEL)
+        )
+    )
+    assert token.name is not None
+    return token.name
+
+
+@experimental
+async def test_an_ephemeral_token_is_a_handle_of_the_proxy_and_bills_its_owner(
+    live_stack: Stack, tls: Tls
+) -> None:
+    handle = await mint(live_stack, tls)
+    [google_token] = live_stack.upstream.auth_tokens
+    # The client holds the proxy's handle; Google's token never left the proxy, and the
+    # database holds it only sealed, under the handle's hash.
+    assert handle.startswith("auth_tokens/gm-") and handle != google_token
+    async with live_stack.app[sessionmaker_key]() as session:
+        dump = str((await session.execute(select(Base.metadata.tables["resources"]))).all())
+    assert google_token not in dump and handle not in dump
+    assert hash_key(live_stack.settings.secret_bytes(), handle) in dump
+
+    # The SDK opens BidiGenerateContentConstrained with the handle ("api_key=token.name").
+    client = live_sdk(live_stack, tls, key=handle, version="v1alpha")
+    config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
+    async with client.aio.live.connect(model=MODEL, config=config) as session:
+        answer = await turn(session, "Hello there")
+    assert "".join(m.text or "" for m in answer) == "You said: Hello there"
+
+    [ledger] = live_stack.upstream.live_sessions
+    assert ledger.constrained and ledger.token == google_token
+    [seen] = [r for r in live_stack.upstream.requests if r.path.startswith("/ws/")]
+    assert handle not in str(seen)  # the upstream never saw the handle
+    [record] = await live_records(live_stack)
+    assert record["user_id"] == await live_stack.user_id("alice")
+    assert (record["input_tokens"], record["output_tokens"], record["model"]) == (3, 6, MODEL)
+
+
+@experimental
+async def test_another_users_handle_is_refused_before_the_upstream(
+    make_stack: StackFactory,
+    tls_proxy_server: Any,
+    recording_upstream: RecordingUpstream,
+    tls: Tls,
+) -> None:
+    stack = await make_stack(upstream=recording_upstream.url, serve_proxy=tls_proxy_server)
+    handle = await mint(stack, tls, "alice")
+    minted = len(recording_upstream.received)
+    assert minted == 1
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
+    async with session:
+        for headers, status in [
+            # bob's own key beside alice's handle: not his to use
+            ({"x-goog-api-key": stack.keys["bob"], "Authorization": f"Token {handle}"}, 404),
+            # a handle the proxy never issued, in each place a client may put it
+            ({"Authorization": "Token auth_tokens/gm-made-up"}, 401),
+            ({"x-goog-api-key": "auth_tokens/gm-made-up"}, 401),
+        ]:
+            async with session.get(stack.url(CONSTRAINED_PATH), headers=headers) as response:
+                assert response.status == status, headers
+        async with session.get(
+            stack.url(CONSTRAINED_PATH + "?access_token=auth_tokens/gm-made-up")
+        ) as response:
+            assert response.status == 401
+        # Google's token itself is no credential at the proxy either.
+        async with session.get(
+            stack.url(CONSTRAINED_PATH), headers={"Authorization": "Token auth_tokens/rec-1"}
+        ) as response:
+            assert response.status == 401
+    assert len(recording_upstream.received) == minted
+
+
+async def test_a_session_open_at_shutdown_is_recorded(
+    make_stack: StackFactory, tls_proxy_server: Any, catalog_file: Path, tls: Tls
+) -> None:
+    live_stack = await make_stack(
+        serve_proxy=tls_proxy_server, price_catalog=catalog_file, shutdown_grace_seconds=0.5
+    )
+    _, ws = await raw_session(live_stack, tls)
+    await ws.send_str(SETUP)
+    await ws.receive(timeout=10)
+    await ws.send_str(content("Hello there"))
+    await until_turn_complete(ws)
+    closing = asyncio.create_task(ws.receive(timeout=10))  # a client that answers a close
+    started = time.monotonic()
+    await live_stack.proxy.close()  # the app's cleanup runs: writer flushed, engine disposed
+    assert time.monotonic() - started < 10
+    engine = make_engine(live_stack.settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            table = Base.metadata.tables["usage_records"]
+            rows = (await connection.execute(select(table))).mappings().all()
+    finally:
+        await engine.dispose()
+    [record] = rows
+    assert (record["endpoint"], record["provisional"]) == ("live.session", False)
+    assert (record["input_tokens"], record["output_tokens"]) == (3, 6)
+    assert not record["client_disconnected"]
+    # Cut after the grace period: both sides were told the proxy is going away.
+    assert (await closing).data == 1001
+    [ledger] = live_stack.upstream.live_sessions
+    assert ledger.closed and ledger.close_code == 1001
