@@ -193,6 +193,9 @@ async def live_handler(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     constrained = match.group("method") == "BidiGenerateContentConstrained"
     principal, credential, model = await _admit(request, constrained)
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        # Nothing is reserved or opened upstream for a request that cannot be upgraded.
+        raise InvalidArgument("This Live API route expects a WebSocket upgrade.")
     journal = app[journal_key]
     if journal is not None and not journal.admit():
         raise ServiceUnavailable(
@@ -204,6 +207,8 @@ async def live_handler(request: web.Request) -> web.StreamResponse:
         started=started,
         created_at=datetime.now(UTC),
         model=model,
+        # the first provisional record after one interval, not at the first turn
+        last_provisional=time.monotonic(),
     )
 
     def guess() -> Estimate:
@@ -330,8 +335,13 @@ async def _connect(
     app = request.app
     settings = app[settings_key]
     virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
+    # The path as it was validated (SERVICE), not as it was spelled; the query raw.
+    _, sep, query = request.raw_path.partition("?")
     url = _upstream_url(
-        settings.upstream, request.raw_path, drop_key=virtual, drop=_CREDENTIAL_PARAMS
+        settings.upstream,
+        f"/ws/{request.match_info['service']}{sep}{query}",
+        drop_key=virtual,
+        drop=_CREDENTIAL_PARAMS,
     )
     offered = request.headers.get("sec-websocket-protocol", "")
     protocols = tuple(p.strip() for p in offered.split(",") if p.strip())

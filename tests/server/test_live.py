@@ -22,7 +22,7 @@ import pytest
 from google.genai import types
 from sqlalchemy import select
 
-from proxy.server.keys import hash_key
+from proxy.server.keys import fingerprint, hash_key
 from proxy.server.typedefs import budgets_key, sessionmaker_key
 from proxy.storage.schema import Base, make_engine
 from tests.factories import (
@@ -163,7 +163,63 @@ async def test_an_invalid_key_never_reaches_the_upstream(
         async with client.aio.live.connect(model=MODEL):
             pass
     assert "401" in str(caught.value)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
+    async with session:
+        for path, headers, status in [
+            (LIVE_PATH, {}, 401),  # no key at all
+            (LIVE_PATH + "?key=gm-not-a-key", {}, 401),
+            # a valid key, but no upgrade: nothing is opened upstream for it
+            (LIVE_PATH, stack.headers(), 400),
+            ("/ws/google.ai.generativelanguage.v1beta.GenerativeService.Other", {}, 404),
+        ]:
+            if status != 400:
+                headers = {**headers, **UPGRADE}
+            async with session.get(stack.url(path), headers=headers) as response:
+                assert response.status == status, path
+                gemini_error(await response.read(), status, _STATUS[status])
     assert recording_upstream.received == []
+
+
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND"}
+# A WebSocket handshake's headers (RFC 6455 4.1; the key is the RFC's own example).
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+async def test_a_key_in_the_query_is_swapped_out_of_it(live_stack: Stack, tls: Tls) -> None:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
+    live_stack._sessions.append(session)
+    url = live_stack.url(f"{LIVE_PATH}?key={live_stack.keys['carol']}&alt=x")
+    async with session.ws_connect(url) as ws:
+        await ws.send_str(SETUP)
+        await ws.receive(timeout=10)
+    [seen] = [r for r in live_stack.upstream.requests if r.path.startswith("/ws/")]
+    assert seen.query == {"alt": "x"}
+    assert seen.headers["x-goog-api-key"] == "upstream-secret-key"
+    [record] = await live_records(live_stack)
+    assert record["user_id"] == await live_stack.user_id("carol")
+
+
+async def test_passthrough_sessions_keep_the_clients_own_key(
+    make_stack: StackFactory, tls_proxy_server: Any, catalog_file: Path, tls: Tls
+) -> None:
+    stack = await make_stack(
+        serve_proxy=tls_proxy_server, price_catalog=catalog_file, auth_mode="passthrough"
+    )
+    client = live_sdk(stack, tls, key="AIza-client-own-key")
+    config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
+    async with client.aio.live.connect(model=MODEL, config=config) as session:
+        await turn(session, "Hello there")
+    [seen] = [r for r in stack.upstream.requests if r.path.startswith("/ws/")]
+    assert seen.api_key == "AIza-client-own-key"
+    [record] = await live_records(stack)
+    fingerprint_user = fingerprint(stack.settings.secret_bytes(), "AIza-client-own-key")
+    assert record["user_id"] == await stack.user_id(fingerprint_user)
+    assert (record["input_tokens"], record["output_tokens"]) == (3, 6)
 
 
 LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -342,7 +398,8 @@ async def test_an_exhausted_budget_refuses_the_session_before_any_upstream_conne
             pass
     assert "429" in str(caught.value)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
-    async with session, session.get(stack.url(LIVE_PATH), headers=stack.headers()) as response:
+    headers = {**stack.headers(), **UPGRADE}
+    async with session, session.get(stack.url(LIVE_PATH), headers=headers) as response:
         assert response.status == 429
         gemini_error(await response.read(), 429, "RESOURCE_EXHAUSTED")
     assert recording_upstream.received == []
@@ -416,15 +473,18 @@ async def test_another_users_handle_is_refused_before_the_upstream(
             ({"Authorization": "Token auth_tokens/gm-made-up"}, 401),
             ({"x-goog-api-key": "auth_tokens/gm-made-up"}, 401),
         ]:
-            async with session.get(stack.url(CONSTRAINED_PATH), headers=headers) as response:
+            async with session.get(
+                stack.url(CONSTRAINED_PATH), headers={**headers, **UPGRADE}
+            ) as response:
                 assert response.status == status, headers
         async with session.get(
-            stack.url(CONSTRAINED_PATH + "?access_token=auth_tokens/gm-made-up")
+            stack.url(CONSTRAINED_PATH + "?access_token=auth_tokens/gm-made-up"), headers=UPGRADE
         ) as response:
             assert response.status == 401
         # Google's token itself is no credential at the proxy either.
         async with session.get(
-            stack.url(CONSTRAINED_PATH), headers={"Authorization": "Token auth_tokens/rec-1"}
+            stack.url(CONSTRAINED_PATH),
+            headers={"Authorization": "Token auth_tokens/rec-1", **UPGRADE},
         ) as response:
             assert response.status == 401
     assert len(recording_upstream.received) == minted
