@@ -339,6 +339,8 @@ async def test_long_sessions_leave_a_provisional_record_that_the_final_one_repla
         price_catalog=catalog_file,
         live_provisional_interval_seconds=0,
     )
+    await add_budget(stack.app, "user:alice", limit_tokens=1_000_000, mode="enforce")
+    await stack.app[budgets_key].refresh()
     _, ws = await raw_session(stack, tls)
     await ws.send_str(SETUP)
     await ws.receive(timeout=10)
@@ -362,6 +364,10 @@ async def test_long_sessions_leave_a_provisional_record_that_the_final_one_repla
         13,
     )
     assert record["request_id"] == rows[0]["request_id"]
+    # The budget counted the session once: 9 tokens provisionally, then the final 30
+    # (17 + 13) in their place, not 39.
+    [view] = stack.app[budgets_key].views()
+    assert view.spend == 30
 
 
 async def test_an_upstream_that_vanishes_is_passed_on_and_recorded(
