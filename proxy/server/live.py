@@ -7,8 +7,8 @@ what google-genai 3.6.1 ``AsyncLive.connect`` opens: the API key in
 and, since the SDK puts its "api key" in the default headers, in
 ``x-goog-api-key`` too), then a first text frame ``{"setup": {"model": ...}}``.
 The SDK always turns the base URL's scheme into ``wss`` (``BaseApiClient.
-_websocket_base_url``), so clients reach the proxy over TLS: a terminating load
-balancer in front, or TLS on the proxy itself.
+_websocket_base_url``), so clients reach the proxy over TLS: a TLS-terminating load
+balancer or reverse proxy in front of it (``gemini-meter serve`` speaks plain HTTP).
 
 A session goes:
 
@@ -324,6 +324,8 @@ def _upstream_headers(request: web.Request, credential: str, constrained: bool) 
         headers["authorization"] = f"Token {credential}"
         headers["x-goog-api-key"] = credential
     elif settings.auth_mode is AuthMode.VIRTUAL_KEYS:
+        # No credential of the client's goes on beside the upstream key, of any scheme.
+        headers.popall("authorization", None)
         headers = swap_key(headers, credential)
     return headers
 
@@ -434,7 +436,8 @@ async def _close_other_side(
         )
         return
     code = relayed_close(end.code, vanished_side=end.side)
-    reason = end.reason.encode()[:123]  # a close frame's reason fits in 123 bytes
+    # A close frame's reason fits in 123 bytes, and must stay valid UTF-8 when cut.
+    reason = end.reason.encode()[:123].decode(errors="ignore").encode()
     try:
         if end.side == "client":
             if end.code is None:

@@ -194,12 +194,14 @@ async def test_a_key_in_the_query_is_swapped_out_of_it(live_stack: Stack, tls: T
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
     live_stack._sessions.append(session)
     url = live_stack.url(f"{LIVE_PATH}?key={live_stack.keys['carol']}&alt=x")
-    async with session.ws_connect(url) as ws:
+    # Nor does a credential of another scheme go on beside the upstream key.
+    async with session.ws_connect(url, headers={"Authorization": "Token elsewhere"}) as ws:
         await ws.send_str(SETUP)
         await ws.receive(timeout=10)
     [seen] = [r for r in live_stack.upstream.requests if r.path.startswith("/ws/")]
     assert seen.query == {"alt": "x"}
     assert seen.headers["x-goog-api-key"] == "upstream-secret-key"
+    assert "authorization" not in seen.headers
     [record] = await live_records(live_stack)
     assert record["user_id"] == await live_stack.user_id("carol")
 
