@@ -4,6 +4,7 @@ close-code rule (``proxy.server.live.relayed_close``): pure functions, no socket
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
@@ -31,7 +32,7 @@ RECORDED_TURN = {
 }
 
 
-def frame(message: dict[str, object]) -> bytes:
+def frame(message: Mapping[str, object]) -> bytes:
     return json.dumps(message).encode()
 
 

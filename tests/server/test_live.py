@@ -427,7 +427,7 @@ async def mint(stack: Stack, tls: Tls, user: str = "alice") -> str:
             uses=1, live_connect_constraints=types.LiveConnectConstraints(model=MODEL)
         )
     )
-    assert token.name is not None
+    assert isinstance(token.name, str)
     return token.name
 
 
