@@ -492,6 +492,17 @@ class Authenticator:
                 "Gemini Meter could not record the ephemeral token; retry shortly."
             )
 
+    async def remember_minted(self, token: str, principal: Principal, model: str | None) -> None:
+        """Passthrough mode: ``principal`` minted the upstream ``token`` with its own key
+        (stored under the token's keyed hash, never the token), for attribution only."""
+        name = hash_key(self._secret, token)
+        await self.commit_resource(ResourceKind.AUTH_TOKEN, name, principal, model)
+
+    async def minted_owner(self, token: str) -> Principal | None:
+        """Who minted ``token`` through this proxy in passthrough mode, if anyone did."""
+        found = await self.resource(ResourceKind.AUTH_TOKEN, hash_key(self._secret, token))
+        return None if found is None else found.owner
+
     async def ephemeral_grant(self, handle: str, caller: Principal | None = None) -> EphemeralGrant:
         """What a handle stands for: its owner, the upstream token, a model it locks.
 

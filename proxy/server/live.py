@@ -40,7 +40,9 @@ table (kind ``AUTH_TOKEN``, owned by the caller, named by ``hash_key`` of the
 handle) and the client gets a handle of the proxy's own (``auth_tokens/gm-...``:
 the SDK picks the Constrained method by that prefix). A Constrained session
 presenting the handle is billed to its owner, with the real token swapped in;
-Google's token never leaves the proxy.
+Google's token never leaves the proxy. In passthrough mode the client's own key
+mints and the token is answered as it came; its minter is remembered (by the
+token's keyed hash) so a session opened through the proxy with it bills them.
 """
 
 from __future__ import annotations
@@ -81,13 +83,14 @@ from ..settings import AuthMode
 from .auth import PresentedKey, presented_key, swap_key
 from .forward import (
     HOP_BY_HOP,
+    _check_journal,
     _Decoder,
     _open_upstream,
     _read_body,
+    _record_unmetered,
     _response_headers,
     _upstream_url,
     admit,
-    proxy_handler,
 )
 from .routes import BodyRefused, method_override, strict_json
 from .typedefs import (
@@ -289,9 +292,12 @@ async def _admit(request: web.Request, constrained: bool) -> tuple[Principal, st
             "Missing ephemeral token: send it as 'Authorization: Token auth_tokens/...'."
         )
     if settings.auth_mode is AuthMode.PASSTHROUGH:
-        # The client's own token, minted with its own key: relayed as it is, billed
-        # to the principal its fingerprint names (like any passthrough credential).
-        return await auth.authenticate(PresentedKey(token, "token")), token, None
+        # The client's own token, minted with its own key: relayed as it is, billed to
+        # whoever minted it through the proxy, else to the principal its fingerprint
+        # names (like any passthrough credential).
+        owner = await auth.minted_owner(token)
+        principal = owner or await auth.authenticate(PresentedKey(token, "token"))
+        return principal, token, None
     # A virtual key presented beside the handle must be one that may use it (its owner's).
     key = presented_key(request.headers, request.query)
     caller = await auth.authenticate(key) if key is not None and key.value != token else None
@@ -542,14 +548,21 @@ def new_handle() -> str:
 
 
 async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
-    """``POST /{v}/auth_tokens``: in ``virtual_keys`` mode, mint with the upstream key and
-    answer a handle of the proxy's own; in passthrough mode, an ordinary forwarded call."""
+    """``POST /{v}/auth_tokens``: mint a token, and keep who minted it.
+
+    ``virtual_keys``: minted with the upstream key; the token is stored sealed and
+    the client gets a handle of the proxy's own in its place. Passthrough: minted
+    with the client's own key and answered as it came, recorded as
+    ``auth_token.create`` like any unmetered call; the token's keyed hash is stored
+    with its minter, so a session opened through the proxy with it bills them.
+    """
     app = request.app
     settings = app[settings_key]
-    if settings.auth_mode is not AuthMode.VIRTUAL_KEYS:
-        return await proxy_handler(request)
+    virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
     call = await admit(request, started=time.perf_counter())
-    assert call.principal is not None  # admit authenticates every call but upload legs
+    principal = call.principal
+    assert principal is not None  # admit authenticates every call but upload legs
+    _check_journal(request, call.route)
     call.body = await _read_body(request, settings.max_request_bytes)
     try:
         parsed = strict_json(call.body)
@@ -558,29 +571,37 @@ async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
     if not isinstance(parsed, dict):
         raise InvalidArgument("The auth_tokens request body must be a JSON object.")
     upstream = await _open_upstream(request, call)
+    if not virtual:
+        call.durable = _record_unmetered(request, call, upstream)
     try:
         payload = await upstream.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
     finally:
         upstream.release()
+    as_it_came = web.Response(
+        status=upstream.status, body=payload, headers=_response_headers(upstream, keep_length=False)
+    )
     encoding = upstream.headers.get("content-encoding", "identity").lower()
-    if upstream.status >= 400:
-        app[metrics_key].upstream_error(upstream.status)
-        return web.Response(
-            status=upstream.status,
-            body=payload,
-            headers=_response_headers(upstream, keep_length=False),
-        )
     minted = parse_json(_Decoder(encoding)(payload) if encoding != "identity" else payload)
     token = minted.get("name") if isinstance(minted, dict) else None
-    if not isinstance(minted, dict) or not isinstance(token, str):
-        raise UpstreamUnavailable("The Gemini API answered auth_tokens without a token.")
-    handle = new_handle()
-    # A model the token locks its sessions to (the SDK's live_connect_constraints).
-    setup = parsed.get("bidiGenerateContentSetup") or parsed.get("bidi_generate_content_setup")
-    model = model_name(setup.get("model")) if isinstance(setup, dict) else None
-    # Stored (sealed, under the handle's hash) before the handle reaches the client.
-    await app[authenticator_key].commit_ephemeral(handle, call.principal, token, model)
-    minted["name"] = handle
-    return web.json_response(minted, status=upstream.status)
+    auth = app[authenticator_key]
+    if upstream.status >= 400:
+        app[metrics_key].upstream_error(upstream.status)
+    elif not isinstance(minted, dict) or not isinstance(token, str):
+        if virtual:
+            raise UpstreamUnavailable("The Gemini API answered auth_tokens without a token.")
+    else:
+        # A model the token locks its sessions to (the SDK's live_connect_constraints).
+        setup = parsed.get("bidiGenerateContentSetup") or parsed.get("bidi_generate_content_setup")
+        model = model_name(setup.get("model")) if isinstance(setup, dict) else None
+        if virtual:
+            # Stored (sealed, under the handle's hash) before the handle reaches the client.
+            handle = new_handle()
+            await auth.commit_ephemeral(handle, principal, token, model)
+            minted["name"] = handle
+            return web.json_response(minted, status=upstream.status)
+        await auth.remember_minted(token, principal, model)
+    if call.durable is not None:
+        await asyncio.shield(call.durable)  # the answer once its record is journaled
+    return as_it_came

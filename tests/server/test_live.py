@@ -528,3 +528,31 @@ async def test_a_session_open_at_shutdown_is_recorded(
     assert (await closing).data == 1001
     [ledger] = live_stack.upstream.live_sessions
     assert ledger.closed and ledger.close_code == 1001
+
+
+@experimental
+async def test_passthrough_tokens_bill_whoever_minted_them_through_the_proxy(
+    make_stack: StackFactory, tls_proxy_server: Any, catalog_file: Path, tls: Tls
+) -> None:
+    stack = await make_stack(
+        serve_proxy=tls_proxy_server, price_catalog=catalog_file, auth_mode="passthrough"
+    )
+    minting = live_sdk(stack, tls, key="AIza-client-own-key", version="v1alpha")
+    token = await minting.aio.auth_tokens.create(config=types.CreateAuthTokenConfig(uses=1))
+    assert isinstance(token.name, str)
+    # Passthrough: the client's own key minted it, and the client holds Google's token.
+    assert token.name in stack.upstream.auth_tokens
+    client = live_sdk(stack, tls, key=token.name, version="v1alpha")
+    config = types.LiveConnectConfig(response_modalities=[types.Modality.TEXT])
+    async with client.aio.live.connect(model=MODEL, config=config) as session:
+        await turn(session, "Hello there")
+    [ledger] = stack.upstream.live_sessions
+    assert ledger.constrained and ledger.token == token.name
+    [session_record] = await live_records(stack)
+    records = await stack.records()
+    [mint_record] = [r for r in records if r["endpoint"] == "auth_token.create"]
+    minter_id = await stack.user_id(
+        fingerprint(stack.settings.secret_bytes(), "AIza-client-own-key")
+    )
+    assert mint_record["user_id"] == session_record["user_id"] == minter_id
+    assert (session_record["input_tokens"], session_record["output_tokens"]) == (3, 6)
