@@ -272,7 +272,8 @@ async def test_frames_are_relayed_as_they_arrive(live_stack: Stack, tls: Tls) ->
             turn_complete=True,
         )
         received = session.receive()
-        first = await anext(received)
+        # Were frames held back until the turn ends, this would time out.
+        first = await asyncio.wait_for(anext(received), 5)
         assert first.text == "You said: "
         # setupComplete and this chunk are all the upstream has sent so far.
         assert ledger.frames_sent == 2
