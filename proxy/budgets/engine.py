@@ -415,6 +415,20 @@ class BudgetEngine:
         self._local.reserve(entries)
         return Reservation(tuple(entries), in_redis=in_redis)
 
+    def exhausted(self, principal: Principal) -> ResourceExhausted | None:
+        """The refusal a call of ``principal`` estimated at nothing would get now.
+
+        From this process's counters alone (never Redis, never awaits): for work
+        already admitted that runs on, a Live session, which is closed once its
+        settled usage has used a budget up. None while every budget has room.
+        """
+        now = self._clock()
+        entries = [
+            Entry(budget, *budget.bounds(now), 0) for budget in self._index.covering(principal)
+        ]
+        refused = self._local.refused(entries)
+        return None if refused is None else refusal(refused, now)
+
     # --- settlement -------------------------------------------------------------------------
 
     def release(self, reservation: Reservation | None) -> None:

@@ -29,8 +29,10 @@ A session goes:
    session ends however it ends (either side closes or vanishes, or shutdown
    cuts it); while it runs, a provisional record of the usage so far replaces
    the previous one at most every ``live_provisional_interval_seconds``, so a
-   crash loses little. The relay runs as a task in ``pumps_key``: the app's
-   cleanup waits for it and cuts it after the shutdown grace period.
+   crash loses little; each settles the budgets, and a session whose usage has used
+   one up is closed after that turn (1008 to the client). The relay runs as a task
+   in ``pumps_key`` and ``live_sessions_key``: at shutdown ``end_live_sessions``
+   gives it the grace period, then cuts it.
 
 ``auth_tokens``: in ``virtual_keys`` mode an ephemeral token minted with the
 upstream key would let its holder open sessions at Google directly, past the
@@ -134,6 +136,7 @@ _HANDSHAKE: Final = frozenset(
 # closure" (the connection dropped without a close frame) and "TLS failure".
 _RESERVED_CLOSE: Final = frozenset({1005, 1006, 1015})
 GOING_AWAY: Final = 1001
+POLICY_VIOLATION: Final = 1008
 # RFC 6455 registry (IANA): 1014 "Bad Gateway", for an upstream that vanished.
 BAD_GATEWAY: Final = 1014
 
@@ -160,7 +163,7 @@ def relayed_close(code: int | None, *, vanished_side: str) -> int:
 class _End:
     """How one direction of the relay ended."""
 
-    side: str  # "client" | "upstream": whose end it was
+    side: str  # "client" | "upstream" | "proxy": whose end it was
     code: int | None  # the close code received, None when the connection just dropped
     reason: str = ""
 
@@ -445,7 +448,13 @@ async def _close_other_side(
     # A close frame's reason fits in 123 bytes, and must stay valid UTF-8 when cut.
     reason = end.reason.encode()[:123].decode(errors="ignore").encode()
     try:
-        if end.side == "client":
+        if end.side == "proxy":  # the proxy ends the session (a budget used up)
+            await asyncio.gather(
+                client.close(code=code, message=reason),
+                upstream.close(code=1000),
+                return_exceptions=True,
+            )
+        elif end.side == "client":
             if end.code is None:
                 call.client_disconnected = True
             await upstream.close(code=code, message=reason)
@@ -492,11 +501,15 @@ async def _upstream_to_client(
             return _End("upstream", msg.data, msg.extra or "")
         if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             return _End("upstream", None)
+        over_budget = None
         if call.meter.feed(msg.data):
             now = time.monotonic()
             if now - call.last_provisional >= interval:
                 call.last_provisional = now
                 _record(request, call, provisional=True)
+                # The record just settled the session's usage so far: has it used up
+                # a budget? Then this turn is its last (relayed, then closed).
+                over_budget = request.app[budgets_key].exhausted(call.principal)
         if call.meter.turn_open:
             call.settled.clear()
         else:
@@ -511,6 +524,8 @@ async def _upstream_to_client(
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             # The other pump sees the client gone too, and decides about draining.
             call.client_disconnected = True
+        if over_budget is not None:
+            return _End("proxy", POLICY_VIOLATION, over_budget.message)
 
 
 def _record(request: web.Request, call: LiveCall, *, provisional: bool) -> None:

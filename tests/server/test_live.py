@@ -557,3 +557,37 @@ async def test_passthrough_tokens_bill_whoever_minted_them_through_the_proxy(
     )
     assert mint_record["user_id"] == session_record["user_id"] == minter_id
     assert (session_record["input_tokens"], session_record["output_tokens"]) == (3, 6)
+
+
+async def test_a_session_that_uses_up_a_budget_is_closed_after_that_turn(
+    make_stack: StackFactory, tls_proxy_server: Any, catalog_file: Path, tls: Tls
+) -> None:
+    stack = await make_stack(
+        serve_proxy=tls_proxy_server,
+        price_catalog=catalog_file,
+        live_provisional_interval_seconds=0,
+        # Nothing reserved at open: only the settled usage counts against the budget here.
+        budget_default_output_tokens=0,
+        budget_reserve_tokens=0,
+    )
+    await add_budget(stack.app, "user:alice", limit_tokens=20, mode="enforce")
+    await stack.app[budgets_key].refresh()
+    _, ws = await raw_session(stack, tls)
+    await ws.send_str(SETUP)
+    await ws.receive(timeout=10)
+    await ws.send_str(content("Hello there"))
+    await until_turn_complete(ws)  # 9 tokens so far: within 20
+    await ws.send_str(content("How are you today?"))
+    await until_turn_complete(ws)  # 9 + 21 = 30: the budget is used up
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)  # "policy violation"
+    assert "budget" in msg.extra.lower()
+    [record] = await live_records(stack)
+    assert (record["input_tokens"], record["output_tokens"]) == (17, 13)
+    assert not record["client_disconnected"]
+    [ledger] = stack.upstream.live_sessions
+    for _ in range(100):
+        if ledger.closed:
+            break
+        await asyncio.sleep(0.05)
+    assert ledger.closed and ledger.close_code == 1000
