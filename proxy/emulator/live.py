@@ -98,7 +98,7 @@ class AuthGrant:
     """An ephemeral token minted here."""
 
     api_key: str
-    uses: int
+    uses: int | None  # None: no limit
     model: str | None
 
 
@@ -121,7 +121,9 @@ async def create_auth_token(request: web.Request) -> web.Response:
     name = TOKEN_PREFIX + secrets.token_urlsafe(24)
     state.auth_tokens[name] = AuthGrant(
         api_key=request.headers.get("x-goog-api-key") or request.query.get("key", ""),
-        uses=1 if uses is None or uses == 0 else uses,
+        # "If this value is zero then no limit is applied ... If unspecified, the default
+        # is 1" (the SDK's AuthToken.uses).
+        uses=None if uses == 0 else 1 if uses is None else uses,
         model=model.removeprefix("models/") if isinstance(model, str) else None,
     )
     return json_response({"name": name}, DEFAULT_TIER)
@@ -136,9 +138,10 @@ async def live_session(request: web.Request) -> web.StreamResponse:
     if ledger.constrained:
         token = live_token_of(request)
         grant = state.auth_tokens.get(token) if token is not None else None
-        if token is None or grant is None or grant.uses <= 0:
+        if token is None or grant is None or grant.uses == 0:
             raise ApiError(401, "The ephemeral token is not valid or has been used up.")
-        grant.uses -= 1
+        if grant.uses is not None:
+            grant.uses -= 1
         ledger.token = token
         ledger.model = grant.model
     else:
