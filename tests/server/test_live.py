@@ -127,27 +127,42 @@ async def test_text_session_is_recorded_once_with_every_turn(live_stack: Stack, 
     assert seen.api_key == "upstream-secret-key"
 
 
-async def test_audio_is_priced_at_the_audio_rate(live_stack: Stack, tls: Tls) -> None:
-    client = live_sdk(live_stack, tls, "bob")
+# A Live model of the shipped catalog, whose rates (prices.toml: "input $0.50 (text), $3.00
+# (audio / video); output $2.00 (text), $12.00 (audio)", Google's pricing page captured
+# 2025-10-08) the audio test's figures are worked from.
+NATIVE_AUDIO = "gemini-2.5-flash-native-audio-preview-09-2025"
+
+
+async def test_audio_is_priced_at_the_audio_rates(
+    make_stack: StackFactory, tls_proxy_server: Any, tls: Tls
+) -> None:
+    stack = await make_stack(serve_proxy=tls_proxy_server)
+    client = live_sdk(stack, tls, "bob")
     config = types.LiveConnectConfig(response_modalities=[types.Modality.AUDIO])
-    async with client.aio.live.connect(model=MODEL, config=config) as session:
+    async with client.aio.live.connect(model=NATIVE_AUDIO, config=config) as session:
         # One second of 16 kHz 16-bit PCM: 32,000 bytes, 32 tokens of audio.
         await session.send_realtime_input(
             audio=types.Blob(data=bytes(32_000), mime_type="audio/pcm;rate=16000")
         )
         await session.send_realtime_input(audio_stream_end=True)
-        messages = [m async for m in session.receive()]
-    audio = b"".join(m.data or b"" for m in messages)
-    assert len(audio) == 24_000  # half a second of 24 kHz PCM, as the emulator sends
+        first = [m async for m in session.receive()]
+        # A text turn in the same session re-reads the audio so far (32 + 16 audio tokens).
+        second = await turn(session, "Hello there")
+    audio = b"".join(m.data or b"" for m in first + second)
+    assert len(audio) == 2 * 24_000  # half a second of 24 kHz PCM per turn, as emulated
 
-    [record] = await live_records(live_stack)
-    # 32 audio tokens in; 0.5 s of output audio = 16 tokens out.
-    assert (record["input_tokens"], record["output_tokens"]) == (32, 16)
-    assert record["modalities"] == {"input": {"audio": 32}, "output": {"audio": 16}}
-    # 32 x 3.00 / 1M (the audio rate, not the text rate 0.50) + 16 x 2.00 / 1M
-    assert record["cost_input_usd"] == Decimal("0.000096")
-    assert record["cost_usd"] == Decimal("0.000128")
-    assert record["user_id"] == await live_stack.user_id("bob")
+    [record] = await live_records(stack)
+    # Turn 1: 32 audio tokens in, 0.5 s of audio out = 16. Turn 2: the context (48 audio)
+    # plus "Hello there" (3 text) in, 16 audio out. In all: 80 audio + 3 text in, 32 out.
+    assert (record["input_tokens"], record["output_tokens"]) == (83, 32)
+    assert record["modalities"] == {"input": {"audio": 80, "text": 3}, "output": {"audio": 32}}
+    assert record["model"] == NATIVE_AUDIO
+    # Input: 80 x 3.00 (audio, not the text rate) + 3 x 0.50 = 240 + 1.5 = 241.5 per 1M.
+    assert record["cost_input_usd"] == Decimal("0.0002415")
+    # Output: 32 x 12.00 (audio, not the text rate 2.00) = 384 per 1M.
+    assert record["cost_output_usd"] == Decimal("0.000384")
+    assert record["cost_usd"] == Decimal("0.0006255")
+    assert record["user_id"] == await stack.user_id("bob")
 
 
 @sqlite_only
