@@ -26,13 +26,15 @@ A session goes:
    fed to ``metering.live.LiveMeter`` on the way through.
 4. one ``UsageRecord`` per session (``EndpointKind.LIVE_SESSION``,
    ``request_id`` = ``resource`` = the proxy's session id), final when the
-   session ends however it ends (either side closes or vanishes, or shutdown
-   cuts it); while it runs, a provisional record of the usage so far replaces
-   the previous one at most every ``live_provisional_interval_seconds``, so a
-   crash loses little; each settles the budgets, and a session whose usage has used
-   one up is closed after that turn (1008 to the client). The relay runs as a task
-   in ``pumps_key`` and ``live_sessions_key``: at shutdown ``end_live_sessions``
-   gives it the grace period, then cuts it.
+   session ends however it ends: either side closes or vanishes (a client that
+   vanishes mid-turn is drained, for at most ``live_drain_seconds``, until the
+   upstream reports that turn's usage), or shutdown cuts it. While it runs, a
+   provisional record of the usage so far replaces the previous one at most every
+   ``live_provisional_interval_seconds``, so a crash loses little; each settles
+   the budgets, and a session whose usage has used one up is closed after that
+   turn (1008 to the client). The relay runs as a task in ``pumps_key`` and
+   ``live_sessions_key``: at shutdown ``end_live_sessions`` gives it the grace
+   period, then cuts it.
 
 ``auth_tokens``: in ``virtual_keys`` mode an ephemeral token minted with the
 upstream key would let its holder open sessions at Google directly, past the

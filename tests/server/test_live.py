@@ -186,6 +186,9 @@ async def test_an_invalid_key_never_reaches_the_upstream(
             # a valid key, but no upgrade: nothing is opened upstream for it
             (LIVE_PATH, stack.headers(), 400),
             ("/ws/google.ai.generativelanguage.v1beta.GenerativeService.Other", {}, 404),
+            # the route is matched as Google spells it, nothing else
+            (LIVE_PATH.replace("v1beta", "V1BETA"), stack.headers(), 404),
+            (LIVE_PATH.replace("BidiGenerateContent", "bidigeneratecontent"), stack.headers(), 404),
         ]:
             if status != 400:
                 headers = {**headers, **UPGRADE}
@@ -503,6 +506,17 @@ async def test_another_users_handle_is_refused_before_the_upstream(
                 assert response.status == status, headers
         async with session.get(
             stack.url(CONSTRAINED_PATH + "?access_token=auth_tokens/gm-made-up"), headers=UPGRADE
+        ) as response:
+            assert response.status == 401
+        # Nor is a handle an API key, for a plain session or any other call.
+        async with session.get(
+            stack.url(LIVE_PATH), headers={"x-goog-api-key": handle, **UPGRADE}
+        ) as response:
+            assert response.status == 401
+        async with session.post(
+            stack.url(f"/v1beta/models/{MODEL}:generateContent"),
+            headers={"x-goog-api-key": handle},
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
         ) as response:
             assert response.status == 401
         # Google's token itself is no credential at the proxy either.
