@@ -51,11 +51,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+
+import aiohttp
 
 BENCH: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH.parent
@@ -377,8 +379,9 @@ class Run:
     stream: bool
     concurrency: int
     rep: int
-    requests: int
-    errors: int
+    requests: int  # responses wrk read in full, whatever their status
+    bad_status: int  # of those, the ones with a status of 400 or more
+    errors: int  # bad statuses, plus socket errors and time-outs (no response at all)
     seconds: float
     p50_ms: float
     p99_ms: float
@@ -387,7 +390,7 @@ class Run:
 
     @property
     def ok(self) -> int:
-        return self.requests - self.errors
+        return self.requests - self.bad_status
 
     @property
     def rps(self) -> float:
@@ -435,13 +438,14 @@ def run_wrk(
     stub_cpu = cpu_seconds(stub.pid) - stub_before
     proxy_cpu = cpu_seconds(leg.pid) - proxy_before if leg.pid else 0.0
     summary = parse_wrk(done.stdout)
-    errors = summary["status"] + summary["read"] + summary["write"] + summary["timeout"]
+    errors = sum(summary[k] for k in ("status", "connect", "read", "write", "timeout"))
     return Run(
         leg=leg.name,
         stream=stream,
         concurrency=concurrency,
         rep=rep,
         requests=int(summary["requests"]),
+        bad_status=int(summary["status"]),
         errors=int(errors),
         seconds=summary["duration_us"] / 1e6,
         p50_ms=summary["p50_us"] / 1000,
@@ -455,7 +459,7 @@ def run_wrk(
 
 
 @contextlib.asynccontextmanager
-async def peak_rss(pid: int, into: dict[str, float]) -> Any:
+async def peak_rss(pid: int, into: dict[str, float]) -> AsyncIterator[None]:
     """Samples ``pid``'s resident memory every 20 ms while the block runs."""
     into["idle"] = rss_mib(pid)
     into["peak"] = into["idle"]
@@ -476,10 +480,8 @@ async def peak_rss(pid: int, into: dict[str, float]) -> Any:
         into["after"] = rss_mib(pid)
 
 
-async def read_streams(url: str, key: str | None, count: int) -> tuple[int, int]:
-    """``count`` streams at once; returns how many ended with a 200, and the bytes read."""
-    import aiohttp
-
+async def read_streams(url: str, key: str | None, count: int) -> tuple[int, int, list[str]]:
+    """``count`` streams at once: how many ended with a 200, the bytes read, what failed."""
     headers = {"Content-Type": "application/json"}
     if key:
         headers["x-goog-api-key"] = key
@@ -496,7 +498,9 @@ async def read_streams(url: str, key: str | None, count: int) -> tuple[int, int]
 
         results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
     ok = sum(r[0] for r in results if isinstance(r, tuple))
-    return ok, sum(r[1] for r in results if isinstance(r, tuple))
+    size = sum(r[1] for r in results if isinstance(r, tuple))
+    failures = sorted({repr(r) for r in results if isinstance(r, BaseException)})
+    return ok, size, failures
 
 
 async def memory_scenarios(
@@ -508,25 +512,31 @@ async def memory_scenarios(
     rss: dict[str, float] = {}
     started = time.perf_counter()
     async with peak_rss(meter.pid, rss):
-        ok, _ = await read_streams(meter_leg.url(True, "held"), meter_leg.header_key, streams)
+        ok, _, failures = await read_streams(
+            meter_leg.url(True, "held"), meter_leg.header_key, streams
+        )
     out["held"] = {
         "streams": streams,
         "completed": ok,
+        "failures": failures[:5],
         "upstream_peak_open": stub_stats(stub)["peak_streams"],
         "seconds": time.perf_counter() - started,
         **{f"rss_{k}_mib": v for k, v in rss.items()},
     }
     # One big stream, direct then through the meter: the bytes and the rate of each.
     started = time.perf_counter()
-    _, direct_bytes = await read_streams(direct.url(True, "big"), direct.header_key, 1)
+    _, direct_bytes, _ = await read_streams(direct.url(True, "big"), direct.header_key, 1)
     direct_seconds = time.perf_counter() - started
     rss = {}
     started = time.perf_counter()
     async with peak_rss(meter.pid, rss):
-        ok, meter_bytes = await read_streams(meter_leg.url(True, "big"), meter_leg.header_key, 1)
+        ok, meter_bytes, failures = await read_streams(
+            meter_leg.url(True, "big"), meter_leg.header_key, 1
+        )
     meter_seconds = time.perf_counter() - started
     out["big"] = {
         "completed": ok,
+        "failures": failures,
         "direct_bytes": direct_bytes,
         "meter_bytes": meter_bytes,
         "direct_mib_per_s": direct_bytes / 2**20 / direct_seconds,
@@ -553,6 +563,7 @@ class Config:
     starts: int
     serve_args: list[str]
     smoke: bool
+    preliminary: bool = False
 
 
 @dataclass
@@ -563,6 +574,8 @@ class Outcome:
     memory: dict[str, Any] = field(default_factory=dict)
     starts: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) seconds
     skipped: list[str] = field(default_factory=list)
+    # The 1-minute load average at the start and the end: how busy the machine was.
+    load: list[float] = field(default_factory=list)
 
     def lost(self) -> dict[str, int]:
         """Calls the stub received with a meter's key minus the records that meter stored."""
@@ -581,6 +594,7 @@ def scenarios(config: Config) -> Iterator[tuple[bool, int]]:
 
 async def run(config: Config) -> Outcome:
     outcome = Outcome(config)
+    outcome.load.append(os.getloadavg()[0])
     work = Path(tempfile.mkdtemp(prefix="gemini-meter-compare-"))
     services: list[Service] = []
     try:
@@ -659,12 +673,16 @@ async def run(config: Config) -> Outcome:
             "records": memory.records(),
             "received": received(stub, memory.upstream_key),
         }
+    except BaseException:
+        # Each process's log is there: say where.
+        print(f"the run failed; its logs and databases are in {work}", file=sys.stderr)
+        raise
     finally:
         for service in reversed(services):
             with contextlib.suppress(Exception):
                 service.stop()
-    if not config.smoke:
-        shutil.rmtree(work, ignore_errors=True)
+    outcome.load.append(os.getloadavg()[0])
+    shutil.rmtree(work, ignore_errors=True)
     return outcome
 
 
@@ -733,9 +751,18 @@ def render(outcome: Outcome, command: str) -> str:
     rows = summarise(outcome)
     by = {(r["call"], r["concurrency"], r["target"]): r for r in rows}
     lines = [
-        f"<!-- {SECTION}: begin -->",
         "## Direct calls, Gemini Meter and LiteLLM's proxy, in one run",
         "",
+        *(
+            [
+                "**Preliminary figures**, taken on a machine busy with other work: they show"
+                " that the harness works, not what the proxies can do. Measure again on a"
+                " quiet machine.",
+                "",
+            ]
+            if config.preliminary
+            else []
+        ),
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()},"
         f" {os.cpu_count()} cores, Python {platform.python_version()}, wrk 1 thread,"
         f" {config.seconds} s per run, {config.reps} interleaved repetitions (medians);"
@@ -747,7 +774,8 @@ def render(outcome: Outcome, command: str) -> str:
             if config.litellm
             else ", LiteLLM skipped"
         )
-        + ". Everything shares the machine.",
+        + f". Everything shares the machine; its load average was {outcome.load[0]:.1f} at the"
+        f" start and {outcome.load[-1]:.1f} at the end.",
         "",
         f"Reproduce: `{command}`",
         "",
@@ -767,9 +795,11 @@ def render(outcome: Outcome, command: str) -> str:
         " (p99) minus the direct p50 (p99) of the same repetition; a streamed call is timed to"
         " its last byte.",
         "",
-        "Ratios (the issue's targets in brackets):",
+        "Ratios. The issue's targets: Gemini Meter's CPU per plain call at most 2× the"
+        " stub's, its rate at c=50 at least 0.40× the direct rate, and at c=1 at most"
+        " 0.5 ms added at p50 and 2 ms at p99, plain and streamed.",
         "",
-        "| call | c | Meter req/s ÷ direct | Meter CPU ÷ stub CPU (≤ 2×)"
+        "| call | c | Meter req/s ÷ direct | Meter CPU ÷ stub CPU"
         " | LiteLLM CPU ÷ Meter CPU | Meter req/s ÷ LiteLLM | LiteLLM added p50 ÷ Meter"
         " | LiteLLM added p99 ÷ Meter |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -838,17 +868,18 @@ def render(outcome: Outcome, command: str) -> str:
             f" (min {min(walls):.2f}, max {max(walls):.2f}; target: under 0.5 s), of which"
             f" CPU {median(cpus):.2f} s.",
         ]
-    lines.append(f"<!-- {SECTION}: end -->")
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this harness's section of ``path`` (between its markers), keeping the rest.
+def write_section(path: Path, body: str, name: str = SECTION) -> None:
+    """Put ``body`` between the ``name`` markers of ``path``, keeping everything else.
 
-    A file without the markers gets the section appended.
+    A file without those markers gets them, with the body, at its end. The markers are HTML
+    comments, so the rendered page does not show them.
     """
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- {SECTION}: begin -->", f"<!-- {SECTION}: end -->"
+    section = f"{begin}\n{body.strip()}\n{end}"
     if begin in text and end in text:
         head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
@@ -875,6 +906,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--write", type=Path, help="update this harness's section of the file")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON here")
+    parser.add_argument(
+        "--preliminary",
+        action="store_true",
+        help="label the figures as taken on a busy machine, to be measured again",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -912,6 +948,7 @@ def config_from(args: argparse.Namespace) -> Config:
         starts=args.starts,
         serve_args=shlex.split(args.serve_args),
         smoke=False,
+        preliminary=args.preliminary,
     )
 
 
@@ -962,7 +999,7 @@ def reproduce(argv: Sequence[str]) -> str:
             skip = False
         elif arg == "--json":
             skip = True
-        elif not arg.startswith("--json="):
+        elif not arg.startswith("--json=") and arg != "--preliminary":
             kept.append(shlex.quote(arg))
     return " ".join(["python benchmarks/compare.py", *kept])
 
@@ -981,7 +1018,10 @@ def problems(outcome: Outcome) -> list[str]:
                 found.append(f"{r.leg}, {kind}, c={r.concurrency}: {r.ok} ok, {r.errors} errors")
         held, big = outcome.memory.get("held", {}), outcome.memory.get("big", {})
         if held.get("completed") != held.get("streams"):
-            found.append(f"held streams: {held.get('completed')} of {held.get('streams')}")
+            found.append(
+                f"held streams: {held.get('completed')} of {held.get('streams')} completed;"
+                f" failures: {held.get('failures')}"
+            )
         if big.get("completed") != 1 or big.get("meter_bytes") != big.get("direct_bytes"):
             found.append(f"big stream incomplete: {big}")
     return found

@@ -80,25 +80,27 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
 
 def test_a_write_replaces_its_own_section_and_keeps_the_others(tmp_path: Path):
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\nIntro.\n\n## The journal\n\nKept.\n")
-    first = (
-        "<!-- benchmarks/compare.py: begin -->\nold figures\n<!-- benchmarks/compare.py: end -->"
+    doc.write_text("# Benchmarks\n\nIntro.\n")
+    write_section(doc, "old figures\n")
+    begin, end = "<!-- benchmarks/compare.py: begin -->", "<!-- benchmarks/compare.py: end -->"
+    assert doc.read_text() == f"# Benchmarks\n\nIntro.\n\n{begin}\nold figures\n{end}\n"
+
+    # Another harness's section, and prose after ours: both stay as they are.
+    doc.write_text(doc.read_text() + "\n## The journal\n\nKept.\n")
+    write_section(doc, "journal figures", name="benchmarks/bench_proxy.py --journal")
+    write_section(doc, "new figures")
+    assert doc.read_text() == (
+        f"# Benchmarks\n\nIntro.\n\n{begin}\nnew figures\n{end}\n\n## The journal\n\nKept.\n"
+        "\n<!-- benchmarks/bench_proxy.py --journal: begin -->\njournal figures\n"
+        "<!-- benchmarks/bench_proxy.py --journal: end -->\n"
     )
-    write_section(doc, first)
-    assert doc.read_text() == f"# Benchmarks\n\nIntro.\n\n## The journal\n\nKept.\n\n{first}\n"
-
-    text = doc.read_text().replace("## The journal\n\nKept.\n\n", "") + "\n## After\n\nAlso.\n"
-    doc.write_text(text)
-    second = first.replace("old", "new")
-    write_section(doc, second)
-    assert doc.read_text() == f"# Benchmarks\n\nIntro.\n\n{second}\n\n## After\n\nAlso.\n"
 
 
-def test_the_reproduce_line_leaves_out_the_json_file():
+def test_the_reproduce_line_leaves_out_the_json_file_and_the_label():
     assert reproduce(["--reps", "3", "--json", "/tmp/x.json", "--write", "docs/benchmarks.md"]) == (
         "python benchmarks/compare.py --reps 3 --write docs/benchmarks.md"
     )
-    assert reproduce(["--json=/tmp/x.json", "--serve-args", "--workers 2"]) == (
+    assert reproduce(["--json=/tmp/x.json", "--preliminary", "--serve-args", "--workers 2"]) == (
         "python benchmarks/compare.py --serve-args '--workers 2'"
     )
 
