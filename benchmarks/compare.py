@@ -624,29 +624,36 @@ async def run(config: Config) -> Outcome:
         else:
             outcome.skipped.append("LiteLLM")
 
+        # Responses read in full by the clients, per target, warm-up included.
+        answered = dict.fromkeys((leg.name for leg in legs), 0)
         for leg in legs:
             for stream in (False, True):
                 if config.warmup:
-                    run_wrk(leg, stub, stream=stream, concurrency=10, seconds=config.warmup, rep=-1)
+                    warm = run_wrk(
+                        leg, stub, stream=stream, concurrency=10, seconds=config.warmup, rep=-1
+                    )
+                    answered[leg.name] += warm.requests
         for rep in range(config.reps):
             for stream, concurrency in scenarios(config):
                 # Rotate the order each repetition, so no target always runs first (or last).
                 shift = rep % len(legs)
                 for leg in legs[shift:] + legs[:shift]:
-                    outcome.runs.append(
-                        run_wrk(
-                            leg,
-                            stub,
-                            stream=stream,
-                            concurrency=concurrency,
-                            seconds=config.seconds,
-                            rep=rep,
-                        )
+                    result = run_wrk(
+                        leg,
+                        stub,
+                        stream=stream,
+                        concurrency=concurrency,
+                        seconds=config.seconds,
+                        rep=rep,
                     )
+                    outcome.runs.append(result)
+                    answered[leg.name] += result.requests
         outcome.processes["direct"] = facts(stub)
         outcome.processes["Gemini Meter"] = facts(meter_service)
+        outcome.processes["Gemini Meter"]["answered"] = answered["Gemini Meter"]
         if litellm is not None:
             outcome.processes["LiteLLM"] = facts(litellm)
+            outcome.processes["LiteLLM"]["answered"] = answered["LiteLLM"]
             litellm.stop()
             outcome.processes["LiteLLM"]["received"] = received(stub, litellm_upstream_key)
         meter_service.stop()
@@ -670,6 +677,7 @@ async def run(config: Config) -> Outcome:
         outcome.processes["Gemini Meter (memory scenarios)"] = {
             "start_s": memory_service.start_seconds,
             "start_cpu_s": memory_service.start_cpu_seconds,
+            "answered": outcome.memory["held"]["completed"] + outcome.memory["big"]["completed"],
             "records": memory.records(),
             "received": received(stub, memory.upstream_key),
         }
@@ -819,13 +827,14 @@ def render(outcome: Outcome, command: str) -> str:
         )
     lines += [
         "",
-        "Each process after the load; a meter's records are counted in its SQLite file after"
-        " a graceful stop, against the calls the stub received with that meter's upstream key"
-        " (warm-up included):",
+        "Each process after the load. A meter's records are counted in its SQLite file after"
+        " a graceful stop, against the calls the stub received with that meter's upstream key;"
+        " a call the client left before its response ended is received upstream but not"
+        " answered, and still owes a record. Warm-up included:",
         "",
         "| process | start to ready s | CPU until ready s | RSS after load MiB"
-        " | calls received upstream | records stored | lost |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        " | responses answered in full | calls received upstream | records stored | lost |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lost = outcome.lost()
     for name, p in outcome.processes.items():
@@ -835,7 +844,7 @@ def render(outcome: Outcome, command: str) -> str:
             records = "–"
         lines.append(
             f"| {label} | {_f(p.get('start_s'))} | {_f(p.get('start_cpu_s'))}"
-            f" | {_f(p.get('rss_mib'), 0)}"
+            f" | {_f(p.get('rss_mib'), 0)} | {p.get('answered', '–')}"
             f" | {p.get('received', '–')} | {records} | {lost.get(name, '–')} |"
         )
     held, big = outcome.memory.get("held", {}), outcome.memory.get("big", {})

@@ -65,7 +65,9 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
         assert p["received"] > 0, name
         assert p["records"] == p["received"], name
     served_by_wrk = sum(r["requests"] for r in runs if r["leg"] == "Gemini Meter")
+    assert meters["Gemini Meter"]["answered"] == served_by_wrk  # no warm-up in a smoke run
     assert meters["Gemini Meter"]["received"] >= served_by_wrk
+    assert meters["Gemini Meter (memory scenarios)"]["answered"] == 50 + 1
     assert result["lost"] == dict.fromkeys(meters, 0)
 
     held, big = result["memory"]["held"], result["memory"]["big"]
