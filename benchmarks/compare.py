@@ -27,8 +27,14 @@ needs Prisma's engine, which cannot be downloaded here). ``--smoke`` skips it, r
 wrk leg for a second, shrinks the memory scenarios, and checks only that everything
 completes and that no call is lost; the test suite runs it.
 
-wrk times a response to its last byte; the stub sends a stream's three small events at
-once, so a streamed call's latency here bounds its time to first byte from above.
+wrk times a response to its last byte. The issue's latency target for streams is the
+first byte, so each repetition also times streamed calls at c=1 to their first byte with
+an aiohttp client, on a reply whose events come 10 ms apart (a proxy that buffered the
+stream would show it there).
+
+A process's CPU is read from ``/proc`` for it and its descendants, so ``--serve-args
+'--workers N'`` measures every worker. Failing runs leave their working directory (logs,
+databases) in place and say where.
 """
 
 from __future__ import annotations
@@ -503,6 +509,43 @@ async def read_streams(url: str, key: str | None, count: int) -> tuple[int, int,
     return ok, size, failures
 
 
+async def first_bytes(leg: Leg, seconds: float) -> list[float]:
+    """Streamed calls one after another for ``seconds``: each one's time to its first byte.
+
+    wrk only times a response to its last byte; the issue's latency target for streams is
+    the first. The stub's ``trickle`` reply sends its first event at once and the other two
+    10 ms apart, so a proxy that buffered the stream would show it here.
+    """
+    headers = {"Content-Type": "application/json"}
+    if leg.header_key:
+        headers["x-goog-api-key"] = leg.header_key
+    url = leg.url(True, "trickle")
+    times: list[float] = []
+    connector = aiohttp.TCPConnector(limit=1)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            async with session.post(url, data=BODY, headers=headers) as response:
+                await response.content.readany()
+                first = time.perf_counter() - started
+                async for _ in response.content.iter_any():
+                    pass
+                if response.status != 200:
+                    raise RuntimeError(f"{leg.name}: status {response.status} on {url}")
+            times.append(first)
+    return times
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank percentile, as wrk reports it."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
 async def memory_scenarios(
     meter: Service, meter_leg: Leg, direct: Leg, stub: Service, streams: int
 ) -> dict[str, Any]:
@@ -563,6 +606,7 @@ class Config:
     starts: int
     serve_args: list[str]
     smoke: bool
+    probe_seconds: float = 10.0
     preliminary: bool = False
 
 
@@ -570,6 +614,8 @@ class Config:
 class Outcome:
     config: Config
     runs: list[Run] = field(default_factory=list)
+    # Per target, per repetition: the times to first byte of streamed calls at c=1, in ms.
+    first_bytes: dict[str, list[list[float]]] = field(default_factory=dict)
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     starts: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) seconds
@@ -648,6 +694,11 @@ async def run(config: Config) -> Outcome:
                     )
                     outcome.runs.append(result)
                     answered[leg.name] += result.requests
+            shift = rep % len(legs)
+            for leg in legs[shift:] + legs[:shift]:
+                times = await first_bytes(leg, config.probe_seconds)
+                outcome.first_bytes.setdefault(leg.name, []).append([1000 * t for t in times])
+                answered[leg.name] += len(times)
         outcome.processes["direct"] = facts(stub)
         outcome.processes["Gemini Meter"] = facts(meter_service)
         outcome.processes["Gemini Meter"]["answered"] = answered["Gemini Meter"]
@@ -742,6 +793,25 @@ def summarise(outcome: Outcome) -> list[dict[str, Any]]:
     return rows
 
 
+def summarise_first_bytes(outcome: Outcome) -> dict[str, dict[str, Any]]:
+    """Per target: calls, median p50/p99 over repetitions, added against the same rep."""
+    direct = outcome.first_bytes.get("direct", [])
+    out: dict[str, dict[str, Any]] = {}
+    for name, reps in outcome.first_bytes.items():
+        row: dict[str, Any] = {
+            "calls": sum(len(times) for times in reps),
+            "p50_ms": median([percentile(times, 50) for times in reps]),
+            "p99_ms": median([percentile(times, 99) for times in reps]),
+        }
+        if name != "direct" and len(direct) == len(reps):
+            for q in (50, 99):
+                row[f"added_p{q}_ms"] = median(
+                    [percentile(t, q) - percentile(d, q) for t, d in zip(reps, direct, strict=True)]
+                )
+        out[name] = row
+    return out
+
+
 def _f(value: float | None, digits: int = 2) -> str:
     if value is None or value != value:  # None or NaN
         return "–"
@@ -800,8 +870,8 @@ def render(outcome: Outcome, command: str) -> str:
     lines += [
         "",
         "For direct calls, CPU per call is the stub's own. Added latency is the proxy's p50"
-        " (p99) minus the direct p50 (p99) of the same repetition; a streamed call is timed to"
-        " its last byte.",
+        " (p99) minus the direct p50 (p99) of the same repetition; wrk times a streamed call to"
+        " its last byte (its first byte is timed below).",
         "",
         "Ratios. The issue's targets: Gemini Meter's CPU per plain call at most 2× the"
         " stub's, its rate at c=50 at least 0.40× the direct rate, and at c=1 at most"
@@ -825,6 +895,29 @@ def render(outcome: Outcome, command: str) -> str:
             f" | {_ratio(peer.get('added_p50_ms'), meter.get('added_p50_ms'))}"
             f" | {_ratio(peer.get('added_p99_ms'), meter.get('added_p99_ms'))} |"
         )
+    first = summarise_first_bytes(outcome)
+    if first:
+        lines += [
+            "",
+            f"Time to first byte of a streamed call at c=1, one call after another for"
+            f" {config.probe_seconds:g} s per target and repetition (an aiohttp client on one"
+            " connection; the stub sends the first of three events at once, the others 10 ms"
+            " apart). Medians over the repetitions; added is against the direct figure of the"
+            " same repetition:",
+            "",
+            "| target | calls | p50 ms | p99 ms | added p50 ms | added p99 ms"
+            " | added p50 ÷ Meter's | added p99 ÷ Meter's |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        meter = first.get("Gemini Meter", {})
+        for name, f in first.items():
+            is_peer = name not in ("direct", "Gemini Meter")
+            lines.append(
+                f"| {name} | {f['calls']} | {_f(f['p50_ms'])} | {_f(f['p99_ms'])}"
+                f" | {_f(f.get('added_p50_ms'))} | {_f(f.get('added_p99_ms'))}"
+                f" | {_ratio(f.get('added_p50_ms'), meter.get('added_p50_ms')) if is_peer else '–'}"
+                f" | {_ratio(f.get('added_p99_ms'), meter.get('added_p99_ms')) if peer else '–'} |"
+            )
     lines += [
         "",
         "Each process after the load. A meter's records are counted in its SQLite file after"
@@ -909,6 +1002,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--big-mib", type=int, default=100, help="size of the one big stream")
     parser.add_argument("--starts", type=int, default=5, help="launches timed to ready")
     parser.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=10.0,
+        help="time-to-first-byte calls per target and repetition, in seconds",
+    )
+    parser.add_argument(
         "--serve-args",
         default="",
         help="extra arguments for `gemini-meter serve`, e.g. '--workers 2'",
@@ -943,6 +1042,7 @@ def config_from(args: argparse.Namespace) -> Config:
             starts=1,
             serve_args=shlex.split(args.serve_args),
             smoke=True,
+            probe_seconds=1.0,
         )
     return Config(
         seconds=args.seconds,
@@ -957,6 +1057,7 @@ def config_from(args: argparse.Namespace) -> Config:
         starts=args.starts,
         serve_args=shlex.split(args.serve_args),
         smoke=False,
+        probe_seconds=args.probe_seconds,
         preliminary=args.preliminary,
     )
 
@@ -984,6 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "config": asdict(config),
                     "runs": [asdict(r) for r in outcome.runs],
                     "rows": summarise(outcome),
+                    "first_bytes": summarise_first_bytes(outcome),
                     "processes": outcome.processes,
                     "memory": outcome.memory,
                     "starts": outcome.starts,
@@ -1025,6 +1127,9 @@ def problems(outcome: Outcome) -> list[str]:
             if r.errors or not r.ok:
                 kind = "streamed" if r.stream else "plain"
                 found.append(f"{r.leg}, {kind}, c={r.concurrency}: {r.ok} ok, {r.errors} errors")
+        for name, reps in outcome.first_bytes.items():
+            if not all(reps):
+                found.append(f"{name}: no streamed call timed to its first byte")
         held, big = outcome.memory.get("held", {}), outcome.memory.get("big", {})
         if held.get("completed") != held.get("streams"):
             found.append(

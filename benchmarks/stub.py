@@ -5,9 +5,10 @@ tokens; that is right for the tests but makes the upstream's own cost per call p
 what a benchmark measures. This stub answers from bytes built once at start, so the
 upstream's CPU per call is as small as aiohttp allows, and the proxies' cost stands out
 against it. It is also what the memory scenarios need and the emulator (which others
-edit) does not offer: one stream of any size (``?bench=big``, ``--big-bytes``) and
+edit) does not offer: one stream of any size (``?bench=big``, ``--big-bytes``),
 streams held open as long as wanted (``?bench=held``, ``--held-chunks`` events
-``--held-delay-ms`` apart), built once however many clients read them.
+``--held-delay-ms`` apart), built once however many clients read them, and a stream
+whose first byte comes well before its last (``?bench=trickle``).
 
     python benchmarks/stub.py --port 8091 --big-bytes 104857600 --held-delay-ms 250
 
@@ -202,7 +203,8 @@ def create_stub_app(
     held_delay_ms: float = 250.0,
 ) -> web.Application:
     """The stub; ``?bench=big`` streams ``big_bytes`` in 64 KiB events, ``?bench=held`` holds
-    a stream open for ``held_chunks`` small events ``held_delay_ms`` apart."""
+    a stream open for ``held_chunks`` small events ``held_delay_ms`` apart, and
+    ``?bench=trickle`` sends three small events 10 ms apart."""
     app = web.Application()
     app[LEDGER] = Ledger()
     event_bytes = 64 * 1024
@@ -210,6 +212,9 @@ def create_stub_app(
         "": build_replies(chunks=3, chunk_bytes=40, chunk_delay_ms=0.0),
         "big": build_replies(-(-big_bytes // event_bytes), event_bytes, 0.0),
         "held": build_replies(held_chunks, 40, held_delay_ms),
+        # The first event at once, the next two 10 ms apart: a proxy that relays as it reads
+        # shows the first byte long before the last, one that buffers does not.
+        "trickle": build_replies(3, 40, 10.0),
     }
     prefix = f"/{VERSION_PATTERN}/models/{MODEL_PATTERN}"
     app.router.add_post(f"{prefix}:generateContent", generate)

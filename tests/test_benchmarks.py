@@ -65,7 +65,11 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
         assert p["received"] > 0, name
         assert p["records"] == p["received"], name
     served_by_wrk = sum(r["requests"] for r in runs if r["leg"] == "Gemini Meter")
-    assert meters["Gemini Meter"]["answered"] == served_by_wrk  # no warm-up in a smoke run
+    probed = result["first_bytes"]
+    assert set(probed) == {"direct", "Gemini Meter"}
+    assert all(p["calls"] > 0 and p["p50_ms"] > 0 for p in probed.values())
+    # no warm-up in a smoke run: wrk's responses and the first-byte probe's calls
+    assert meters["Gemini Meter"]["answered"] == served_by_wrk + probed["Gemini Meter"]["calls"]
     assert meters["Gemini Meter"]["received"] >= served_by_wrk
     assert meters["Gemini Meter (memory scenarios)"]["answered"] == 50 + 1
     assert result["lost"] == dict.fromkeys(meters, 0)
