@@ -911,12 +911,14 @@ def render(outcome: Outcome, command: str) -> str:
         ]
         meter = first.get("Gemini Meter", {})
         for name, f in first.items():
-            is_peer = name not in ("direct", "Gemini Meter")
+            # Only a peer is put against Gemini Meter.
+            against = ["–", "–"]
+            if name not in ("direct", "Gemini Meter"):
+                against = [_ratio(f.get(k), meter.get(k)) for k in ("added_p50_ms", "added_p99_ms")]
             lines.append(
                 f"| {name} | {f['calls']} | {_f(f['p50_ms'])} | {_f(f['p99_ms'])}"
                 f" | {_f(f.get('added_p50_ms'))} | {_f(f.get('added_p99_ms'))}"
-                f" | {_ratio(f.get('added_p50_ms'), meter.get('added_p50_ms')) if is_peer else '–'}"
-                f" | {_ratio(f.get('added_p99_ms'), meter.get('added_p99_ms')) if peer else '–'} |"
+                f" | {against[0]} | {against[1]} |"
             )
     lines += [
         "",

@@ -22,7 +22,16 @@ from typing import Any
 
 import pytest
 
-from benchmarks.compare import parse_wrk, reproduce, write_section
+from benchmarks.compare import (
+    Config,
+    Outcome,
+    Run,
+    parse_wrk,
+    problems,
+    render,
+    reproduce,
+    write_section,
+)
 from benchmarks.stub import LEDGER, create_stub_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,3 +175,78 @@ async def test_the_stub_counts_calls_per_key_and_a_stream_left_early_as_cut(aioh
         stats = await response.json()
     assert stats["received"] == {"a": 1, "b": 2, "c": 1}
     assert stats["peak_streams"] == 1
+
+
+def _outcome() -> Outcome:
+    """One repetition of plain calls at c=1 with hand-picked figures, and what follows them."""
+    config = Config(
+        seconds=1,
+        reps=1,
+        concurrency=[1],
+        litellm=True,
+        warmup=0,
+        streams=1000,
+        big_bytes=100 * 2**20,
+        held_chunks=20,
+        held_delay_ms=250,
+        starts=2,
+        serve_args=[],
+        smoke=False,
+    )
+    outcome = Outcome(config, load=[1.0, 1.0])
+    for stream in (False, True):
+        # (leg, responses in 1 s, p50 ms, p99 ms, the proxy's CPU s, the stub's CPU s)
+        for leg, calls, p50, p99, proxy_cpu, stub_cpu in (
+            ("direct", 1000, 0.1, 0.5, 0.0, 0.1),
+            ("Gemini Meter", 500, 0.6, 2.5, 0.1, 0.05),
+            ("LiteLLM", 50, 10.1, 20.5, 0.5, 0.005),
+        ):
+            outcome.runs.append(
+                Run(leg, stream, 1, 0, calls, 0, 0, 1.0, p50, p99, proxy_cpu, stub_cpu)
+            )
+    outcome.first_bytes = {
+        "direct": [[1.0, 1.0, 2.0]],
+        "Gemini Meter": [[2.0, 2.0, 6.0]],
+        "LiteLLM": [[21.0, 21.0, 42.0]],
+    }
+    outcome.processes = {
+        "direct": {"start_s": 0.2, "start_cpu_s": 0.1, "rss_mib": 40.0},
+        "Gemini Meter": {
+            "start_s": 0.4,
+            "start_cpu_s": 0.3,
+            "rss_mib": 90.0,
+            "answered": 1000,
+            "received": 1002,
+            "records": 1001,
+        },
+    }
+    outcome.starts = [(0.4, 0.3), (0.6, 0.5)]
+    return outcome
+
+
+def test_the_report_puts_each_proxy_against_direct_calls_and_against_each_other():
+    report = render(_outcome(), "python benchmarks/compare.py")
+    # Per call: the meter 0.1 s / 500 = 0.2 ms against the stub's 0.1 s / 1000 = 0.1 ms;
+    # LiteLLM 0.5 s / 50 = 10 ms. Added: 0.6 - 0.1 and 2.5 - 0.5; 10.1 - 0.1 and 20.5 - 0.5.
+    assert "| plain | 1 | Gemini Meter | 500 | 0.60 | 2.50 | 0.50 | 2.00 | 0.200 | 0 |" in report
+    assert "| plain | 1 | LiteLLM | 50 | 10.10 | 20.50 | 10.00 | 20.00 | 10.000 | 0 |" in report
+    # rate 500/1000, CPU 0.2/0.1, LiteLLM CPU 10/0.2, rate 500/50, added 10/0.5 and 20/2
+    assert "| plain | 1 | 0.50× | 2.00× | 50× | 10× | 20× | 10× |" in report
+    assert "| streamed | 1 | 0.50× | 2.00× | 50× | 10× | 20× | 10× |" in report
+    # First bytes, nearest rank of three: p50 the 2nd, p99 the 3rd; only LiteLLM is put
+    # against the meter (added 20 / 1 and 40 / 4).
+    assert "| direct | 3 | 1.00 | 2.00 | – | – | – | – |" in report
+    assert "| Gemini Meter | 3 | 2.00 | 6.00 | 1.00 | 4.00 | – | – |" in report
+    assert "| LiteLLM | 3 | 21.00 | 42.00 | 20.00 | 40.00 | 20× | 10× |" in report
+    # 1002 calls reached the stub, 1001 records: one lost.
+    assert "| Gemini Meter | 0.40 | 0.30 | 90 | 1000 | 1002 | 1001 | 1 |" in report
+    assert "median 0.50 s (min 0.40, max 0.60; target: under 0.5 s), of which CPU 0.40 s" in report
+
+
+def test_a_lost_record_fails_the_run_and_says_which_meter():
+    outcome = _outcome()
+    assert problems(outcome) == [
+        "Gemini Meter: 1 calls received upstream without a record (or records without a call)"
+    ]
+    outcome.processes["Gemini Meter"]["records"] = 1002
+    assert problems(outcome) == []
