@@ -294,18 +294,15 @@ def ensure_litellm() -> Path:
             f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (once)",
             file=sys.stderr,
         )
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run(
-            [
-                str(LITELLM_VENV / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                f"litellm[proxy]=={LITELLM_VERSION}",
-            ],
-            check=True,
-        )
+        pip = [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+            subprocess.run([*pip, f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(
+                f"could not install litellm[proxy]=={LITELLM_VERSION} ({exc});"
+                " --no-litellm leaves it out"
+            ) from exc
         marker.touch()
     return litellm
 
