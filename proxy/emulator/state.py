@@ -8,6 +8,7 @@ resumable uploads.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .files import UploadSession
     from .generate import GenerateHop
     from .interactions import EmulatedInteraction
+    from .live import AuthGrant, LiveLedger
 
 
 MAX_SEEN_REQUESTS: Final = 10_000
@@ -89,6 +91,11 @@ class EmulatorState:
         # The ledger: every batch result served (inline in a get, or a line of a
         # responses file download), in order, repeats included.
         self.batch_ledger: list[ServedResult] = []
+        # Live API sessions as served (their usage ledger), oldest first, and the
+        # ephemeral tokens minted; ``live_release`` ends a ``[hold]`` in a turn.
+        self.live_sessions: deque[LiveLedger] = deque(maxlen=MAX_SEEN_REQUESTS)
+        self.auth_tokens: OrderedDict[str, AuthGrant] = OrderedDict()
+        self.live_release = asyncio.Event()
 
     def store(self, interaction: EmulatedInteraction) -> None:
         self.interactions[interaction.id] = interaction
