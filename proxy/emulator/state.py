@@ -2,8 +2,8 @@
 
 Everything lives in memory on ``app[emulator_state_key]``: interactions by id
 (the newest ``MAX_STORED_INTERACTIONS``), the last ``MAX_SEEN_REQUESTS``
-requests as they arrived (what a test checks the proxy relayed), and open
-resumable uploads.
+requests as they arrived (what a test checks the proxy relayed), open
+resumable uploads, and the files and cached contents created.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from aiohttp import web
 from .wire import ApiError
 
 if TYPE_CHECKING:
-    from .files import UploadSession
+    from .caches import EmulatedCache
+    from .files import EmulatedFile, UploadSession
     from .generate import GenerateHop
     from .interactions import EmulatedInteraction
 
@@ -30,6 +31,10 @@ MAX_STORED_INTERACTIONS: Final = 10_000
 
 # Abandoned resumable uploads are forgotten past this many open sessions.
 MAX_UPLOAD_SESSIONS: Final = 1_000
+
+
+# Files and caches kept (the oldest forgotten first), so a benchmark runs in bounded memory.
+MAX_STORED_RESOURCES: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,20 @@ class EmulatorState:
         self.continuations: OrderedDict[str, EmulatedInteraction] = OrderedDict()
         # generateContent replies cut by the decode limit, by their token's bytes.
         self.generate_continuations: OrderedDict[bytes, GenerateHop] = OrderedDict()
+        # Uploaded files and cached contents, by resource name ("files/...",
+        # "cachedContents/..."); deleted caches stay, marked, as the tests' ledger.
+        self.files: OrderedDict[str, EmulatedFile] = OrderedDict()
+        self.caches: OrderedDict[str, EmulatedCache] = OrderedDict()
+
+    def store_file(self, file: EmulatedFile) -> None:
+        self.files[file.name] = file
+        while len(self.files) > MAX_STORED_RESOURCES:
+            self.files.popitem(last=False)
+
+    def store_cache(self, cache: EmulatedCache) -> None:
+        self.caches[cache.name] = cache
+        while len(self.caches) > MAX_STORED_RESOURCES:
+            self.caches.popitem(last=False)
 
     def store(self, interaction: EmulatedInteraction) -> None:
         self.interactions[interaction.id] = interaction
