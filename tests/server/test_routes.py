@@ -263,9 +263,11 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         EndpointKind.STREAM_GENERATE_CONTENT,
         EndpointKind.EMBED_CONTENT,
         EndpointKind.BATCH_EMBED_CONTENTS,
+        EndpointKind.BATCH_RESULT,
         EndpointKind.CACHED_CONTENT_CREATE,
         EndpointKind.CACHED_CONTENT_UPDATE,
         EndpointKind.CACHED_CONTENT_DELETE,
+        EndpointKind.LIVE_SESSION,
     }
     assert kinds.isdisjoint(metered)
     # every other kind is some row's: the metric's label values are the table's
