@@ -121,6 +121,17 @@ class Route:
         return _LISTS.get(self.action)
 
     @property
+    def owns_response(self) -> bool:
+        """The response names owned resources: the proxy reads it whole before relaying it
+        (to own what it creates, bill a cache's storage, or filter a list)."""
+        return self.action in _OWNED_RESPONSES
+
+    @property
+    def reads_response(self) -> bool:
+        """The proxy reads the response (so asks the upstream for encodings it can undo)."""
+        return self.metered or self.owns_response
+
+    @property
     def metered(self) -> bool:
         return self.endpoint is not None
 
@@ -150,6 +161,16 @@ _RESOURCE_KINDS = {
     Action.FILE_DOWNLOAD: ResourceKind.FILE,
 }
 _LISTS = {Action.CACHE_LIST: ResourceKind.CACHED_CONTENT, Action.FILE_LIST: ResourceKind.FILE}
+_OWNED_RESPONSES = frozenset(
+    {
+        Action.CACHE_CREATE,
+        Action.CACHE_UPDATE,
+        Action.CACHE_DELETE,
+        Action.CACHE_LIST,
+        Action.FILE_UPLOAD,
+        Action.FILE_LIST,
+    }
+)
 
 FORWARD = Route(Action.FORWARD)
 _UNKNOWN = Route(Action.INTERACTION_UNKNOWN)
