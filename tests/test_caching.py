@@ -18,7 +18,7 @@ from typing import Any
 
 from google.genai import types
 
-from tests.factories import Stack, raw
+from tests.factories import Stack, StackFactory, raw
 
 MODEL = "gemini-2.5-flash"
 DOCUMENT = "abcd" * 1025  # 4,100 characters: 1,025 tokens
@@ -171,3 +171,22 @@ async def test_lists_show_only_the_callers_caches_and_files(stack: Stack):
     assert (await bob.aio.caches.get(name=theirs.name)).name == theirs.name
     await alice.aio.files.delete(name=my_file.name)
     assert my_file.name not in stack.upstream.files
+
+
+async def test_passthrough_mode_bills_storage_without_checking_owners(make_stack: StackFactory):
+    stack = await make_stack(auth_mode="passthrough")
+    client = stack.sdk(key="AIza-a-teams-own-google-key")
+    cache = await client.aio.caches.create(model=MODEL, config=cache_config(ttl="60s"))
+    assert cache.name is not None and cache.create_time is not None
+    await client.aio.caches.update(
+        name=cache.name,
+        config=types.UpdateCachedContentConfig(expire_time=cache.create_time + timedelta(hours=1)),
+    )
+    records = await stack.records()
+    # 1,032 x 60 = 61,920 at create; 1,032 x (3,600 - 60) = 3,653,280 on the update
+    assert [(r["endpoint"], r["storage_token_seconds"]) for r in records] == [
+        ("cached_content.create", 61_920),
+        ("cached_content.update", 3_653_280),
+    ]
+    assert records[0]["user_id"] == records[1]["user_id"]
+    assert not any(r["parse_error"] for r in records)
