@@ -317,9 +317,38 @@ async def admit(request: web.Request, started: float) -> _Call:
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
         call.parsed = parse_json(call.body)
         call.meta = RequestMeta(model=body_model(call.parsed))
+    elif route.action is Action.FILE_UPLOAD and _names_a_new_file(request):
+        call.body = await _read_body(request, app[settings_key].max_request_bytes)
+        try:
+            call.parsed = strict_json(call.body)
+        except BodyRefused as exc:
+            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
+        _refuse_chosen_name(call.parsed)
     if call.body is not None:
         await _check_references(request, call.parsed, principal)
     return call
+
+
+def _names_a_new_file(request: web.Request) -> bool:
+    """A JSON request that creates a file (a resumable upload's start, ``files.create``):
+    its metadata could choose the file's name."""
+    return "upload_id" not in request.query and request.content_type == "application/json"
+
+
+def _refuse_chosen_name(body: object) -> None:
+    """Refuse a file name the client chooses itself.
+
+    Google lets a create name its file (``File.name``). A name someone else once owned
+    here stays theirs (owners never change), so a file created under it again, by
+    another user, would be readable by the first owner, not by its creator.
+    """
+    metadata = body.get("file", body) if isinstance(body, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if name is not None and name != "":
+        raise InvalidArgument(
+            "Gemini Meter does not accept a file name chosen by the client: leave the name "
+            "out and the Gemini API picks one."
+        )
 
 
 async def _owned_resource(

@@ -295,3 +295,32 @@ async def test_lists_are_filtered_to_the_callers_own(
         assert [item["name"] for item in json.loads(body)[field]] == [name]
     # every list did reach the upstream, which answered with alice's item each time
     assert len(recording_upstream.received) == 4
+
+
+@sqlite_only
+async def test_a_file_name_chosen_by_the_client_is_refused(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    # Owners never change: were bob to create a file under a name alice once owned (and
+    # deleted), alice, not bob, could read it. So the proxy lets Google pick every name.
+    stack = await make_stack(upstream=recording_upstream.url)
+    for body in ({"file": {"name": "files/report"}}, {"name": "files/report"}):
+        for path in ("/upload/v1beta/files", "/v1beta/files"):
+            status, _, answer = await raw(
+                "POST",
+                stack.url(path),
+                headers=stack.headers("bob", **{"x-goog-upload-command": "start"}),
+                json=body,
+            )
+            assert status == 400, (path, body)
+            assert "file name" in gemini_error(answer, 400, "INVALID_ARGUMENT")
+    assert recording_upstream.received == []
+    # with no name (as the SDK sends it unless told otherwise) the start goes through
+    status, _, _ = await raw(
+        "POST",
+        stack.url("/upload/v1beta/files"),
+        headers=stack.headers("bob", **{"x-goog-upload-command": "start"}),
+        json={"file": {"displayName": "report", "name": ""}},
+    )
+    assert status == 200
+    assert len(recording_upstream.received) == 1
