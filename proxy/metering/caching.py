@@ -7,7 +7,8 @@ hour), and the cached tokens again, at the cached rate, each time a request uses
 the lifetime is asked for (docs/metering.md, "Context caching"):
 
 - at create, the whole requested lifetime: ``tokens × (expireTime − createTime)``, both
-  read off the create response (the ttl or expireTime asked is what set them);
+  read off the create response (the ttl or expireTime asked is what set them; without a
+  ``createTime``, the ttl asked, or the time left until the expiry);
 - on a TTL change, the difference: ``tokens × (new expireTime − old expireTime)``,
   negative when the lifetime shrinks;
 - on delete, a refund of what was charged but not used: ``−tokens × (expireTime − now)``,
@@ -130,14 +131,15 @@ def _token_seconds(tokens: int, seconds: Decimal) -> int:
     return int((tokens * seconds).to_integral_value(rounding=ROUND_HALF_UP))
 
 
-def created_storage(cache: CacheSnapshot, requested_ttl: Decimal | None) -> int:
-    """Token-seconds charged at create: the lifetime the response shows, else the ttl asked."""
+def created_storage(cache: CacheSnapshot, requested_ttl: Decimal | None, now: Decimal) -> int:
+    """Token-seconds charged at create: the lifetime the response shows; without a
+    ``createTime``, the ttl asked, else (an ``expireTime`` was asked) the rest until then."""
     if cache.create_time is not None:
         seconds = cache.expire_time - cache.create_time
     elif requested_ttl is not None:
         seconds = requested_ttl
     else:
-        seconds = Decimal(0)
+        seconds = cache.expire_time - now
     return _token_seconds(cache.tokens, max(seconds, Decimal(0)))
 
 

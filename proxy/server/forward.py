@@ -1127,7 +1127,7 @@ async def _bill_storage(
             )
         if cache is None:
             return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
-        seconds = created_storage(cache, requested_ttl(call.parsed))
+        seconds = created_storage(cache, requested_ttl(call.parsed), now_seconds())
         return _storage_record(
             request,
             call,

@@ -19,6 +19,7 @@ from proxy.metering.caching import (
     updated_storage,
 )
 
+NOW = Decimal(0)  # unused when the response has a createTime
 REAL_CREATE = {
     "name": "cachedContents/frp5xlu6h48e7w2ui9g82imzcoods3e9gb3aonft",
     "model": "models/gemini-3.1-pro-preview",
@@ -40,15 +41,21 @@ def test_the_real_create_response():
     # when the request arrived, before createTime); 4,100 × 58.701426163 = 240,675.8472683
     # token-seconds, rounded to 240,676.
     assert cache.expire_time - cache.create_time == Decimal("58.701426163")  # type: ignore[operator]
-    assert created_storage(cache, Decimal(60)) == 240_676
+    assert created_storage(cache, Decimal(60), NOW) == 240_676
 
 
 def test_without_a_create_time_the_ttl_asked_is_charged():
     payload = {k: v for k, v in REAL_CREATE.items() if k != "createTime"}
     cache = snapshot(payload)
     assert cache is not None
-    assert created_storage(cache, requested_ttl({"ttl": "60s"})) == 4100 * 60
-    assert created_storage(cache, None) == 0
+    assert created_storage(cache, requested_ttl({"ttl": "60s"}), NOW) == 4100 * 60
+    # an expireTime was asked instead: the rest until then, from when the answer came
+    # (09:35:48.044411163 - 09:34:48.044411163 = 60 s: 4,100 x 60)
+    at = epoch_seconds("2026-03-22T09:34:48.044411163Z")
+    assert at is not None
+    assert created_storage(cache, None, at) == 4100 * 60
+    # an expiry already past charges nothing
+    assert created_storage(cache, None, at + 3600) == 0
 
 
 def test_updates_and_deletes():
