@@ -18,7 +18,8 @@ from typing import Any
 
 from google.genai import types
 
-from tests.factories import Stack, StackFactory, raw
+from proxy.server.typedefs import budgets_key
+from tests.factories import Stack, StackFactory, add_budget, gemini_error, raw
 
 MODEL = "gemini-2.5-flash"
 DOCUMENT = "abcd" * 1025  # 4,100 characters: 1,025 tokens
@@ -190,3 +191,45 @@ async def test_passthrough_mode_bills_storage_without_checking_owners(make_stack
     ]
     assert records[0]["user_id"] == records[1]["user_id"]
     assert not any(r["parse_error"] for r in records)
+
+
+async def test_a_teammate_extends_a_shared_cache_and_its_owner_pays(make_stack: StackFactory):
+    stack = await make_stack(interaction_sharing="team")
+    cache = await stack.sdk("alice").aio.caches.create(model=MODEL, config=cache_config())
+    assert cache.name is not None and cache.create_time is not None
+    # carol is on alice's team: she may use the cache, and extend it
+    await stack.sdk("carol").aio.caches.update(
+        name=cache.name,
+        config=types.UpdateCachedContentConfig(expire_time=cache.create_time + timedelta(hours=3)),
+    )
+    created, extended = await stack.records()
+    # the default hour: 1,032 x 3,600 = 3,715,200; then two hours more: 1,032 x 7,200
+    assert created["storage_token_seconds"] == 3_715_200
+    assert extended["storage_token_seconds"] == 7_430_400
+    # the storage is the cache's owner's to pay, whoever extended it
+    assert extended["user_id"] == created["user_id"] == await stack.user_id("alice")
+    status, _, _ = await raw(
+        "GET", stack.url(f"/v1beta/{cache.name}"), headers=stack.headers("bob")
+    )
+    assert status == 404  # bob is not on the team
+
+
+async def test_a_cache_create_over_budget_is_refused_before_the_upstream(
+    make_stack: StackFactory,
+):
+    stack = await make_stack(budget_reserve_usd=Decimal("0.001"))
+    await add_budget(stack.app, "user:bob", limit_usd="0.0005")
+    await stack.app[budgets_key].refresh()
+    body = {
+        "model": f"models/{MODEL}",
+        "contents": [{"role": "user", "parts": [{"text": DOCUMENT}]}],
+        "ttl": "60s",
+    }
+    status, _, answer = await raw(
+        "POST", stack.url("/v1beta/cachedContents"), headers=stack.headers("bob"), json=body
+    )
+    # the reservation alone (0.001) is over the 0.0005 limit
+    assert status == 429
+    gemini_error(answer, 429, "RESOURCE_EXHAUSTED")
+    assert stack.upstream.caches == {}
+    assert await stack.records() == []
