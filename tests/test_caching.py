@@ -125,6 +125,7 @@ async def test_storage_is_billed_at_create_adjusted_on_update_refunded_on_delete
 async def test_an_expired_cache_gets_no_refund_and_errors_bill_nothing(stack: Stack):
     client = stack.sdk("bob")
     cache = await client.aio.caches.create(model=MODEL, config=cache_config(ttl="1s"))
+    assert cache.name is not None
     [created] = await stack.records()
     assert created["storage_token_seconds"] == TOKENS * 1  # 1,032 token-seconds
     # Expired at the emulator: deleting it there fails (403), and nothing is given back.
@@ -168,6 +169,7 @@ async def test_lists_show_only_the_callers_caches_and_files(stack: Stack):
     assert [f.name async for f in await alice.aio.files.list()] == [my_file.name]
     assert [f.name async for f in await bob.aio.files.list()] == [their_file.name]
     # Each owner reaches their own.
+    assert my_file.name is not None and theirs.name is not None
     assert (await alice.aio.files.get(name=my_file.name)).size_bytes == 13
     assert (await bob.aio.caches.get(name=theirs.name)).name == theirs.name
     await alice.aio.files.delete(name=my_file.name)

@@ -153,7 +153,7 @@ async def test_generate_reports_the_cache_as_cached_prompt(aio: Any, http: Any, 
             config=types.GenerateContentConfig(cached_content=cache.name, system_instruction="x"),
         )
     assert refused.value.code == 400
-    assert "can not be used with GenerateContent" in refused.value.message
+    assert "can not be used with GenerateContent" in str(refused.value.message)
     with pytest.raises(errors.ClientError) as refused:
         await aio.models.generate_content(
             model="gemini-2.5-pro",

@@ -84,6 +84,7 @@ def test_state_round_trip_and_bad_input():
     assert state.expire_time == epoch_seconds("2026-03-22T09:35:48.044411163Z")
     for bad in (None, {}, {"tokens": -1, "expire_time": "x"}, {"tokens": 5, "expire_time": 7}):
         assert CacheState.from_json(bad) is None
+    payload: object
     for payload in (
         None,
         [],
