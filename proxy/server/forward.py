@@ -1213,11 +1213,16 @@ async def _bill_storage(
     if route.action is Action.CACHE_UPDATE:
         if cache is None or stored is None:
             return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
-        await request.app[authenticator_key].update_resource_state(
-            ResourceKind.CACHED_CONTENT,
-            name,
-            CacheState(stored.tokens, cache.expire_text).to_json(),
-        )
+        try:
+            await request.app[authenticator_key].update_resource_state(
+                ResourceKind.CACHED_CONTENT,
+                name,
+                CacheState(stored.tokens, cache.expire_text).to_json(),
+            )
+        except Exception as exc:
+            # Google already made the change: the call still succeeds and is recorded. A
+            # later change or delete of this cache will count from the old expiry.
+            log.warning("cache state not stored (%s): %s", type(exc).__name__, name)
         return _storage_record(
             request,
             call,
