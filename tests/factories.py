@@ -16,12 +16,14 @@ reach it. ``send_raw`` sends bytes the HTTP client libraries would not.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -211,7 +213,7 @@ async def make_stack(
             migrated_url,
             emulator_config,
             upstream,
-            serve_proxy=proxy_server,
+            serve_proxy=overrides.pop("serve_proxy", proxy_server),
             **overrides,
         )
         stacks.append(stack)
@@ -236,6 +238,97 @@ async def issue_keys(app: web.Application) -> dict[str, str]:
             _, keys[user] = await accounts.create_key(session, settings.secret_bytes(), user, team)
         await session.commit()
     return keys
+
+
+# --- TLS, for the Live API ------------------------------------------------------------------
+# google-genai always opens Live sessions over wss (``BaseApiClient._websocket_base_url``
+# replaces the base URL's scheme), so a Live test serves the proxy over TLS.
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A self-signed certificate for 127.0.0.1: the server's context and a client's trusting it."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: Any) -> Tls:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return Tls(server=server, client=client)
+
+
+@pytest.fixture
+async def tls_proxy_server(
+    tls: Tls,
+) -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
+    """Like ``proxy_server``, over TLS with the ``tls`` certificate (pass as ``serve_proxy``)."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        server = ProxyTestServer(app, host="127.0.0.1")
+        await server.start_server(ssl=tls.server)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.close()
+
+
+def live_sdk(
+    stack: Stack, tls: Tls, user: str = "alice", *, key: str | None = None, version: str = "v1beta"
+) -> genai.Client:
+    """A google-genai client for the proxy over TLS, for ``aio.live`` and ``aio.auth_tokens``."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
+    stack._sessions.append(session)
+    client = genai.Client(
+        api_key=key or stack.keys[user],
+        http_options=types.HttpOptions(
+            base_url=stack.base_url,
+            api_version=version,
+            aiohttp_client=session,
+            async_client_args={"ssl": tls.client},
+        ),
+    )
+    stack._clients.append(client)
+    return client
 
 
 @dataclass(frozen=True)
@@ -357,6 +450,8 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                     "usage": RECORDED_USAGE,
                 }
             )
+        if path.endswith("/auth_tokens"):
+            return web.json_response({"name": f"auth_tokens/rec-{next(ids)}"})
         if path.endswith(("generateContent", "GenerateContent")):
             return web.json_response(
                 {

@@ -30,6 +30,7 @@ from .interactions import (
     delete_interaction,
     get_interaction,
 )
+from .live import create_auth_token, live_session, live_token_of
 from .openai import add_openai_routes
 from .state import EmulatorConfig, EmulatorState, SeenRequest, emulator_state_key
 from .triggers import (
@@ -75,6 +76,8 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     add_openai_routes(app, version)
     add_file_routes(app.router, version)
     add_cache_routes(app.router, version)
+    app.router.add_post(f"/{version}/auth_tokens", create_auth_token)
+    app.router.add_get("/ws/{service}", live_session)
     return app
 
 
@@ -109,7 +112,12 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         # An upload session URL is its own credential, as with Google: the
         # SDK sends the file bytes there without the API key.
-        if api_key is None and request.query.get("upload_id") not in state.upload_sessions:
+        # An ephemeral token is the credential of a Constrained Live session.
+        if (
+            api_key is None
+            and request.query.get("upload_id") not in state.upload_sessions
+            and live_token_of(request) is None
+        ):
             raise ApiError(
                 401,
                 "Method doesn't allow unregistered callers (callers without established "

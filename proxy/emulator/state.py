@@ -8,6 +8,7 @@ resumable uploads, and the files and cached contents created.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .files import EmulatedFile, UploadSession
     from .generate import GenerateHop
     from .interactions import EmulatedInteraction
+    from .live import AuthGrant, LiveLedger
 
 
 MAX_SEEN_REQUESTS: Final = 10_000
@@ -76,6 +78,11 @@ class EmulatorState:
         self.continuations: OrderedDict[str, EmulatedInteraction] = OrderedDict()
         # generateContent replies cut by the decode limit, by their token's bytes.
         self.generate_continuations: OrderedDict[bytes, GenerateHop] = OrderedDict()
+        # Live API sessions as served (their usage ledger), oldest first, and the
+        # ephemeral tokens minted; ``live_release`` ends a ``[hold]`` in a turn.
+        self.live_sessions: deque[LiveLedger] = deque(maxlen=MAX_SEEN_REQUESTS)
+        self.auth_tokens: OrderedDict[str, AuthGrant] = OrderedDict()
+        self.live_release = asyncio.Event()
         # Uploaded files and cached contents, by resource name ("files/...",
         # "cachedContents/..."); deleted caches stay, marked, as the tests' ledger.
         self.files: OrderedDict[str, EmulatedFile] = OrderedDict()

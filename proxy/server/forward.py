@@ -200,6 +200,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
+    if _mints_unmetered_access(call.route, request.app[settings_key].auth_mode):
+        # Only the canonical route (server.live.auth_tokens_handler) mints, with a handle
+        # of the proxy's own in place of the token; no other spelling reaches Google.
+        raise PermissionDenied(
+            "Gemini Meter mints ephemeral tokens only at POST /v1alpha/auth_tokens."
+        )
     _check_journal(request, call.route)
     if call.principal is not None:
         await _reserve(request, call)
@@ -300,11 +306,6 @@ async def admit(request: web.Request, started: float) -> _Call:
         return _Call(route=route, principal=None, started=started, uploader=uploader)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
-    if _mints_unmetered_access(route, app[settings_key].auth_mode):
-        raise PermissionDenied(
-            "Gemini Meter does not mint ephemeral tokens: a Live API session opened with one "
-            "would spend the shared upstream key past the meter."
-        )
     if route.metered and (masking := masking_parameter(request.headers, request.query)):
         raise InvalidArgument(
             f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
@@ -569,15 +570,17 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise _too_large(limit) from exc
 
 
-def _upstream_url(base: str, raw_path: str, drop_key: bool) -> URL:
+def _upstream_url(
+    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
+) -> URL:
     """The upstream URL: the raw path and query as the client sent them.
 
-    The query is kept byte for byte (no re-encoding), except that a ``key``
-    parameter is removed when the proxy supplies the upstream key itself.
+    The query is kept byte for byte (no re-encoding), except that the ``drop``
+    parameters (a ``key``) are removed when the proxy supplies the credential itself.
     """
     path, sep, query = raw_path.partition("?")
     if sep and drop_key:
-        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in _KEY_PARAMS]
+        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in drop]
         query = "&".join(kept)
         sep = "?" if query else ""
     return URL(base + path + sep + query, encoded=True)

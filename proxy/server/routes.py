@@ -268,9 +268,11 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
         rf"^/upload/{_VERSION}/fileSearchStores/{_ID}:uploadToFileSearchStore$",
     ),
     # Free itself, but the token opens a Live API session at Google directly, past this
-    # proxy: refused in virtual_keys mode (it would spend the upstream key unmetered);
-    # in passthrough mode the client's own key pays and the record says who minted it.
-    _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens$"),
+    # proxy: in virtual_keys mode only server.live mints (a handle in place of the token,
+    # at the canonical path) and every other spelling is refused; in passthrough mode the
+    # client's own key pays and the record says who minted it.
+    # (A trailing slash too: it must not fall through to a free route that is forwarded.)
+    _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens/?$"),
     # The OpenAI-compatible surface but chat completions and embeddings (metered).
     _unmetered(
         EndpointKind.OPENAI_IMAGES, "POST", rf"{_V}/openai/images/generations$", model_in_body=True
