@@ -19,13 +19,16 @@ Modules, by concern:
 - ``triggers``: request headers that make it delay, fail or misreport;
 - ``interactions``: the Interactions API and its event streams;
 - ``generate``: generateContent, its streams, countTokens;
-- ``files``: uploads, plain and resumable;
+- ``files``: uploads (plain and resumable), get, list, delete, download;
+- ``caches``: explicit context caching (``cachedContents``);
 - ``usage``: deterministic token accounting and its wire shapes;
 - ``replies``: what the emulated model says (code, primes, thinking);
 - ``wire``: errors, JSON, headers shared by every endpoint.
 """
 
 from .app import create_emulator_app, run_emulator
+from .caches import EmulatedCache
+from .files import EmulatedFile
 from .interactions import EmulatedInteraction
 from .replies import THOUGHT_TOKENS
 from .state import (
@@ -46,6 +49,8 @@ __all__ = [
     "MAX_STORED_INTERACTIONS",
     "THOUGHT_TOKENS",
     "VIDEO_TOKENS",
+    "EmulatedCache",
+    "EmulatedFile",
     "EmulatedInteraction",
     "EmulatorConfig",
     "EmulatorState",
