@@ -21,7 +21,7 @@ import itertools
 import json
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -347,6 +347,9 @@ class RecordingUpstream:
 
     server: TestServer
     received: list[Received] = field(default_factory=list)
+    # names it handed out, every user's alike (as behind one shared key): lists show all
+    caches: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -358,6 +361,44 @@ class RecordingUpstream:
 
 RECORDED_USAGE = {"total_input_tokens": 11, "total_output_tokens": 7, "total_tokens": 18}
 RECORDED_UPLOAD_ID = "upload-secret-"
+
+
+RECORDED_CACHE_TOKENS = 2000
+RECORDED_CACHE_TIMES = {
+    "createTime": "2026-11-24T12:00:00.000000Z",
+    "updateTime": "2026-11-24T12:00:00.000000Z",
+    "expireTime": "2099-01-01T00:00:00.000000000Z",
+}
+
+
+def _recorded_owned(
+    request: web.Request, path: str, body: bytes, ids: Iterator[int]
+) -> web.Response | None:
+    """Just enough of cachedContents and the files lists for ownership tests."""
+    upstream: RecordingUpstream = request.app[_recording_key]
+    if path.endswith("/cachedContents") and request.method == "POST":
+        name = f"cachedContents/rec{next(ids)}"
+        upstream.caches.append(name)
+        sent = json.loads(body or b"{}")
+        return web.json_response(
+            {
+                "name": name,
+                "model": sent.get("model", "models/gemini-2.5-flash"),
+                **RECORDED_CACHE_TIMES,
+                "displayName": "",
+                "usageMetadata": {"totalTokenCount": RECORDED_CACHE_TOKENS},
+            }
+        )
+    if path.endswith("/cachedContents") and request.method == "GET":
+        return web.json_response(
+            {"cachedContents": [{"name": n, **RECORDED_CACHE_TIMES} for n in upstream.caches]}
+        )
+    if path.endswith("/files") and request.method == "GET":
+        return web.json_response({"files": [{"name": n} for n in upstream.files]})
+    return None
+
+
+_recording_key: web.AppKey[RecordingUpstream] = web.AppKey("recording", RecordingUpstream)
 
 
 def _recording_app(upstream: RecordingUpstream) -> web.Application:
@@ -374,6 +415,9 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
             )
         )
         path = request.path
+        owned = _recorded_owned(request, path, body, ids)
+        if owned is not None:
+            return owned
         if path.startswith("/upload/") and "upload_id" not in request.query:
             upload_id = f"{RECORDED_UPLOAD_ID}{next(ids)}"
             return web.json_response(
@@ -385,7 +429,9 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                 },
             )
         if path.startswith("/upload/"):
-            return web.json_response({"file": {"sizeBytes": str(len(body))}})
+            name = f"files/rec{next(ids)}"
+            upstream.files.append(name)
+            return web.json_response({"file": {"name": name, "sizeBytes": str(len(body))}})
         if path.endswith("/interactions") and request.method == "POST":
             interaction = {
                 "id": f"int-rec-{next(ids)}",
@@ -434,6 +480,7 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
         return web.json_response({"ok": True})
 
     app = web.Application(client_max_size=1 << 30)
+    app[_recording_key] = upstream
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

@@ -33,12 +33,9 @@ from google.genai import errors, types
 from prometheus_client import CollectorRegistry
 
 from proxy.emulator import EmulatorConfig
-from proxy.errors import NotFound
 from proxy.server.app import create_app
 from proxy.server.keys import fingerprint
-from proxy.server.typedefs import authenticator_key, budgets_key, sessionmaker_key
-from proxy.storage import accounts
-from proxy.storage.schema import ResourceKind
+from proxy.server.typedefs import budgets_key
 from tests.factories import (
     Stack,
     StackFactory,
@@ -70,17 +67,6 @@ async def wait_done(client: genai.Client, name: str) -> types.BatchJob:
             return job
         await asyncio.sleep(BATCH_SECONDS / 5)
     raise AssertionError("the batch never finished")
-
-
-async def own_file(stack: Stack, name: str, user: str) -> None:
-    """Own an uploaded file by ``user``, as the files half of issue 9 does on upload."""
-    auth = stack.app[authenticator_key]
-    async with stack.app[sessionmaker_key]() as session:
-        principal = await accounts.principal_for_user(session, user)
-    try:
-        await auth.check_resource(ResourceKind.FILE, name, principal)
-    except NotFound:
-        await auth.commit_resource(ResourceKind.FILE, name, principal)
 
 
 def ledger_usage(stack: Stack, batch: str) -> dict[int, dict[str, Any] | None]:
@@ -172,7 +158,6 @@ async def test_file_results_metered_while_the_download_streams(make_stack: Stack
         file=io.BytesIO(jsonl), config={"mime_type": "jsonl", "display_name": "in"}
     )
     assert uploaded.name is not None
-    await own_file(stack, uploaded.name, "bob")
     job = await client.aio.batches.create(model=MODEL, src=uploaded.name)
     assert job.name is not None
     done = await wait_done(client, job.name)
@@ -273,7 +258,6 @@ async def test_a_client_leaving_mid_download_still_meters_every_line(make_stack:
     ).encode()
     uploaded = await client.aio.files.upload(file=io.BytesIO(jsonl), config={"mime_type": "jsonl"})
     assert uploaded.name is not None
-    await own_file(stack, uploaded.name, "bob")
     job = await client.aio.batches.create(model=MODEL, src=uploaded.name)
     assert job.name is not None
     done = await wait_done(client, job.name)

@@ -20,7 +20,8 @@ Modules, by concern:
 - ``interactions``: the Interactions API and its event streams;
 - ``generate``: generateContent, its streams, countTokens;
 - ``batches``: the Batch API and its responses files;
-- ``files``: uploads, plain and resumable;
+- ``files``: uploads (plain and resumable), get, list, delete, download;
+- ``caches``: explicit context caching (``cachedContents``);
 - ``usage``: deterministic token accounting and its wire shapes;
 - ``replies``: what the emulated model says (code, primes, thinking);
 - ``wire``: errors, JSON, headers shared by every endpoint.
@@ -28,6 +29,8 @@ Modules, by concern:
 
 from .app import create_emulator_app, run_emulator
 from .batches import EmulatedBatch, ServedResult
+from .caches import EmulatedCache
+from .files import EmulatedFile
 from .interactions import EmulatedInteraction
 from .replies import THOUGHT_TOKENS
 from .state import (
@@ -49,6 +52,8 @@ __all__ = [
     "THOUGHT_TOKENS",
     "VIDEO_TOKENS",
     "EmulatedBatch",
+    "EmulatedCache",
+    "EmulatedFile",
     "EmulatedInteraction",
     "EmulatorConfig",
     "EmulatorState",

@@ -1,11 +1,11 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings``, ``openai``, ``batches`` and ``files`` behind ``_emulate``, the middleware
-every request passes: it records the request in ``EmulatorState.requests``, authenticates it
-(a non-empty ``x-goog-api-key``, ``?key=`` or ``Authorization: Bearer``, or a known upload
-session), applies the delay and failure triggers of ``triggers`` and maps every error to
-Gemini's JSON shape. ``run_emulator`` serves it for ``gemini-meter emulate``.
+``embeddings``, ``openai``, ``batches``, ``files`` and ``caches`` behind ``_emulate``, the
+middleware every request passes: it records the request in ``EmulatorState.requests``,
+authenticates it (a non-empty ``x-goog-api-key``, ``?key=`` or ``Authorization: Bearer``,
+or a known upload session), applies the delay and failure triggers of ``triggers`` and maps
+every error to Gemini's JSON shape. ``run_emulator`` serves it for ``gemini-meter emulate``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .batches import add_batch_routes, requested_outcome
+from .caches import add_cache_routes
 from .embeddings import add_embedding_routes
-from .files import upload_file
+from .files import add_file_routes
 from .generate import count_tokens, generate_content, stream_generate
 from .interactions import (
     cancel_interaction,
@@ -74,7 +75,8 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     add_embedding_routes(app.router, version, model, MEDIA_TOKENS)
     add_batch_routes(app.router, version, model)
     add_openai_routes(app, version)
-    app.router.add_post(f"/upload/{version}/files", upload_file)
+    add_file_routes(app.router, version)
+    add_cache_routes(app.router, version)
     app.router.add_post(f"/{version}/auth_tokens", create_auth_token)
     app.router.add_get("/ws/{service}", live_session)
     return app

@@ -38,7 +38,8 @@ with a Chinese walkthrough of the API; both read 2026-11-29):
 - ``GET /{v}/batches`` lists Operations: ``{"operations": [...], "nextPageToken"}``
   (``pageSize``, ``pageToken``). ``POST /{v}/batches/{id}:cancel`` and ``DELETE
   /{v}/batches/{id}`` answer ``{}`` (google.protobuf.Empty).
-- The responses file downloads with ``GET /download/{v}/files/{id}:download?alt=media``
+- The responses file is a File (``source: GENERATED``, kept with the other files once a
+  done batch names it) and downloads with ``GET /download/{v}/files/{id}:download?alt=media``
   (the guide's REST example) or ``GET /{v}/files/{id}:download?alt=media`` (what the SDK's
   ``files.download`` requests): JSONL, one line per request in request order,
   ``{"key", "response"}`` or ``{"key", "error"}`` (the line shape inspect_ai's
@@ -68,6 +69,7 @@ from typing import Final, Literal
 
 from aiohttp import web
 
+from . import files
 from .embeddings import embed_one
 from .generate import plan_generate, whole_response
 from .state import EmulatorState, emulator_state_key
@@ -248,7 +250,7 @@ def _inline_items(
 def _file_items(state: EmulatorState, kind: Kind, model: str, file_name: str) -> list[BatchItem]:
     data = state.file_data.get(file_name)
     if data is None:
-        raise ApiError(404, f"File {file_name} was not found.")
+        raise files.missing_file(file_name.removeprefix("files/"))
     items = []
     for raw in data.splitlines():
         if not raw.strip():
@@ -337,10 +339,28 @@ def _stats(batch: EmulatedBatch, now: float) -> Json:
 
 def _output(state: EmulatorState, batch: EmulatedBatch, via: Literal["get", "list"]) -> Json:
     if batch.responses_file is not None:
+        if batch.responses_file not in state.files:
+            state.store_file(_responses_file(batch, batch.responses_file))
         return {"responsesFile": batch.responses_file}
     for index, item in enumerate(batch.items):
         state.batch_ledger.append(_served(batch, index, item, via))
     return {"inlinedResponses": {"inlinedResponses": [item.wire() for item in batch.items]}}
+
+
+def _responses_file(batch: EmulatedBatch, name: str) -> files.EmulatedFile:
+    """The File a done batch wrote its results to (its bytes are served by ``download_file``
+    as they are written, so ``data`` stays None)."""
+    ended = timestamp(batch.end_time())
+    resource: Json = {
+        "name": name,
+        "mimeType": "application/jsonl",
+        "sizeBytes": str(sum(len(item.line()) for item in batch.items)),
+        "createTime": ended,
+        "updateTime": ended,
+        "state": "ACTIVE",
+        "source": "GENERATED",
+    }
+    return files.EmulatedFile(name, resource)
 
 
 def _served(
@@ -433,14 +453,14 @@ async def delete_batch(request: web.Request) -> web.StreamResponse:
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:
-    """A batch's responses file, written line by line (no other file has bytes to serve)."""
-    if request.query.get("alt") != "media":
-        raise ApiError(400, "Downloading a file needs alt=media.")
+    """A batch's responses file, written line by line; any other file as ``files`` serves it."""
     state = request.app[emulator_state_key]
     name = f"files/{request.match_info['file_id']}"
     batch = state.batches.get(state.responses_files.get(name, ""))
     if batch is None or not batch.succeeded(time.monotonic()):
-        raise ApiError(404, "Requested entity was not found.")
+        return await files.download_file(request)
+    if request.query.get("alt") != "media":
+        raise ApiError(400, "Download requires alt=media.")
     response = await start_stream(request, "application/octet-stream", DEFAULT_TIER)
     delay = chunk_delay(request)
     for index, item in enumerate(batch.items):

@@ -2,8 +2,8 @@
 
 Everything lives in memory on ``app[emulator_state_key]``: interactions by id
 (the newest ``MAX_STORED_INTERACTIONS``), the last ``MAX_SEEN_REQUESTS``
-requests as they arrived (what a test checks the proxy relayed), and open
-resumable uploads.
+requests as they arrived (what a test checks the proxy relayed), open
+resumable uploads, and the files and cached contents created.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from .wire import ApiError
 
 if TYPE_CHECKING:
     from .batches import EmulatedBatch, ServedResult
-    from .files import UploadSession
+    from .caches import EmulatedCache
+    from .files import EmulatedFile, UploadSession
     from .generate import GenerateHop
     from .interactions import EmulatedInteraction
     from .live import AuthGrant, LiveLedger
@@ -39,6 +40,10 @@ MAX_UPLOAD_SESSIONS: Final = 1_000
 # and only the newest MAX_KEPT_FILES files' bytes.
 MAX_KEPT_FILE_BYTES: Final = 16 * 1024**2
 MAX_KEPT_FILES: Final = 100
+
+
+# Files and caches kept (the oldest forgotten first), so a benchmark runs in bounded memory.
+MAX_STORED_RESOURCES: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,20 @@ class EmulatorState:
         self.live_sessions: deque[LiveLedger] = deque(maxlen=MAX_SEEN_REQUESTS)
         self.auth_tokens: OrderedDict[str, AuthGrant] = OrderedDict()
         self.live_release = asyncio.Event()
+        # Uploaded files and cached contents, by resource name ("files/...",
+        # "cachedContents/..."); deleted caches stay, marked, as the tests' ledger.
+        self.files: OrderedDict[str, EmulatedFile] = OrderedDict()
+        self.caches: OrderedDict[str, EmulatedCache] = OrderedDict()
+
+    def store_file(self, file: EmulatedFile) -> None:
+        self.files[file.name] = file
+        while len(self.files) > MAX_STORED_RESOURCES:
+            self.files.popitem(last=False)
+
+    def store_cache(self, cache: EmulatedCache) -> None:
+        self.caches[cache.name] = cache
+        while len(self.caches) > MAX_STORED_RESOURCES:
+            self.caches.popitem(last=False)
 
     def store(self, interaction: EmulatedInteraction) -> None:
         self.interactions[interaction.id] = interaction

@@ -4,8 +4,10 @@
 or ``FILE_DOWNLOAD`` action:
 
 - at admission, ``check_batch_call`` checks the owner of the batch a path names (404 for
-  anyone else, never forwarded), of the input file a create names, and of a file whose
-  bytes are downloaded;
+  anyone else, never forwarded) and of the input file a create names (the references
+  walker checks it too, with every other file and cache a body names);
+  ``download_owned`` reads the state of a responses file whose download admission
+  checked like any file's;
 - ``answer`` reads the whole JSON answer of a create (whose batch it registers as owned
   by the caller before the name reaches the client), of a get (whose inline results it
   records) and of a list (which it filters to the caller's own batches, recording their
@@ -56,7 +58,9 @@ from ..metering.batches import (
 )
 from ..metering.records import EndpointKind, Principal, Usage, UsageRecord
 from ..settings import AuthMode
+from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
+from .auth import Authenticator
 from .routes import Action, Route
 from .typedefs import authenticator_key, batch_meter_key, recorder_key
 
@@ -175,18 +179,25 @@ async def check_batch_call(
         return None
     if route.resource is None:
         return None
-    kind = ResourceKind.FILE if action is Action.FILE_DOWNLOAD else ResourceKind.BATCH
-    owned = await auth.check_resource(kind, route.resource, principal)
+    owned = await auth.check_resource(ResourceKind.BATCH, route.resource, principal)
     if owned is None:
         return Owned(owner=None, model=None, state={})
-    state = dict(owned.state or {})
-    if kind is ResourceKind.FILE and "batch" in state and not state.get(_RECORDED):
-        # A responses file about to be metered: whether another replica already did is
-        # in the row, not in this process's cached copy (downloads are few).
-        found = await auth.resource(kind, route.resource, fresh=True)
-        if found is not None:
-            state = dict(found.state or {})
-    return Owned(owner=owned.owner, model=owned.model, state=state)
+    return Owned(owner=owned.owner, model=owned.model, state=dict(owned.state or {}))
+
+
+async def download_owned(auth: Authenticator, route: Route, found: OwnedResource | None) -> Owned:
+    """What a file download needs to be metered, once admission checked its owner
+    (``found``, None in passthrough mode): for a batch's responses file not yet recorded,
+    its state read afresh, since another replica may have recorded it (downloads are few).
+    """
+    if found is None:
+        return Owned(owner=None, model=None, state={})
+    state = dict(found.state or {})
+    if route.resource is not None and "batch" in state and not state.get(_RECORDED):
+        fresh = await auth.resource(ResourceKind.FILE, route.resource, fresh=True)
+        if fresh is not None:
+            state = dict(fresh.state or {})
+    return Owned(owner=found.owner, model=found.model, state=state)
 
 
 @dataclass(slots=True)

@@ -10,6 +10,11 @@ does not understand yet (docs/metering.md lists them with what is recorded):
 a call on one is relayed untouched and still recorded, with zero tokens and
 ``unmetered_route`` set, so totals never silently omit it.
 
+Cached contents and files are owned resources (``storage.schema.ResourceKind``): every
+method on one names it (``Route.resource``, canonical: ``cachedContents/{id}``,
+``files/{id}``) for the owner check, a list is filtered to the caller's own, and a
+method the proxy does not know on one is refused (``RESOURCE_UNKNOWN``), never forwarded.
+
 It also holds the pure checks ``server.forward.admit`` refuses by, each of them
 closing a way to make the proxy check one request while the upstream serves
 another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
@@ -31,6 +36,7 @@ from enum import Enum, auto
 from multidict import MultiMapping
 
 from ..metering.records import EndpointKind
+from ..storage.schema import ResourceKind
 
 FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/", "/download/")
 # Google serves media downloads under "/download" (a batch's responses file: the Batch
@@ -64,8 +70,15 @@ _BATCH_CREATE = re.compile(
 # path is checked against its owner whatever follows its id.
 _BATCHES = re.compile(rf"{_PREFIX}/batches(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
 _BATCH_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
-# A file's bytes (``files.download``); a trailing slash reads the same.
-_FILE_DOWNLOAD = re.compile(rf"{_PREFIX}/files/(?P<id>[^/:]+):download/?$", re.IGNORECASE)
+_COUNT_TOKENS = re.compile(rf"{_PREFIX}/{_MODEL}:countTokens$", re.IGNORECASE)
+# The collections of owned resources, under every prefix Google's front end serves them
+# (files are downloaded under "/download" too): whatever follows the collection is
+# classified below, so no spelling reaches one unchecked.
+_CACHES = re.compile(rf"{_PREFIX}/cachedContents(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
+_FILES = re.compile(
+    rf"^(?:/upload|/download)?/{_VERSION}/files(?:$|(?P<rest>[/:].*))", re.IGNORECASE
+)
+_RESOURCE_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
 # Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash and the
 # "/upload" prefix are read as the same route, so the spelling cannot move a call off the meter.
 _OPENAI = re.compile(rf"{_PREFIX}/openai/(?P<method>chat/completions|embeddings)/?$", re.IGNORECASE)
@@ -97,10 +110,24 @@ class Action(Enum):
     BATCH_UPDATE = auto()
     # a method or sub-path on a batch the proxy does not know: refused, never forwarded
     BATCH_UNKNOWN = auto()
-    FILE_DOWNLOAD = auto()
     OPENAI_CHAT = auto()  # /openai/chat/completions
     OPENAI_EMBED = auto()  # /openai/embeddings
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
+    COUNT_TOKENS = auto()  # free, but its body may name a cache or a file
+    CACHE_CREATE = auto()
+    CACHE_GET = auto()
+    CACHE_LIST = auto()
+    CACHE_UPDATE = auto()
+    CACHE_DELETE = auto()
+    # a plain or resumable upload (every leg), files.create and files:register: the
+    # files the response names become the uploader's
+    FILE_UPLOAD = auto()
+    FILE_GET = auto()
+    FILE_LIST = auto()
+    FILE_DELETE = auto()
+    FILE_DOWNLOAD = auto()
+    # a method on a cache or a file the proxy does not know: refused, never forwarded
+    RESOURCE_UNKNOWN = auto()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +137,29 @@ class Route:
     model: str | None = None
     # Action.UNMETERED only: which row of UNMETERED_ROUTES matched
     unmetered: UnmeteredRoute | None = None
-    # the owned resource the path names: ``batches/{id}``, ``files/{id}``
+    # the owned resource the path names (a batch's, a cache's or a file's methods),
+    # canonical
     resource: str | None = None
+
+    @property
+    def resource_kind(self) -> ResourceKind | None:
+        return _RESOURCE_KINDS.get(self.action)
+
+    @property
+    def lists(self) -> ResourceKind | None:
+        """The kind of owned resource a list method answers (filtered to the caller's)."""
+        return _LISTS.get(self.action)
+
+    @property
+    def owns_response(self) -> bool:
+        """The response names owned resources: the proxy reads it whole before relaying it
+        (to own what it creates, bill a cache's storage, or filter a list)."""
+        return self.action in _OWNED_RESPONSES
+
+    @property
+    def reads_response(self) -> bool:
+        """The proxy reads the response (so asks the upstream for encodings it can undo)."""
+        return self.metered or self.owns_response
 
     @property
     def metered(self) -> bool:
@@ -132,13 +180,56 @@ _ENDPOINTS = {
     # Metered for the results they may carry: one record per result, none for the call.
     Action.BATCH_GET: EndpointKind.BATCH_RESULT,
     Action.BATCH_LIST: EndpointKind.BATCH_RESULT,
+    # a batch's responses file: one record per line (other files' bytes are not metered)
     Action.FILE_DOWNLOAD: EndpointKind.BATCH_RESULT,
+    # storage: charged at create, adjusted on a TTL change and refunded on delete
+    Action.CACHE_CREATE: EndpointKind.CACHED_CONTENT_CREATE,
+    Action.CACHE_UPDATE: EndpointKind.CACHED_CONTENT_UPDATE,
+    Action.CACHE_DELETE: EndpointKind.CACHED_CONTENT_DELETE,
     Action.OPENAI_CHAT: EndpointKind.OPENAI_CHAT_COMPLETIONS,
     Action.OPENAI_EMBED: EndpointKind.OPENAI_EMBEDDINGS,
 }
+_RESOURCE_KINDS = {
+    Action.CACHE_GET: ResourceKind.CACHED_CONTENT,
+    Action.CACHE_UPDATE: ResourceKind.CACHED_CONTENT,
+    Action.CACHE_DELETE: ResourceKind.CACHED_CONTENT,
+    Action.FILE_GET: ResourceKind.FILE,
+    Action.FILE_DELETE: ResourceKind.FILE,
+    Action.FILE_DOWNLOAD: ResourceKind.FILE,
+}
+_LISTS = {Action.CACHE_LIST: ResourceKind.CACHED_CONTENT, Action.FILE_LIST: ResourceKind.FILE}
+_OWNED_RESPONSES = frozenset(
+    {
+        Action.CACHE_CREATE,
+        Action.CACHE_UPDATE,
+        Action.CACHE_DELETE,
+        Action.CACHE_LIST,
+        Action.FILE_UPLOAD,
+        Action.FILE_LIST,
+    }
+)
 
 FORWARD = Route(Action.FORWARD)
 _UNKNOWN = Route(Action.INTERACTION_UNKNOWN)
+_UNKNOWN_RESOURCE = Route(Action.RESOURCE_UNKNOWN)
+
+# (method, what follows the collection) -> action, and (method, what follows the id)
+_ON_CACHES = {("POST", ""): Action.CACHE_CREATE, ("GET", ""): Action.CACHE_LIST}
+_ON_CACHE = {
+    ("GET", ""): Action.CACHE_GET,
+    ("PATCH", ""): Action.CACHE_UPDATE,
+    ("DELETE", ""): Action.CACHE_DELETE,
+}
+_ON_FILES = {
+    ("POST", ""): Action.FILE_UPLOAD,
+    ("GET", ""): Action.FILE_LIST,
+    ("POST", ":register"): Action.FILE_UPLOAD,
+}
+_ON_FILE = {
+    ("GET", ""): Action.FILE_GET,
+    ("DELETE", ""): Action.FILE_DELETE,
+    ("GET", ":download"): Action.FILE_DOWNLOAD,
+}
 
 # (method, what follows the id) -> action; anything else on an interaction is unknown.
 _ON_INTERACTION = {
@@ -193,16 +284,11 @@ def _unmetered(
 
 _V = rf"^/{_VERSION}"
 _ID = r"[^/:]+"
-# First match wins. Free routes (files, countTokens, models, cachedContents get/list/delete)
-# are not here: they cost nothing; nor the Batch API, whose results are metered
-# (``Action.BATCH_*``). docs/metering.md lists every route with what the meter records for
-# it; keep the two in step.
+# First match wins. Free routes (countTokens, models) are not here: they cost nothing;
+# nor are cachedContents and files, metered and owned above, nor the Batch API, whose
+# results are metered (``Action.BATCH_*``). docs/metering.md lists every route with what
+# the meter records for it; keep the two in step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
-    # Explicit caching: the cached tokens on creation, storage per hour while it lives.
-    _unmetered(
-        EndpointKind.CACHED_CONTENT_CREATE, "POST", rf"{_V}/cachedContents$", model_in_body=True
-    ),
-    _unmetered(EndpointKind.CACHED_CONTENT_UPDATE, "PATCH", rf"{_V}/cachedContents/{_ID}$"),
     # Imagen (per image) and Veo (per second of video).
     _unmetered(EndpointKind.PREDICT, "POST", rf"{_V}/{_MODEL}:predict$"),
     _unmetered(EndpointKind.PREDICT_LONG_RUNNING, "POST", rf"{_V}/{_MODEL}:predictLongRunning$"),
@@ -280,6 +366,13 @@ def classify(method: str, path: str) -> Route:
         if e is not None:
             embed = e.group("method").lower() == "embedcontent"
             return Route(Action.EMBED if embed else Action.BATCH_EMBED, model=e.group("model"))
+    if method == "POST" and "counttokens" in path.lower():
+        c = _COUNT_TOKENS.match(path)
+        if c is not None:
+            return Route(Action.COUNT_TOKENS, model=c.group("model"))
+    owned = _classify_owned(method, path)
+    if owned is not None:
+        return owned
     if method == "POST" and "openai" in path.lower():
         o = _OPENAI.match(path)
         if o is not None:
@@ -289,9 +382,8 @@ def classify(method: str, path: str) -> Route:
 
 
 def _classify_batches(method: str, path: str) -> Route | None:
-    """The Batch API's routes, and the download of a file (a batch's responses)."""
-    lowered = path.lower()
-    if "batch" in lowered:
+    """The Batch API's routes (a responses file's download is a file's: ``_ON_FILE``)."""
+    if "batch" in path.lower():
         if method == "POST" and (c := _BATCH_CREATE.match(path)) is not None:
             embed = c.group("method").lower() == "asyncbatchembedcontent"
             action = Action.BATCH_EMBED_CREATE if embed else Action.BATCH_CREATE
@@ -307,10 +399,30 @@ def _classify_batches(method: str, path: str) -> Route | None:
                 return _BATCH_UNKNOWN
             action = _ON_BATCH.get((method, i.group("suffix").lower()), Action.BATCH_UNKNOWN)
             return Route(action, resource=f"batches/{i.group('id')}")
-    if method == "GET" and ":download" in lowered:
-        d = _FILE_DOWNLOAD.match(path)
-        if d is not None:
-            return Route(Action.FILE_DOWNLOAD, resource=f"files/{d.group('id')}")
+    return None
+
+
+def _classify_owned(method: str, path: str) -> Route | None:
+    """A method on the cachedContents or files collection, or on one of their items."""
+    for pattern, prefix, on_collection, on_item in (
+        (_CACHES, "cachedContents", _ON_CACHES, _ON_CACHE),
+        (_FILES, "files", _ON_FILES, _ON_FILE),
+    ):
+        m = pattern.match(path)
+        if m is None:
+            continue
+        rest = m.group("rest") or ""
+        if rest in ("", "/") or rest.startswith(":"):
+            action = on_collection.get((method, rest.rstrip("/").lower()))
+            return Route(action) if action is not None else _UNKNOWN_RESOURCE
+        i = _RESOURCE_ID.match(rest)
+        if i is None:
+            return _UNKNOWN_RESOURCE
+        suffix = i.group("suffix").lower()
+        action = on_item.get((method, "" if suffix == "/" else suffix))
+        if action is None:
+            return _UNKNOWN_RESOURCE
+        return Route(action, resource=f"{prefix}/{i.group('id')}")
     return None
 
 

@@ -237,14 +237,14 @@ async def test_bad_requests(http: aiohttp.ClientSession, server: TestServer) -> 
     status, body = await call(
         http, server, "POST", path, {"batch": {"inputConfig": {"fileName": "files/nope"}}}
     )
-    assert status == 404
+    assert status == 403  # a missing file, as the Files API answers one
     async with http.post(
         server.make_url(path), json={}, headers={**KEY, "x-emulator-batch-outcome": "maybe"}
     ) as r:
         assert r.status == 400
         assert "x-emulator-batch-outcome" in (await r.json())["error"]["message"]
     status, body = await call(http, server, "GET", "/v1beta/files/batch-x:download?alt=media")
-    assert status == 404
+    assert status == 403
 
 
 async def test_embeddings_batch(client: genai.Client, server: TestServer) -> None:

@@ -224,7 +224,6 @@ async def test_an_input_file_the_proxy_cannot_read_is_refused(
         "/download/v1/{file}:download?alt=media",
         "/v1beta/{file}:DOWNLOAD?alt=media",
         "/v1beta/FILES/{fid}:download?alt=media",
-        "/v1beta/{file}:download/?alt=media",
         "/v1beta/{file}:download",
     ],
 )
