@@ -208,7 +208,6 @@ class Call:
     principal: Principal
     owned: Owned | None
     started: float
-    ttfb: float | None
 
 
 def result_record(
@@ -224,8 +223,10 @@ def result_record(
         endpoint=EndpointKind.BATCH_RESULT,
         streamed=call.route.action is Action.FILE_DOWNLOAD,
         upstream_status=result.status,
+        # The read that carried the result, up to the result: a result has no first byte
+        # of its own, so no ttfb (and no time-to-first-byte observation per result).
         latency_seconds=time.perf_counter() - call.started,
-        ttfb_seconds=call.ttfb,
+        ttfb_seconds=None,
         response_id=summary.response_id,
         requested_service_tier=BATCH_TIER,
         effective_service_tier=BATCH_TIER,

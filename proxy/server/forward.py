@@ -804,7 +804,7 @@ async def _read_whole(upstream: aiohttp.ClientResponse, call: _Call) -> tuple[by
 
 def _batch_call(call: _Call) -> batches.Call:
     assert call.principal is not None  # batch routes are always keyed
-    return batches.Call(call.route, call.principal, call.owned, call.started, call.ttfb)
+    return batches.Call(call.route, call.principal, call.owned, call.started)
 
 
 async def _relay_batch(
