@@ -20,6 +20,7 @@ Modules, by concern:
 - ``interactions``: the Interactions API and its event streams;
 - ``generate``: generateContent, its streams, countTokens;
 - ``files``: uploads, plain and resumable;
+- ``media``: Imagen ``predict``, Veo ``predictLongRunning``, its operations and videos;
 - ``usage``: deterministic token accounting and its wire shapes;
 - ``replies``: what the emulated model says (code, primes, thinking);
 - ``wire``: errors, JSON, headers shared by every endpoint.
@@ -33,7 +34,10 @@ from .state import (
     MAX_STORED_INTERACTIONS,
     EmulatorConfig,
     EmulatorState,
+    ImagesServed,
+    MediaLedger,
     SeenRequest,
+    VideoOperation,
     emulator_state_key,
 )
 from .usage import AUDIO_TOKENS, DOCUMENT_TOKENS, IMAGE_TOKENS, VIDEO_TOKENS
@@ -49,7 +53,10 @@ __all__ = [
     "EmulatedInteraction",
     "EmulatorConfig",
     "EmulatorState",
+    "ImagesServed",
+    "MediaLedger",
     "SeenRequest",
+    "VideoOperation",
     "create_emulator_app",
     "emulator_state_key",
     "run_emulator",

@@ -1,7 +1,7 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings`` and ``files`` behind ``_emulate``, the middleware every request passes: it
+``embeddings``, ``files`` and ``media`` behind ``_emulate``, the middleware every request passes: it
 records the request in ``EmulatorState.requests``, authenticates it (a
 non-empty ``x-goog-api-key`` or ``?key=``, or a known upload session), applies
 the delay and failure triggers of ``triggers`` and maps every error to
@@ -28,6 +28,7 @@ from .interactions import (
     delete_interaction,
     get_interaction,
 )
+from .media import add_media_routes, operation_error
 from .state import EmulatorConfig, EmulatorState, SeenRequest, emulator_state_key
 from .triggers import (
     chunk_delay,
@@ -70,6 +71,7 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     app.router.add_post(f"/{version}/models/{model}:countTokens", count_tokens)
     add_embedding_routes(app.router, version, model, MEDIA_TOKENS)
     app.router.add_post(f"/upload/{version}/files", upload_file)
+    add_media_routes(app.router, version, model)
     return app
 
 
@@ -117,6 +119,7 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
         requested_usage_mode(request)
         cut_after(request)
         requested_continuations(request)
+        operation_error(request)
         await asyncio.sleep(state.config.latency_seconds if delay is None else delay)
         fail = request.headers.get("x-emulator-fail")
         if fail is not None:
