@@ -51,6 +51,18 @@ _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
 _EMBED = re.compile(
     rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
 )
+# Imagen and Veo. A Veo operation is named "models/{model}/operations/{id}"; every
+# method on it (and the collection itself) is classified, so none slips past its owner.
+_PREDICT = re.compile(rf"{_PREFIX}/{_MODEL}:(?P<method>predict|predictLongRunning)$", re.IGNORECASE)
+_MODEL_OPERATIONS = re.compile(
+    rf"{_PREFIX}/models/(?P<model>[^/:]+)/operations(?:$|/$|/(?P<id>[^/:]+)(?P<suffix>.*)$)",
+    re.IGNORECASE,
+)
+# A generated file's bytes (a Veo video): the SDK's files.download, and the "/download"
+# prefix Google's responses-file URIs use.
+_FILE_DOWNLOAD = re.compile(
+    rf"^(?:/upload|/download)?/{_VERSION}/files/(?P<id>[^/:]+):download$", re.IGNORECASE
+)
 
 
 class Action(Enum):
@@ -68,6 +80,15 @@ class Action(Enum):
     STREAM_GENERATE = auto()
     EMBED = auto()
     BATCH_EMBED = auto()
+    PREDICT = auto()  # Imagen: billed per image returned
+    PREDICT_LONG_RUNNING = auto()  # Veo: starts an operation, billed when it is done
+    OPERATION_GET = auto()  # a Veo operation's poll: its creator's only; bills it once done
+    # cancelling or deleting a Veo operation: its creator's only, nothing billed
+    OPERATION_OTHER = auto()
+    # listing a model's operations (it would show every user's behind the shared key),
+    # or a method the proxy does not know on one: refused, never forwarded
+    OPERATION_UNKNOWN = auto()
+    FILE_DOWNLOAD = auto()  # a generated file's bytes: its owner's only
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
 
 
@@ -78,6 +99,8 @@ class Route:
     model: str | None = None
     # Action.UNMETERED only: which row of UNMETERED_ROUTES matched
     unmetered: UnmeteredRoute | None = None
+    # the owned resource the path names, canonical ("models/m/operations/x", "files/x")
+    resource: str | None = None
 
     @property
     def metered(self) -> bool:
@@ -95,6 +118,10 @@ _ENDPOINTS = {
     Action.STREAM_GENERATE: EndpointKind.STREAM_GENERATE_CONTENT,
     Action.EMBED: EndpointKind.EMBED_CONTENT,
     Action.BATCH_EMBED: EndpointKind.BATCH_EMBED_CONTENTS,
+    Action.PREDICT: EndpointKind.PREDICT,
+    Action.PREDICT_LONG_RUNNING: EndpointKind.PREDICT_LONG_RUNNING,
+    # the poll that first sees a video operation done carries its bill
+    Action.OPERATION_GET: EndpointKind.PREDICT_LONG_RUNNING,
 }
 
 FORWARD = Route(Action.FORWARD)
@@ -154,11 +181,8 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
         EndpointKind.CACHED_CONTENT_CREATE, "POST", rf"{_V}/cachedContents$", model_in_body=True
     ),
     _unmetered(EndpointKind.CACHED_CONTENT_UPDATE, "PATCH", rf"{_V}/cachedContents/{_ID}$"),
-    # Imagen (per image) and Veo (per second of video).
-    _unmetered(EndpointKind.PREDICT, "POST", rf"{_V}/{_MODEL}:predict$"),
-    _unmetered(EndpointKind.PREDICT_LONG_RUNNING, "POST", rf"{_V}/{_MODEL}:predictLongRunning$"),
-    # Polls of long-running work started above (Veo videos, File Search imports).
-    _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/{_MODEL}/operations/{_ID}$"),
+    # Polls of other long-running work (File Search imports, tuning); Veo's operations
+    # under models/ are metered (see classify).
     _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$"),
     # File Search indexing bills the embeddings it computes.
     _unmetered(
@@ -236,7 +260,44 @@ def classify(method: str, path: str) -> Route:
         if e is not None:
             embed = e.group("method").lower() == "embedcontent"
             return Route(Action.EMBED if embed else Action.BATCH_EMBED, model=e.group("model"))
-    return _classify_unmetered(method, path) or FORWARD
+    return _classify_media(method, path) or _classify_unmetered(method, path) or FORWARD
+
+
+# (method, what follows the id) -> action on a Veo operation; anything else is refused.
+_ON_OPERATION = {
+    ("GET", ""): Action.OPERATION_GET,
+    ("GET", "/"): Action.OPERATION_GET,
+    ("DELETE", ""): Action.OPERATION_OTHER,
+    ("DELETE", "/"): Action.OPERATION_OTHER,
+    ("POST", ":cancel"): Action.OPERATION_OTHER,
+}
+
+
+def _classify_media(method: str, path: str) -> Route | None:
+    """Imagen, Veo, their operations and generated files; None for anything else."""
+    lowered = path.lower()
+    if method == "POST" and ":predict" in lowered:
+        p = _PREDICT.match(path)
+        if p is not None:
+            long_running = p.group("method").lower() == "predictlongrunning"
+            action = Action.PREDICT_LONG_RUNNING if long_running else Action.PREDICT
+            return Route(action, model=p.group("model"))
+    if "/operations" in lowered:
+        o = _MODEL_OPERATIONS.match(path)
+        if o is not None:
+            model = o.group("model")
+            if o.group("id") is None:
+                return Route(Action.OPERATION_UNKNOWN, model=model)
+            action = _ON_OPERATION.get((method, o.group("suffix").lower()), Action.OPERATION_UNKNOWN)
+            # The canonical name Google gives the operation; another spelling of the
+            # collections' names still names the same operation.
+            name = f"models/{model}/operations/{o.group('id')}"
+            return Route(action, model=model, resource=name)
+    if method == "GET" and lowered.endswith(":download"):
+        d = _FILE_DOWNLOAD.match(path)
+        if d is not None:
+            return Route(Action.FILE_DOWNLOAD, resource=f"files/{d.group('id')}")
+    return None
 
 
 # --- the edge: one canonical path, one effective method ------------------------------
