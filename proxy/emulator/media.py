@@ -75,13 +75,10 @@ DEFAULT_VIDEOS: Final = 1
 DEFAULT_VIDEO_SECONDS: Final = 8
 _MAX_SAMPLES: Final = 4
 _MAX_SECONDS: Final = 60
-_FILTER_REASON: Final = (
-    "Your current safety filter threshold filtered out the generated image. "
-    "You will not be charged for blocked images."
-)
+# Placeholders in the fields' places; Google's own wording varies by filter.
+_FILTER_REASON: Final = "The emulator's safety filter removed this image (x-emulator-filtered)."
 _VIDEO_FILTER_REASON: Final = (
-    "We encountered an issue with the audio for your prompt. "
-    "You will not be charged for blocked videos."
+    "The emulator's safety filter removed this video (x-emulator-filtered)."
 )
 _RESPONSE_TYPE: Final = (
     "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse"
