@@ -417,7 +417,16 @@ def assert_strict(value: Any, path: str = "$") -> None:
 
 CATALOG = load_catalog()
 AT = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-COST_PARTS = ("input", "cached", "intermediate", "output", "thinking", "grounding")
+COST_PARTS = (
+    "input",
+    "cached",
+    "intermediate",
+    "output",
+    "thinking",
+    "grounding",
+    "media",
+    "storage",
+)
 
 
 def metric_sum(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -54,6 +54,12 @@ class EndpointKind(StrEnum):
     OPENAI_EMBEDDINGS = "openai.embeddings"
     OPENAI_IMAGES = "openai.images"
     OPENAI_OTHER = "openai.other"
+    # One result of a Batch API job, billed at the batch rate to the batch's owner.
+    BATCH_RESULT = "batch.result"
+    # The storage refunded for a context cache deleted before it expired.
+    CACHED_CONTENT_DELETE = "cached_content.delete"
+    # One Live API (WebSocket) session.
+    LIVE_SESSION = "live.session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,12 @@ class Usage:
     output_by_modality: dict[str, int] = field(default_factory=dict)
     # grounding tool type (e.g. "google_search") -> number of uses
     grounding: dict[str, int] = field(default_factory=dict)
+    # Units billed other than by the token: images generated (Imagen, per image),
+    # seconds of video generated (Veo, per second, summed over the videos), and a
+    # context cache's storage as cached tokens x seconds (negative for a refund).
+    images: int = 0
+    video_seconds: int = 0
+    storage_token_seconds: int = 0
 
     @property
     def total_mismatch(self) -> bool:
@@ -113,6 +125,10 @@ class Cost:
     output: Decimal | None = None
     thinking: Decimal | None = None
     grounding: Decimal | None = None
+    # per image and per second of video
+    media: Decimal | None = None
+    # context-cache storage (negative for a refund)
+    storage: Decimal | None = None
     catalog_version: str | None = None
 
     @property
@@ -149,6 +165,9 @@ class UsageRecord:
     ttfb_seconds: float | None
     usage: Usage = field(default_factory=Usage)
     interaction_id: str | None = None
+    # The upstream resource the line belongs to (a batch, a context cache, a video
+    # operation, a Live session), when it is not an interaction.
+    resource: str | None = None
     response_id: str | None = None
     previous_interaction_id: str | None = None
     requested_service_tier: str | None = None

@@ -133,6 +133,9 @@ class ModelPrices:
     confirmed: bool
     unconfirmed: tuple[str, ...] = ()
     note: str = ""
+    # USD per image generated (Imagen) and per second of video generated (Veo)
+    per_image: Decimal | None = None
+    per_video_second: Decimal | None = None
 
     def rates_for(self, prompt_tokens: int) -> Rates:
         """The rates a request with a prompt of ``prompt_tokens`` bills at.
@@ -381,6 +384,8 @@ _ENTRY_KEYS: Final = frozenset(
         "cached",
         "input_by_modality",
         "cached_by_modality",
+        "per_image",
+        "per_video_second",
         "cache_storage_per_hour",
         "tiers",
         "cached_tiers",
@@ -388,6 +393,7 @@ _ENTRY_KEYS: Final = frozenset(
         "grounding",
     }
 )
+_NO_TIERS: Final = {"flex": "1", "batch": "1", "priority": "1"}
 _ENTRY_REQUIRED: Final = (
     "effective_from",
     "source",
@@ -540,6 +546,10 @@ class _Reader:
     def entry(self, model: str, value: object, where: str) -> ModelPrices:
         table = self.table(value, where)
         self.keys(table, _ENTRY_KEYS, where)
+        if "per_image" in table or "per_video_second" in table:
+            # A media model (Imagen, Veo) bills by the image or second, not by the token,
+            # and no service tier changes that price.
+            table = {"input": "0", "output": "0", "cached": "0", "tiers": _NO_TIERS, **table}
         for required in _ENTRY_REQUIRED:
             if required not in table:
                 self.fail(where, f"missing {required}")
@@ -565,7 +575,6 @@ class _Reader:
             if "long_context" in table
             else None
         )
-        storage = table.get("cache_storage_per_hour")
         return ModelPrices(
             model=model,
             effective_from=self.day(table["effective_from"], f"{where}.effective_from"),
@@ -576,15 +585,18 @@ class _Reader:
                 table.get("cached_tiers", {}), f"{where}.cached_tiers", default="1"
             ),
             grounding=self.grounding(table.get("grounding", {}), f"{where}.grounding"),
-            cache_storage_per_hour=(
-                None if storage is None else self.rate(storage, f"{where}.cache_storage_per_hour")
-            ),
+            cache_storage_per_hour=self._optional_rate(table, "cache_storage_per_hour", where),
             source=self.text(table["source"], f"{where}.source"),
             read_on=self.day(table["read_on"], f"{where}.read_on"),
             confirmed=confirmed,
             unconfirmed=unconfirmed,
             note=" ".join(note.split()),
+            per_image=self._optional_rate(table, "per_image", where),
+            per_video_second=self._optional_rate(table, "per_video_second", where),
         )
+
+    def _optional_rate(self, table: Mapping[str, Any], key: str, where: str) -> Decimal | None:
+        return None if key not in table else self.rate(table[key], f"{where}.{key}")
 
 
 def _parse(raw: bytes, origin: str, *, version_required: bool) -> _Document:

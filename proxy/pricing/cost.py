@@ -14,6 +14,10 @@ How one record is priced (docs/pricing.md has the worked reasoning):
 - Uncached input, cached input and intermediate (tool-use) tokens bill at the input or
   cached rate of their modality where the model has one, text rates otherwise; output and
   thinking tokens bill at the output rate.
+- Units billed other than by the token: images at the entry's ``per_image``, seconds of
+  video at ``per_video_second``, and cache storage (tokens x seconds) at
+  ``cache_storage_per_hour`` per million tokens; a record with such units on a model
+  whose entry lacks the rate is unpriced, never priced without them.
 - The service tier's factor (flex, batch/deferred, priority) multiplies the input,
   intermediate, output and thinking charges; cached tokens have their own per-tier factor
   (1 unless the entry says otherwise: Google lists one context-caching price per model and
@@ -47,6 +51,8 @@ __all__ = ["price"]
 
 # Rates are quoted per million tokens.
 _PER_MILLION: Final = Decimal(1_000_000)
+_SECONDS_PER_HOUR: Final = Decimal(3600)
+_ZERO: Final = Decimal(0)
 
 # 80 significant digits: a rate of a dozen digits times a token count of a dozen digits
 # times a tier factor never comes close, so no multiplication or division here rounds.
@@ -99,7 +105,21 @@ def price(
     if entry is None:
         catalog._note_unpriced(model, f"no entry in force on {day.isoformat()}")
         return UNPRICED
+    missing = _missing_unit_rate(entry, usage)
+    if missing is not None:
+        catalog._note_unpriced(model, f"no {missing} rate")
+        return UNPRICED
     return _cost(entry, usage, _tier_name(service_tier), catalog.version)
+
+
+def _missing_unit_rate(entry: ModelPrices, usage: Usage) -> str | None:
+    if usage.images and entry.per_image is None:
+        return "per_image"
+    if usage.video_seconds and entry.per_video_second is None:
+        return "per_video_second"
+    if usage.storage_token_seconds and entry.cache_storage_per_hour is None:
+        return "cache_storage_per_hour"
+    return None
 
 
 def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
@@ -134,6 +154,17 @@ def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
         output_cost = _charge(_count(usage.output_tokens), {}, rates.output, {}, factor)
         thinking_cost = _charge(_count(usage.thinking_tokens), {}, rates.output, {}, factor)
         grounding_cost = _grounding(entry, usage.grounding)
+        media_cost = _count(usage.images) * (entry.per_image or _ZERO) + _count(
+            usage.video_seconds
+        ) * (entry.per_video_second or _ZERO)
+        # Signed: a cache deleted before its expiry refunds the storage not used. The one
+        # division that can round (by 3,600), at 80 digits, far below the stored 12.
+        storage_cost = (
+            usage.storage_token_seconds
+            * (entry.cache_storage_per_hour or _ZERO)
+            / _PER_MILLION
+            / _SECONDS_PER_HOUR
+        )
         total = (
             input_cost
             + cached_cost
@@ -141,6 +172,8 @@ def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
             + output_cost
             + thinking_cost
             + grounding_cost
+            + media_cost
+            + storage_cost
         )
     return Cost(
         total=total,
@@ -150,6 +183,8 @@ def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
         output=output_cost,
         thinking=thinking_cost,
         grounding=grounding_cost,
+        media=media_cost,
+        storage=storage_cost,
         catalog_version=version,
     )
 

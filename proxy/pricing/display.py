@@ -44,6 +44,8 @@ def cost_to_json(cost: Cost) -> dict[str, Any]:
             "output": _exact(cost.output),
             "thinking": _exact(cost.thinking),
             "grounding": _exact(cost.grounding),
+            "media": _exact(cost.media),
+            "storage": _exact(cost.storage),
         },
     }
 

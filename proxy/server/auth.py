@@ -24,6 +24,11 @@ so ``check_owner`` answers 404 for anyone but the owner (or the owner's team).
 ``commit_owner`` stores a new interaction's owner in the database before its
 id is released to the client, so every replica knows the owner at once.
 
+Every other resource a user makes through the proxy (files, context caches, batches,
+video operations, minted Live tokens) the same way: ``commit_resource`` stores its
+owner before its name reaches the client, ``check_resource`` answers 404 for anyone
+but the owner (or the team), and ``owned_names`` filters a listing to the caller's own.
+
 Resumable uploads likewise: the byte legs carry no key, only the upload id the
 first (keyed) leg obtained; ``remember_upload`` stores its keyed hash, and
 ``upload_principal`` admits a keyless leg only for an id started here.
@@ -47,6 +52,8 @@ from ..errors import NotFound, Unauthenticated
 from ..metering.records import Principal
 from ..settings import AuthMode, InteractionSharing, Settings
 from ..storage import accounts
+from ..storage.accounts import OwnedResource
+from ..storage.schema import ResourceKind
 from .keys import fingerprint, hash_key
 
 log = logging.getLogger("gemini_meter.auth")
@@ -150,6 +157,15 @@ def _settle_commit(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
+_RESOURCE_NOUNS = {
+    ResourceKind.FILE: "File",
+    ResourceKind.CACHED_CONTENT: "Cached content",
+    ResourceKind.BATCH: "Batch",
+    ResourceKind.OPERATION: "Operation",
+    ResourceKind.AUTH_TOKEN: "Token",
+}
+
+
 class Authenticator:
     """Resolves keys to principals and checks interaction owners, with caches."""
 
@@ -167,6 +183,9 @@ class Authenticator:
         self._principals: _TTLCache[str, Principal | None] = _TTLCache(_CACHE_LIMIT, clock)
         self._owners: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
         self._uploads: _TTLCache[str, Principal] = _TTLCache(_CACHE_LIMIT, clock)
+        self._resources: _TTLCache[tuple[ResourceKind, str], OwnedResource] = _TTLCache(
+            _CACHE_LIMIT, clock
+        )
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
         self._commits: set[asyncio.Task[None]] = set()
         # key id -> when it was last used, since the last flush_key_use
@@ -349,6 +368,101 @@ class Authenticator:
             # The same answer as for an id that does not exist: no probing of others' ids.
             raise NotFound(f"Interaction {interaction_id!r} was not found.")
         return owner
+
+    async def commit_resource(
+        self,
+        kind: ResourceKind,
+        name: str,
+        principal: Principal,
+        model: str | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store that ``principal`` owns the resource ``name``, before the name is released.
+
+        Like ``commit_owner``: one short write, waited on for at most the commit
+        timeout. False when it did not land in time (it may still land: the write
+        goes on in the background); this process knows the owner either way.
+        """
+        self._resources.put(
+            (kind, name), OwnedResource(principal, model, dict(state or {})), float("inf")
+        )
+        try:
+            await self._commit(self._store_resource(kind, name, principal, model, state))
+        except Exception as exc:  # any failure: never fail the call
+            log.warning("%s owner not committed in time (%s)", kind, type(exc).__name__)
+            return False
+        return True
+
+    async def _store_resource(
+        self,
+        kind: ResourceKind,
+        name: str,
+        principal: Principal,
+        model: str | None,
+        state: dict[str, Any] | None,
+    ) -> None:
+        async with self._sessionmaker.begin() as session:
+            await accounts.record_resource(session, kind, name, principal, model, state)
+
+    async def check_resource(
+        self, kind: ResourceKind, name: str, principal: Principal, *, fresh: bool = False
+    ) -> OwnedResource | None:
+        """The resource, or ``NotFound`` unless ``principal`` may use it.
+
+        None in passthrough mode, where the client's own Google key scopes what it
+        reaches. ``fresh`` reads the row itself, for a ``state`` another replica may
+        have changed; otherwise a cached owner answers (owners never change).
+        """
+        if self._settings.auth_mode is AuthMode.PASSTHROUGH:
+            return None
+        found = await self.resource(kind, name, fresh=fresh)
+        if found is None or not self._may_use(found.owner, principal):
+            # The same answer as for a name that does not exist: no probing of others'.
+            raise NotFound(f"{_RESOURCE_NOUNS[kind]} {name!r} was not found.")
+        return found
+
+    async def resource(
+        self, kind: ResourceKind, name: str, *, fresh: bool = False
+    ) -> OwnedResource | None:
+        """An owned resource whoever asks (for metering a result to its owner), or None."""
+        if not fresh:
+            hit, found = self._resources.get((kind, name))
+            if hit:
+                return found
+        async with self._sessionmaker() as session:
+            found = await accounts.resource(session, kind, name)
+        if found is not None:
+            self._resources.put((kind, name), found, float("inf"))
+        return found
+
+    async def update_resource_state(
+        self, kind: ResourceKind, name: str, state: dict[str, Any]
+    ) -> None:
+        """Replace what a resource's metering keeps (a cache's expiry, say)."""
+        hit, found = self._resources.get((kind, name))
+        if hit and found is not None:
+            self._resources.put(
+                (kind, name), OwnedResource(found.owner, found.model, dict(state)), float("inf")
+            )
+        async with self._sessionmaker.begin() as session:
+            await accounts.update_resource_state(session, kind, name, state)
+
+    async def owned_names(
+        self, kind: ResourceKind, principal: Principal, names: set[str]
+    ) -> set[str]:
+        """Which of ``names`` ``principal`` may reach: for filtering a listing.
+
+        Everything in passthrough mode (no checks there).
+        """
+        if self._settings.auth_mode is AuthMode.PASSTHROUGH:
+            return set(names)
+        team = (
+            principal.team_id
+            if self._settings.interaction_sharing is InteractionSharing.TEAM
+            else None
+        )
+        async with self._sessionmaker() as session:
+            return await accounts.resources_of(session, kind, names, principal.user_id, team)
 
     def _may_use(self, owner: Principal, principal: Principal) -> bool:
         if owner.user_id == principal.user_id:

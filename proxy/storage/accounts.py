@@ -33,11 +33,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..errors import GeminiMeterError
 from ..metering.records import Principal
 from ..server.keys import KEY_PREFIX, hash_key, new_key
-from .schema import ApiKey, BudgetRow, Interaction, Team, UploadSession, User, utcnow
+from .schema import (
+    ApiKey,
+    BudgetRow,
+    Interaction,
+    Resource,
+    ResourceKind,
+    Team,
+    UploadSession,
+    User,
+    utcnow,
+)
 from .writes import insert_ignoring, insert_interaction_owners, owner_values, table_of
 
 __all__ = [
     "AccountError",
+    "OwnedResource",
     "ActiveKey",
     "KeyInfo",
     "NameTaken",
@@ -541,3 +552,94 @@ async def upload_owner(session: AsyncSession, upload_hash: str) -> Principal | N
         return None
     user_id, user_name, team_id, team_name, key_id = row
     return Principal(user_id, user_name, team_id, team_name, key_id)
+
+
+# ---------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedResource:
+    """An upstream resource made through the proxy: who owns it and what its metering keeps."""
+
+    owner: Principal
+    model: str | None
+    state: dict[str, Any]
+
+
+async def record_resource(
+    session: AsyncSession,
+    kind: ResourceKind,
+    name: str,
+    principal: Principal,
+    model: str | None,
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Store "``principal`` owns ``name``"; the first owner stored stays."""
+    await session.execute(
+        insert_ignoring(session, table_of(Resource), "kind", "name").values(
+            kind=str(kind),
+            name=name,
+            user_id=principal.user_id,
+            team_id=principal.team_id,
+            key_id=principal.key_id,
+            model=model,
+            created_at=utcnow(),
+            state=dict(state or {}),
+        )
+    )
+
+
+async def resource(session: AsyncSession, kind: ResourceKind, name: str) -> OwnedResource | None:
+    """An owned resource, or None when this proxy never saw it made."""
+    result = await session.execute(
+        select(
+            Resource.user_id,
+            User.name,
+            Resource.team_id,
+            Team.name,
+            Resource.key_id,
+            Resource.model,
+            Resource.state,
+        )
+        .join(User, Resource.user_id == User.id)
+        .outerjoin(Team, Resource.team_id == Team.id)
+        .where(Resource.kind == str(kind), Resource.name == name)
+    )
+    row = result.first()
+    if row is None:
+        return None
+    user_id, user_name, team_id, team_name, key_id, model, state = row
+    return OwnedResource(
+        Principal(user_id, user_name, team_id, team_name, key_id), model, dict(state or {})
+    )
+
+
+async def update_resource_state(
+    session: AsyncSession, kind: ResourceKind, name: str, state: dict[str, Any]
+) -> None:
+    await session.execute(
+        update(Resource)
+        .where(Resource.kind == str(kind), Resource.name == name)
+        .values(state=dict(state))
+    )
+
+
+async def resources_of(
+    session: AsyncSession,
+    kind: ResourceKind,
+    names: set[str],
+    user_id: int,
+    team_id: int | None = None,
+) -> set[str]:
+    """Which of ``names`` (of one kind) the user owns, or, with ``team_id``, their team."""
+    if not names:
+        return set()
+    owner = Resource.user_id == user_id
+    if team_id is not None:
+        owner = or_(owner, Resource.team_id == team_id)
+    result = await session.execute(
+        select(Resource.name).where(
+            Resource.kind == str(kind), Resource.name.in_(sorted(names)), owner
+        )
+    )
+    return set(result.scalars())

@@ -1,6 +1,6 @@
 """The database schema as SQLAlchemy models, its column types, and the engine factory.
 
-Everything the proxy stores lives in five tables:
+The tables the proxy stores usage and ownership in:
 
 - ``teams`` and ``users``: who is billed. Users are made when a key is created
   (``gemini-meter keys create``) or, in passthrough mode, the first time a client
@@ -9,6 +9,9 @@ Everything the proxy stores lives in five tables:
   key itself) with a short display ``label``.
 - ``interactions``: who owns an upstream interaction, so the proxy can refuse
   other users' GET/cancel/DELETE and ``previous_interaction_id``.
+- ``resources``: who owns every other upstream resource made through the proxy (files,
+  context caches, batches, video operations, minted Live tokens), and what each kind's
+  metering keeps between calls.
 - ``usage_records``: one row per billable upstream response, every field of
   ``metering.records.UsageRecord`` flattened. ``interaction_id`` is unique: the writer
   inserts with ``ON CONFLICT DO NOTHING``, so an interaction is recorded once.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -66,6 +70,8 @@ __all__ = [
     "Base",
     "Interaction",
     "Money",
+    "Resource",
+    "ResourceKind",
     "Team",
     "UTCDateTime",
     "UsageRow",
@@ -334,6 +340,12 @@ class UsageRow(Base):
     estimated: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # A billable route the meter does not understand: recorded with zero tokens.
     unmetered_route: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # The batch, context cache, video operation or Live session the line belongs to.
+    resource: Mapped[str | None] = mapped_column(Text)
+    # Units billed other than by the token (see ``metering.records.Usage``).
+    images: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    video_seconds: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    storage_token_seconds: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
     # NULL when the model had no catalog entry: never a guessed price.
     cost_usd: Mapped[Decimal | None] = mapped_column(Money)
@@ -343,8 +355,44 @@ class UsageRow(Base):
     cost_output_usd: Mapped[Decimal | None] = mapped_column(Money)
     cost_thinking_usd: Mapped[Decimal | None] = mapped_column(Money)
     cost_grounding_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_media_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cost_storage_usd: Mapped[Decimal | None] = mapped_column(Money)
     catalog_version: Mapped[str | None] = mapped_column(Text)
     unpriced: Mapped[bool] = mapped_column(Boolean)
+
+
+class ResourceKind(StrEnum):
+    """The kinds of upstream resource a user creates through the proxy and alone may reach."""
+
+    FILE = "file"
+    CACHED_CONTENT = "cached_content"
+    BATCH = "batch"
+    # a long-running operation (a Veo video)
+    OPERATION = "operation"
+    # an ephemeral Live API token the proxy minted and keeps sealed
+    AUTH_TOKEN = "auth_token"
+
+
+class Resource(Base):
+    """Who owns an upstream resource (other than an interaction) made through the proxy.
+
+    ``name`` is the canonical upstream name without a version prefix
+    (``batches/abc``, ``cachedContents/xyz``, ``files/abc``,
+    ``models/veo-3.0-generate-001/operations/op1``), or a keyed hash where the name is
+    itself a credential. ``state`` holds what a kind's metering needs between calls
+    (a cache's tokens and expiry, a video's requested seconds).
+    """
+
+    __tablename__ = "resources"
+
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    model: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    state: Mapped[dict[str, Any]] = mapped_column(_JSON)
 
 
 class UploadSession(Base):

@@ -458,6 +458,8 @@ PRO_STANDARD = {
     "output": "0.004",  # 400 x 10 / 1M
     "thinking": "0.005",  # 500 x 10 / 1M, at the output rate
     "grounding": "0",
+    "media": "0",
+    "storage": "0",
 }
 PRICE_KEYS = {
     "model",
@@ -509,6 +511,8 @@ def test_price_flex_halves_everything_but_cached(capsys):
         "output": "0.002",
         "thinking": "0.0025",
         "grounding": "0",
+        "media": "0",
+        "storage": "0",
     }
     assert result["cost_usd"] == "0.0052125"
 
@@ -792,6 +796,8 @@ async def test_price_subprocess_agrees_with_what_the_proxy_recorded(stack: Stack
         "intermediate": record["cost_intermediate_usd"],
         "output": record["cost_output_usd"],
         "thinking": record["cost_thinking_usd"],
+        "media": record["cost_media_usd"],
+        "storage": record["cost_storage_usd"],
         "grounding": record["cost_grounding_usd"],
     }
 

@@ -576,3 +576,69 @@ def test_cost_never_decreases_when_a_count_grows(
     after = price(CATALOG, model, grown, service_tier=tier, at=AT)
     assert before.total is not None and after.total is not None
     assert after.total >= before.total
+
+
+# --- units other than tokens: images, seconds of video, cache storage ------------------------
+
+MEDIA_ENTRIES = """
+[[models."test-image-model"]]
+effective_from = 2026-01-01
+source = "https://example.invalid/prices"
+read_on = 2026-11-20
+confirmed = true
+per_image = "0.04"
+
+[[models."test-video-model"]]
+effective_from = 2026-01-01
+source = "https://example.invalid/prices"
+read_on = 2026-11-20
+confirmed = true
+per_video_second = "0.40"
+
+[[models."test-cache-model"]]
+effective_from = 2026-01-01
+source = "https://example.invalid/prices"
+read_on = 2026-11-20
+confirmed = true
+input = "0.30"
+output = "2.50"
+cached = "0.03"
+cache_storage_per_hour = "1.00"
+tiers = { flex = "0.5", batch = "0.5", priority = "1.8" }
+"""
+
+
+@pytest.fixture
+def media_catalog(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text(MEDIA_ENTRIES, encoding="utf-8")
+    return load_catalog(path)
+
+
+def test_images_and_video_seconds_bill_at_their_unit_rates(media_catalog):
+    # 3 images x $0.04 = $0.12
+    images = price(media_catalog, "test-image-model", Usage(images=3), at=AT)
+    assert (images.media, images.total) == (D("0.12"), D("0.12"))
+    # two 8-second videos: 16 s x $0.40 = $6.40; a media entry needs no token rates
+    video = price(media_catalog, "test-video-model", Usage(video_seconds=16), at=AT)
+    assert (video.media, video.total, video.input) == (D("6.40"), D("6.40"), D("0"))
+
+
+def test_cache_storage_bills_token_hours_and_refunds_signed(media_catalog):
+    # 100,000 tokens for 2 hours = 720,000,000 token-seconds;
+    # 100,000 x 2 h x $1.00 per 1M per hour = $0.20
+    held = price(media_catalog, "test-cache-model", Usage(storage_token_seconds=720_000_000), at=AT)
+    assert (held.storage, held.total) == (D("0.20"), D("0.20"))
+    # deleted 30 minutes early: -100,000 x 1,800 s = -180,000,000 -> -$0.05
+    refund = price(
+        media_catalog, "test-cache-model", Usage(storage_token_seconds=-180_000_000), at=AT
+    )
+    assert (refund.storage, refund.total) == (D("-0.05"), D("-0.05"))
+
+
+def test_units_without_a_rate_leave_the_record_unpriced(media_catalog):
+    # never a price that silently leaves out what the model does not list
+    assert price(media_catalog, "test-cache-model", Usage(images=1), at=AT) is UNPRICED
+    assert price(media_catalog, "test-image-model", Usage(video_seconds=4), at=AT) is UNPRICED
+    no_storage = Usage(storage_token_seconds=3600)
+    assert price(media_catalog, "test-video-model", no_storage, at=AT) is UNPRICED

@@ -34,6 +34,8 @@ def test_cost_to_json():
             "output": "0",
             "thinking": "0",
             "grounding": "0.035",
+            "media": "0",
+            "storage": "0",
         },
     }
     # no exponent notation, however small

@@ -255,6 +255,9 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         EndpointKind.BATCH_EMBED_CONTENTS,
         EndpointKind.PREDICT,
         EndpointKind.PREDICT_LONG_RUNNING,
+        EndpointKind.BATCH_RESULT,
+        EndpointKind.CACHED_CONTENT_DELETE,
+        EndpointKind.LIVE_SESSION,
     }
     assert kinds.isdisjoint(metered)
     # every other kind is some row's: the metric's label values are the table's
