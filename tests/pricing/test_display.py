@@ -49,11 +49,11 @@ def test_cost_to_json():
 
 def test_catalog_rows():
     rows = catalog_rows(CATALOG, None)
-    # one row per dated entry: gemini-2.5-flash-lite has two
+    # one row per dated entry: gemini-2.5-flash-lite and veo-3.1-fast-generate-preview have two
     assert [r["model"] for r in rows] == sorted(
         m for m in CATALOG.models() for _ in CATALOG.entries(m)
     )
-    assert len(rows) == len(CATALOG.models()) + 1
+    assert len(rows) == len(CATALOG.models()) + 2
     assert all(isinstance(v, str) for r in rows for v in r.values())
     (pro,) = catalog_rows(CATALOG, "models/gemini-2.5-pro-preview-06-05")
     assert pro["model"] == "gemini-2.5-pro"
@@ -67,3 +67,8 @@ def test_catalog_rows():
     (flash,) = catalog_rows(CATALOG, "gemini-2.5-flash")
     assert flash["input"] == "0.30 (audio 1.00)" and flash["cached"] == "0.03 (audio 0.10)"
     assert catalog_rows(CATALOG, "no-such-model") == []
+    assert flash["media"] == ""
+    (imagen,) = catalog_rows(CATALOG, "imagen-4.0-generate-001")
+    assert imagen["media"] == "0.04/image"
+    (veo,) = catalog_rows(CATALOG, "veo-3.1-generate-preview")
+    assert veo["media"] == "0.40 (1080p 0.40, 4k 0.60)/second"
