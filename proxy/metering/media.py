@@ -9,8 +9,8 @@ carries a usage object, so the meter counts what it sees:
   removed is either missing or an entry with only ``raiFilteredReason``, and
   with ``includeSafetyAttributes`` one more entry (``contentType: "Positive
   Prompt"``) describes the prompt. Only the images are billed: the SDK's own
-  ``generate_images`` drops the prompt entry, and Google's filter message says
-  "You will not be charged for blocked images."
+  ``generate_images`` drops the prompt entry, Google prices Imagen "per Image" of
+  output, and a filtered image is not output.
 - ``predictLongRunning`` answers an operation ``{"name"}``; the video's length
   is in the *request* (``parameters.durationSeconds``, per video, default 8;
   ``parameters.resolution``, default 720p), so ``video_request`` reads it
@@ -35,17 +35,27 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .parsers import ResponseSummary
+from .records import Usage
+
 __all__ = [
+    "DEFAULT_IMAGES",
     "DEFAULT_RESOLUTION",
     "DEFAULT_VIDEO_SECONDS",
     "OperationOutcome",
     "VideoRequest",
     "file_name",
+    "images_requested",
     "images_returned",
     "operation_outcome",
+    "referenced_files",
+    "summarize_operation",
+    "summarize_predict",
     "video_request",
 ]
 
+# Google's Imagen guide: numberOfImages (sampleCount) "1 to 4 (inclusive). The default is 4."
+DEFAULT_IMAGES: Final = 4
 # Google's Veo guide: durationSeconds defaults to 8; resolution to 720p.
 DEFAULT_VIDEO_SECONDS: Final = 8
 DEFAULT_RESOLUTION: Final = "720p"
@@ -85,6 +95,14 @@ class VideoRequest:
     videos: int = 1
     resolution: str = DEFAULT_RESOLUTION
     defaulted: bool = False
+
+    def usage(self, videos: int | None = None) -> Usage:
+        """The video seconds of ``videos`` videos (default: as many as requested)."""
+        seconds = self.seconds * (self.videos if videos is None else max(videos, 0))
+        return Usage(
+            video_seconds=seconds,
+            video_seconds_by_resolution={self.resolution: seconds} if seconds else {},
+        )
 
     def to_state(self) -> dict[str, Any]:
         """The request as kept in the operation's owned-resource state."""
@@ -131,6 +149,31 @@ def video_request(body: object) -> VideoRequest:
         # absent is Google's default, not a guess; present but unreadable is
         defaulted=raw_seconds is not None and seconds is None,
     )
+
+
+def referenced_files(body: object) -> list[str | None]:
+    """The files a ``predictLongRunning`` body names as input, None for a URI that names
+    no file the proxy can read (its caller refuses those: unchecked, Google might still
+    read one as someone's file).
+
+    Veo's video extension takes an earlier generated video by URI
+    (``instances[].video.uri``): the Gemini API takes no video bytes (google-genai
+    3.6.1 ``generate_videos``).
+    """
+    found: list[str | None] = []
+    instances = _field(body, "instances", "instances")
+    for instance in instances if isinstance(instances, list) else []:
+        uri = _field(_field(instance, "video", "video"), "uri", "uri")
+        if uri is not None:
+            found.append(file_name(uri))
+    return found
+
+
+def images_requested(body: object) -> int:
+    """How many images a ``predict`` body asks for (``parameters.sampleCount``)."""
+    parameters = _field(body, "parameters", "parameters")
+    count = _positive(_field(parameters, "sampleCount", "sample_count"), _MAX_SAMPLES)
+    return count or DEFAULT_IMAGES
 
 
 def images_returned(payload: object) -> int | None:
@@ -216,4 +259,27 @@ def operation_outcome(payload: object) -> OperationOutcome:
         filtered=filtered or 0,
         # proto3 JSON leaves an empty list out: every video filtered is no samples at all
         malformed=samples is not None and not isinstance(samples, list),
+    )
+
+
+def summarize_predict(payload: object) -> ResponseSummary:
+    """A ``predict`` response's bill: the images it returned (zero, flagged, if unreadable)."""
+    images = images_returned(payload)
+    if images is None:
+        return ResponseSummary(usage=Usage(), parse_error=True)
+    return ResponseSummary(usage=Usage(images=images))
+
+
+def summarize_operation(outcome: OperationOutcome, request: VideoRequest) -> ResponseSummary:
+    """The bill of a done video operation: seconds per video × videos generated.
+
+    A failed operation bills nothing; a done one without a readable response bills
+    nothing and is flagged; a duration the request gave unreadably is billed at the
+    default and flagged ``estimated``.
+    """
+    usage = request.usage(videos=0 if outcome.failed else outcome.generated)
+    return ResponseSummary(
+        usage=usage,
+        parse_error=outcome.malformed,
+        estimated=request.defaulted and usage.video_seconds > 0,
     )

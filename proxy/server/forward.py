@@ -45,7 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..budgets.engine import Reservation
-from ..budgets.estimate import Estimate, estimate
+from ..budgets.estimate import Estimate, estimate, estimate_usage
 from ..errors import (
     InvalidArgument,
     MethodNotAllowed,
@@ -58,6 +58,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ..metering.media import summarize_predict
 from ..metering.parsers import (
     ResponseSummary,
     parse_json,
@@ -69,7 +70,16 @@ from ..metering.parsers import (
 from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
+from ..storage.accounts import OwnedResource
 from .auth import presented_key, swap_key
+from .media import (
+    OperationBill,
+    check_inputs,
+    operation_bill,
+    register_operation,
+    requested_usage,
+    resource_kind,
+)
 from .routes import (
     EMPTY_META,
     Action,
@@ -150,6 +160,10 @@ class _Call:
     client_disconnected: bool = False
     streamed: bool = False  # the response was relayed as a stream
     owner_registered: bool = False
+    # the owned resource (a Veo operation, a file) the path names, as admission found it
+    owned: OwnedResource | None = None
+    # a Veo operation's poll that first saw it done: the record it bills
+    bill: OperationBill | None = None
     upstream_headers: CIMultiDictProxy[str] | None = None
     # done once the record of an unmetered call is journaled (see Recorder.finish)
     durable: asyncio.Future[None] | None = None
@@ -234,6 +248,11 @@ async def admit(request: web.Request, started: float) -> _Call:
         raise MethodNotAllowed(
             f"{request.method} on this interactions path is not supported through Gemini Meter."
         )
+    if route.action is Action.OPERATION_UNKNOWN:
+        # A listing would show every user's operations behind the shared key.
+        raise MethodNotAllowed(
+            f"{request.method} on this operations path is not supported through Gemini Meter."
+        )
     key = presented_key(request.headers, request.query)
     if key is None and _is_upload_leg(request, route):
         # The byte legs of a resumable upload carry no API key: the upload id the
@@ -269,6 +288,13 @@ async def admit(request: web.Request, started: float) -> _Call:
         call.meta = request_meta(route, parsed)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
+    await check_inputs(auth, route.action, call.parsed, principal)
+    kind = resource_kind(route.action)
+    if kind is not None and route.resource is not None:
+        call.owned = await auth.check_resource(kind, route.resource, principal)
+        if call.owned is not None and route.action is Action.OPERATION_GET:
+            # An operation bills its creator, whoever of their team polls it.
+            call.owner = call.owned.owner
     if route.interaction_id is not None:
         call.owner = await auth.check_owner(route.interaction_id, principal)
     elif route.unmetered is not None and route.unmetered.model_in_body:
@@ -286,6 +312,8 @@ _READS_BODY = frozenset(
         Action.STREAM_GENERATE,
         Action.EMBED,
         Action.BATCH_EMBED,
+        Action.PREDICT,
+        Action.PREDICT_LONG_RUNNING,
     }
 )
 
@@ -332,6 +360,8 @@ _BUDGETED = frozenset(
         Action.STREAM_GENERATE,
         Action.EMBED,
         Action.BATCH_EMBED,
+        Action.PREDICT,
+        Action.PREDICT_LONG_RUNNING,
     }
 )
 _EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED})
@@ -359,6 +389,16 @@ async def _reserve(request: web.Request, call: _Call) -> None:
     body = call.body
 
     def guess() -> Estimate:
+        media = requested_usage(route.action, call.parsed)
+        if media is not None:
+            # Images and video seconds, priced like the record will be.
+            return estimate_usage(
+                app[catalog_key],
+                call.meta.model or route.model,
+                media,
+                reserve_usd=settings.budget_reserve_usd,
+                reserve_tokens=settings.budget_reserve_tokens,
+            )
         kind = route.unmetered.kind if route.unmetered is not None else None
         return estimate(
             app[catalog_key],
@@ -570,7 +610,9 @@ async def _relay_whole(
     )
     encoding = upstream.headers.get("content-encoding", "identity").lower()
     decoded = _Decoder(encoding)(body) if encoding != "identity" else body
-    summary = _summarize(call, parse_json(decoded), upstream.status)
+    payload = parse_json(decoded)
+    await _register_media(request, call, payload, upstream.status)
+    summary = _summarize(call, payload, upstream.status)
     await _register_owner(request, call, summary.interaction_id, upstream.status)
     durable = _finish(request, call, upstream.status, summary)
     if durable is not None:
@@ -587,7 +629,29 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
         return summarize_interaction(payload)
     if call.route.action in (Action.EMBED, Action.BATCH_EMBED):
         return summarize_embed(payload, call.parsed)
+    if call.route.action is Action.PREDICT:
+        return summarize_predict(payload)
+    if call.route.action is Action.OPERATION_GET:
+        return call.bill.summary if call.bill is not None else ResponseSummary()
+    if call.route.action is Action.PREDICT_LONG_RUNNING:
+        return ResponseSummary()  # billed when the operation is done
     return summarize_generate(payload)
+
+
+async def _register_media(request: web.Request, call: _Call, payload: object, status: int) -> None:
+    """Own a new Veo operation, or bill a done one and own its videos, before relaying."""
+    principal = call.principal
+    if status >= 400 or principal is None:
+        return
+    auth = request.app[authenticator_key]
+    if call.route.action is Action.PREDICT_LONG_RUNNING:
+        await register_operation(
+            auth, principal, call.meta.model or call.route.model, payload, call.parsed
+        )
+    elif call.route.action is Action.OPERATION_GET and call.route.resource is not None:
+        call.bill = await operation_bill(auth, call.route.resource, call.owned, payload)
+        if call.bill is not None and call.bill.owner is not None:
+            call.owner = call.bill.owner  # its creator's, whoever polled it
 
 
 async def _relay_stream(
@@ -743,6 +807,8 @@ def billing(action: Action, status: int, streamed: bool, summary: ResponseSummar
     if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
         if not usage_due(summary.status):
             return True if streamed else None
+    if action is Action.PREDICT_LONG_RUNNING and status < 400:
+        return None  # the operation's first poll that sees it done is its bill
     return False
 
 
@@ -756,14 +822,15 @@ def _finish(
     assert principal is not None  # metered calls are always authenticated
     interaction_id = summary.interaction_id
     provisional = billing(action, status, call.streamed, summary)
-    if provisional is None:
+    if provisional is None or (action is Action.OPERATION_GET and call.bill is None):
+        # (an operation's poll bills only the first time it is seen done)
         return None
     if status >= 400:
         interaction_id = None
     headers = call.upstream_headers
     effective_tier = headers.get("x-gemini-service-tier") if headers is not None else None
     record = UsageRecord(
-        request_id=uuid.uuid4().hex,
+        request_id=call.bill.request_id if call.bill is not None else uuid.uuid4().hex,
         created_at=datetime.now(UTC),
         principal=call.owner or principal,
         model=call.meta.model or call.route.model or summary.model,
@@ -786,6 +853,7 @@ def _finish(
         client_disconnected=call.client_disconnected,
         estimated=summary.estimated,
         provisional=provisional,
+        resource=call.bill.resource if call.bill is not None else None,
     )
     if summary.usage is not None:
         record.usage = summary.usage

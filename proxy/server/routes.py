@@ -288,7 +288,9 @@ def _classify_media(method: str, path: str) -> Route | None:
             model = o.group("model")
             if o.group("id") is None:
                 return Route(Action.OPERATION_UNKNOWN, model=model)
-            action = _ON_OPERATION.get((method, o.group("suffix").lower()), Action.OPERATION_UNKNOWN)
+            action = _ON_OPERATION.get(
+                (method, o.group("suffix").lower()), Action.OPERATION_UNKNOWN
+            )
             # The canonical name Google gives the operation; another spelling of the
             # collections' names still names the same operation.
             name = f"models/{model}/operations/{o.group('id')}"
