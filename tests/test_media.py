@@ -26,6 +26,7 @@ from google.genai import types
 
 from proxy.emulator import EmulatorConfig
 from proxy.emulator.media import video_bytes
+from proxy.server.keys import fingerprint
 from proxy.server.typedefs import budgets_key
 from tests.factories import (
     RecordingUpstream,
@@ -233,6 +234,29 @@ async def test_a_second_replica_does_not_bill_the_operation_again(
     await stack.records()
     [record] = await other.records()  # both writers flushed: one bill in the database
     assert record["resource"] == created["name"]
+
+
+async def test_passthrough_bills_the_creator_from_the_stored_request(make_stack: StackFactory):
+    # No owners are checked, but the request is still kept for the bill.
+    stack = await make_stack(auth_mode="passthrough", passthrough_aliases={})
+    creator, poller = {"x-goog-api-key": "AIza-creator"}, {"x-goog-api-key": "AIza-poller"}
+    status, _, body = await raw(
+        "POST",
+        stack.url(f"/v1beta/models/{VEO}:predictLongRunning"),
+        headers=creator,
+        json={"instances": [{"prompt": "x"}], "parameters": {"durationSeconds": 6}},
+    )
+    assert status == 200
+    name = json.loads(body)["name"]
+    await asyncio.sleep(0.35)
+    for _ in range(2):
+        status, _, _ = await raw("GET", stack.url(f"/v1beta/{name}"), headers=poller)
+        assert status == 200
+    [record] = await stack.records()
+    # 6 s x $0.40 (720p) = $2.40, the creator's
+    assert (record["video_seconds"], record["estimated"]) == (6, False)
+    assert record["cost_usd"] == Decimal("2.40")
+    assert record["user_id"] == await stack.user_id(fingerprint(b"test-secret", "AIza-creator"))
 
 
 # --- budgets ----------------------------------------------------------------------------
