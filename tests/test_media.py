@@ -72,7 +72,7 @@ async def poll_until_done(
     stack: Stack, name: str, user: str = "alice", *, seen_running: bool = False
 ) -> Any:
     client = stack.sdk(user)
-    operation = types.GenerateVideosOperation(name=name)
+    operation = types.GenerateVideosOperation.model_validate({"name": name})
     polls = 0
     while not operation.done:
         operation = await client.aio.operations.get(operation)
@@ -153,7 +153,9 @@ async def test_a_video_is_billed_once_when_first_seen_done_and_downloaded(
     operation = await poll_until_done(stack, name, seen_running=True)
     client = stack.sdk("alice")
     for _ in range(3):  # polled again and again: still one bill
-        again = await client.aio.operations.get(types.GenerateVideosOperation(name=name))
+        again = await client.aio.operations.get(
+            types.GenerateVideosOperation.model_validate({"name": name})
+        )
         assert again.done
     assert operation.result is not None and operation.result.generated_videos is not None
     videos = operation.result.generated_videos
@@ -229,7 +231,9 @@ async def test_a_second_replica_does_not_bill_the_operation_again(
     # a second proxy on the same database and upstream, polling the same operation
     other = await make_stack(upstream=stack.settings.upstream)
     client = other.sdk("alice")
-    again = await client.aio.operations.get(types.GenerateVideosOperation(name=created["name"]))
+    again = await client.aio.operations.get(
+        types.GenerateVideosOperation.model_validate({"name": created["name"]})
+    )
     assert again.done
     await stack.records()
     [record] = await other.records()  # both writers flushed: one bill in the database

@@ -130,7 +130,7 @@ async def test_video_operation_polled_with_the_sdk_and_downloaded(server: TestSe
     assert name.startswith(f"models/{VEO}/operations/") and set(created) == {"name"}
     async with aiohttp.ClientSession() as session:
         client = sdk(server, session)
-        operation = types.GenerateVideosOperation(name=name)
+        operation = types.GenerateVideosOperation.model_validate({"name": name})
         operation = await client.aio.operations.get(operation)
         assert not operation.done
         while not operation.done:
