@@ -76,6 +76,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Processes serving the port together (SO_REUSEPORT), each with its own event loop,
+    # writer and journal slot; a supervisor restarts one that dies. With more than one,
+    # worker i serves /metrics on metrics_port + i (required then: a shared port would
+    # answer with whichever worker the kernel picked).
+    workers: int = Field(default=1, ge=1, le=64)
     upstream: str = DEFAULT_UPSTREAM
     upstream_api_key: SecretStr | None = None
     database_url: str = DEFAULT_DATABASE_URL
@@ -121,6 +126,9 @@ class Settings(BaseSettings):
     journal_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     journal_segment_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     journal_full_policy: JournalFullPolicy = JournalFullPolicy.REFUSE
+    # One line per request (method, path, status, time; never the query): off saves its
+    # formatting on every call where a load balancer or the metrics already say enough.
+    access_log: bool = True
     # SIGTERM: stop accepting, let calls and streams in flight finish this long.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
@@ -273,6 +281,26 @@ class Settings(BaseSettings):
             raise ValueError(
                 "metrics_port (GEMINI_METER_METRICS_PORT) must differ from port: unset it "
                 "to serve /metrics on the proxy's port"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_have_their_metrics_ports(self) -> Settings:
+        if self.workers == 1:
+            return self
+        if self.metrics_port is None:
+            raise ValueError(
+                "workers > 1 needs metrics_port (GEMINI_METER_METRICS_PORT): worker i serves "
+                "/metrics on metrics_port + i, since on the shared proxy port a scrape would "
+                "reach whichever worker the kernel picked"
+            )
+        if self.port == 0:
+            raise ValueError("workers > 1 needs a fixed port (not 0) for them to share")
+        ports = range(self.metrics_port, self.metrics_port + self.workers)
+        if self.port in ports or ports[-1] > 65535:
+            raise ValueError(
+                f"the workers' metrics ports {ports[0]}..{ports[-1]} must be valid and not "
+                "include the proxy's port"
             )
         return self
 

@@ -7,8 +7,9 @@ estimate, settled against the real cost once the call is recorded:
   Gemini's rough ratio for text; media in the body as base64 count more bytes
   than tokens, which errs on the safe side);
 - output tokens: the requested maximum (``generationConfig.maxOutputTokens``,
-  or ``generation_config.max_output_tokens`` on the Interactions API), else a
-  configured default; embeddings produce none;
+  ``generation_config.max_output_tokens`` on the Interactions API, or the
+  OpenAI-compatible endpoint's top-level ``max_completion_tokens`` / older
+  ``max_tokens``), else a configured default; embeddings produce none;
 - priced with the catalog at the requested service tier, like a record;
 - plus a fixed reservation per call for what cannot be estimated (code execution's
   intermediate tokens, thinking, grounding fees): ``budget_reserve_usd`` and
@@ -62,9 +63,12 @@ def _field(body: object, *names: str) -> object:
 
 
 def max_output_tokens(body: object) -> int | None:
-    """The output cap a request body asks for, in either API's spelling."""
+    """The output cap a request body asks for, in any of the APIs' spellings."""
     config = _field(body, "generationConfig", "generation_config")
     value = _field(config, "maxOutputTokens", "max_output_tokens")
+    if value is None:
+        # OpenAI's chat completions; ``max_tokens`` is its deprecated name for the same cap.
+        value = _field(body, "max_completion_tokens", "max_tokens")
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and value >= 0:

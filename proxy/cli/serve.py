@@ -51,6 +51,13 @@ def register(subparsers: Subparsers) -> None:
         "(env GEMINI_METER_METRICS_PORT; default: on the proxy's port)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving the port together (SO_REUSEPORT); with N > 1, worker i "
+        "serves /metrics on --metrics-port + i (env GEMINI_METER_WORKERS; default: 1)",
+    )
+    p.add_argument(
         "--upstream",
         metavar="URL",
         help="Gemini API base URL; http only on loopback, e.g. the emulator's "
@@ -92,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         upstream=args.upstream,
         metrics_port=args.metrics_port,
+        workers=args.workers,
     )
     if settings.auth_mode is AuthMode.VIRTUAL_KEYS and settings.upstream_api_key is None:
         raise ConfigError(
@@ -99,5 +107,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "GEMINI_METER_UPSTREAM_API_KEY (or upstream_api_key in the --config file); "
             + OFFLINE_HINT
         )
-    serve(settings, access_log_class=access_logger())
+    serve(settings, access_log=access_logger)
     return 0

@@ -1,9 +1,10 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings``, ``files`` and ``media`` behind ``_emulate``, the middleware every request passes: it
-records the request in ``EmulatorState.requests``, authenticates it (a
-non-empty ``x-goog-api-key`` or ``?key=``, or a known upload session), applies
+``embeddings``, ``openai``, ``files`` and ``media`` behind ``_emulate``, the middleware
+every request passes: it records the request in ``EmulatorState.requests``, authenticates it
+(a non-empty ``x-goog-api-key``, ``?key=`` or ``Authorization: Bearer``, or a known upload
+session), applies
 the delay and failure triggers of ``triggers`` and maps every error to
 Gemini's JSON shape. ``run_emulator`` serves it for ``gemini-meter emulate``.
 """
@@ -29,6 +30,7 @@ from .interactions import (
     get_interaction,
 )
 from .media import add_media_routes, operation_error
+from .openai import add_openai_routes
 from .state import EmulatorConfig, EmulatorState, SeenRequest, emulator_state_key
 from .triggers import (
     chunk_delay,
@@ -70,6 +72,7 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     app.router.add_post(f"/{version}/models/{model}:streamGenerateContent", stream_generate)
     app.router.add_post(f"/{version}/models/{model}:countTokens", count_tokens)
     add_embedding_routes(app.router, version, model, MEDIA_TOKENS)
+    add_openai_routes(app, version)
     app.router.add_post(f"/upload/{version}/files", upload_file)
     add_media_routes(app.router, version, model)
     return app

@@ -10,7 +10,13 @@
   (``cachedContentTokenCount``, ``cacheTokensDetails``).
 - Code execution (``{"codeExecution": {}}``): tool-use tokens = input + code
   + result tokens; output tokens = code + result + answer tokens.
-- ``googleSearch`` adds ``groundingMetadata``.
+- ``googleSearch`` adds ``groundingMetadata`` with the search query and a ``web``
+  source; ``googleMaps`` adds a ``maps`` source, its grounding support and the query
+  the Maps tool ran (``webSearchQueries``), and ``googleMapsWidgetContextToken`` when
+  ``enableWidget`` is true: the shape of Google's example response on the Maps
+  grounding page (ai.google.dev/gemini-api/docs/maps-grounding, "Understanding the
+  grounding response", read 2026-11-29; kept as
+  ``tests/fixtures/recorded/generate_maps_grounding_docs_example.json``).
 - A streamed reply's chunks each carry the cumulative ``usageMetadata``; the
   whole response is the chunks merged, with the same final usage.
 - Continuations (``x-emulator-continuations``): a hop but the last ends with
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
-from .replies import Reply, answer_pieces, plan_reply, split_text, thinking_tokens
+from .replies import Reply, _excerpt, answer_pieces, plan_reply, split_text, thinking_tokens
 from .state import emulator_state_key
 from .triggers import chunk_delay, cut_after, requested_continuations, requested_usage_mode
 from .usage import (
@@ -131,6 +137,23 @@ class _GcChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class _MapsGrounding:
+    """Grounding with Google Maps: the query the tool ran, whether to send the widget."""
+
+    query: str
+    widget: bool
+
+
+def _maps_grounding(tools: object, prompt: str, model: str) -> _MapsGrounding | None:
+    for tool in as_list(tools):
+        maps = get_field(tool, "googleMaps")
+        if maps is not None:
+            widget = get_field(maps, "enableWidget") is True
+            return _MapsGrounding(query=_excerpt(prompt) or model, widget=widget)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class _GcPlan:
     model: str
     tier: str
@@ -138,6 +161,7 @@ class _GcPlan:
     search_query: str | None
     # Set when the reply stops at the decode limit: the token to continue with.
     continuation_token: str | None = None
+    maps: _MapsGrounding | None = None
 
     @property
     def usage(self) -> Usage:
@@ -240,6 +264,8 @@ async def _plan_generate(request: web.Request) -> _GcPlan:
         chunks.append(_GcChunk(({"text": piece},), pending + Usage(output={"text": share})))
         pending = Usage()
     plan = _GcPlan(model, tier, tuple(chunks), reply.search_query)
+    if token is None:
+        plan = replace(plan, maps=_maps_grounding(body.get("tools"), read.prompt, model))
     if len(pieces) > 1:
         issued = secrets.token_bytes(18)
         output = plan.usage.output
@@ -278,19 +304,52 @@ def _gc_response(
             candidate["continuationToken"] = plan.continuation_token
         else:
             candidate["finishReason"] = "STOP"
-        if plan.search_query is not None:
-            candidate["groundingMetadata"] = {
-                "webSearchQueries": [plan.search_query],
-                "searchEntryPoint": {
-                    "renderedContent": f"<div>Results for {plan.search_query}</div>"
-                },
-            }
+        grounding = _grounding_metadata(plan, parts)
+        if grounding:
+            candidate["groundingMetadata"] = grounding
     candidate["index"] = 0
     body: Json = {"candidates": [candidate]}
     put_usage_metadata(body, usage, mode)
     body["modelVersion"] = plan.model
     body["responseId"] = response_id
     return body
+
+
+def _grounding_metadata(plan: _GcPlan, parts: Sequence[Json]) -> Json:
+    """The candidate's ``groundingMetadata`` for the Search and Maps tools it used."""
+    metadata: Json = {}
+    chunks: list[Json] = []
+    queries: list[str] = []
+    if plan.search_query is not None:
+        queries.append(plan.search_query)
+        chunks.append({"web": {"uri": "https://example.com/search", "title": "example.com"}})
+        metadata["searchEntryPoint"] = {
+            "renderedContent": f"<div>Results for {plan.search_query}</div>"
+        }
+    if plan.maps is not None:
+        queries.append(plan.maps.query)
+        chunks.append(
+            {
+                "maps": {
+                    "uri": "https://maps.google.com/?cid=13100894621228039586",
+                    "title": "Emulated Place",
+                    "placeId": "places/emulated",
+                }
+            }
+        )
+        text = next((p["text"] for p in parts if isinstance(p.get("text"), str)), "")
+        metadata["groundingSupports"] = [
+            {
+                "segment": {"startIndex": 0, "endIndex": len(text), "text": text},
+                "groundingChunkIndices": [len(chunks) - 1],
+            }
+        ]
+        if plan.maps.widget:
+            metadata["googleMapsWidgetContextToken"] = "widgetcontent/emulated"
+    if chunks:
+        metadata["groundingChunks"] = chunks
+        metadata["webSearchQueries"] = queries
+    return metadata
 
 
 def _stream_bodies(plan: _GcPlan, mode: UsageMode) -> Iterator[Json]:

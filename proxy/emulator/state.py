@@ -51,7 +51,7 @@ class SeenRequest:
     path: str
     query: dict[str, str]
     headers: dict[str, str]  # lower-case names
-    api_key: str | None  # from x-goog-api-key, else ?key=
+    api_key: str | None  # from x-goog-api-key, else ?key=, else a bearer token
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,11 @@ def error_response(error: ApiError, tier: str = DEFAULT_TIER) -> web.Response:
 
 def api_key_of(request: web.Request) -> str | None:
     key = request.headers.get("x-goog-api-key") or request.query.get("key")
+    if not key:
+        # The OpenAI-compatible endpoint takes the key as a bearer token, as the
+        # openai SDK sends it (Google's OpenAI-compatibility guide, REST example).
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
     return key or None
 
 

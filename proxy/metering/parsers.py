@@ -92,9 +92,11 @@ TERMINAL: Final = frozenset(
     }
 )
 
-# The grounding key both APIs use for Google Search (Interactions
-# ``GroundingToolCountType``); generateContent's search queries are counted under it.
+# The grounding keys both APIs use (Interactions ``GroundingToolCountType``:
+# ``google_search``, ``google_maps``, ``retrieval``); generateContent's grounding
+# metadata is counted under the same keys (``GenerateAccumulator``).
 GOOGLE_SEARCH: Final = "google_search"
+GOOGLE_MAPS: Final = "google_maps"
 
 
 class UsageParseError(ValueError):
@@ -426,6 +428,57 @@ def _is_ok_outcome(outcome: object) -> bool:
     return isinstance(outcome, str) and outcome.upper() == "OUTCOME_OK"
 
 
+# (camelCase, snake_case) of the query lists generateContent reports per candidate
+_QUERY_FIELDS: Final = (
+    ("webSearchQueries", "web_search_queries"),
+    ("imageSearchQueries", "image_search_queries"),
+)
+
+
+class _CandidateGrounding:
+    """One candidate's grounding metadata, folded over a response or a stream.
+
+    Streams send each grounding chunk once ("only contains the grounding chunks that
+    have not been included in the grounding metadata of previous responses", the
+    ``GroundingMetadata`` reference), so what a candidate's chunks showed is the union
+    of what every chunk showed.
+    """
+
+    __slots__ = ("maps_sources", "maps_widget", "queries", "web_sources")
+
+    def __init__(self) -> None:
+        self.queries: dict[str, set[str]] = {}
+        self.maps_sources = False
+        self.maps_widget = False
+        self.web_sources = False
+
+    def add(self, metadata: dict[str, object]) -> None:
+        for camel, snake in _QUERY_FIELDS:
+            listed = _pick(metadata, camel, snake)
+            if isinstance(listed, list):
+                found = {q for q in listed if isinstance(q, str) and q.strip()}
+                if found:
+                    self.queries.setdefault(camel, set()).update(found)
+        chunks = _pick(metadata, "groundingChunks", "grounding_chunks")
+        if isinstance(chunks, list):
+            for chunk in chunks:
+                if isinstance(chunk, dict):
+                    self.maps_sources |= isinstance(chunk.get("maps"), dict)
+                    self.web_sources |= isinstance(chunk.get("web"), dict)
+        token = _pick(metadata, "googleMapsWidgetContextToken", "google_maps_widget_context_token")
+        self.maps_widget |= nonempty_str(token) is not None
+
+    def uses(self) -> dict[str, int]:
+        uses: dict[str, int] = {}
+        maps_only = (self.maps_sources or self.maps_widget) and not self.web_sources
+        searches = 0 if maps_only else sum(len(q) for q in self.queries.values())
+        if searches:
+            uses[GOOGLE_SEARCH] = searches
+        if self.maps_sources:
+            uses[GOOGLE_MAPS] = 1
+        return uses
+
+
 class GenerateAccumulator:
     """Folds GenerateContentResponse objects into one ``ResponseSummary``.
 
@@ -435,19 +488,39 @@ class GenerateAccumulator:
     ``summary``), code-execution parts add up, ids and model version take the
     last value seen.
 
-    Grounding: generateContent reports Google Search use in
-    ``candidates[].groundingMetadata.webSearchQueries`` (and
-    ``imageSearchQueries`` for image search), not in ``usageMetadata``. Each
-    query is one search, counted under ``"google_search"`` like the
-    Interactions API's ``grounding_tool_count``. Whether a stream repeats a
-    candidate's metadata in later chunks or spreads it over them, taking the
-    multiset union of queries per candidate counts each search once either way.
+    Grounding is reported in ``candidates[].groundingMetadata``, not in
+    ``usageMetadata``, and is counted the way Google bills it:
+
+    - Google Search: ``webSearchQueries`` (and ``imageSearchQueries`` for image
+      search), counted under ``"google_search"`` like the Interactions API's
+      ``grounding_tool_count``. Google's grounding documentation: Gemini 3 bills
+      "each search query", and "for billing purposes, we ignore the empty web
+      search queries when counting unique queries" (quoted on Google's developer
+      forum, thread 168136, read 2026-11-29). So each candidate's queries count
+      once per distinct non-empty string (a blank one, all spaces, is taken as
+      empty: no search can run on it), whether a stream repeats a candidate's
+      metadata in later chunks or spreads it over them; candidates (each its own
+      generation) add up. Gemini 2.5 bills per grounded prompt instead: the
+      catalog's ``unit`` turns any count into one charge.
+    - Google Maps: a candidate whose ``groundingChunks`` hold a ``maps`` source is
+      one Maps-grounded prompt, counted under ``"google_maps"``. Google's Maps page
+      (ai.google.dev/gemini-api/docs/maps-grounding, "Pricing and rate limits",
+      captures of 2026-05-05 and 2026-09-28): "$25 / 1K grounded prompts", "a
+      request is only counted ... when a prompt successfully returns at least one
+      Google Maps grounded result (i.e., results containing at least one Google
+      Maps source)", and several Maps queries in one request count as one. Google's
+      own example response of that page also lists ``webSearchQueries``
+      (``["restaurants near me"]``) beside its Maps sources: those are the queries
+      the Maps tool ran, so a candidate whose metadata is Maps-only (Maps sources or
+      ``googleMapsWidgetContextToken``, and no ``web`` source) does not count them as
+      Google Search. A candidate with both web and Maps sources used both tools; its
+      queries cannot be told apart and count as Search (an upper bound).
     """
 
     __slots__ = (
         "_garbage",
+        "_grounding",
         "_model",
-        "_queries",
         "_response_id",
         "_usage",
         "calls",
@@ -459,8 +532,8 @@ class GenerateAccumulator:
         self._response_id: str | None = None
         self._model: str | None = None
         self._garbage = False
-        # (candidate index, query field) -> multiset of queries
-        self._queries: dict[tuple[int, str], Counter[str]] = {}
+        # candidate index -> what its grounding metadata showed so far
+        self._grounding: dict[int, _CandidateGrounding] = {}
         self.calls = 0
         self.errors = 0
 
@@ -502,17 +575,10 @@ class GenerateAccumulator:
             index = candidate.get("index")
             # proto3 JSON omits index 0.
             key_index = index if type(index) is int else 0
-            for camel, snake in (
-                ("webSearchQueries", "web_search_queries"),
-                ("imageSearchQueries", "image_search_queries"),
-            ):
-                queries = _pick(grounding, camel, snake)
-                if not isinstance(queries, list) or not queries:
-                    continue
-                seen = Counter(q for q in queries if isinstance(q, str))
-                key = (key_index, camel)
-                previous = self._queries.get(key)
-                self._queries[key] = seen if previous is None else previous | seen
+            seen = self._grounding.get(key_index)
+            if seen is None:
+                seen = self._grounding[key_index] = _CandidateGrounding()
+            seen.add(grounding)
 
     def mark_garbage(self) -> None:
         """Record that part of the response could not be decoded."""
@@ -520,8 +586,10 @@ class GenerateAccumulator:
 
     def grounding(self) -> dict[str, int]:
         """Grounding uses seen so far, keyed like the Interactions API's."""
-        searches = sum(sum(c.values()) for c in self._queries.values())
-        return {GOOGLE_SEARCH: searches} if searches else {}
+        uses: Counter[str] = Counter()
+        for candidate in self._grounding.values():
+            uses.update(candidate.uses())
+        return dict(uses)
 
     def summary(self) -> ResponseSummary:
         """The summary of everything folded in so far."""

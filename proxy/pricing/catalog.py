@@ -74,8 +74,10 @@ _NO_MODEL: Final = "(none)"
 class Rates:
     """One price tier's rates, USD per 1M tokens.
 
-    ``input_by_modality`` / ``cached_by_modality`` hold the modalities whose rate differs
-    from the text rate (``input`` / ``cached``), e.g. ``{"audio": Decimal("1.00")}``.
+    ``input_by_modality`` / ``cached_by_modality`` / ``output_by_modality`` hold the
+    modalities whose rate differs from the text rate (``input`` / ``cached`` /
+    ``output``), e.g. ``{"audio": Decimal("1.00")}``: audio input on Flash models,
+    image output on the image models, audio output on the Live models.
     """
 
     input: Decimal
@@ -83,6 +85,7 @@ class Rates:
     cached: Decimal
     input_by_modality: Mapping[str, Decimal]
     cached_by_modality: Mapping[str, Decimal]
+    output_by_modality: Mapping[str, Decimal]
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +392,7 @@ _ENTRY_KEYS: Final = frozenset(
         "cached",
         "input_by_modality",
         "cached_by_modality",
+        "output_by_modality",
         "per_image",
         "per_video_second",
         "per_video_second_by_resolution",
@@ -411,9 +415,8 @@ _ENTRY_REQUIRED: Final = (
     "cached",
     "tiers",
 )
-_RATE_KEYS: Final = frozenset(
-    {"input", "output", "cached", "input_by_modality", "cached_by_modality"}
-)
+_MODALITY_FIELDS: Final = ("input_by_modality", "cached_by_modality", "output_by_modality")
+_RATE_KEYS: Final = frozenset({"input", "output", "cached", *_MODALITY_FIELDS})
 _LONG_CONTEXT_KEYS: Final = _RATE_KEYS | {"threshold"}
 
 
@@ -493,6 +496,9 @@ class _Reader:
             cached_by_modality=self.modality_rates(
                 table.get("cached_by_modality", {}), f"{where}.cached_by_modality"
             ),
+            output_by_modality=self.modality_rates(
+                table.get("output_by_modality", {}), f"{where}.output_by_modality"
+            ),
         )
 
     def long_context(self, value: object, base: Rates, where: str) -> LongContext:
@@ -504,7 +510,7 @@ class _Reader:
         rates = self.rates(table, where)
         # A modality the base tier prices apart must be priced apart above the threshold
         # too, or long prompts of that modality would silently bill at the text rate.
-        for field_name in ("input_by_modality", "cached_by_modality"):
+        for field_name in _MODALITY_FIELDS:
             missing = set(getattr(base, field_name)) - set(getattr(rates, field_name))
             if missing:
                 self.fail(

@@ -11,9 +11,12 @@ How one record is priced (docs/pricing.md has the worked reasoning):
   (``UNPRICED``), never guessed.
 - Long-context models bill the whole request at their higher rates when the prompt
   (``input_tokens``, cached part included) exceeds the threshold.
-- Uncached input, cached input and intermediate (tool-use) tokens bill at the input or
-  cached rate of their modality where the model has one, text rates otherwise; output and
-  thinking tokens bill at the output rate.
+- Uncached input, cached input, intermediate (tool-use) and output tokens bill at the
+  rate of their modality where the model has one, text rates otherwise; thinking tokens
+  bill at the (text) output rate.
+- When the response reports no cached-by-modality breakdown, the cached tokens' modality
+  is derived from the prompt's (``_cached_modalities``): exact for a one-modality prompt,
+  an upper bound of the bill for a mixed one.
 - Units billed other than by the token: images at the entry's ``per_image``, seconds of
   video at ``per_video_second`` (or, for the resolutions it lists, at
   ``per_video_second_by_resolution``), and cache storage (tokens x seconds) at
@@ -21,9 +24,9 @@ How one record is priced (docs/pricing.md has the worked reasoning):
   whose entry lacks the rate is unpriced, never priced without them.
 - The service tier's factor (flex, batch/deferred, priority) multiplies the input,
   intermediate, output and thinking charges; cached tokens have their own per-tier factor
-  (1 unless the entry says otherwise: Google lists one context-caching price per model and
-  its batch rows repeat the standard one). Grounding fees are added per grounded prompt or
-  per search query, as the model bills them, in every tier alike.
+  (``cached_tiers``, 1 where the entry leaves a tier out; docs/pricing.md says how each
+  was settled). Grounding fees are added per grounded prompt or per search query, as the
+  model bills them, in every tier alike.
 
 Money is ``decimal.Decimal`` throughout, computed in a local context wide enough that no
 operation rounds: a record's cost is exact, and only the display helpers round.
@@ -46,7 +49,7 @@ from types import MappingProxyType
 from typing import Final
 
 from ..metering.records import UNPRICED, Cost, Usage
-from .catalog import _STANDARD, Catalog, ModelPrices, _tool_key, _utc_day, _warn_once
+from .catalog import _STANDARD, Catalog, ModelPrices, Rates, _tool_key, _utc_day, _warn_once
 
 __all__ = ["price"]
 
@@ -129,11 +132,14 @@ def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
         cached = min(_count(usage.cached_tokens), prompt)
         rates = entry.rates_for(prompt)
         factor = entry.tier_factor(tier)
-        cached_by_modality = _counts(usage.cached_by_modality)
+        prompt_by_modality = _counts(usage.input_by_modality)
+        cached_by_modality = _counts(usage.cached_by_modality) or _cached_modalities(
+            cached, prompt, prompt_by_modality, rates
+        )
         # A modality's uncached input is its prompt tokens less its cached ones.
         uncached_by_modality = {
             modality: max(tokens - cached_by_modality.get(modality, 0), 0)
-            for modality, tokens in _counts(usage.input_by_modality).items()
+            for modality, tokens in prompt_by_modality.items()
         }
         input_cost = _charge(
             prompt - cached, uncached_by_modality, rates.input, rates.input_by_modality, factor
@@ -152,7 +158,13 @@ def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
             rates.input_by_modality,
             factor,
         )
-        output_cost = _charge(_count(usage.output_tokens), {}, rates.output, {}, factor)
+        output_cost = _charge(
+            _count(usage.output_tokens),
+            _counts(usage.output_by_modality),
+            rates.output,
+            rates.output_by_modality,
+            factor,
+        )
         thinking_cost = _charge(_count(usage.thinking_tokens), {}, rates.output, {}, factor)
         grounding_cost = _grounding(entry, usage.grounding)
         media_cost = _count(usage.images) * (entry.per_image or _ZERO) + _split(
@@ -219,6 +231,48 @@ def _split(
         amount += kind_rates[kind] * counted
         remaining -= counted
     return amount + base_rate * remaining
+
+
+def _cached_modalities(
+    cached: int, prompt: int, prompt_by_modality: Mapping[str, int], rates: Rates
+) -> dict[str, int]:
+    """The cached tokens' modalities when the response does not say (its breakdown is empty).
+
+    generateContent omits ``cacheTokensDetails`` in some responses; without a breakdown the
+    cached tokens would all bill at the text cache rate, so an all-audio cached prompt
+    would be charged as text. The cached part is a part of the prompt, so:
+
+    - a prompt of one modality (``promptTokensDetails``) has cached tokens of that
+      modality: exact;
+    - a prompt of several modalities leaves the split unknown. The cached tokens are
+      then assigned to the modalities whose caching saves least first (the smallest input
+      rate minus cached rate; text for prompt tokens no breakdown accounts for), each up
+      to its prompt tokens. Caching an audio token saves more than caching a text token
+      (2.5 Flash: 1.00 - 0.10 against 0.30 - 0.03), so this is the split that leaves the
+      bill highest: the meter never prices a mixed cached prompt below what Google can
+      charge for it, as with budgets everywhere in the meter. Ties keep the modality name
+      order, so the result is deterministic.
+    """
+    if cached <= 0 or not prompt_by_modality:
+        return {}
+    pools = dict(prompt_by_modality)
+    unaccounted = prompt - sum(pools.values())
+    if unaccounted > 0:
+        pools["text"] = pools.get("text", 0) + unaccounted
+
+    def saving(modality: str) -> Decimal:
+        return rates.input_by_modality.get(modality, rates.input) - rates.cached_by_modality.get(
+            modality, rates.cached
+        )
+
+    assigned: dict[str, int] = {}
+    remaining = cached
+    for modality in sorted(pools, key=lambda m: (saving(m), m)):
+        take = min(pools[modality], remaining)
+        if take:
+            assigned[modality] = take
+            remaining -= take
+    return assigned
 
 
 def _grounding(entry: ModelPrices, uses: Mapping[str, int]) -> Decimal:

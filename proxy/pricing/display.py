@@ -74,7 +74,7 @@ def catalog_rows(catalog: Catalog, model: str | None) -> list[dict[str, str]]:
                     "effective_from": e.effective_from.isoformat(),
                     "input": _rate_text(e.rates.input, e.rates.input_by_modality),
                     "cached": _rate_text(e.rates.cached, e.rates.cached_by_modality),
-                    "output": str(e.rates.output),
+                    "output": _rate_text(e.rates.output, e.rates.output_by_modality),
                     "long_context": _long_context_text(e.long_context),
                     "tiers": _tiers_text(e),
                     "grounding": "; ".join(
@@ -115,7 +115,7 @@ def _long_context_text(long: LongContext | None) -> str:
         f"prompt > {long.threshold}: "
         f"input {_rate_text(rates.input, rates.input_by_modality)}, "
         f"cached {_rate_text(rates.cached, rates.cached_by_modality)}, "
-        f"output {rates.output}"
+        f"output {_rate_text(rates.output, rates.output_by_modality)}"
     )
 
 

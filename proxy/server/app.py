@@ -48,7 +48,7 @@ from ..metering.recorder import Recorder
 from ..pricing.catalog import Catalog, load_catalog
 from ..settings import AuthMode, Settings
 from ..storage.journal import Journal, JournalBusy
-from ..storage.migrate import upgrade_async
+from ..storage.migrate import at_head, upgrade_async
 from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
@@ -214,11 +214,11 @@ class ProxyRunner(web.AppRunner):
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    if settings.is_sqlite:
+    engine = make_engine(settings.database_url)
+    if settings.is_sqlite and not await at_head(engine):
         # The embedded default manages its own schema; PostgreSQL is upgraded
         # deliberately with `gemini-meter db upgrade` before a deploy.
         await upgrade_async(settings.database_url)
-    engine = make_engine(settings.database_url)
     app[engine_key] = engine
     app[sessionmaker_key] = async_sessionmaker(engine, expire_on_commit=False)
     yield

@@ -23,18 +23,22 @@ A request goes through four steps, each a small function:
 
 Response bytes are relayed unchanged; the proxy decompresses only a copy for
 the tap. A compressed request body is forwarded as aiohttp decoded it, without
-its Content-Encoding. An interaction's owner is committed before its id is
-released (``_register_owner``): the one database write on the request path.
+its Content-Encoding. One exception each way: a streamed OpenAI-compatible chat
+completion whose client did not ask for usage is forwarded asking for it, and
+the usage-only event that adds is taken out of the stream (``_ask_stream_usage``).
+An interaction's owner is committed before its id is released
+(``_register_owner``): the one database write on the request path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote_plus, urlsplit
@@ -59,6 +63,13 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..metering.media import summarize_predict
+from ..metering.openai import (
+    OpenAIChatStreamTap,
+    UsageChunkFilter,
+    ask_stream_usage,
+    summarize_chat,
+    summarize_embeddings,
+)
 from ..metering.parsers import (
     ResponseSummary,
     parse_json,
@@ -71,6 +82,7 @@ from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
 from ..storage.accounts import OwnedResource
+from ..storage.schema import ResourceKind
 from .auth import presented_key, swap_key
 from .media import (
     OperationBill,
@@ -91,6 +103,7 @@ from .routes import (
     is_forwarded,
     masking_parameter,
     method_override,
+    openai_cached_contents,
     path_problem,
     previous_interaction_ids,
     request_meta,
@@ -169,6 +182,9 @@ class _Call:
     durable: asyncio.Future[None] | None = None
     # held against the caller's budgets until the record settles it
     reservation: Reservation | None = None
+    # A streamed chat completion whose client did not ask for usage: the proxy asked
+    # upstream (metering.openai.ask_stream_usage) and drops the usage-only chunk.
+    drops_usage_chunk: bool = False
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -215,7 +231,12 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
             call.durable = _record_unmetered(request, call, upstream)
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
-        return await _relay_stream(request, upstream, call, tap=stream_tap(endpoint, sse=True))
+        tap: StreamTap = (
+            OpenAIChatStreamTap()
+            if endpoint is EndpointKind.OPENAI_CHAT_COMPLETIONS
+            else stream_tap(endpoint, sse=True)
+        )
+        return await _relay_stream(request, upstream, call, tap=tap)
     if route.action is Action.STREAM_GENERATE and upstream.status < 400:
         return await _relay_stream(request, upstream, call, tap=stream_tap(endpoint, sse=False))
     try:
@@ -286,6 +307,11 @@ async def admit(request: web.Request, started: float) -> _Call:
         previous = _previous_interactions(parsed, request)
         call.parsed = parsed
         call.meta = request_meta(route, parsed)
+        if route.action is Action.OPENAI_CHAT:
+            _ask_stream_usage(call)
+            for name in sorted(_checked(openai_cached_contents, parsed)):
+                # Someone else's cache (or one never made here) is 404, never forwarded.
+                await auth.check_resource(ResourceKind.CACHED_CONTENT, name, principal)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
     await check_inputs(auth, route.action, call.parsed, principal)
@@ -312,15 +338,38 @@ _READS_BODY = frozenset(
         Action.STREAM_GENERATE,
         Action.EMBED,
         Action.BATCH_EMBED,
+        Action.OPENAI_CHAT,
+        Action.OPENAI_EMBED,
         Action.PREDICT,
         Action.PREDICT_LONG_RUNNING,
     }
 )
 
 
+def _ask_stream_usage(call: _Call) -> None:
+    """Make a streamed chat completion carry its usage, which only ``include_usage`` brings.
+
+    The one request body the proxy changes: re-serialised with
+    ``stream_options.include_usage`` set, and the usage-only chunk that adds is
+    taken out of the client's stream again (``UsageChunkFilter``), so the call
+    is metered on the upstream's own figures and the client gets what it asked for.
+    """
+    asked = ask_stream_usage(call.parsed)
+    if asked is None:
+        return
+    call.parsed = asked
+    call.body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
+    call.drops_usage_chunk = True
+
+
 def _previous_interactions(body: object, request: web.Request) -> set[str]:
+    return _checked(lambda parsed: previous_interaction_ids(parsed, request.query), body)
+
+
+def _checked(names: Callable[[object], set[str]], body: object) -> set[str]:
+    """The resource names a body refers to, or 400 when one cannot be read."""
     try:
-        return previous_interaction_ids(body, request.query)
+        return names(body)
     except BodyRefused as exc:
         raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
 
@@ -360,14 +409,14 @@ _BUDGETED = frozenset(
         Action.STREAM_GENERATE,
         Action.EMBED,
         Action.BATCH_EMBED,
+        Action.OPENAI_CHAT,
+        Action.OPENAI_EMBED,
         Action.PREDICT,
         Action.PREDICT_LONG_RUNNING,
     }
 )
-_EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED})
-_EMBEDDING_KINDS = frozenset(
-    {EndpointKind.ASYNC_BATCH_EMBED_CONTENT, EndpointKind.OPENAI_EMBEDDINGS}
-)
+_EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED, Action.OPENAI_EMBED})
+_EMBEDDING_KINDS = frozenset({EndpointKind.ASYNC_BATCH_EMBED_CONTENT})
 
 
 def _budgeted(request: web.Request, route: Route) -> bool:
@@ -480,6 +529,9 @@ def _upstream_headers(request: web.Request, call: _Call) -> CIMultiDict[str]:
             if token.split(";")[0].strip().lower() in _DECODABLE
         ]
         headers["accept-encoding"] = ",".join(accepted) if accepted else "identity"
+    if call.drops_usage_chunk:
+        # The events are rewritten for the client: have them come plain, not compressed.
+        headers["accept-encoding"] = "identity"
     if _decoded_by_server(request):
         # aiohttp already undid the encoding: the bytes forwarded are the decoded
         # ones, so neither the client's encoding nor its length describes them.
@@ -635,6 +687,10 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
         return call.bill.summary if call.bill is not None else ResponseSummary()
     if call.route.action is Action.PREDICT_LONG_RUNNING:
         return ResponseSummary()  # billed when the operation is done
+    if call.route.action is Action.OPENAI_CHAT:
+        return summarize_chat(payload)
+    if call.route.action is Action.OPENAI_EMBED:
+        return summarize_embeddings(payload, call.parsed)
     return summarize_generate(payload)
 
 
@@ -669,9 +725,11 @@ async def _relay_stream(
     different: the pump still reads and bills it. The app's cleanup waits for
     pumps still running (and cuts them after the shutdown grace period).
     """
-    response = web.StreamResponse(
-        status=upstream.status, headers=_response_headers(upstream, keep_length=True)
-    )
+    headers = _response_headers(upstream, keep_length=not call.drops_usage_chunk)
+    if call.drops_usage_chunk:
+        # The client gets the decoded events the filter passes on, not the upstream's bytes.
+        headers.popall("content-encoding", None)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
     call.streamed = True
     try:
         await response.prepare(request)
@@ -715,12 +773,17 @@ async def _pump(
     tap: StreamTap | None,
 ) -> web.StreamResponse:
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
+    relayed = UsageChunkFilter() if call.drops_usage_chunk else None
     broken = False
     cut = False
     try:
         async for chunk in _timed(upstream, call):
-            if tap is not None:
-                tap.feed(decode(chunk))
+            if tap is not None or relayed is not None:
+                plain = decode(chunk)
+                if tap is not None:
+                    tap.feed(plain)
+                if relayed is not None:
+                    chunk = relayed.feed(plain)
                 if not call.owner_registered and isinstance(tap, InteractionStreamTap):
                     # Own the interaction as soon as the stream names it, before the
                     # chunk that completes that event is relayed: the client may fetch
@@ -731,7 +794,8 @@ async def _pump(
                     break
                 continue
             try:
-                await response.write(chunk)
+                if chunk:
+                    await response.write(chunk)
             except (ConnectionError, aiohttp.ClientConnectionResetError):
                 call.client_disconnected = True
                 if tap is None:
@@ -763,6 +827,8 @@ async def _pump(
     if durable is not None:
         await asyncio.shield(durable)  # the last byte only once the record is on disk
     try:
+        if relayed is not None and (rest := relayed.close()):
+            await response.write(rest)
         await response.write_eof()
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         pass

@@ -62,7 +62,16 @@ __all__ = [
 log = logging.getLogger("gemini_meter.metrics")
 
 TOKEN_TYPES = ("input", "cached", "intermediate", "output", "thinking")
-COST_CATEGORIES = ("input", "cached", "intermediate", "output", "thinking", "grounding")
+COST_CATEGORIES = (
+    "input",
+    "cached",
+    "intermediate",
+    "output",
+    "thinking",
+    "grounding",
+    "media",
+    "storage",
+)
 # The value a capped label takes once its limit of distinct values is reached.
 OTHER = "other"
 MODEL_LIMIT = 200
@@ -154,6 +163,15 @@ class Metrics:
         self.cost = Counter(
             "gemini_meter_cost_usd_total",
             "Cost in US dollars of metered calls, by billing category, model and principal.",
+            ["category", "model", "principal"],
+            registry=registry,
+        )
+        # A counter only grows: storage given back (a context cache deleted before its
+        # expiry) is counted here, so charged less refunded is the net.
+        self.refunds = Counter(
+            "gemini_meter_cost_refunded_usd_total",
+            "US dollars given back by metered calls, by billing category (context-cache"
+            " storage refunded when a cache is deleted early), model and principal.",
             ["category", "model", "principal"],
             registry=registry,
         )
@@ -249,6 +267,7 @@ class Metrics:
         self._requests = _Children(self.requests)
         self._tokens = _Children(self.tokens)
         self._cost = _Children(self.cost)
+        self._refunds = _Children(self.refunds)
         self._duration = _Children(self.duration)
         self._ttfb = _Children(self.ttfb)
         self._overhead = _Children(self.overhead)
@@ -335,12 +354,16 @@ class Metrics:
                     cost.output,
                     cost.thinking,
                     cost.grounding,
+                    cost.media,
+                    cost.storage,
                 ),
                 strict=True,
             ):
-                if part:
-                    # Prometheus counts in floats; the exact figure is in the database.
+                # Prometheus counts in floats; the exact figure is in the database.
+                if part and part > 0:
                     self._cost(name, model, principal).inc(float(part))
+                elif part:
+                    self._refunds(name, model, principal).inc(float(-part))
         if record.parse_error:
             self._parse_errors(endpoint).inc()
         elif usage.total_mismatch:

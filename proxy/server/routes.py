@@ -15,8 +15,9 @@ closing a way to make the proxy check one request while the upstream serves
 another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
 (Google honours ``X-HTTP-Method-Override`` and ``$httpMethod``),
 ``masking_parameter`` (field masks and encodings that would strip usage),
-``strict_json`` (duplicate keys, unparseable or too deep bodies) and
-``previous_interaction_ids`` (both spellings, body and query).
+``strict_json`` (duplicate keys, unparseable or too deep bodies),
+``previous_interaction_ids`` (both spellings, body and query) and
+``openai_cached_contents`` (a context cache an OpenAI-compatible chat body names).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ _MODEL_OPERATIONS = re.compile(
 _FILE_DOWNLOAD = re.compile(
     rf"^(?:/upload|/download)?/{_VERSION}/files/(?P<id>[^/:]+):download$", re.IGNORECASE
 )
+# Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash and the
+# "/upload" prefix are read as the same route, so the spelling cannot move a call off the meter.
+_OPENAI = re.compile(rf"{_PREFIX}/openai/(?P<method>chat/completions|embeddings)/?$", re.IGNORECASE)
 
 
 class Action(Enum):
@@ -89,6 +93,8 @@ class Action(Enum):
     # or a method the proxy does not know on one: refused, never forwarded
     OPERATION_UNKNOWN = auto()
     FILE_DOWNLOAD = auto()  # a generated file's bytes: its owner's only
+    OPENAI_CHAT = auto()  # /openai/chat/completions
+    OPENAI_EMBED = auto()  # /openai/embeddings
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
 
 
@@ -122,6 +128,8 @@ _ENDPOINTS = {
     Action.PREDICT_LONG_RUNNING: EndpointKind.PREDICT_LONG_RUNNING,
     # the poll that first sees a video operation done carries its bill
     Action.OPERATION_GET: EndpointKind.PREDICT_LONG_RUNNING,
+    Action.OPENAI_CHAT: EndpointKind.OPENAI_CHAT_COMPLETIONS,
+    Action.OPENAI_EMBED: EndpointKind.OPENAI_EMBEDDINGS,
 }
 
 FORWARD = Route(Action.FORWARD)
@@ -197,16 +205,7 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
     # proxy: refused in virtual_keys mode (it would spend the upstream key unmetered);
     # in passthrough mode the client's own key pays and the record says who minted it.
     _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens$"),
-    # The OpenAI-compatible surface.
-    _unmetered(
-        EndpointKind.OPENAI_CHAT_COMPLETIONS,
-        "POST",
-        rf"{_V}/openai/chat/completions$",
-        model_in_body=True,
-    ),
-    _unmetered(
-        EndpointKind.OPENAI_EMBEDDINGS, "POST", rf"{_V}/openai/embeddings$", model_in_body=True
-    ),
+    # The OpenAI-compatible surface but chat completions and embeddings (metered).
     _unmetered(
         EndpointKind.OPENAI_IMAGES, "POST", rf"{_V}/openai/images/generations$", model_in_body=True
     ),
@@ -260,6 +259,11 @@ def classify(method: str, path: str) -> Route:
         if e is not None:
             embed = e.group("method").lower() == "embedcontent"
             return Route(Action.EMBED if embed else Action.BATCH_EMBED, model=e.group("model"))
+    if method == "POST" and "openai" in path.lower():
+        o = _OPENAI.match(path)
+        if o is not None:
+            chat = o.group("method").lower() == "chat/completions"
+            return Route(Action.OPENAI_CHAT if chat else Action.OPENAI_EMBED)
     return _classify_media(method, path) or _classify_unmetered(method, path) or FORWARD
 
 
@@ -474,6 +478,57 @@ def previous_interaction_ids(body: object, query: MultiMapping[str]) -> set[str]
     return found
 
 
+# Where an OpenAI-shaped chat completion can name a Gemini context cache: Google's
+# compatibility layer reads ``extra_body.google.cached_content`` (what the openai SDK sends
+# for ``extra_body={"extra_body": {"google": {"cached_content": ...}}}``, as clients of
+# the endpoint do, e.g. NousResearch/hermes-agent's tests and several gateways' adapters);
+# the other spellings are read too, so no spelling of the name goes unchecked.
+_EXTRA_BODY_NAMES = ("extra_body", "extraBody")
+_CACHED_CONTENT_NAMES = ("cached_content", "cachedContent")
+_CACHE_ID = re.compile(r"^[^/?#\s]+$")
+
+
+def _cached_content_name(value: object) -> str:
+    """A cached content's canonical name, ``cachedContents/{id}``, however it was spelt."""
+    if not isinstance(value, str) or not value.strip():
+        raise BodyRefused("cached_content must be a non-empty string")
+    name = value.strip().lstrip("/")
+    version, _, rest = name.partition("/")
+    if re.fullmatch(_VERSION, version) and rest:
+        name = rest
+    collection, sep, cache_id = name.partition("/")
+    if not sep:
+        # a bare id: checked as the cache it would name
+        collection, cache_id = "cachedContents", name
+    if collection.lower() != "cachedcontents" or not _CACHE_ID.match(cache_id):
+        raise BodyRefused("cached_content must name one cachedContents/{id}")
+    return f"cachedContents/{cache_id}"
+
+
+def openai_cached_contents(body: object) -> set[str]:
+    """Every context cache an OpenAI-compatible chat body names, canonical.
+
+    ``BodyRefused`` for a value that is there but is not one cache's name: the
+    proxy cannot check what it cannot read.
+    """
+    if not isinstance(body, dict):
+        return set()
+    holders: list[object] = [body]
+    for outer in (body, *(body.get(n) for n in _EXTRA_BODY_NAMES)):
+        if isinstance(outer, dict):
+            holders.append(outer)
+            holders.append(outer.get("google"))
+    found: set[str] = set()
+    for holder in holders:
+        if not isinstance(holder, dict):
+            continue
+        for name in _CACHED_CONTENT_NAMES:
+            value = holder.get(name)
+            if value is not None:
+                found.add(_cached_content_name(value))
+    return found
+
+
 def request_meta(route: Route, body: object) -> RequestMeta:
     """Model, streaming, tier, labels and the previous interaction from a parsed body.
 
@@ -482,6 +537,10 @@ def request_meta(route: Route, body: object) -> RequestMeta:
     """
     if not isinstance(body, dict):
         return RequestMeta(model=route.model, stream=route.action is Action.STREAM_GENERATE)
+    if route.action in (Action.OPENAI_CHAT, Action.OPENAI_EMBED):
+        # OpenAI's shape: the model in the body, ``stream`` a bool, no labels; its
+        # ``service_tier`` names OpenAI's tiers, not Gemini's, so it is not read.
+        return RequestMeta(model=body_model(body), stream=body.get("stream") is True)
     if route.action is Action.INTERACTION_CREATE:
         model = _str_or_none(body.get("model"))
         if model is None and (agent := _str_or_none(body.get("agent"))) is not None:

@@ -18,13 +18,27 @@ A SIGKILL skips all this; the journal is what makes that safe.
 
 With ``metrics_port`` set, ``/metrics`` is served by a second small app on that
 port (same host, same event loop, the proxy's registry) and not on the proxy's.
+
+``workers > 1`` runs that many processes on the one port (``SO_REUSEPORT``: the
+kernel spreads connections over them), each with its own event loop, upstream
+pool, writer and journal slot (``storage.journal`` gives each process a slot of its
+own under the shared directory), and its metrics on ``metrics_port + i``. A
+supervisor, this process, migrates the database and makes the key secret once
+before starting them, restarts one that dies (its journal slot, freed by the
+kernel, is replayed by its successor), and on SIGTERM passes the signal on and
+waits for every worker's own drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -39,16 +53,112 @@ __all__ = ["serve"]
 log = logging.getLogger("gemini_meter.serve")
 
 
-def serve(
-    settings: Settings, *, access_log_class: type[AbstractAccessLogger] | None = None
+AccessLog = Callable[[], type[AbstractAccessLogger]]
+# A worker that dies sooner than this after its start is restarted only after a pause,
+# so a worker that cannot start (a port taken, a bad database URL) does not spin.
+_RESTART_PAUSE_SECONDS = 1.0
+
+
+def serve(settings: Settings, *, access_log: AccessLog | None = None) -> None:
+    """Run the proxy on ``settings.host:port`` until SIGTERM/SIGINT, then drain and stop.
+
+    ``access_log`` makes the access logger class (a module-level callable, so that
+    worker processes can be handed it).
+    """
+    if settings.workers > 1:
+        _supervise(settings, access_log)
+    else:
+        asyncio.run(_serve(settings, access_log, reuse_port=False))
+
+
+def _worker(settings: Settings, index: int, access_log: AccessLog | None, level: int) -> None:
+    """One worker process: the proxy on the shared port, its metrics on its own."""
+    logging.basicConfig(
+        level=level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+    assert settings.metrics_port is not None  # the settings require it with workers
+    mine = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
+    # The supervisor handles SIGINT (a terminal's ^C reaches the whole group) and
+    # passes SIGTERM on: a worker drains once, on SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_serve(mine, access_log, reuse_port=True, signals=(signal.SIGTERM,)))
+
+
+def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
+    from ..storage.migrate import upgrade
+
+    # Once, before any worker: concurrent first starts would race to migrate an
+    # embedded SQLite file and to create the key secret file.
+    upgrade(settings.database_url)
+    settings.secret_bytes()
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def start(index: int) -> tuple[BaseProcess, float]:
+        process = context.Process(
+            target=_worker,
+            args=(settings, index, access_log, logging.getLogger().level),
+            name=f"gemini-meter-{index}",
+        )
+        process.start()
+        return process, time.monotonic()
+
+    workers = [start(i) for i in range(settings.workers)]
+    log.info(
+        "Gemini Meter supervisor: %d workers on http://%s:%d, metrics on ports %d..%d",
+        settings.workers,
+        settings.host,
+        settings.port,
+        settings.metrics_port,
+        (settings.metrics_port or 0) + settings.workers - 1,
+    )
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, (process, started) in enumerate(workers):
+                if stopping or process.is_alive():
+                    continue
+                log.warning("worker %d exited with %s; restarting it", index, process.exitcode)
+                if time.monotonic() - started < _RESTART_PAUSE_SECONDS:
+                    time.sleep(_RESTART_PAUSE_SECONDS)
+                workers[index] = start(index)
+    finally:
+        for process, _ in workers:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()  # SIGTERM: each worker drains and records
+        # A worker's drain takes at most the grace period, then its cleanup flushes.
+        deadline = time.monotonic() + settings.shutdown_grace_seconds + 30
+        for process, _ in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker %s did not stop in time: killed", process.name)
+                process.kill()
+                process.join()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    log.info("stopped: every worker drained")
+
+
+async def _serve(
+    settings: Settings,
+    access_log: AccessLog | None,
+    *,
+    reuse_port: bool,
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
-    """Run the proxy on ``settings.host:port`` until SIGTERM/SIGINT, then drain and stop."""
-    asyncio.run(_serve(settings, access_log_class))
-
-
-async def _serve(settings: Settings, access_log_class: type[AbstractAccessLogger] | None) -> None:
     app = create_app(settings)
-    kwargs = {"access_log_class": access_log_class} if access_log_class is not None else {}
+    kwargs: dict[str, Any] = {}
+    if not settings.access_log:
+        kwargs["access_log"] = None  # aiohttp then skips the logger entirely
+    elif access_log is not None:
+        kwargs["access_log_class"] = access_log()
     # aiohttp waits up to shutdown_timeout for handlers in flight once the sites stop.
     runner = ProxyRunner(
         app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds, **kwargs
@@ -56,11 +166,11 @@ async def _serve(settings: Settings, access_log_class: type[AbstractAccessLogger
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signals:
         loop.add_signal_handler(signum, stop.set)
     metrics_runner: web.AppRunner | None = None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
         if settings.metrics_port is not None:
             metrics_runner = web.AppRunner(metrics_app(app[metrics_key]), access_log=None)
@@ -84,7 +194,7 @@ async def _serve(settings: Settings, access_log_class: type[AbstractAccessLogger
             settings.shutdown_grace_seconds,
         )
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         if metrics_runner is not None:

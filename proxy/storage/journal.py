@@ -239,6 +239,7 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._take_slot()
         assert self.slot is not None
+        self._adopt_orphans()
         entries: list[Entry] = []
         numbers = sorted(int(p.stem) for p in self.slot.glob(f"*{_SUFFIX}") if p.stem.isdigit())
         for number in numbers:
@@ -285,6 +286,43 @@ class Journal:
             self.slot, self._lock_fd = slot, fd
             return
         raise JournalBusy(f"all {_MAX_SLOTS} journal slots in {self.directory} are in use")
+
+    def _adopt_orphans(self) -> None:
+        """Move into this slot the segments of every slot no process holds.
+
+        A restarted process takes its predecessor's slot back, but when fewer
+        processes start than ran before (``workers`` lowered, a replica gone), some
+        slots would never be taken again: their rows are adopted here, under the
+        orphan slot's own lock, and replayed with this slot's (writes are idempotent,
+        so a row replayed twice is still stored once).
+        """
+        assert self.slot is not None
+        mine = [int(p.stem) for p in self.slot.glob(f"*{_SUFFIX}") if p.stem.isdigit()]
+        following = max(mine, default=-1) + 1
+        for other in sorted(self.directory.iterdir()):
+            if other == self.slot or not other.name.isdigit() or not other.is_dir():
+                continue
+            segments = sorted(
+                (int(p.stem), p) for p in other.glob(f"*{_SUFFIX}") if p.stem.isdigit()
+            )
+            if not segments:
+                continue
+            fd = os.open(other / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a live process's journal
+            try:
+                for _, path in segments:
+                    if path.exists():  # re-read under the lock: it may have been trimmed
+                        os.rename(path, self._segment_path(following))
+                        following += 1
+                _fsync_dir(self.slot)
+                _fsync_dir(other)
+                log.info("journal %s: adopted %d segments of %s", self.slot, len(segments), other)
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
 
     def _segment_path(self, number: int) -> Path:
         assert self.slot is not None

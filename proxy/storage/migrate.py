@@ -13,6 +13,10 @@ Alembic's async ``env.py`` runs its own event loop (``asyncio.run``), so the
 sync functions must not be called from a running loop; ``upgrade_async`` runs
 the upgrade in a worker thread for ``serve``, which migrates an SQLite database
 by itself at start-up.
+
+Importing Alembic costs a good part of the proxy's start-up, so it is imported only
+when a migration runs: ``serve`` first reads the database's revision with one query
+(``at_head``) and compares it with ``HEAD``, which a test keeps equal to the scripts' head.
 """
 
 from __future__ import annotations
@@ -20,17 +24,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = [
+    "HEAD",
     "alembic_config",
+    "at_head",
     "current",
     "current_async",
     "downgrade",
@@ -46,6 +53,9 @@ __all__ = [
 # Across processes, env.py serialises PostgreSQL upgrades with an advisory lock.
 _alembic_lock = threading.Lock()
 
+# The newest revision in migrations/versions (tests/storage/test_migrate.py checks it).
+HEAD = "0004"
+
 
 def script_location() -> Path:
     """The directory holding ``env.py`` and ``versions/``."""
@@ -60,6 +70,8 @@ def script_location() -> Path:
 
 def alembic_config(url: str) -> Config:
     """An Alembic ``Config`` for ``url``, built without ``alembic.ini``."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(script_location()))
     config.set_main_option("path_separator", "os")
@@ -71,12 +83,16 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Upgrade the database at ``url`` to ``revision``. Not from a running loop."""
+    from alembic import command
+
     with _alembic_lock:
         command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
     """Downgrade the database at ``url`` to ``revision`` (``"base"``: drop everything)."""
+    from alembic import command
+
     with _alembic_lock:
         command.downgrade(alembic_config(url), revision)
 
@@ -88,10 +104,24 @@ async def upgrade_async(url: str, revision: str = "head") -> None:
 
 def head() -> str | None:
     """The newest revision the scripts define."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the database is at ``HEAD``, in one query and without importing Alembic."""
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+            return [row[0] for row in result] == [HEAD]
+    except (OperationalError, ProgrammingError):  # no alembic_version table yet
+        return False
+
+
 def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 

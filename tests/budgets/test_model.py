@@ -91,6 +91,14 @@ def test_max_output_tokens_in_both_spellings():
     assert max_output_tokens(["not", "a", "dict"]) is None
 
 
+def test_max_output_tokens_of_the_openai_compatible_endpoint():
+    # OpenAI's cap, and its deprecated name; the current one wins when both are sent
+    assert max_output_tokens({"model": "m", "max_completion_tokens": 56}) == 56
+    assert max_output_tokens({"model": "m", "max_tokens": 78}) == 78
+    assert max_output_tokens({"max_completion_tokens": 9, "max_tokens": 90}) == 9
+    assert max_output_tokens({"max_tokens": None}) is None
+
+
 def test_the_boundary_spend_at_the_limit_refuses_and_exactly_fitting_passes():
     assert exceeds(spend=10, amount=0, limit=10)  # reached: refused even at zero estimate
     assert not exceeds(spend=6, amount=4, limit=10)  # lands exactly on the limit: admitted

@@ -501,12 +501,13 @@ def test_price_either_api_usage_object(capsys, body):
     assert result["cost_usd"] == "0.0104"
 
 
-def test_price_flex_halves_everything_but_cached(capsys):
+def test_price_flex_halves_everything(capsys):
     result = price_json(capsys, "gemini-2.5-pro", INTERACTIONS_USAGE, "--service-tier", "flex")
     assert result["service_tier"] == "flex"
     assert result["cost_breakdown_usd"] == {
         "input": "0.0005",
-        "cached": "0.000025",  # cached tokens bill at their own rate in every tier
+        # flex halves cached tokens too (catalog 2026-11-29.2): 200 x 0.125 x 0.5 / 1M
+        "cached": "0.0000125",
         "intermediate": "0.0001875",
         "output": "0.002",
         "thinking": "0.0025",
@@ -514,7 +515,7 @@ def test_price_flex_halves_everything_but_cached(capsys):
         "media": "0",
         "storage": "0",
     }
-    assert result["cost_usd"] == "0.0052125"
+    assert result["cost_usd"] == "0.0052"
 
 
 def test_price_of_an_unknown_model_is_null_not_zero(capsys):

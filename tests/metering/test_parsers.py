@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from proxy.metering.parsers import (
     PENDING,
     TERMINAL,
+    GenerateAccumulator,
     ResponseSummary,
     UsageParseError,
     count_code_execution_steps,
@@ -35,6 +36,7 @@ from proxy.metering.records import Usage
 from tests.factories import assert_strict
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "streams"
+RECORDED = Path(__file__).parents[1] / "fixtures" / "recorded"
 
 
 def sdk_usage(obj: dict[str, Any]) -> dict[str, Any]:
@@ -550,6 +552,72 @@ def test_summarize_generate_counts_every_candidate() -> None:
     assert summary.code_execution_calls == 2
     assert summary.usage is not None
     assert summary.usage.grounding == {"google_search": 4}
+
+
+# --- grounding: what Google bills ---------------------------------------------------------
+
+
+def _grounding_of(*bodies: object) -> dict[str, int]:
+    acc = GenerateAccumulator()
+    for body in bodies:
+        acc.add(body)
+    return acc.grounding()
+
+
+def test_maps_grounding_docs_example_is_one_maps_prompt_not_a_search() -> None:
+    # Google's own Maps example response (tests/fixtures/recorded/README.md): one Maps
+    # source, the widget token, and webSearchQueries ["restaurants near me"], which the
+    # Maps tool ran. Google bills it as one Maps-grounded prompt; before this count it
+    # was taken for one Google Search query.
+    example = json.loads((RECORDED / "generate_maps_grounding_docs_example.json").read_bytes())
+    assert _grounding_of(example) == {"google_maps": 1}
+    # The page's 2026-09-28 capture shows the same body without the widget token: the
+    # Maps source alone makes it a Maps prompt.
+    metadata = example["candidates"][0]["groundingMetadata"]
+    del metadata["googleMapsWidgetContextToken"]
+    assert _grounding_of(example) == {"google_maps": 1}
+    # The SDK parses it (validation is the check) and its snake_case dump reads the same.
+    snake = gt.GenerateContentResponse.model_validate(sdk_generate(example)).to_json_dict()
+    assert _grounding_of(snake) == {"google_maps": 1}
+
+
+def test_maps_and_search_in_one_candidate_count_both() -> None:
+    metadata = {
+        "groundingChunks": [
+            {"maps": {"uri": "https://maps.google.com/?cid=1", "title": "Cafe"}},
+            {"web": {"uri": "https://example.com", "title": "Example"}},
+        ],
+        "webSearchQueries": ["cafes near me", "cafe reviews"],
+    }
+    # Both tools ran; the queries cannot be told apart, so they count as Search (the
+    # upper bound) and the Maps source is one Maps prompt.
+    assert _grounding_of({"candidates": [{"groundingMetadata": metadata}]}) == {
+        "google_search": 2,
+        "google_maps": 1,
+    }
+
+
+def test_maps_without_a_maps_source_is_not_billed() -> None:
+    # Google: a Maps request counts only "when a prompt successfully returns at least one
+    # Google Maps grounded result". A widget token with no Maps source is neither a Maps
+    # prompt nor a search.
+    metadata = {"googleMapsWidgetContextToken": "widgetcontent/x", "webSearchQueries": ["q"]}
+    assert _grounding_of({"candidates": [{"groundingMetadata": metadata}]}) == {}
+
+
+def test_search_queries_count_once_each_and_never_empty() -> None:
+    # "For billing purposes, we ignore the empty web search queries when counting unique
+    # queries": "a" twice, "b", "" and "  " are 2 searches; a stream repeating the
+    # candidate's metadata adds none; image search queries are searches of their own.
+    chunk = {
+        "candidates": [
+            {"groundingMetadata": {"webSearchQueries": ["a", "a", "", "  ", "b"]}},
+        ]
+    }
+    assert _grounding_of(chunk) == {"google_search": 2}
+    assert _grounding_of(chunk, chunk) == {"google_search": 2}
+    later = {"candidates": [{"groundingMetadata": {"imageSearchQueries": ["a"]}}]}
+    assert _grounding_of(chunk, later) == {"google_search": 3}
 
 
 def test_summarize_blocked_prompt() -> None:

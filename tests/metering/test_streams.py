@@ -839,8 +839,10 @@ def test_generate_tap_grounding_counted_once_per_search() -> None:
     summary = tap_result(GenerateStreamTap(sse=True), [repeated])
     assert summary.usage is not None
     assert summary.usage.grounding == {"google_search": 2}
+    # Google bills distinct non-empty queries ("we ignore the empty web search queries when
+    # counting unique queries"): "a", "b" and "b" again, and an empty one, are 2 searches.
     spread = generate_sse(
-        generate_chunk(candidates=[{"groundingMetadata": {"webSearchQueries": ["a"]}}]),
+        generate_chunk(candidates=[{"groundingMetadata": {"webSearchQueries": ["a", ""]}}]),
         generate_chunk(
             candidates=[{"groundingMetadata": {"webSearchQueries": ["b", "b"]}}],
             usageMetadata=usage,
@@ -848,7 +850,7 @@ def test_generate_tap_grounding_counted_once_per_search() -> None:
     )
     summary = tap_result(GenerateStreamTap(sse=True), [spread])
     assert summary.usage is not None
-    assert summary.usage.grounding == {"google_search": 3}
+    assert summary.usage.grounding == {"google_search": 2}
 
 
 def test_generate_tap_without_usage_is_a_parse_error() -> None:

@@ -21,29 +21,45 @@ from tests.factories import AT, CATALOG, D, assert_cost, usage
 
 
 def test_the_seed_catalog():
-    assert CATALOG.version == "2026-11-29.1"
+    assert CATALOG.version == "2026-11-29.2"
     # (the media models are test_the_media_entries')
     assert [m for m in CATALOG.models() if not m.startswith(("imagen-", "veo-"))] == [
         "gemini-2.5-flash",
+        "gemini-2.5-flash-image",
         "gemini-2.5-flash-lite",
+        "gemini-2.5-flash-native-audio-preview-09-2025",
+        "gemini-2.5-flash-preview-tts",
         "gemini-2.5-pro",
+        "gemini-2.5-pro-preview-tts",
         "gemini-3-flash-preview",
+        "gemini-3-pro-image-preview",
         "gemini-3-pro-preview",
         "gemini-3.1-flash-lite",
+        "gemini-3.1-flash-tts-preview",
         "gemini-3.1-pro-preview",
         "gemini-3.5-flash",
+        "gemini-3.5-flash-lite",
+        "gemini-3.6-flash",
+        "gemini-3.8-flash",
         "gemini-embedding-001",
         "gemini-embedding-2",
+        "gemini-live-2.5-flash-preview",
     ]
+    # the cached-token factors settled on 2026-11-29 (docs/pricing.md): text models with a
+    # priority tier bill cached tokens at half under flex, in full under batch and at 1.8x
+    # under priority; models without those tiers (speech, image, Live, embeddings) at 1
+    settled = {"flex": D("0.5"), "batch": D("1"), "priority": D("1.8")}
     for model in CATALOG.models():
         for entry in CATALOG.entries(model):
             assert entry.source.startswith("https://ai.google.dev/gemini-api/docs/pricing")
-            assert entry.read_on >= entry.effective_from
+            assert entry.read_on >= entry.effective_from or entry.effective_from.year == 2027
             # an unconfirmed figure is always named and explained
             assert entry.confirmed or (entry.unconfirmed and entry.note)
             assert set(entry.tiers) == {"flex", "batch", "priority"}
-            # the seed keeps cached tokens at their rate in every tier
-            assert all(f == 1 for f in entry.cached_tiers.values())
+            if entry.tiers["priority"] == D("1.8"):
+                assert dict(entry.cached_tiers) == settled, model
+            else:
+                assert all(f == 1 for f in entry.cached_tiers.values()), model
     pro = CATALOG.entry("gemini-2.5-pro", AT)
     assert pro is not None and pro.long_context is not None
     assert pro.long_context.threshold == 200_000
@@ -135,7 +151,8 @@ per_video_second_by_resolution = { "4K" = "0.60" }
         ("gemini-2.5-flash-preview-06-30", None),
         ("gemini-2.5-pro-001", None),
         ("gemini-2.5", None),
-        ("gemini-3.5-flash-lite", None),
+        ("gemini-3.7-flash", None),
+        ("gemini-2.5-flash-image-preview", "gemini-2.5-flash-image"),
         ("gemini-flash-latest", None),
         ("tunedModels/gemini-2.5-pro", None),
         ("", None),
@@ -267,7 +284,7 @@ def test_user_file_overrides_and_extends(tmp_path: Path):
     path = write(tmp_path, USER_OVERRIDE)
     catalog = load_catalog(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    assert catalog.version == f"2026-11-29.1+user.{digest}"
+    assert catalog.version == f"2026-11-29.2+user.{digest}"
 
     # replaced: 100,000 x 1.00 = 0.1 (was 1.25); long tier 300,000 x 2.00 = 0.6
     assert price(catalog, "gemini-2.5-pro", usage(input_tokens=100_000), at=AT).total == D("0.1")
@@ -302,7 +319,7 @@ def test_the_same_user_file_gives_the_same_version(tmp_path: Path):
     a = load_catalog(write(tmp_path, ENTRY_2027)).version
     b = load_catalog(write(tmp_path, ENTRY_2027)).version
     c = load_catalog(write(tmp_path, ENTRY_2027 + "\n# edited\n")).version
-    assert a == b != c and a.startswith("2026-11-29.1+user.")
+    assert a == b != c and a.startswith("2026-11-29.2+user.")
 
 
 MALFORMED = [
@@ -366,6 +383,20 @@ MALFORMED = [
         "positive integer",
     ),
     ("version with spaces", 'version = "my prices"\n', "must not contain spaces"),
+    (
+        "output modality rate as a number",
+        ENTRY_2027 + "output_by_modality = { image = 30 }\n",
+        "output_by_modality.image: must be a decimal string",
+    ),
+    (
+        "long context without the image output rate",
+        ENTRY_2027.replace('input_by_modality = { audio = "2.00" }\n', "").replace(
+            'cached_by_modality = { audio = "0.20" }\n', ""
+        )
+        + 'output_by_modality = { image = "30" }\n'
+        + 'long_context = { threshold = 200000, input = "1", output = "1", cached = "1" }\n',
+        "long_context.output_by_modality: must also price image",
+    ),
 ]
 
 
@@ -398,3 +429,31 @@ def test_catalog_can_be_built_directly():
     assert catalog.models() == ["custom"] and catalog.resolve("C") == "custom"
     with pytest.raises(ConfigError):
         Catalog("test.1", {"custom": [entry]}, {"c": "missing"})
+
+
+def test_output_by_modality_is_read_for_every_tier(tmp_path: Path):
+    # a user entry pricing image output apart, above a long-context threshold too:
+    # 1,000 image tokens x 40 = 0.04 at the base tier; 1,000 x 60 = 0.06 above 100 tokens
+    entry = (
+        ENTRY_2027.replace('input_by_modality = { audio = "2.00" }\n', "").replace(
+            'cached_by_modality = { audio = "0.20" }\n', ""
+        )
+        + 'output_by_modality = { image = "40" }\n'
+        + "long_context = { threshold = 100, "
+        + 'input = "1", output = "5", cached = "1", output_by_modality = { image = "60" } }\n'
+    )
+    catalog = load_catalog(write(tmp_path, entry))
+    at = datetime(2027, 1, 2, tzinfo=UTC)
+    image = usage(output_tokens=1_000, output_by_modality={"image": 1_000})
+    assert price(catalog, "gemini-2.5-flash", image, at=at).output == D("0.04")
+    long_prompt = replace(image, input_tokens=101)
+    assert price(catalog, "gemini-2.5-flash", long_prompt, at=at).output == D("0.06")
+
+
+def test_gemini_3_8_flash_price_rises_on_2027_01_01():
+    # Google's page: $0.75 / $3.75 "through December 31, 2026", $1.50 / $7.50 "starting
+    # January 1, 2027": 1M input + 100k output = 0.75 + 0.375 before, 1.50 + 0.75 after
+    u = usage(input_tokens=1_000_000, output_tokens=100_000)
+    before = price(CATALOG, "gemini-3.8-flash", u, at=datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+    after = price(CATALOG, "gemini-3.8-flash", u, at=datetime(2027, 1, 1, tzinfo=UTC))
+    assert (before.total, after.total) == (D("1.125"), D("2.25"))

@@ -8,16 +8,19 @@ invariants over arbitrary usage.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.metering.parsers import GenerateAccumulator
 from proxy.metering.records import UNPRICED, Cost, Usage
 from proxy.pricing import load_catalog, price
 from tests.factories import AT, CATALOG, COST_PARTS, D, assert_cost, usage
@@ -260,13 +263,13 @@ CASES: list[tuple[str, str, Usage, str | None, dict[str, str]]] = [
     ),
     (
         # long tier and priority x 1.8: 150,001 x 4 x 1.8 = 1.0800072;
-        # 2,000 x 18 x 1.8 = 0.0648; cached at the long-tier cache rate, no tier factor:
-        # 50,000 x 0.40 = 0.02
+        # 2,000 x 18 x 1.8 = 0.0648; cached at the long-tier cache rate, times the cached
+        # priority factor (1.8 since 2026-11-29): 50,000 x 0.40 x 1.8 = 0.036
         "3.1-pro-preview prompt 200,001, priority",
         "gemini-3.1-pro-preview",
         usage(input_tokens=200_001, cached_tokens=50_000, output_tokens=2_000),
         "priority",
-        {"input": "1.0800072", "cached": "0.02", "output": "0.0648", "total": "1.1648072"},
+        {"input": "1.0800072", "cached": "0.036", "output": "0.0648", "total": "1.1808072"},
     ),
     # --- gemini-3.1-flash-lite: $0.25, audio $0.50; output $1.50; cached $0.025, audio $0.05
     (
@@ -295,6 +298,52 @@ CASES: list[tuple[str, str, Usage, str | None, dict[str, str]]] = [
         ),
         None,
         {"cached": "0.0005", "total": "0.0005"},
+    ),
+    # --- cached tokens without a cached-by-modality breakdown (gemini-2.5-flash: input
+    #     $0.30, audio $1.00; cached $0.03, audio $0.10)
+    (
+        # an all-audio prompt, all cached, no cacheTokensDetails: the cached tokens are
+        # audio, 10,000 x 0.10 = 0.001 (charged as text before: 10,000 x 0.03 = 0.0003)
+        "2.5-flash all-audio prompt cached, no cached breakdown",
+        "gemini-2.5-flash",
+        usage(input_tokens=10_000, input_by_modality={"audio": 10_000}, cached_tokens=10_000),
+        None,
+        {"cached": "0.001", "total": "0.001"},
+    ),
+    (
+        # audio prompt, 4,000 of 10,000 cached: 4,000 x 0.10 = 0.0004 cached;
+        # 6,000 uncached audio x 1.00 = 0.006
+        "2.5-flash audio prompt partly cached, no cached breakdown",
+        "gemini-2.5-flash",
+        usage(input_tokens=10_000, input_by_modality={"audio": 4_000 + 6_000}, cached_tokens=4_000),
+        None,
+        {"input": "0.006", "cached": "0.0004", "total": "0.0064"},
+    ),
+    (
+        # mixed prompt, text 6,000 + audio 4,000, 7,000 cached: caching text saves
+        # 0.30 - 0.03 = 0.27 per 1M, audio 1.00 - 0.10 = 0.90, so text is assigned first
+        # (the upper bound): cached text 6,000 x 0.03 = 0.00018 + audio 1,000 x 0.10 =
+        # 0.0001 -> 0.00028; uncached audio 3,000 x 1.00 = 0.003; total 0.00328.
+        # (Audio first would give 0.00049 + text 3,000 x 0.30 = 0.0009 -> 0.00139, less.)
+        "2.5-flash mixed prompt cached, no cached breakdown (upper bound)",
+        "gemini-2.5-flash",
+        usage(
+            input_tokens=10_000,
+            input_by_modality={"text": 6_000, "audio": 4_000},
+            cached_tokens=7_000,
+        ),
+        None,
+        {"input": "0.003", "cached": "0.00028", "total": "0.00328"},
+    ),
+    (
+        # the breakdown covers audio 4,000 of a 10,000 prompt: the other 6,000 are text;
+        # 5,000 cached go to text first: 5,000 x 0.03 = 0.00015; uncached audio
+        # 4,000 x 1.00 = 0.004 + text 1,000 x 0.30 = 0.0003 -> 0.0043
+        "2.5-flash partial prompt breakdown, cached without breakdown",
+        "gemini-2.5-flash",
+        usage(input_tokens=10_000, input_by_modality={"audio": 4_000}, cached_tokens=5_000),
+        None,
+        {"input": "0.0043", "cached": "0.00015", "total": "0.00445"},
     ),
     # --- gemini-3.5-flash: $1.50 for every modality; output $9.00; cached $0.15
     (
@@ -351,6 +400,123 @@ CASES: list[tuple[str, str, Usage, str | None, dict[str, str]]] = [
             "grounding": "0.028",
             "total": "0.0415",
         },
+    ),
+    # --- gemini-3.5-flash-lite: $0.30 for every modality; output $2.50; cached $0.03;
+    #     Search $14 per 1,000 queries, Maps $25 per 1,000 grounded prompts
+    (
+        # audio 10,000 x 0.30 = 0.003; 2,000 x 2.50 = 0.005;
+        # 3 search queries x 14 / 1,000 = 0.042 + one Maps prompt 25 / 1,000 = 0.025
+        "3.5-flash-lite audio, search queries and Maps",
+        "gemini-3.5-flash-lite",
+        usage(
+            input_tokens=10_000,
+            input_by_modality={"audio": 10_000},
+            output_tokens=2_000,
+            grounding={"google_search": 3, "google_maps": 1},
+        ),
+        None,
+        {"input": "0.003", "output": "0.005", "grounding": "0.067", "total": "0.075"},
+    ),
+    # --- gemini-3.6-flash: $1.50 / $7.50, cached $0.15
+    (
+        # flex x 0.5, cached flex x 0.5: 60,000 x 1.50 x 0.5 = 0.045;
+        # 40,000 x 0.15 x 0.5 = 0.003; 10,000 x 7.50 x 0.5 = 0.0375
+        "3.6-flash flex with cache",
+        "gemini-3.6-flash",
+        usage(input_tokens=100_000, cached_tokens=40_000, output_tokens=10_000),
+        "flex",
+        {"input": "0.045", "cached": "0.003", "output": "0.0375", "total": "0.0855"},
+    ),
+    # --- gemini-3.8-flash: $0.75 / $3.75 through 2026-12-31 (AT is 2026-11-24)
+    (
+        # 1,000,000 x 0.75 = 0.75; 100,000 x 3.75 = 0.375
+        "3.8-flash introductory rate",
+        "gemini-3.8-flash",
+        usage(input_tokens=1_000_000, output_tokens=100_000),
+        None,
+        {"input": "0.75", "output": "0.375", "total": "1.125"},
+    ),
+    # --- TTS: text in, audio out (2.5 Flash $0.50 / $10.00, 2.5 Pro $1.00 / $20.00,
+    #     3.1 Flash $1.00 / $20.00); batch x 0.5
+    (
+        # batch: 1,000 x 0.50 x 0.5 = 0.00025; audio 32,000 x 10 x 0.5 = 0.16
+        "2.5-flash-tts batch",
+        "gemini-2.5-flash-preview-tts",
+        usage(input_tokens=1_000, output_tokens=32_000, output_by_modality={"audio": 32_000}),
+        "batch",
+        {"input": "0.00025", "output": "0.16", "total": "0.16025"},
+    ),
+    (
+        # 1,000 x 1.00 = 0.001; 25,000 x 20 = 0.5
+        "2.5-pro-tts",
+        "gemini-2.5-pro-preview-tts",
+        usage(input_tokens=1_000, output_tokens=25_000, output_by_modality={"audio": 25_000}),
+        None,
+        {"input": "0.001", "output": "0.5", "total": "0.501"},
+    ),
+    (
+        # 2,000 x 1.00 = 0.002; 10,000 x 20 = 0.2
+        "3.1-flash-tts",
+        "gemini-3.1-flash-tts-preview",
+        usage(input_tokens=2_000, output_tokens=10_000),
+        None,
+        {"input": "0.002", "output": "0.2", "total": "0.202"},
+    ),
+    # --- image models: image output tokens at their own rate
+    (
+        # gemini-2.5-flash-image: 500 x 0.30 = 0.00015; one 1024x1024 image, 1,290 tokens
+        # x 30 = 0.0387 (the page's "$0.039 per image") + text 100 x 2.50 = 0.00025
+        "2.5-flash-image one image and text",
+        "gemini-2.5-flash-image",
+        usage(
+            input_tokens=500,
+            output_tokens=1_390,
+            output_by_modality={"image": 1_290, "text": 100},
+        ),
+        None,
+        {"input": "0.00015", "output": "0.03895", "total": "0.0391"},
+    ),
+    (
+        # gemini-3-pro-image-preview: 1,000 x 2 = 0.002; a 1K/2K image of 1,120 tokens x 120
+        # = 0.1344 (the page's "$0.134 per 1K/2K image") + text 200 x 12 = 0.0024
+        "3-pro-image one image and text",
+        "gemini-3-pro-image-preview",
+        usage(
+            input_tokens=1_000,
+            output_tokens=1_320,
+            output_by_modality={"image": 1_120, "text": 200},
+        ),
+        None,
+        {"input": "0.002", "output": "0.1368", "total": "0.1388"},
+    ),
+    # --- Live models: input text $0.50, audio/image/video $3.00; output text $2.00, audio
+    #     $12.00
+    (
+        # text 100 x 0.50 = 0.00005 + audio 5,000 x 3 = 0.015; audio out 3,000 x 12 =
+        # 0.036 + text out 50 x 2 = 0.0001
+        "native-audio live session",
+        "gemini-2.5-flash-native-audio-preview-09-2025",
+        usage(
+            input_tokens=5_100,
+            input_by_modality={"text": 100, "audio": 5_000},
+            output_tokens=3_050,
+            output_by_modality={"audio": 3_000, "text": 50},
+        ),
+        None,
+        {"input": "0.01505", "output": "0.0361", "total": "0.05115"},
+    ),
+    (
+        # video 2,580 x 3 = 0.00774 + text 20 x 0.50 = 0.00001; audio out 1,000 x 12 = 0.012
+        "half-cascade live with video",
+        "gemini-live-2.5-flash-preview",
+        usage(
+            input_tokens=2_600,
+            input_by_modality={"video": 2_580, "text": 20},
+            output_tokens=1_000,
+            output_by_modality={"audio": 1_000},
+        ),
+        None,
+        {"input": "0.00775", "output": "0.012", "total": "0.01975"},
     ),
     # --- embeddings: input only; gemini-embedding-001 $0.15, gemini-embedding-2 $0.20 text,
     #     $0.45 image, $6.50 audio, $12.00 video; batch x 0.5, flex and priority x 1
@@ -578,6 +744,47 @@ def test_grounding_tool_spellings_and_unknown_tools(caplog: pytest.LogCaptureFix
     )
     assert cost.grounding == 0 and cost.total == 0
     assert any("url_context" in r.getMessage() for r in caplog.records)
+
+
+# --- grounding as Google bills it ------------------------------------------------------------
+
+RECORDED = Path(__file__).parents[1] / "fixtures" / "recorded"
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        # Maps is $25 per 1,000 grounded prompts on every model that supports it (Google's
+        # Maps grounding page): one prompt = 25 / 1,000 = 0.025, on 2.5 and 3.x alike.
+        # Counted as the Search query it was taken for, it cost 35 / 1,000 = 0.035 on
+        # 2.5 Flash and 14 / 1,000 = 0.014 on 3.5 Flash.
+        ("gemini-2.5-flash", "0.025"),
+        ("gemini-3.5-flash", "0.025"),
+    ],
+)
+def test_google_maps_docs_example_bills_at_the_maps_rate(model: str, expected: str):
+    example = json.loads((RECORDED / "generate_maps_grounding_docs_example.json").read_bytes())
+    acc = GenerateAccumulator()
+    acc.add(example)
+    cost = price(CATALOG, model, usage(grounding=acc.grounding()), at=AT)
+    assert (cost.grounding, cost.total) == (D(expected), D(expected))
+
+
+def test_search_queries_billed_per_query_on_gemini_3_and_per_prompt_on_2_5():
+    # the response reports 3 distinct non-empty queries (and a repeat and an empty one)
+    response = {
+        "candidates": [{"groundingMetadata": {"webSearchQueries": ["a", "b", "c", "a", ""]}}]
+    }
+    acc = GenerateAccumulator()
+    acc.add(response)
+    grounded = usage(grounding=acc.grounding())
+    # Gemini 3: 3 queries x 14 / 1,000 = 0.042; Gemini 2.5: one grounded prompt, 35 / 1,000
+    assert price(CATALOG, "gemini-3.5-flash", grounded, at=AT).grounding == D("0.042")
+    assert price(CATALOG, "gemini-3.1-pro-preview", grounded, at=AT).grounding == D("0.042")
+    assert price(CATALOG, "gemini-2.5-pro", grounded, at=AT).grounding == D("0.035")
+    # the fee is the same in every tier: batch halves tokens, not grounding
+    batch = price(CATALOG, "gemini-3.5-flash", grounded, service_tier="batch", at=AT)
+    assert batch.grounding == D("0.042")
 
 
 # --- properties ------------------------------------------------------------------------------

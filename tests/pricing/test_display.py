@@ -49,23 +49,30 @@ def test_cost_to_json():
 
 def test_catalog_rows():
     rows = catalog_rows(CATALOG, None)
-    # one row per dated entry: gemini-2.5-flash-lite and veo-3.1-fast-generate-preview have two
+    # one row per dated entry: gemini-2.5-flash-lite, gemini-3.8-flash and
+    # veo-3.1-fast-generate-preview have two
     assert [r["model"] for r in rows] == sorted(
         m for m in CATALOG.models() for _ in CATALOG.entries(m)
     )
-    assert len(rows) == len(CATALOG.models()) + 2
+    assert len(rows) == len(CATALOG.models()) + 3
     assert all(isinstance(v, str) for r in rows for v in r.values())
     (pro,) = catalog_rows(CATALOG, "models/gemini-2.5-pro-preview-06-05")
     assert pro["model"] == "gemini-2.5-pro"
     assert pro["input"] == "1.25" and pro["cached"] == "0.125" and pro["output"] == "10.00"
     assert pro["long_context"] == "prompt > 200000: input 2.50, cached 0.25, output 15.00"
-    assert pro["tiers"] == "flex x0.5, batch x0.5, priority x1.8; cached x1 in every tier"
+    assert pro["tiers"] == (
+        "flex x0.5, batch x0.5, priority x1.8; cached flex x0.5, batch x1, priority x1.8"
+    )
     assert pro["grounding"] == "google_search $35/1000 prompts; google_maps $25/1000 prompts"
-    assert pro["confirmed"] == "no (tiers.priority, cached_tiers, grounding.google_maps)"
+    assert pro["confirmed"] == "no (tiers.priority, cached_tiers.flex, cached_tiers.priority)"
     assert pro["effective_from"] == "2025-10-08"
     assert "gemini-2.5-pro-preview-06-05" in pro["aliases"]
     (flash,) = catalog_rows(CATALOG, "gemini-2.5-flash")
     assert flash["input"] == "0.30 (audio 1.00)" and flash["cached"] == "0.03 (audio 0.10)"
+    (image,) = catalog_rows(CATALOG, "gemini-2.5-flash-image-preview")
+    assert image["output"] == "2.50 (image 30.00)"
+    (tts,) = catalog_rows(CATALOG, "gemini-2.5-flash-preview-tts")
+    assert tts["tiers"] == "flex x1, batch x0.5, priority x1; cached x1 in every tier"
     assert catalog_rows(CATALOG, "no-such-model") == []
     assert flash["media"] == ""
     (imagen,) = catalog_rows(CATALOG, "imagen-4.0-generate-001")

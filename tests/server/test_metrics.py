@@ -21,12 +21,12 @@ import aiohttp
 import pydantic
 import pytest
 from google.genai import types
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from proxy.emulator import create_emulator_app
-from proxy.metering.records import Cost, EndpointKind, Usage, UsageRecord
+from proxy.metering.records import Cost, EndpointKind, Principal, Usage, UsageRecord
 from proxy.server.metrics import MODEL_LIMIT, OTHER, build_metrics
 from proxy.server.typedefs import budgets_key, metrics_key, sessionmaker_key
 from proxy.settings import Settings
@@ -303,6 +303,26 @@ async def test_the_principal_label_follows_the_setting(
     samples = await scrape(stack.url("/metrics"))
     assert values(samples, "gemini_meter_tokens_total", "principal") == expected
     assert total(samples, "gemini_meter_tokens_total", type="input") == 14
+
+
+def test_media_and_storage_cost_count_and_a_refund_counts_apart(make_record):
+    registry = CollectorRegistry()
+    metrics = build_metrics(registry, resolve_model=lambda name: name)
+    # a cache created ($0.20 of storage), then deleted early ($0.05 given back), and an
+    # Imagen call of three images ($0.12)
+    for parts in (
+        {"storage": Decimal("0.20")},
+        {"storage": Decimal("-0.05")},
+        {"media": Decimal("0.12")},
+    ):
+        total_usd = sum(parts.values(), Decimal(0))
+        who = Principal(user_id=1, user_name="alice")
+        metrics.observe(make_record(who, model="m", cost=Cost(total=total_usd, **parts)))
+    samples = parse(generate_latest(registry).decode())
+    assert total(samples, "gemini_meter_cost_usd_total", category="storage") == 0.20
+    assert total(samples, "gemini_meter_cost_refunded_usd_total", category="storage") == 0.05
+    assert total(samples, "gemini_meter_cost_usd_total", category="media") == 0.12
+    assert total(samples, "gemini_meter_cost_refunded_usd_total", category="media") == 0
 
 
 def test_model_names_are_capped():

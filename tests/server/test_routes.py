@@ -15,6 +15,7 @@ from proxy.server.routes import (
     is_forwarded,
     masking_parameter,
     method_override,
+    openai_cached_contents,
     path_problem,
     previous_interaction_ids,
     request_meta,
@@ -200,13 +201,6 @@ def test_embeddings_are_metered(path: str, action: Action, kind: EndpointKind, m
             None,
         ),
         ("POST", "/v1alpha/auth_tokens", EndpointKind.AUTH_TOKEN_CREATE, None),
-        (
-            "POST",
-            "/v1beta/openai/chat/completions",
-            EndpointKind.OPENAI_CHAT_COMPLETIONS,
-            None,
-        ),
-        ("POST", "/v1beta/openai/embeddings", EndpointKind.OPENAI_EMBEDDINGS, None),
         ("POST", "/v1beta/openai/images/generations", EndpointKind.OPENAI_IMAGES, None),
         ("POST", "/v1beta/openai/batches", EndpointKind.OPENAI_OTHER, None),
     ],
@@ -255,6 +249,8 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         EndpointKind.BATCH_EMBED_CONTENTS,
         EndpointKind.PREDICT,
         EndpointKind.PREDICT_LONG_RUNNING,
+        EndpointKind.OPENAI_CHAT_COMPLETIONS,
+        EndpointKind.OPENAI_EMBEDDINGS,
         EndpointKind.BATCH_RESULT,
         EndpointKind.CACHED_CONTENT_DELETE,
         EndpointKind.LIVE_SESSION,
@@ -357,6 +353,59 @@ def test_media_metering():
         assert not classify("POST" if "cancel" in path else "GET", path).metered
     # other operations (File Search imports) stay unmetered
     assert classify("GET", "/v1beta/fileSearchStores/s/operations/o").action is Action.UNMETERED
+
+
+@pytest.mark.parametrize(
+    ("path", "action", "kind"),
+    [
+        (
+            "/v1beta/openai/chat/completions",
+            Action.OPENAI_CHAT,
+            EndpointKind.OPENAI_CHAT_COMPLETIONS,
+        ),
+        ("/v1/openai/chat/completions", Action.OPENAI_CHAT, EndpointKind.OPENAI_CHAT_COMPLETIONS),
+        # every spelling the upstream might route the same way stays on the meter
+        (
+            "/v1beta/OpenAI/Chat/Completions",
+            Action.OPENAI_CHAT,
+            EndpointKind.OPENAI_CHAT_COMPLETIONS,
+        ),
+        (
+            "/v1beta/openai/chat/completions/",
+            Action.OPENAI_CHAT,
+            EndpointKind.OPENAI_CHAT_COMPLETIONS,
+        ),
+        ("/v1beta/openai/embeddings", Action.OPENAI_EMBED, EndpointKind.OPENAI_EMBEDDINGS),
+        ("/v1alpha/openai/Embeddings/", Action.OPENAI_EMBED, EndpointKind.OPENAI_EMBEDDINGS),
+        (
+            "/upload/v1beta/openai/chat/completions",
+            Action.OPENAI_CHAT,
+            EndpointKind.OPENAI_CHAT_COMPLETIONS,
+        ),
+    ],
+)
+def test_the_openai_surface_is_metered(path: str, action: Action, kind: EndpointKind):
+    route = classify("POST", path)
+    assert route.action is action
+    assert route.endpoint is kind
+    assert route.metered
+    assert route.unmetered is None
+    # the model is the body's, never the path's
+    assert route.model is None
+    assert not classify("GET", path).metered
+
+
+def test_openai_meta_reads_the_body_model_and_stream():
+    chat = classify("POST", "/v1beta/openai/chat/completions")
+    body = {"model": "models/gemini-2.5-flash", "stream": True, "service_tier": "priority"}
+    meta = request_meta(chat, body)
+    assert meta.model == "gemini-2.5-flash"
+    assert meta.stream is True
+    # OpenAI's tier names are not Gemini's: not read as the requested tier
+    assert meta.service_tier is None
+    embed = classify("POST", "/v1beta/openai/embeddings")
+    assert request_meta(embed, {"model": "gemini-embedding-001", "stream": "yes"}).stream is False
+    assert request_meta(embed, {"model": 7}).model is None
 
 
 @pytest.mark.parametrize(
@@ -467,3 +516,30 @@ def test_previous_interaction_ids_in_every_spelling_and_place():
         previous_interaction_ids(None, MultiDict({"previous_interaction_id": ""}))
     meta = request_meta(classify("POST", "/v1beta/interactions"), {"previousInteractionId": "b"})
     assert meta.previous_interaction_id == "b"
+
+
+def test_openai_cached_contents_in_every_spelling():
+    body = {
+        "cached_content": "a1",
+        "google": {"cachedContent": "cachedContents/b2"},
+        "extra_body": {"google": {"cached_content": "/v1beta/cachedContents/c3"}},
+        "extraBody": {"google": {"cachedContent": "CACHEDCONTENTS/d4"}, "cached_content": "e5"},
+    }
+    assert openai_cached_contents(body) == {
+        "cachedContents/a1",
+        "cachedContents/b2",
+        "cachedContents/c3",
+        "cachedContents/d4",
+        "cachedContents/e5",
+    }
+    assert openai_cached_contents({"extra_body": {"google": {"cached_content": None}}}) == set()
+    assert openai_cached_contents({"extra_body": "x", "google": []}) == set()
+    assert openai_cached_contents(["cached_content"]) == set()
+
+
+@pytest.mark.parametrize(
+    "value", [7, "", "  ", "cachedContents/", "cachedContents/a/b", "files/a", "a?b", "a#b"]
+)
+def test_openai_cached_contents_refuses_what_it_cannot_read(value: object):
+    with pytest.raises(BodyRefused):
+        openai_cached_contents({"extra_body": {"google": {"cached_content": value}}})

@@ -52,7 +52,7 @@ async def catch_all_upstream(aiohttp_server: Any) -> tuple[Any, list[Received]]:
                 body=body,
             )
         )
-        if request.path.endswith("/chat/completions") and b'"stream": true' in body:
+        if b'"stream": true' in body:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             for event in SSE_EVENTS:
@@ -136,20 +136,6 @@ FAMILIES = [
         {"fileName": "files/abc"},
         "file_search.import",
         None,
-    ),
-    (
-        "POST",
-        "/v1beta/openai/chat/completions",
-        {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]},
-        "openai.chat_completions",
-        "gemini-2.5-flash",
-    ),
-    (
-        "POST",
-        "/v1beta/openai/embeddings",
-        {"model": "gemini-embedding-001", "input": "Hi"},
-        "openai.embeddings",
-        "gemini-embedding-001",
     ),
     (
         "POST",
@@ -268,10 +254,10 @@ async def test_a_stream_on_an_unmetered_route_stays_a_stream(
     make_stack: StackFactory, aiohttp_server: Any
 ):
     stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
-    body = {"model": "gemini-2.5-flash", "stream": True, "messages": []}
+    body = {"model": "imagen-4.0-generate-001", "stream": True, "prompt": "a cat"}
     status, headers, answer = await raw(
         "POST",
-        stack.url("/v1beta/openai/chat/completions"),
+        stack.url("/v1beta/openai/images/generations"),
         headers={"Authorization": f"Bearer {stack.keys['carol']}"},
         json=body,
     )
@@ -284,11 +270,11 @@ async def test_a_stream_on_an_unmetered_route_stays_a_stream(
     assert seen.headers["x-goog-api-key"] == UPSTREAM_KEY
     assert json.loads(seen.body) == body
     [record] = await stack.records()
-    assert record["endpoint"] == "openai.chat_completions"
+    assert record["endpoint"] == "openai.images"
     assert record["streamed"] is True
     assert record["unmetered_route"] is True
     assert record["user_id"] == await stack.user_id("carol")
-    assert unmetered_count(stack, "openai.chat_completions") == 1
+    assert unmetered_count(stack, "openai.images") == 1
 
 
 async def test_an_upstream_error_on_an_unmetered_route_is_recorded_with_its_status(

@@ -180,12 +180,40 @@ async def test_two_processes_never_share_a_journal(tmp_path):
     await _append_all(second, [{"request_id": "in-slot-1"}])
     await second.close()
     await first.close()
-    # a later process takes the first free slot; slot 1 is replayed by whoever takes it
+    # a later process takes the first free slot, and adopts slot 1's rows: no process
+    # holds that slot, and maybe none ever will again
     a, b = Journal(tmp_path, max_bytes=10**6), Journal(tmp_path, max_bytes=10**6)
-    assert a.open() == []
-    assert [e.values["request_id"] for e in b.open()] == ["in-slot-1"]
+    assert [e.values["request_id"] for e in a.open()] == ["in-slot-1"]
+    assert b.open() == []
     await a.close()
     await b.close()
+
+
+async def test_fewer_processes_adopt_the_rows_of_slots_no_one_holds_but_never_a_held_one(
+    tmp_path,
+):
+    # three workers each leave a row behind (SIGKILL: nothing released)
+    journals = [Journal(tmp_path, max_bytes=10**6) for _ in range(3)]
+    for j in journals:
+        j.open()
+    for i, j in enumerate(journals):
+        await _append_all(j, [{"request_id": f"w{i}"}])
+    held = journals[2]  # still running
+    for j in journals[:2]:
+        await j.close()
+
+    # one worker comes back: it replays slot 0's row and adopts slot 1's, not slot 2's
+    alone = Journal(tmp_path, max_bytes=10**6)
+    assert sorted(e.values["request_id"] for e in alone.open()) == ["w0", "w1"]
+    assert alone.slot == tmp_path / "0"
+    assert list((tmp_path / "1").glob("*.seg")) == []
+    assert len(list((tmp_path / "2").glob("*.seg"))) == 1
+    await alone.close()
+    await held.close()
+    # the held slot's rows, once its process is gone, are adopted in turn
+    last = Journal(tmp_path, max_bytes=10**6)
+    assert sorted(e.values["request_id"] for e in last.open()) == ["w0", "w1", "w2"]
+    await last.close()
 
 
 # ---------------------------------------------------------------- with the writer and a database

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,24 @@ def test_alembic_ini_for_developers():
     config = Config(str(REPO / "alembic.ini"))
     assert config.get_main_option("script_location") == str(REPO / "migrations")
     assert config.get_main_option("sqlalchemy.url") is None  # env.py asks the settings
+
+
+async def test_head_is_known_without_alembic_and_read_in_one_query(database_url):
+    # HEAD is what serve compares with; it must be the scripts' head
+    assert migrate.HEAD == migrate.head()
+    engine = make_engine(database_url)
+    try:
+        assert not await migrate.at_head(engine)  # an empty database
+        await migrate.upgrade_async(database_url, "0003")
+        assert not await migrate.at_head(engine)  # behind
+        await migrate.upgrade_async(database_url)
+        assert await migrate.at_head(engine)
+    finally:
+        await engine.dispose()
+
+
+def test_serving_imports_alembic_only_to_migrate():
+    # Alembic is a good part of start-up; a database at head never needs it.
+    code = "import sys, proxy.server.run, proxy.cli.main; print('alembic' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
