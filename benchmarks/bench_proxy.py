@@ -11,6 +11,9 @@ requests per second of each, and the proxy's resident memory.
     python benchmarks/bench_proxy.py --requests 2000 --write docs/benchmarks.md
     python benchmarks/bench_proxy.py --journal          # journal on vs off, then SIGKILL
 
+``--write`` replaces only this report's section of the file (between its HTML-comment
+markers), so the other harnesses' figures stay.
+
 ``--journal`` runs two proxies side by side on the same emulator, one with the
 durable journal (the default) and one without, interleaving their runs; it
 reports the journal's cost in added p50/p99 latency, then SIGKILLs both right
@@ -234,15 +237,13 @@ async def main() -> None:
     report = render(rows, args, recorded, sent)
     print(report)
     if args.write:
-        args.write.write_text(report + "\n")
+        write_report(args.write, report, "benchmarks/bench_proxy.py")
 
 
 def render(
     rows: list[dict[str, float | int | str]], args: argparse.Namespace, recorded: int, sent: int
 ) -> str:
     lines = [
-        "# Benchmarks",
-        "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores,"
         f" Python {platform.python_version()}; {args.requests} requests per scenario and target,"
         " closed loop, emulator upstream with no added latency; emulator, proxy and load"
@@ -396,7 +397,7 @@ async def journal_main(args: argparse.Namespace) -> None:
     report = render_journal(rows, args, delivered, stored)
     print(report)
     if args.write:
-        args.write.write_text(report + "\n")
+        write_report(args.write, report, "benchmarks/bench_proxy.py --journal")
 
 
 def render_journal(
@@ -412,7 +413,7 @@ def render_journal(
         " with no added latency, all on one machine.",
         "",
         f"Reproduce: `python benchmarks/bench_proxy.py --journal --requests {args.requests}"
-        f" --reps {args.reps}`",
+        f" --reps {args.reps} --write docs/benchmarks.md`",
         "",
         "| scenario | concurrency | direct p50 ms | added p50, journal off | added p50, journal on"
         " | **journal's p50 cost** | direct p99 ms | added p99, journal off"
@@ -439,6 +440,14 @@ def render_journal(
         lost = delivered[name] - stored[name]
         lines.append(f"| {name} | {delivered[name]} | {stored[name]} | {lost} |")
     return "\n".join(lines)
+
+
+def write_report(path: Path, report: str, name: str) -> None:
+    """Replace this report's section of ``path`` (its markers), keeping the other sections."""
+    # benchmarks/ is sys.path[0] when this file runs as a script, as it always does.
+    from compare import write_section
+
+    write_section(path, report, name)
 
 
 if __name__ == "__main__":

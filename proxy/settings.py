@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     access_log: bool = True
     # SIGTERM: stop accepting, let calls and streams in flight finish this long.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # A Live API session (server.live) is recorded when it ends; while it runs, a
+    # provisional record of its usage so far is written at most this often.
+    live_provisional_interval_seconds: float = Field(default=60.0, ge=0)
+    # A client that vanishes mid-turn: how long the relay reads on for that turn's usage
+    # (the upstream bills the turn either way) before it closes the upstream session.
+    live_drain_seconds: float = Field(default=10.0, ge=0)
 
     # Budget alerts (budgets.alerts), evaluated from the database off the request path:
     # every alert_interval_seconds (sooner once new records are written), delivered to

@@ -178,4 +178,11 @@ def make_record() -> Callable[..., UsageRecord]:
 
 
 # The end-to-end stack (emulator, proxy, keys, SDK clients), shared by the proxy tests.
-from tests.factories import make_stack, proxy_server, recording_upstream, stack  # noqa: E402, F401
+from tests.factories import (  # noqa: E402, F401
+    make_stack,
+    proxy_server,
+    recording_upstream,
+    stack,
+    tls,
+    tls_proxy_server,
+)

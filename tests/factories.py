@@ -16,12 +16,14 @@ reach it. ``send_raw`` sends bytes the HTTP client libraries would not.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
+import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -211,7 +213,7 @@ async def make_stack(
             migrated_url,
             emulator_config,
             upstream,
-            serve_proxy=proxy_server,
+            serve_proxy=overrides.pop("serve_proxy", proxy_server),
             **overrides,
         )
         stacks.append(stack)
@@ -238,6 +240,97 @@ async def issue_keys(app: web.Application) -> dict[str, str]:
     return keys
 
 
+# --- TLS, for the Live API ------------------------------------------------------------------
+# google-genai always opens Live sessions over wss (``BaseApiClient._websocket_base_url``
+# replaces the base URL's scheme), so a Live test serves the proxy over TLS.
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A self-signed certificate for 127.0.0.1: the server's context and a client's trusting it."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: Any) -> Tls:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return Tls(server=server, client=client)
+
+
+@pytest.fixture
+async def tls_proxy_server(
+    tls: Tls,
+) -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
+    """Like ``proxy_server``, over TLS with the ``tls`` certificate (pass as ``serve_proxy``)."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        server = ProxyTestServer(app, host="127.0.0.1")
+        await server.start_server(ssl=tls.server)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.close()
+
+
+def live_sdk(
+    stack: Stack, tls: Tls, user: str = "alice", *, key: str | None = None, version: str = "v1beta"
+) -> genai.Client:
+    """A google-genai client for the proxy over TLS, for ``aio.live`` and ``aio.auth_tokens``."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client))
+    stack._sessions.append(session)
+    client = genai.Client(
+        api_key=key or stack.keys[user],
+        http_options=types.HttpOptions(
+            base_url=stack.base_url,
+            api_version=version,
+            aiohttp_client=session,
+            async_client_args={"ssl": tls.client},
+        ),
+    )
+    stack._clients.append(client)
+    return client
+
+
 @dataclass(frozen=True)
 class Received:
     """One request as the recording upstream received it, before any decoding."""
@@ -254,6 +347,9 @@ class RecordingUpstream:
 
     server: TestServer
     received: list[Received] = field(default_factory=list)
+    # names it handed out, every user's alike (as behind one shared key): lists show all
+    caches: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -265,6 +361,44 @@ class RecordingUpstream:
 
 RECORDED_USAGE = {"total_input_tokens": 11, "total_output_tokens": 7, "total_tokens": 18}
 RECORDED_UPLOAD_ID = "upload-secret-"
+
+
+RECORDED_CACHE_TOKENS = 2000
+RECORDED_CACHE_TIMES = {
+    "createTime": "2026-11-24T12:00:00.000000Z",
+    "updateTime": "2026-11-24T12:00:00.000000Z",
+    "expireTime": "2099-01-01T00:00:00.000000000Z",
+}
+
+
+def _recorded_owned(
+    request: web.Request, path: str, body: bytes, ids: Iterator[int]
+) -> web.Response | None:
+    """Just enough of cachedContents and the files lists for ownership tests."""
+    upstream: RecordingUpstream = request.app[_recording_key]
+    if path.endswith("/cachedContents") and request.method == "POST":
+        name = f"cachedContents/rec{next(ids)}"
+        upstream.caches.append(name)
+        sent = json.loads(body or b"{}")
+        return web.json_response(
+            {
+                "name": name,
+                "model": sent.get("model", "models/gemini-2.5-flash"),
+                **RECORDED_CACHE_TIMES,
+                "displayName": "",
+                "usageMetadata": {"totalTokenCount": RECORDED_CACHE_TOKENS},
+            }
+        )
+    if path.endswith("/cachedContents") and request.method == "GET":
+        return web.json_response(
+            {"cachedContents": [{"name": n, **RECORDED_CACHE_TIMES} for n in upstream.caches]}
+        )
+    if path.endswith("/files") and request.method == "GET":
+        return web.json_response({"files": [{"name": n} for n in upstream.files]})
+    return None
+
+
+_recording_key: web.AppKey[RecordingUpstream] = web.AppKey("recording", RecordingUpstream)
 
 
 def _recording_app(upstream: RecordingUpstream) -> web.Application:
@@ -281,6 +415,9 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
             )
         )
         path = request.path
+        owned = _recorded_owned(request, path, body, ids)
+        if owned is not None:
+            return owned
         if path.startswith("/upload/") and "upload_id" not in request.query:
             upload_id = f"{RECORDED_UPLOAD_ID}{next(ids)}"
             return web.json_response(
@@ -292,7 +429,9 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                 },
             )
         if path.startswith("/upload/"):
-            return web.json_response({"file": {"sizeBytes": str(len(body))}})
+            name = f"files/rec{next(ids)}"
+            upstream.files.append(name)
+            return web.json_response({"file": {"name": name, "sizeBytes": str(len(body))}})
         if path.endswith("/interactions") and request.method == "POST":
             interaction = {
                 "id": f"int-rec-{next(ids)}",
@@ -311,6 +450,8 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                     "usage": RECORDED_USAGE,
                 }
             )
+        if path.endswith("/auth_tokens"):
+            return web.json_response({"name": f"auth_tokens/rec-{next(ids)}"})
         if path.endswith(("generateContent", "GenerateContent")):
             return web.json_response(
                 {
@@ -342,6 +483,7 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
         return web.json_response({"ok": True})
 
     app = web.Application(client_max_size=1 << 30)
+    app[_recording_key] = upstream
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

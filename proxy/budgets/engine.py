@@ -415,6 +415,20 @@ class BudgetEngine:
         self._local.reserve(entries)
         return Reservation(tuple(entries), in_redis=in_redis)
 
+    def exhausted(self, principal: Principal) -> ResourceExhausted | None:
+        """The refusal a call of ``principal`` estimated at nothing would get now.
+
+        From this process's counters alone (never Redis, never awaits): for work
+        already admitted that runs on, a Live session, which is closed once its
+        settled usage has used a budget up. None while every budget has room.
+        """
+        now = self._clock()
+        entries = [
+            Entry(budget, *budget.bounds(now), 0) for budget in self._index.covering(principal)
+        ]
+        refused = self._local.refused(entries)
+        return None if refused is None else refusal(refused, now)
+
     # --- settlement -------------------------------------------------------------------------
 
     def release(self, reservation: Reservation | None) -> None:
@@ -437,10 +451,11 @@ class BudgetEngine:
 
     def _count(self, record: UsageRecord) -> None:
         budgets = self._counted.covering(record.principal)
-        iid = record.interaction_id
         # A provisional record is replaced in the database by the next record of its
-        # interaction: the counters take the difference, not both.
-        before = self._provisional.pop(iid, {}) if iid is not None else {}
+        # interaction (or, without one, of its request: a Live session's): the counters
+        # take the difference, not both.
+        iid = record.interaction_id or record.request_id
+        before = self._provisional.pop(iid, {})
         counted: dict[int, tuple[datetime, int]] = {}
         for budget in budgets:
             start, end = budget.bounds(record.created_at)
@@ -452,7 +467,7 @@ class BudgetEngine:
                 self._local.settle((budget.id, start), end, delta)
                 if self._redis is not None and budget.enforce:
                     self._queue((budget.id, start), end, delta)
-        if iid is not None and record.provisional:
+        if record.provisional:
             self._provisional[iid] = counted
             while len(self._provisional) > _PROVISIONAL_LIMIT:
                 self._provisional.popitem(last=False)

@@ -19,6 +19,8 @@ Modules, by concern:
 - ``triggers``: request headers that make it delay, fail or misreport;
 - ``interactions``: the Interactions API and its event streams;
 - ``generate``: generateContent, its streams, countTokens;
+- ``files``: uploads (plain and resumable), get, list, delete, download;
+- ``caches``: explicit context caching (``cachedContents``);
 - ``files``: uploads, plain and resumable;
 - ``media``: Imagen ``predict``, Veo ``predictLongRunning``, its operations and videos;
 - ``usage``: deterministic token accounting and its wire shapes;
@@ -27,6 +29,8 @@ Modules, by concern:
 """
 
 from .app import create_emulator_app, run_emulator
+from .caches import EmulatedCache
+from .files import EmulatedFile
 from .interactions import EmulatedInteraction
 from .replies import THOUGHT_TOKENS
 from .state import (
@@ -50,6 +54,8 @@ __all__ = [
     "MAX_STORED_INTERACTIONS",
     "THOUGHT_TOKENS",
     "VIDEO_TOKENS",
+    "EmulatedCache",
+    "EmulatedFile",
     "EmulatedInteraction",
     "EmulatorConfig",
     "EmulatorState",

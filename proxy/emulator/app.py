@@ -1,10 +1,10 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings``, ``openai``, ``files`` and ``media`` behind ``_emulate``, the middleware
-every request passes: it records the request in ``EmulatorState.requests``, authenticates it
-(a non-empty ``x-goog-api-key``, ``?key=`` or ``Authorization: Bearer``, or a known upload
-session), applies
+``embeddings``, ``openai``, ``files``, ``caches`` and ``media`` behind ``_emulate``, the
+middleware every request passes: it records the request in ``EmulatorState.requests``,
+authenticates it (a non-empty ``x-goog-api-key``, ``?key=`` or ``Authorization: Bearer``, or a
+known upload session), applies
 the delay and failure triggers of ``triggers`` and maps every error to
 Gemini's JSON shape. ``run_emulator`` serves it for ``gemini-meter emulate``.
 """
@@ -20,8 +20,9 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .caches import add_cache_routes
 from .embeddings import add_embedding_routes
-from .files import upload_file
+from .files import add_file_routes
 from .generate import count_tokens, generate_content, stream_generate
 from .interactions import (
     cancel_interaction,
@@ -29,6 +30,7 @@ from .interactions import (
     delete_interaction,
     get_interaction,
 )
+from .live import create_auth_token, live_session, live_token_of
 from .media import add_media_routes, operation_error
 from .openai import add_openai_routes
 from .state import EmulatorConfig, EmulatorState, SeenRequest, emulator_state_key
@@ -73,7 +75,10 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     app.router.add_post(f"/{version}/models/{model}:countTokens", count_tokens)
     add_embedding_routes(app.router, version, model, MEDIA_TOKENS)
     add_openai_routes(app, version)
-    app.router.add_post(f"/upload/{version}/files", upload_file)
+    add_file_routes(app.router, version)
+    add_cache_routes(app.router, version)
+    app.router.add_post(f"/{version}/auth_tokens", create_auth_token)
+    app.router.add_get("/ws/{service}", live_session)
     add_media_routes(app.router, version, model)
     return app
 
@@ -109,7 +114,12 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         # An upload session URL is its own credential, as with Google: the
         # SDK sends the file bytes there without the API key.
-        if api_key is None and request.query.get("upload_id") not in state.upload_sessions:
+        # An ephemeral token is the credential of a Constrained Live session.
+        if (
+            api_key is None
+            and request.query.get("upload_id") not in state.upload_sessions
+            and live_token_of(request) is None
+        ):
             raise ApiError(
                 401,
                 "Method doesn't allow unregistered callers (callers without established "

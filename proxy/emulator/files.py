@@ -1,9 +1,20 @@
-"""File uploads: ``POST /upload/{v}/files``.
+"""The Files API: uploads (``POST /upload/{v}/files``), get, list, delete, download.
 
 The body is streamed in and counted. A plain upload answers ``{"file": {...}}``
 at once; the SDK's resumable protocol (``x-goog-upload-command: start`` then
 ``upload, finalize`` to the returned ``x-goog-upload-url``) works too, the
 upload URL acting as the credential the way Google's does.
+
+Every file is kept (``EmulatorState.files``): ``GET /{v}/files/{id}`` answers the
+File itself (no ``file`` wrapper), ``GET /{v}/files`` pages them as
+``{"files": [...], "nextPageToken"}`` (``{}`` when there are none), ``DELETE``
+answers ``{}``, and ``GET /{v}/files/{id}:download?alt=media`` answers a generated
+file's bytes. An uploaded file cannot be downloaded (the SDK's ``files.download``
+says "Only generated files can be downloaded"); the emulator itself generates none,
+but other emulated endpoints may store one with ``data``. A missing file is 403, as
+Google answers it (google-gemini/deprecated-generative-ai-python issue 617, read
+2026-11-29: "403 You do not have permission to access the File ..."). Shapes: the
+fields of ``google.genai.types.File`` and ``ListFilesResponse`` (SDK 3.6.1).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from aiohttp import web
 
@@ -23,8 +35,11 @@ from .wire import (
     get_field,
     json_body,
     json_response,
+    page_of,
     timestamp,
 )
+
+_DEFAULT_PAGE_SIZE: Final = 10  # Google's default for files.list
 
 
 @dataclass
@@ -32,6 +47,21 @@ class UploadSession:
     mime_type: str
     display_name: str | None
     received: int = 0
+
+
+@dataclass
+class EmulatedFile:
+    """A stored file: its resource as served, and a generated file's bytes."""
+
+    name: str  # "files/..."
+    resource: Json
+    data: bytes | None = None  # only a generated file can be downloaded
+
+
+def missing_file(file_id: str) -> ApiError:
+    return ApiError(
+        403, f"You do not have permission to access the File {file_id} or it may not exist."
+    )
 
 
 def _file_resource(request: web.Request, size: int, mime_type: str, name: str | None) -> Json:
@@ -51,7 +81,57 @@ def _file_resource(request: web.Request, size: int, mime_type: str, name: str | 
     }
     if name:
         body["displayName"] = name
+    request.app[emulator_state_key].store_file(EmulatedFile(body["name"], body))
     return {"file": body}
+
+
+def _stored(request: web.Request) -> EmulatedFile:
+    file_id = request.match_info["file_id"]
+    found = request.app[emulator_state_key].files.get(f"files/{file_id}")
+    if found is None:
+        raise missing_file(file_id)
+    return found
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    return json_response(_stored(request).resource, DEFAULT_TIER)
+
+
+async def delete_file(request: web.Request) -> web.StreamResponse:
+    found = _stored(request)
+    del request.app[emulator_state_key].files[found.name]
+    return json_response({}, DEFAULT_TIER)
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    found = _stored(request)
+    if request.query.get("alt") != "media":
+        raise ApiError(400, "Download requires alt=media.")
+    if found.data is None:
+        # The emulator's wording of what the SDK says before it would send this.
+        raise ApiError(400, "Only generated files can be downloaded.")
+    mime = found.resource.get("mimeType", "application/octet-stream")
+    return web.Response(body=found.data, content_type=mime, headers={TIER_HEADER: DEFAULT_TIER})
+
+
+async def list_files(request: web.Request) -> web.StreamResponse:
+    files = list(request.app[emulator_state_key].files.values())
+    page = page_of(request, files, _DEFAULT_PAGE_SIZE)
+    body: Json = {}
+    if page.items:
+        body["files"] = [f.resource for f in page.items]
+    if page.next_token is not None:
+        body["nextPageToken"] = page.next_token
+    return json_response(body, DEFAULT_TIER)
+
+
+def add_file_routes(router: web.UrlDispatcher, version: str) -> None:
+    router.add_post(f"/upload/{version}/files", upload_file)
+    router.add_get(f"/{version}/files", list_files)
+    one = f"/{version}/files/{{file_id:[^/:]+}}"
+    router.add_get(one, get_file)
+    router.add_delete(one, delete_file)
+    router.add_get(one + ":download", download_file)
 
 
 async def _count_body(request: web.Request) -> int:

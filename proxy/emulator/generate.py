@@ -7,7 +7,9 @@
   Google's parser accepts both (the SDK sends ``thinkingConfig`` fields in
   snake_case).
 - Every content before the last one (the chat history) is reported as cached
-  (``cachedContentTokenCount``, ``cacheTokensDetails``).
+  (``cachedContentTokenCount``, ``cacheTokensDetails``), and so is the cache a
+  request names in ``cachedContent`` (``caches``): its tokens count in the prompt
+  too, as Google counts them (``promptTokenCount`` includes the cached part).
 - Code execution (``{"codeExecution": {}}``): tool-use tokens = input + code
   + result tokens; output tokens = code + result + answer tokens.
 - ``googleSearch`` adds ``groundingMetadata`` with the search query and a ``web``
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
+from .caches import cached_tokens
 from .replies import Reply, _excerpt, answer_pieces, plan_reply, split_text, thinking_tokens
 from .state import emulator_state_key
 from .triggers import chunk_delay, cut_after, requested_continuations, requested_usage_mode
@@ -75,7 +78,8 @@ class _ContentsInput:
     prompt: str = ""  # text of the last user content
 
 
-def _read_part(part: object, tally: Tally, texts: list[str]) -> None:
+def read_part(part: object, tally: Tally, texts: list[str]) -> None:
+    """Count one part of a content into ``tally``, and collect its text in ``texts``."""
     text = get_field(part, "text")
     if isinstance(text, str):
         tally.text(text)
@@ -102,16 +106,16 @@ def _read_contents(contents: object, system: object) -> _ContentsInput:
             raise ApiError(400, "Invalid contents: expected Content objects.")
         texts: list[str] = []
         for part in as_list(get_field(content, "parts")):
-            _read_part(part, read.tally, texts)
+            read_part(part, read.tally, texts)
             if position < len(items) - 1:
-                _read_part(part, read.history, [])
+                read_part(part, read.history, [])
         if content.get("role", "user") == "user":
             read.prompt = "\n".join(texts)
     if isinstance(system, str):
         read.tally.text(system)
     elif isinstance(system, dict):
         for part in as_list(get_field(system, "parts")):
-            _read_part(part, read.tally, [])
+            read_part(part, read.tally, [])
     return read
 
 
@@ -203,6 +207,7 @@ async def _plan_generate(request: web.Request) -> _GcPlan:
     model = request.match_info["model"]
     tier = _gc_tier(body)
     read = _read_contents(body.get("contents"), get_field(body, "systemInstruction"))
+    cache = cached_tokens(request, body, model)
     token = get_field(body, "continuationToken")
     if token is not None:
         # A continuation hop: the same contents again, the next piece of the
@@ -239,7 +244,11 @@ async def _plan_generate(request: web.Request) -> _GcPlan:
             pieces = answer_pieces(reply.answer, hops + 1)
             reply = replace(reply, answer=pieces[0])
         history = read.history.tokens() if read.history.chars or read.history.media else {}
-        prompt = Usage(input=read.tally.tokens(), cached=history, thought=reply.thought_tokens)
+        prompt = Usage(
+            input=add_tokens(read.tally.tokens(), cache),
+            cached=add_tokens(history, cache),
+            thought=reply.thought_tokens,
+        )
     code_tokens, result_tokens, _ = reply.usage_parts
     chunks: list[_GcChunk] = []
     pending = prompt  # the prompt and the thinking are charged to the first chunk

@@ -19,8 +19,10 @@
   {"uri"}}], "raiMediaFilteredCount", "raiMediaFilteredReasons"}}}``, or with
   ``x-emulator-operation-error`` on the create, ``{"name", "done": true,
   "error": {"code", "message"}}``.
-- ``GET /{v}/files/{id}:download?alt=media``: a generated video's bytes
-  (``video/mp4``); any other id is 404.
+- the generated videos are stored as generated files (``EmulatorState.files``,
+  ``source: GENERATED``) the first time the operation is seen done, so ``files``
+  serves them: ``GET /{v}/files/{id}:download?alt=media`` answers their bytes
+  (``video/mp4``).
 
 Shapes, as the google-genai SDK reads them (its Developer API converters, read on
 2026-11-29): google-genai 1.40.0 ``models.py`` ``_GenerateImagesParameters_to_mldev``,
@@ -52,12 +54,23 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from aiohttp import web
 
+from .files import EmulatedFile
 from .state import ImagesServed, VideoOperation, emulator_state_key
-from .wire import DEFAULT_TIER, ApiError, Json, as_list, get_field, json_body, json_response
+from .wire import (
+    DEFAULT_TIER,
+    ApiError,
+    Json,
+    as_list,
+    get_field,
+    json_body,
+    json_response,
+    timestamp,
+)
 
 # A 1x1 PNG: what every emulated image is (the bytes do not matter, their shape does).
 _PNG: Final = (
@@ -229,10 +242,32 @@ async def get_operation(request: web.Request) -> web.Response:
     operation = state.media.operations.get(name)
     if operation is None:
         raise ApiError(404, f"Operation {name!r} was not found.")
+    was_done = operation.done
     operation.refresh(time.monotonic())
-    for file_id in operation.files:
-        state.media.files[file_id] = name
-    return json_response(_operation_body(operation, request.match_info["version"]), DEFAULT_TIER)
+    version = request.match_info["version"]
+    if operation.done and not was_done:
+        for file_id in operation.files:
+            state.store_file(_generated_file(file_id, name, version))
+    return json_response(_operation_body(operation, version), DEFAULT_TIER)
+
+
+def _generated_file(file_id: str, operation_name: str, version: str) -> EmulatedFile:
+    """A generated video as the Files API serves it (``google.genai.types.File``)."""
+    data = video_bytes(operation_name)
+    now = datetime.now(UTC)
+    resource: Json = {
+        "name": f"files/{file_id}",
+        "mimeType": "video/mp4",
+        "sizeBytes": str(len(data)),
+        "createTime": timestamp(now),
+        "updateTime": timestamp(now),
+        "expirationTime": timestamp(now + timedelta(hours=48)),
+        "uri": f"{_FILES_HOST}/{version}/files/{file_id}",
+        "downloadUri": f"{_FILES_HOST}/{version}/files/{file_id}:download?alt=media",
+        "state": "ACTIVE",
+        "source": "GENERATED",
+    }
+    return EmulatedFile(resource["name"], resource, data)
 
 
 def video_bytes(operation_name: str) -> bytes:
@@ -240,20 +275,10 @@ def video_bytes(operation_name: str) -> bytes:
     return _MP4_HEAD + operation_name.encode()
 
 
-async def download_file(request: web.Request) -> web.Response:
-    state = request.app[emulator_state_key]
-    file_id = request.match_info["file_id"]
-    operation = state.media.files.get(file_id)
-    if operation is None:
-        raise ApiError(404, f"File files/{file_id} was not found.")
-    return web.Response(body=video_bytes(operation), content_type="video/mp4")
-
-
 def add_media_routes(router: web.UrlDispatcher, version: str, model: str) -> None:
     router.add_post(f"/{version}/models/{model}:predict", predict)
     router.add_post(f"/{version}/models/{model}:predictLongRunning", predict_long_running)
     router.add_get(f"/{version}/models/{model}/operations/{{operation}}", get_operation)
-    router.add_get(f"/{version}/files/{{file_id:[^/:]+}}:download", download_file)
 
 
 __all__ = [

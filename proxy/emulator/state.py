@@ -3,12 +3,13 @@
 Everything lives in memory on ``app[emulator_state_key]``: interactions by id
 (the newest ``MAX_STORED_INTERACTIONS``), the last ``MAX_SEEN_REQUESTS``
 requests as they arrived (what a test checks the proxy relayed), open
-resumable uploads, and the ledger of images and videos served (``MediaLedger``,
-filled by ``media``).
+resumable uploads, the files and cached contents created, and the ledger of images and
+videos served (``MediaLedger``, filled by ``media``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ from aiohttp import web
 from .wire import ApiError
 
 if TYPE_CHECKING:
-    from .files import UploadSession
+    from .caches import EmulatedCache
+    from .files import EmulatedFile, UploadSession
     from .generate import GenerateHop
     from .interactions import EmulatedInteraction
+    from .live import AuthGrant, LiveLedger
 
 
 MAX_SEEN_REQUESTS: Final = 10_000
@@ -32,6 +35,10 @@ MAX_STORED_INTERACTIONS: Final = 10_000
 
 # Abandoned resumable uploads are forgotten past this many open sessions.
 MAX_UPLOAD_SESSIONS: Final = 1_000
+
+
+# Files and caches kept (the oldest forgotten first), so a benchmark runs in bounded memory.
+MAX_STORED_RESOURCES: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -98,8 +105,6 @@ class MediaLedger:
 
     images: list[ImagesServed] = field(default_factory=list)
     operations: OrderedDict[str, VideoOperation] = field(default_factory=OrderedDict)
-    # generated video file id -> its operation's name
-    files: dict[str, str] = field(default_factory=dict)
 
     def images_served(self, model: str | None = None) -> int:
         return sum(i.images for i in self.images if model is None or i.model == model)
@@ -114,9 +119,7 @@ class MediaLedger:
     def add_operation(self, operation: VideoOperation) -> None:
         self.operations[operation.name] = operation
         while len(self.operations) > MAX_STORED_INTERACTIONS:
-            _, dropped = self.operations.popitem(last=False)
-            for file_id in dropped.files:
-                self.files.pop(file_id, None)
+            self.operations.popitem(last=False)
 
 
 class EmulatorState:
@@ -140,6 +143,25 @@ class EmulatorState:
         self.generate_continuations: OrderedDict[bytes, GenerateHop] = OrderedDict()
         # Images and videos served (Imagen predict, Veo operations): see ``media``.
         self.media = MediaLedger()
+        # Live API sessions as served (their usage ledger), oldest first, and the
+        # ephemeral tokens minted; ``live_release`` ends a ``[hold]`` in a turn.
+        self.live_sessions: deque[LiveLedger] = deque(maxlen=MAX_SEEN_REQUESTS)
+        self.auth_tokens: OrderedDict[str, AuthGrant] = OrderedDict()
+        self.live_release = asyncio.Event()
+        # Uploaded files and cached contents, by resource name ("files/...",
+        # "cachedContents/..."); deleted caches stay, marked, as the tests' ledger.
+        self.files: OrderedDict[str, EmulatedFile] = OrderedDict()
+        self.caches: OrderedDict[str, EmulatedCache] = OrderedDict()
+
+    def store_file(self, file: EmulatedFile) -> None:
+        self.files[file.name] = file
+        while len(self.files) > MAX_STORED_RESOURCES:
+            self.files.popitem(last=False)
+
+    def store_cache(self, cache: EmulatedCache) -> None:
+        self.caches[cache.name] = cache
+        while len(self.caches) > MAX_STORED_RESOURCES:
+            self.caches.popitem(last=False)
 
     def store(self, interaction: EmulatedInteraction) -> None:
         self.interactions[interaction.id] = interaction

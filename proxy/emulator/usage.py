@@ -203,6 +203,16 @@ def usage_metadata(usage: Usage) -> Json:
     return body
 
 
+def live_usage_metadata(usage: Usage) -> Json:
+    """A Live API turn's ``usageMetadata``: generateContent's, with the output named
+    ``responseTokenCount`` / ``responseTokensDetails`` (the SDK's ``UsageMetadata``)."""
+    body = usage_metadata(usage)
+    body["responseTokenCount"] = body.pop("candidatesTokenCount")
+    if "candidatesTokensDetails" in body:
+        body["responseTokensDetails"] = body.pop("candidatesTokensDetails")
+    return body
+
+
 def put_usage_metadata(target: Json, usage: Usage, mode: UsageMode) -> None:
     if mode == "missing":
         return

@@ -11,8 +11,9 @@ import json
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from aiohttp import web
 
@@ -142,3 +143,24 @@ def drop_connection(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list method's items, and the token of the next (None: the last)."""
+
+    items: list[T]
+    next_token: str | None
+
+
+def page_of(request: web.Request, items: list[T], default_size: int) -> Page[T]:
+    """The page ``pageSize`` and ``pageToken`` ask for; the token is an offset, as text."""
+    size_text = request.query.get("pageSize", "")
+    size = int(size_text) if size_text.isdigit() and int(size_text) > 0 else default_size
+    token = request.query.get("pageToken", "")
+    start = int(token) if token.isdigit() else 0
+    end = start + size
+    return Page(items[start:end], str(end) if end < len(items) else None)

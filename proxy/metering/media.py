@@ -48,7 +48,6 @@ __all__ = [
     "images_requested",
     "images_returned",
     "operation_outcome",
-    "referenced_files",
     "summarize_operation",
     "summarize_predict",
     "video_request",
@@ -149,24 +148,6 @@ def video_request(body: object) -> VideoRequest:
         # absent is Google's default, not a guess; present but unreadable is
         defaulted=raw_seconds is not None and seconds is None,
     )
-
-
-def referenced_files(body: object) -> list[str | None]:
-    """The files a ``predictLongRunning`` body names as input, None for a URI that names
-    no file the proxy can read (its caller refuses those: unchecked, Google might still
-    read one as someone's file).
-
-    Veo's video extension takes an earlier generated video by URI
-    (``instances[].video.uri``): the Gemini API takes no video bytes (google-genai
-    3.6.1 ``generate_videos``).
-    """
-    found: list[str | None] = []
-    instances = _field(body, "instances", "instances")
-    for instance in instances if isinstance(instances, list) else []:
-        uri = _field(_field(instance, "video", "video"), "uri", "uri")
-        if uri is not None:
-            found.append(file_name(uri))
-    return found
 
 
 def images_requested(body: object) -> int:

@@ -53,6 +53,7 @@ from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
 from .forward import proxy_handler
+from .live import auth_tokens_handler, end_live_sessions, live_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
 from .otel import otel_ctx
 from .typedefs import (
@@ -66,6 +67,7 @@ from .typedefs import (
     in_flight_key,
     journal_key,
     keyless_uploads_key,
+    live_sessions_key,
     metrics_key,
     pumps_key,
     recorder_key,
@@ -313,6 +315,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[catalog_key], app[writer_key], app[metrics_key], budgets=app[budgets_key]
     )
     app[pumps_key] = set()
+    app[live_sessions_key] = set()
     app[keyless_uploads_key] = asyncio.Semaphore(settings.keyless_upload_limit)
     yield
     # Streams still relayed or draining (their clients left) finish and hand their
@@ -441,6 +444,7 @@ def create_app(
     app.cleanup_ctx.append(otel_ctx)  # torn down last: records finished late are exported
     app.cleanup_ctx.extend([_database_ctx, _writer_ctx, _upstream_ctx, _budgets_ctx, _services_ctx])
     app.cleanup_ctx.extend([_key_use_ctx, _alerts_ctx])
+    app.on_shutdown.append(end_live_sessions)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if settings.metrics_port is None:
@@ -450,5 +454,8 @@ def create_app(
     if settings.admin_token is not None:
         # Off unless configured: without a token /admin/ is an unknown path (404).
         add_admin_routes(app)
+    # The Live API's WebSocket (server.live): outside the forwarded prefixes.
+    app.router.add_get("/ws/{service}", live_handler)
+    app.router.add_post("/{version:v1|v1beta|v1alpha}/auth_tokens", auth_tokens_handler)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app

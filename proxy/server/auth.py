@@ -37,6 +37,7 @@ first (keyed) leg obtained; ``remember_upload`` stores its keyed hash, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -48,13 +49,13 @@ from typing import Any, Generic, TypeVar
 from multidict import CIMultiDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..errors import NotFound, Unauthenticated
+from ..errors import NotFound, ServiceUnavailable, Unauthenticated
 from ..metering.records import Principal
 from ..settings import AuthMode, InteractionSharing, Settings
 from ..storage import accounts
 from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
-from .keys import fingerprint, hash_key
+from .keys import fingerprint, hash_key, seal, unseal
 
 log = logging.getLogger("gemini_meter.auth")
 
@@ -92,6 +93,15 @@ class _TTLCache(Generic[K, V]):
         self._data.move_to_end(key)
         while len(self._data) > self._limit:
             self._data.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EphemeralGrant:
+    """An ephemeral-token handle resolved: who pays, the upstream token, a locked model."""
+
+    owner: Principal
+    token: str
+    model: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +473,55 @@ class Authenticator:
         )
         async with self._sessionmaker() as session:
             return await accounts.resources_of(session, kind, names, principal.user_id, team)
+
+    # --- ephemeral Live API tokens (server.live) ------------------------------------------
+
+    async def commit_ephemeral(
+        self, handle: str, principal: Principal, token: str, model: str | None
+    ) -> None:
+        """Keep the upstream's ephemeral ``token`` sealed, under the keyed hash of the
+        proxy's ``handle`` for it, owned by ``principal``; before the handle is released.
+
+        Raises ``ServiceUnavailable`` when the database did not take it in time: a
+        handle another replica could not resolve must not be handed out.
+        """
+        state = {"token": seal(self._secret, token)}
+        name = hash_key(self._secret, handle)
+        if not await self.commit_resource(ResourceKind.AUTH_TOKEN, name, principal, model, state):
+            raise ServiceUnavailable(
+                "Gemini Meter could not record the ephemeral token; retry shortly."
+            )
+
+    async def remember_minted(self, token: str, principal: Principal, model: str | None) -> None:
+        """Passthrough mode: ``principal`` minted the upstream ``token`` with its own key
+        (stored under the token's keyed hash, never the token), for attribution only."""
+        name = hash_key(self._secret, token)
+        await self.commit_resource(ResourceKind.AUTH_TOKEN, name, principal, model)
+
+    async def minted_owner(self, token: str) -> Principal | None:
+        """Who minted ``token`` through this proxy in passthrough mode, if anyone did."""
+        found = await self.resource(ResourceKind.AUTH_TOKEN, hash_key(self._secret, token))
+        return None if found is None else found.owner
+
+    async def ephemeral_grant(self, handle: str, caller: Principal | None = None) -> EphemeralGrant:
+        """What a handle stands for: its owner, the upstream token, a model it locks.
+
+        ``Unauthenticated`` for a handle this proxy did not issue; ``NotFound`` when a
+        ``caller`` (a key presented beside the handle) may not use it.
+        """
+        found = await self.resource(ResourceKind.AUTH_TOKEN, hash_key(self._secret, handle))
+        if found is not None and caller is not None and not self._may_use(found.owner, caller):
+            raise NotFound("That ephemeral token was not found.")
+        sealed = found.state.get("token") if found is not None else None
+        token = None
+        if isinstance(sealed, str):
+            with contextlib.suppress(ValueError):  # sealed under another secret: unusable
+                token = unseal(self._secret, sealed)
+        if found is None or token is None:
+            raise Unauthenticated(
+                "Ephemeral token not valid. Mint one through Gemini Meter (auth_tokens.create)."
+            )
+        return EphemeralGrant(found.owner, token, found.model)
 
     def _may_use(self, owner: Principal, principal: Principal) -> bool:
         if owner.user_id == principal.user_id:

@@ -28,6 +28,12 @@ completion whose client did not ask for usage is forwarded asking for it, and
 the usage-only event that adds is taken out of the stream (``_ask_stream_usage``).
 An interaction's owner is committed before its id is released
 (``_register_owner``): the one database write on the request path.
+
+Cached contents and files are owned the same way (``_relay_owned``): their
+methods are checked against the owner at admission, as is every cache or file a
+request body names (``references``); the response that creates one commits its
+owner before it is relayed, a cache's create, TTL change and delete record its
+storage (``metering.caching``), and a list is filtered to the caller's own.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
@@ -62,6 +68,15 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ..metering.caching import (
+    CacheState,
+    created_storage,
+    deleted_storage,
+    now_seconds,
+    requested_ttl,
+    snapshot,
+    updated_storage,
+)
 from ..metering.media import summarize_predict
 from ..metering.openai import (
     OpenAIChatStreamTap,
@@ -78,20 +93,14 @@ from ..metering.parsers import (
     summarize_interaction,
     usage_due,
 )
-from ..metering.records import EndpointKind, Principal, UsageRecord
+from ..metering.records import EndpointKind, Principal, Usage, UsageRecord
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
 from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
-from .auth import presented_key, swap_key
-from .media import (
-    OperationBill,
-    check_inputs,
-    operation_bill,
-    register_operation,
-    requested_usage,
-    resource_kind,
-)
+from .auth import Authenticator, presented_key, swap_key
+from .media import OperationBill, operation_bill, operation_created, requested_usage
+from .references import UncheckedReference, references
 from .routes import (
     EMPTY_META,
     Action,
@@ -161,8 +170,13 @@ class _Call:
     principal: Principal | None  # None only on an upload's keyless byte legs
     started: float
     meta: RequestMeta = EMPTY_META
-    # whose interaction this is, when the call names one (billing goes to the owner)
+    # whose interaction (or cached content) this is, when the call names one (billing
+    # goes to the owner)
     owner: Principal | None = None
+    # the cache or file the path names, as its owner check found it (None in passthrough)
+    resource: OwnedResource | None = None
+    # an upload leg's uploader: who started its session through this proxy
+    uploader: Principal | None = None
     body: bytes | None = None
     # ``body`` as JSON, parsed once at admission (None when unread or not JSON)
     parsed: object = None
@@ -173,10 +187,6 @@ class _Call:
     client_disconnected: bool = False
     streamed: bool = False  # the response was relayed as a stream
     owner_registered: bool = False
-    # the owned resource (a Veo operation, a file) the path names, as admission found it
-    owned: OwnedResource | None = None
-    # a Veo operation's poll that first saw it done: the record it bills
-    bill: OperationBill | None = None
     upstream_headers: CIMultiDictProxy[str] | None = None
     # done once the record of an unmetered call is journaled (see Recorder.finish)
     durable: asyncio.Future[None] | None = None
@@ -185,6 +195,8 @@ class _Call:
     # A streamed chat completion whose client did not ask for usage: the proxy asked
     # upstream (metering.openai.ask_stream_usage) and drops the usage-only chunk.
     drops_usage_chunk: bool = False
+    # a Veo operation's poll that first saw it done: the record it bills
+    bill: OperationBill | None = None
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -192,6 +204,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
+    if _mints_unmetered_access(call.route, request.app[settings_key].auth_mode):
+        # Only the canonical route (server.live.auth_tokens_handler) mints, with a handle
+        # of the proxy's own in place of the token; no other spelling reaches Google.
+        raise PermissionDenied(
+            "Gemini Meter mints ephemeral tokens only at POST /v1alpha/auth_tokens."
+        )
     _check_journal(request, call.route)
     if call.principal is not None:
         await _reserve(request, call)
@@ -226,6 +244,12 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
     route = call.route
     content_type = upstream.headers.get("content-type", "")
     endpoint = route.endpoint
+    if route.owns_response:
+        # Small JSON naming owned resources: read whole, then owned, billed or filtered.
+        try:
+            return await _relay_owned(request, upstream, call)
+        finally:
+            upstream.release()
     if endpoint is None:
         if route.unmetered is not None:
             call.durable = _record_unmetered(request, call, upstream)
@@ -269,10 +293,9 @@ async def admit(request: web.Request, started: float) -> _Call:
         raise MethodNotAllowed(
             f"{request.method} on this interactions path is not supported through Gemini Meter."
         )
-    if route.action is Action.OPERATION_UNKNOWN:
-        # A listing would show every user's operations behind the shared key.
+    if route.action is Action.RESOURCE_UNKNOWN:
         raise MethodNotAllowed(
-            f"{request.method} on this operations path is not supported through Gemini Meter."
+            f"{request.method} on this path is not supported through Gemini Meter."
         )
     key = presented_key(request.headers, request.query)
     if key is None and _is_upload_leg(request, route):
@@ -280,18 +303,13 @@ async def admit(request: web.Request, started: float) -> _Call:
         # first (authenticated) leg obtained is their credential upstream. Only ids
         # started through this proxy are let through.
         try:
-            await auth.upload_principal(request.query["upload_id"])
+            uploader = await auth.upload_principal(request.query["upload_id"])
         except NotFound:
             app[metrics_key].keyless_upload_refusals.labels("unknown_upload").inc()
             raise
-        return _Call(route=route, principal=None, started=started)
+        return _Call(route=route, principal=None, started=started, uploader=uploader)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
-    if _mints_unmetered_access(route, app[settings_key].auth_mode):
-        raise PermissionDenied(
-            "Gemini Meter does not mint ephemeral tokens: a Live API session opened with one "
-            "would spend the shared upstream key past the meter."
-        )
     if route.metered and (masking := masking_parameter(request.headers, request.query)):
         raise InvalidArgument(
             f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
@@ -307,6 +325,8 @@ async def admit(request: web.Request, started: float) -> _Call:
         previous = _previous_interactions(parsed, request)
         call.parsed = parsed
         call.meta = request_meta(route, parsed)
+        if route.action is Action.CACHE_CREATE:
+            call.meta = replace(call.meta, model=body_model(parsed))
         if route.action is Action.OPENAI_CHAT:
             _ask_stream_usage(call)
             for name in sorted(_checked(openai_cached_contents, parsed)):
@@ -314,21 +334,79 @@ async def admit(request: web.Request, started: float) -> _Call:
                 await auth.check_resource(ResourceKind.CACHED_CONTENT, name, principal)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
-    await check_inputs(auth, route.action, call.parsed, principal)
-    kind = resource_kind(route.action)
-    if kind is not None and route.resource is not None:
-        call.owned = await auth.check_resource(kind, route.resource, principal)
-        if call.owned is not None and route.action is Action.OPERATION_GET:
-            # An operation bills its creator, whoever of their team polls it.
-            call.owner = call.owned.owner
     if route.interaction_id is not None:
         call.owner = await auth.check_owner(route.interaction_id, principal)
+    elif route.resource is not None and route.resource_kind is not None:
+        call.resource = await _owned_resource(auth, route, principal)
+        if call.resource is not None:
+            call.owner = call.resource.owner
+            call.meta = replace(call.meta, model=call.resource.model)
     elif route.unmetered is not None and route.unmetered.model_in_body:
         # Only to name the model on the unmetered record; the bytes go on unchanged.
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
         call.parsed = parse_json(call.body)
         call.meta = RequestMeta(model=body_model(call.parsed))
+    elif route.action is Action.FILE_UPLOAD and _names_a_new_file(request):
+        call.body = await _read_body(request, app[settings_key].max_request_bytes)
+        try:
+            call.parsed = strict_json(call.body)
+        except BodyRefused as exc:
+            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
+        _refuse_chosen_name(call.parsed)
+    if call.body is not None:
+        await _check_references(request, call.parsed, principal)
     return call
+
+
+def _names_a_new_file(request: web.Request) -> bool:
+    """A JSON request that creates a file (a resumable upload's start, ``files.create``):
+    its metadata could choose the file's name."""
+    return "upload_id" not in request.query and request.content_type == "application/json"
+
+
+def _refuse_chosen_name(body: object) -> None:
+    """Refuse a file name the client chooses itself.
+
+    Google lets a create name its file (``File.name``). A name someone else once owned
+    here stays theirs (owners never change), so a file created under it again, by
+    another user, would be readable by the first owner, not by its creator.
+    """
+    metadata = body.get("file", body) if isinstance(body, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if name is not None and name != "":
+        raise InvalidArgument(
+            "Gemini Meter does not accept a file name chosen by the client: leave the name "
+            "out and the Gemini API picks one."
+        )
+
+
+async def _owned_resource(
+    auth: Authenticator, route: Route, principal: Principal
+) -> OwnedResource | None:
+    """The resource the path names, or 404 unless the caller may use it.
+
+    A cache's PATCH and DELETE bill from its stored state, which another replica may
+    have changed since this one cached it: those read the row itself. In passthrough
+    mode nothing is checked, but the state is still read for the bill.
+    """
+    kind, name = route.resource_kind, route.resource
+    assert kind is not None and name is not None
+    fresh = route.action in (Action.CACHE_UPDATE, Action.CACHE_DELETE)
+    found = await auth.check_resource(kind, name, principal, fresh=fresh)
+    if found is None and fresh:
+        found = await auth.resource(kind, name, fresh=True)
+    return found
+
+
+async def _check_references(request: web.Request, body: object, principal: Principal) -> None:
+    """Refuse (404, like a missing one) a body naming a cache or file the caller may not use."""
+    try:
+        named = references(body, request.query)
+    except UncheckedReference as exc:
+        raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
+    auth = request.app[authenticator_key]
+    for reference in sorted(named):
+        await auth.check_resource(reference.kind, reference.name, principal)
 
 
 _READS_BODY = frozenset(
@@ -340,6 +418,10 @@ _READS_BODY = frozenset(
         Action.BATCH_EMBED,
         Action.OPENAI_CHAT,
         Action.OPENAI_EMBED,
+        # read for the caches and files they name (and a cache's requested lifetime)
+        Action.COUNT_TOKENS,
+        Action.CACHE_CREATE,
+        Action.CACHE_UPDATE,
         Action.PREDICT,
         Action.PREDICT_LONG_RUNNING,
     }
@@ -411,11 +493,22 @@ _BUDGETED = frozenset(
         Action.BATCH_EMBED,
         Action.OPENAI_CHAT,
         Action.OPENAI_EMBED,
+        Action.CACHE_CREATE,
+        Action.CACHE_UPDATE,
         Action.PREDICT,
         Action.PREDICT_LONG_RUNNING,
     }
 )
-_EMBEDDINGS = frozenset({Action.EMBED, Action.BATCH_EMBED, Action.OPENAI_EMBED})
+# Calls that generate no output: their estimate is their input alone.
+_EMBEDDINGS = frozenset(
+    {
+        Action.EMBED,
+        Action.BATCH_EMBED,
+        Action.OPENAI_EMBED,
+        Action.CACHE_CREATE,
+        Action.CACHE_UPDATE,
+    }
+)
 _EMBEDDING_KINDS = frozenset({EndpointKind.ASYNC_BATCH_EMBED_CONTENT})
 
 
@@ -476,7 +569,7 @@ def _check_journal(request: web.Request, route: Route) -> None:
 
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
     return (
-        route.action in (Action.FORWARD, Action.UNMETERED)
+        route.action in (Action.FORWARD, Action.UNMETERED, Action.FILE_UPLOAD)
         and request.path.startswith("/upload/")
         and "upload_id" in request.query
     )
@@ -495,15 +588,17 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise _too_large(limit) from exc
 
 
-def _upstream_url(base: str, raw_path: str, drop_key: bool) -> URL:
+def _upstream_url(
+    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
+) -> URL:
     """The upstream URL: the raw path and query as the client sent them.
 
-    The query is kept byte for byte (no re-encoding), except that a ``key``
-    parameter is removed when the proxy supplies the upstream key itself.
+    The query is kept byte for byte (no re-encoding), except that the ``drop``
+    parameters (a ``key``) are removed when the proxy supplies the credential itself.
     """
     path, sep, query = raw_path.partition("?")
     if sep and drop_key:
-        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in _KEY_PARAMS]
+        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in drop]
         query = "&".join(kept)
         sep = "?" if query else ""
     return URL(base + path + sep + query, encoded=True)
@@ -522,7 +617,7 @@ def _upstream_headers(request: web.Request, call: _Call) -> CIMultiDict[str]:
     named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
     for name in _REQUEST_DROP | named:
         headers.popall(name, None)
-    if call.route.metered and "accept-encoding" in headers:
+    if call.route.reads_response and "accept-encoding" in headers:
         accepted = [
             token
             for token in headers["accept-encoding"].split(",")
@@ -648,20 +743,10 @@ async def _relay_whole(
     request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
 ) -> web.StreamResponse:
     """A metered call answered with one JSON body: read it, meter it, answer it."""
-    reading = time.perf_counter()
-    try:
-        body = await upstream.read()
-    except TimeoutError as exc:
-        raise UpstreamTimeout("The Gemini API stopped answering mid-response.") from exc
-    except _UPSTREAM_FAILURES as exc:
-        raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
-    finally:
-        call.upstream_wait += time.perf_counter() - reading
+    body, decoded = await _read_whole(upstream, call)
     response = web.Response(
         status=upstream.status, body=body, headers=_response_headers(upstream, keep_length=False)
     )
-    encoding = upstream.headers.get("content-encoding", "identity").lower()
-    decoded = _Decoder(encoding)(body) if encoding != "identity" else body
     payload = parse_json(decoded)
     await _register_media(request, call, payload, upstream.status)
     summary = _summarize(call, payload, upstream.status)
@@ -674,6 +759,21 @@ async def _relay_whole(
     return response
 
 
+async def _read_whole(upstream: aiohttp.ClientResponse, call: _Call) -> tuple[bytes, bytes]:
+    """The whole upstream body as it came, and decoded (gzip/deflate undone) for reading."""
+    reading = time.perf_counter()
+    try:
+        body = await upstream.read()
+    except TimeoutError as exc:
+        raise UpstreamTimeout("The Gemini API stopped answering mid-response.") from exc
+    except _UPSTREAM_FAILURES as exc:
+        raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
+    finally:
+        call.upstream_wait += time.perf_counter() - reading
+    encoding = upstream.headers.get("content-encoding", "identity").lower()
+    return body, (_Decoder(encoding)(body) if encoding != "identity" else body)
+
+
 def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
     if status >= 400:
         return ResponseSummary()
@@ -681,16 +781,16 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
         return summarize_interaction(payload)
     if call.route.action in (Action.EMBED, Action.BATCH_EMBED):
         return summarize_embed(payload, call.parsed)
+    if call.route.action is Action.OPENAI_CHAT:
+        return summarize_chat(payload)
+    if call.route.action is Action.OPENAI_EMBED:
+        return summarize_embeddings(payload, call.parsed)
     if call.route.action is Action.PREDICT:
         return summarize_predict(payload)
     if call.route.action is Action.OPERATION_GET:
         return call.bill.summary if call.bill is not None else ResponseSummary()
     if call.route.action is Action.PREDICT_LONG_RUNNING:
         return ResponseSummary()  # billed when the operation is done
-    if call.route.action is Action.OPENAI_CHAT:
-        return summarize_chat(payload)
-    if call.route.action is Action.OPENAI_EMBED:
-        return summarize_embeddings(payload, call.parsed)
     return summarize_generate(payload)
 
 
@@ -699,15 +799,30 @@ async def _register_media(request: web.Request, call: _Call, payload: object, st
     principal = call.principal
     if status >= 400 or principal is None:
         return
-    auth = request.app[authenticator_key]
-    if call.route.action is Action.PREDICT_LONG_RUNNING:
-        await register_operation(
-            auth, principal, call.meta.model or call.route.model, payload, call.parsed
-        )
-    elif call.route.action is Action.OPERATION_GET and call.route.resource is not None:
-        call.bill = await operation_bill(auth, call.route.resource, call.owned, payload)
-        if call.bill is not None and call.bill.owner is not None:
-            call.owner = call.bill.owner  # its creator's, whoever polled it
+    route = call.route
+    if route.action is Action.PREDICT_LONG_RUNNING:
+        created = operation_created(payload, call.parsed)
+        if created is not None:
+            name, state = created
+            model = call.meta.model or route.model
+            await _own(request, ResourceKind.OPERATION, name, principal, model=model, state=state)
+    elif route.action is Action.OPERATION_GET and route.resource is not None:
+        auth = request.app[authenticator_key]
+        bill = await operation_bill(auth, route.resource, call.resource, payload)
+        if bill is None:
+            return
+        call.bill = bill
+        if bill.owner is not None:
+            call.owner = bill.owner  # the creator's, whoever of their team polled it
+            for video in bill.videos:
+                await _own(
+                    request, ResourceKind.FILE, video, bill.owner, model=bill.model, state=None
+                )
+        if bill.state is not None:
+            try:
+                await auth.update_resource_state(ResourceKind.OPERATION, bill.resource, bill.state)
+            except Exception as exc:  # the bill's request_id keeps a second one out anyway
+                log.warning("operation state not updated: %s", type(exc).__name__)
 
 
 async def _relay_stream(
@@ -888,7 +1003,8 @@ def _finish(
     assert principal is not None  # metered calls are always authenticated
     interaction_id = summary.interaction_id
     provisional = billing(action, status, call.streamed, summary)
-    if provisional is None or (action is Action.OPERATION_GET and call.bill is None):
+    bill = call.bill
+    if provisional is None or (action is Action.OPERATION_GET and bill is None):
         # (an operation's poll bills only the first time it is seen done)
         return None
     if status >= 400:
@@ -896,7 +1012,8 @@ def _finish(
     headers = call.upstream_headers
     effective_tier = headers.get("x-gemini-service-tier") if headers is not None else None
     record = UsageRecord(
-        request_id=call.bill.request_id if call.bill is not None else uuid.uuid4().hex,
+        # one bill per operation, however often or wherever it is seen done
+        request_id=(_stable_request_id("operation", bill.resource) if bill else uuid.uuid4().hex),
         created_at=datetime.now(UTC),
         principal=call.owner or principal,
         model=call.meta.model or call.route.model or summary.model,
@@ -919,7 +1036,7 @@ def _finish(
         client_disconnected=call.client_disconnected,
         estimated=summary.estimated,
         provisional=provisional,
-        resource=call.bill.resource if call.bill is not None else None,
+        resource=bill.resource if bill else None,
     )
     if summary.usage is not None:
         record.usage = summary.usage
@@ -989,3 +1106,235 @@ async def _register_owner(
     else:
         auth.remember_owner(interaction_id, principal)
     app[recorder_key].own(interaction_id, principal, call.meta.model)
+
+
+# --- owned resources: uploaded files and cached contents ------------------------------
+
+# Where a list response carries its items, by the kind of resource listed.
+_LIST_FIELDS = {ResourceKind.CACHED_CONTENT: "cachedContents", ResourceKind.FILE: "files"}
+
+
+async def _relay_owned(
+    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+) -> web.StreamResponse:
+    """A response that names owned resources: read it whole, act on it, then answer it.
+
+    An upload's files become the uploader's, and a new cache its creator's, before the
+    client learns their names (``_own``); a cache's create, TTL change and delete bill its
+    storage (``_bill_storage``); a list keeps only the caller's own items. Only small
+    JSON bodies come this way: a download is relayed as a stream like any other body.
+    """
+    body, decoded = await _read_whole(upstream, call)
+    status = upstream.status
+    headers = _response_headers(upstream, keep_length=False)
+    route = call.route
+    durable = None
+    if "x-goog-upload-url" in headers:
+        headers["x-goog-upload-url"] = _through_proxy(request, headers["x-goog-upload-url"])
+    if route.lists is not None:
+        if status < 400:
+            body = await _filtered_list(request, call, route.lists, decoded)
+            headers.popall("content-encoding", None)
+    elif route.action is Action.FILE_UPLOAD:
+        if status < 400:
+            await _own_files(request, call, parse_json(decoded))
+    else:
+        durable = await _bill_storage(request, call, status, parse_json(decoded))
+    response = web.Response(status=status, body=body, headers=headers)
+    if durable is not None:
+        await asyncio.shield(durable)  # the answer only once its record is journaled
+    return response
+
+
+async def _filtered_list(
+    request: web.Request, call: _Call, kind: ResourceKind, decoded: bytes
+) -> bytes:
+    """A list response with only the items the caller may use (passthrough: all of them)."""
+    auth = request.app[authenticator_key]
+    if auth.mode is AuthMode.PASSTHROUGH or call.principal is None:
+        return decoded
+    payload = parse_json(decoded)
+    field = _LIST_FIELDS[kind]
+    items = payload.get(field, []) if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or not isinstance(items, list):
+        # Relaying what the proxy cannot filter could show other users' resources.
+        raise UpstreamUnavailable("The Gemini API answered a list Gemini Meter could not read.")
+    names = [_name_of(item) for item in items]
+    mine = await auth.owned_names(kind, call.principal, {n for n in names if n is not None})
+    kept = [item for item, name in zip(items, names, strict=True) if name in mine]
+    filtered = {key: value for key, value in payload.items() if key != field}
+    if kept:
+        filtered[field] = kept  # Google leaves an empty list out altogether
+    return json.dumps(filtered).encode()
+
+
+def _through_proxy(request: web.Request, upload_url: str) -> str:
+    """An upload session's URL with the proxy's origin for Google's.
+
+    The SDK sends a resumable upload's byte legs to the URL the start leg answered
+    with (google-genai 3.6.1 keeps its host unless the caller passes its own
+    ``base_url`` per upload): left as Google's, the last leg, whose answer names the
+    file, would go past the proxy and the file would have no owner. The origin is the
+    one the client reached the proxy at (its scheme as this server sees it).
+    """
+    parts = urlsplit(upload_url)
+    return parts._replace(scheme=request.scheme, netloc=request.host).geturl()
+
+
+def _name_of(resource: object) -> str | None:
+    name = resource.get("name") if isinstance(resource, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _uploaded_files(payload: object) -> list[str]:
+    """The files an upload response names: ``{"file": {...}}``, or ``{"files": [...]}``
+    (``files:register``)."""
+    if not isinstance(payload, dict):
+        return []
+    found = [payload.get("file")]
+    listed = payload.get("files")
+    if isinstance(listed, list):
+        found.extend(listed)
+    names = (_name_of(item) for item in found)
+    return [name for name in names if name is not None and name.startswith("files/")]
+
+
+async def _own_files(request: web.Request, call: _Call, payload: object) -> None:
+    # A keyless leg's files are its session's starter's; a keyed call's, the caller's.
+    owner = call.uploader or call.principal
+    if owner is None:
+        return
+    for name in _uploaded_files(payload):
+        await _own(request, ResourceKind.FILE, name, owner, model=None, state=None)
+
+
+async def _own(
+    request: web.Request,
+    kind: ResourceKind,
+    name: str,
+    owner: Principal,
+    *,
+    model: str | None,
+    state: dict[str, object] | None,
+) -> None:
+    """Store the owner of a resource just created, before its name reaches the client.
+
+    Should the database not take it in time, the write goes on in the background and
+    this process already answers the owner (``Authenticator.commit_resource``).
+    """
+    auth = request.app[authenticator_key]
+    if not await auth.commit_resource(kind, name, owner, model=model, state=state):
+        request.app[metrics_key].owner_commit_fallbacks.inc()
+
+
+def _stable_request_id(*parts: str) -> str:
+    """The same id for the same storage line however often (or wherever) it is seen."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "gemini-meter:" + ":".join(parts)).hex
+
+
+async def _bill_storage(
+    request: web.Request, call: _Call, status: int, payload: object
+) -> asyncio.Future[None] | None:
+    """Own a new cache and record its storage line (``metering.caching`` has the rules).
+
+    create: the lifetime asked, charged whole; PATCH: the change of expiry; DELETE: the
+    unexpired rest given back, no line once expired. An upstream error is recorded with
+    no usage, like every metered route's; a response (or a stored state) the proxy cannot
+    read is recorded with ``parse_error`` and no usage, never guessed.
+    """
+    route = call.route
+    if status >= 400:
+        return _storage_record(request, call, status, uuid.uuid4().hex, route.resource)
+    cache = snapshot(payload)
+    if route.action is Action.CACHE_CREATE:
+        owner = call.principal
+        name = cache.name if cache is not None else _name_of(payload)
+        assert owner is not None  # a create is always authenticated
+        if name is not None:
+            state = CacheState.of(cache).to_json() if cache is not None else None
+            model = cache.model if cache is not None else None
+            await _own(
+                request,
+                ResourceKind.CACHED_CONTENT,
+                name,
+                owner,
+                model=model or call.meta.model,
+                state=state,
+            )
+        if cache is None:
+            return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
+        seconds = created_storage(cache, requested_ttl(call.parsed), now_seconds())
+        return _storage_record(
+            request,
+            call,
+            status,
+            _stable_request_id(cache.name, "create"),
+            cache.name,
+            storage=seconds,
+            model=cache.model,
+        )
+    name = route.resource
+    assert name is not None  # a cache's own methods name it
+    stored = CacheState.from_json(call.resource.state) if call.resource is not None else None
+    if route.action is Action.CACHE_UPDATE:
+        if cache is None or stored is None:
+            return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
+        try:
+            await request.app[authenticator_key].update_resource_state(
+                ResourceKind.CACHED_CONTENT,
+                name,
+                CacheState(stored.tokens, cache.expire_text).to_json(),
+            )
+        except Exception as exc:
+            # Google already made the change: the call still succeeds and is recorded. A
+            # later change or delete of this cache will count from the old expiry.
+            log.warning("cache state not stored (%s): %s", type(exc).__name__, name)
+        return _storage_record(
+            request,
+            call,
+            status,
+            _stable_request_id(name, "update", stored.expire_text, cache.expire_text),
+            name,
+            storage=updated_storage(stored, cache),
+        )
+    if stored is None:
+        return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
+    refund = deleted_storage(stored, now_seconds())
+    if refund == 0:
+        return None
+    return _storage_record(
+        request, call, status, _stable_request_id(name, "delete"), name, storage=refund
+    )
+
+
+def _storage_record(
+    request: web.Request,
+    call: _Call,
+    status: int,
+    request_id: str,
+    resource: str | None,
+    *,
+    storage: int = 0,
+    model: str | None = None,
+    parse_error: bool = False,
+) -> asyncio.Future[None] | None:
+    """Hand on one cache-storage line, billed to the cache's owner."""
+    principal = call.owner or call.principal
+    endpoint = call.route.endpoint
+    assert principal is not None and endpoint is not None  # cache storage calls: metered
+    record = UsageRecord(
+        request_id=request_id,
+        created_at=datetime.now(UTC),
+        principal=principal,
+        model=model or call.meta.model,
+        endpoint=endpoint,
+        streamed=False,
+        upstream_status=status,
+        latency_seconds=time.perf_counter() - call.started,
+        ttfb_seconds=call.ttfb,
+        upstream_seconds=call.upstream_wait,
+        usage=Usage(storage_token_seconds=storage),
+        resource=resource,
+        parse_error=parse_error,
+    )
+    return request.app[recorder_key].finish(record, call.reservation)

@@ -10,6 +10,13 @@ does not understand yet (docs/metering.md lists them with what is recorded):
 a call on one is relayed untouched and still recorded, with zero tokens and
 ``unmetered_route`` set, so totals never silently omit it.
 
+Cached contents, files and Veo operations are owned resources
+(``storage.schema.ResourceKind``): every method on one names it (``Route.resource``,
+canonical: ``cachedContents/{id}``, ``files/{id}``, ``models/{m}/operations/{id}``) for
+the owner check, a list is filtered to the caller's own (a model's operations are not
+listed at all), and a method the proxy does not know on one is refused
+(``RESOURCE_UNKNOWN``), never forwarded.
+
 It also holds the pure checks ``server.forward.admit`` refuses by, each of them
 closing a way to make the proxy check one request while the upstream serves
 another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
@@ -31,6 +38,7 @@ from enum import Enum, auto
 from multidict import MultiMapping
 
 from ..metering.records import EndpointKind
+from ..storage.schema import ResourceKind
 
 FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/")
 
@@ -52,17 +60,21 @@ _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
 _EMBED = re.compile(
     rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
 )
+_COUNT_TOKENS = re.compile(rf"{_PREFIX}/{_MODEL}:countTokens$", re.IGNORECASE)
+# The collections of owned resources, under every prefix Google's front end serves them
+# (files are downloaded under "/download" too): whatever follows the collection is
+# classified below, so no spelling reaches one unchecked.
+_CACHES = re.compile(rf"{_PREFIX}/cachedContents(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
+_FILES = re.compile(
+    rf"^(?:/upload|/download)?/{_VERSION}/files(?:$|(?P<rest>[/:].*))", re.IGNORECASE
+)
+_RESOURCE_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
 # Imagen and Veo. A Veo operation is named "models/{model}/operations/{id}"; every
 # method on it (and the collection itself) is classified, so none slips past its owner.
 _PREDICT = re.compile(rf"{_PREFIX}/{_MODEL}:(?P<method>predict|predictLongRunning)$", re.IGNORECASE)
 _MODEL_OPERATIONS = re.compile(
     rf"{_PREFIX}/models/(?P<model>[^/:]+)/operations(?:$|/$|/(?P<id>[^/:]+)(?P<suffix>.*)$)",
     re.IGNORECASE,
-)
-# A generated file's bytes (a Veo video): the SDK's files.download, and the "/download"
-# prefix Google's responses-file URIs use.
-_FILE_DOWNLOAD = re.compile(
-    rf"^(?:/upload|/download)?/{_VERSION}/files/(?P<id>[^/:]+):download$", re.IGNORECASE
 )
 # Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash and the
 # "/upload" prefix are read as the same route, so the spelling cannot move a call off the meter.
@@ -84,18 +96,29 @@ class Action(Enum):
     STREAM_GENERATE = auto()
     EMBED = auto()
     BATCH_EMBED = auto()
-    PREDICT = auto()  # Imagen: billed per image returned
-    PREDICT_LONG_RUNNING = auto()  # Veo: starts an operation, billed when it is done
-    OPERATION_GET = auto()  # a Veo operation's poll: its creator's only; bills it once done
-    # cancelling or deleting a Veo operation: its creator's only, nothing billed
-    OPERATION_OTHER = auto()
-    # listing a model's operations (it would show every user's behind the shared key),
-    # or a method the proxy does not know on one: refused, never forwarded
-    OPERATION_UNKNOWN = auto()
-    FILE_DOWNLOAD = auto()  # a generated file's bytes: its owner's only
     OPENAI_CHAT = auto()  # /openai/chat/completions
     OPENAI_EMBED = auto()  # /openai/embeddings
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
+    COUNT_TOKENS = auto()  # free, but its body may name a cache or a file
+    CACHE_CREATE = auto()
+    CACHE_GET = auto()
+    CACHE_LIST = auto()
+    CACHE_UPDATE = auto()
+    CACHE_DELETE = auto()
+    # a plain or resumable upload (every leg), files.create and files:register: the
+    # files the response names become the uploader's
+    FILE_UPLOAD = auto()
+    FILE_GET = auto()
+    FILE_LIST = auto()
+    FILE_DELETE = auto()
+    FILE_DOWNLOAD = auto()
+    PREDICT = auto()  # Imagen: billed per image returned
+    PREDICT_LONG_RUNNING = auto()  # Veo: starts an operation, billed when it is done
+    OPERATION_GET = auto()  # a Veo operation's poll: its creator's only; bills it once done
+    OPERATION_OTHER = auto()  # cancelling or deleting a Veo operation: its creator's only
+    # a method on a cache, a file or a Veo operation the proxy does not know, or a listing
+    # of a model's operations (every user's, behind the shared key): refused, never forwarded
+    RESOURCE_UNKNOWN = auto()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +128,29 @@ class Route:
     model: str | None = None
     # Action.UNMETERED only: which row of UNMETERED_ROUTES matched
     unmetered: UnmeteredRoute | None = None
-    # the owned resource the path names, canonical ("models/m/operations/x", "files/x")
+    # the owned resource the path names (a cache's, a file's or a Veo operation's
+    # methods), canonical ("cachedContents/x", "files/x", "models/m/operations/x")
     resource: str | None = None
+
+    @property
+    def resource_kind(self) -> ResourceKind | None:
+        return _RESOURCE_KINDS.get(self.action)
+
+    @property
+    def lists(self) -> ResourceKind | None:
+        """The kind of owned resource a list method answers (filtered to the caller's)."""
+        return _LISTS.get(self.action)
+
+    @property
+    def owns_response(self) -> bool:
+        """The response names owned resources: the proxy reads it whole before relaying it
+        (to own what it creates, bill a cache's storage, or filter a list)."""
+        return self.action in _OWNED_RESPONSES
+
+    @property
+    def reads_response(self) -> bool:
+        """The proxy reads the response (so asks the upstream for encodings it can undo)."""
+        return self.metered or self.owns_response
 
     @property
     def metered(self) -> bool:
@@ -124,16 +168,60 @@ _ENDPOINTS = {
     Action.STREAM_GENERATE: EndpointKind.STREAM_GENERATE_CONTENT,
     Action.EMBED: EndpointKind.EMBED_CONTENT,
     Action.BATCH_EMBED: EndpointKind.BATCH_EMBED_CONTENTS,
+    # storage: charged at create, adjusted on a TTL change and refunded on delete
+    Action.CACHE_CREATE: EndpointKind.CACHED_CONTENT_CREATE,
+    Action.CACHE_UPDATE: EndpointKind.CACHED_CONTENT_UPDATE,
+    Action.CACHE_DELETE: EndpointKind.CACHED_CONTENT_DELETE,
+    Action.OPENAI_CHAT: EndpointKind.OPENAI_CHAT_COMPLETIONS,
+    Action.OPENAI_EMBED: EndpointKind.OPENAI_EMBEDDINGS,
     Action.PREDICT: EndpointKind.PREDICT,
     Action.PREDICT_LONG_RUNNING: EndpointKind.PREDICT_LONG_RUNNING,
     # the poll that first sees a video operation done carries its bill
     Action.OPERATION_GET: EndpointKind.PREDICT_LONG_RUNNING,
-    Action.OPENAI_CHAT: EndpointKind.OPENAI_CHAT_COMPLETIONS,
-    Action.OPENAI_EMBED: EndpointKind.OPENAI_EMBEDDINGS,
 }
+_RESOURCE_KINDS = {
+    Action.CACHE_GET: ResourceKind.CACHED_CONTENT,
+    Action.CACHE_UPDATE: ResourceKind.CACHED_CONTENT,
+    Action.CACHE_DELETE: ResourceKind.CACHED_CONTENT,
+    Action.FILE_GET: ResourceKind.FILE,
+    Action.FILE_DELETE: ResourceKind.FILE,
+    Action.FILE_DOWNLOAD: ResourceKind.FILE,
+    Action.OPERATION_GET: ResourceKind.OPERATION,
+    Action.OPERATION_OTHER: ResourceKind.OPERATION,
+}
+_LISTS = {Action.CACHE_LIST: ResourceKind.CACHED_CONTENT, Action.FILE_LIST: ResourceKind.FILE}
+_OWNED_RESPONSES = frozenset(
+    {
+        Action.CACHE_CREATE,
+        Action.CACHE_UPDATE,
+        Action.CACHE_DELETE,
+        Action.CACHE_LIST,
+        Action.FILE_UPLOAD,
+        Action.FILE_LIST,
+    }
+)
 
 FORWARD = Route(Action.FORWARD)
 _UNKNOWN = Route(Action.INTERACTION_UNKNOWN)
+_UNKNOWN_RESOURCE = Route(Action.RESOURCE_UNKNOWN)
+
+# (method, what follows the collection) -> action, and (method, what follows the id)
+_ON_CACHES = {("POST", ""): Action.CACHE_CREATE, ("GET", ""): Action.CACHE_LIST}
+_ON_CACHE = {
+    ("GET", ""): Action.CACHE_GET,
+    ("PATCH", ""): Action.CACHE_UPDATE,
+    ("DELETE", ""): Action.CACHE_DELETE,
+}
+_ON_FILES = {
+    ("POST", ""): Action.FILE_UPLOAD,
+    ("GET", ""): Action.FILE_LIST,
+    ("POST", ":register"): Action.FILE_UPLOAD,
+}
+_ON_FILE = {
+    ("GET", ""): Action.FILE_GET,
+    ("DELETE", ""): Action.FILE_DELETE,
+    ("GET", ":download"): Action.FILE_DOWNLOAD,
+}
 
 # (method, what follows the id) -> action; anything else on an interaction is unknown.
 _ON_INTERACTION = {
@@ -171,9 +259,10 @@ def _unmetered(
 
 _V = rf"^/{_VERSION}"
 _ID = r"[^/:]+"
-# First match wins. Free routes (files, countTokens, models, cachedContents get/list/delete,
-# batch list/cancel/delete) are not here: they cost nothing. docs/metering.md lists every
-# route with what the meter records for it; keep the two in step.
+# First match wins. Free routes (countTokens, models, batch list/cancel/delete) are not
+# here: they cost nothing; nor are cachedContents and files, metered and owned above.
+# docs/metering.md lists every route with what the meter records for it; keep the two in
+# step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
     # Batch API: billed (at the batch rate) when the batch runs, not on this call.
     _unmetered(
@@ -184,13 +273,8 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
     ),
     # A batch's state and inline results (their usage is the batch's bill).
     _unmetered(EndpointKind.BATCH_GET, "GET", rf"{_V}/batches/{_ID}$"),
-    # Explicit caching: the cached tokens on creation, storage per hour while it lives.
-    _unmetered(
-        EndpointKind.CACHED_CONTENT_CREATE, "POST", rf"{_V}/cachedContents$", model_in_body=True
-    ),
-    _unmetered(EndpointKind.CACHED_CONTENT_UPDATE, "PATCH", rf"{_V}/cachedContents/{_ID}$"),
     # Polls of other long-running work (File Search imports, tuning); Veo's operations
-    # under models/ are metered (see classify).
+    # under models/ are metered and owned (see classify).
     _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$"),
     # File Search indexing bills the embeddings it computes.
     _unmetered(
@@ -202,9 +286,11 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
         rf"^/upload/{_VERSION}/fileSearchStores/{_ID}:uploadToFileSearchStore$",
     ),
     # Free itself, but the token opens a Live API session at Google directly, past this
-    # proxy: refused in virtual_keys mode (it would spend the upstream key unmetered);
-    # in passthrough mode the client's own key pays and the record says who minted it.
-    _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens$"),
+    # proxy: in virtual_keys mode only server.live mints (a handle in place of the token,
+    # at the canonical path) and every other spelling is refused; in passthrough mode the
+    # client's own key pays and the record says who minted it.
+    # (A trailing slash too: it must not fall through to a free route that is forwarded.)
+    _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens/?$"),
     # The OpenAI-compatible surface but chat completions and embeddings (metered).
     _unmetered(
         EndpointKind.OPENAI_IMAGES, "POST", rf"{_V}/openai/images/generations$", model_in_body=True
@@ -259,6 +345,13 @@ def classify(method: str, path: str) -> Route:
         if e is not None:
             embed = e.group("method").lower() == "embedcontent"
             return Route(Action.EMBED if embed else Action.BATCH_EMBED, model=e.group("model"))
+    if method == "POST" and "counttokens" in path.lower():
+        c = _COUNT_TOKENS.match(path)
+        if c is not None:
+            return Route(Action.COUNT_TOKENS, model=c.group("model"))
+    owned = _classify_owned(method, path)
+    if owned is not None:
+        return owned
     if method == "POST" and "openai" in path.lower():
         o = _OPENAI.match(path)
         if o is not None:
@@ -278,7 +371,7 @@ _ON_OPERATION = {
 
 
 def _classify_media(method: str, path: str) -> Route | None:
-    """Imagen, Veo, their operations and generated files; None for anything else."""
+    """Imagen, Veo and Veo's operations; None for anything else."""
     lowered = path.lower()
     if method == "POST" and ":predict" in lowered:
         p = _PREDICT.match(path)
@@ -291,18 +384,36 @@ def _classify_media(method: str, path: str) -> Route | None:
         if o is not None:
             model = o.group("model")
             if o.group("id") is None:
-                return Route(Action.OPERATION_UNKNOWN, model=model)
-            action = _ON_OPERATION.get(
-                (method, o.group("suffix").lower()), Action.OPERATION_UNKNOWN
-            )
+                return Route(Action.RESOURCE_UNKNOWN, model=model)
+            action = _ON_OPERATION.get((method, o.group("suffix").lower()), Action.RESOURCE_UNKNOWN)
             # The canonical name Google gives the operation; another spelling of the
             # collections' names still names the same operation.
             name = f"models/{model}/operations/{o.group('id')}"
             return Route(action, model=model, resource=name)
-    if method == "GET" and lowered.endswith(":download"):
-        d = _FILE_DOWNLOAD.match(path)
-        if d is not None:
-            return Route(Action.FILE_DOWNLOAD, resource=f"files/{d.group('id')}")
+    return None
+
+
+def _classify_owned(method: str, path: str) -> Route | None:
+    """A method on the cachedContents or files collection, or on one of their items."""
+    for pattern, prefix, on_collection, on_item in (
+        (_CACHES, "cachedContents", _ON_CACHES, _ON_CACHE),
+        (_FILES, "files", _ON_FILES, _ON_FILE),
+    ):
+        m = pattern.match(path)
+        if m is None:
+            continue
+        rest = m.group("rest") or ""
+        if rest in ("", "/") or rest.startswith(":"):
+            action = on_collection.get((method, rest.rstrip("/").lower()))
+            return Route(action) if action is not None else _UNKNOWN_RESOURCE
+        i = _RESOURCE_ID.match(rest)
+        if i is None:
+            return _UNKNOWN_RESOURCE
+        suffix = i.group("suffix").lower()
+        action = on_item.get((method, "" if suffix == "/" else suffix))
+        if action is None:
+            return _UNKNOWN_RESOURCE
+        return Route(action, resource=f"{prefix}/{i.group('id')}")
     return None
 
 

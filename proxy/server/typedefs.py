@@ -32,6 +32,9 @@ authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
 recorder_key: web.AppKey[Recorder] = web.AppKey("recorder")
 # streams still being relayed (or drained for billing after their client left)
 pumps_key: web.AppKey[set[asyncio.Task[web.StreamResponse]]] = web.AppKey("pumps")
+# Live API relays in flight (server.live); also in ``pumps_key``, but cut at shutdown
+# before aiohttp waits for handlers, since a WebSocket never ends by itself
+live_sessions_key: web.AppKey[set[asyncio.Task[web.StreamResponse]]] = web.AppKey("live_sessions")
 # keyless resumable-upload legs in flight (``Settings.keyless_upload_limit``)
 keyless_uploads_key: web.AppKey[asyncio.Semaphore] = web.AppKey("keyless_uploads")
 # the durable journal, None when disabled by the settings

@@ -8,12 +8,11 @@ is stored once:
 
 - a usage row is keyed by its ``request_id`` (unique) and, for an interaction,
   by its ``interaction_id`` (unique: one row per interaction);
-- a row without an interaction is ``INSERT ... ON CONFLICT DO NOTHING`` with no
-  conflict target, which skips a conflict on any unique index (both dialects);
-- an interaction's row is an upsert on the interaction id that only ever
-  replaces a *provisional* row (the partial usage of a cut stream): by the
-  terminal record, or by a later provisional one that saw at least as many
-  tokens. A terminal row is never overwritten.
+- a row without an interaction is an upsert on its ``request_id``, and an
+  interaction's row one on the interaction id; either only ever replaces a
+  *provisional* row (the partial usage of a cut stream, or of a Live session
+  still running): by the final record, or by a later provisional one that saw
+  at least as many tokens. A final row is never overwritten.
 """
 
 from __future__ import annotations
@@ -144,26 +143,27 @@ def _replaces(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
 def collapse_interactions(
     rows: Sequence[Mapping[str, Any]],
 ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """Split ``rows`` into those without an interaction and one row per interaction
-    (the one the upsert would keep), in order. PostgreSQL refuses an upsert that
-    touches one row twice in a statement, so a batch never holds two."""
-    plain: list[Mapping[str, Any]] = []
+    """Split ``rows`` into one row per request without an interaction and one row per
+    interaction (each the one the upsert would keep), in order. PostgreSQL refuses an
+    upsert that touches one row twice in a statement, so a batch never holds two."""
+    plain: dict[str, Mapping[str, Any]] = {}
     by_interaction: dict[str, Mapping[str, Any]] = {}
     for row in rows:
         iid = row["interaction_id"]
-        if iid is None:
-            plain.append(row)
-        elif iid not in by_interaction or _replaces(row, by_interaction[iid]):
-            by_interaction[iid] = row
-    return plain, list(by_interaction.values())
+        kept, key = (plain, row["request_id"]) if iid is None else (by_interaction, iid)
+        if key not in kept or _replaces(row, kept[key]):
+            kept[key] = row
+    return list(plain.values()), list(by_interaction.values())
 
 
-def _upsert_interaction_rows(session: AsyncSession, table: Table, names: Iterable[str]) -> Insert:
+def _upsert_rows(
+    session: AsyncSession, table: Table, names: Iterable[str], key: str = "interaction_id"
+) -> Insert:
     stmt = _insert(session, table)
     new, old = stmt.excluded, table.c
     updated = {name: new[name] for name in names}
     return stmt.on_conflict_do_update(
-        index_elements=["interaction_id"],
+        index_elements=[key],
         set_=updated,
         where=and_(
             old.provisional,
@@ -179,10 +179,11 @@ async def insert_usage_rows(session: AsyncSession, rows: Sequence[Mapping[str, A
     table = table_of(UsageRow)
     plain, interactions = collapse_interactions(rows)
     if plain:
-        # No conflict target: skips a conflict on request_id and on any other unique index.
-        await session.execute(_insert(session, table).on_conflict_do_nothing(), plain)
+        # Keyed by request_id: a replayed row changes nothing, and a provisional one (a
+        # Live session's usage so far) is replaced by its session's later records.
+        await session.execute(_upsert_rows(session, table, plain[0].keys(), "request_id"), plain)
     if interactions:
-        stmt = _upsert_interaction_rows(session, table, interactions[0].keys())
+        stmt = _upsert_rows(session, table, interactions[0].keys())
         await session.execute(stmt, interactions)
 
 

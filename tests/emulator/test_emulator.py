@@ -41,13 +41,13 @@ from proxy.emulator import (
     emulator_state_key,
     run_emulator,
 )
+from tests.emulator.conftest import BACKGROUND_SECONDS
 
 PRIMES_PROMPT = "What is the sum of the first 50 primes? Generate and run code for the calculation."
 THINKING_MODEL = "gemini-3-flash-preview"
 PLAIN_MODEL = "gemini-2.0-flash"  # does not think unless asked
 KEY = {"x-goog-api-key": "test-key"}
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake image bytes").decode()
-BACKGROUND_SECONDS = 0.2
 
 
 def tokens(text: str) -> int:
@@ -55,35 +55,6 @@ def tokens(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- fixtures, helpers
-
-
-@pytest.fixture
-async def server(aiohttp_server: Any) -> TestServer:
-    app = create_emulator_app(EmulatorConfig(background_seconds=BACKGROUND_SECONDS))
-    started: TestServer = await aiohttp_server(app)
-    return started
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def aio(server: TestServer, http: aiohttp.ClientSession) -> AsyncIterator[Any]:
-    """The SDK's async client pointed at the emulator.
-
-    The SDK's own aiohttp session subclasses ``aiohttp.ClientSession``, which
-    aiohttp 3.14 flags with a DeprecationWarning; handing it our session avoids
-    that and is a supported option. Interactions use the SDK's httpx client.
-    """
-    client = genai.Client(
-        api_key="test-key",
-        http_options=types.HttpOptions(base_url=str(server.make_url("")), aiohttp_client=http),
-    ).aio
-    yield client
-    await client.aclose()
 
 
 def url(server: TestServer, path: str) -> str:

@@ -178,8 +178,9 @@ async def test_failed_and_filtered_operations_generate_what_they_say(server: Tes
     assert server.app[emulator_state_key].media.video_seconds() == 8
 
 
-async def test_unknown_operation_and_file_are_404(server: TestServer):
+async def test_unknown_operation_is_404_and_unknown_file_403(server: TestServer):
     status, body = await call(server, "GET", f"/v1beta/models/{VEO}/operations/nope")
     assert status == 404 and body["error"]["status"] == "NOT_FOUND"
+    # a missing file is 403, as Google answers it (proxy/emulator/files.py)
     status, body = await call(server, "GET", "/v1beta/files/nope:download?alt=media")
-    assert status == 404 and body["error"]["status"] == "NOT_FOUND"
+    assert status == 403 and body["error"]["status"] == "PERMISSION_DENIED"

@@ -14,7 +14,6 @@ from proxy.metering.media import (
     file_name,
     images_returned,
     operation_outcome,
-    referenced_files,
     video_request,
 )
 
@@ -142,18 +141,3 @@ def test_running_failed_and_malformed_operations():
 )
 def test_file_name(uri: object, name: str | None):
     assert file_name(uri) == name
-
-
-def test_referenced_files_of_a_video_extension():
-    body = {
-        "instances": [
-            {"prompt": "go on", "video": {"uri": "https://x/v1beta/files/abc:download?alt=media"}},
-            {"video": {"uri": "files/def"}},
-            {"video": {"uri": "gs://bucket/video.mp4"}},
-            {"image": {"bytesBase64Encoded": PNG}},
-            "junk",
-        ]
-    }
-    assert referenced_files(body) == ["files/abc", "files/def", None]
-    assert referenced_files({"instances": [{"prompt": "x"}]}) == []
-    assert referenced_files(None) == []

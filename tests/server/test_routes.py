@@ -57,9 +57,9 @@ from proxy.server.routes import (
             "gemini-3.5-flash",
         ),
         ("POST", "/v1beta/tunedModels/my-model:generateContent", Action.GENERATE, None, "my-model"),
-        ("POST", "/v1beta/models/gemini-2.5-flash:countTokens", Action.FORWARD, None, None),
+        ("POST", "/v1beta/models/g:countTokens", Action.COUNT_TOKENS, None, "g"),
         ("GET", "/v1beta/models/gemini-2.5-flash:generateContent", Action.FORWARD, None, None),
-        ("POST", "/upload/v1beta/files", Action.FORWARD, None, None),
+        ("POST", "/upload/v1beta/files", Action.FILE_UPLOAD, None, None),
         ("GET", "/v1beta/models", Action.FORWARD, None, None),
     ],
 )
@@ -189,8 +189,6 @@ def test_embeddings_are_metered(path: str, action: Action, kind: EndpointKind, m
             "gemini-embedding-001",
         ),
         ("GET", "/v1beta/batches/b-123", EndpointKind.BATCH_GET, None),
-        ("POST", "/v1beta/cachedContents", EndpointKind.CACHED_CONTENT_CREATE, None),
-        ("PATCH", "/v1beta/cachedContents/c-1", EndpointKind.CACHED_CONTENT_UPDATE, None),
         ("GET", "/v1beta/fileSearchStores/s/operations/op-1", EndpointKind.OPERATION_GET, None),
         ("GET", "/v1beta/operations/op-2", EndpointKind.OPERATION_GET, None),
         ("POST", "/v1beta/fileSearchStores/s:importFile", EndpointKind.FILE_SEARCH_IMPORT, None),
@@ -220,12 +218,6 @@ def test_unmetered_billable_routes(method: str, path: str, kind: EndpointKind, m
     ("method", "path"),
     [
         # free: not billed, so not recorded
-        ("POST", "/v1beta/models/gemini-2.5-flash:countTokens"),
-        ("POST", "/upload/v1beta/files"),
-        ("GET", "/v1beta/files/f-1"),
-        ("GET", "/v1beta/cachedContents/c-1"),
-        ("DELETE", "/v1beta/cachedContents/c-1"),
-        ("GET", "/v1beta/cachedContents"),
         ("GET", "/v1beta/batches"),
         ("POST", "/v1beta/batches/b-1:cancel"),
         ("DELETE", "/v1beta/batches/b-1"),
@@ -252,6 +244,8 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         EndpointKind.OPENAI_CHAT_COMPLETIONS,
         EndpointKind.OPENAI_EMBEDDINGS,
         EndpointKind.BATCH_RESULT,
+        EndpointKind.CACHED_CONTENT_CREATE,
+        EndpointKind.CACHED_CONTENT_UPDATE,
         EndpointKind.CACHED_CONTENT_DELETE,
         EndpointKind.LIVE_SESSION,
     }
@@ -317,21 +311,19 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         (
             "POST",
             "/v1beta/models/veo-3/operations/op9:wait",
-            Action.OPERATION_UNKNOWN,
+            Action.RESOURCE_UNKNOWN,
             "veo-3",
             "models/veo-3/operations/op9",
         ),
         (
             "GET",
             "/v1beta/models/veo-3/operations/op9/more",
-            Action.OPERATION_UNKNOWN,
+            Action.RESOURCE_UNKNOWN,
             "veo-3",
             "models/veo-3/operations/op9",
         ),
-        ("GET", "/v1beta/models/veo-3/operations", Action.OPERATION_UNKNOWN, "veo-3", None),
-        ("GET", "/v1beta/models/veo-3/operations/", Action.OPERATION_UNKNOWN, "veo-3", None),
-        ("GET", "/v1beta/files/abc123:download", Action.FILE_DOWNLOAD, None, "files/abc123"),
-        ("GET", "/v1/FILES/abc123:Download", Action.FILE_DOWNLOAD, None, "files/abc123"),
+        ("GET", "/v1beta/models/veo-3/operations", Action.RESOURCE_UNKNOWN, "veo-3", None),
+        ("GET", "/v1beta/models/veo-3/operations/", Action.RESOURCE_UNKNOWN, "veo-3", None),
     ],
 )
 def test_media_routes(
@@ -421,6 +413,61 @@ def test_openai_meta_reads_the_body_model_and_stream():
 )
 def test_body_model(body: object, model: str | None):
     assert body_model(body) == model
+
+
+# --- owned resources: cached contents and files -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "action", "resource"),
+    [
+        ("POST", "/v1beta/cachedContents", Action.CACHE_CREATE, None),
+        ("POST", "/upload/v1beta/cachedContents/", Action.CACHE_CREATE, None),
+        ("GET", "/v1/cachedContents", Action.CACHE_LIST, None),
+        ("GET", "/v1beta/cachedContents/c-1", Action.CACHE_GET, "cachedContents/c-1"),
+        ("GET", "/v1beta/CACHEDCONTENTS/c-1/", Action.CACHE_GET, "cachedContents/c-1"),
+        ("PATCH", "/v1alpha/cachedContents/c-1", Action.CACHE_UPDATE, "cachedContents/c-1"),
+        ("DELETE", "/v1beta/cachedContents/C-1", Action.CACHE_DELETE, "cachedContents/C-1"),
+        ("POST", "/upload/v1beta/files", Action.FILE_UPLOAD, None),
+        ("POST", "/upload/v1beta/files/", Action.FILE_UPLOAD, None),
+        ("POST", "/v1beta/files", Action.FILE_UPLOAD, None),
+        ("POST", "/v1beta/files:register", Action.FILE_UPLOAD, None),
+        ("GET", "/v1beta/files", Action.FILE_LIST, None),
+        ("GET", "/v1beta/files/f-1", Action.FILE_GET, "files/f-1"),
+        ("GET", "/upload/v1beta/Files/f-1", Action.FILE_GET, "files/f-1"),
+        ("DELETE", "/v1beta/files/f-1/", Action.FILE_DELETE, "files/f-1"),
+        ("GET", "/v1beta/files/f-1:download", Action.FILE_DOWNLOAD, "files/f-1"),
+        ("GET", "/download/v1beta/files/f-1:Download", Action.FILE_DOWNLOAD, "files/f-1"),
+        # anything else on a cache or a file is refused, never forwarded
+        ("POST", "/v1beta/cachedContents/c-1", Action.RESOURCE_UNKNOWN, None),
+        ("PUT", "/v1beta/cachedContents/c-1", Action.RESOURCE_UNKNOWN, None),
+        ("GET", "/v1beta/cachedContents/c-1/contents", Action.RESOURCE_UNKNOWN, None),
+        ("GET", "/v1beta/cachedContents/c-1:x", Action.RESOURCE_UNKNOWN, None),
+        ("DELETE", "/v1beta/cachedContents", Action.RESOURCE_UNKNOWN, None),
+        ("PATCH", "/v1beta/files/f-1", Action.RESOURCE_UNKNOWN, None),
+        ("POST", "/v1beta/files/f-1:download", Action.RESOURCE_UNKNOWN, None),
+        ("GET", "/v1beta/files/f-1/x", Action.RESOURCE_UNKNOWN, None),
+        ("DELETE", "/v1beta/files", Action.RESOURCE_UNKNOWN, None),
+        ("GET", "/v1beta/filesx", Action.FORWARD, None),
+        ("GET", "/v1beta/fileSearchStores/s", Action.FORWARD, None),
+    ],
+)
+def test_owned_resources(method: str, path: str, action: Action, resource: str | None):
+    route = classify(method, path)
+    assert route.action is action
+    assert route.resource == resource
+
+
+def test_cache_storage_is_metered_and_reads_are_not():
+    assert classify("POST", "/v1/cachedContents").endpoint is EndpointKind.CACHED_CONTENT_CREATE
+    assert classify("PATCH", "/v1/cachedContents/c").endpoint is (
+        EndpointKind.CACHED_CONTENT_UPDATE
+    )
+    assert classify("DELETE", "/v1/cachedContents/c").endpoint is (
+        EndpointKind.CACHED_CONTENT_DELETE
+    )
+    for method, path in (("GET", "/v1/cachedContents/c"), ("GET", "/v1/files/f")):
+        assert not classify(method, path).metered
 
 
 # --- the edge: pure checks -------------------------------------------------------------

@@ -110,20 +110,6 @@ FAMILIES = [
     ),
     ("GET", "/v1beta/batches/batch-123", None, "batch.get", None),
     (
-        "POST",
-        "/v1beta/cachedContents",
-        {"model": "models/gemini-2.5-flash", "contents": [{"parts": [{"text": "x" * 100}]}]},
-        "cached_content.create",
-        "gemini-2.5-flash",
-    ),
-    (
-        "PATCH",
-        "/v1beta/cachedContents/c-1?updateMask=ttl",
-        {"ttl": "7200s"},
-        "cached_content.update",
-        None,
-    ),
-    (
         "GET",
         "/v1beta/fileSearchStores/store-1/operations/op-1",
         None,
@@ -160,14 +146,18 @@ def test_every_row_of_the_table_has_a_family_here():
     assert {row.kind.value for row in UNMETERED_ROUTES} == families
 
 
-async def test_ephemeral_tokens_are_refused_with_virtual_keys(
-    make_stack: StackFactory, aiohttp_server: Any
+@pytest.mark.parametrize(
+    "path", ["/v1alpha/auth_tokens/", "/v1alpha/AUTH_TOKENS", "/v1beta/Auth_Tokens?alt=json"]
+)
+async def test_ephemeral_tokens_are_minted_at_the_canonical_path_only_with_virtual_keys(
+    make_stack: StackFactory, aiohttp_server: Any, path: str
 ):
     # A token minted with the shared upstream key would open a Live session at Google
-    # that never passes the proxy: nothing of it may reach the upstream.
+    # that never passes the proxy: only server.live mints (tests/server/test_live.py),
+    # and no other spelling of the route may reach the upstream.
     stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
     status, _, answer = await raw(
-        "POST", stack.url("/v1alpha/auth_tokens"), headers=stack.headers("bob"), json={"uses": 1}
+        "POST", stack.url(path), headers=stack.headers("bob"), json={"uses": 1}
     )
     assert status == 403
     assert json.loads(answer)["error"]["status"] == "PERMISSION_DENIED"
@@ -321,8 +311,7 @@ async def test_a_file_search_upload_is_recorded_once_for_its_authenticated_leg(
     ("method", "path"),
     [
         ("POST", "/v1beta/models/gemini-2.5-flash:countTokens"),
-        ("GET", "/v1beta/files/f-1"),
-        ("GET", "/v1beta/cachedContents/c-1"),
+        ("GET", "/v1beta/models/gemini-2.5-flash"),
         ("GET", "/v1beta/openai/models"),
     ],
 )

@@ -1,0 +1,138 @@
+"""Which owned resources a request body names: pure, one walk over the JSON.
+
+Behind one shared upstream key, a request could use someone else's cached content or
+uploaded file simply by naming it. ``server.forward.admit`` calls ``references`` on every
+JSON body it reads (generate, stream, countTokens, embeddings, interactions, cachedContents
+create, batch create, ...) and checks each name against its owner before forwarding.
+
+What counts as a reference, wherever it sits in the body (inline batch requests and
+nested contents included):
+
+- ``cachedContent`` / ``cached_content`` (Google's JSON parser takes a field by either
+  name): ``cachedContents/{id}``, the bare id (the SDK's ``t_cached_content_name`` adds the
+  prefix, so the id alone may be meant), or a Vertex-style
+  ``projects/…/locations/…/cachedContents/{id}``. Anything else that is not empty or null
+  is refused: it cannot be checked.
+- ``fileUri`` / ``file_uri`` (``fileData``), ``uri`` (the Interactions API's content
+  blocks) and ``fileName`` / ``file_name`` (a batch's input file, a File Search import):
+  ``files/{id}``, or an http(s) URL whose path is ``/{version}/files/{id}`` on any host
+  (the Files API's ``uri``, e.g. ``https://generativelanguage.googleapis.com/v1beta/files/
+  abc``), percent-decoded, ``:download`` and a query allowed. The host is not trusted to
+  tell a Files API URL from another one, so any host with that path counts. Any other
+  string (a YouTube or public URL, a ``gs://`` object) is not a Files API file. A string
+  that starts ``files/`` but does not name one file (``files/a/b``) is refused.
+
+Names come back canonical (``cachedContents/{id}``, ``files/{id}``, the id as written:
+an id in another case is another name, which its owner check then refuses unless owned).
+``UncheckedReference`` says why a body is refused instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from multidict import MultiMapping
+
+from ..storage.schema import ResourceKind
+
+__all__ = ["CACHE_FIELDS", "Reference", "UncheckedReference", "references"]
+
+CACHE_FIELDS = ("cachedContent", "cached_content")
+_FILE_FIELDS = frozenset({"fileUri", "file_uri", "uri", "fileName", "file_name"})
+_CACHE_NAME = re.compile(
+    r"^(?:projects/[^/]+/locations/[^/]+/)?cachedContents/(?P<id>[^/]+)$", re.IGNORECASE
+)
+_VERSION = re.compile(r"^v\d+[a-z0-9]*$", re.IGNORECASE)
+
+
+class UncheckedReference(ValueError):
+    """A body names a cache or file in a form the proxy cannot resolve to one name."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Reference:
+    """One owned resource a request names."""
+
+    kind: ResourceKind
+    name: str  # canonical: "cachedContents/{id}" or "files/{id}"
+
+
+def references(body: object, query: MultiMapping[str] | None = None) -> set[Reference]:
+    """Every cached content and file ``body`` (and, for caches, the query) names.
+
+    Raises ``UncheckedReference`` for a reference the proxy cannot check. The walk is
+    iterative, so a deeply nested body cannot exhaust the stack.
+    """
+    found: set[Reference] = set()
+    if query is not None:
+        for field in CACHE_FIELDS:
+            for value in query.getall(field, []):
+                _add(found, cache_reference(value))
+    stack: list[object] = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in CACHE_FIELDS:
+                    _add(found, cache_reference(value))
+                elif key in _FILE_FIELDS and isinstance(value, str):
+                    _add(found, file_reference(value))
+                if isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(child for child in item if isinstance(child, dict | list))
+    return found
+
+
+def _add(found: set[Reference], reference: Reference | None) -> None:
+    if reference is not None:
+        found.add(reference)
+
+
+def cache_reference(value: object) -> Reference | None:
+    """The cached content a ``cachedContent`` value names (None: none is named)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UncheckedReference("cachedContent must be a string")
+    text = value.strip()
+    if not text:
+        return None  # proto3's unset string
+    m = _CACHE_NAME.match(text)
+    if m is not None:
+        cache_id = m.group("id")
+    elif "/" not in text:
+        cache_id = text
+    else:
+        raise UncheckedReference("cachedContent must be a cachedContents/{id} name")
+    return Reference(ResourceKind.CACHED_CONTENT, f"cachedContents/{cache_id}")
+
+
+def file_reference(value: str) -> Reference | None:
+    """The Files API file a URI or name names (None: not a Files API file)."""
+    text = value.strip()
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        segments = unquote(parts.path).split("/")[1:]
+        if len(segments) != 3 or not _VERSION.match(segments[0]):
+            return None
+        if segments[1].lower() != "files":
+            return None
+        file_id = segments[2]
+    elif text.lower().startswith("files/"):
+        file_id = unquote(text[len("files/") :]).partition("?")[0]
+    else:
+        return None
+    file_id = file_id.partition(":")[0]  # "files/{id}:download"
+    if not file_id or "/" in file_id or file_id in (".", ".."):
+        raise UncheckedReference(f"{value!r} does not name one file")
+    return Reference(ResourceKind.FILE, f"files/{file_id}")
+
+
+def names_of(refs: Iterable[Reference], kind: ResourceKind) -> list[str]:
+    """The names of one kind, sorted (the order owner checks run in)."""
+    return sorted(r.name for r in refs if r.kind is kind)

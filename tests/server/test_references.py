@@ -1,0 +1,124 @@
+"""The references walker: every spelling of a cache or file a body can name, and no more."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import MultiDict
+
+from proxy.server.references import Reference, UncheckedReference, references
+from proxy.storage.schema import ResourceKind
+
+CACHE = Reference(ResourceKind.CACHED_CONTENT, "cachedContents/abc123")
+FILE = Reference(ResourceKind.FILE, "files/f00d")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"cachedContent": "cachedContents/abc123"},
+        {"cached_content": "cachedContents/abc123"},
+        {"cachedContent": "abc123"},  # the SDK adds the prefix to a bare id; so might Google
+        {"cachedContent": "  cachedContents/abc123 "},
+        {"cachedContent": "CACHEDCONTENTS/abc123"},
+        {"cachedContent": "projects/p/locations/us/cachedContents/abc123"},
+        # an inline batch request, nested as the Batch API nests it
+        {
+            "batch": {
+                "inputConfig": {
+                    "requests": {
+                        "requests": [{"request": {"cachedContent": "cachedContents/abc123"}}]
+                    }
+                }
+            }
+        },
+        {"generateContentRequest": {"cached_content": "cachedContents/abc123"}},  # countTokens
+    ],
+)
+def test_every_spelling_of_a_cache(body: object):
+    assert references(body) == {CACHE}
+
+
+FILE_URL = "https://generativelanguage.googleapis.com/v1beta/files/f00d"
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"fileData": {"fileUri": FILE_URL, "mimeType": "text/plain"}},
+        {"file_data": {"file_uri": FILE_URL}},
+        {"fileData": {"fileUri": "files/f00d"}},
+        {"fileData": {"fileUri": "FILES/f00d"}},
+        {"fileData": {"fileUri": "http://127.0.0.1:9/v1/files/f00d"}},  # any host
+        {"fileData": {"fileUri": "https://evil.example/v1alpha/FILES/f00d?alt=media"}},
+        {"fileData": {"fileUri": "https://x/v1beta/files%2Ff00d"}},  # decoded, as a server may
+        {"fileData": {"fileUri": f"{FILE_URL}:download?alt=media"}},  # a generated video's
+        {"type": "document", "uri": FILE_URL},  # an Interactions content block
+        {"fileName": "files/f00d"},  # a batch's input file, a File Search import
+        {"file_name": "files/f00d"},
+    ],
+)
+def test_every_spelling_of_a_file(part: object):
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}, part]}]}
+    assert references(body) == {FILE}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"contents": [{"parts": [{"text": "files/f00d and cachedContents/abc123"}]}]},
+        {"contents": [{"parts": [{"fileData": {"fileUri": "https://youtu.be/x"}}]}]},
+        {"fileData": {"fileUri": "https://example.com/files/report.pdf"}},  # not /{v}/files/
+        {"fileData": {"fileUri": "https://example.com/static/v1/files/a/b.pdf"}},
+        {"fileData": {"fileUri": "gs://bucket/files/a.pdf"}},
+        {"uri": 7, "fileUri": None, "cachedContent": None},
+        {"cachedContent": ""},
+        {"name": "files/f00d", "displayName": "cachedContents/abc123"},
+        "files/f00d",
+        None,
+        [],
+    ],
+)
+def test_what_is_not_a_reference(body: object):
+    assert references(body) == set()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"cachedContent": 5},
+        {"cachedContent": ["cachedContents/abc123"]},
+        {"cachedContent": {"name": "cachedContents/abc123"}},
+        {"cachedContent": "cachedContents/abc123/extra"},
+        {"cachedContent": "https://host/v1beta/cachedContents/abc123"},
+        {"fileData": {"fileUri": "files/a/b"}},
+        {"fileData": {"fileUri": "files/"}},
+        {"fileData": {"fileUri": "files/a%2Fb"}},
+        {"fileData": {"fileUri": "https://h/v1beta/files/.."}},
+    ],
+)
+def test_an_uncheckable_reference_is_refused(body: object):
+    with pytest.raises(UncheckedReference):
+        references(body)
+
+
+def test_query_parameters_and_many_references():
+    body = {
+        "contents": [
+            {"parts": [{"fileData": {"fileUri": "files/one"}}, {"fileData": {"fileUri": FILE_URL}}]}
+        ],
+        "cachedContent": "cachedContents/abc123",
+    }
+    query = MultiDict([("cachedContent", "cachedContents/other"), ("alt", "sse")])
+    assert references(body, query) == {
+        CACHE,
+        FILE,
+        Reference(ResourceKind.FILE, "files/one"),
+        Reference(ResourceKind.CACHED_CONTENT, "cachedContents/other"),
+    }
+
+
+def test_a_deep_body_does_not_exhaust_the_stack():
+    body: object = {"cachedContent": "abc123"}
+    for _ in range(100_000):
+        body = {"x": [body]}
+    assert references(body) == {CACHE}

@@ -1,0 +1,252 @@
+"""The benchmark harness (``benchmarks/compare.py``) and its upstream stub.
+
+The benchmark itself is not part of the suite: its figures need a quiet machine. Its smoke
+run is: a few seconds of every wrk leg and both memory scenarios, without LiteLLM,
+checking only that it completes and that Gemini Meter stored one record for every call the
+stub received with its upstream key. No assertion here depends on a timing.
+
+The smoke run needs Debian's ``wrk``; ``scripts/test.sh`` installs it. In CI a missing wrk
+fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.compare import (
+    Config,
+    Outcome,
+    Run,
+    parse_wrk,
+    problems,
+    render,
+    reproduce,
+    write_section,
+)
+from benchmarks.stub import LEDGER, create_stub_app
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+PATH = "/v1beta/models/gemini-2.5-flash"
+
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None and not os.environ.get("CI"),
+    reason="Debian's wrk is not installed (scripts/test.sh installs it)",
+)
+
+
+@needs_wrk
+def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tmp_path: Path):
+    out = tmp_path / "smoke.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+
+    assert result["skipped"] == ["LiteLLM"]
+    runs = result["runs"]
+    assert {(r["leg"], r["stream"], r["concurrency"]) for r in runs} == {
+        (leg, stream, c)
+        for leg in ("direct", "Gemini Meter")
+        for stream in (False, True)
+        for c in (1, 50)
+    }
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in runs)
+
+    # The stub's ledger is the outside count: every call it received with a meter's
+    # upstream key is one record in that meter's database after a graceful stop.
+    meters = {name: p for name, p in result["processes"].items() if "records" in p}
+    assert set(meters) == {"Gemini Meter", "Gemini Meter (memory scenarios)"}
+    for name, p in meters.items():
+        assert p["received"] > 0, name
+        assert p["records"] == p["received"], name
+    served_by_wrk = sum(r["requests"] for r in runs if r["leg"] == "Gemini Meter")
+    probed = result["first_bytes"]
+    assert set(probed) == {"direct", "Gemini Meter"}
+    assert all(p["calls"] > 0 and p["p50_ms"] > 0 for p in probed.values())
+    # no warm-up in a smoke run: wrk's responses and the first-byte probe's calls
+    assert meters["Gemini Meter"]["answered"] == served_by_wrk + probed["Gemini Meter"]["calls"]
+    assert meters["Gemini Meter"]["received"] >= served_by_wrk
+    assert meters["Gemini Meter (memory scenarios)"]["answered"] == 50 + 1
+    assert result["lost"] == dict.fromkeys(meters, 0)
+
+    held, big = result["memory"]["held"], result["memory"]["big"]
+    assert held["completed"] == held["streams"] == 50
+    assert big["completed"] == 1
+    assert big["meter_bytes"] == big["direct_bytes"] > 4 * 2**20
+    assert all(result["memory"][s]["rss_peak_mib"] > 0 for s in ("held", "big"))
+
+    assert "| plain | 1 | Gemini Meter |" in done.stdout
+    assert "Reproduce: `python benchmarks/compare.py --smoke`" in done.stdout
+
+
+def test_a_write_replaces_its_own_section_and_keeps_the_others(tmp_path: Path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nIntro.\n")
+    write_section(doc, "old figures\n")
+    begin, end = "<!-- benchmarks/compare.py: begin -->", "<!-- benchmarks/compare.py: end -->"
+    assert doc.read_text() == f"# Benchmarks\n\nIntro.\n\n{begin}\nold figures\n{end}\n"
+
+    # Another harness's section, and prose after ours: both stay as they are.
+    doc.write_text(doc.read_text() + "\n## The journal\n\nKept.\n")
+    write_section(doc, "journal figures", name="benchmarks/bench_proxy.py --journal")
+    write_section(doc, "new figures")
+    assert doc.read_text() == (
+        f"# Benchmarks\n\nIntro.\n\n{begin}\nnew figures\n{end}\n\n## The journal\n\nKept.\n"
+        "\n<!-- benchmarks/bench_proxy.py --journal: begin -->\njournal figures\n"
+        "<!-- benchmarks/bench_proxy.py --journal: end -->\n"
+    )
+
+
+def test_the_reproduce_line_leaves_out_the_json_file_and_the_label():
+    assert reproduce(["--reps", "3", "--json", "/tmp/x.json", "--write", "docs/benchmarks.md"]) == (
+        "python benchmarks/compare.py --reps 3 --write docs/benchmarks.md"
+    )
+    assert reproduce(["--json=/tmp/x.json", "--preliminary", "--serve-args", "--workers 2"]) == (
+        "python benchmarks/compare.py --serve-args '--workers 2'"
+    )
+
+
+def test_the_wrk_summary_line_is_read_among_wrks_own_report():
+    output = (
+        "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 1 connections\n"
+        'WRK_JSON {"requests": 120, "duration_us": 1000000, "p50_us": 250, "p99_us": 900,'
+        ' "status": 2}\n'
+    )
+    assert parse_wrk(output) == {
+        "requests": 120.0,
+        "duration_us": 1_000_000.0,
+        "p50_us": 250.0,
+        "p99_us": 900.0,
+        "status": 2.0,
+    }
+    with pytest.raises(RuntimeError, match="no summary"):
+        parse_wrk("wrk: connection refused\n")
+
+
+async def test_the_stub_counts_calls_per_key_and_a_stream_left_early_as_cut(aiohttp_client: Any):
+    client = await aiohttp_client(
+        create_stub_app(big_bytes=3 * 64 * 1024, held_chunks=200, held_delay_ms=10)
+    )
+    ledger = client.app[LEDGER]
+
+    async with client.post(f"{PATH}:generateContent", data=BODY) as response:
+        assert response.status == 401  # no key: not a call
+    async with client.post(f"{PATH}:generateContent?key=a", data=BODY) as response:
+        assert (await response.json())["usageMetadata"]["totalTokenCount"] == 25
+    headers = {"x-goog-api-key": "b"}
+    async with client.post(
+        f"{PATH}:streamGenerateContent?alt=sse&bench=big", data=BODY, headers=headers
+    ) as response:
+        events = (await response.read()).split(b"\r\n\r\n")
+    assert len(events) == 4 and events[-1] == b""  # three events of 64 KiB each
+    assert all(len(e) > 64 * 1024 for e in events[:3])
+    assert b'"finishReason":"STOP"' in events[2] and b"finishReason" not in events[0]
+    async with client.post(f"{PATH}:streamGenerateContent?key=b", data=BODY) as response:
+        assert len(await response.json()) == 3  # the JSON-array framing
+
+    # A held stream whose client leaves after its first event: received, cut, not served.
+    response = await client.post(
+        f"{PATH}:streamGenerateContent?alt=sse&bench=held&key=c", data=BODY
+    )
+    await response.content.readuntil(b"\r\n\r\n")
+    response.close()
+    async with asyncio.timeout(30):
+        while not ledger.cut["c"]:
+            await asyncio.sleep(0.01)
+
+    assert ledger.received == {"a": 1, "b": 2, "c": 1}
+    assert ledger.served == {"a": 1, "b": 2}
+    assert ledger.cut == {"c": 1}
+    async with client.get("/_stub/stats") as response:
+        stats = await response.json()
+    assert stats["received"] == {"a": 1, "b": 2, "c": 1}
+    assert stats["peak_streams"] == 1
+
+
+def _outcome() -> Outcome:
+    """One repetition of plain calls at c=1 with hand-picked figures, and what follows them."""
+    config = Config(
+        seconds=1,
+        reps=1,
+        concurrency=[1],
+        litellm=True,
+        warmup=0,
+        streams=1000,
+        big_bytes=100 * 2**20,
+        held_chunks=20,
+        held_delay_ms=250,
+        starts=2,
+        serve_args=[],
+        smoke=False,
+    )
+    outcome = Outcome(config, load=[1.0, 1.0])
+    for stream in (False, True):
+        # (leg, responses in 1 s, p50 ms, p99 ms, the proxy's CPU s, the stub's CPU s)
+        for leg, calls, p50, p99, proxy_cpu, stub_cpu in (
+            ("direct", 1000, 0.1, 0.5, 0.0, 0.1),
+            ("Gemini Meter", 500, 0.6, 2.5, 0.1, 0.05),
+            ("LiteLLM", 50, 10.1, 20.5, 0.5, 0.005),
+        ):
+            outcome.runs.append(
+                Run(leg, stream, 1, 0, calls, 0, 0, 1.0, p50, p99, proxy_cpu, stub_cpu)
+            )
+    outcome.first_bytes = {
+        "direct": [[1.0, 1.0, 2.0]],
+        "Gemini Meter": [[2.0, 2.0, 6.0]],
+        "LiteLLM": [[21.0, 21.0, 42.0]],
+    }
+    outcome.processes = {
+        "direct": {"start_s": 0.2, "start_cpu_s": 0.1, "rss_mib": 40.0},
+        "Gemini Meter": {
+            "start_s": 0.4,
+            "start_cpu_s": 0.3,
+            "rss_mib": 90.0,
+            "answered": 1000,
+            "received": 1002,
+            "records": 1001,
+        },
+    }
+    outcome.starts = [(0.4, 0.3), (0.6, 0.5)]
+    return outcome
+
+
+def test_the_report_puts_each_proxy_against_direct_calls_and_against_each_other():
+    report = render(_outcome(), "python benchmarks/compare.py")
+    # Per call: the meter 0.1 s / 500 = 0.2 ms against the stub's 0.1 s / 1000 = 0.1 ms;
+    # LiteLLM 0.5 s / 50 = 10 ms. Added: 0.6 - 0.1 and 2.5 - 0.5; 10.1 - 0.1 and 20.5 - 0.5.
+    assert "| plain | 1 | Gemini Meter | 500 | 0.60 | 2.50 | 0.50 | 2.00 | 0.200 | 0 |" in report
+    assert "| plain | 1 | LiteLLM | 50 | 10.10 | 20.50 | 10.00 | 20.00 | 10.000 | 0 |" in report
+    # rate 500/1000, CPU 0.2/0.1, LiteLLM CPU 10/0.2, rate 500/50, added 10/0.5 and 20/2
+    assert "| plain | 1 | 0.50× | 2.00× | 50× | 10× | 20× | 10× |" in report
+    assert "| streamed | 1 | 0.50× | 2.00× | 50× | 10× | 20× | 10× |" in report
+    # First bytes, nearest rank of three: p50 the 2nd, p99 the 3rd; only LiteLLM is put
+    # against the meter (added 20 / 1 and 40 / 4).
+    assert "| direct | 3 | 1.00 | 2.00 | – | – | – | – |" in report
+    assert "| Gemini Meter | 3 | 2.00 | 6.00 | 1.00 | 4.00 | – | – |" in report
+    assert "| LiteLLM | 3 | 21.00 | 42.00 | 20.00 | 40.00 | 20× | 10× |" in report
+    # 1002 calls reached the stub, 1001 records: one lost.
+    assert "| Gemini Meter | 0.40 | 0.30 | 90 | 1000 | 1002 | 1001 | 1 |" in report
+    assert "median 0.50 s (min 0.40, max 0.60; target: under 0.5 s), of which CPU 0.40 s" in report
+
+
+def test_a_lost_record_fails_the_run_and_says_which_meter():
+    outcome = _outcome()
+    assert problems(outcome) == [
+        "Gemini Meter: 1 calls received upstream without a record (or records without a call)"
+    ]
+    outcome.processes["Gemini Meter"]["records"] = 1002
+    assert problems(outcome) == []
