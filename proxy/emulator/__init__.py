@@ -21,6 +21,8 @@ Modules, by concern:
 - ``generate``: generateContent, its streams, countTokens;
 - ``files``: uploads (plain and resumable), get, list, delete, download;
 - ``caches``: explicit context caching (``cachedContents``);
+- ``files``: uploads, plain and resumable;
+- ``media``: Imagen ``predict``, Veo ``predictLongRunning``, its operations and videos;
 - ``usage``: deterministic token accounting and its wire shapes;
 - ``replies``: what the emulated model says (code, primes, thinking);
 - ``wire``: errors, JSON, headers shared by every endpoint.
@@ -36,7 +38,10 @@ from .state import (
     MAX_STORED_INTERACTIONS,
     EmulatorConfig,
     EmulatorState,
+    ImagesServed,
+    MediaLedger,
     SeenRequest,
+    VideoOperation,
     emulator_state_key,
 )
 from .usage import AUDIO_TOKENS, DOCUMENT_TOKENS, IMAGE_TOKENS, VIDEO_TOKENS
@@ -54,7 +59,10 @@ __all__ = [
     "EmulatedInteraction",
     "EmulatorConfig",
     "EmulatorState",
+    "ImagesServed",
+    "MediaLedger",
     "SeenRequest",
+    "VideoOperation",
     "create_emulator_app",
     "emulator_state_key",
     "run_emulator",
