@@ -477,6 +477,23 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                     },
                 }
             )
+        if path.endswith(":predictLongRunning"):
+            # Veo: an operation, done at its first poll with one video (shapes as the
+            # emulator's, proxy/emulator/media.py)
+            model = path.split("/models/")[1].split(":")[0]
+            return web.json_response({"name": f"models/{model}/operations/oprec{next(ids)}"})
+        if "/operations/" in path and request.method == "GET":
+            name = path.split("/", 2)[2].rstrip("/")
+            file_id = "vid" + name.rsplit("/", 1)[1]
+            video = f"https://generativelanguage.googleapis.com/v1beta/files/{file_id}"
+            samples = [{"video": {"uri": f"{video}:download?alt=media"}}]
+            return web.json_response(
+                {
+                    "name": name,
+                    "done": True,
+                    "response": {"generateVideoResponse": {"generatedSamples": samples}},
+                }
+            )
         return web.json_response({"ok": True})
 
     app = web.Application(client_max_size=1 << 30)

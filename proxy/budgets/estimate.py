@@ -15,6 +15,11 @@ estimate, settled against the real cost once the call is recorded:
   intermediate tokens, thinking, grounding fees): ``budget_reserve_usd`` and
   ``budget_reserve_tokens``.
 
+Images and video (``estimate_usage``) are estimated from what the request asks
+for (``server.media.requested_usage``: Imagen's ``sampleCount`` images, Veo's
+seconds × videos at the requested resolution), priced at the catalog's
+``per_image`` / ``per_video_second``, plus the same per-call reserve.
+
 What a call costs beyond its reservation is the overshoot ``docs/budgets.md`` bounds.
 """
 
@@ -28,7 +33,7 @@ from ..metering.records import Usage
 from ..pricing import Catalog, price
 from .rules import Budget, Unit, usage_amount, usd_to_nanos
 
-__all__ = ["Estimate", "estimate", "max_output_tokens"]
+__all__ = ["Estimate", "estimate", "estimate_usage", "max_output_tokens"]
 
 _BYTES_PER_TOKEN = 4
 
@@ -97,6 +102,28 @@ def estimate(
         output_tokens=output_tokens,
         total_tokens=input_tokens + output_tokens,
     )
+    return estimate_usage(
+        catalog,
+        model,
+        usage,
+        reserve_usd=reserve_usd,
+        reserve_tokens=reserve_tokens,
+        service_tier=service_tier,
+        at=at,
+    )
+
+
+def estimate_usage(
+    catalog: Catalog,
+    model: str | None,
+    usage: Usage,
+    *,
+    reserve_usd: Decimal,
+    reserve_tokens: int,
+    service_tier: str | None = None,
+    at: datetime | None = None,
+) -> Estimate:
+    """The estimate for a call expected to use ``usage``: priced, plus the per-call reserve."""
     cost = price(catalog, model, usage, service_tier=service_tier, at=at).total
     return Estimate(
         usage=usage,

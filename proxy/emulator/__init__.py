@@ -22,6 +22,8 @@ Modules, by concern:
 - ``batches``: the Batch API and its responses files;
 - ``files``: uploads (plain and resumable), get, list, delete, download;
 - ``caches``: explicit context caching (``cachedContents``);
+- ``files``: uploads, plain and resumable;
+- ``media``: Imagen ``predict``, Veo ``predictLongRunning``, its operations and videos;
 - ``usage``: deterministic token accounting and its wire shapes;
 - ``replies``: what the emulated model says (code, primes, thinking);
 - ``wire``: errors, JSON, headers shared by every endpoint.
@@ -38,7 +40,10 @@ from .state import (
     MAX_STORED_INTERACTIONS,
     EmulatorConfig,
     EmulatorState,
+    ImagesServed,
+    MediaLedger,
     SeenRequest,
+    VideoOperation,
     emulator_state_key,
 )
 from .usage import AUDIO_TOKENS, DOCUMENT_TOKENS, IMAGE_TOKENS, VIDEO_TOKENS
@@ -57,8 +62,11 @@ __all__ = [
     "EmulatedInteraction",
     "EmulatorConfig",
     "EmulatorState",
+    "ImagesServed",
+    "MediaLedger",
     "SeenRequest",
     "ServedResult",
+    "VideoOperation",
     "create_emulator_app",
     "emulator_state_key",
     "run_emulator",

@@ -1,11 +1,12 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings``, ``openai``, ``batches``, ``files`` and ``caches`` behind ``_emulate``, the
-middleware every request passes: it records the request in ``EmulatorState.requests``,
-authenticates it (a non-empty ``x-goog-api-key``, ``?key=`` or ``Authorization: Bearer``,
-or a known upload session), applies the delay and failure triggers of ``triggers`` and maps
-every error to Gemini's JSON shape. ``run_emulator`` serves it for ``gemini-meter emulate``.
+``embeddings``, ``openai``, ``batches``, ``files``, ``caches`` and ``media`` behind
+``_emulate``, the middleware every request passes: it records the request in
+``EmulatorState.requests``, authenticates it (a non-empty ``x-goog-api-key``, ``?key=`` or
+``Authorization: Bearer``, or a known upload session), applies the delay and failure
+triggers of ``triggers`` and maps every error to Gemini's JSON shape. ``run_emulator``
+serves it for ``gemini-meter emulate``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .interactions import (
     get_interaction,
 )
 from .live import create_auth_token, live_session, live_token_of
+from .media import add_media_routes, operation_error
 from .openai import add_openai_routes
 from .state import EmulatorConfig, EmulatorState, SeenRequest, emulator_state_key
 from .triggers import (
@@ -79,6 +81,7 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     add_cache_routes(app.router, version)
     app.router.add_post(f"/{version}/auth_tokens", create_auth_token)
     app.router.add_get("/ws/{service}", live_session)
+    add_media_routes(app.router, version, model)
     return app
 
 
@@ -132,6 +135,7 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
         cut_after(request)
         requested_continuations(request)
         requested_outcome(request)
+        operation_error(request)
         await asyncio.sleep(state.config.latency_seconds if delay is None else delay)
         fail = request.headers.get("x-emulator-fail")
         if fail is not None:

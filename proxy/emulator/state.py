@@ -3,14 +3,16 @@
 Everything lives in memory on ``app[emulator_state_key]``: interactions by id
 (the newest ``MAX_STORED_INTERACTIONS``), the last ``MAX_SEEN_REQUESTS``
 requests as they arrived (what a test checks the proxy relayed), open
-resumable uploads, and the files and cached contents created.
+resumable uploads, the files and cached contents created, and the ledger of images and
+videos served (``MediaLedger``, filled by ``media``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
@@ -68,6 +70,67 @@ class SeenRequest:
     api_key: str | None  # from x-goog-api-key, else ?key=, else a bearer token
 
 
+@dataclass(frozen=True)
+class ImagesServed:
+    """One predict call: the images returned and those filtered out (not returned)."""
+
+    model: str
+    images: int
+    filtered: int
+
+
+@dataclass
+class VideoOperation:
+    """One Veo operation, from its create to the videos it generated."""
+
+    name: str
+    model: str
+    seconds: int
+    requested: int
+    filtered: int
+    resolution: str | None
+    ready_at: float
+    error_status: int | None = None
+    # file ids of the generated videos, once done
+    files: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def refresh(self, now: float) -> None:
+        if self.done or now < self.ready_at:
+            return
+        self.done = True
+        if self.error_status is None:
+            self.files = [secrets.token_hex(6) for _ in range(self.requested - self.filtered)]
+
+    @property
+    def video_seconds(self) -> int:
+        """Seconds of video generated: what Google bills (nothing for a failed one)."""
+        return self.seconds * len(self.files) if self.done else 0
+
+
+@dataclass
+class MediaLedger:
+    """What the emulator served: the figures a test compares the proxy's records with."""
+
+    images: list[ImagesServed] = field(default_factory=list)
+    operations: OrderedDict[str, VideoOperation] = field(default_factory=OrderedDict)
+
+    def images_served(self, model: str | None = None) -> int:
+        return sum(i.images for i in self.images if model is None or i.model == model)
+
+    def video_seconds(self, model: str | None = None) -> int:
+        return sum(
+            op.video_seconds
+            for op in self.operations.values()
+            if model is None or op.model == model
+        )
+
+    def add_operation(self, operation: VideoOperation) -> None:
+        self.operations[operation.name] = operation
+        while len(self.operations) > MAX_STORED_INTERACTIONS:
+            self.operations.popitem(last=False)
+
+
 class EmulatorState:
     """Everything the emulator remembers; tests read it through ``emulator_state_key``.
 
@@ -96,6 +159,8 @@ class EmulatorState:
         # The ledger: every batch result served (inline in a get, or a line of a
         # responses file download), in order, repeats included.
         self.batch_ledger: list[ServedResult] = []
+        # Images and videos served (Imagen predict, Veo operations): see ``media``.
+        self.media = MediaLedger()
         # Live API sessions as served (their usage ledger), oldest first, and the
         # ephemeral tokens minted; ``live_release`` ends a ``[hold]`` in a turn.
         self.live_sessions: deque[LiveLedger] = deque(maxlen=MAX_SEEN_REQUESTS)

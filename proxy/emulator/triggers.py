@@ -29,6 +29,10 @@ the proxy:
 - ``x-emulator-batch-outcome: succeeded | failed | expired``: how a batch created with
   it ends (``batches.requested_outcome``).
 
+- ``x-emulator-filtered: N`` (Imagen and Veo creates: N of the images or videos
+  asked for are filtered) and ``x-emulator-operation-error: STATUS`` (a Veo
+  operation ends failed): see ``media``.
+
 A trigger with a value it cannot use is answered 400 INVALID_ARGUMENT naming
 the header, on every endpoint, so a typo in a test fails loudly.
 """

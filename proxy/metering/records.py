@@ -88,6 +88,9 @@ class Usage:
     images: int = 0
     video_seconds: int = 0
     storage_token_seconds: int = 0
+    # ``video_seconds`` by output resolution ("720p", "1080p", "4k"), for models that
+    # price resolutions apart; seconds it does not account for bill at the base rate.
+    video_seconds_by_resolution: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_mismatch(self) -> bool:
@@ -97,7 +100,8 @@ class Usage:
         )
 
     def modalities_json(self) -> dict[str, dict[str, int]]:
-        """The per-modality counts as stored in the record's JSON column."""
+        """The per-modality counts as stored in the record's JSON column (with the
+        video seconds by resolution, the same kind of breakdown of a billed unit)."""
         return {
             name: counts
             for name, counts in (
@@ -105,6 +109,7 @@ class Usage:
                 ("cached", self.cached_by_modality),
                 ("intermediate", self.intermediate_by_modality),
                 ("output", self.output_by_modality),
+                ("video_seconds", self.video_seconds_by_resolution),
             )
             if counts
         }

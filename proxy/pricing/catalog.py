@@ -25,7 +25,7 @@ import re
 import threading
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -139,6 +139,11 @@ class ModelPrices:
     # USD per image generated (Imagen) and per second of video generated (Veo)
     per_image: Decimal | None = None
     per_video_second: Decimal | None = None
+    # Resolutions ("1080p", "4k") whose second costs other than ``per_video_second``
+    # (which is the default resolution's price)
+    per_video_second_by_resolution: Mapping[str, Decimal] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def rates_for(self, prompt_tokens: int) -> Rates:
         """The rates a request with a prompt of ``prompt_tokens`` bills at.
@@ -390,6 +395,7 @@ _ENTRY_KEYS: Final = frozenset(
         "output_by_modality",
         "per_image",
         "per_video_second",
+        "per_video_second_by_resolution",
         "cache_storage_per_hour",
         "tiers",
         "cached_tiers",
@@ -398,6 +404,7 @@ _ENTRY_KEYS: Final = frozenset(
     }
 )
 _NO_TIERS: Final = {"flex": "1", "batch": "1", "priority": "1"}
+_MEDIA_KEYS: Final = frozenset({"per_image", "per_video_second", "per_video_second_by_resolution"})
 _ENTRY_REQUIRED: Final = (
     "effective_from",
     "source",
@@ -552,7 +559,7 @@ class _Reader:
     def entry(self, model: str, value: object, where: str) -> ModelPrices:
         table = self.table(value, where)
         self.keys(table, _ENTRY_KEYS, where)
-        if "per_image" in table or "per_video_second" in table:
+        if _MEDIA_KEYS & set(table):
             # A media model (Imagen, Veo) bills by the image or second, not by the token,
             # and no service tier changes that price.
             table = {"input": "0", "output": "0", "cached": "0", "tiers": _NO_TIERS, **table}
@@ -599,7 +606,17 @@ class _Reader:
             note=" ".join(note.split()),
             per_image=self._optional_rate(table, "per_image", where),
             per_video_second=self._optional_rate(table, "per_video_second", where),
+            per_video_second_by_resolution=self.by_resolution(table, where),
         )
+
+    def by_resolution(self, table: Mapping[str, Any], where: str) -> Mapping[str, Decimal]:
+        key = "per_video_second_by_resolution"
+        if key not in table:
+            return MappingProxyType({})
+        if "per_video_second" not in table:
+            # The base rate prices every resolution the table leaves out.
+            self.fail(f"{where}.{key}", "needs per_video_second, the default resolution's rate")
+        return self.modality_rates(table[key], f"{where}.{key}")
 
     def _optional_rate(self, table: Mapping[str, Any], key: str, where: str) -> Decimal | None:
         return None if key not in table else self.rate(table[key], f"{where}.{key}")

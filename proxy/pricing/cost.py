@@ -18,7 +18,8 @@ How one record is priced (docs/pricing.md has the worked reasoning):
   is derived from the prompt's (``_cached_modalities``): exact for a one-modality prompt,
   an upper bound of the bill for a mixed one.
 - Units billed other than by the token: images at the entry's ``per_image``, seconds of
-  video at ``per_video_second``, and cache storage (tokens x seconds) at
+  video at ``per_video_second`` (or, for the resolutions it lists, at
+  ``per_video_second_by_resolution``), and cache storage (tokens x seconds) at
   ``cache_storage_per_hour`` per million tokens; a record with such units on a model
   whose entry lacks the rate is unpriced, never priced without them.
 - The service tier's factor (flex, batch/deferred, priority) multiplies the input,
@@ -166,9 +167,12 @@ def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
         )
         thinking_cost = _charge(_count(usage.thinking_tokens), {}, rates.output, {}, factor)
         grounding_cost = _grounding(entry, usage.grounding)
-        media_cost = _count(usage.images) * (entry.per_image or _ZERO) + _count(
-            usage.video_seconds
-        ) * (entry.per_video_second or _ZERO)
+        media_cost = _count(usage.images) * (entry.per_image or _ZERO) + _split(
+            _count(usage.video_seconds),
+            _counts(usage.video_seconds_by_resolution),
+            entry.per_video_second or _ZERO,
+            entry.per_video_second_by_resolution,
+        )
         # Signed: a cache deleted before its expiry refunds the storage not used. The one
         # division that can round (by 3,600), at 80 digits, far below the stored 12.
         storage_cost = (
@@ -208,19 +212,25 @@ def _charge(
     modality_rates: Mapping[str, Decimal],
     factor: Decimal,
 ) -> Decimal:
-    """``tokens`` at their modalities' rates; tokens no breakdown accounts for are text.
+    """``tokens`` at their modalities' rates; tokens no breakdown accounts for are text."""
+    return _split(tokens, by_modality, text_rate, modality_rates) * factor / _PER_MILLION
 
-    A breakdown claiming more tokens than the total is clamped to the total, so the
-    breakdown can only move tokens between rates, never add any.
+
+def _split(
+    units: int, by_kind: Mapping[str, int], base_rate: Decimal, kind_rates: Mapping[str, Decimal]
+) -> Decimal:
+    """``units`` at their kinds' rates (modalities, video resolutions), the rest at the base.
+
+    A breakdown claiming more units than the total is clamped to the total, so the
+    breakdown can only move units between rates, never add any.
     """
-    remaining = tokens
+    remaining = units
     amount = Decimal(0)
-    for modality in sorted(modality_rates):
-        counted = min(by_modality.get(modality, 0), remaining)
-        amount += modality_rates[modality] * counted
+    for kind in sorted(kind_rates):
+        counted = min(by_kind.get(kind, 0), remaining)
+        amount += kind_rates[kind] * counted
         remaining -= counted
-    amount += text_rate * remaining
-    return amount * factor / _PER_MILLION
+    return amount + base_rate * remaining
 
 
 def _cached_modalities(

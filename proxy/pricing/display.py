@@ -84,6 +84,7 @@ def catalog_rows(catalog: Catalog, model: str | None) -> list[dict[str, str]]:
                     "cache_storage_per_hour": (
                         "" if e.cache_storage_per_hour is None else str(e.cache_storage_per_hour)
                     ),
+                    "media": _media_text(e),
                     "source": e.source,
                     "read_on": e.read_on.isoformat(),
                     "confirmed": (
@@ -116,6 +117,17 @@ def _long_context_text(long: LongContext | None) -> str:
         f"cached {_rate_text(rates.cached, rates.cached_by_modality)}, "
         f"output {_rate_text(rates.output, rates.output_by_modality)}"
     )
+
+
+def _media_text(entry: ModelPrices) -> str:
+    """USD per image and per second of video (with the resolutions priced apart)."""
+    parts = []
+    if entry.per_image is not None:
+        parts.append(f"{entry.per_image}/image")
+    if entry.per_video_second is not None:
+        rate = _rate_text(entry.per_video_second, entry.per_video_second_by_resolution)
+        parts.append(f"{rate}/second")
+    return "; ".join(parts)
 
 
 def _rate_text(rate: Decimal, by_modality: Mapping[str, Decimal]) -> str:

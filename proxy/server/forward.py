@@ -55,7 +55,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..budgets.engine import Reservation
-from ..budgets.estimate import Estimate, estimate
+from ..budgets.estimate import Estimate, estimate, estimate_usage
 from ..errors import (
     InvalidArgument,
     MethodNotAllowed,
@@ -77,6 +77,7 @@ from ..metering.caching import (
     snapshot,
     updated_storage,
 )
+from ..metering.media import summarize_predict
 from ..metering.openai import (
     OpenAIChatStreamTap,
     UsageChunkFilter,
@@ -99,6 +100,7 @@ from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
 from . import batches
 from .auth import Authenticator, presented_key, swap_key
+from .media import OperationBill, operation_bill, operation_created, requested_usage
 from .references import UncheckedReference, references
 from .routes import (
     EMPTY_META,
@@ -196,6 +198,8 @@ class _Call:
     # A streamed chat completion whose client did not ask for usage: the proxy asked
     # upstream (metering.openai.ask_stream_usage) and drops the usage-only chunk.
     drops_usage_chunk: bool = False
+    # a Veo operation's poll that first saw it done: the record it bills
+    bill: OperationBill | None = None
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -319,10 +323,7 @@ async def admit(request: web.Request, started: float) -> _Call:
         return _Call(route=route, principal=None, started=started, uploader=uploader)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
-    media = route.action is Action.FILE_DOWNLOAD
-    if route.metered and (
-        masking := masking_parameter(request.headers, request.query, media=media)
-    ):
+    if route.metered and (masking := masking_parameter(request.headers, request.query)):
         raise InvalidArgument(
             f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
             "the call is billed by. Send the call without it."
@@ -443,6 +444,8 @@ _READS_BODY = frozenset(
         Action.COUNT_TOKENS,
         Action.CACHE_CREATE,
         Action.CACHE_UPDATE,
+        Action.PREDICT,
+        Action.PREDICT_LONG_RUNNING,
         Action.BATCH_CREATE,
         Action.BATCH_EMBED_CREATE,
     }
@@ -533,6 +536,8 @@ _BUDGETED = frozenset(
         Action.OPENAI_EMBED,
         Action.CACHE_CREATE,
         Action.CACHE_UPDATE,
+        Action.PREDICT,
+        Action.PREDICT_LONG_RUNNING,
         # free itself, but refused once the budgets it would spend are
         Action.BATCH_CREATE,
         Action.BATCH_EMBED_CREATE,
@@ -571,6 +576,16 @@ async def _reserve(request: web.Request, call: _Call) -> None:
     body = call.body
 
     def guess() -> Estimate:
+        media = requested_usage(route.action, call.parsed)
+        if media is not None:
+            # Images and video seconds, priced like the record will be.
+            return estimate_usage(
+                app[catalog_key],
+                call.meta.model or route.model,
+                media,
+                reserve_usd=settings.budget_reserve_usd,
+                reserve_tokens=settings.budget_reserve_tokens,
+            )
         kind = route.unmetered.kind if route.unmetered is not None else None
         return estimate(
             app[catalog_key],
@@ -777,7 +792,9 @@ async def _relay_whole(
     response = web.Response(
         status=upstream.status, body=body, headers=_response_headers(upstream, keep_length=False)
     )
-    summary = _summarize(call, parse_json(decoded), upstream.status)
+    payload = parse_json(decoded)
+    await _register_media(request, call, payload, upstream.status)
+    summary = _summarize(call, payload, upstream.status)
     await _register_owner(request, call, summary.interaction_id, upstream.status)
     durable = _finish(request, call, upstream.status, summary)
     if durable is not None:
@@ -837,7 +854,44 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
         return summarize_chat(payload)
     if call.route.action is Action.OPENAI_EMBED:
         return summarize_embeddings(payload, call.parsed)
+    if call.route.action is Action.PREDICT:
+        return summarize_predict(payload)
+    if call.route.action is Action.OPERATION_GET:
+        return call.bill.summary if call.bill is not None else ResponseSummary()
+    if call.route.action is Action.PREDICT_LONG_RUNNING:
+        return ResponseSummary()  # billed when the operation is done
     return summarize_generate(payload)
+
+
+async def _register_media(request: web.Request, call: _Call, payload: object, status: int) -> None:
+    """Own a new Veo operation, or bill a done one and own its videos, before relaying."""
+    principal = call.principal
+    if status >= 400 or principal is None:
+        return
+    route = call.route
+    if route.action is Action.PREDICT_LONG_RUNNING:
+        created = operation_created(payload, call.parsed)
+        if created is not None:
+            name, state = created
+            model = call.meta.model or route.model
+            await _own(request, ResourceKind.OPERATION, name, principal, model=model, state=state)
+    elif route.action is Action.OPERATION_GET and route.resource is not None:
+        auth = request.app[authenticator_key]
+        bill = await operation_bill(auth, route.resource, call.resource, payload)
+        if bill is None:
+            return
+        call.bill = bill
+        if bill.owner is not None:
+            call.owner = bill.owner  # the creator's, whoever of their team polled it
+            for video in bill.videos:
+                await _own(
+                    request, ResourceKind.FILE, video, bill.owner, model=bill.model, state=None
+                )
+        if bill.state is not None:
+            try:
+                await auth.update_resource_state(ResourceKind.OPERATION, bill.resource, bill.state)
+            except Exception as exc:  # the bill's request_id keeps a second one out anyway
+                log.warning("operation state not updated: %s", type(exc).__name__)
 
 
 async def _relay_stream(
@@ -1011,6 +1065,8 @@ def billing(action: Action, status: int, streamed: bool, summary: ResponseSummar
     if status < 400 and action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
         if not usage_due(summary.status):
             return True if streamed else None
+    if action is Action.PREDICT_LONG_RUNNING and status < 400:
+        return None  # the operation's first poll that sees it done is its bill
     return False
 
 
@@ -1024,14 +1080,17 @@ def _finish(
     assert principal is not None  # metered calls are always authenticated
     interaction_id = summary.interaction_id
     provisional = billing(action, status, call.streamed, summary)
-    if provisional is None:
+    bill = call.bill
+    if provisional is None or (action is Action.OPERATION_GET and bill is None):
+        # (an operation's poll bills only the first time it is seen done)
         return None
     if status >= 400:
         interaction_id = None
     headers = call.upstream_headers
     effective_tier = headers.get("x-gemini-service-tier") if headers is not None else None
     record = UsageRecord(
-        request_id=uuid.uuid4().hex,
+        # one bill per operation, however often or wherever it is seen done
+        request_id=(_stable_request_id("operation", bill.resource) if bill else uuid.uuid4().hex),
         created_at=datetime.now(UTC),
         principal=call.owner or principal,
         model=call.meta.model or call.route.model or summary.model,
@@ -1054,6 +1113,7 @@ def _finish(
         client_disconnected=call.client_disconnected,
         estimated=summary.estimated,
         provisional=provisional,
+        resource=bill.resource if bill else None,
     )
     if summary.usage is not None:
         record.usage = summary.usage

@@ -10,10 +10,12 @@ does not understand yet (docs/metering.md lists them with what is recorded):
 a call on one is relayed untouched and still recorded, with zero tokens and
 ``unmetered_route`` set, so totals never silently omit it.
 
-Cached contents and files are owned resources (``storage.schema.ResourceKind``): every
-method on one names it (``Route.resource``, canonical: ``cachedContents/{id}``,
-``files/{id}``) for the owner check, a list is filtered to the caller's own, and a
-method the proxy does not know on one is refused (``RESOURCE_UNKNOWN``), never forwarded.
+Cached contents, files and Veo operations are owned resources
+(``storage.schema.ResourceKind``): every method on one names it (``Route.resource``,
+canonical: ``cachedContents/{id}``, ``files/{id}``, ``models/{m}/operations/{id}``) for
+the owner check, a list is filtered to the caller's own (a model's operations are not
+listed at all), and a method the proxy does not know on one is refused
+(``RESOURCE_UNKNOWN``), never forwarded.
 
 It also holds the pure checks ``server.forward.admit`` refuses by, each of them
 closing a way to make the proxy check one request while the upstream serves
@@ -79,6 +81,13 @@ _FILES = re.compile(
     rf"^(?:/upload|/download)?/{_VERSION}/files(?:$|(?P<rest>[/:].*))", re.IGNORECASE
 )
 _RESOURCE_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
+# Imagen and Veo. A Veo operation is named "models/{model}/operations/{id}"; every
+# method on it (and the collection itself) is classified, so none slips past its owner.
+_PREDICT = re.compile(rf"{_PREFIX}/{_MODEL}:(?P<method>predict|predictLongRunning)$", re.IGNORECASE)
+_MODEL_OPERATIONS = re.compile(
+    rf"{_PREFIX}/models/(?P<model>[^/:]+)/operations(?:$|/$|/(?P<id>[^/:]+)(?P<suffix>.*)$)",
+    re.IGNORECASE,
+)
 # Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash and the
 # "/upload" prefix are read as the same route, so the spelling cannot move a call off the meter.
 _OPENAI = re.compile(rf"{_PREFIX}/openai/(?P<method>chat/completions|embeddings)/?$", re.IGNORECASE)
@@ -126,7 +135,12 @@ class Action(Enum):
     FILE_LIST = auto()
     FILE_DELETE = auto()
     FILE_DOWNLOAD = auto()
-    # a method on a cache or a file the proxy does not know: refused, never forwarded
+    PREDICT = auto()  # Imagen: billed per image returned
+    PREDICT_LONG_RUNNING = auto()  # Veo: starts an operation, billed when it is done
+    OPERATION_GET = auto()  # a Veo operation's poll: its creator's only; bills it once done
+    OPERATION_OTHER = auto()  # cancelling or deleting a Veo operation: its creator's only
+    # a method on a cache, a file or a Veo operation the proxy does not know, or a listing
+    # of a model's operations (every user's, behind the shared key): refused, never forwarded
     RESOURCE_UNKNOWN = auto()
 
 
@@ -137,8 +151,9 @@ class Route:
     model: str | None = None
     # Action.UNMETERED only: which row of UNMETERED_ROUTES matched
     unmetered: UnmeteredRoute | None = None
-    # the owned resource the path names (a batch's, a cache's or a file's methods),
-    # canonical
+    # the owned resource the path names (a batch's, a cache's, a file's or a Veo
+    # operation's methods), canonical ("batches/x", "cachedContents/x", "files/x",
+    # "models/m/operations/x")
     resource: str | None = None
 
     @property
@@ -158,8 +173,9 @@ class Route:
 
     @property
     def reads_response(self) -> bool:
-        """The proxy reads the response (so asks the upstream for encodings it can undo)."""
-        return self.metered or self.owns_response
+        """The proxy reads the response (so asks the upstream for encodings it can undo);
+        a download too, which may be a batch's responses file, metered line by line."""
+        return self.metered or self.owns_response or self.action is Action.FILE_DOWNLOAD
 
     @property
     def metered(self) -> bool:
@@ -180,14 +196,16 @@ _ENDPOINTS = {
     # Metered for the results they may carry: one record per result, none for the call.
     Action.BATCH_GET: EndpointKind.BATCH_RESULT,
     Action.BATCH_LIST: EndpointKind.BATCH_RESULT,
-    # a batch's responses file: one record per line (other files' bytes are not metered)
-    Action.FILE_DOWNLOAD: EndpointKind.BATCH_RESULT,
     # storage: charged at create, adjusted on a TTL change and refunded on delete
     Action.CACHE_CREATE: EndpointKind.CACHED_CONTENT_CREATE,
     Action.CACHE_UPDATE: EndpointKind.CACHED_CONTENT_UPDATE,
     Action.CACHE_DELETE: EndpointKind.CACHED_CONTENT_DELETE,
     Action.OPENAI_CHAT: EndpointKind.OPENAI_CHAT_COMPLETIONS,
     Action.OPENAI_EMBED: EndpointKind.OPENAI_EMBEDDINGS,
+    Action.PREDICT: EndpointKind.PREDICT,
+    Action.PREDICT_LONG_RUNNING: EndpointKind.PREDICT_LONG_RUNNING,
+    # the poll that first sees a video operation done carries its bill
+    Action.OPERATION_GET: EndpointKind.PREDICT_LONG_RUNNING,
 }
 _RESOURCE_KINDS = {
     Action.CACHE_GET: ResourceKind.CACHED_CONTENT,
@@ -196,6 +214,8 @@ _RESOURCE_KINDS = {
     Action.FILE_GET: ResourceKind.FILE,
     Action.FILE_DELETE: ResourceKind.FILE,
     Action.FILE_DOWNLOAD: ResourceKind.FILE,
+    Action.OPERATION_GET: ResourceKind.OPERATION,
+    Action.OPERATION_OTHER: ResourceKind.OPERATION,
 }
 _LISTS = {Action.CACHE_LIST: ResourceKind.CACHED_CONTENT, Action.FILE_LIST: ResourceKind.FILE}
 _OWNED_RESPONSES = frozenset(
@@ -289,11 +309,8 @@ _ID = r"[^/:]+"
 # results are metered (``Action.BATCH_*``). docs/metering.md lists every route with what
 # the meter records for it; keep the two in step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
-    # Imagen (per image) and Veo (per second of video).
-    _unmetered(EndpointKind.PREDICT, "POST", rf"{_V}/{_MODEL}:predict$"),
-    _unmetered(EndpointKind.PREDICT_LONG_RUNNING, "POST", rf"{_V}/{_MODEL}:predictLongRunning$"),
-    # Polls of long-running work started above (Veo videos, File Search imports).
-    _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/{_MODEL}/operations/{_ID}$"),
+    # Polls of other long-running work (File Search imports, tuning); Veo's operations
+    # under models/ are metered and owned (see classify).
     _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$"),
     # File Search indexing bills the embeddings it computes.
     _unmetered(
@@ -378,7 +395,45 @@ def classify(method: str, path: str) -> Route:
         if o is not None:
             chat = o.group("method").lower() == "chat/completions"
             return Route(Action.OPENAI_CHAT if chat else Action.OPENAI_EMBED)
-    return _classify_batches(method, path) or _classify_unmetered(method, path) or FORWARD
+    return (
+        _classify_media(method, path)
+        or _classify_batches(method, path)
+        or _classify_unmetered(method, path)
+        or FORWARD
+    )
+
+
+# (method, what follows the id) -> action on a Veo operation; anything else is refused.
+_ON_OPERATION = {
+    ("GET", ""): Action.OPERATION_GET,
+    ("GET", "/"): Action.OPERATION_GET,
+    ("DELETE", ""): Action.OPERATION_OTHER,
+    ("DELETE", "/"): Action.OPERATION_OTHER,
+    ("POST", ":cancel"): Action.OPERATION_OTHER,
+}
+
+
+def _classify_media(method: str, path: str) -> Route | None:
+    """Imagen, Veo and Veo's operations; None for anything else."""
+    lowered = path.lower()
+    if method == "POST" and ":predict" in lowered:
+        p = _PREDICT.match(path)
+        if p is not None:
+            long_running = p.group("method").lower() == "predictlongrunning"
+            action = Action.PREDICT_LONG_RUNNING if long_running else Action.PREDICT
+            return Route(action, model=p.group("model"))
+    if "/operations" in lowered:
+        o = _MODEL_OPERATIONS.match(path)
+        if o is not None:
+            model = o.group("model")
+            if o.group("id") is None:
+                return Route(Action.RESOURCE_UNKNOWN, model=model)
+            action = _ON_OPERATION.get((method, o.group("suffix").lower()), Action.RESOURCE_UNKNOWN)
+            # The canonical name Google gives the operation; another spelling of the
+            # collections' names still names the same operation.
+            name = f"models/{model}/operations/{o.group('id')}"
+            return Route(action, model=model, resource=name)
+    return None
 
 
 def _classify_batches(method: str, path: str) -> Route | None:
@@ -479,13 +534,8 @@ _MASKING_HEADERS = ("x-goog-fieldmask",)
 _JSON_ALTS = ("json", "sse")
 
 
-def masking_parameter(
-    headers: Mapping[str, str], query: Mapping[str, str], *, media: bool = False
-) -> str | None:
-    """The first parameter that could hide a metered response's usage, or None.
-
-    ``media``: the call is a download, which is ``alt=media`` and nothing else.
-    """
+def masking_parameter(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The first parameter that could hide a metered response's usage, or None."""
     for name in _MASKING_HEADERS:
         if name in headers:
             return f"the {name} header"
@@ -493,7 +543,7 @@ def masking_parameter(
         bare = name.removeprefix("$")
         if bare in _MASKING_PARAMS:
             return f"the {name!r} parameter"
-        if bare == "alt" and value.lower() not in (("media",) if media else _JSON_ALTS):
+        if bare == "alt" and value.lower() not in _JSON_ALTS:
             return f"{name}={value!r}"
     return None
 

@@ -211,6 +211,10 @@ def _usage_from_row(row: UsageRow) -> Usage:
         intermediate_by_modality=dict(modalities.get("intermediate", {})),
         output_by_modality=dict(modalities.get("output", {})),
         grounding=dict(row.grounding or {}),
+        images=row.images,
+        video_seconds=row.video_seconds,
+        storage_token_seconds=row.storage_token_seconds,
+        video_seconds_by_resolution=dict(modalities.get("video_seconds", {})),
     )
 
 

@@ -22,7 +22,8 @@ from tests.factories import AT, CATALOG, D, assert_cost, usage
 
 def test_the_seed_catalog():
     assert CATALOG.version == "2026-11-29.2"
-    assert CATALOG.models() == [
+    # (the media models are test_the_media_entries')
+    assert [m for m in CATALOG.models() if not m.startswith(("imagen-", "veo-"))] == [
         "gemini-2.5-flash",
         "gemini-2.5-flash-image",
         "gemini-2.5-flash-lite",
@@ -63,6 +64,69 @@ def test_the_seed_catalog():
     assert pro is not None and pro.long_context is not None
     assert pro.long_context.threshold == 200_000
     assert CATALOG.entry("gemini-3.5-flash", AT).long_context is None  # type: ignore[union-attr]
+
+
+def test_the_media_entries():
+    # Figures from docs/pricing.md, "Images and video" (readings 1, 8, 9, 10).
+    per_image = {
+        "imagen-3.0-generate-002": "0.03",
+        "imagen-4.0-fast-generate-001": "0.02",
+        "imagen-4.0-generate-001": "0.04",
+        "imagen-4.0-ultra-generate-001": "0.06",
+    }
+    per_second = {
+        "veo-2.0-generate-001": ("0.35", {}),
+        "veo-3.0-generate-001": ("0.40", {}),
+        "veo-3.0-fast-generate-001": ("0.15", {}),
+        "veo-3.1-generate-preview": ("0.40", {"1080p": "0.40", "4k": "0.60"}),
+        "veo-3.1-fast-generate-preview": ("0.10", {"1080p": "0.12", "4k": "0.30"}),
+        "veo-3.1-lite-generate-preview": ("0.05", {"1080p": "0.08"}),
+    }
+    media = [m for m in CATALOG.models() if m.startswith(("imagen-", "veo-"))]
+    assert sorted(media) == sorted([*per_image, *per_second])
+    for model, rate in per_image.items():
+        entry = CATALOG.entry(model, AT)
+        assert entry is not None and entry.per_image == D(rate)
+        assert entry.per_video_second is None
+    for model, (rate, by_resolution) in per_second.items():
+        entry = CATALOG.entry(model, AT)
+        assert entry is not None and entry.per_video_second == D(rate)
+        assert dict(entry.per_video_second_by_resolution) == {
+            k: D(v) for k, v in by_resolution.items()
+        }
+    for model in media:
+        for entry in CATALOG.entries(model):
+            # no token rates, and no tier changes the price
+            assert entry.rates.input == entry.rates.output == entry.rates.cached == 0
+            assert all(f == 1 for f in entry.tiers.values())
+            assert entry.confirmed or (entry.unconfirmed and entry.note)
+    # Veo 3.1 Fast before its cut: $0.15 at 720p and 1080p, $0.35 at 4k
+    (before, after) = CATALOG.entries("veo-3.1-fast-generate-preview")
+    assert (before.effective_from, after.effective_from) == (date(2025, 10, 15), date(2026, 3, 31))
+    assert before.per_video_second == D("0.15")
+    assert dict(before.per_video_second_by_resolution) == {"1080p": D("0.15"), "4k": D("0.35")}
+
+
+def test_resolution_prices_need_a_base_rate(tmp_path: Path):
+    user = tmp_path / "prices.toml"
+    user.write_text(
+        """
+[[models."veo-x"]]
+effective_from = 2026-01-01
+source = "s"
+read_on = 2026-01-01
+confirmed = true
+per_video_second_by_resolution = { "4K" = "0.60" }
+"""
+    )
+    with pytest.raises(ConfigError, match="needs per_video_second"):
+        load_catalog(user)
+    user.write_text(
+        user.read_text().replace("confirmed = true", 'confirmed = true\nper_video_second = "0.40"')
+    )
+    # resolution names are read in any case, as the record's lower-cased ones
+    entry = load_catalog(user).entry("veo-x", date(2026, 1, 2))
+    assert entry is not None and dict(entry.per_video_second_by_resolution) == {"4k": D("0.60")}
 
 
 # --- names ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from dataclasses import fields, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -543,6 +544,85 @@ CASES: list[tuple[str, str, Usage, str | None, dict[str, str]]] = [
         "priority",
         {"input": "0.0025", "total": "0.0025"},
     ),
+    # --- images: Imagen 4 Fast / Standard / Ultra $0.02 / $0.04 / $0.06, Imagen 3 $0.03 per
+    #     image; no tier changes the price
+    (
+        "imagen-4-fast",
+        "imagen-4.0-fast-generate-001",
+        Usage(images=4),
+        None,
+        {"media": "0.08", "total": "0.08"},
+    ),  # 4 x 0.02
+    (
+        "imagen-4",
+        "imagen-4.0-generate-001",
+        Usage(images=3),
+        "batch",
+        {"media": "0.12", "total": "0.12"},
+    ),  # 3 x 0.04
+    (
+        "imagen-4-ultra",
+        "imagen-4.0-ultra-generate-001",
+        Usage(images=1),
+        None,
+        {"media": "0.06", "total": "0.06"},
+    ),
+    (
+        "imagen-3",
+        "imagen-3.0-generate-002",
+        Usage(images=2),
+        None,
+        {"media": "0.06", "total": "0.06"},
+    ),  # 2 x 0.03
+    # --- video, per second: Veo 2 $0.35, Veo 3 $0.40, Veo 3 Fast $0.15; Veo 3.1 $0.40 (720p,
+    #     1080p) / $0.60 (4k); Veo 3.1 Fast $0.10 (720p) / $0.12 (1080p) / $0.30 (4k) and
+    #     Lite $0.05 / $0.08 (1080p) from 2026-03-31
+    (
+        "veo-2",
+        "veo-2.0-generate-001",
+        Usage(video_seconds=5),
+        None,
+        {"media": "1.75", "total": "1.75"},
+    ),  # 5 x 0.35
+    (
+        "veo-3",
+        "veo-3.0-generate-001",
+        Usage(video_seconds=8),
+        None,
+        {"media": "3.20", "total": "3.20"},
+    ),  # 8 x 0.40
+    (
+        "veo-3-fast",
+        "veo-3.0-fast-generate-001",
+        Usage(video_seconds=16),
+        None,
+        {"media": "2.40", "total": "2.40"},
+    ),  # 16 x 0.15
+    (
+        # 8 s at 4k x 0.60 = 4.80; 4 s at 1080p x 0.40 = 1.60; 6 s at 720p x 0.40 = 2.40
+        "veo-3.1 by resolution",
+        "veo-3.1-generate-preview",
+        Usage(video_seconds=18, video_seconds_by_resolution={"4k": 8, "1080p": 4, "720p": 6}),
+        None,
+        {"media": "8.80", "total": "8.80"},
+    ),
+    (
+        # 8 s at 1080p x 0.12 = 0.96; 8 s at 720p x 0.10 = 0.80; a resolution the entry does
+        # not list ("360p", 4 s) bills at the base rate: 4 x 0.10 = 0.40
+        "veo-3.1-fast by resolution",
+        "veo-3.1-fast-generate-preview",
+        Usage(video_seconds=20, video_seconds_by_resolution={"1080p": 8, "720p": 8, "360p": 4}),
+        None,
+        {"media": "2.16", "total": "2.16"},
+    ),
+    (
+        # a breakdown claiming more than the total is capped: 4 s, all at 1080p x 0.08 = 0.32
+        "veo-3.1-lite breakdown capped",
+        "veo-3.1-lite-generate-preview",
+        Usage(video_seconds=4, video_seconds_by_resolution={"1080p": 10}),
+        "priority",
+        {"media": "0.32", "total": "0.32"},
+    ),
 ]
 
 
@@ -551,6 +631,13 @@ CASES: list[tuple[str, str, Usage, str | None, dict[str, str]]] = [
 )
 def test_hand_worked_cases(model: str, u: Usage, tier: str | None, expected: dict[str, str]):
     assert_cost(price(CATALOG, model, u, service_tier=tier, at=AT), expected)
+
+
+def test_veo_3_1_fast_before_its_price_cut():
+    # 2026-01-15, the first entry: 8 s at 1080p x 0.15 = 1.20; 8 s at 4k x 0.35 = 2.80
+    u = Usage(video_seconds=16, video_seconds_by_resolution={"1080p": 8, "4k": 8})
+    cost = price(CATALOG, "veo-3.1-fast-generate-preview", u, at=datetime(2026, 1, 15, tzinfo=UTC))
+    assert (cost.media, cost.total) == (D("4.00"), D("4.00"))
 
 
 def test_every_catalog_model_has_hand_worked_cases():

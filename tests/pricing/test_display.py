@@ -49,11 +49,12 @@ def test_cost_to_json():
 
 def test_catalog_rows():
     rows = catalog_rows(CATALOG, None)
-    # one row per dated entry: gemini-2.5-flash-lite and gemini-3.8-flash have two
+    # one row per dated entry: gemini-2.5-flash-lite, gemini-3.8-flash and
+    # veo-3.1-fast-generate-preview have two
     assert [r["model"] for r in rows] == sorted(
         m for m in CATALOG.models() for _ in CATALOG.entries(m)
     )
-    assert len(rows) == len(CATALOG.models()) + 2
+    assert len(rows) == len(CATALOG.models()) + 3
     assert all(isinstance(v, str) for r in rows for v in r.values())
     (pro,) = catalog_rows(CATALOG, "models/gemini-2.5-pro-preview-06-05")
     assert pro["model"] == "gemini-2.5-pro"
@@ -73,3 +74,8 @@ def test_catalog_rows():
     (tts,) = catalog_rows(CATALOG, "gemini-2.5-flash-preview-tts")
     assert tts["tiers"] == "flex x1, batch x0.5, priority x1; cached x1 in every tier"
     assert catalog_rows(CATALOG, "no-such-model") == []
+    assert flash["media"] == ""
+    (imagen,) = catalog_rows(CATALOG, "imagen-4.0-generate-001")
+    assert imagen["media"] == "0.04/image"
+    (veo,) = catalog_rows(CATALOG, "veo-3.1-generate-preview")
+    assert veo["media"] == "0.40 (1080p 0.40, 4k 0.60)/second"

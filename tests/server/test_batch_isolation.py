@@ -249,8 +249,6 @@ async def test_another_users_responses_file_is_not_downloaded(
         ("/v1beta/{name}?$fields=metadata.state", {}),
         ("/v1beta/{name}", {"x-goog-fieldmask": "name"}),
         ("/v1beta/batches?fields=operations.name", {}),
-        ("/v1beta/{file}:download?alt=json", {}),
-        ("/v1beta/{file}:download?alt=media&fields=x", {}),
     ],
 )
 async def test_what_could_strip_results_is_refused(

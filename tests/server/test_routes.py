@@ -176,24 +176,6 @@ def test_embeddings_are_metered(path: str, action: Action, kind: EndpointKind, m
 @pytest.mark.parametrize(
     ("method", "path", "kind", "model"),
     [
-        (
-            "POST",
-            "/v1beta/models/imagen-4.0-generate-001:predict",
-            EndpointKind.PREDICT,
-            "imagen-4.0-generate-001",
-        ),
-        (
-            "POST",
-            "/v1beta/models/veo-3.0-generate-001:predictLongRunning",
-            EndpointKind.PREDICT_LONG_RUNNING,
-            "veo-3.0-generate-001",
-        ),
-        (
-            "GET",
-            "/v1beta/models/veo-3.0-generate-001/operations/op-9",
-            EndpointKind.OPERATION_GET,
-            "veo-3.0-generate-001",
-        ),
         ("GET", "/v1beta/fileSearchStores/s/operations/op-1", EndpointKind.OPERATION_GET, None),
         ("GET", "/v1beta/operations/op-2", EndpointKind.OPERATION_GET, None),
         ("POST", "/v1beta/fileSearchStores/s:importFile", EndpointKind.FILE_SEARCH_IMPORT, None),
@@ -241,6 +223,8 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         EndpointKind.STREAM_GENERATE_CONTENT,
         EndpointKind.EMBED_CONTENT,
         EndpointKind.BATCH_EMBED_CONTENTS,
+        EndpointKind.PREDICT,
+        EndpointKind.PREDICT_LONG_RUNNING,
         EndpointKind.OPENAI_CHAT_COMPLETIONS,
         EndpointKind.OPENAI_EMBEDDINGS,
         EndpointKind.BATCH_RESULT,
@@ -258,6 +242,99 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
     assert kinds.isdisjoint(metered | retired)
     # every other kind is some row's: the metric's label values are the table's
     assert kinds | metered | retired == set(EndpointKind)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "action", "model", "resource"),
+    [
+        (
+            "POST",
+            "/v1beta/models/imagen-4.0-generate-001:predict",
+            Action.PREDICT,
+            "imagen-4.0-generate-001",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/models/veo-3.1-generate-preview:predictLongRunning",
+            Action.PREDICT_LONG_RUNNING,
+            "veo-3.1-generate-preview",
+            None,
+        ),
+        (
+            "POST",
+            "/v1beta/MODELS/veo-2.0-generate-001:PREDICTLONGRUNNING",
+            Action.PREDICT_LONG_RUNNING,
+            "veo-2.0-generate-001",
+            None,
+        ),
+        (
+            "GET",
+            "/v1beta/models/veo-3.1-generate-preview/operations/op9",
+            Action.OPERATION_GET,
+            "veo-3.1-generate-preview",
+            "models/veo-3.1-generate-preview/operations/op9",
+        ),
+        # another spelling of the collections names the same canonical operation
+        (
+            "GET",
+            "/v1alpha/Models/veo-3.1-generate-preview/Operations/op9/",
+            Action.OPERATION_GET,
+            "veo-3.1-generate-preview",
+            "models/veo-3.1-generate-preview/operations/op9",
+        ),
+        (
+            "DELETE",
+            "/v1beta/models/veo-3/operations/op9",
+            Action.OPERATION_OTHER,
+            "veo-3",
+            "models/veo-3/operations/op9",
+        ),
+        (
+            "POST",
+            "/v1beta/models/veo-3/operations/op9:cancel",
+            Action.OPERATION_OTHER,
+            "veo-3",
+            "models/veo-3/operations/op9",
+        ),
+        # what the proxy does not know on an operation, and the listing, are refused
+        (
+            "POST",
+            "/v1beta/models/veo-3/operations/op9:wait",
+            Action.RESOURCE_UNKNOWN,
+            "veo-3",
+            "models/veo-3/operations/op9",
+        ),
+        (
+            "GET",
+            "/v1beta/models/veo-3/operations/op9/more",
+            Action.RESOURCE_UNKNOWN,
+            "veo-3",
+            "models/veo-3/operations/op9",
+        ),
+        ("GET", "/v1beta/models/veo-3/operations", Action.RESOURCE_UNKNOWN, "veo-3", None),
+        ("GET", "/v1beta/models/veo-3/operations/", Action.RESOURCE_UNKNOWN, "veo-3", None),
+    ],
+)
+def test_media_routes(
+    method: str, path: str, action: Action, model: str | None, resource: str | None
+):
+    route = classify(method, path)
+    assert (route.action, route.model, route.resource) == (action, model, resource)
+    assert route.unmetered is None
+
+
+def test_media_metering():
+    assert classify("POST", "/v1beta/models/m:predict").endpoint is EndpointKind.PREDICT
+    veo = classify("POST", "/v1beta/models/m:predictLongRunning")
+    assert veo.endpoint is EndpointKind.PREDICT_LONG_RUNNING
+    # the poll that sees the operation done carries the bill of the create
+    poll = classify("GET", "/v1beta/models/m/operations/o")
+    assert poll.endpoint is EndpointKind.PREDICT_LONG_RUNNING
+    for path in ("/v1beta/models/m/operations/o:cancel", "/v1beta/files/f:download"):
+        assert not classify("POST" if "cancel" in path else "GET", path).metered
+    # other operations (File Search imports) stay unmetered
+    assert classify("GET", "/v1beta/fileSearchStores/s/operations/o").action is Action.UNMETERED
 
 
 @pytest.mark.parametrize(

@@ -95,25 +95,11 @@ def unmetered_count(stack: Stack, route: str) -> float:
 # the model the record must name).
 FAMILIES = [
     (
-        "POST",
-        "/v1beta/models/imagen-4.0-generate-001:predict",
-        {"instances": [{"prompt": "a cat"}], "parameters": {"sampleCount": 1}},
-        "predict",
-        "imagen-4.0-generate-001",
-    ),
-    (
-        "POST",
-        "/v1beta/models/veo-3.0-generate-001:predictLongRunning",
-        {"instances": [{"prompt": "a cat"}]},
-        "predict_long_running",
-        "veo-3.0-generate-001",
-    ),
-    (
         "GET",
-        "/v1beta/models/veo-3.0-generate-001/operations/op-1",
+        "/v1beta/fileSearchStores/store-1/operations/op-1",
         None,
         "operation.get",
-        "veo-3.0-generate-001",
+        None,
     ),
     (
         "POST",
@@ -272,14 +258,14 @@ async def test_an_upstream_error_on_an_unmetered_route_is_recorded_with_its_stat
     stack, _ = await stack_on_catch_all(make_stack, aiohttp_server)
     status, _, _ = await raw(
         "POST",
-        stack.url("/v1beta/models/veo-3.0-generate-001:predictLongRunning"),
+        stack.url("/v1beta/fileSearchStores/store-1:importFile"),
         headers=stack.headers(**{"x-catchall-status": "429"}),
-        json={"instances": []},
+        json={"fileName": "files/abc"},
     )
     assert status == 429
     [record] = await stack.records()
     assert (record["upstream_status"], record["unmetered_route"]) == (429, True)
-    assert unmetered_count(stack, "predict_long_running") == 1
+    assert unmetered_count(stack, "file_search.import") == 1
 
 
 async def test_a_file_search_upload_is_recorded_once_for_its_authenticated_leg(

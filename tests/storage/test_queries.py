@@ -468,3 +468,22 @@ async def test_reprice_round_trip(sessionmaker, make_record, report_data):
         Decimal("1.5"),
         False,
     )
+
+
+async def test_reprice_reads_back_units_beyond_tokens(sessionmaker, make_record):
+    # A Veo bill and a cache's storage line: repricing must see what they were billed for.
+    video = Usage(video_seconds=12, video_seconds_by_resolution={"1080p": 8, "4k": 4})
+    stored = Usage(storage_token_seconds=-3_600_000)
+    async with sessionmaker.begin() as session:
+        alice = await principal_for_user(session, "alice")
+        rows = [
+            make_record(alice, model="veo", usage=video, cost=UNPRICED),
+            make_record(alice, model="cache", usage=Usage(images=3), cost=UNPRICED),
+            make_record(alice, model="store", usage=stored, cost=UNPRICED),
+        ]
+        await insert_usage_rows(session, [usage_values(r) for r in rows])
+    async with sessionmaker() as session:
+        found = {
+            row.model: row.usage async for batch in records_for_repricing(session) for row in batch
+        }
+    assert found == {"veo": video, "cache": Usage(images=3), "store": stored}
