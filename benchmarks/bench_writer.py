@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from proxy.metering.records import EndpointKind, Principal, Usage, UsageRecord  # noqa: E402
 from proxy.pricing import load_catalog, price  # noqa: E402
 from proxy.storage.accounts import create_key  # noqa: E402
+from proxy.storage.bulk import SessionStore  # noqa: E402
 from proxy.storage.journal import Journal  # noqa: E402
 from proxy.storage.migrate import upgrade_async  # noqa: E402
 from proxy.storage.schema import UsageRow, make_engine, make_sessionmaker  # noqa: E402
@@ -253,18 +254,11 @@ async def _principal(session: AsyncSession, n: int) -> Principal:
 
 
 def orm_writer(sessionmaker: async_sessionmaker[AsyncSession], **options: Any) -> UsageWriter:
-    """The writer with its batches written through SQLAlchemy's ORM statements instead."""
-    from proxy.storage.writes import insert_interaction_owners, insert_usage_rows
-
-    class OrmWriter(UsageWriter):
-        async def _insert(self, rows: Any) -> None:  # type: ignore[override]
-            usage = [row.values for row in rows if row.is_usage]
-            owners = [row.values for row in rows if not row.is_usage]
-            async with sessionmaker.begin() as session:
-                await insert_interaction_owners(session, owners)
-                await insert_usage_rows(session, usage)
-
-    return OrmWriter(sessionmaker, **options)
+    """The writer with its batches written through SQLAlchemy's ORM statements, as before
+    ``storage.bulk``: the baseline the fast path is measured against."""
+    writer = UsageWriter(sessionmaker, **options)
+    writer._store = SessionStore(sessionmaker)
+    return writer
 
 
 # ------------------------------------------------------------------ main

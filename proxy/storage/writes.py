@@ -159,7 +159,12 @@ def collapse_interactions(
 
 
 def _upsert_interaction_rows(session: AsyncSession, table: Table, names: Iterable[str]) -> Insert:
-    stmt = _insert(session, table)
+    return _upsert_interactions(_insert(session, table), table, names)
+
+
+def _upsert_interactions(
+    stmt: postgresql.Insert | sqlite.Insert, table: Table, names: Iterable[str]
+) -> Insert:
     new, old = stmt.excluded, table.c
     updated = {name: new[name] for name in names}
     return stmt.on_conflict_do_update(
