@@ -32,6 +32,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -42,7 +43,18 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import Insert
 
-from .schema import Interaction, UsageRow, _on_sqlite_connect
+from .schema import (
+    _MONEY_CONTEXT,
+    _NUMERIC_LIMIT,
+    _QUANTUM,
+    _SQLITE_MAX,
+    _SQLITE_MIN,
+    MONEY_SCALE,
+    Interaction,
+    Money,
+    UsageRow,
+    _on_sqlite_connect,
+)
 from .writes import (
     _upsert_interactions,
     collapse_interactions,
@@ -94,7 +106,10 @@ def row_converter(
         column_type = table.c[name].type
         if isinstance(column_type, Boolean):
             continue  # both drivers bind a bool as SQLAlchemy's processor would
+        process: Callable[[Any], Any] | None
         process = column_type.dialect_impl(dialect).bind_processor(dialect)
+        if isinstance(column_type, Money) and process is not None:
+            process = _fast_money(process, sqlite=dialect.name == "sqlite")
         if process is not None:
             # JSON turns None into 'null' text; every other processor keeps None.
             processors.append((index, process, isinstance(column_type, JSON)))
@@ -114,6 +129,37 @@ def row_converter(
         return out
 
     return convert
+
+
+def _fast_money(process: Callable[[Any], Any], *, sqlite: bool) -> Callable[[Any], Any]:
+    """``Money``'s bind processor with a shortcut for a ``Decimal``, nine times a row.
+
+    The same arithmetic as ``schema.quantize_money`` and ``Money.process_bind_param``
+    (half-even to 12 digits in the same context, the same bounds) without their type
+    checks and copies; anything but a ``Decimal`` (an int, a float to refuse) goes to
+    ``process`` itself. A NaN or an infinity raises here too: ``quantize`` traps
+    infinities, and a NaN fails ``int()`` or the comparison.
+    """
+
+    def sqlite_units(value: Any) -> Any:
+        if type(value) is not Decimal:
+            return process(value)
+        amount = value.quantize(_QUANTUM, context=_MONEY_CONTEXT)
+        units = int(amount.scaleb(MONEY_SCALE, context=_MONEY_CONTEXT))
+        # the SQLite bound (|units| < 2**63) is tighter than NUMERIC(28, 12)'s
+        if not _SQLITE_MIN <= units <= _SQLITE_MAX:
+            raise ValueError(f"money amount {amount} exceeds what SQLite can store exactly")
+        return units
+
+    def numeric(value: Any) -> Any:
+        if type(value) is not Decimal:
+            return process(value)
+        amount = value.quantize(_QUANTUM, context=_MONEY_CONTEXT)
+        if not -_NUMERIC_LIMIT < amount < _NUMERIC_LIMIT:
+            raise ValueError(f"money amount {amount} exceeds NUMERIC(28, {MONEY_SCALE})")
+        return amount
+
+    return sqlite_units if sqlite else numeric
 
 
 def _columns(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[Row]]]:

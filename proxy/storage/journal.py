@@ -97,11 +97,14 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot journal a {type(value).__name__}")
 
 
+# Made once: ``json.dumps`` with any option builds a new encoder on every call, which
+# was half the cost of journaling a row (on the event loop, in ``append``).
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+
+
 def encode_frame(kind: str, values: dict[str, Any]) -> bytes:
     """One framed row: header, then ``{"k": kind, "v": values}`` as compact JSON."""
-    payload = json.dumps(
-        {"k": kind, "v": values}, default=_json_default, separators=(",", ":")
-    ).encode()
+    payload = _ENCODER.encode({"k": kind, "v": values}).encode()
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
