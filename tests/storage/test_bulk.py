@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -241,11 +242,11 @@ def test_an_in_memory_sqlite_database_uses_the_orm_path():
 
 _DIALECTS = [
     pytest.param(aiosqlite_dialect(), id="sqlite"),
-    pytest.param(asyncpg_dialect(), id="pg"),
+    pytest.param(asyncpg_dialect(), id="pg"),  # type: ignore[no-untyped-call]
 ]
 
 
-def _outcome(function, value):
+def _outcome(function: Callable[[Any], Any], value: Any) -> tuple[str, Any]:
     try:
         return ("value", function(value))
     except (ValueError, TypeError, ArithmeticError):
