@@ -10,7 +10,9 @@ without the durable journal, and reports for each:
 - event-loop CPU per record: the CPU time of the thread running the event loop, over the
   same span, per record; ``submit`` alone is also shown (the part the request path pays);
 - process CPU per record: every thread of this process (SQLite's and the journal's
-  included; PostgreSQL's own server processes are not).
+  included; PostgreSQL's own server processes are not);
+- loop lag: how late a 1 ms timer on the same loop fires meanwhile (p99 and max), the
+  wait a request being served by this process would see.
 
 Records arrive ``--arrival`` per loop iteration (a busy proxy finishes several calls per
 iteration), are realistic (usage split by modality, labels, an interaction id on some,
@@ -183,6 +185,8 @@ class Run:
     submit_cpu: float
     process_cpu: float
     records: int
+    lag_p99: float  # seconds a 1 ms timer fired late, 99th percentile
+    lag_max: float
 
     @property
     def rate(self) -> float:
@@ -218,6 +222,17 @@ async def run_once(
         await writer.flush()
 
         submit_cpu = 0.0
+        lags: list[float] = []
+        running = True
+
+        async def probe() -> None:
+            # How late a 1 ms timer fires: what a request on this loop would wait.
+            while running:
+                began = time.perf_counter()
+                await asyncio.sleep(0.001)
+                lags.append(time.perf_counter() - began - 0.001)
+
+        prober = asyncio.create_task(probe())
         loop0, cpu0, wall0 = time.thread_time(), time.process_time(), time.perf_counter()
         for start in range(0, len(records), arrival):
             began = time.thread_time()
@@ -227,6 +242,8 @@ async def run_once(
             await asyncio.sleep(0)
         await writer.flush()
         wall1, cpu1, loop1 = time.perf_counter(), time.process_time(), time.thread_time()
+        running = False
+        await prober
         await writer.close()
         if journal is not None:
             await journal.close()
@@ -238,7 +255,16 @@ async def run_once(
             raise RuntimeError(f"{stored} rows stored for {records_count + 1} records")
         if writer.failed_rows_total or writer.dropped_total or writer.failed_batches_total:
             raise RuntimeError("the writer failed batches, refused or dropped rows")
-        return Run(wall1 - wall0, loop1 - loop0, submit_cpu, cpu1 - cpu0, records_count)
+        lags.sort()
+        return Run(
+            wall1 - wall0,
+            loop1 - loop0,
+            submit_cpu,
+            cpu1 - cpu0,
+            records_count,
+            lags[int(0.99 * (len(lags) - 1))],
+            lags[-1],
+        )
     finally:
         if journal is not None:
             await journal.close()
@@ -307,15 +333,17 @@ def _table(args: argparse.Namespace, results: dict[tuple[str, str, str], list[Ru
         "repetitions; batch size 500, flush interval 0.2 s (the defaults).",
         "",
         "| database | journal | writer | records/s | loop CPU µs/record | of which submit "
-        "| process CPU µs/record |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| process CPU µs/record | loop lag p99 ms | loop lag max ms |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (kind, journal, name), runs in results.items():
         lines.append(
             f"| {kind} | {journal} | {name} | {_median(runs, lambda r: r.rate):,.0f} "
             f"| {_median(runs, lambda r: r.loop_cpu / r.records * 1e6):.1f} "
             f"| {_median(runs, lambda r: r.submit_cpu / r.records * 1e6):.1f} "
-            f"| {_median(runs, lambda r: r.process_cpu / r.records * 1e6):.1f} |"
+            f"| {_median(runs, lambda r: r.process_cpu / r.records * 1e6):.1f} "
+            f"| {_median(runs, lambda r: r.lag_p99 * 1e3):.2f} "
+            f"| {_median(runs, lambda r: r.lag_max * 1e3):.1f} |"
         )
     return "\n".join(lines)
 
