@@ -110,6 +110,8 @@ def row_converter(
         process = column_type.dialect_impl(dialect).bind_processor(dialect)
         if isinstance(column_type, Money) and process is not None:
             process = _fast_money(process, sqlite=dialect.name == "sqlite")
+        elif isinstance(column_type, JSON) and process is not None:
+            process = _fast_json(process)
         if process is not None:
             # JSON turns None into 'null' text; every other processor keeps None.
             processors.append((index, process, isinstance(column_type, JSON)))
@@ -144,6 +146,8 @@ def _fast_money(process: Callable[[Any], Any], *, sqlite: bool) -> Callable[[Any
     def sqlite_units(value: Any) -> Any:
         if type(value) is not Decimal:
             return process(value)
+        if not value:
+            return 0  # most of a row's nine amounts (any zero, -0 too, is 0 units)
         amount = value.quantize(_QUANTUM, context=_MONEY_CONTEXT)
         units = int(amount.scaleb(MONEY_SCALE, context=_MONEY_CONTEXT))
         # the SQLite bound (|units| < 2**63) is tighter than NUMERIC(28, 12)'s
@@ -154,12 +158,29 @@ def _fast_money(process: Callable[[Any], Any], *, sqlite: bool) -> Callable[[Any
     def numeric(value: Any) -> Any:
         if type(value) is not Decimal:
             return process(value)
+        if not value and not value.is_signed():
+            return _ZERO
         amount = value.quantize(_QUANTUM, context=_MONEY_CONTEXT)
         if not -_NUMERIC_LIMIT < amount < _NUMERIC_LIMIT:
             raise ValueError(f"money amount {amount} exceeds NUMERIC(28, {MONEY_SCALE})")
         return amount
 
     return sqlite_units if sqlite else numeric
+
+
+_ZERO = Decimal(0).quantize(_QUANTUM)
+
+
+def _fast_json(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A JSON column's bind processor, with an empty dict (most rows' labels and
+    grounding) as the constant text ``json.dumps({})`` makes of it."""
+
+    def empty_or_process(value: Any) -> Any:
+        if type(value) is dict and not value:
+            return "{}"
+        return process(value)
+
+    return empty_or_process
 
 
 def _columns(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[Row]]]:
@@ -197,6 +218,7 @@ class SqliteStore:
         self._path = path
         self._dialect = dialect
         self._connection: sqlite3.Connection | None = None
+        self._closed = False
         # One thread: the connection is only ever used from it.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
         self._usage: dict[tuple[str, ...], _SqliteStatements] = {}
@@ -265,7 +287,11 @@ class SqliteStore:
             self._connection = None
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         loop = asyncio.get_running_loop()
+        # queued behind a write still running (a cancelled batch): it finishes first
         await loop.run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
 

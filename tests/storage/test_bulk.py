@@ -129,7 +129,8 @@ async def _orm(sessionmaker, request_id: str) -> dict[str, Any]:
 async def test_the_fast_path_stores_what_the_orm_path_stores(
     sessionmaker, principal, make_record, db_kind, priced
 ):
-    cost = {} if priced else {"cost": UNPRICED}
+    # unpriced, and empty labels and grounding (the JSON columns' shortcut)
+    cost = {} if priced else {"cost": UNPRICED, "labels": {}}
     orm, fast = (
         _full_record(make_record, principal, interaction_id=f"v1_{path}", **cost)
         for path in ("orm", "fast")
@@ -168,7 +169,7 @@ async def test_the_fast_path_stores_what_the_orm_path_stores(
         "intermediate": {"TEXT": 70},
         "output": {"TEXT": 200},
     }
-    assert stored["labels"] == {"project": "x", "ünïcode": '✓ "quoted"'}
+    assert stored["labels"] == ({"project": "x", "ünïcode": '✓ "quoted"'} if priced else {})
     assert (stored["images"], stored["video_seconds"], stored["resource"]) == (
         1,
         8,
@@ -268,6 +269,10 @@ def _outcome(function: Callable[[Any], Any], value: Any) -> tuple[str, Any]:
                 Decimal("9999999999999999.9999999999995"),  # rounds to NUMERIC's limit
                 Decimal("1E+16"),
                 Decimal("sNaN"),
+                Decimal("0"),
+                Decimal("-0"),
+                Decimal("0E+30"),
+                Decimal("-0E-30"),
             ]
         ),
     )
