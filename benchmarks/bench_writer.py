@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import random
@@ -313,7 +314,12 @@ async def main(args: argparse.Namespace) -> str:
                             if journal == "on":
                                 journal_dir = workdir / f"journal-{databases.count}"
                             run = await run_once(
-                                url, args.records, args.arrival, journal_dir, factory, rep
+                                url,
+                                args.records,
+                                args.arrival,
+                                journal_dir,
+                                functools.partial(factory, batch_size=args.batch_size),
+                                rep,
                             )
                             results.setdefault((kind, journal, name), []).append(run)
                             print(
@@ -330,7 +336,7 @@ def _table(args: argparse.Namespace, results: dict[tuple[str, str, str], list[Ru
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; {args.records} records per run, "
         f"{args.arrival} submitted per loop iteration, medians of {args.reps} interleaved "
-        "repetitions; batch size 500, flush interval 0.2 s (the defaults).",
+        f"repetitions; batch size {args.batch_size}, flush interval 0.2 s.",
         "",
         "| database | journal | writer | records/s | loop CPU µs/record | of which submit "
         "| process CPU µs/record | loop lag p99 ms | loop lag max ms |",
@@ -357,6 +363,7 @@ def parse_args() -> argparse.Namespace:
         "--databases", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"]
     )
     parser.add_argument("--baseline", action="store_true", help="also run the ORM writer")
+    parser.add_argument("--batch-size", type=int, default=500, help="the writer's batch_size")
     parser.add_argument(
         "--dir", default=str(ROOT), help="where the SQLite files and journals go (a real disk)"
     )
