@@ -7,9 +7,10 @@ dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engi
   Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
   the COMMIT all happen there, in one hand-off per batch: the event loop does no per-row
   work, and SQLite's C code runs without the GIL.
-- ``PostgresStore``: rows become tuples in the writer's thread, then one transaction on a
-  pooled asyncpg connection: binary ``COPY`` into a session-local temporary table, and
-  ``INSERT ... SELECT ... ON CONFLICT`` from it into ``usage_records``.
+- ``PostgresStore``: rows become tuples in the writer's thread, then one transaction on
+  the asyncpg connection the writer keeps: binary ``COPY`` straight into
+  ``usage_records``, or, when a row is already there, into a session-local temporary
+  table and ``INSERT ... SELECT ... ON CONFLICT`` from it.
 - ``SessionStore``: SQLAlchemy's ORM statements (``writes.insert_usage_rows``), for an
   engine the other two cannot open (an in-memory SQLite database).
 
@@ -29,6 +30,7 @@ back through the ORM models, field for field, on both databases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +42,7 @@ from sqlalchemy import JSON, Boolean, Table, column, select
 from sqlalchemy import table as light_table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import Insert
 
 from .schema import (
@@ -324,7 +326,16 @@ class _PostgresStatements:
 
 
 class PostgresStore:
-    """Batches into PostgreSQL: binary COPY into a temporary table, then INSERT ... SELECT."""
+    """Batches into PostgreSQL by binary COPY, on one connection the writer keeps.
+
+    A batch is one transaction: its rows are COPYed straight into ``usage_records``
+    under a savepoint. If one of them is already stored (a retried batch, a journal
+    replay, an interaction's terminal row replacing its provisional one), the unique
+    violation rolls the COPY back to the savepoint and the rows go the long way: COPY
+    into a session-local temporary table, then ``INSERT ... SELECT ... ON CONFLICT``
+    with ``storage.writes``' rules. A COPY that succeeds stored what those statements
+    would have: no row met a conflict.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -338,13 +349,16 @@ class PostgresStore:
         stmt = postgresql.insert(owners).on_conflict_do_nothing(index_elements=["id"])
         self._owner_sql, order = _compile(stmt, dialect, names)
         self._convert_owners = row_converter(owners, order, dialect)
-        # Session-local, emptied at each COMMIT; created by whichever pooled connection
-        # first needs it (IF NOT EXISTS: a connection keeps it between batches). Its
-        # columns are the live table's, whatever migration made them.
+        self._table = table_of(UsageRow).name
+        # Session-local, emptied at each COMMIT; the connection keeps it between
+        # batches. Its columns are the live table's, whatever migration made them.
         self._create_incoming = (
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} ON COMMIT DELETE ROWS"
-            f" AS SELECT * FROM {table_of(UsageRow).name} WITH NO DATA"
+            f" AS SELECT * FROM {self._table} WITH NO DATA; TRUNCATE {_INCOMING}"
         )
+        # Checked out once and kept: no pool round trips (and pings) per batch.
+        self._connection: AsyncConnection | None = None
+        self._driver: Any = None
 
     def _statements(self, names: tuple[str, ...]) -> _PostgresStatements:
         statements = self._usage.get(names)
@@ -373,32 +387,76 @@ class PostgresStore:
         )
         if not owner_tuples and not groups:
             return
-        async with self._engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            try:
-                async with driver.transaction():
-                    if owner_tuples:
-                        await driver.executemany(self._owner_sql, owner_tuples)
-                    if groups:
-                        await driver.execute(self._create_incoming)
-                    for index, (statements, tuples) in enumerate(groups):
-                        if index:
-                            await driver.execute(f"TRUNCATE {_INCOMING}")
-                        await driver.copy_records_to_table(
-                            _INCOMING, records=tuples, columns=list(statements.names)
-                        )
-                        await driver.execute(f"{statements.plain}; {statements.upsert}")
-            except BaseException as exc:
-                if not is_row_error(exc):
-                    # The connection may be dead (a restarted server, a killed backend):
-                    # the pool must not hand it out again.
-                    await connection.invalidate()
+        driver = await self._connect()
+        try:
+            await driver.execute("BEGIN")
+            if owner_tuples:
+                await driver.executemany(self._owner_sql, owner_tuples)
+            for statements, tuples in groups:
+                await self._copy(driver, statements, tuples)
+            await driver.execute("COMMIT")
+        except BaseException as exc:
+            await self._recover(exc)
+            raise
+
+    async def _copy(
+        self, driver: Any, statements: _PostgresStatements, tuples: list[tuple[Any, ...]]
+    ) -> None:
+        columns = list(statements.names)
+        await driver.execute("SAVEPOINT gemini_meter_copy")
+        try:
+            await driver.copy_records_to_table(self._table, records=tuples, columns=columns)
+            return
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
                 raise
+        await driver.execute(f"ROLLBACK TO SAVEPOINT gemini_meter_copy; {self._create_incoming}")
+        await driver.copy_records_to_table(_INCOMING, records=tuples, columns=columns)
+        await driver.execute(f"{statements.plain}; {statements.upsert}")
+
+    async def _connect(self) -> Any:
+        if self._driver is None:
+            connection = await self._engine.connect()
+            try:
+                raw = await connection.get_raw_connection()
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._driver = connection, raw.driver_connection
+        return self._driver
+
+    async def _recover(self, exc: BaseException) -> None:
+        """After a failed batch: roll back and keep the connection if the failure was the
+        rows'; otherwise drop it (it may be dead: a restarted server, a killed backend)."""
+        if is_row_error(exc):
+            try:
+                await self._driver.execute("ROLLBACK")
+                return
+            except Exception:
+                pass
+        await self._drop()
+
+    async def _drop(self) -> None:
+        connection, self._connection, self._driver = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                # invalidated, not returned: the pool must not hand it out again
+                await connection.invalidate()
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     async def close(self) -> None:
+        driver = self._driver
+        if driver is not None and not driver.is_in_transaction():
+            connection, self._connection, self._driver = self._connection, None, None
+            assert connection is not None
+            await connection.close()
+        else:
+            await self._drop()  # a batch was cut short mid-transaction
         self._executor.shutdown(wait=True)
+
+
+_UNIQUE_VIOLATION = "23505"
 
 
 def is_row_error(exc: BaseException) -> bool:
