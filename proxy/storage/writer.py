@@ -12,7 +12,10 @@ background task drains the queue:
 
 - a batch is written when ``batch_size`` rows are queued, when the oldest queued
   row has waited ``flush_interval`` seconds, when ``flush()`` asks, and on
-  ``close()``;
+  ``close()``. It takes every row queued by then, up to ``max_batch_size`` (four
+  batches): rows that queued while the previous batch was being written share one
+  transaction, so a writer that falls behind catches up with fewer, larger ones
+  (a transaction's fixed costs, its COMMIT's fsync first, dominate a small one);
 - each batch is one transaction of bulk inserts (``storage.bulk``: ``executemany``
   on the writer's own SQLite connection in its own thread, binary COPY on
   PostgreSQL; rows become driver tuples off the event loop) that skip a row
@@ -106,6 +109,7 @@ class UsageWriter:
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         batch_size: int = 500,
+        max_batch_size: int | None = None,
         flush_interval: float = 0.2,
         queue_limit: int = 100_000,
         retry_initial_seconds: float = 0.1,
@@ -118,8 +122,11 @@ class UsageWriter:
             raise ValueError("batch_size, queue_limit and attempts_before_split must be positive")
         if flush_interval <= 0 or retry_initial_seconds <= 0 or retry_max_seconds <= 0:
             raise ValueError("flush_interval and retry delays must be positive")
+        if max_batch_size is not None and max_batch_size < batch_size:
+            raise ValueError("max_batch_size must be at least batch_size")
         self._store = batch_store(sessionmaker)
         self._batch_size = batch_size
+        self._max_batch_size = max_batch_size or 4 * batch_size
         self._flush_interval = flush_interval
         self._queue_limit = queue_limit
         self._retry_initial = retry_initial_seconds
@@ -360,7 +367,7 @@ class UsageWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), max(remaining, 0.0))
                 continue
-            count = min(self._batch_size, len(self._queue))
+            count = min(self._max_batch_size, len(self._queue))
             self._batch = [self._queue.popleft() for _ in range(count)]
             await self._write(self._batch)
             self._batch = []

@@ -211,6 +211,31 @@ async def test_a_batch_with_rows_of_an_older_column_set_stores_both(
     assert (await _orm(sessionmaker, current["request_id"]))["model"] == current["model"]
 
 
+async def test_a_batch_with_a_row_already_stored_stores_the_others_once(
+    sessionmaker, principal, make_record
+):
+    # PostgreSQL's COPY fails on the stored row and the batch goes the ON CONFLICT way
+    stored = make_record(principal)
+    provisional = make_record(
+        principal, interaction_id="v1_p", provisional=True, usage=Usage(total_tokens=5)
+    )
+    writer = UsageWriter(sessionmaker)
+    await writer.start()
+    writer.submit(stored)
+    writer.submit(provisional)
+    await writer.flush()
+    terminal = make_record(principal, interaction_id="v1_p", usage=Usage(total_tokens=9))
+    fresh = [make_record(principal) for _ in range(3)]
+    for record in [fresh[0], stored, fresh[1], terminal, fresh[2]]:
+        writer.submit(record)
+    await writer.close()
+    assert (writer.failed_batches_total, writer.failed_rows_total) == (0, 0)
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(UsageRow.request_id, UsageRow.total_tokens))).all()
+    expected = {r.request_id: r.usage.total_tokens for r in [stored, terminal, *fresh]}
+    assert sorted(rows) == sorted(expected.items())
+
+
 async def test_two_writers_on_one_database_both_get_through(sessionmaker, make_record):
     # `serve --workers N` on the embedded default: each process has its own writer and
     # connection, and they take turns for the write lock (BEGIN IMMEDIATE, busy_timeout)

@@ -58,7 +58,7 @@ async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float =
 
 async def test_many_submits_make_few_transactions(writers, alice, make_record, sessionmaker):
     batches: list[float] = []  # one duration per batch written, each one transaction
-    writer = writers(batch_size=100, flush_interval=60, on_batch=batches.append)
+    writer = writers(batch_size=100, max_batch_size=100, flush_interval=60, on_batch=batches.append)
     await writer.start()
     records = [make_record(alice) for _ in range(250)]
     for record in records:
@@ -78,6 +78,22 @@ async def test_many_submits_make_few_transactions(writers, alice, make_record, s
     assert sorted(r for r, _ in await _rows(sessionmaker)) == sorted(r.request_id for r in records)
     assert writer.last_success is not None
     assert writer.failed_batches_total == writer.dropped_total == writer.failed_rows_total == 0
+
+
+async def test_rows_queued_behind_a_batch_go_together_up_to_the_maximum(
+    writers, alice, make_record, sessionmaker
+):
+    batches: list[float] = []
+    writer = writers(batch_size=100, max_batch_size=300, flush_interval=60, on_batch=batches.append)
+    for _ in range(450):  # queued before the writer runs: it is 4.5 batches behind
+        writer.submit(make_record(alice))
+    await writer.start()
+    await writer.flush()
+    # 300 in one transaction, then the 150 left (a full batch's worth: written at once)
+    assert (len(batches), writer.written_total, writer.queued) == (2, 450, 0)
+    assert len(await _rows(sessionmaker)) == 450
+    with pytest.raises(ValueError, match="max_batch_size"):
+        UsageWriter(sessionmaker, batch_size=100, max_batch_size=99)
 
 
 async def test_flushes_on_interval(writers, alice, make_record, sessionmaker):
