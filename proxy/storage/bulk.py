@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from operator import itemgetter
@@ -405,13 +405,15 @@ class PostgresStore:
         columns = list(statements.names)
         await driver.execute("SAVEPOINT gemini_meter_copy")
         try:
-            await driver.copy_records_to_table(self._table, records=tuples, columns=columns)
+            await driver.copy_records_to_table(
+                self._table, records=_yielding(tuples), columns=columns
+            )
             return
         except Exception as exc:
             if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
                 raise
         await driver.execute(f"ROLLBACK TO SAVEPOINT gemini_meter_copy; {self._create_incoming}")
-        await driver.copy_records_to_table(_INCOMING, records=tuples, columns=columns)
+        await driver.copy_records_to_table(_INCOMING, records=_yielding(tuples), columns=columns)
         await driver.execute(f"{statements.plain}; {statements.upsert}")
 
     async def _connect(self) -> Any:
@@ -457,6 +459,16 @@ class PostgresStore:
 
 
 _UNIQUE_VIOLATION = "23505"
+# asyncpg encodes COPY data on the event loop, all of an iterable's rows in one go;
+# rows handed over this many at a time let requests run in between.
+_YIELD_EVERY = 100
+
+
+async def _yielding(tuples: list[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
+    for start in range(0, len(tuples), _YIELD_EVERY):
+        for row in tuples[start : start + _YIELD_EVERY]:
+            yield row
+        await asyncio.sleep(0)
 
 
 def is_row_error(exc: BaseException) -> bool:
