@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -121,7 +122,11 @@ def row_converter(
     def convert(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
         out = []
         try:
-            for values in rows:
+            for count, values in enumerate(rows, 1):
+                if count % _GIL_CHUNK == 0:
+                    # Run in a writer thread: let the event loop's thread have the GIL
+                    # now rather than after the interpreter's 5 ms switch interval.
+                    time.sleep(0)
                 row = list(get(values))
                 for index, process, on_none in processors:
                     value = row[index]
@@ -133,6 +138,10 @@ def row_converter(
         return out
 
     return convert
+
+
+# Rows converted between two offers of the GIL (about 0.5 ms of work).
+_GIL_CHUNK = 64
 
 
 def _fast_money(process: Callable[[Any], Any], *, sqlite: bool) -> Callable[[Any], Any]:
