@@ -200,7 +200,11 @@ async def test_rows_are_encoded_in_the_journal_thread_not_on_the_event_loop(tmp_
 async def test_a_row_that_cannot_be_encoded_goes_on_unjournaled(tmp_path, caplog):
     journal = Journal(tmp_path, max_bytes=10**6)
     journal.open()
-    rows = [{"request_id": "a"}, {"request_id": "b", "oops": object()}, {"request_id": "c"}]
+    rows: list[dict[str, Any]] = [
+        {"request_id": "a"},
+        {"request_id": "b", "oops": object()},
+        {"request_id": "c"},
+    ]
     tickets = await _append_all(journal, rows)
     # the callback still runs, without a ticket: the writer writes the row unjournaled
     assert tickets[1] is None and None not in (tickets[0], tickets[2])
