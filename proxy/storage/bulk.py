@@ -6,7 +6,7 @@ dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engi
 - ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread.
   Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
   the COMMIT all happen there, in one hand-off per batch: the event loop does no per-row
-  work, and SQLite's C code runs without the GIL.
+  work, and ``sqlite3`` releases the GIL while SQLite itself runs.
 - ``PostgresStore``: rows become tuples in the writer's thread, then one transaction on
   the asyncpg connection the writer keeps: binary ``COPY`` straight into
   ``usage_records``, or, when a row is already there, into a session-local temporary
@@ -17,13 +17,16 @@ dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engi
 All three run the statements of ``storage.writes`` (compiled once from the same
 SQLAlchemy constructs), so the idempotency rules are the same: a usage row without an
 interaction skips any unique conflict, an interaction's row replaces only a provisional
-one, an owner row keeps the first owner.
+one, an owner row keeps the first owner. (PostgreSQL's plain COPY stands in for them only
+when it succeeds, that is when no row met a conflict.)
 
 Values are converted by the very bind processors SQLAlchemy would run for each column
 (``Money`` to 1e-12 USD units on SQLite or a quantized ``Decimal`` on PostgreSQL,
-``UTCDateTime``, JSON as the same ``json.dumps`` text); what is skipped is SQLAlchemy's
-per-row bookkeeping around them, and the boolean processor, whose ``int(bool)`` is what
-both drivers do with a ``bool``. ``tests/storage/test_bulk.py`` reads rows written here
+``UTCDateTime``, JSON as the same ``json.dumps`` text), with shortcuts that give the same
+results (a ``Decimal`` amount by the same arithmetic without the type checks, a zero
+amount, an empty JSON object); what is skipped is SQLAlchemy's per-row bookkeeping around
+them, and the boolean processor, whose ``int(bool)`` is what both drivers do with a
+``bool``. ``tests/storage/test_bulk.py`` reads rows written here
 back through the ORM models, field for field, on both databases.
 """
 
