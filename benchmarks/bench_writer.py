@@ -367,7 +367,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline", action="store_true", help="also run the ORM writer")
     parser.add_argument("--batch-size", type=int, default=500, help="the writer's batch_size")
     parser.add_argument(
-        "--dir", default=str(ROOT), help="where the SQLite files and journals go (a real disk)"
+        "--dir",
+        default=None,
+        help="where the SQLite files and journals go (default: the system's temporary"
+        " directory; it must be a real disk, not tmpfs, for fsync to cost what it costs)",
     )
     return parser.parse_args()
 
