@@ -400,7 +400,9 @@ def _recorded_owned(
     if path.endswith("/fileSearchStores") and request.method == "POST":
         name = f"fileSearchStores/rec-store-{next(ids)}"
         upstream.stores.append(name)
-        return web.json_response({"name": name, "displayName": "rec"})
+        return web.json_response(
+            {"name": name, "displayName": "rec", "embeddingModel": "models/gemini-embedding-001"}
+        )
     if path.endswith("/fileSearchStores") and request.method == "GET":
         return web.json_response({"fileSearchStores": [{"name": n} for n in upstream.stores]})
     return None

@@ -1241,14 +1241,12 @@ async def _own_store(request: web.Request, call: _Call, payload: object) -> None
         # Nothing the proxy can own: the client could not use it through the proxy either.
         log.warning("a File Search store's create answered no store name")
         return
-    model = payload.get("embeddingModel") if isinstance(payload, dict) else None
+    # The embedding model indexing bills at: the model of the store's import records.
+    model = (
+        body_model({"model": payload.get("embeddingModel")}) if isinstance(payload, dict) else None
+    )
     await _own(
-        request,
-        ResourceKind.FILE_SEARCH_STORE,
-        name,
-        call.principal,
-        model=model if isinstance(model, str) else None,
-        state=None,
+        request, ResourceKind.FILE_SEARCH_STORE, name, call.principal, model=model, state=None
     )
 
 

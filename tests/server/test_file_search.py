@@ -102,6 +102,26 @@ async def test_others_get_404_on_a_store_and_nothing_is_forwarded(
     assert recording_upstream.received[0].body == body
 
 
+async def test_an_import_into_ones_own_store_is_recorded_once_at_its_embedding_model(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    stack, store, file = await _store_of_alice(make_stack, recording_upstream)
+    status, _, _ = await raw(
+        "POST",
+        stack.url(f"/v1beta/{store}:importFile"),
+        headers=stack.headers("alice"),
+        json={"fileName": file},
+    )
+    assert status == 200
+    [seen] = recording_upstream.received
+    assert json.loads(seen.body) == {"fileName": file}
+    imports = [r for r in await stack.records() if r["endpoint"] == "file_search.import"]
+    assert [(r["user_id"], r["model"], r["unmetered_route"]) for r in imports] == [
+        # the store's embeddingModel, as the upstream's create answered it
+        (await stack.user_id("alice"), "gemini-embedding-001", True)
+    ]
+
+
 @sqlite_only
 async def test_a_store_nobody_owns_is_404_even_for_a_case_variant(
     make_stack: StackFactory, recording_upstream: RecordingUpstream
