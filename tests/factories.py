@@ -350,6 +350,7 @@ class RecordingUpstream:
     # names it handed out, every user's alike (as behind one shared key): lists show all
     caches: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    stores: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -374,7 +375,8 @@ RECORDED_CACHE_TIMES = {
 def _recorded_owned(
     request: web.Request, path: str, body: bytes, ids: Iterator[int]
 ) -> web.Response | None:
-    """Just enough of cachedContents and the files lists for ownership tests."""
+    """Just enough of cachedContents, fileSearchStores and the files lists for ownership
+    tests."""
     upstream: RecordingUpstream = request.app[_recording_key]
     if path.endswith("/cachedContents") and request.method == "POST":
         name = f"cachedContents/rec{next(ids)}"
@@ -395,6 +397,14 @@ def _recorded_owned(
         )
     if path.endswith("/files") and request.method == "GET":
         return web.json_response({"files": [{"name": n} for n in upstream.files]})
+    if path.endswith("/fileSearchStores") and request.method == "POST":
+        name = f"fileSearchStores/rec-store-{next(ids)}"
+        upstream.stores.append(name)
+        return web.json_response(
+            {"name": name, "displayName": "rec", "embeddingModel": "models/gemini-embedding-001"}
+        )
+    if path.endswith("/fileSearchStores") and request.method == "GET":
+        return web.json_response({"fileSearchStores": [{"name": n} for n in upstream.stores]})
     return None
 
 

@@ -1,10 +1,10 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings``, ``openai``, ``batches``, ``files``, ``caches`` and ``media`` behind
-``_emulate``, the middleware every request passes: it records the request in
-``EmulatorState.requests``, authenticates it (a non-empty ``x-goog-api-key``, ``?key=`` or
-``Authorization: Bearer``, or a known upload session), applies the delay and failure
+``embeddings``, ``openai``, ``batches``, ``files``, ``caches``, ``file_search`` and
+``media`` behind ``_emulate``, the middleware every request passes: it records the request
+in ``EmulatorState.requests``, authenticates it (a non-empty ``x-goog-api-key``, ``?key=``
+or ``Authorization: Bearer``, or a known upload session), applies the delay and failure
 triggers of ``triggers`` and maps every error to Gemini's JSON shape. ``run_emulator``
 serves it for ``gemini-meter emulate``.
 """
@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from .batches import add_batch_routes, requested_outcome
 from .caches import add_cache_routes
 from .embeddings import add_embedding_routes
+from .file_search import add_file_search_routes
 from .files import add_file_routes
 from .generate import count_tokens, generate_content, stream_generate
 from .interactions import (
@@ -79,6 +80,7 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     add_openai_routes(app, version)
     add_file_routes(app.router, version)
     add_cache_routes(app.router, version)
+    add_file_search_routes(app.router, version)
     app.router.add_post(f"/{version}/auth_tokens", create_auth_token)
     app.router.add_get("/ws/{service}", live_session)
     add_media_routes(app.router, version, model)

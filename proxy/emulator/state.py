@@ -22,6 +22,7 @@ from .wire import ApiError
 if TYPE_CHECKING:
     from .batches import EmulatedBatch, ServedResult
     from .caches import EmulatedCache
+    from .file_search import EmulatedStore
     from .files import EmulatedFile, UploadSession
     from .generate import GenerateHop
     from .interactions import EmulatedInteraction
@@ -170,6 +171,8 @@ class EmulatorState:
         # "cachedContents/..."); deleted caches stay, marked, as the tests' ledger.
         self.files: OrderedDict[str, EmulatedFile] = OrderedDict()
         self.caches: OrderedDict[str, EmulatedCache] = OrderedDict()
+        # File Search stores, by name; deleted ones stay, marked.
+        self.file_search_stores: OrderedDict[str, EmulatedStore] = OrderedDict()
 
     def store_file(self, file: EmulatedFile) -> None:
         self.files[file.name] = file
@@ -180,6 +183,11 @@ class EmulatorState:
         self.caches[cache.name] = cache
         while len(self.caches) > MAX_STORED_RESOURCES:
             self.caches.popitem(last=False)
+
+    def store_file_search_store(self, store: EmulatedStore) -> None:
+        self.file_search_stores[store.name] = store
+        while len(self.file_search_stores) > MAX_STORED_RESOURCES:
+            self.file_search_stores.popitem(last=False)
 
     def store(self, interaction: EmulatedInteraction) -> None:
         self.interactions[interaction.id] = interaction

@@ -173,6 +173,7 @@ _RESOURCE_NOUNS = {
     ResourceKind.BATCH: "Batch",
     ResourceKind.OPERATION: "Operation",
     ResourceKind.AUTH_TOKEN: "Token",
+    ResourceKind.FILE_SEARCH_STORE: "File Search store",
 }
 
 

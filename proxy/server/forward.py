@@ -29,8 +29,9 @@ the usage-only event that adds is taken out of the stream (``_ask_stream_usage``
 An interaction's owner is committed before its id is released
 (``_register_owner``): the one database write on the request path.
 
-Cached contents and files are owned the same way (``_relay_owned``): their
-methods are checked against the owner at admission, as is every cache or file a
+Cached contents, files and File Search stores are owned the same way
+(``_relay_owned``): their methods (a store's documents, operations and imports too)
+are checked against the owner at admission, as is every cache, file or store a
 request body names (``references``); the response that creates one commits its
 owner before it is relayed, a cache's create, TTL change and delete record its
 storage (``metering.caching``), and a list is filtered to the caller's own.
@@ -310,6 +311,12 @@ async def admit(request: web.Request, started: float) -> _Call:
         raise MethodNotAllowed(
             f"{request.method} on this path is not supported through Gemini Meter."
         )
+    if route.action is Action.BARE_OPERATION:
+        # The same answer as for an operation that does not exist (routes._BARE_OPERATIONS).
+        raise NotFound(
+            "No operation is reachable by a bare id through Gemini Meter: use the name its "
+            "creating call returned."
+        )
     key = presented_key(request.headers, request.query)
     if key is None and _is_upload_leg(request, route):
         # The byte legs of a resumable upload carry no API key: the upload id the
@@ -320,6 +327,10 @@ async def admit(request: web.Request, started: float) -> _Call:
         except NotFound:
             app[metrics_key].keyless_upload_refusals.labels("unknown_upload").inc()
             raise
+        if route.resource is not None and route.resource_kind is not None:
+            # A File Search upload's byte leg: its session's starter must still own the
+            # store the path names, so an upload id cannot be pointed at another's store.
+            await auth.check_resource(route.resource_kind, route.resource, uploader)
         return _Call(route=route, principal=None, started=started, uploader=uploader)
     principal = await auth.authenticate(key)
     call = _Call(route=route, principal=principal, started=started)
@@ -446,6 +457,8 @@ _READS_BODY = frozenset(
         Action.CACHE_UPDATE,
         Action.PREDICT,
         Action.PREDICT_LONG_RUNNING,
+        # for the file it imports (``fileName``)
+        Action.STORE_IMPORT,
         Action.BATCH_CREATE,
         Action.BATCH_EMBED_CREATE,
     }
@@ -614,7 +627,7 @@ def _check_journal(request: web.Request, route: Route) -> None:
 
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
     return (
-        route.action in (Action.FORWARD, Action.UNMETERED, Action.FILE_UPLOAD)
+        route.action in (Action.FORWARD, Action.UNMETERED, Action.FILE_UPLOAD, Action.STORE_UPLOAD)
         and request.path.startswith("/upload/")
         and "upload_id" in request.query
     )
@@ -1188,7 +1201,11 @@ async def _register_owner(
 # --- owned resources: uploaded files and cached contents ------------------------------
 
 # Where a list response carries its items, by the kind of resource listed.
-_LIST_FIELDS = {ResourceKind.CACHED_CONTENT: "cachedContents", ResourceKind.FILE: "files"}
+_LIST_FIELDS = {
+    ResourceKind.CACHED_CONTENT: "cachedContents",
+    ResourceKind.FILE: "files",
+    ResourceKind.FILE_SEARCH_STORE: "fileSearchStores",
+}
 
 
 async def _relay_owned(
@@ -1215,6 +1232,9 @@ async def _relay_owned(
     elif route.action is Action.FILE_UPLOAD:
         if status < 400:
             await _own_files(request, call, parse_json(decoded))
+    elif route.action is Action.STORE_CREATE:
+        if status < 400:
+            await _own_store(request, call, parse_json(decoded))
     else:
         durable = await _bill_storage(request, call, status, parse_json(decoded))
     response = web.Response(status=status, body=body, headers=headers)
@@ -1283,6 +1303,28 @@ async def _own_files(request: web.Request, call: _Call, payload: object) -> None
         return
     for name in _uploaded_files(payload):
         await _own(request, ResourceKind.FILE, name, owner, model=None, state=None)
+
+
+async def _own_store(request: web.Request, call: _Call, payload: object) -> None:
+    """A new File Search store becomes its creator's, before its name reaches the client.
+
+    Google names the store (``FileSearchStore.name`` is output only; the create request
+    has no id parameter: https://ai.google.dev/api/file-search/file-search-stores, read
+    2026-11-29), so no client can create a store under a name another user once owned.
+    """
+    name = _name_of(payload)
+    assert call.principal is not None  # a create is always authenticated
+    if name is None or not name.startswith("fileSearchStores/") or name.count("/") != 1:
+        # Nothing the proxy can own: the client could not use it through the proxy either.
+        log.warning("a File Search store's create answered no store name")
+        return
+    # The embedding model indexing bills at: the model of the store's import records.
+    model = (
+        body_model({"model": payload.get("embeddingModel")}) if isinstance(payload, dict) else None
+    )
+    await _own(
+        request, ResourceKind.FILE_SEARCH_STORE, name, call.principal, model=model, state=None
+    )
 
 
 async def _own(

@@ -22,8 +22,17 @@ nested contents included):
   string (a YouTube or public URL, a ``gs://`` object) is not a Files API file. A string
   that starts ``files/`` but does not name one file (``files/a/b``) is refused.
 
-Names come back canonical (``cachedContents/{id}``, ``files/{id}``, the id as written:
-an id in another case is another name, which its owner check then refuses unless owned).
+- ``fileSearchStoreNames`` / ``file_search_store_names`` (the File Search tool:
+  ``tools[].fileSearch`` in generateContent, cachedContents and batch requests, and
+  ``tools[]`` of ``type: "file_search"`` in the Interactions API; google-genai 3.6.1
+  ``types.FileSearch`` and ``_gaos/types/interactions/filesearch.py``; Google's "File
+  Search" guide, https://ai.google.dev/gemini-api/docs/file-search, read 2026-11-29): a
+  list of ``fileSearchStores/{id}``, a version prefix or the bare id read as that store.
+  A value that is not a list of such strings is refused.
+
+Names come back canonical (``cachedContents/{id}``, ``files/{id}``,
+``fileSearchStores/{id}``, the id as written: an id in another case is another name,
+which its owner check then refuses unless owned).
 ``UncheckedReference`` says why a body is refused instead.
 """
 
@@ -46,10 +55,14 @@ _CACHE_NAME = re.compile(
     r"^(?:projects/[^/]+/locations/[^/]+/)?cachedContents/(?P<id>[^/]+)$", re.IGNORECASE
 )
 _VERSION = re.compile(r"^v\d+[a-z0-9]*$", re.IGNORECASE)
+_STORE_FIELDS = frozenset({"fileSearchStoreNames", "file_search_store_names"})
+_STORE_NAME = re.compile(
+    r"^(?:v\d+[a-z0-9]*/)?(?:fileSearchStores/)?(?P<id>[^/?#\s]+)$", re.IGNORECASE
+)
 
 
 class UncheckedReference(ValueError):
-    """A body names a cache or file in a form the proxy cannot resolve to one name."""
+    """A body names a cache, file or store in a form the proxy cannot resolve to one name."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -57,11 +70,12 @@ class Reference:
     """One owned resource a request names."""
 
     kind: ResourceKind
-    name: str  # canonical: "cachedContents/{id}" or "files/{id}"
+    name: str  # canonical: "cachedContents/{id}", "files/{id}" or "fileSearchStores/{id}"
 
 
 def references(body: object, query: MultiMapping[str] | None = None) -> set[Reference]:
-    """Every cached content and file ``body`` (and, for caches, the query) names.
+    """Every cached content, file and File Search store ``body`` (and, for caches, the
+    query) names.
 
     Raises ``UncheckedReference`` for a reference the proxy cannot check. The walk is
     iterative, so a deeply nested body cannot exhaust the stack.
@@ -80,6 +94,8 @@ def references(body: object, query: MultiMapping[str] | None = None) -> set[Refe
                     _add(found, cache_reference(value))
                 elif key in _FILE_FIELDS and isinstance(value, str):
                     _add(found, file_reference(value))
+                elif key in _STORE_FIELDS:
+                    found.update(store_references(value))
                 if isinstance(value, dict | list):
                     stack.append(value)
         elif isinstance(item, list):
@@ -131,6 +147,22 @@ def file_reference(value: str) -> Reference | None:
     if not file_id or "/" in file_id or file_id in (".", ".."):
         raise UncheckedReference(f"{value!r} does not name one file")
     return Reference(ResourceKind.FILE, f"files/{file_id}")
+
+
+def store_references(value: object) -> set[Reference]:
+    """The File Search stores a ``fileSearchStoreNames`` value names."""
+    if value is None:
+        return set()
+    if not isinstance(value, list):
+        raise UncheckedReference("fileSearchStoreNames must be a list of store names")
+    found = set()
+    for item in value:
+        text = item.strip().lstrip("/") if isinstance(item, str) else ""
+        m = _STORE_NAME.match(text)
+        if m is None or m.group("id") in (".", ".."):
+            raise UncheckedReference(f"{item!r} does not name one File Search store")
+        found.add(Reference(ResourceKind.FILE_SEARCH_STORE, f"fileSearchStores/{m.group('id')}"))
+    return found
 
 
 def names_of(refs: Iterable[Reference], kind: ResourceKind) -> list[str]:

@@ -10,12 +10,14 @@ does not understand yet (docs/metering.md lists them with what is recorded):
 a call on one is relayed untouched and still recorded, with zero tokens and
 ``unmetered_route`` set, so totals never silently omit it.
 
-Cached contents, files and Veo operations are owned resources
+Cached contents, files, Veo operations and File Search stores are owned resources
 (``storage.schema.ResourceKind``): every method on one names it (``Route.resource``,
 canonical: ``cachedContents/{id}``, ``files/{id}``, ``models/{m}/operations/{id}``) for
 the owner check, a list is filtered to the caller's own (a model's operations are not
 listed at all), and a method the proxy does not know on one is refused
-(``RESOURCE_UNKNOWN``), never forwarded.
+(``RESOURCE_UNKNOWN``), never forwarded. Everything under a store (documents,
+operations, media, imports) is checked as the store (``fileSearchStores/{id}``);
+operations named by a bare id, under no resource, are refused (``BARE_OPERATION``).
 
 It also holds the pure checks ``server.forward.admit`` refuses by, each of them
 closing a way to make the proxy check one request while the upstream serves
@@ -81,6 +83,18 @@ _FILES = re.compile(
     rf"^(?:/upload|/download)?/{_VERSION}/files(?:$|(?P<rest>[/:].*))", re.IGNORECASE
 )
 _RESOURCE_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
+# File Search stores, with everything under one (documents, operations, media, imports).
+_STORES = re.compile(
+    rf"^(?:/upload|/download)?/{_VERSION}/fileSearchStores(?:$|(?P<rest>[/:].*))", re.IGNORECASE
+)
+# Operations named by a bare id, under no resource. google-genai 3.6.1 reaches them only on
+# Vertex AI (``operations.Operations._get`` raises in Gemini Developer API mode); Google's
+# Developer API lists them at ``GET /v1/operations`` and deletes them there (generativelanguage
+# v1 discovery document, revision 20240410, read 2026-11-29): every user's, behind the shared
+# key. So every method on them is refused, never forwarded.
+_BARE_OPERATIONS = re.compile(
+    rf"^(?:/upload|/download)?/{_VERSION}/operations(?:$|[/:])", re.IGNORECASE
+)
 # Imagen and Veo. A Veo operation is named "models/{model}/operations/{id}"; every
 # method on it (and the collection itself) is classified, so none slips past its owner.
 _PREDICT = re.compile(rf"{_PREFIX}/{_MODEL}:(?P<method>predict|predictLongRunning)$", re.IGNORECASE)
@@ -142,6 +156,16 @@ class Action(Enum):
     # a method on a cache, a file or a Veo operation the proxy does not know, or a listing
     # of a model's operations (every user's, behind the shared key): refused, never forwarded
     RESOURCE_UNKNOWN = auto()
+    STORE_CREATE = auto()  # the new File Search store becomes its creator's
+    STORE_LIST = auto()  # filtered to the caller's own stores
+    # any other known method on a store or under it (get, delete, its documents,
+    # operations and media): the store's owner's only
+    STORE_METHOD = auto()
+    # importFile and uploadToFileSearchStore: the store's owner's only, and recorded
+    # unmetered (indexing bills embeddings the response does not report)
+    STORE_IMPORT = auto()
+    STORE_UPLOAD = auto()
+    BARE_OPERATION = auto()  # /{version}/operations...: refused 404, never forwarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +173,12 @@ class Route:
     action: Action
     interaction_id: str | None = None
     model: str | None = None
-    # Action.UNMETERED only: which row of UNMETERED_ROUTES matched
+    # Action.UNMETERED (and a File Search import or upload): the row of UNMETERED_ROUTES
+    # it is recorded by
     unmetered: UnmeteredRoute | None = None
-    # the owned resource the path names (a batch's, a cache's, a file's or a Veo
-    # operation's methods), canonical ("batches/x", "cachedContents/x", "files/x",
-    # "models/m/operations/x")
+    # the owned resource the path names (a batch's, a cache's, a file's, a Veo operation's
+    # or a File Search store's methods), canonical ("batches/x", "cachedContents/x",
+    # "files/x", "models/m/operations/x", "fileSearchStores/x" for anything under the store)
     resource: str | None = None
 
     @property
@@ -216,8 +241,15 @@ _RESOURCE_KINDS = {
     Action.FILE_DOWNLOAD: ResourceKind.FILE,
     Action.OPERATION_GET: ResourceKind.OPERATION,
     Action.OPERATION_OTHER: ResourceKind.OPERATION,
+    Action.STORE_METHOD: ResourceKind.FILE_SEARCH_STORE,
+    Action.STORE_IMPORT: ResourceKind.FILE_SEARCH_STORE,
+    Action.STORE_UPLOAD: ResourceKind.FILE_SEARCH_STORE,
 }
-_LISTS = {Action.CACHE_LIST: ResourceKind.CACHED_CONTENT, Action.FILE_LIST: ResourceKind.FILE}
+_LISTS = {
+    Action.CACHE_LIST: ResourceKind.CACHED_CONTENT,
+    Action.FILE_LIST: ResourceKind.FILE,
+    Action.STORE_LIST: ResourceKind.FILE_SEARCH_STORE,
+}
 _OWNED_RESPONSES = frozenset(
     {
         Action.CACHE_CREATE,
@@ -226,6 +258,8 @@ _OWNED_RESPONSES = frozenset(
         Action.CACHE_LIST,
         Action.FILE_UPLOAD,
         Action.FILE_LIST,
+        Action.STORE_CREATE,
+        Action.STORE_LIST,
     }
 )
 
@@ -250,6 +284,29 @@ _ON_FILE = {
     ("DELETE", ""): Action.FILE_DELETE,
     ("GET", ":download"): Action.FILE_DOWNLOAD,
 }
+
+_ON_STORES = {("POST", ""): Action.STORE_CREATE, ("GET", ""): Action.STORE_LIST}
+# (method, what follows a store's id, lower-cased, without a trailing slash) -> action, per
+# Google's REST reference for fileSearchStores, fileSearchStores.documents,
+# fileSearchStores.operations and fileSearchStores.upload.operations
+# (https://ai.google.dev/api/file-search/file-search-stores and .../documents, read
+# 2026-11-29) and google-genai 3.6.1 (``file_search_stores.py``: ``download_media`` reads
+# ``fileSearchStores/{s}/media/{id}?alt=media``). Anything else on a store is refused.
+_ON_STORE: tuple[tuple[str, re.Pattern[str], Action], ...] = tuple(
+    (method, re.compile(suffix), action)
+    for method, suffix, action in (
+        ("GET", r"", Action.STORE_METHOD),
+        ("DELETE", r"", Action.STORE_METHOD),
+        ("POST", r":importfile", Action.STORE_IMPORT),
+        ("POST", r":uploadtofilesearchstore", Action.STORE_UPLOAD),
+        ("GET", r"/documents", Action.STORE_METHOD),
+        ("GET", r"/documents/[^/:]+", Action.STORE_METHOD),
+        ("DELETE", r"/documents/[^/:]+", Action.STORE_METHOD),
+        ("GET", r"/operations/[^/:]+", Action.STORE_METHOD),
+        ("GET", r"/upload/operations/[^/:]+", Action.STORE_METHOD),
+        ("GET", r"/media/[^/:]+", Action.STORE_METHOD),
+    )
+)
 
 # (method, what follows the id) -> action; anything else on an interaction is unknown.
 _ON_INTERACTION = {
@@ -304,23 +361,26 @@ def _unmetered(
 
 _V = rf"^/{_VERSION}"
 _ID = r"[^/:]+"
+FILE_SEARCH_IMPORT = _unmetered(
+    EndpointKind.FILE_SEARCH_IMPORT, "POST", rf"{_V}/fileSearchStores/{_ID}:importFile/?$"
+)
+FILE_SEARCH_UPLOAD = _unmetered(
+    EndpointKind.FILE_SEARCH_IMPORT,
+    "POST",
+    rf"^(?:/upload)?/{_VERSION}/fileSearchStores/{_ID}:uploadToFileSearchStore/?$",
+)
 # First match wins. Free routes (countTokens, models) are not here: they cost nothing;
 # nor are cachedContents and files, metered and owned above, nor the Batch API, whose
 # results are metered (``Action.BATCH_*``). docs/metering.md lists every route with what
 # the meter records for it; keep the two in step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
-    # Polls of other long-running work (File Search imports, tuning); Veo's operations
-    # under models/ are metered and owned (see classify).
+    # Polls of other long-running work (tuning); Veo's operations under models/ are metered
+    # and owned, a File Search store's are its owner's, bare ones refused (see classify).
     _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$"),
-    # File Search indexing bills the embeddings it computes.
-    _unmetered(
-        EndpointKind.FILE_SEARCH_IMPORT, "POST", rf"{_V}/fileSearchStores/{_ID}:importFile$"
-    ),
-    _unmetered(
-        EndpointKind.FILE_SEARCH_IMPORT,
-        "POST",
-        rf"^/upload/{_VERSION}/fileSearchStores/{_ID}:uploadToFileSearchStore$",
-    ),
+    # File Search indexing bills the embeddings it computes (classified with the store's
+    # other methods, which check its owner first: see _classify_store).
+    FILE_SEARCH_IMPORT,
+    FILE_SEARCH_UPLOAD,
     # Free itself, but the token opens a Live API session at Google directly, past this
     # proxy: in virtual_keys mode only server.live mints (a handle in place of the token,
     # at the canonical path) and every other spelling is refused; in passthrough mode the
@@ -387,9 +447,11 @@ def classify(method: str, path: str) -> Route:
         c = _COUNT_TOKENS.match(path)
         if c is not None:
             return Route(Action.COUNT_TOKENS, model=c.group("model"))
-    owned = _classify_owned(method, path)
+    owned = _classify_owned(method, path) or _classify_store(method, path)
     if owned is not None:
         return owned
+    if _BARE_OPERATIONS.match(path):
+        return Route(Action.BARE_OPERATION)
     if method == "POST" and "openai" in path.lower():
         o = _OPENAI.match(path)
         if o is not None:
@@ -479,6 +541,35 @@ def _classify_owned(method: str, path: str) -> Route | None:
             return _UNKNOWN_RESOURCE
         return Route(action, resource=f"{prefix}/{i.group('id')}")
     return None
+
+
+_STORE_ROWS = {Action.STORE_IMPORT: FILE_SEARCH_IMPORT, Action.STORE_UPLOAD: FILE_SEARCH_UPLOAD}
+
+
+def _classify_store(method: str, path: str) -> Route | None:
+    """A method on the fileSearchStores collection or on (or under) one store.
+
+    Everything under a store is its owner's, so every route names the store itself
+    (``fileSearchStores/{id}``) for the owner check, whatever sub-resource it reaches.
+    """
+    m = _STORES.match(path)
+    if m is None:
+        return None
+    rest = m.group("rest") or ""
+    if rest in ("", "/") or rest.startswith(":"):
+        action = _ON_STORES.get((method, rest.rstrip("/").lower()))
+        return Route(action) if action is not None else _UNKNOWN_RESOURCE
+    i = _RESOURCE_ID.match(rest)
+    if i is None:
+        return _UNKNOWN_RESOURCE
+    suffix = i.group("suffix").lower()
+    if suffix.endswith("/"):
+        suffix = suffix[:-1]
+    for row_method, pattern, row_action in _ON_STORE:
+        if row_method == method and pattern.fullmatch(suffix):
+            name = f"fileSearchStores/{i.group('id')}"
+            return Route(row_action, unmetered=_STORE_ROWS.get(row_action), resource=name)
+    return _UNKNOWN_RESOURCE
 
 
 # --- the edge: one canonical path, one effective method ------------------------------

@@ -6,6 +6,7 @@ task writes batches of rows. The intended path puts the durable ``journal``
 between the two (a record is appended and fsync'd before the writer takes it).
 
 ``schema`` holds the SQLAlchemy models and the engine factory; ``writes`` turns
-records into rows, ``accounts`` resolves users, teams, keys and owners,
+records into rows, ``bulk`` writes the writer's batches straight into the driver,
+``accounts`` resolves users, teams, keys and owners,
 ``reports`` reads totals back; ``migrate`` runs Alembic from code.
 """

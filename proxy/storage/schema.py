@@ -371,6 +371,8 @@ class ResourceKind(StrEnum):
     OPERATION = "operation"
     # an ephemeral Live API token the proxy minted and keeps sealed
     AUTH_TOKEN = "auth_token"
+    # a File Search store, with everything under it (documents, operations, media)
+    FILE_SEARCH_STORE = "file_search_store"
 
 
 class Resource(Base):

@@ -12,11 +12,16 @@ background task drains the queue:
 
 - a batch is written when ``batch_size`` rows are queued, when the oldest queued
   row has waited ``flush_interval`` seconds, when ``flush()`` asks, and on
-  ``close()``;
-- each batch is one transaction of bulk INSERTs (``writes.insert_usage_rows``,
-  ``insert_interaction_owners``) that skip a row already stored (same
-  ``request_id`` or interaction id), so a batch retried after an unclear failure
-  (a COMMIT whose reply was lost) or replayed from the journal is stored once;
+  ``close()``. It takes every row queued by then, up to ``max_batch_size`` (four
+  batches): rows that queued while the previous batch was being written share one
+  transaction, so a writer that falls behind catches up with fewer, larger ones
+  (a transaction's fixed costs, its COMMIT's fsync first, dominate a small one);
+- each batch is one transaction of bulk inserts (``storage.bulk``: ``executemany``
+  on the writer's own SQLite connection in its own thread, binary COPY on
+  PostgreSQL; rows become driver tuples off the event loop) that skip a row
+  already stored (same ``request_id`` or interaction id), so a batch retried
+  after an unclear failure (a COMMIT whose reply was lost) or replayed from the
+  journal is stored once;
 - a failed batch is kept and retried with capped exponential backoff, for as
   long as it takes: a database outage delays records, it does not lose them;
 - every few failed attempts the batch is tried row by row, in case one row is
@@ -48,9 +53,10 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..metering.records import Principal, UsageRecord
+from .bulk import batch_store, is_row_error
 from .journal import OWNER, USAGE, Entry, Journal
 from .schema import utcnow
-from .writes import insert_interaction_owners, insert_usage_rows, owner_values, usage_values
+from .writes import owner_values, usage_values
 
 __all__ = ["UsageWriter"]
 
@@ -67,10 +73,11 @@ class _Row(NamedTuple):
 def _is_row_error(exc: BaseException) -> bool:
     """Whether ``exc`` says the row itself is unacceptable (retrying cannot help).
 
-    A ``StatementError`` that is not a ``DBAPIError`` was raised while binding
-    values (a naive datetime, a float for money) before reaching the database.
+    ``bulk.RowRefused`` (and, on the ORM path, a ``StatementError`` that is not a
+    ``DBAPIError``) was raised while binding values (a naive datetime, a float for
+    money) before reaching the database.
     """
-    if isinstance(exc, IntegrityError | DataError):
+    if is_row_error(exc) or isinstance(exc, IntegrityError | DataError):
         return True
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
@@ -102,6 +109,7 @@ class UsageWriter:
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         batch_size: int = 500,
+        max_batch_size: int | None = None,
         flush_interval: float = 0.2,
         queue_limit: int = 100_000,
         retry_initial_seconds: float = 0.1,
@@ -114,8 +122,11 @@ class UsageWriter:
             raise ValueError("batch_size, queue_limit and attempts_before_split must be positive")
         if flush_interval <= 0 or retry_initial_seconds <= 0 or retry_max_seconds <= 0:
             raise ValueError("flush_interval and retry delays must be positive")
-        self._sessionmaker = sessionmaker
+        if max_batch_size is not None and max_batch_size < batch_size:
+            raise ValueError("max_batch_size must be at least batch_size")
+        self._store = batch_store(sessionmaker)
         self._batch_size = batch_size
+        self._max_batch_size = max_batch_size or 4 * batch_size
         self._flush_interval = flush_interval
         self._queue_limit = queue_limit
         self._retry_initial = retry_initial_seconds
@@ -313,6 +324,9 @@ class UsageWriter:
             self._queue.clear()
             self._batch = []
         self._fail_waiters(RuntimeError("UsageWriter closed"))
+        # Its thread finishes a write already under way first: that write's COMMIT, if
+        # it lands, is harmless (the journal replays idempotently).
+        await self._store.close()
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -353,7 +367,7 @@ class UsageWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), max(remaining, 0.0))
                 continue
-            count = min(self._batch_size, len(self._queue))
+            count = min(self._max_batch_size, len(self._queue))
             self._batch = [self._queue.popleft() for _ in range(count)]
             await self._write(self._batch)
             self._batch = []
@@ -443,6 +457,4 @@ class UsageWriter:
     async def _insert(self, rows: Sequence[_Row]) -> None:
         usage = [row.values for row in rows if row.is_usage]
         owners = [row.values for row in rows if not row.is_usage]
-        async with self._sessionmaker.begin() as session:
-            await insert_interaction_owners(session, owners)
-            await insert_usage_rows(session, usage)
+        await self._store.write(usage, owners)

@@ -159,7 +159,17 @@ def collapse_interactions(
 def _upsert_rows(
     session: AsyncSession, table: Table, names: Iterable[str], key: str = "interaction_id"
 ) -> Insert:
-    stmt = _insert(session, table)
+    return upsert_replacing_provisional(_insert(session, table), table, names, key)
+
+
+def upsert_replacing_provisional(
+    stmt: postgresql.Insert | sqlite.Insert,
+    table: Table,
+    names: Iterable[str],
+    key: str = "interaction_id",
+) -> Insert:
+    """``stmt`` made an upsert on ``key`` that replaces only a provisional row (the rule
+    ``_replaces`` applies in memory)."""
     new, old = stmt.excluded, table.c
     updated = {name: new[name] for name in names}
     return stmt.on_conflict_do_update(

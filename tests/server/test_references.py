@@ -122,3 +122,65 @@ def test_a_deep_body_does_not_exhaust_the_stack():
     for _ in range(100_000):
         body = {"x": [body]}
     assert references(body) == {CACHE}
+
+
+STORE = Reference(ResourceKind.FILE_SEARCH_STORE, "fileSearchStores/docs-1a2b")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # what google-genai 3.6.1 sends: the tool's key camelCased, the FileSearch fields as
+        # the model dumps them (``models._Tool_to_mldev`` copies ``file_search`` whole)
+        {"tools": [{"fileSearch": {"file_search_store_names": ["fileSearchStores/docs-1a2b"]}}]},
+        {"tools": [{"fileSearch": {"fileSearchStoreNames": ["fileSearchStores/docs-1a2b"]}}]},
+        {"tools": [{"file_search": {"file_search_store_names": ["docs-1a2b"]}}]},
+        {"tools": [{"fileSearch": {"fileSearchStoreNames": ["FILESEARCHSTORES/docs-1a2b"]}}]},
+        {
+            "tools": [
+                {"fileSearch": {"fileSearchStoreNames": ["/v1beta/fileSearchStores/docs-1a2b"]}}
+            ]
+        },
+        # the Interactions API's tool (google-genai _gaos/types/interactions/filesearch.py)
+        {
+            "tools": [
+                {"type": "file_search", "file_search_store_names": ["fileSearchStores/docs-1a2b"]}
+            ]
+        },
+        # a cached content's tools, and a countTokens request's
+        {
+            "generateContentRequest": {
+                "tools": [
+                    {"fileSearch": {"fileSearchStoreNames": [" fileSearchStores/docs-1a2b "]}}
+                ]
+            }
+        },
+    ],
+)
+def test_every_spelling_of_a_file_search_store(body: object):
+    assert references(body) == {STORE}
+
+
+@pytest.mark.parametrize(
+    "names",
+    ["fileSearchStores/docs-1a2b", ["fileSearchStores/a/documents/b"], [7], [""], [None], {"n": 1}],
+)
+def test_a_store_name_the_proxy_cannot_read_is_refused(names: object):
+    with pytest.raises(UncheckedReference):
+        references({"tools": [{"fileSearch": {"fileSearchStoreNames": names}}]})
+
+
+def test_stores_with_caches_and_files():
+    body = {
+        "cachedContent": "cachedContents/abc123",
+        "contents": [{"parts": [{"fileData": {"fileUri": "files/f00d"}}]}],
+        "tools": [{"fileSearch": {"fileSearchStoreNames": ["fileSearchStores/docs-1a2b", "x"]}}],
+    }
+    assert references(body) == {
+        CACHE,
+        FILE,
+        STORE,
+        Reference(ResourceKind.FILE_SEARCH_STORE, "fileSearchStores/x"),
+    }
+    # no names at all is no reference
+    assert references({"tools": [{"fileSearch": {"fileSearchStoreNames": None}}]}) == set()

@@ -176,15 +176,7 @@ def test_embeddings_are_metered(path: str, action: Action, kind: EndpointKind, m
 @pytest.mark.parametrize(
     ("method", "path", "kind", "model"),
     [
-        ("GET", "/v1beta/fileSearchStores/s/operations/op-1", EndpointKind.OPERATION_GET, None),
-        ("GET", "/v1beta/operations/op-2", EndpointKind.OPERATION_GET, None),
-        ("POST", "/v1beta/fileSearchStores/s:importFile", EndpointKind.FILE_SEARCH_IMPORT, None),
-        (
-            "POST",
-            "/upload/v1beta/fileSearchStores/s:uploadToFileSearchStore",
-            EndpointKind.FILE_SEARCH_IMPORT,
-            None,
-        ),
+        ("GET", "/v1beta/tunedModels/t/operations/op-1", EndpointKind.OPERATION_GET, None),
         ("POST", "/v1alpha/auth_tokens", EndpointKind.AUTH_TOKEN_CREATE, None),
         ("POST", "/v1beta/openai/images/generations", EndpointKind.OPENAI_IMAGES, None),
         ("POST", "/v1beta/openai/batches", EndpointKind.OPENAI_OTHER, None),
@@ -333,8 +325,10 @@ def test_media_metering():
     assert poll.endpoint is EndpointKind.PREDICT_LONG_RUNNING
     for path in ("/v1beta/models/m/operations/o:cancel", "/v1beta/files/f:download"):
         assert not classify("POST" if "cancel" in path else "GET", path).metered
-    # other operations (File Search imports) stay unmetered
-    assert classify("GET", "/v1beta/fileSearchStores/s/operations/o").action is Action.UNMETERED
+    # a File Search store's operations are its owner's, and free
+    store_operation = classify("GET", "/v1beta/fileSearchStores/s/operations/o")
+    assert store_operation.action is Action.STORE_METHOD
+    assert not store_operation.metered
 
 
 @pytest.mark.parametrize(
@@ -439,13 +433,73 @@ def test_body_model(body: object, model: str | None):
         ("GET", "/v1beta/files/f-1/x", Action.RESOURCE_UNKNOWN, None),
         ("DELETE", "/v1beta/files", Action.RESOURCE_UNKNOWN, None),
         ("GET", "/v1beta/filesx", Action.FORWARD, None),
-        ("GET", "/v1beta/fileSearchStores/s", Action.FORWARD, None),
+        # a File Search store, and everything under it, is checked as the store
+        ("POST", "/v1beta/fileSearchStores", Action.STORE_CREATE, None),
+        ("GET", "/v1alpha/filesearchstores/", Action.STORE_LIST, None),
+        ("GET", "/v1beta/fileSearchStores/s", Action.STORE_METHOD, "fileSearchStores/s"),
+        ("DELETE", "/v1/fileSearchStores/s/", Action.STORE_METHOD, "fileSearchStores/s"),
+        ("GET", "/upload/v1beta/FILESEARCHSTORES/s", Action.STORE_METHOD, "fileSearchStores/s"),
+        ("GET", "/v1beta/fileSearchStores/s/documents", Action.STORE_METHOD, "fileSearchStores/s"),
+        (
+            "DELETE",
+            "/v1beta/fileSearchStores/s/Documents/d-1/",
+            Action.STORE_METHOD,
+            "fileSearchStores/s",
+        ),
+        (
+            "GET",
+            "/v1beta/fileSearchStores/s/upload/operations/o",
+            Action.STORE_METHOD,
+            "fileSearchStores/s",
+        ),
+        ("GET", "/v1beta/fileSearchStores/s/media/m", Action.STORE_METHOD, "fileSearchStores/s"),
+        (
+            "POST",
+            "/v1beta/fileSearchStores/s:ImportFile",
+            Action.STORE_IMPORT,
+            "fileSearchStores/s",
+        ),
+        (
+            "POST",
+            "/upload/v1beta/fileSearchStores/s:uploadToFileSearchStore",
+            Action.STORE_UPLOAD,
+            "fileSearchStores/s",
+        ),
+        (
+            "POST",
+            "/v1beta/fileSearchStores/s:uploadToFileSearchStore",
+            Action.STORE_UPLOAD,
+            "fileSearchStores/s",
+        ),
+        ("PATCH", "/v1beta/fileSearchStores/s", Action.RESOURCE_UNKNOWN, None),
+        ("POST", "/v1beta/fileSearchStores/s/documents", Action.RESOURCE_UNKNOWN, None),
+        ("GET", "/v1beta/fileSearchStores/s/documents/d/chunks", Action.RESOURCE_UNKNOWN, None),
+        ("POST", "/v1beta/fileSearchStores/s/operations/o:cancel", Action.RESOURCE_UNKNOWN, None),
+        ("GET", "/v1beta/fileSearchStores/s/operations", Action.RESOURCE_UNKNOWN, None),
+        ("DELETE", "/v1beta/fileSearchStores", Action.RESOURCE_UNKNOWN, None),
+        ("GET", "/v1beta/fileSearchStoresx", Action.FORWARD, None),
+        # operations by a bare id: nobody's, so nobody's to read
+        ("GET", "/v1beta/operations/op-2", Action.BARE_OPERATION, None),
+        ("GET", "/v1/operations", Action.BARE_OPERATION, None),
+        ("DELETE", "/v1/Operations/op-2/", Action.BARE_OPERATION, None),
+        ("POST", "/upload/v1alpha/operations/op-2:cancel", Action.BARE_OPERATION, None),
     ],
 )
 def test_owned_resources(method: str, path: str, action: Action, resource: str | None):
     route = classify(method, path)
     assert route.action is action
     assert route.resource == resource
+
+
+def test_a_file_search_import_is_still_recorded_unmetered():
+    for method, path in (
+        ("POST", "/v1beta/fileSearchStores/s:importFile"),
+        ("POST", "/upload/v1beta/fileSearchStores/s:uploadToFileSearchStore"),
+    ):
+        route = classify(method, path)
+        assert route.unmetered is not None
+        assert route.unmetered.kind is EndpointKind.FILE_SEARCH_IMPORT
+        assert route.endpoint is None
 
 
 def test_cache_storage_is_metered_and_reads_are_not():

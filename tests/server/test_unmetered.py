@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from proxy.server.auth import PresentedKey
 from proxy.server.routes import UNMETERED_ROUTES
-from proxy.server.typedefs import metrics_key
+from proxy.server.typedefs import authenticator_key, metrics_key
+from proxy.storage.schema import ResourceKind
 from tests.factories import UPSTREAM_KEY, Stack, StackFactory, metric_sum, raw
 
 
@@ -84,6 +86,19 @@ async def stack_on_catch_all(
     return stack, received
 
 
+async def own(stack: Stack, user: str, *names: tuple[ResourceKind, str]) -> None:
+    """Make ``user`` the owner of resources the catch-all never created (a File Search
+    import must name the caller's own store and file)."""
+    auth = stack.app[authenticator_key]
+    principal = await auth.authenticate(PresentedKey(stack.keys[user], "header"))
+    for kind, name in names:
+        assert await auth.commit_resource(kind, name, principal)
+
+
+STORE_1 = (ResourceKind.FILE_SEARCH_STORE, "fileSearchStores/store-1")
+FILE_ABC = (ResourceKind.FILE, "files/abc")
+
+
 def unmetered_count(stack: Stack, route: str) -> float:
     value = stack.app[metrics_key].registry.get_sample_value(
         "gemini_meter_unmetered_route_requests_total", {"route": route}
@@ -96,7 +111,7 @@ def unmetered_count(stack: Stack, route: str) -> float:
 FAMILIES = [
     (
         "GET",
-        "/v1beta/fileSearchStores/store-1/operations/op-1",
+        "/v1beta/tunedModels/t-1/operations/op-1",
         None,
         "operation.get",
         None,
@@ -183,6 +198,7 @@ async def test_an_unmetered_route_is_relayed_untouched_and_recorded(
     model: str | None,
 ):
     stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
+    await own(stack, "bob", STORE_1, FILE_ABC)
     # spacing no JSON encoder of ours would produce: any re-encoding would show
     sent = None if body is None else json.dumps(body, indent=3).encode()
     status, headers, answer = await raw(
@@ -256,6 +272,7 @@ async def test_an_upstream_error_on_an_unmetered_route_is_recorded_with_its_stat
     make_stack: StackFactory, aiohttp_server: Any
 ):
     stack, _ = await stack_on_catch_all(make_stack, aiohttp_server)
+    await own(stack, "alice", STORE_1, FILE_ABC)
     status, _, _ = await raw(
         "POST",
         stack.url("/v1beta/fileSearchStores/store-1:importFile"),
@@ -272,6 +289,7 @@ async def test_a_file_search_upload_is_recorded_once_for_its_authenticated_leg(
     make_stack: StackFactory, aiohttp_server: Any
 ):
     stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
+    await own(stack, "alice", STORE_1)
     path = "/upload/v1beta/fileSearchStores/store-1:uploadToFileSearchStore"
     status, _, _ = await raw(
         "POST",

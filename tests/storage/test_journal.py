@@ -4,6 +4,7 @@ replay, trim, the size bound, slots; and the idempotent writes replay relies on.
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -169,6 +170,48 @@ async def test_the_refuse_policy_refuses_admission_and_keeps_every_row(tmp_path)
     journal.release([t for t in tickets if t is not None])
     await journal.flush()
     assert journal.admit() and journal.held_bytes == 0
+    await journal.close()
+
+
+class _ThreadNoting(Decimal):
+    """A Decimal that notes which thread turns it into JSON text."""
+
+    threads: list[str] = []
+
+    def __str__(self) -> str:
+        _ThreadNoting.threads.append(threading.current_thread().name)
+        return super().__str__()
+
+
+async def test_rows_are_encoded_in_the_journal_thread_not_on_the_event_loop(tmp_path):
+    journal = Journal(tmp_path, max_bytes=10**6)
+    journal.open()
+    _ThreadNoting.threads.clear()
+    tickets = await _append_all(journal, [{"request_id": "r", "cost_usd": _ThreadNoting("1.5")}])
+    assert tickets[0] is not None
+    assert _ThreadNoting.threads == ["gemini-meter-journal_0"]
+    await journal.close()
+    again = Journal(tmp_path, max_bytes=10**6)
+    [entry] = again.open()
+    assert entry.values == {"request_id": "r", "cost_usd": Decimal("1.5")}
+    await again.close()
+
+
+async def test_a_row_that_cannot_be_encoded_goes_on_unjournaled(tmp_path, caplog):
+    journal = Journal(tmp_path, max_bytes=10**6)
+    journal.open()
+    rows: list[dict[str, Any]] = [
+        {"request_id": "a"},
+        {"request_id": "b", "oops": object()},
+        {"request_id": "c"},
+    ]
+    tickets = await _append_all(journal, rows)
+    # the callback still runs, without a ticket: the writer writes the row unjournaled
+    assert tickets[1] is None and None not in (tickets[0], tickets[2])
+    assert "could not journal a row" in caplog.text
+    journal.release([t for t in tickets if t is not None])
+    await journal.flush()
+    assert journal.held_bytes == 0  # the two journaled rows, and only they, were held
     await journal.close()
 
 

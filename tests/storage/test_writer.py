@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from proxy.metering.records import Principal
 from proxy.storage.accounts import interaction_owner, principal_for_user
@@ -38,19 +38,6 @@ async def writers(sessionmaker):
 
 
 @pytest.fixture
-def commits(engine):
-    """How many transactions have been committed on ``engine`` so far."""
-    counter = {"n": 0}
-
-    def on_commit(connection):
-        counter["n"] += 1
-
-    event.listen(engine.sync_engine, "commit", on_commit)
-    yield counter
-    event.remove(engine.sync_engine, "commit", on_commit)
-
-
-@pytest.fixture
 async def alice(sessionmaker) -> Principal:
     async with sessionmaker.begin() as session:
         return await principal_for_user(session, "alice")
@@ -69,12 +56,10 @@ async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float =
         await asyncio.sleep(0.01)
 
 
-async def test_many_submits_make_few_transactions(
-    writers, commits, alice, make_record, sessionmaker
-):
-    writer = writers(batch_size=100, flush_interval=60)
+async def test_many_submits_make_few_transactions(writers, alice, make_record, sessionmaker):
+    batches: list[float] = []  # one duration per batch written, each one transaction
+    writer = writers(batch_size=100, max_batch_size=100, flush_interval=60, on_batch=batches.append)
     await writer.start()
-    before = commits["n"]
     records = [make_record(alice) for _ in range(250)]
     for record in records:
         writer.submit(record)
@@ -86,19 +71,35 @@ async def test_many_submits_make_few_transactions(
 
     await _eventually(two_batches_written)
     await asyncio.sleep(0.05)
-    assert (commits["n"] - before, writer.queued) == (2, 50)
+    assert (len(batches), writer.queued) == (2, 50)
 
     await writer.flush()
-    assert (commits["n"] - before, writer.queued, writer.written_total) == (3, 0, 250)
+    assert (len(batches), writer.queued, writer.written_total) == (3, 0, 250)
     assert sorted(r for r, _ in await _rows(sessionmaker)) == sorted(r.request_id for r in records)
     assert writer.last_success is not None
     assert writer.failed_batches_total == writer.dropped_total == writer.failed_rows_total == 0
 
 
-async def test_flushes_on_interval(writers, commits, alice, make_record, sessionmaker):
-    writer = writers(batch_size=1000, flush_interval=0.05)
+async def test_rows_queued_behind_a_batch_go_together_up_to_the_maximum(
+    writers, alice, make_record, sessionmaker
+):
+    batches: list[float] = []
+    writer = writers(batch_size=100, max_batch_size=300, flush_interval=60, on_batch=batches.append)
+    for _ in range(450):  # queued before the writer runs: it is 4.5 batches behind
+        writer.submit(make_record(alice))
     await writer.start()
-    before = commits["n"]
+    await writer.flush()
+    # 300 in one transaction, then the 150 left (a full batch's worth: written at once)
+    assert (len(batches), writer.written_total, writer.queued) == (2, 450, 0)
+    assert len(await _rows(sessionmaker)) == 450
+    with pytest.raises(ValueError, match="max_batch_size"):
+        UsageWriter(sessionmaker, batch_size=100, max_batch_size=99)
+
+
+async def test_flushes_on_interval(writers, alice, make_record, sessionmaker):
+    batches: list[float] = []
+    writer = writers(batch_size=1000, flush_interval=0.05, on_batch=batches.append)
+    await writer.start()
     started = time.monotonic()
     for _ in range(3):
         writer.submit(make_record(alice))
@@ -108,7 +109,7 @@ async def test_flushes_on_interval(writers, commits, alice, make_record, session
 
     await _eventually(all_written)
     assert time.monotonic() - started >= 0.05
-    assert commits["n"] - before == 1
+    assert len(batches) == 1
 
 
 async def test_close_flushes_everything(writers, alice, make_record, sessionmaker, caplog):

@@ -1,0 +1,543 @@
+"""The writer's fast path: a batch of rows straight into the driver's bulk insert.
+
+``storage.writer`` hands each batch (``writes.usage_values`` and ``writes.owner_values``
+dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engine:
+
+- ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread.
+  Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
+  the COMMIT all happen there, in one hand-off per batch: the event loop does no per-row
+  work, and ``sqlite3`` releases the GIL while SQLite itself runs.
+- ``PostgresStore``: rows become tuples in the writer's thread, then one transaction on
+  the asyncpg connection the writer keeps: binary ``COPY`` straight into
+  ``usage_records``, or, when a row is already there, into a session-local temporary
+  table and ``INSERT ... SELECT ... ON CONFLICT`` from it.
+- ``SessionStore``: SQLAlchemy's ORM statements (``writes.insert_usage_rows``), for an
+  engine the other two cannot open (an in-memory SQLite database).
+
+All three run the statements of ``storage.writes`` (compiled once from the same
+SQLAlchemy constructs), so the idempotency rules are the same: a usage row without an
+interaction skips any unique conflict, an interaction's row replaces only a provisional
+one, an owner row keeps the first owner. (PostgreSQL's plain COPY stands in for them only
+when it succeeds, that is when no row met a conflict.)
+
+Values are converted by the very bind processors SQLAlchemy would run for each column
+(``Money`` to 1e-12 USD units on SQLite or a quantized ``Decimal`` on PostgreSQL,
+``UTCDateTime``, JSON as the same ``json.dumps`` text), with shortcuts that give the same
+results (a ``Decimal`` amount by the same arithmetic without the type checks, a zero
+amount, an empty JSON object); what is skipped is SQLAlchemy's per-row bookkeeping around
+them, and the boolean processor, whose ``int(bool)`` is what both drivers do with a
+``bool``. ``tests/storage/test_bulk.py`` reads rows written here
+back through the ORM models, field for field, on both databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from operator import itemgetter
+from typing import Any, Protocol
+
+from sqlalchemy import JSON, Boolean, Table, column, select
+from sqlalchemy import table as light_table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import Insert
+
+from .schema import (
+    _MONEY_CONTEXT,
+    _NUMERIC_LIMIT,
+    _QUANTUM,
+    _SQLITE_MAX,
+    _SQLITE_MIN,
+    MONEY_SCALE,
+    Interaction,
+    Money,
+    UsageRow,
+    _on_sqlite_connect,
+)
+from .writes import (
+    collapse_interactions,
+    insert_interaction_owners,
+    insert_usage_rows,
+    table_of,
+    upsert_replacing_provisional,
+)
+
+__all__ = [
+    "BatchStore",
+    "PostgresStore",
+    "RowRefused",
+    "SessionStore",
+    "SqliteStore",
+    "batch_store",
+    "is_row_error",
+    "row_converter",
+]
+
+Row = Mapping[str, Any]
+
+
+class RowRefused(ValueError):
+    """A row's values cannot be bound (a naive datetime, a float for money, a missing
+    column): refused before it reaches the database, as SQLAlchemy's ``StatementError``
+    would have been."""
+
+
+class BatchStore(Protocol):
+    """Writes one batch in one transaction, or raises and writes nothing."""
+
+    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------ rows as tuples
+
+
+def row_converter(
+    table: Table, names: Sequence[str], dialect: Dialect
+) -> Callable[[Sequence[Row]], list[tuple[Any, ...]]]:
+    """A function turning rows (column name -> value) into tuples of ``names``' values,
+    bound as SQLAlchemy would bind them on ``dialect``; raises ``RowRefused``."""
+    pick = itemgetter(*names)
+    get: Callable[[Row], Any] = pick if len(names) > 1 else (lambda values: (pick(values),))
+    processors: list[tuple[int, Callable[[Any], Any], bool]] = []
+    for index, name in enumerate(names):
+        column_type = table.c[name].type
+        if isinstance(column_type, Boolean):
+            continue  # both drivers bind a bool as SQLAlchemy's processor would
+        process: Callable[[Any], Any] | None
+        process = column_type.dialect_impl(dialect).bind_processor(dialect)
+        if isinstance(column_type, Money) and process is not None:
+            process = _fast_money(process, sqlite=dialect.name == "sqlite")
+        elif isinstance(column_type, JSON) and process is not None:
+            process = _fast_json(process)
+        if process is not None:
+            # JSON turns None into 'null' text; every other processor keeps None.
+            processors.append((index, process, isinstance(column_type, JSON)))
+
+    def convert(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+        out = []
+        try:
+            for count, values in enumerate(rows, 1):
+                if count % _GIL_CHUNK == 0:
+                    # Run in a writer thread: let the event loop's thread have the GIL
+                    # now rather than after the interpreter's 5 ms switch interval.
+                    time.sleep(0)
+                row = list(get(values))
+                for index, process, on_none in processors:
+                    value = row[index]
+                    if value is not None or on_none:
+                        row[index] = process(value)
+                out.append(tuple(row))
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
+        return out
+
+    return convert
+
+
+# Rows converted between two offers of the GIL (about 0.5 ms of work).
+_GIL_CHUNK = 64
+
+
+def _fast_money(process: Callable[[Any], Any], *, sqlite: bool) -> Callable[[Any], Any]:
+    """``Money``'s bind processor with a shortcut for a ``Decimal``, nine times a row.
+
+    The same arithmetic as ``schema.quantize_money`` and ``Money.process_bind_param``
+    (half-even to 12 digits in the same context, the same bounds) without their type
+    checks and copies; anything but a ``Decimal`` (an int, a float to refuse) goes to
+    ``process`` itself. A NaN or an infinity raises here too: ``quantize`` traps
+    infinities, and a NaN fails ``int()`` or the comparison.
+    """
+
+    def sqlite_units(value: Any) -> Any:
+        if type(value) is not Decimal:
+            return process(value)
+        if not value:
+            return 0  # most of a row's nine amounts (any zero, -0 too, is 0 units)
+        amount = value.quantize(_QUANTUM, context=_MONEY_CONTEXT)
+        units = int(amount.scaleb(MONEY_SCALE, context=_MONEY_CONTEXT))
+        # the SQLite bound (|units| < 2**63) is tighter than NUMERIC(28, 12)'s
+        if not _SQLITE_MIN <= units <= _SQLITE_MAX:
+            raise ValueError(f"money amount {amount} exceeds what SQLite can store exactly")
+        return units
+
+    def numeric(value: Any) -> Any:
+        if type(value) is not Decimal:
+            return process(value)
+        if not value and not value.is_signed():
+            return _ZERO
+        amount = value.quantize(_QUANTUM, context=_MONEY_CONTEXT)
+        if not -_NUMERIC_LIMIT < amount < _NUMERIC_LIMIT:
+            raise ValueError(f"money amount {amount} exceeds NUMERIC(28, {MONEY_SCALE})")
+        return amount
+
+    return sqlite_units if sqlite else numeric
+
+
+_ZERO = Decimal(0).quantize(_QUANTUM)
+
+
+def _fast_json(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A JSON column's bind processor, with an empty dict (most rows' labels and
+    grounding) as the constant text ``json.dumps({})`` makes of it."""
+
+    def empty_or_process(value: Any) -> Any:
+        if type(value) is dict and not value:
+            return "{}"
+        return process(value)
+
+    return empty_or_process
+
+
+def _columns(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[Row]]]:
+    """``rows`` grouped by their column set, in order of first appearance. One group
+    unless the journal replays rows of an older version (fewer columns)."""
+    first = tuple(rows[0])
+    if all(len(values) == len(first) for values in rows):
+        return [(first, list(rows))]
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for values in rows:
+        groups.setdefault(tuple(values), []).append(values)
+    return list(groups.items())
+
+
+# ------------------------------------------------------------------ SQLite
+
+
+class _SqliteStatements:
+    """The prepared statements and converters for one column set of usage rows."""
+
+    def __init__(self, names: tuple[str, ...], dialect: Dialect) -> None:
+        table = table_of(UsageRow)
+        # Rows without an interaction are keyed by request_id: a replayed row changes
+        # nothing, a provisional one (a Live session so far) is replaced by a later one.
+        plain = upsert_replacing_provisional(sqlite.insert(table), table, names, "request_id")
+        upsert = upsert_replacing_provisional(sqlite.insert(table), table, names)
+        self.plain, order = _compile(plain, dialect, names)
+        self.upsert, upsert_order = _compile(upsert, dialect, names)
+        assert order == upsert_order
+        self.convert = row_converter(table, order, dialect)
+
+
+class SqliteStore:
+    """Batches into an SQLite file through the writer's own connection and thread."""
+
+    def __init__(self, path: str, dialect: Dialect) -> None:
+        self._path = path
+        self._dialect = dialect
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+        # One thread: the connection is only ever used from it.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
+        self._usage: dict[tuple[str, ...], _SqliteStatements] = {}
+        owners = table_of(Interaction)
+        names = tuple(c.name for c in owners.columns)
+        stmt = sqlite.insert(owners).on_conflict_do_nothing(index_elements=["id"])
+        self._owner_sql, order = _compile(stmt, dialect, names)
+        self._convert_owners = row_converter(owners, order, dialect)
+
+    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._write, usage, owners)
+
+    def _statements(self, names: tuple[str, ...]) -> _SqliteStatements:
+        statements = self._usage.get(names)
+        if statements is None:
+            statements = self._usage[names] = _SqliteStatements(names, self._dialect)
+        return statements
+
+    def _write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
+        """In the writer's thread: convert, then one IMMEDIATE transaction."""
+        work: list[tuple[str, list[tuple[Any, ...]]]] = []
+        if owners:
+            work.append((self._owner_sql, self._convert_owners(owners)))
+        plain, interactions = collapse_interactions(usage)
+        for rows, upsert in ((plain, False), (interactions, True)):
+            if not rows:
+                continue
+            for names, group in _columns(rows):
+                statements = self._statements(names)
+                sql = statements.upsert if upsert else statements.plain
+                work.append((sql, statements.convert(group)))
+        if not work:
+            return
+        connection = self._connect()
+        try:
+            # IMMEDIATE takes the write lock now (waiting up to busy_timeout for another
+            # process's writer) rather than failing to upgrade a read lock midway.
+            connection.execute("BEGIN IMMEDIATE")
+            for sql, tuples in work:
+                connection.executemany(sql, tuples)
+            connection.execute("COMMIT")
+        except BaseException:
+            self._abandon(connection)
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            # isolation_level=None: the transaction is the explicit BEGIN ... COMMIT above.
+            connection = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                _on_sqlite_connect(connection, None)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    def _abandon(self, connection: sqlite3.Connection) -> None:
+        """After a failure: roll back, or drop the connection if even that fails."""
+        try:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            connection.close()
+            self._connection = None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        # queued behind a write still running (a cancelled batch): it finishes first
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+_INCOMING = "gemini_meter_incoming_usage"
+
+
+class _PostgresStatements:
+    """COPY target and INSERT ... SELECT statements for one column set of usage rows."""
+
+    def __init__(self, names: tuple[str, ...], dialect: Dialect) -> None:
+        table = table_of(UsageRow)
+        incoming = light_table(_INCOMING, *(column(name) for name in names))
+        selected = [incoming.c[name] for name in names]
+        no_interaction = select(*selected).where(incoming.c.interaction_id.is_(None))
+        with_interaction = select(*selected).where(incoming.c.interaction_id.is_not(None))
+        plain = postgresql.insert(table).from_select(names, no_interaction)
+        upsert = postgresql.insert(table).from_select(names, with_interaction)
+        by_request = upsert_replacing_provisional(plain, table, names, "request_id")
+        self.plain = str(by_request.compile(dialect=dialect))
+        self.upsert = str(
+            upsert_replacing_provisional(upsert, table, names).compile(dialect=dialect)
+        )
+        self.names = names
+        self.convert = row_converter(table, names, dialect)
+
+
+class PostgresStore:
+    """Batches into PostgreSQL by binary COPY, on one connection the writer keeps.
+
+    A batch is one transaction: its rows are COPYed straight into ``usage_records``
+    under a savepoint. If one of them is already stored (a retried batch, a journal
+    replay, an interaction's terminal row replacing its provisional one), the unique
+    violation rolls the COPY back to the savepoint and the rows go the long way: COPY
+    into a session-local temporary table, then ``INSERT ... SELECT ... ON CONFLICT``
+    with ``storage.writes``' rules. A COPY that succeeds stored what those statements
+    would have: no row met a conflict.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        dialect = engine.dialect
+        self._dialect = dialect
+        # Conversion (Decimal quantizing, JSON text) in a thread, off the event loop.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
+        self._usage: dict[tuple[str, ...], _PostgresStatements] = {}
+        owners = table_of(Interaction)
+        names = tuple(c.name for c in owners.columns)
+        stmt = postgresql.insert(owners).on_conflict_do_nothing(index_elements=["id"])
+        self._owner_sql, order = _compile(stmt, dialect, names)
+        self._convert_owners = row_converter(owners, order, dialect)
+        self._table = table_of(UsageRow).name
+        # Session-local, emptied at each COMMIT; the connection keeps it between
+        # batches. Its columns are the live table's, whatever migration made them.
+        self._create_incoming = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} ON COMMIT DELETE ROWS"
+            f" AS SELECT * FROM {self._table} WITH NO DATA; TRUNCATE {_INCOMING}"
+        )
+        # Checked out once and kept: no pool round trips (and pings) per batch.
+        self._connection: AsyncConnection | None = None
+        self._driver: Any = None
+
+    def _statements(self, names: tuple[str, ...]) -> _PostgresStatements:
+        statements = self._usage.get(names)
+        if statements is None:
+            statements = self._usage[names] = _PostgresStatements(names, self._dialect)
+        return statements
+
+    def _prepare(
+        self, usage: Sequence[Row], owners: Sequence[Row]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[_PostgresStatements, list[tuple[Any, ...]]]]]:
+        """In the writer's thread: the owner tuples and the usage tuples per column set."""
+        owner_tuples = self._convert_owners(owners) if owners else []
+        plain, interactions = collapse_interactions(usage)
+        rows = [*plain, *interactions]
+        groups = []
+        if rows:
+            for names, group in _columns(rows):
+                statements = self._statements(names)
+                groups.append((statements, statements.convert(group)))
+        return owner_tuples, groups
+
+    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
+        loop = asyncio.get_running_loop()
+        owner_tuples, groups = await loop.run_in_executor(
+            self._executor, self._prepare, usage, owners
+        )
+        if not owner_tuples and not groups:
+            return
+        driver = await self._connect()
+        try:
+            await driver.execute("BEGIN")
+            if owner_tuples:
+                await driver.executemany(self._owner_sql, owner_tuples)
+            for statements, tuples in groups:
+                await self._copy(driver, statements, tuples)
+            await driver.execute("COMMIT")
+        except BaseException as exc:
+            await self._recover(exc)
+            raise
+
+    async def _copy(
+        self, driver: Any, statements: _PostgresStatements, tuples: list[tuple[Any, ...]]
+    ) -> None:
+        columns = list(statements.names)
+        await driver.execute("SAVEPOINT gemini_meter_copy")
+        try:
+            await driver.copy_records_to_table(
+                self._table, records=_yielding(tuples), columns=columns
+            )
+            return
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+                raise
+        await driver.execute(f"ROLLBACK TO SAVEPOINT gemini_meter_copy; {self._create_incoming}")
+        await driver.copy_records_to_table(_INCOMING, records=_yielding(tuples), columns=columns)
+        await driver.execute(f"{statements.plain}; {statements.upsert}")
+
+    async def _connect(self) -> Any:
+        if self._driver is None:
+            connection = await self._engine.connect()
+            try:
+                raw = await connection.get_raw_connection()
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._driver = connection, raw.driver_connection
+        return self._driver
+
+    async def _recover(self, exc: BaseException) -> None:
+        """After a failed batch: roll back and keep the connection if the failure was the
+        rows'; otherwise drop it (it may be dead: a restarted server, a killed backend)."""
+        if is_row_error(exc):
+            try:
+                await self._driver.execute("ROLLBACK")
+                return
+            except Exception:
+                pass
+        await self._drop()
+
+    async def _drop(self) -> None:
+        connection, self._connection, self._driver = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                # invalidated, not returned: the pool must not hand it out again
+                await connection.invalidate()
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def close(self) -> None:
+        driver = self._driver
+        if driver is not None and not driver.is_in_transaction():
+            connection, self._connection, self._driver = self._connection, None, None
+            assert connection is not None
+            await connection.close()
+        else:
+            await self._drop()  # a batch was cut short mid-transaction
+        self._executor.shutdown(wait=True)
+
+
+_UNIQUE_VIOLATION = "23505"
+# asyncpg encodes COPY data on the event loop, all of an iterable's rows in one go;
+# rows handed over this many at a time let requests run in between.
+_YIELD_EVERY = 100
+
+
+async def _yielding(tuples: list[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
+    for start in range(0, len(tuples), _YIELD_EVERY):
+        for row in tuples[start : start + _YIELD_EVERY]:
+            yield row
+        await asyncio.sleep(0)
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a store's ``write``, is about a row's content (a foreign
+    key, a value out of range, one that cannot be bound), not about the database."""
+    if isinstance(exc, RowRefused | sqlite3.IntegrityError | sqlite3.DataError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        # PostgreSQL's classes 22 (data exception) and 23 (integrity constraint violation)
+        return sqlstate[:2] in ("22", "23")
+    # asyncpg's client-side DataError: a value it cannot encode for its column's type
+    return isinstance(exc, ValueError) and type(exc).__module__.startswith("asyncpg")
+
+
+# ------------------------------------------------------------------ the ORM fallback
+
+
+class SessionStore:
+    """Batches through SQLAlchemy sessions and ``storage.writes``' ORM statements."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
+        async with self._sessionmaker.begin() as session:
+            await insert_interaction_owners(session, owners)
+            await insert_usage_rows(session, usage)
+
+    async def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ choosing
+
+
+def batch_store(sessionmaker: async_sessionmaker[AsyncSession]) -> BatchStore:
+    """The fastest store for the engine ``sessionmaker`` is bound to."""
+    engine = sessionmaker.kw.get("bind")
+    if isinstance(engine, AsyncEngine):
+        if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+            return PostgresStore(engine)
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            if not engine.url.query and not database.startswith("file:"):
+                return SqliteStore(database, engine.dialect)
+    return SessionStore(sessionmaker)
+
+
+def _compile(stmt: Insert, dialect: Dialect, names: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """``stmt`` as SQL text for ``dialect`` with a parameter per name, and the order of
+    those parameters."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(names))
+    assert compiled.positiontup is not None
+    return compiled.string, tuple(compiled.positiontup)
