@@ -33,11 +33,15 @@ def _workers(proxy: ProxyProcess) -> list[int]:
     assert proxy.process is not None
     pid = proxy.process.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [
-        int(c)
-        for c in children
-        if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()  # not the resource tracker
-    ]
+    workers = []
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited since the list was read
+        if b"spawn_main" in cmdline:  # not the resource tracker; a zombie's is empty
+            workers.append(int(child))
+    return workers
 
 
 async def _requests_seen(session: aiohttp.ClientSession, metrics_port: int) -> float:
