@@ -460,6 +460,20 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                     "usage": RECORDED_USAGE,
                 }
             )
+        if path.endswith(":batchGenerateContent"):
+            return web.json_response({"name": f"batches/rec-{next(ids)}", "metadata": {}})
+        if "/batches/" in path:
+            # Every batch is done, its results in a responses file named after it.
+            bid = path.split("/batches/")[1].split("/")[0].split(":")[0]
+            output = {"responsesFile": f"files/batch-{bid}"}
+            return web.json_response(
+                {
+                    "name": f"batches/{bid}",
+                    "metadata": {"state": "BATCH_STATE_SUCCEEDED", "output": output},
+                    "done": True,
+                    "response": output,
+                }
+            )
         if path.endswith("/auth_tokens"):
             return web.json_response({"name": f"auth_tokens/rec-{next(ids)}"})
         if path.endswith(("generateContent", "GenerateContent")):
@@ -697,3 +711,14 @@ async def add_spend(
         )
         await insert_usage_rows(session, [usage_values(record)])
         await session.commit()
+
+
+# --- the Batch API ------------------------------------------------------------------------
+
+
+def batch_request(text: str, key: str | None = None) -> types.InlinedRequestDict:
+    """One user turn as a batch's inline request (its ``metadata.key`` when given)."""
+    request: types.InlinedRequestDict = {"contents": [{"parts": [{"text": text}], "role": "user"}]}
+    if key is not None:
+        request["metadata"] = {"key": key}
+    return request

@@ -19,6 +19,7 @@ Modules, by concern:
 - ``triggers``: request headers that make it delay, fail or misreport;
 - ``interactions``: the Interactions API and its event streams;
 - ``generate``: generateContent, its streams, countTokens;
+- ``batches``: the Batch API and its responses files;
 - ``files``: uploads (plain and resumable), get, list, delete, download;
 - ``caches``: explicit context caching (``cachedContents``);
 - ``files``: uploads, plain and resumable;
@@ -29,6 +30,7 @@ Modules, by concern:
 """
 
 from .app import create_emulator_app, run_emulator
+from .batches import EmulatedBatch, ServedResult
 from .caches import EmulatedCache
 from .files import EmulatedFile
 from .interactions import EmulatedInteraction
@@ -54,6 +56,7 @@ __all__ = [
     "MAX_STORED_INTERACTIONS",
     "THOUGHT_TOKENS",
     "VIDEO_TOKENS",
+    "EmulatedBatch",
     "EmulatedCache",
     "EmulatedFile",
     "EmulatedInteraction",
@@ -62,6 +65,7 @@ __all__ = [
     "ImagesServed",
     "MediaLedger",
     "SeenRequest",
+    "ServedResult",
     "VideoOperation",
     "create_emulator_app",
     "emulator_state_key",

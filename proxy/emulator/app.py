@@ -1,12 +1,12 @@
 """The emulator's aiohttp application: routes, the one middleware, and the server runner.
 
 ``create_emulator_app`` wires the handlers of ``interactions``, ``generate``,
-``embeddings``, ``openai``, ``files``, ``caches``, ``file_search`` and ``media`` behind
-``_emulate``, the middleware every request passes: it records the request in
-``EmulatorState.requests``, authenticates it (a non-empty ``x-goog-api-key``, ``?key=``
+``embeddings``, ``openai``, ``batches``, ``files``, ``caches``, ``file_search`` and
+``media`` behind ``_emulate``, the middleware every request passes: it records the request
+in ``EmulatorState.requests``, authenticates it (a non-empty ``x-goog-api-key``, ``?key=``
 or ``Authorization: Bearer``, or a known upload session), applies the delay and failure
-triggers of ``triggers`` and maps every error to
-Gemini's JSON shape. ``run_emulator`` serves it for ``gemini-meter emulate``.
+triggers of ``triggers`` and maps every error to Gemini's JSON shape. ``run_emulator``
+serves it for ``gemini-meter emulate``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .batches import add_batch_routes, requested_outcome
 from .caches import add_cache_routes
 from .embeddings import add_embedding_routes
 from .file_search import add_file_search_routes
@@ -75,6 +76,7 @@ def create_emulator_app(config: EmulatorConfig = _DEFAULT_CONFIG) -> web.Applica
     app.router.add_post(f"/{version}/models/{model}:streamGenerateContent", stream_generate)
     app.router.add_post(f"/{version}/models/{model}:countTokens", count_tokens)
     add_embedding_routes(app.router, version, model, MEDIA_TOKENS)
+    add_batch_routes(app.router, version, model)
     add_openai_routes(app, version)
     add_file_routes(app.router, version)
     add_cache_routes(app.router, version)
@@ -134,6 +136,7 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
         requested_usage_mode(request)
         cut_after(request)
         requested_continuations(request)
+        requested_outcome(request)
         operation_error(request)
         await asyncio.sleep(state.config.latency_seconds if delay is None else delay)
         fail = request.headers.get("x-emulator-fail")

@@ -36,7 +36,7 @@ from typing import Final
 
 from aiohttp import web
 
-from .state import emulator_state_key
+from .state import EmulatorState, emulator_state_key
 from .usage import Tally, Tokens, sum_tokens
 from .wire import (
     DEFAULT_TIER,
@@ -264,7 +264,7 @@ async def list_caches(request: web.Request) -> web.StreamResponse:
     return json_response(body, DEFAULT_TIER)
 
 
-def cached_tokens(request: web.Request, body: Mapping[str, object], model: str) -> Tokens:
+def cached_tokens(state: EmulatorState, body: Mapping[str, object], model: str) -> Tokens:
     """The tokens of the cache a generateContent request names (none named: none)."""
     name = get_field(body, "cachedContent")
     if name is None:
@@ -275,7 +275,7 @@ def cached_tokens(request: web.Request, body: Mapping[str, object], model: str) 
         raise ApiError(400, CACHE_WITH_CONFIG)
     if not name.startswith("cachedContents/"):
         name = f"cachedContents/{name}"
-    cache = request.app[emulator_state_key].caches.get(name)
+    cache = state.caches.get(name)
     if cache is None or not cache.alive(datetime.now(UTC)):
         raise ApiError(403, MISSING_CACHE)
     if cache.model != f"models/{model}":

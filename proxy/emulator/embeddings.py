@@ -42,7 +42,13 @@ from typing import Any, Final
 
 from aiohttp import web
 
-__all__ = ["DEFAULT_DIMENSIONS", "MAX_DIMENSIONS", "add_embedding_routes", "embedding_tokens"]
+__all__ = [
+    "DEFAULT_DIMENSIONS",
+    "MAX_DIMENSIONS",
+    "add_embedding_routes",
+    "embed_one",
+    "embedding_tokens",
+]
 
 DEFAULT_DIMENSIONS: Final = 8
 MAX_DIMENSIONS: Final = 3072
@@ -52,7 +58,7 @@ _MODALITIES: Final = ("text", "image", "audio", "video", "document")
 Json = dict[str, Any]
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
     """A request Google would refuse with 400 INVALID_ARGUMENT."""
 
 
@@ -85,6 +91,18 @@ def embedding_tokens(content: object, media_tokens: Mapping[str, int]) -> dict[s
     for name, count in media.items():
         tokens[name] = count * media_tokens.get(name, 0)
     return {name: tokens[name] for name in _MODALITIES if tokens.get(name)}
+
+
+def embed_one(request: object, media_tokens: Mapping[str, int]) -> Json:
+    """The EmbedContentResponse to one EmbedContentRequest (a Batch API request), with its
+    ``usageMetadata``; ``ValueError`` (with Google's message) when it would be refused."""
+    if not isinstance(request, dict) or not isinstance(request.get("content"), dict):
+        raise _Invalid("content is required.")
+    answer: Json = {"embedding": {"values": _vector(request["content"], _dimensions(request))}}
+    usage = _usage(embedding_tokens(request["content"], media_tokens), None)
+    if usage is not None:
+        answer["usageMetadata"] = usage
+    return answer
 
 
 def _modality(mime_type: object) -> str:

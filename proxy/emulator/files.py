@@ -5,13 +5,15 @@ at once; the SDK's resumable protocol (``x-goog-upload-command: start`` then
 ``upload, finalize`` to the returned ``x-goog-upload-url``) works too, the
 upload URL acting as the credential the way Google's does.
 
-Every file is kept (``EmulatorState.files``): ``GET /{v}/files/{id}`` answers the
-File itself (no ``file`` wrapper), ``GET /{v}/files`` pages them as
-``{"files": [...], "nextPageToken"}`` (``{}`` when there are none), ``DELETE``
+Every file is kept (``EmulatorState.files``; an upload's bytes too, in ``file_data``, up
+to ``MAX_KEPT_FILE_BYTES``, for a batch to read its input file from):
+``GET /{v}/files/{id}`` answers the File itself (no ``file`` wrapper), ``GET /{v}/files``
+pages them as ``{"files": [...], "nextPageToken"}`` (``{}`` when there are none), ``DELETE``
 answers ``{}``, and ``GET /{v}/files/{id}:download?alt=media`` answers a generated
 file's bytes. An uploaded file cannot be downloaded (the SDK's ``files.download``
-says "Only generated files can be downloaded"); the emulator itself generates none,
-but other emulated endpoints may store one with ``data``. A missing file is 403, as
+says "Only generated files can be downloaded"); other emulated endpoints may store a
+generated one with ``data``, and a batch's responses file (``batches``) is served by that
+module as it is written. A missing file is 403, as
 Google answers it (google-gemini/deprecated-generative-ai-python issue 617, read
 2026-11-29: "403 You do not have permission to access the File ..."). Shapes: the
 fields of ``google.genai.types.File`` and ``ListFilesResponse`` (SDK 3.6.1).
@@ -20,13 +22,13 @@ fields of ``google.genai.types.File`` and ``ListFilesResponse`` (SDK 3.6.1).
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from aiohttp import web
 
-from .state import MAX_UPLOAD_SESSIONS, emulator_state_key
+from .state import MAX_KEPT_FILE_BYTES, MAX_UPLOAD_SESSIONS, emulator_state_key
 from .wire import (
     DEFAULT_TIER,
     TIER_HEADER,
@@ -47,6 +49,7 @@ class UploadSession:
     mime_type: str
     display_name: str | None
     received: int = 0
+    data: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -134,11 +137,14 @@ def add_file_routes(router: web.UrlDispatcher, version: str) -> None:
     router.add_get(one + ":download", download_file)
 
 
-async def _count_body(request: web.Request) -> int:
-    """Read the request body as it arrives, keeping only its length."""
+async def _count_body(request: web.Request, kept: bytearray | None = None) -> int:
+    """Read the request body as it arrives, keeping its length, and into ``kept`` the
+    bytes up to ``MAX_KEPT_FILE_BYTES`` (a batch reads its JSONL input file from there)."""
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
+        if kept is not None and len(kept) <= MAX_KEPT_FILE_BYTES:
+            kept.extend(chunk)
     return size
 
 
@@ -179,17 +185,21 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
         session = state.upload_sessions.get(upload_id)
         if session is None:
             raise ApiError(404, "Unknown upload session.")
-        session.received += await _count_body(request)
+        session.received += await _count_body(request, session.data)
         if "finalize" not in command:
             return web.Response(
                 headers={"x-goog-upload-status": "active", TIER_HEADER: DEFAULT_TIER}
             )
         del state.upload_sessions[upload_id]
         body = _file_resource(request, session.received, session.mime_type, session.display_name)
+        state.keep_file(body["file"]["name"], bytes(session.data))
         return web.json_response(
             body, headers={"x-goog-upload-status": "final", TIER_HEADER: DEFAULT_TIER}
         )
 
-    size = await _count_body(request)
+    data = bytearray()
+    size = await _count_body(request, data)
     mime = request.headers.get("content-type", "application/octet-stream")
-    return json_response(_file_resource(request, size, mime, None), DEFAULT_TIER)
+    body = _file_resource(request, size, mime, None)
+    state.keep_file(body["file"]["name"], bytes(data))
+    return json_response(body, DEFAULT_TIER)

@@ -42,7 +42,7 @@ from aiohttp import web
 
 from .caches import cached_tokens
 from .replies import Reply, _excerpt, answer_pieces, plan_reply, split_text, thinking_tokens
-from .state import emulator_state_key
+from .state import EmulatorState, emulator_state_key
 from .triggers import chunk_delay, cut_after, requested_continuations, requested_usage_mode
 from .usage import (
     Tally,
@@ -202,12 +202,21 @@ async def _plan_generate(request: web.Request) -> _GcPlan:
     The non-streaming response is these chunks merged, so both modes report
     the same final usage for the same request.
     """
-    state = request.app[emulator_state_key]
-    body = await json_body(request)
-    model = request.match_info["model"]
+    return plan_generate(
+        request.app[emulator_state_key],
+        await json_body(request),
+        request.match_info["model"],
+        requested_continuations(request),
+    )
+
+
+def plan_generate(
+    state: EmulatorState, body: Mapping[str, object], model: str, hops: int = 0
+) -> _GcPlan:
+    """Plan the reply to one GenerateContentRequest ``body`` (also a batch's requests)."""
     tier = _gc_tier(body)
     read = _read_contents(body.get("contents"), get_field(body, "systemInstruction"))
-    cache = cached_tokens(request, body, model)
+    cache = cached_tokens(state, body, model)
     token = get_field(body, "continuationToken")
     if token is not None:
         # A continuation hop: the same contents again, the next piece of the
@@ -239,7 +248,6 @@ async def _plan_generate(request: web.Request) -> _GcPlan:
             google_search=_has_tool(body.get("tools"), "googleSearch"),
         )
         pieces = (reply.answer,)
-        hops = requested_continuations(request)
         if hops:
             pieces = answer_pieces(reply.answer, hops + 1)
             reply = replace(reply, answer=pieces[0])
@@ -371,13 +379,15 @@ def _stream_bodies(plan: _GcPlan, mode: UsageMode) -> Iterator[Json]:
         yield _gc_response(plan, chunk.parts, so_far, mode, response_id, last=last)
 
 
+def whole_response(plan: _GcPlan, mode: UsageMode = None) -> Json:
+    """The non-streamed GenerateContentResponse of a planned reply."""
+    parts = _merge_text_parts(part for chunk in plan.chunks for part in chunk.parts)
+    return _gc_response(plan, parts, plan.usage, mode, secrets.token_urlsafe(16), last=True)
+
+
 async def generate_content(request: web.Request) -> web.StreamResponse:
     plan = await _plan_generate(request)
-    parts = _merge_text_parts(part for chunk in plan.chunks for part in chunk.parts)
-    body = _gc_response(
-        plan, parts, plan.usage, requested_usage_mode(request), secrets.token_urlsafe(16), last=True
-    )
-    return json_response(body, plan.tier)
+    return json_response(whole_response(plan, requested_usage_mode(request)), plan.tier)
 
 
 async def stream_generate(request: web.Request) -> web.StreamResponse:

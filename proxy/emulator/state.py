@@ -20,6 +20,7 @@ from aiohttp import web
 from .wire import ApiError
 
 if TYPE_CHECKING:
+    from .batches import EmulatedBatch, ServedResult
     from .caches import EmulatedCache
     from .file_search import EmulatedStore
     from .files import EmulatedFile, UploadSession
@@ -38,6 +39,12 @@ MAX_STORED_INTERACTIONS: Final = 10_000
 MAX_UPLOAD_SESSIONS: Final = 1_000
 
 
+# An uploaded file's bytes are kept (for a batch to read its JSONL input) up to this size,
+# and only the newest MAX_KEPT_FILES files' bytes.
+MAX_KEPT_FILE_BYTES: Final = 16 * 1024**2
+MAX_KEPT_FILES: Final = 100
+
+
 # Files and caches kept (the oldest forgotten first), so a benchmark runs in bounded memory.
 MAX_STORED_RESOURCES: Final = 10_000
 
@@ -49,6 +56,8 @@ class EmulatorConfig:
     latency_seconds: float = 0.0  # delay before the response starts
     chunk_delay_seconds: float = 0.0  # pause between streamed events/chunks
     background_seconds: float = 0.2  # how long a background interaction stays in_progress
+    # how long a batch takes: BATCH_STATE_PENDING for the first half, RUNNING for the rest
+    batch_seconds: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,15 @@ class EmulatorState:
         self.continuations: OrderedDict[str, EmulatedInteraction] = OrderedDict()
         # generateContent replies cut by the decode limit, by their token's bytes.
         self.generate_continuations: OrderedDict[bytes, GenerateHop] = OrderedDict()
+        # Uploaded files' bytes by name (``files/...``), see MAX_KEPT_FILE_BYTES.
+        self.file_data: OrderedDict[str, bytes] = OrderedDict()
+        # Batch API jobs by name (``batches/...``), and the responses files they wrote
+        # (file name -> batch name).
+        self.batches: OrderedDict[str, EmulatedBatch] = OrderedDict()
+        self.responses_files: dict[str, str] = {}
+        # The ledger: every batch result served (inline in a get, or a line of a
+        # responses file download), in order, repeats included.
+        self.batch_ledger: list[ServedResult] = []
         # Images and videos served (Imagen predict, Veo operations): see ``media``.
         self.media = MediaLedger()
         # Live API sessions as served (their usage ledger), oldest first, and the
@@ -175,6 +193,12 @@ class EmulatorState:
         self.interactions[interaction.id] = interaction
         while len(self.interactions) > MAX_STORED_INTERACTIONS:
             self.interactions.popitem(last=False)
+
+    def keep_file(self, name: str, data: bytes) -> None:
+        if len(data) <= MAX_KEPT_FILE_BYTES:
+            self.file_data[name] = data
+            while len(self.file_data) > MAX_KEPT_FILES:
+                self.file_data.popitem(last=False)
 
     def remember_token(self, token: str, interaction: EmulatedInteraction) -> None:
         self.continuations[token] = interaction

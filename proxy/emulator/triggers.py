@@ -26,6 +26,8 @@ the proxy:
   usage: it re-prefills the context so far (input, the previous hop's input
   reported as cached) and bills only the output it generates. A background
   interaction ignores it.
+- ``x-emulator-batch-outcome: succeeded | failed | expired``: how a batch created with
+  it ends (``batches.requested_outcome``).
 
 - ``x-emulator-filtered: N`` (Imagen and Veo creates: N of the images or videos
   asked for are filtered) and ``x-emulator-operation-error: STATUS`` (a Veo

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -60,7 +61,10 @@ class Recorder:
         self._writer.submit_owner(interaction_id, principal, model)
 
     def finish(
-        self, record: UsageRecord, reservation: Reservation | None = None
+        self,
+        record: UsageRecord,
+        reservation: Reservation | None = None,
+        on_durable: Callable[[], None] | None = None,
     ) -> asyncio.Future[None] | None:
         """Price, count and hand on ``record``, settling the call's budget
         ``reservation`` against it; never awaits.
@@ -68,6 +72,7 @@ class Recorder:
         Returns a future done once the record is journaled (or refused by a full
         journal), for the handler to hold the response's last byte until then;
         None when the record was skipped or there is no journal to wait for.
+        ``on_durable()`` runs once it is journaled (never if it was refused).
         """
         iid = record.interaction_id
         if iid is not None and iid in self._billed:
@@ -90,10 +95,22 @@ class Recorder:
         self._metrics.observe(record)
         if self._budgets is not None:
             self._budgets.settle(record, reservation)
-        billed = None if iid is None or record.provisional else partial(self._billed_once, iid)
+        billed: Callable[[], None] | None = (
+            None if iid is None or record.provisional else partial(self._billed_once, iid)
+        )
+        if on_durable is not None:
+            billed = on_durable if billed is None else _both(billed, on_durable)
         return self._writer.submit(record, on_durable=billed)
 
     def _billed_once(self, interaction_id: str) -> None:
         self._billed[interaction_id] = None
         if len(self._billed) > _SEEN_LIMIT:
             self._billed.popitem(last=False)
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        first()
+        second()
+
+    return run

@@ -3,7 +3,8 @@
 First on the data path. ``app.create_app`` wires the application and its error
 middleware; a request passes ``routes`` (what is it?), ``auth`` (who is it, may
 they touch this interaction?), then ``forward`` (relay the bytes on the one
-upstream session, tap the usage) and leaves a record with ``metering.recorder``.
+upstream session, tap the usage) and leaves a record with ``metering.recorder``;
+``batches`` is what ``forward`` calls for the Batch API (owners, results).
 ``metrics`` is the per-app Prometheus registry, ``typedefs`` every app key,
 ``keys`` the pure key hashing that ``storage`` shares.
 

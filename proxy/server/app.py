@@ -52,6 +52,7 @@ from ..storage.migrate import at_head, upgrade_async
 from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
+from .batches import BatchMeter
 from .forward import proxy_handler
 from .live import auth_tokens_handler, end_live_sessions, live_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
@@ -61,6 +62,7 @@ from .typedefs import (
     alert_delivery_key,
     alert_evaluator_key,
     authenticator_key,
+    batch_meter_key,
     budgets_key,
     catalog_key,
     engine_key,
@@ -317,6 +319,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[pumps_key] = set()
     app[live_sessions_key] = set()
     app[keyless_uploads_key] = asyncio.Semaphore(settings.keyless_upload_limit)
+    app[batch_meter_key] = BatchMeter()
     yield
     # Streams still relayed or draining (their clients left) finish and hand their
     # records to the writer before it flushes, within the shutdown grace period.
@@ -334,6 +337,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         if late:
             log.warning("cut %d streams still running after the grace period", len(late))
             await asyncio.wait(late)
+    await app[batch_meter_key].close(timeout=settings.owner_commit_timeout_seconds)
     await app[authenticator_key].close(timeout=settings.owner_commit_timeout_seconds)
 
 

@@ -99,6 +99,7 @@ from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
 from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
+from . import batches
 from .auth import Authenticator, presented_key, swap_key
 from .media import OperationBill, operation_bill, operation_created, requested_usage
 from .references import UncheckedReference, references
@@ -193,6 +194,8 @@ class _Call:
     durable: asyncio.Future[None] | None = None
     # held against the caller's budgets until the record settles it
     reservation: Reservation | None = None
+    # the batch or file the path names, as admission checked it (server.batches)
+    owned: batches.Owned | None = None
     # A streamed chat completion whose client did not ask for usage: the proxy asked
     # upstream (metering.openai.ask_stream_usage) and drops the usage-only chunk.
     drops_usage_chunk: bool = False
@@ -245,6 +248,16 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
     route = call.route
     content_type = upstream.headers.get("content-type", "")
     endpoint = route.endpoint
+    if route.action in _BATCH_ANSWERS:
+        try:
+            return await _relay_batch(request, upstream, call)
+        finally:
+            upstream.release()
+    if route.action is Action.FILE_DOWNLOAD:
+        # Metered only when it is a batch's responses file; a refusal is relayed, not recorded.
+        ok = upstream.status < 400
+        lines = batches.download_tap(request, _batch_call(call)) if ok else None
+        return await _relay_stream(request, upstream, call, tap=lines)
     if route.owns_response:
         # Small JSON naming owned resources: read whole, then owned, billed or filtered.
         try:
@@ -336,6 +349,9 @@ async def admit(request: web.Request, started: float) -> _Call:
         previous = _previous_interactions(parsed, request)
         call.parsed = parsed
         call.meta = request_meta(route, parsed)
+        if route.action in (Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE):
+            # Reserved at the batch rate its results will be billed at.
+            call.meta = replace(call.meta, service_tier=batches.BATCH_TIER)
         if route.action is Action.CACHE_CREATE:
             call.meta = replace(call.meta, model=body_model(parsed))
         if route.action is Action.OPENAI_CHAT:
@@ -345,6 +361,10 @@ async def admit(request: web.Request, started: float) -> _Call:
                 await auth.check_resource(ResourceKind.CACHED_CONTENT, name, principal)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
+    if route.action in _BATCH_CHECKED:
+        call.owned = await batches.check_batch_call(request, route, principal, call.parsed)
+        if call.owned is not None and call.owned.owner is not None:
+            call.owner = call.owned.owner
     if route.interaction_id is not None:
         call.owner = await auth.check_owner(route.interaction_id, principal)
     elif route.resource is not None and route.resource_kind is not None:
@@ -352,6 +372,8 @@ async def admit(request: web.Request, started: float) -> _Call:
         if call.resource is not None:
             call.owner = call.resource.owner
             call.meta = replace(call.meta, model=call.resource.model)
+        if route.action is Action.FILE_DOWNLOAD:
+            call.owned = await batches.download_owned(auth, route, call.resource)
     elif route.unmetered is not None and route.unmetered.model_in_body:
         # Only to name the model on the unmetered record; the bytes go on unchanged.
         call.body = await _read_body(request, app[settings_key].max_request_bytes)
@@ -437,7 +459,26 @@ _READS_BODY = frozenset(
         Action.PREDICT_LONG_RUNNING,
         # for the file it imports (``fileName``)
         Action.STORE_IMPORT,
+        Action.BATCH_CREATE,
+        Action.BATCH_EMBED_CREATE,
     }
+)
+# Batch API calls whose batch (or input file) has an owner to check (a responses file's
+# download is checked like any file's, then ``batches.download_owned`` reads its state).
+_BATCH_CHECKED = frozenset(
+    {
+        Action.BATCH_CREATE,
+        Action.BATCH_EMBED_CREATE,
+        Action.BATCH_GET,
+        Action.BATCH_CANCEL,
+        Action.BATCH_DELETE,
+        Action.BATCH_UPDATE,
+        Action.BATCH_UNKNOWN,
+    }
+)
+# Batch API answers read whole: to own a new batch, or to record inline results.
+_BATCH_ANSWERS = frozenset(
+    {Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE, Action.BATCH_GET, Action.BATCH_LIST}
 )
 
 
@@ -510,6 +551,9 @@ _BUDGETED = frozenset(
         Action.CACHE_UPDATE,
         Action.PREDICT,
         Action.PREDICT_LONG_RUNNING,
+        # free itself, but refused once the budgets it would spend are
+        Action.BATCH_CREATE,
+        Action.BATCH_EMBED_CREATE,
     }
 )
 # Calls that generate no output: their estimate is their input alone.
@@ -520,6 +564,7 @@ _EMBEDDINGS = frozenset(
         Action.OPENAI_EMBED,
         Action.CACHE_CREATE,
         Action.CACHE_UPDATE,
+        Action.BATCH_EMBED_CREATE,
     }
 )
 _EMBEDDING_KINDS = frozenset({EndpointKind.ASYNC_BATCH_EMBED_CONTENT})
@@ -787,6 +832,30 @@ async def _read_whole(upstream: aiohttp.ClientResponse, call: _Call) -> tuple[by
     return body, (_Decoder(encoding)(body) if encoding != "identity" else body)
 
 
+def _batch_call(call: _Call) -> batches.Call:
+    assert call.principal is not None  # batch routes are always keyed
+    return batches.Call(call.route, call.principal, call.owned, call.started)
+
+
+async def _relay_batch(
+    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+) -> web.StreamResponse:
+    """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
+    body, decoded = await _read_whole(upstream, call)
+    replaced, durable = await batches.answer(
+        request, _batch_call(call), upstream.status, parse_json(decoded)
+    )
+    headers = _response_headers(upstream, keep_length=False)
+    if replaced is not None:
+        body = replaced
+        headers.popall("content-encoding", None)
+    response = web.Response(status=upstream.status, body=body, headers=headers)
+    if durable:
+        # As for any metered call: the answer goes out once its records are on disk.
+        await asyncio.shield(asyncio.gather(*durable, return_exceptions=True))
+    return response
+
+
 def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
     if status >= 400:
         return ResponseSummary()
@@ -842,7 +911,7 @@ async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: StreamTap | None,
+    tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
     """Relay the body chunk by chunk as it arrives, feeding a tap if metered.
 
@@ -881,7 +950,7 @@ def _start_pump(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: StreamTap | None,
+    tap: StreamTap | batches.DownloadTap | None,
 ) -> asyncio.Task[web.StreamResponse]:
     pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
     pumps = request.app[pumps_key]
@@ -898,7 +967,7 @@ async def _pump(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     call: _Call,
-    tap: StreamTap | None,
+    tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
     relayed = UsageChunkFilter() if call.drops_usage_chunk else None
@@ -908,7 +977,9 @@ async def _pump(
         async for chunk in _timed(upstream, call):
             if tap is not None or relayed is not None:
                 plain = decode(chunk)
-                if tap is not None:
+                if isinstance(tap, batches.DownloadTap):
+                    await tap.feed(plain)  # it may hold many results: it yields between them
+                elif tap is not None:
                     tap.feed(plain)
                 if relayed is not None:
                     chunk = relayed.feed(plain)
@@ -941,7 +1012,13 @@ async def _pump(
     finally:
         upstream.release()
     durable = call.durable
-    if tap is not None:
+    if isinstance(tap, batches.DownloadTap):
+        # Each line was recorded as it completed; a file cut short is not marked recorded.
+        try:
+            durable = tap.finish(complete=not (broken or cut))
+        except Exception:
+            log.exception("recording the last results of a responses file failed")
+    elif tap is not None:
         summary = _summary_of(tap)
         await _register_owner(request, call, summary.interaction_id, upstream.status)
         durable = _finish(request, call, upstream.status, summary)

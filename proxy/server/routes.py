@@ -42,7 +42,12 @@ from multidict import MultiMapping
 from ..metering.records import EndpointKind
 from ..storage.schema import ResourceKind
 
-FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/")
+FORWARDED_PREFIXES = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/", "/download/")
+# Google serves media downloads under "/download" (a batch's responses file: the Batch
+# API guide's REST example); its front end may route any method there like the plain
+# path, so ``classify`` reads "/download/X" exactly as "/X": no route is reachable
+# there unchecked.
+_DOWNLOAD = "/download"
 
 _VERSION = r"(?:v1|v1beta|v1alpha)"
 # Google's front end serves an API's methods under "/upload" too, so an
@@ -62,6 +67,13 @@ _MODEL = r"(?:models|tunedModels)/(?P<model>[^/:]+)"
 _EMBED = re.compile(
     rf"{_PREFIX}/{_MODEL}:(?P<method>embedContent|batchEmbedContents)$", re.IGNORECASE
 )
+_BATCH_CREATE = re.compile(
+    rf"{_PREFIX}/{_MODEL}:(?P<method>batchGenerateContent|asyncBatchEmbedContent)$", re.IGNORECASE
+)
+# Everything under the batches collection, like interactions: a batch named in the
+# path is checked against its owner whatever follows its id.
+_BATCHES = re.compile(rf"{_PREFIX}/batches(?:$|(?P<rest>[/:].*))", re.IGNORECASE)
+_BATCH_ID = re.compile(r"^/(?P<id>[^/:]+)(?P<suffix>.*)$")
 _COUNT_TOKENS = re.compile(rf"{_PREFIX}/{_MODEL}:countTokens$", re.IGNORECASE)
 # The collections of owned resources, under every prefix Google's front end serves them
 # (files are downloaded under "/download" too): whatever follows the collection is
@@ -110,6 +122,17 @@ class Action(Enum):
     STREAM_GENERATE = auto()
     EMBED = auto()
     BATCH_EMBED = auto()
+    # The Batch API: a create is free but budget-checked; its results are metered
+    # where the proxy sees them (a get or list of batches, the responses file).
+    BATCH_CREATE = auto()
+    BATCH_EMBED_CREATE = auto()  # asyncBatchEmbedContent: embeddings through the Batch API
+    BATCH_GET = auto()
+    BATCH_LIST = auto()
+    BATCH_CANCEL = auto()
+    BATCH_DELETE = auto()
+    BATCH_UPDATE = auto()
+    # a method or sub-path on a batch the proxy does not know: refused, never forwarded
+    BATCH_UNKNOWN = auto()
     OPENAI_CHAT = auto()  # /openai/chat/completions
     OPENAI_EMBED = auto()  # /openai/embeddings
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
@@ -153,9 +176,9 @@ class Route:
     # Action.UNMETERED (and a File Search import or upload): the row of UNMETERED_ROUTES
     # it is recorded by
     unmetered: UnmeteredRoute | None = None
-    # the owned resource the path names (a cache's, a file's, a Veo operation's or a File
-    # Search store's methods), canonical ("cachedContents/x", "files/x",
-    # "models/m/operations/x", "fileSearchStores/x" for anything under the store too)
+    # the owned resource the path names (a batch's, a cache's, a file's, a Veo operation's
+    # or a File Search store's methods), canonical ("batches/x", "cachedContents/x",
+    # "files/x", "models/m/operations/x", "fileSearchStores/x" for anything under the store)
     resource: str | None = None
 
     @property
@@ -175,8 +198,9 @@ class Route:
 
     @property
     def reads_response(self) -> bool:
-        """The proxy reads the response (so asks the upstream for encodings it can undo)."""
-        return self.metered or self.owns_response
+        """The proxy reads the response (so asks the upstream for encodings it can undo);
+        a download too, which may be a batch's responses file, metered line by line."""
+        return self.metered or self.owns_response or self.action is Action.FILE_DOWNLOAD
 
     @property
     def metered(self) -> bool:
@@ -194,6 +218,9 @@ _ENDPOINTS = {
     Action.STREAM_GENERATE: EndpointKind.STREAM_GENERATE_CONTENT,
     Action.EMBED: EndpointKind.EMBED_CONTENT,
     Action.BATCH_EMBED: EndpointKind.BATCH_EMBED_CONTENTS,
+    # Metered for the results they may carry: one record per result, none for the call.
+    Action.BATCH_GET: EndpointKind.BATCH_RESULT,
+    Action.BATCH_LIST: EndpointKind.BATCH_RESULT,
     # storage: charged at create, adjusted on a TTL change and refunded on delete
     Action.CACHE_CREATE: EndpointKind.CACHED_CONTENT_CREATE,
     Action.CACHE_UPDATE: EndpointKind.CACHED_CONTENT_UPDATE,
@@ -292,6 +319,23 @@ _ON_INTERACTION = {
 }
 
 
+# (method, what follows the batch id) -> action; anything else on a batch is unknown.
+# Google's methods (REST reference of ``batches``): get, delete, ``:cancel``,
+# ``:updateGenerateContentBatch`` and ``:updateEmbedContentBatch`` (PATCH); "/cancel" is
+# checked like ":cancel" rather than refused, as for interactions.
+_ON_BATCH = {
+    ("GET", ""): Action.BATCH_GET,
+    ("GET", "/"): Action.BATCH_GET,
+    ("DELETE", ""): Action.BATCH_DELETE,
+    ("DELETE", "/"): Action.BATCH_DELETE,
+    ("POST", ":cancel"): Action.BATCH_CANCEL,
+    ("POST", "/cancel"): Action.BATCH_CANCEL,
+    ("PATCH", ":updategeneratecontentbatch"): Action.BATCH_UPDATE,
+    ("PATCH", ":updateembedcontentbatch"): Action.BATCH_UPDATE,
+}
+_BATCH_UNKNOWN = Route(Action.BATCH_UNKNOWN)
+
+
 @dataclass(frozen=True, slots=True)
 class UnmeteredRoute:
     """A billable route the meter cannot read usage from yet.
@@ -325,20 +369,11 @@ FILE_SEARCH_UPLOAD = _unmetered(
     "POST",
     rf"^(?:/upload)?/{_VERSION}/fileSearchStores/{_ID}:uploadToFileSearchStore/?$",
 )
-# First match wins. Free routes (countTokens, models, batch list/cancel/delete) are not
-# here: they cost nothing; nor are cachedContents and files, metered and owned above.
-# docs/metering.md lists every route with what the meter records for it; keep the two in
-# step.
+# First match wins. Free routes (countTokens, models) are not here: they cost nothing;
+# nor are cachedContents and files, metered and owned above, nor the Batch API, whose
+# results are metered (``Action.BATCH_*``). docs/metering.md lists every route with what
+# the meter records for it; keep the two in step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
-    # Batch API: billed (at the batch rate) when the batch runs, not on this call.
-    _unmetered(
-        EndpointKind.BATCH_GENERATE_CONTENT, "POST", rf"{_V}/{_MODEL}:batchGenerateContent$"
-    ),
-    _unmetered(
-        EndpointKind.ASYNC_BATCH_EMBED_CONTENT, "POST", rf"{_V}/{_MODEL}:asyncBatchEmbedContent$"
-    ),
-    # A batch's state and inline results (their usage is the batch's bill).
-    _unmetered(EndpointKind.BATCH_GET, "GET", rf"{_V}/batches/{_ID}$"),
     # Polls of other long-running work (tuning); Veo's operations under models/ are metered
     # and owned, a File Search store's are its owner's, bare ones refused (see classify).
     _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$"),
@@ -377,6 +412,8 @@ def classify(method: str, path: str) -> Route:
     ``path`` must be the one ``normalized_path`` accepted (decoded, no dot or
     empty segments); ``method`` the effective one (see ``method_override``).
     """
+    if path.startswith(_DOWNLOAD + "/"):
+        path = path[len(_DOWNLOAD) :]
     m = _INTERACTIONS.match(path)
     if m is not None:
         rest = m.group("rest") or ""
@@ -420,7 +457,12 @@ def classify(method: str, path: str) -> Route:
         if o is not None:
             chat = o.group("method").lower() == "chat/completions"
             return Route(Action.OPENAI_CHAT if chat else Action.OPENAI_EMBED)
-    return _classify_media(method, path) or _classify_unmetered(method, path) or FORWARD
+    return (
+        _classify_media(method, path)
+        or _classify_batches(method, path)
+        or _classify_unmetered(method, path)
+        or FORWARD
+    )
 
 
 # (method, what follows the id) -> action on a Veo operation; anything else is refused.
@@ -453,6 +495,27 @@ def _classify_media(method: str, path: str) -> Route | None:
             # collections' names still names the same operation.
             name = f"models/{model}/operations/{o.group('id')}"
             return Route(action, model=model, resource=name)
+    return None
+
+
+def _classify_batches(method: str, path: str) -> Route | None:
+    """The Batch API's routes (a responses file's download is a file's: ``_ON_FILE``)."""
+    if "batch" in path.lower():
+        if method == "POST" and (c := _BATCH_CREATE.match(path)) is not None:
+            embed = c.group("method").lower() == "asyncbatchembedcontent"
+            action = Action.BATCH_EMBED_CREATE if embed else Action.BATCH_CREATE
+            return Route(action, model=c.group("model"))
+        b = _BATCHES.match(path)
+        if b is not None:
+            rest = b.group("rest") or ""
+            if rest in ("", "/"):
+                # Listing is all the collection is for (batches are created on a model).
+                return Route(Action.BATCH_LIST) if method == "GET" else _BATCH_UNKNOWN
+            i = _BATCH_ID.match(rest)
+            if i is None:
+                return _BATCH_UNKNOWN
+            action = _ON_BATCH.get((method, i.group("suffix").lower()), Action.BATCH_UNKNOWN)
+            return Route(action, resource=f"batches/{i.group('id')}")
     return None
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..storage.journal import Journal
     from ..storage.writer import UsageWriter
     from .auth import Authenticator
+    from .batches import BatchMeter
     from .metrics import Metrics
 
 settings_key: web.AppKey[Settings] = web.AppKey("settings")
@@ -30,6 +31,8 @@ catalog_key: web.AppKey[Catalog] = web.AppKey("catalog")
 writer_key: web.AppKey[UsageWriter] = web.AppKey("writer")
 authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
 recorder_key: web.AppKey[Recorder] = web.AppKey("recorder")
+# what this process recorded of batch results (server.batches)
+batch_meter_key: web.AppKey[BatchMeter] = web.AppKey("batch_meter")
 # streams still being relayed (or drained for billing after their client left)
 pumps_key: web.AppKey[set[asyncio.Task[web.StreamResponse]]] = web.AppKey("pumps")
 # Live API relays in flight (server.live); also in ``pumps_key``, but cut at shutdown

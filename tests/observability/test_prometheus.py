@@ -40,7 +40,7 @@ from sqlalchemy import func, select
 from proxy.server.typedefs import budgets_key, journal_key, sessionmaker_key, writer_key
 from proxy.storage import accounts
 from proxy.storage.schema import UsageRow
-from tests.factories import Stack, StackFactory, add_budget, sqlite_only
+from tests.factories import Stack, StackFactory, add_budget, raw, sqlite_only
 from tests.faults.helpers import free_port
 from tests.observability.helpers import RULES, alert_rules, panel_queries
 
@@ -201,13 +201,15 @@ async def traffic(stack: Stack, users: tuple[str, ...], *, refused: tuple[str, .
             ),
             500,
         )
-    # a billable route the meter does not read (the Batch API); the emulator has no batches
-    await _expect_error(
-        client.batches.create(
-            model=MODEL,
-            src=[types.InlinedRequest(contents="Batch me.")],
-        )
+    # a billable route the meter does not read (OpenAI-style image generation), recorded
+    # whatever the upstream answers
+    status, _, _ = await raw(
+        "POST",
+        stack.url("/v1beta/openai/images/generations"),
+        headers=stack.headers(users[0]),
+        json={"model": "imagen-4.0-generate-001", "prompt": "a cat", "n": 1},
     )
+    assert status >= 200
 
 
 # ------------------------------------------------------------------------ checks

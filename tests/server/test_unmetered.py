@@ -110,22 +110,12 @@ def unmetered_count(stack: Stack, route: str) -> float:
 # the model the record must name).
 FAMILIES = [
     (
-        "POST",
-        "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
-        {"batch": {"displayName": "b", "inputConfig": {"requests": {"requests": []}}}},
-        "batch_generate_content",
-        "gemini-2.5-flash",
+        "GET",
+        "/v1beta/tunedModels/t-1/operations/op-1",
+        None,
+        "operation.get",
+        None,
     ),
-    (
-        "POST",
-        "/v1beta/models/gemini-embedding-001:asyncBatchEmbedContent",
-        {"batch": {"displayName": "e", "inputConfig": {"fileName": "files/x"}}},
-        "async_batch_embed_content",
-        "gemini-embedding-001",
-    ),
-    ("GET", "/v1beta/batches/batch-123", None, "batch.get", None),
-    # (a File Search store's operations are its owner's: tests/server/test_file_search.py)
-    ("GET", "/v1beta/tunedModels/t-1/operations/op-1", None, "operation.get", None),
     (
         "POST",
         "/v1beta/fileSearchStores/store-1:importFile",
