@@ -47,13 +47,10 @@ from dataclasses import fields, replace
 from typing import Any, Final
 
 from .parsers import (
-    _TOKEN_COUNT_KEYS,
     UsageParseError,
-    _as_count,
-    _as_dict,
-    _modalities,
     _pick,
     nonempty_str,
+    usage_metadata,
 )
 from .records import Usage
 
@@ -82,28 +79,7 @@ _TURN_MARKERS: Final = (b"modelTurn", b"model_turn", b"toolCall", b"tool_call")
 
 def usage_from_live(obj: object) -> Usage:
     """A Live API ``usageMetadata`` object as a ``Usage``; ``UsageParseError`` if malformed."""
-    d = _as_dict(obj, "usageMetadata")
-
-    def count(i: int) -> int:
-        camel, snake = _LIVE_COUNTS[i]
-        return _as_count(_pick(d, camel, snake), camel)
-
-    def details(i: int) -> dict[str, int]:
-        camel, snake = _LIVE_DETAILS[i]
-        return _modalities(_pick(d, camel, snake), _TOKEN_COUNT_KEYS, camel)
-
-    return Usage(
-        input_tokens=count(0),
-        cached_tokens=count(1),
-        intermediate_tokens=count(2),
-        output_tokens=count(3),
-        thinking_tokens=count(4),
-        total_tokens=count(5),
-        input_by_modality=details(0),
-        cached_by_modality=details(1),
-        intermediate_by_modality=details(2),
-        output_by_modality=details(3),
-    )
+    return usage_metadata(obj, _LIVE_COUNTS, _LIVE_DETAILS)
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:

@@ -43,6 +43,7 @@ from .parsers import (
     _as_dict,
     nonempty_str,
     parse_json,
+    with_estimate,
 )
 from .records import Usage
 from .streams import SSEDecoder
@@ -226,13 +227,7 @@ def summarize_embeddings(response: object, request: object) -> ResponseSummary:
                 return summary
             except UsageParseError:
                 summary.parse_error = True
-    estimate = estimate_embeddings_usage(request)
-    if estimate is None:
-        summary.parse_error = True
-    else:
-        summary.usage = estimate
-        summary.estimated = True
-    return summary
+    return with_estimate(summary, estimate_embeddings_usage(request))
 
 
 # --- streams ------------------------------------------------------------------------------

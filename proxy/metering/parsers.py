@@ -308,14 +308,24 @@ def usage_from_generate(obj: object) -> Usage:
     is empty here; ``summarize_generate`` fills it. Raises ``UsageParseError``
     like ``usage_from_interaction``.
     """
+    return usage_metadata(obj, _GENERATE_COUNTS, _GENERATE_DETAILS)
+
+
+Names = tuple[tuple[str, str], ...]
+
+
+def usage_metadata(obj: object, counts: Names, details: Names) -> Usage:
+    """A ``usageMetadata``-shaped object as a ``Usage``, given the (camelCase, snake_case)
+    names of its six counts (input, cached, intermediate, output, thinking, total) and of
+    its four modality breakdowns; ``UsageParseError`` if malformed."""
     d = _as_dict(obj, "usageMetadata")
 
     def count(i: int) -> int:
-        camel, snake = _GENERATE_COUNTS[i]
+        camel, snake = counts[i]
         return _as_count(_pick(d, camel, snake), camel)
 
-    def details(i: int) -> dict[str, int]:
-        camel, snake = _GENERATE_DETAILS[i]
+    def by_modality(i: int) -> dict[str, int]:
+        camel, snake = details[i]
         return _modalities(_pick(d, camel, snake), _TOKEN_COUNT_KEYS, camel)
 
     return Usage(
@@ -325,10 +335,10 @@ def usage_from_generate(obj: object) -> Usage:
         output_tokens=count(3),
         thinking_tokens=count(4),
         total_tokens=count(5),
-        input_by_modality=details(0),
-        cached_by_modality=details(1),
-        intermediate_by_modality=details(2),
-        output_by_modality=details(3),
+        input_by_modality=by_modality(0),
+        cached_by_modality=by_modality(1),
+        intermediate_by_modality=by_modality(2),
+        output_by_modality=by_modality(3),
     )
 
 
@@ -731,7 +741,12 @@ def summarize_embed(response: object, request: object) -> ResponseSummary:
                 return summary
             except UsageParseError:
                 summary.parse_error = True
-    estimate = estimate_embed_usage(request)
+    return with_estimate(summary, estimate_embed_usage(request))
+
+
+def with_estimate(summary: ResponseSummary, estimate: Usage | None) -> ResponseSummary:
+    """``summary`` with the proxy's own count of the request when the response carried
+    no usable one: flagged ``estimated``, or ``parse_error`` when nothing could be counted."""
     if estimate is None:
         summary.parse_error = True
     else:
