@@ -21,7 +21,7 @@ import itertools
 import json
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -553,6 +553,47 @@ async def send_raw(host: str, port: int | None, data: bytes) -> tuple[int, bytes
         writer.close()
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
     return status, head, body
+
+
+async def raw_target(
+    stack: Stack, method: str, target: str, user: str = "bob", body: bytes = b""
+) -> tuple[int, bytes]:
+    """A request whose target goes out exactly as written (no client normalising it),
+    with ``user``'s key: the status and body the proxy answered."""
+    request = (
+        f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"x-goog-api-key: {stack.keys[user]}\r\nContent-Length: {len(body)}\r\n"
+        "Content-Type: application/json\r\n\r\n"
+    ).encode() + body
+    status, _, answer = await send_raw(stack.proxy.host, stack.proxy.port, request)
+    return status, answer
+
+
+async def assert_only_the_owner_reaches(
+    stack: Stack,
+    upstream: RecordingUpstream,
+    path: str,
+    body: Any,
+    others: Sequence[str],
+    *,
+    owner: str = "alice",
+    owner_too: bool = False,
+) -> None:
+    """POST ``body`` to ``path`` as each of ``others``: 404 in Gemini's shape, and nothing
+    reaches ``upstream``; then as ``owner``, whose call goes through (unless ``owner_too``:
+    a name that is not the owned one is refused to the owner as well)."""
+    for user in others:
+        status, _, answer = await raw(
+            "POST", stack.url(path), headers=stack.headers(user), json=body
+        )
+        assert status == 404, (user, path, body)
+        gemini_error(answer, 404, "NOT_FOUND")
+    assert upstream.received == []
+    if owner_too:
+        return
+    status, _, _ = await raw("POST", stack.url(path), headers=stack.headers(owner), json=body)
+    assert status == 200
+    assert len(upstream.received) == 1
 
 
 def gemini_error(body: bytes, code: int, status: str) -> str:

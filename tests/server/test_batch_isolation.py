@@ -22,7 +22,7 @@ from tests.factories import (
     batch_request,
     gemini_error,
     raw,
-    send_raw,
+    raw_target,
 )
 
 MODEL = "gemini-2.5-flash"
@@ -51,19 +51,6 @@ async def _stack_with_batch(
     file: str = json.loads(body)["metadata"]["output"]["responsesFile"]
     upstream.received.clear()
     return stack, name, file
-
-
-async def _raw_request(
-    stack: Stack, method: str, target: str, user: str = "bob", body: bytes = b""
-) -> tuple[int, bytes]:
-    """A request whose target goes out exactly as written (no client normalising it)."""
-    request = (
-        f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"x-goog-api-key: {stack.keys[user]}\r\nContent-Length: {len(body)}\r\n"
-        "Content-Type: application/json\r\n\r\n"
-    ).encode() + body
-    status, _, answer = await send_raw(stack.proxy.host, stack.proxy.port, request)
-    return status, answer
 
 
 @pytest.mark.parametrize(
@@ -113,11 +100,11 @@ async def test_every_spelling_of_a_batch_is_checked(
 ):
     stack, name, _ = await _stack_with_batch(make_stack, recording_upstream)
     target = template.format(name=name, bid=name.split("/")[1])
-    status, body = await _raw_request(stack, "GET", target)
+    status, body = await raw_target(stack, "GET", target)
     assert status == 404, target
     gemini_error(body, 404, "NOT_FOUND")
     assert recording_upstream.received == []
-    status, _ = await _raw_request(stack, "GET", target, user="alice")
+    status, _ = await raw_target(stack, "GET", target, user="alice")
     assert status == 200
     assert recording_upstream.paths() == [target]
 
@@ -129,7 +116,7 @@ async def test_a_batch_id_in_another_case_is_not_the_owners(
     # has refused it rather than waved it through.
     stack, name, _ = await _stack_with_batch(make_stack, recording_upstream)
     for user in ("alice", "bob"):
-        status, _ = await _raw_request(stack, "GET", f"/v1beta/{name.upper()}", user=user)
+        status, _ = await raw_target(stack, "GET", f"/v1beta/{name.upper()}", user=user)
         assert status == 404
     assert recording_upstream.received == []
 
@@ -151,7 +138,7 @@ async def test_unknown_methods_on_batches_are_refused_for_everyone(
 ):
     stack, name, _ = await _stack_with_batch(make_stack, recording_upstream)
     for user in ("alice", "bob"):
-        status, body = await _raw_request(stack, method, target.format(name=name), user=user)
+        status, body = await raw_target(stack, method, target.format(name=name), user=user)
         assert status == 405, user
         gemini_error(body, 405, "INVALID_ARGUMENT")
     assert recording_upstream.received == []
@@ -233,11 +220,11 @@ async def test_another_users_responses_file_is_not_downloaded(
     stack, _, file = await _stack_with_batch(make_stack, recording_upstream)
     target = template.format(file=file, fid=file.split("/")[1])
     for user in ("bob", "carol"):
-        status, body = await _raw_request(stack, "GET", target, user=user)
+        status, body = await raw_target(stack, "GET", target, user=user)
         assert status == 404, user
         gemini_error(body, 404, "NOT_FOUND")
     assert recording_upstream.received == []
-    status, _ = await _raw_request(stack, "GET", target, user="alice")
+    status, _ = await raw_target(stack, "GET", target, user="alice")
     assert status == 200
     assert recording_upstream.paths() == [target]
 

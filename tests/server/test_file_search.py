@@ -20,11 +20,13 @@ from tests.factories import (
     RecordingUpstream,
     Stack,
     StackFactory,
+    assert_only_the_owner_reaches,
     gemini_error,
     raw,
+    raw_target,
     sqlite_only,
 )
-from tests.server.test_resource_isolation import MODEL, OTHERS, _owned_by_alice, _raw_target
+from tests.server.test_resource_isolation import MODEL, OTHERS, _owned_by_alice
 
 
 async def _create_store(stack: Stack, user: str) -> str:
@@ -90,13 +92,13 @@ async def test_others_get_404_on_a_store_and_nothing_is_forwarded(
     target = template.format(store=store, store_id=store.removeprefix("fileSearchStores/"))
     body = _body_for(target, file)
     for user in OTHERS:
-        status, answer = await _raw_target(stack, method, target, user, body)
+        status, answer = await raw_target(stack, method, target, user, body)
         assert status == 404, (user, target)
         message = gemini_error(answer, 404, "NOT_FOUND")
         assert stack.keys[user] not in message
     assert recording_upstream.received == []
     # the owner's own call, in the same spelling, reaches the upstream as sent
-    status, _ = await _raw_target(stack, method, target, "alice", body)
+    status, _ = await raw_target(stack, method, target, "alice", body)
     assert status == 200, target
     assert [r.raw_path for r in recording_upstream.received] == [target]
     assert recording_upstream.received[0].body == body
@@ -134,7 +136,7 @@ async def test_a_store_nobody_owns_is_404_even_for_a_case_variant(
         f"/v1beta/fileSearchStores/{store.split('/')[1].upper()}/operations/op-1",
     ):
         for user in ("alice", "bob"):
-            status, answer = await _raw_target(stack, "GET", target, user)
+            status, answer = await raw_target(stack, "GET", target, user)
             assert status == 404, (user, target)
             gemini_error(answer, 404, "NOT_FOUND")
     assert recording_upstream.received == []
@@ -161,7 +163,7 @@ async def test_unknown_methods_on_a_store_are_refused(
 ):
     stack, store, _ = await _store_of_alice(make_stack, recording_upstream)
     for user in ("alice", "bob"):
-        status, answer = await _raw_target(stack, method, target.format(store=store), user)
+        status, answer = await raw_target(stack, method, target.format(store=store), user)
         assert status == 405, (user, method, target)
         gemini_error(answer, 405, "INVALID_ARGUMENT")
     assert recording_upstream.received == []
@@ -247,18 +249,11 @@ async def test_naming_someone_elses_store_is_refused(
 ):
     stack, store, _ = await _store_of_alice(make_stack, recording_upstream)
     body = build(store)
-    for user in OTHERS:
-        status, _, answer = await raw(
-            "POST", stack.url(path), headers=stack.headers(user), json=body
-        )
-        assert status == 404, (user, path, body)
-        gemini_error(answer, 404, "NOT_FOUND")
-    assert recording_upstream.received == []
-    if store.upper() in json.dumps(body):
-        return  # another name than the owned one: refused for alice too
-    status, _, _ = await raw("POST", stack.url(path), headers=stack.headers("alice"), json=body)
-    assert status == 200
-    assert len(recording_upstream.received) == 1
+    # another name than the owned one is refused to alice too
+    owner_too = store.upper() in json.dumps(body)
+    await assert_only_the_owner_reaches(
+        stack, recording_upstream, path, body, OTHERS, owner_too=owner_too
+    )
 
 
 @sqlite_only
@@ -370,7 +365,7 @@ async def test_bare_operations_are_refused(
 ):
     stack = await make_stack(upstream=recording_upstream.url)
     for user in ("alice", "bob"):
-        status, answer = await _raw_target(stack, method, target, user)
+        status, answer = await raw_target(stack, method, target, user)
         assert status == 404, (user, target)
         gemini_error(answer, 404, "NOT_FOUND")
     assert recording_upstream.received == []

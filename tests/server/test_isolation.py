@@ -24,7 +24,7 @@ from tests.factories import (
     gemini_error,
     issue_keys,
     raw,
-    send_raw,
+    raw_target,
     sqlite_only,
 )
 
@@ -44,19 +44,6 @@ async def _stack_with_interaction(
     iid = json.loads(body)["id"]
     upstream.received.clear()
     return stack, iid
-
-
-async def _raw_request(
-    stack: Stack, method: str, target: str, user: str = "bob", body: bytes = b""
-) -> tuple[int, bytes]:
-    """A request whose target goes out exactly as written (no client normalising it)."""
-    request = (
-        f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"x-goog-api-key: {stack.keys[user]}\r\nContent-Length: {len(body)}\r\n"
-        "Content-Type: application/json\r\n\r\n"
-    ).encode() + body
-    status, _, answer = await send_raw(stack.proxy.host, stack.proxy.port, request)
-    return status, answer
 
 
 # --- method overrides -----------------------------------------------------------------
@@ -141,7 +128,7 @@ async def test_unknown_methods_on_an_interaction_are_refused(
 ):
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
     for user in ("bob", "alice"):
-        status, body = await _raw_request(stack, method, f"{CREATE}/{iid}{suffix}", user)
+        status, body = await raw_target(stack, method, f"{CREATE}/{iid}{suffix}", user)
         assert status == 405, (user, method)
         if method != "HEAD":
             gemini_error(body, 405, "INVALID_ARGUMENT")
@@ -180,14 +167,14 @@ async def test_ambiguous_paths_are_refused(
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
     target = template.format(iid=iid)
     for user in ("bob", "alice"):
-        status, body = await _raw_request(stack, "GET", target, user)
+        status, body = await raw_target(stack, "GET", target, user)
         assert status in (400, 404), (user, target)
         if status == 400:
             assert "canonical" in gemini_error(body, 400, "INVALID_ARGUMENT")
         else:
             gemini_error(body, 404, "NOT_FOUND")
     assert recording_upstream.received == []
-    status, _ = await _raw_request(stack, "GET", f"{CREATE}/{iid}", "alice")
+    status, _ = await raw_target(stack, "GET", f"{CREATE}/{iid}", "alice")
     assert status == 200
     assert recording_upstream.paths() == [f"{CREATE}/{iid}"]
 
@@ -199,7 +186,7 @@ async def test_the_query_is_forwarded_byte_for_byte_without_the_key(
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
     key = stack.keys["alice"]
     target = f"{CREATE}/{iid}?a=%2F%2e&key={key}&b=x+y&%24key={key}&c"
-    status, _ = await _raw_request(stack, "GET", target, "alice")
+    status, _ = await raw_target(stack, "GET", target, "alice")
     assert status == 200
     [seen] = recording_upstream.received
     assert seen.raw_path == f"{CREATE}/{iid}?a=%2F%2e&b=x+y&c"
@@ -259,7 +246,7 @@ async def test_bodies_with_duplicate_keys_are_refused(
 ):
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
     for user in ("bob", "alice"):
-        status, body = await _raw_request(
+        status, body = await raw_target(
             stack, "POST", CREATE, user, template.format(iid=iid).encode()
         )
         assert status == 400
@@ -290,7 +277,7 @@ async def test_metered_bodies_the_proxy_cannot_check_are_refused(
     why: str,
 ):
     stack = await make_stack(upstream=recording_upstream.url)
-    status, answer = await _raw_request(stack, "POST", path, "alice", body)
+    status, answer = await raw_target(stack, "POST", path, "alice", body)
     assert status == 400
     assert why in gemini_error(answer, 400, "INVALID_ARGUMENT")
     assert recording_upstream.received == []

@@ -16,9 +16,10 @@ from tests.factories import (
     RecordingUpstream,
     Stack,
     StackFactory,
+    assert_only_the_owner_reaches,
     gemini_error,
     raw,
-    send_raw,
+    raw_target,
     sqlite_only,
 )
 
@@ -60,19 +61,6 @@ async def _owned_by_alice(
     return stack, cache, file
 
 
-async def _raw_target(
-    stack: Stack, method: str, target: str, user: str, body: bytes = b""
-) -> tuple[int, bytes]:
-    """A request whose target goes out exactly as written (no client normalising it)."""
-    request = (
-        f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"x-goog-api-key: {stack.keys[user]}\r\nContent-Length: {len(body)}\r\n"
-        "Content-Type: application/json\r\n\r\n"
-    ).encode() + body
-    status, _, answer = await send_raw(stack.proxy.host, stack.proxy.port, request)
-    return status, answer
-
-
 # --- the methods on a cache or a file, in every spelling ----------------------------------
 
 
@@ -112,13 +100,13 @@ async def test_others_get_404_and_nothing_is_forwarded(
     )
     body = b'{"ttl": "7200s"}' if method == "PATCH" else b""
     for user in OTHERS:
-        status, answer = await _raw_target(stack, method, target, user, body)
+        status, answer = await raw_target(stack, method, target, user, body)
         assert status == 404, (user, target)
         message = gemini_error(answer, 404, "NOT_FOUND")
         assert stack.keys[user] not in message
     assert recording_upstream.received == []
     # the owner's own call, in the same spelling, reaches the upstream as sent
-    status, _ = await _raw_target(stack, method, target, "alice", body)
+    status, _ = await raw_target(stack, method, target, "alice", body)
     assert status == 200, target
     assert [r.raw_path for r in recording_upstream.received] == [target]
 
@@ -135,7 +123,7 @@ async def test_a_name_nobody_owns_is_404_even_for_a_case_variant(
         f"/v1beta/files/{file.split('/')[1].upper()}",
     ):
         for user in ("alice", "bob"):
-            status, answer = await _raw_target(stack, "GET", target, user)
+            status, answer = await raw_target(stack, "GET", target, user)
             assert status == 404, (user, target)
     assert recording_upstream.received == []
 
@@ -159,7 +147,7 @@ async def test_unknown_methods_on_a_cache_or_file_are_refused(
 ):
     stack, cache, file = await _owned_by_alice(make_stack, recording_upstream)
     for user in ("alice", "bob"):
-        status, answer = await _raw_target(
+        status, answer = await raw_target(
             stack, method, target.format(cache=cache, file=file), user
         )
         assert status == 405, (user, method, target)
@@ -239,18 +227,11 @@ async def test_naming_someone_elses_cache_or_file_is_refused(
 ):
     stack, cache, file = await _owned_by_alice(make_stack, recording_upstream)
     body = build(cache, file)
-    for user in OTHERS:
-        status, _, answer = await raw(
-            "POST", stack.url(path), headers=stack.headers(user), json=body
-        )
-        assert status == 404, (user, path, body)
-        gemini_error(answer, 404, "NOT_FOUND")
-    assert recording_upstream.received == []
-    if file.upper() in json.dumps(body):
-        return  # another name than the owned one: refused for alice too
-    status, _, _ = await raw("POST", stack.url(path), headers=stack.headers("alice"), json=body)
-    assert status == 200
-    assert len(recording_upstream.received) == 1
+    # another name than the owned one is refused to alice too
+    owner_too = file.upper() in json.dumps(body)
+    await assert_only_the_owner_reaches(
+        stack, recording_upstream, path, body, OTHERS, owner_too=owner_too
+    )
 
 
 @sqlite_only
