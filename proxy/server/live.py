@@ -88,6 +88,7 @@ from .auth import PresentedKey, presented_key, swap_key
 from .forward import (
     HOP_BY_HOP,
     _check_journal,
+    _check_references,
     _Decoder,
     _open_upstream,
     _read_body,
@@ -399,7 +400,7 @@ async def _relay(
     call: LiveCall,
 ) -> web.StreamResponse:
     """Both directions until the first ends; pass its close on; record the session."""
-    up = asyncio.create_task(_client_to_upstream(client, upstream, call))
+    up = asyncio.create_task(_client_to_upstream(request, client, upstream, call))
     down = asyncio.create_task(_upstream_to_client(request, client, upstream, call))
     cut = False
     end: _End | None = None
@@ -467,7 +468,10 @@ async def _close_other_side(
 
 
 async def _client_to_upstream(
-    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, call: LiveCall
+    request: web.Request,
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    call: LiveCall,
 ) -> _End:
     first = True
     while True:
@@ -481,6 +485,10 @@ async def _client_to_upstream(
             model = setup_model(msg.data)
             if call.model is None:
                 call.model = model
+        refused = await _refused_reference(request, msg.data, call.principal)
+        if refused is not None:
+            # Not forwarded: the frame names a cache, file or store the caller may not use.
+            return _End("proxy", POLICY_VIOLATION, refused)
         try:
             if msg.type is aiohttp.WSMsgType.TEXT:
                 await upstream.send_str(msg.data)
@@ -528,6 +536,37 @@ async def _upstream_to_client(
             call.client_disconnected = True
         if over_budget is not None:
             return _End("proxy", POLICY_VIOLATION, over_budget.message)
+
+
+# Field names (as bytes, both spellings) that can name an owned resource in a client frame:
+# a setup's cached content or File Search tool, a turn's file parts. Only a frame holding
+# one is parsed, so streamed audio and video frames cost a substring search, not a parse.
+_REFERENCE_MARKERS: Final = tuple(
+    marker
+    for name in ("cachedContent", "fileUri", "fileName", "fileSearchStoreNames", '"uri"')
+    for marker in {name.encode(), re.sub(r"([A-Z])", r"_\1", name).lower().encode()}
+)
+
+
+async def _refused_reference(
+    request: web.Request, frame: str | bytes, principal: Principal
+) -> str | None:
+    """Why a client frame must not be forwarded (it names a cache, file or File Search
+    store the caller may not use, or one the proxy cannot read), or None."""
+    data = frame.encode() if isinstance(frame, str) else frame
+    if not any(marker in data for marker in _REFERENCE_MARKERS):
+        return None
+    try:
+        parsed = strict_json(data)
+    except BodyRefused as exc:
+        # A frame the proxy cannot read (a repeated key, say) may name something it
+        # cannot check, as Google reads it.
+        return f"Gemini Meter could not check this message: {exc}."[:123]
+    try:
+        await _check_references(request, parsed, principal)
+    except (NotFound, InvalidArgument) as exc:
+        return exc.message[:123]
+    return None
 
 
 def _record(request: web.Request, call: LiveCall, *, provisional: bool) -> None:

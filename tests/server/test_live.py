@@ -22,9 +22,10 @@ import pytest
 from google.genai import types
 from sqlalchemy import select
 
+from proxy.server.auth import PresentedKey
 from proxy.server.keys import fingerprint, hash_key
-from proxy.server.typedefs import budgets_key, sessionmaker_key
-from proxy.storage.schema import Base, make_engine
+from proxy.server.typedefs import authenticator_key, budgets_key, sessionmaker_key
+from proxy.storage.schema import Base, ResourceKind, make_engine
 from tests.factories import (
     RecordingUpstream,
     Stack,
@@ -620,3 +621,59 @@ async def test_a_session_that_uses_up_a_budget_is_closed_after_that_turn(
             break
         await asyncio.sleep(0.05)
     assert ledger.closed and ledger.close_code == 1000
+
+
+def naming_file(name: str) -> str:
+    return json.dumps(
+        {
+            "clientContent": {
+                "turns": [
+                    {
+                        "role": "user",
+                        "parts": [
+                            {"text": "What is in this file?"},
+                            {"fileData": {"fileUri": name, "mimeType": "text/plain"}},
+                        ],
+                    }
+                ],
+                "turnComplete": True,
+            }
+        }
+    )
+
+
+async def test_a_message_naming_someone_elses_file_or_cache_is_never_forwarded(
+    live_stack: Stack, tls: Tls
+) -> None:
+    auth = live_stack.app[authenticator_key]
+    alice = await auth.authenticate(PresentedKey(live_stack.keys["alice"], "header"))
+    await auth.commit_resource(ResourceKind.FILE, "files/alices-notes", alice)
+    await auth.commit_resource(ResourceKind.CACHED_CONTENT, "cachedContents/alices", alice)
+
+    # bob names alice's file in a turn: the session is closed, the turn never sent on
+    _, ws = await raw_session(live_stack, tls, "bob")
+    await ws.send_str(SETUP)
+    await ws.receive(timeout=10)  # setupComplete
+    await ws.send_str(naming_file("https://example.invalid/v1beta/files/alices-notes"))
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+    assert "not found" in msg.extra.lower()
+    [bobs] = live_stack.upstream.live_sessions
+    assert bobs.usages == []  # the emulator never saw the turn
+
+    # a setup naming alice's cache: refused before the setup itself reaches the upstream
+    _, ws = await raw_session(live_stack, tls, "bob")
+    await ws.send_str(
+        json.dumps({"setup": {"model": f"models/{MODEL}", "cachedContent": "alices"}})
+    )
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+    assert live_stack.upstream.live_sessions[-1].frames_sent == 0  # not even setupComplete
+
+    # alice's own file goes through
+    _, ws = await raw_session(live_stack, tls, "alice")
+    await ws.send_str(SETUP)
+    await ws.receive(timeout=10)
+    await ws.send_str(naming_file("files/alices-notes"))
+    await until_turn_complete(ws)
+    assert len(live_stack.upstream.live_sessions[-1].usages) == 1
