@@ -45,7 +45,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote_plus, urlsplit
@@ -114,7 +114,6 @@ from .routes import (
     is_forwarded,
     masking_parameter,
     method_override,
-    openai_cached_contents,
     path_problem,
     previous_interaction_ids,
     request_meta,
@@ -356,9 +355,6 @@ async def admit(request: web.Request, started: float) -> _Call:
             call.meta = replace(call.meta, model=body_model(parsed))
         if route.action is Action.OPENAI_CHAT:
             _ask_stream_usage(call)
-            for name in sorted(_checked(openai_cached_contents, parsed)):
-                # Someone else's cache (or one never made here) is 404, never forwarded.
-                await auth.check_resource(ResourceKind.CACHED_CONTENT, name, principal)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
     if route.action in _BATCH_CHECKED:
@@ -499,13 +495,8 @@ def _ask_stream_usage(call: _Call) -> None:
 
 
 def _previous_interactions(body: object, request: web.Request) -> set[str]:
-    return _checked(lambda parsed: previous_interaction_ids(parsed, request.query), body)
-
-
-def _checked(names: Callable[[object], set[str]], body: object) -> set[str]:
-    """The resource names a body refers to, or 400 when one cannot be read."""
     try:
-        return names(body)
+        return previous_interaction_ids(body, request.query)
     except BodyRefused as exc:
         raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
 

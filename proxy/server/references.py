@@ -51,9 +51,14 @@ __all__ = ["CACHE_FIELDS", "Reference", "UncheckedReference", "references"]
 
 CACHE_FIELDS = ("cachedContent", "cached_content")
 _FILE_FIELDS = frozenset({"fileUri", "file_uri", "uri", "fileName", "file_name"})
+# A leading "/" and a version segment are read as the same name (the OpenAI-compatible
+# endpoint's ``extra_body.google.cached_content`` is written either way by its clients).
 _CACHE_NAME = re.compile(
-    r"^(?:projects/[^/]+/locations/[^/]+/)?cachedContents/(?P<id>[^/]+)$", re.IGNORECASE
+    r"^/?(?:v\d+[a-z0-9]*/)?(?:projects/[^/]+/locations/[^/]+/)?"
+    r"cachedContents/(?P<id>[^/?#\s]+)$",
+    re.IGNORECASE,
 )
+_CACHE_ID = re.compile(r"^[^/?#\s]+$")
 _VERSION = re.compile(r"^v\d+[a-z0-9]*$", re.IGNORECASE)
 _STORE_FIELDS = frozenset({"fileSearchStoreNames", "file_search_store_names"})
 _STORE_NAME = re.compile(
@@ -112,15 +117,14 @@ def cache_reference(value: object) -> Reference | None:
     """The cached content a ``cachedContent`` value names (None: none is named)."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise UncheckedReference("cachedContent must be a string")
+    if not isinstance(value, str) or not value.strip():
+        # An empty name may be read as no cache by one parser and refused by another.
+        raise UncheckedReference("cachedContent must be a non-empty string")
     text = value.strip()
-    if not text:
-        return None  # proto3's unset string
     m = _CACHE_NAME.match(text)
     if m is not None:
         cache_id = m.group("id")
-    elif "/" not in text:
+    elif _CACHE_ID.match(text):
         cache_id = text
     else:
         raise UncheckedReference("cachedContent must be a cachedContents/{id} name")

@@ -24,9 +24,9 @@ closing a way to make the proxy check one request while the upstream serves
 another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
 (Google honours ``X-HTTP-Method-Override`` and ``$httpMethod``),
 ``masking_parameter`` (field masks and encodings that would strip usage),
-``strict_json`` (duplicate keys, unparseable or too deep bodies),
-``previous_interaction_ids`` (both spellings, body and query) and
-``openai_cached_contents`` (a context cache an OpenAI-compatible chat body names).
+``strict_json`` (duplicate keys, unparseable or too deep bodies) and
+``previous_interaction_ids`` (both spellings, body and query). The caches, files and
+stores a body names are read by ``server.references``, for every route alike.
 """
 
 from __future__ import annotations
@@ -741,57 +741,6 @@ def previous_interaction_ids(body: object, query: MultiMapping[str]) -> set[str]
         if not isinstance(value, str) or not value:
             raise BodyRefused("previous_interaction_id must be a non-empty string")
         found.add(value)
-    return found
-
-
-# Where an OpenAI-shaped chat completion can name a Gemini context cache: Google's
-# compatibility layer reads ``extra_body.google.cached_content`` (what the openai SDK sends
-# for ``extra_body={"extra_body": {"google": {"cached_content": ...}}}``, as clients of
-# the endpoint do, e.g. NousResearch/hermes-agent's tests and several gateways' adapters);
-# the other spellings are read too, so no spelling of the name goes unchecked.
-_EXTRA_BODY_NAMES = ("extra_body", "extraBody")
-_CACHED_CONTENT_NAMES = ("cached_content", "cachedContent")
-_CACHE_ID = re.compile(r"^[^/?#\s]+$")
-
-
-def _cached_content_name(value: object) -> str:
-    """A cached content's canonical name, ``cachedContents/{id}``, however it was spelt."""
-    if not isinstance(value, str) or not value.strip():
-        raise BodyRefused("cached_content must be a non-empty string")
-    name = value.strip().lstrip("/")
-    version, _, rest = name.partition("/")
-    if re.fullmatch(_VERSION, version) and rest:
-        name = rest
-    collection, sep, cache_id = name.partition("/")
-    if not sep:
-        # a bare id: checked as the cache it would name
-        collection, cache_id = "cachedContents", name
-    if collection.lower() != "cachedcontents" or not _CACHE_ID.match(cache_id):
-        raise BodyRefused("cached_content must name one cachedContents/{id}")
-    return f"cachedContents/{cache_id}"
-
-
-def openai_cached_contents(body: object) -> set[str]:
-    """Every context cache an OpenAI-compatible chat body names, canonical.
-
-    ``BodyRefused`` for a value that is there but is not one cache's name: the
-    proxy cannot check what it cannot read.
-    """
-    if not isinstance(body, dict):
-        return set()
-    holders: list[object] = [body]
-    for outer in (body, *(body.get(n) for n in _EXTRA_BODY_NAMES)):
-        if isinstance(outer, dict):
-            holders.append(outer)
-            holders.append(outer.get("google"))
-    found: set[str] = set()
-    for holder in holders:
-        if not isinstance(holder, dict):
-            continue
-        for name in _CACHED_CONTENT_NAMES:
-            value = holder.get(name)
-            if value is not None:
-                found.add(_cached_content_name(value))
     return found
 
 

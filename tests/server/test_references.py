@@ -71,7 +71,6 @@ def test_every_spelling_of_a_file(part: object):
         {"fileData": {"fileUri": "https://example.com/static/v1/files/a/b.pdf"}},
         {"fileData": {"fileUri": "gs://bucket/files/a.pdf"}},
         {"uri": 7, "fileUri": None, "cachedContent": None},
-        {"cachedContent": ""},
         {"name": "files/f00d", "displayName": "cachedContents/abc123"},
         "files/f00d",
         None,
@@ -184,3 +183,30 @@ def test_stores_with_caches_and_files():
     }
     # no names at all is no reference
     assert references({"tools": [{"fileSearch": {"fileSearchStoreNames": None}}]}) == set()
+
+
+def test_an_openai_chat_body_names_caches_in_every_spelling():
+    # The OpenAI-compatible endpoint's extra_body.google.cached_content, as its clients
+    # write it, and every other place the one walker reads a cache from.
+    body = {
+        "cached_content": "a1",
+        "google": {"cachedContent": "cachedContents/b2"},
+        "extra_body": {"google": {"cached_content": "/v1beta/cachedContents/c3"}},
+        "extraBody": {"google": {"cachedContent": "CACHEDCONTENTS/d4"}, "cached_content": "e5"},
+    }
+    assert references(body) == {
+        Reference(ResourceKind.CACHED_CONTENT, f"cachedContents/{cache_id}")
+        for cache_id in ("a1", "b2", "c3", "d4", "e5")
+    }
+    assert references({"extra_body": {"google": {"cached_content": None}}}) == set()
+    assert references({"extra_body": "x", "google": []}) == set()
+
+
+@pytest.mark.parametrize(
+    "value", [7, "", "  ", "cachedContents/", "cachedContents/a/b", "files/a", "a?b", "a#b"]
+)
+def test_a_cache_name_the_proxy_cannot_read_is_refused(value: object):
+    with pytest.raises(UncheckedReference):
+        references({"extra_body": {"google": {"cached_content": value}}})
+    with pytest.raises(UncheckedReference):
+        references({"cachedContent": value})  # the same in the native APIs' bodies

@@ -15,7 +15,6 @@ from proxy.server.routes import (
     is_forwarded,
     masking_parameter,
     method_override,
-    openai_cached_contents,
     path_problem,
     previous_interaction_ids,
     request_meta,
@@ -607,30 +606,3 @@ def test_previous_interaction_ids_in_every_spelling_and_place():
         previous_interaction_ids(None, MultiDict({"previous_interaction_id": ""}))
     meta = request_meta(classify("POST", "/v1beta/interactions"), {"previousInteractionId": "b"})
     assert meta.previous_interaction_id == "b"
-
-
-def test_openai_cached_contents_in_every_spelling():
-    body = {
-        "cached_content": "a1",
-        "google": {"cachedContent": "cachedContents/b2"},
-        "extra_body": {"google": {"cached_content": "/v1beta/cachedContents/c3"}},
-        "extraBody": {"google": {"cachedContent": "CACHEDCONTENTS/d4"}, "cached_content": "e5"},
-    }
-    assert openai_cached_contents(body) == {
-        "cachedContents/a1",
-        "cachedContents/b2",
-        "cachedContents/c3",
-        "cachedContents/d4",
-        "cachedContents/e5",
-    }
-    assert openai_cached_contents({"extra_body": {"google": {"cached_content": None}}}) == set()
-    assert openai_cached_contents({"extra_body": "x", "google": []}) == set()
-    assert openai_cached_contents(["cached_content"]) == set()
-
-
-@pytest.mark.parametrize(
-    "value", [7, "", "  ", "cachedContents/", "cachedContents/a/b", "files/a", "a?b", "a#b"]
-)
-def test_openai_cached_contents_refuses_what_it_cannot_read(value: object):
-    with pytest.raises(BodyRefused):
-        openai_cached_contents({"extra_body": {"google": {"cached_content": value}}})
