@@ -33,7 +33,6 @@ the checks of the files and caches they name (``server.references``, where prese
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -61,6 +60,7 @@ from ..settings import AuthMode
 from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
 from .auth import Authenticator
+from .references import filtered_listing
 from .routes import Action, Route
 from .typedefs import authenticator_key, batch_meter_key, recorder_key
 
@@ -404,7 +404,7 @@ async def answer(
     operations = payload.get("operations") if isinstance(payload, dict) else None
     if not isinstance(operations, list):
         # Nothing the proxy can filter: behind the shared key, pass on nothing of it.
-        return (_filtered_list(payload, []) if filtering else None), []
+        return (filtered_listing(payload, "operations", []) if filtering else None), []
     names = {n for op in operations if (n := operation_name(op)) is not None}
     mine = await auth.owned_names(ResourceKind.BATCH, call.principal, names) if filtering else names
     kept = [op for op in operations if operation_name(op) in mine]
@@ -420,17 +420,7 @@ async def answer(
         durable += await _done_batch(app, op, call, owned)
     if not filtering:
         return None, durable
-    return _filtered_list(payload, kept), durable
-
-
-def _filtered_list(payload: object, kept: list[object]) -> bytes:
-    """A filtered list of batches: the kept Operations and the page token, nothing else
-    (a field the proxy does not know could name someone else's batches)."""
-    body: dict[str, object] = {"operations": kept}
-    token = payload.get("nextPageToken") if isinstance(payload, dict) else None
-    if isinstance(token, str) and token:
-        body["nextPageToken"] = token
-    return json.dumps(body).encode()
+    return filtered_listing(payload, "operations", kept), durable
 
 
 class DownloadTap:

@@ -102,7 +102,7 @@ from ..storage.schema import ResourceKind
 from . import batches
 from .auth import Authenticator, presented_key, swap_key
 from .media import OperationBill, operation_bill, operation_created, requested_usage
-from .references import UncheckedReference, references
+from .references import UncheckedReference, filtered_listing, references
 from .routes import (
     EMPTY_META,
     Action,
@@ -1250,10 +1250,7 @@ async def _filtered_list(
     names = [_name_of(item) for item in items]
     mine = await auth.owned_names(kind, call.principal, {n for n in names if n is not None})
     kept = [item for item, name in zip(items, names, strict=True) if name in mine]
-    filtered = {key: value for key, value in payload.items() if key != field}
-    if kept:
-        filtered[field] = kept  # Google leaves an empty list out altogether
-    return json.dumps(filtered).encode()
+    return filtered_listing(payload, field, kept)
 
 
 def _through_proxy(request: web.Request, upload_url: str) -> str:

@@ -38,6 +38,7 @@ which its owner check then refuses unless owned).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -172,3 +173,15 @@ def store_references(value: object) -> set[Reference]:
 def names_of(refs: Iterable[Reference], kind: ResourceKind) -> list[str]:
     """The names of one kind, sorted (the order owner checks run in)."""
     return sorted(r.name for r in refs if r.kind is kind)
+
+
+def filtered_listing(payload: object, field: str, kept: list[object]) -> bytes:
+    """A list response (``files``, ``cachedContents``, ``operations``, ...) cut down to the
+    ``kept`` items and the page token: nothing else of it is passed on, since a field the
+    proxy does not know could name someone else's resources. An empty list is left out
+    altogether, as Google's JSON leaves out every empty repeated field."""
+    body: dict[str, object] = {field: kept} if kept else {}
+    token = payload.get("nextPageToken") if isinstance(payload, dict) else None
+    if isinstance(token, str) and token:
+        body["nextPageToken"] = token
+    return json.dumps(body).encode()
