@@ -8,8 +8,10 @@ test, so its ledger of what it served is at hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +61,31 @@ async def _start(tmp_path: Path, aiohttp_server: Any, workers: int, **settings: 
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'meter.db'}"
     env = proxy_env(tmp_path, database_url, str(emulator.make_url("")).rstrip("/"), **settings)
     key = cli(env, "keys", "create", "--user", "alice").strip().splitlines()[-1]
-    metrics_port = free_port()
+    metrics_port = _free_ports(workers)
     args = ("--workers", str(workers), "--metrics-port", str(metrics_port)) if workers > 1 else ()
     proxy = ProxyProcess(env, free_port(), tmp_path / "proxy.log", args)
     await proxy.start()
-    if workers > 1:
-        await _all_ready(metrics_port, workers)
+    try:
+        if workers > 1:
+            await _all_ready(metrics_port, workers)
+    except BaseException:
+        proxy.kill()  # never a supervisor left running past its test
+        raise
     return emulator.app[emulator_state_key], proxy, database_url, key, metrics_port
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports free now (worker i's metrics: first + i)."""
+    while True:
+        first = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
 
 
 async def _all_ready(metrics_port: int, workers: int) -> None:
