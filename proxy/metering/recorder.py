@@ -2,9 +2,10 @@
 
 ``Recorder.finish`` is called by the proxy handler once per billable upstream
 response. It never awaits: pricing is a pure function, metrics are in-memory
-counters, and the writer's ``submit`` only appends to the journal's next group
-commit. Budgets settle here: the estimate reserved at admission is replaced by
-what the record counts (``budgets.engine.BudgetEngine.settle``, which never awaits).
+counters, and the writer's ``submit`` only writes the row to the journal (the
+journal's fsync and the database write happen later, off the request path).
+Budgets settle here: the estimate reserved at admission is replaced by what the
+record counts (``budgets.engine.BudgetEngine.settle``, which never awaits).
 
 An interaction is billed once: the recorder remembers the interactions whose
 terminal record is *journaled* (not merely handed over: a record the journal
@@ -16,11 +17,8 @@ and replaces it in the database.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 from ..pricing import Catalog, price
@@ -60,25 +58,19 @@ class Recorder:
         """Remember who created an interaction, for ownership checks in any process."""
         self._writer.submit_owner(interaction_id, principal, model)
 
-    def finish(
-        self,
-        record: UsageRecord,
-        reservation: Reservation | None = None,
-        on_durable: Callable[[], None] | None = None,
-    ) -> asyncio.Future[None] | None:
+    def finish(self, record: UsageRecord, reservation: Reservation | None = None) -> bool:
         """Price, count and hand on ``record``, settling the call's budget
         ``reservation`` against it; never awaits.
 
-        Returns a future done once the record is journaled (or refused by a full
-        journal), for the handler to hold the response's last byte until then;
-        None when the record was skipped or there is no journal to wait for.
-        ``on_durable()`` runs once it is journaled (never if it was refused).
+        Returns whether the record is kept: True once it is journaled (written to the
+        journal before this returns), False when it was skipped (an interaction billed
+        already) or refused (a full journal with the ``drop`` policy, a full queue).
         """
         iid = record.interaction_id
         if iid is not None and iid in self._billed:
             if self._budgets is not None:
                 self._budgets.release(reservation)
-            return None
+            return False
         try:
             # An unmetered route's zero tokens are not a zero cost: it stays unpriced.
             if not record.unmetered_route:
@@ -95,22 +87,12 @@ class Recorder:
         self._metrics.observe(record)
         if self._budgets is not None:
             self._budgets.settle(record, reservation)
-        billed: Callable[[], None] | None = (
-            None if iid is None or record.provisional else partial(self._billed_once, iid)
-        )
-        if on_durable is not None:
-            billed = on_durable if billed is None else _both(billed, on_durable)
-        return self._writer.submit(record, on_durable=billed)
+        kept = self._writer.submit(record)
+        if kept and iid is not None and not record.provisional:
+            self._billed_once(iid)
+        return kept
 
     def _billed_once(self, interaction_id: str) -> None:
         self._billed[interaction_id] = None
         if len(self._billed) > _SEEN_LIMIT:
             self._billed.popitem(last=False)
-
-
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def run() -> None:
-        first()
-        second()
-
-    return run

@@ -246,14 +246,6 @@ class Outcome:
     refused: bool = False
 
 
-@dataclass(slots=True)
-class Handed:
-    """What ``_record`` handed to the recorder."""
-
-    count: int  # results recorded by this call (the others were, earlier, in this process)
-    durable: list[asyncio.Future[None]]  # done once each of those is journaled or refused
-
-
 def _record(
     app: web.Application,
     results: Iterable[BatchResult],
@@ -263,64 +255,29 @@ def _record(
     model: str | None,
     call: Call,
     outcome: Outcome,
-) -> Handed:
-    """Hand each result this process has not recorded yet to the recorder."""
+) -> int:
+    """Hand each result this process has not recorded yet to the recorder; how many were.
+
+    A record the journal refused is forgotten, to be recorded again at its next
+    sighting, and ``outcome`` says so."""
     meter = app[batch_meter_key]
     recorder = app[recorder_key]
-    handed = Handed(0, [])
+    count = 0
     for result in results:
         record = result_record(result, batch=batch, owner=owner, model=model, call=call)
         if not meter.fresh(record.request_id):
             continue
-        handed.count += 1
-        journaled = _Flag()
-        future = recorder.finish(record, on_durable=journaled.set)
-        check = _RefusalCheck(meter, record.request_id, journaled, outcome)
-        if future is None:
-            check(None)
-        else:
-            future.add_done_callback(check)
-            handed.durable.append(future)
-    return handed
-
-
-class _Flag:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = False
-
-    def set(self) -> None:
-        self.value = True
-
-
-@dataclass(slots=True)
-class _RefusalCheck:
-    """Once a record's fate is known: a refused one is forgotten, to be recorded again
-    at its next sighting, and its call's ``Outcome`` says so."""
-
-    meter: BatchMeter
-    request_id: str
-    journaled: _Flag
-    outcome: Outcome
-
-    def __call__(self, _: object) -> None:
-        if not self.journaled.value:
-            self.meter.forget(self.request_id)
-            self.outcome.refused = True
+        count += 1
+        if not recorder.finish(record):
+            meter.forget(record.request_id)
+            outcome.refused = True
+    return count
 
 
 async def _mark_recorded(
-    app: web.Application,
-    kind: ResourceKind,
-    name: str,
-    state: dict[str, Any],
-    durable: list[asyncio.Future[None]],
-    outcome: Outcome,
+    app: web.Application, kind: ResourceKind, name: str, state: dict[str, Any], outcome: Outcome
 ) -> None:
-    """Once every record is journaled, mark ``name`` recorded in its resource state."""
-    if durable:
-        await asyncio.gather(*durable, return_exceptions=True)
+    """Mark ``name`` recorded in its resource state, unless a record of it was refused."""
     if not outcome.refused:
         await app[authenticator_key].update_resource_state(kind, name, {**state, _RECORDED: True})
 
@@ -338,11 +295,11 @@ async def _register_file(
 
 async def _done_batch(
     app: web.Application, operation: object, call: Call, owned: Owned | None
-) -> list[asyncio.Future[None]]:
+) -> None:
     """Register the responses file and record the inline results of one batch Operation."""
     batch = operation_name(operation)
     if batch is None:
-        return []
+        return
     owner = (owned.owner if owned is not None else None) or call.principal
     model = operation_model(operation) or (owned.model if owned is not None else None)
     file = responses_file(operation)
@@ -350,10 +307,10 @@ async def _done_batch(
         await _register_file(app, file, batch, owner, model)
     state = owned.state if owned is not None else {}
     if state.get(_RECORDED):
-        return []
+        return
     results = inline_results(operation)
     if results is None:
-        return []
+        return
     meter = app[batch_meter_key]
     if owned is not None and owned.owner is not None:
         if any(not meter.seen(result_request_id(batch, r.index)) for r in results):
@@ -364,29 +321,22 @@ async def _done_batch(
             if found is not None and found.state.get(_RECORDED):
                 for r in results:
                     meter.fresh(result_request_id(batch, r.index))
-                return []
+                return
     outcome = Outcome()
-    handed = _record(
-        app, results, batch=batch, owner=owner, model=model, call=call, outcome=outcome
-    )
-    # Marked by the call that recorded them all (an earlier one's records may still be
-    # on their way to the journal).
-    if owned is not None and owned.owner is not None and handed.count == len(results):
-        marking = _mark_recorded(app, ResourceKind.BATCH, batch, state, handed.durable, outcome)
-        meter.later(marking)
-    return handed.durable
+    count = _record(app, results, batch=batch, owner=owner, model=model, call=call, outcome=outcome)
+    # Marked by the call that recorded them all.
+    if owned is not None and owned.owner is not None and count == len(results):
+        meter.later(_mark_recorded(app, ResourceKind.BATCH, batch, state, outcome))
 
 
-async def answer(
-    request: web.Request, call: Call, status: int, payload: object
-) -> tuple[bytes | None, list[asyncio.Future[None]]]:
+async def answer(request: web.Request, call: Call, status: int, payload: object) -> bytes | None:
     """Act on the whole JSON answer of a create, get or list of batches.
 
     Returns the body to send instead of the upstream's (a filtered list), or None to
-    relay it unchanged, and the futures of the records to wait for before the last byte.
+    relay it unchanged.
     """
     if status >= 400:
-        return None, []
+        return None
     app = request.app
     action = call.route.action
     auth = app[authenticator_key]
@@ -396,19 +346,19 @@ async def answer(
             await auth.commit_resource(
                 ResourceKind.BATCH, name, call.principal, model=call.route.model, state={}
             )
-        return None, []
+        return None
     if action is Action.BATCH_GET:
-        return None, await _done_batch(app, payload, call, call.owned)
+        await _done_batch(app, payload, call, call.owned)
+        return None
     # BATCH_LIST: only the caller's own batches, each handled as a get of it.
     filtering = auth.mode is AuthMode.VIRTUAL_KEYS
     operations = payload.get("operations") if isinstance(payload, dict) else None
     if not isinstance(operations, list):
         # Nothing the proxy can filter: behind the shared key, pass on nothing of it.
-        return (filtered_listing(payload, "operations", []) if filtering else None), []
+        return filtered_listing(payload, "operations", []) if filtering else None
     names = {n for op in operations if (n := operation_name(op)) is not None}
     mine = await auth.owned_names(ResourceKind.BATCH, call.principal, names) if filtering else names
     kept = [op for op in operations if operation_name(op) in mine]
-    durable: list[asyncio.Future[None]] = []
     for op in kept:
         owned = None
         if filtering and (inline_results(op) is not None or responses_file(op) is not None):
@@ -417,10 +367,8 @@ async def answer(
             found = await auth.resource(ResourceKind.BATCH, name)
             if found is not None:
                 owned = Owned(found.owner, found.model, dict(found.state or {}))
-        durable += await _done_batch(app, op, call, owned)
-    if not filtering:
-        return None, durable
-    return filtered_listing(payload, "operations", kept), durable
+        await _done_batch(app, op, call, owned)
+    return filtered_listing(payload, "operations", kept) if filtering else None
 
 
 class DownloadTap:
@@ -442,7 +390,6 @@ class DownloadTap:
         self._model = model
         self._state = state
         self._lines = ResultLines()
-        self._durable: list[asyncio.Future[None]] = []
         self._outcome = Outcome()
         # every line so far recorded by this download (none by an earlier one)
         self._all_handed = True
@@ -460,10 +407,7 @@ class DownloadTap:
     def _hand_on(self, results: list[BatchResult]) -> None:
         if not results:
             return
-        # Futures already done are dropped (a refusal is in the outcome): a file of many
-        # lines keeps few in hand.
-        self._durable = [f for f in self._durable if not f.done()]
-        handed = _record(
+        count = _record(
             self._app,
             results,
             batch=self._batch,
@@ -472,24 +416,17 @@ class DownloadTap:
             call=self._call,
             outcome=self._outcome,
         )
-        self._durable += handed.durable
-        self._all_handed = self._all_handed and handed.count == len(results)
+        self._all_handed = self._all_handed and count == len(results)
 
-    def finish(self, *, complete: bool) -> asyncio.Future[Any] | None:
-        """Record the last line; a future done once every record is journaled."""
+    def finish(self, *, complete: bool) -> None:
+        """Record the last line; mark the file recorded if every line was, here."""
         self._hand_on(self._lines.close())
-        durable = list(self._durable)
         file = self._call.route.resource
         if complete and self._all_handed and file is not None and self._call.owned is not None:
             if self._call.owned.owner is not None:
                 self._app[batch_meter_key].later(
-                    _mark_recorded(
-                        self._app, ResourceKind.FILE, file, self._state, durable, self._outcome
-                    )
+                    _mark_recorded(self._app, ResourceKind.FILE, file, self._state, self._outcome)
                 )
-        if not durable:
-            return None
-        return asyncio.gather(*durable, return_exceptions=True)
 
 
 def download_tap(request: web.Request, call: Call) -> DownloadTap | None:

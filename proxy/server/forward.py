@@ -189,8 +189,6 @@ class _Call:
     streamed: bool = False  # the response was relayed as a stream
     owner_registered: bool = False
     upstream_headers: CIMultiDictProxy[str] | None = None
-    # done once the record of an unmetered call is journaled (see Recorder.finish)
-    durable: asyncio.Future[None] | None = None
     # held against the caller's budgets until the record settles it
     reservation: Reservation | None = None
     # the batch or file the path names, as admission checked it (server.batches)
@@ -265,7 +263,7 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
             upstream.release()
     if endpoint is None:
         if route.unmetered is not None:
-            call.durable = _record_unmetered(request, call, upstream)
+            _record_unmetered(request, call, upstream)
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
         tap: StreamTap = (
@@ -800,11 +798,9 @@ async def _relay_whole(
     await _register_media(request, call, payload, upstream.status)
     summary = _summarize(call, payload, upstream.status)
     await _register_owner(request, call, summary.interaction_id, upstream.status)
-    durable = _finish(request, call, upstream.status, summary)
-    if durable is not None:
-        # The answer goes out once its record is on disk (a group commit's fsync):
-        # a client never holds a response the meter could still lose.
-        await asyncio.shield(durable)
+    # The record is in the journal once _finish returns: a client never holds a
+    # response the meter could still lose.
+    _finish(request, call, upstream.status, summary)
     return response
 
 
@@ -833,18 +829,14 @@ async def _relay_batch(
 ) -> web.StreamResponse:
     """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
     body, decoded = await _read_whole(upstream, call)
-    replaced, durable = await batches.answer(
+    replaced = await batches.answer(
         request, _batch_call(call), upstream.status, parse_json(decoded)
     )
     headers = _response_headers(upstream, keep_length=False)
     if replaced is not None:
         body = replaced
         headers.popall("content-encoding", None)
-    response = web.Response(status=upstream.status, body=body, headers=headers)
-    if durable:
-        # As for any metered call: the answer goes out once its records are on disk.
-        await asyncio.shield(asyncio.gather(*durable, return_exceptions=True))
-    return response
+    return web.Response(status=upstream.status, body=body, headers=headers)
 
 
 def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
@@ -1002,17 +994,17 @@ async def _pump(
         log.exception("relaying a stream failed: %s %s", request.method, request.path)
     finally:
         upstream.release()
-    durable = call.durable
     if isinstance(tap, batches.DownloadTap):
         # Each line was recorded as it completed; a file cut short is not marked recorded.
         try:
-            durable = tap.finish(complete=not (broken or cut))
+            tap.finish(complete=not (broken or cut))
         except Exception:
             log.exception("recording the last results of a responses file failed")
     elif tap is not None:
+        # Journaled before the last byte goes out, as for a whole answer.
         summary = _summary_of(tap)
         await _register_owner(request, call, summary.interaction_id, upstream.status)
-        durable = _finish(request, call, upstream.status, summary)
+        _finish(request, call, upstream.status, summary)
     if cut:
         raise asyncio.CancelledError
     if broken or call.client_disconnected:
@@ -1020,8 +1012,6 @@ async def _pump(
         if request.transport is not None:
             request.transport.close()
         return response
-    if durable is not None:
-        await asyncio.shield(durable)  # the last byte only once the record is on disk
     try:
         if relayed is not None and (rest := relayed.close()):
             await response.write(rest)
@@ -1074,11 +1064,9 @@ def billing(action: Action, status: int, streamed: bool, summary: ResponseSummar
     return False
 
 
-def _finish(
-    request: web.Request, call: _Call, status: int, summary: ResponseSummary
-) -> asyncio.Future[None] | None:
-    """Decide whether this response is billable and hand its record on; returns a
-    future done once the record is journaled (None when there is nothing to wait for)."""
+def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSummary) -> bool:
+    """Decide whether this response is billable and hand its record on; returns whether
+    a record was kept (it is in the journal by then)."""
     action = call.route.action
     principal = call.principal
     assert principal is not None  # metered calls are always authenticated
@@ -1087,7 +1075,7 @@ def _finish(
     bill = call.bill
     if provisional is None or (action is Action.OPERATION_GET and bill is None):
         # (an operation's poll bills only the first time it is seen done)
-        return None
+        return False
     if status >= 400:
         interaction_id = None
     headers = call.upstream_headers
@@ -1124,9 +1112,7 @@ def _finish(
     return request.app[recorder_key].finish(record, call.reservation)
 
 
-def _record_unmetered(
-    request: web.Request, call: _Call, upstream: aiohttp.ClientResponse
-) -> asyncio.Future[None] | None:
+def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.ClientResponse) -> bool:
     """Record a call on a billable route the meter cannot read: zero tokens, flagged.
 
     Recorded as soon as the upstream's status is known (so ``latency_seconds``
@@ -1137,7 +1123,7 @@ def _record_unmetered(
     route = call.route
     assert route.unmetered is not None
     if call.principal is None:
-        return None
+        return False
     content_type = upstream.headers.get("content-type", "")
     return request.app[recorder_key].finish(
         UsageRecord(
@@ -1213,7 +1199,6 @@ async def _relay_owned(
     status = upstream.status
     headers = _response_headers(upstream, keep_length=False)
     route = call.route
-    durable = None
     if "x-goog-upload-url" in headers:
         headers["x-goog-upload-url"] = _through_proxy(request, headers["x-goog-upload-url"])
     if route.lists is not None:
@@ -1227,11 +1212,8 @@ async def _relay_owned(
         if status < 400:
             await _own_store(request, call, parse_json(decoded))
     else:
-        durable = await _bill_storage(request, call, status, parse_json(decoded))
-    response = web.Response(status=status, body=body, headers=headers)
-    if durable is not None:
-        await asyncio.shield(durable)  # the answer only once its record is journaled
-    return response
+        await _bill_storage(request, call, status, parse_json(decoded))
+    return web.Response(status=status, body=body, headers=headers)
 
 
 async def _filtered_list(
@@ -1339,9 +1321,7 @@ def _stable_request_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "gemini-meter:" + ":".join(parts)).hex
 
 
-async def _bill_storage(
-    request: web.Request, call: _Call, status: int, payload: object
-) -> asyncio.Future[None] | None:
+async def _bill_storage(request: web.Request, call: _Call, status: int, payload: object) -> bool:
     """Own a new cache and record its storage line (``metering.caching`` has the rules).
 
     create: the lifetime asked, charged whole; PATCH: the change of expiry; DELETE: the
@@ -1408,7 +1388,7 @@ async def _bill_storage(
         return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
     refund = deleted_storage(stored, now_seconds())
     if refund == 0:
-        return None
+        return False
     return _storage_record(
         request, call, status, _stable_request_id(name, "delete"), name, storage=refund
     )
@@ -1424,8 +1404,8 @@ def _storage_record(
     storage: int = 0,
     model: str | None = None,
     parse_error: bool = False,
-) -> asyncio.Future[None] | None:
-    """Hand on one cache-storage line, billed to the cache's owner."""
+) -> bool:
+    """Hand on one cache-storage line, billed to the cache's owner; whether it was kept."""
     principal = call.owner or call.principal
     endpoint = call.route.endpoint
     assert principal is not None and endpoint is not None  # cache storage calls: metered

@@ -628,7 +628,7 @@ async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("The auth_tokens request body must be a JSON object.")
     upstream = await _open_upstream(request, call)
     if not virtual:
-        call.durable = _record_unmetered(request, call, upstream)
+        _record_unmetered(request, call, upstream)
     try:
         payload = await upstream.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -658,6 +658,4 @@ async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
             minted["name"] = handle
             return web.json_response(minted, status=upstream.status)
         await auth.remember_minted(token, principal, model)
-    if call.durable is not None:
-        await asyncio.shield(call.durable)  # the answer once its record is journaled
     return as_it_came

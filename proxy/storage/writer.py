@@ -2,11 +2,12 @@
 
 ``metering.recorder`` calls ``UsageWriter.submit(record)`` (and ``server.forward`` calls
 ``submit_owner`` when an interaction is created). Both turn what they are given
-into a row and return: no await, no I/O. With a ``storage.journal.Journal``
-(the default in the app), the row is appended to the journal first and joins
-the in-process queue once the journal has fsync'd it; the journal's ticket
-travels with the row, and the row is released from the journal once it is
-committed (or refused for its content), which lets the journal trim itself.
+into a row and return: no await, no waiting on the disk. With a
+``storage.journal.Journal`` (the default in the app), the row is written to the
+journal before ``submit`` returns and joins the in-process queue once the
+journal has fsync'd it; the journal's ticket travels with the row, and the row
+is released from the journal once it is committed (or refused for its content),
+which lets the journal trim itself.
 Rows the journal replays on start are queued again with ``replay``. One
 background task drains the queue:
 
@@ -163,16 +164,13 @@ class UsageWriter:
         """Rows accepted and not yet written (including the batch in flight)."""
         return len(self._queue) + len(self._batch)
 
-    def submit(
-        self, record: UsageRecord, on_durable: Callable[[], None] | None = None
-    ) -> asyncio.Future[None] | None:
+    def submit(self, record: UsageRecord) -> bool:
         """Journal ``record`` and queue it for writing. Never awaits, never raises.
 
-        ``on_durable()`` runs once the record is journaled (at once without a
-        journal); never if the journal refused it. Returns a future done once
-        the record is journaled or refused (None without a journal). The row is a
-        snapshot taken now: changing ``record`` afterwards has no effect on what
-        is stored.
+        Returns whether the record was kept: True once it is in the journal (written
+        before this returns; or, without a journal, queued), False if the journal or
+        the queue refused it (counted). The row is a snapshot taken now: changing
+        ``record`` afterwards has no effect on what is stored.
         """
         try:
             values = usage_values(record)
@@ -180,39 +178,28 @@ class UsageWriter:
             # A bug upstream of us must not fail the client's request.
             log.exception("could not convert a usage record; it is not recorded")
             self.failed_rows_total += 1
-            return None
-        return self._hand_over(True, values, on_durable)
+            return False
+        return self._hand_over(True, values)
 
     def submit_owner(self, interaction_id: str, principal: Principal, model: str | None) -> None:
         """Queue "``principal`` owns ``interaction_id``". Never awaits, never raises."""
-        self._hand_over(False, owner_values(interaction_id, principal, model, utcnow()), None)
+        self._hand_over(False, owner_values(interaction_id, principal, model, utcnow()))
 
-    def _hand_over(
-        self, is_usage: bool, values: dict[str, Any], on_durable: Callable[[], None] | None
-    ) -> asyncio.Future[None] | None:
+    def _hand_over(self, is_usage: bool, values: dict[str, Any]) -> bool:
+        """Journal a row, which joins the queue once its group commit is fsync'd."""
         journal = self._journal
         if journal is None:
-            self._enqueue(is_usage, values, None)
-            if on_durable is not None:
-                on_durable()
-            return None
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return self._enqueue(is_usage, values, None)
 
         def durable(ticket: int | None) -> None:
             self._enqueue(is_usage, values, ticket)
-            if on_durable is not None:
-                on_durable()
-            if not done.done():
-                done.set_result(None)
 
         try:
-            if not journal.append(USAGE if is_usage else OWNER, values, durable):
-                done.set_result(None)  # refused (and counted): nothing to wait for
+            return journal.append(USAGE if is_usage else OWNER, values, durable)
         except Exception:
             # A value the journal cannot encode is a bug; the row still goes on.
             log.exception("could not journal a row; it is written unjournaled")
-            durable(None)
-        return done
+            return self._enqueue(is_usage, values, None)
 
     def replay(self, entries: Iterable[Entry]) -> None:
         """Queue rows the journal kept from a previous run (beyond ``queue_limit``:
@@ -223,7 +210,7 @@ class UsageWriter:
             self._accepted += 1
         self._wakeup.set()
 
-    def _enqueue(self, is_usage: bool, values: dict[str, Any], ticket: int | None) -> None:
+    def _enqueue(self, is_usage: bool, values: dict[str, Any], ticket: int | None) -> bool:
         if self._closed or self.queued >= self._queue_limit:
             self.dropped_total += 1
             if self._burst_dropped == 0:
@@ -236,13 +223,14 @@ class UsageWriter:
                     "; journaled rows are written on the next start" if self._journal else "",
                 )
             self._burst_dropped += 1
-            return
+            return False
         self._queue.append(_Row(time.monotonic(), is_usage, values, ticket))
         self._accepted += 1
         # Wake the loop only when it has something new to decide: the first row
         # (start the interval clock) or a full batch.
         if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
             self._wakeup.set()
+        return True
 
     # --------------------------------------------------------------- lifecycle
 

@@ -4,7 +4,9 @@ replay, trim, the size bound, slots; and the idempotent writes replay relies on.
 from __future__ import annotations
 
 import asyncio
-import threading
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -100,19 +102,21 @@ async def test_rows_appended_in_one_tick_share_one_fsync(tmp_path):
         await journal.close()
 
 
-async def test_a_callback_runs_only_after_the_row_is_on_disk(tmp_path):
+async def test_a_row_is_in_its_segment_when_append_returns_and_durable_after_the_fsync(
+    tmp_path,
+):
     journal = Journal(tmp_path, max_bytes=10**8)
     journal.open()
-    seen_on_disk: list[bool] = []
+    durable: list[int | None] = []
 
-    def durable(ticket: int | None) -> None:
-        rows, _ = decode_frames(b"".join(p.read_bytes() for p in _segments(journal)))
-        seen_on_disk.append(any(v["request_id"] == "r1" for _, v in rows))
-
-    journal.append(USAGE, {"request_id": "r1"}, durable)
-    assert seen_on_disk == []  # not yet: the fsync runs in a thread, later
+    journal.append(USAGE, {"request_id": "r1"}, durable.append)
+    rows, _ = decode_frames(b"".join(p.read_bytes() for p in _segments(journal)))
+    # written at once (the response may go out now) ...
+    assert [v["request_id"] for _, v in rows] == ["r1"]
+    # ... but handed to the database only once the group commit's fsync is done
+    assert durable == [] and journal.commits_total == 0
     await journal.flush()
-    assert seen_on_disk == [True]
+    assert len(durable) == 1 and durable[0] is not None and journal.commits_total == 1
     await journal.close()
 
 
@@ -173,46 +177,43 @@ async def test_the_refuse_policy_refuses_admission_and_keeps_every_row(tmp_path)
     await journal.close()
 
 
-class _ThreadNoting(Decimal):
-    """A Decimal that notes which thread turns it into JSON text."""
+_KILLED_BEFORE_FSYNC = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from proxy.storage.journal import USAGE, Journal
 
-    threads: list[str] = []
-
-    def __str__(self) -> str:
-        _ThreadNoting.threads.append(threading.current_thread().name)
-        return super().__str__()
-
-
-async def test_rows_are_encoded_in_the_journal_thread_not_on_the_event_loop(tmp_path):
-    journal = Journal(tmp_path, max_bytes=10**6)
+async def main():
+    journal = Journal(Path(sys.argv[1]), max_bytes=10**6)
     journal.open()
-    _ThreadNoting.threads.clear()
-    tickets = await _append_all(journal, [{"request_id": "r", "cost_usd": _ThreadNoting("1.5")}])
-    assert tickets[0] is not None
-    assert _ThreadNoting.threads == ["gemini-meter-journal_0"]
-    await journal.close()
+    for i in range(3):
+        assert journal.append(USAGE, {"request_id": f"r{i}"}, lambda ticket: None)
+    # killed before the loop ever runs the group commit: no fsync, no flush, no close
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def test_rows_written_before_a_sigkill_are_replayed_though_never_fsynced(tmp_path):
+    died = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_FSYNC, str(tmp_path)], check=False)
+    assert died.returncode == -signal.SIGKILL
     again = Journal(tmp_path, max_bytes=10**6)
-    [entry] = again.open()
-    assert entry.values == {"request_id": "r", "cost_usd": Decimal("1.5")}
+    assert [e.values["request_id"] for e in again.open()] == ["r0", "r1", "r2"]
     await again.close()
 
 
-async def test_a_row_that_cannot_be_encoded_goes_on_unjournaled(tmp_path, caplog):
+async def test_a_row_that_cannot_be_encoded_is_refused_and_leaves_nothing(tmp_path):
     journal = Journal(tmp_path, max_bytes=10**6)
     journal.open()
-    rows: list[dict[str, Any]] = [
-        {"request_id": "a"},
-        {"request_id": "b", "oops": object()},
-        {"request_id": "c"},
-    ]
-    tickets = await _append_all(journal, rows)
-    # the callback still runs, without a ticket: the writer writes the row unjournaled
-    assert tickets[1] is None and None not in (tickets[0], tickets[2])
-    assert "could not journal a row" in caplog.text
-    journal.release([t for t in tickets if t is not None])
-    await journal.flush()
-    assert journal.held_bytes == 0  # the two journaled rows, and only they, were held
+    tickets = await _append_all(journal, [{"request_id": "a"}])
+    with pytest.raises(TypeError):
+        journal.append(USAGE, {"request_id": "b", "oops": object()}, tickets.append)
+    await _append_all(journal, [{"request_id": "c"}])
     await journal.close()
+    again = Journal(tmp_path, max_bytes=10**6)
+    # (the writer sends such a row on unjournaled); the journal holds the others
+    assert [e.values["request_id"] for e in again.open()] == ["a", "c"]
+    await again.close()
 
 
 async def test_two_processes_never_share_a_journal(tmp_path):
@@ -307,10 +308,11 @@ async def test_a_replay_of_rows_already_committed_doubles_nothing(
     records = [make_record(alice), make_record(alice, interaction_id="int-9")]
     for record in records:
         writer.submit(record)
-    await writer.flush()
-    # committed; the active segment is only trimmed at close: copy what is on disk now
+    # written to the journal as submit returns: copy what is on disk now, before the
+    # commit trims it
     assert journal.slot is not None
     slot_files = {p.name: p.read_bytes() for p in _segments(journal)}
+    await writer.flush()
     await writer.close()
     await journal.close()
     assert _segments(journal) == []  # a clean close trims everything committed

@@ -336,7 +336,7 @@ async def test_submit_never_awaits(writers, alice, make_record):
     writer = writers()
     assert not asyncio.iscoroutinefunction(writer.submit)
     assert not asyncio.iscoroutinefunction(writer.submit_owner)
-    assert writer.submit(make_record(alice)) is None
+    assert writer.submit(make_record(alice)) is True
 
 
 async def test_counting_rows(writers, alice, make_record, sessionmaker):
