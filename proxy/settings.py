@@ -117,8 +117,8 @@ class Settings(BaseSettings):
     writer_flush_interval_seconds: float = Field(default=0.2, gt=0)
     writer_queue_limit: int = Field(default=100_000, gt=0)
 
-    # The durable journal (storage.journal): every finished record is appended and
-    # fsync'd before the writer takes it, replayed on start, trimmed once committed.
+    # The durable journal (storage.journal): every finished record is written to it at
+    # once and fsync'd before the writer takes it, replayed on start, trimmed once committed.
     journal_enabled: bool = True
     # Unset: next to the SQLite file for the embedded default, else ./gemini-meter-journal.
     # Each process takes the first free slot (an exclusive lock) beneath it.
@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     journal_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     journal_segment_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     journal_full_policy: JournalFullPolicy = JournalFullPolicy.REFUSE
+    # A group commit's fsync comes this long after the first record it covers (records
+    # are written at once; only a machine crash could lose those not yet fsync'd).
+    journal_sync_interval_ms: float = Field(default=5.0, ge=0, le=1000)
     # One line per request (method, path, status, time; never the query): off saves its
     # formatting on every call where a load balancer or the metrics already say enough.
     access_log: bool = True

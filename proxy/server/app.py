@@ -238,6 +238,7 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
             max_bytes=settings.journal_max_bytes,
             segment_bytes=settings.journal_segment_bytes,
             policy=settings.journal_full_policy,
+            sync_interval=settings.journal_sync_interval_ms / 1000,
         )
         try:
             replay = await asyncio.to_thread(journal.open)

@@ -9,14 +9,14 @@ recorded. The request path never waits for the disk:
   to the active segment at once, on the event loop: one ``os.write`` into the
   kernel's page cache, a few microseconds. From then on the row outlives the
   process (a SIGKILL, an OOM kill, a crash), so the response it belongs to may
-  go out at once. One flusher task then fsyncs in a worker thread: rows written
-  while a fsync runs make the next one, so one fsync covers every record that
-  arrived in the same loop tick (or during the previous fsync). A row's
+  go out at once. One flusher task then fsyncs in a worker thread, ``sync_interval``
+  after the first row it covers (or at the next loop tick): one fsync covers every
+  record written meanwhile, and rows written while it runs make the next one. A row's
   ``on_durable`` callback runs after its fsync, with its *ticket* (the number of
   the segment that holds it); only then does the writer queue it for the
   database. What a machine crash (power, kernel) can lose is the rows written
-  since the last fsync began: at most one group commit's worth, a few
-  milliseconds of calls.
+  since the last fsync began: one group commit's worth, ``sync_interval`` plus
+  an fsync of calls.
 - **segments**: the journal is a directory of append-only files
   ``<number>.seg``. The active one is rotated past ``segment_bytes``; a segment
   is deleted once it is not active and every row in it has been ``release``d
@@ -176,9 +176,14 @@ class Journal:
         max_bytes: int,
         segment_bytes: int = 8 * 1024 * 1024,
         policy: JournalFullPolicy = JournalFullPolicy.REFUSE,
+        sync_interval: float = 0.0,
     ) -> None:
         if max_bytes <= 0 or segment_bytes <= 0:
             raise ValueError("max_bytes and segment_bytes must be positive")
+        if sync_interval < 0:
+            raise ValueError("sync_interval must not be negative")
+        # How long a group commit gathers rows before its fsync (0: the next loop tick).
+        self.sync_interval = sync_interval
         self.directory = directory
         self.max_bytes = max_bytes
         self.policy = policy
@@ -486,6 +491,8 @@ class Journal:
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while self._unsynced or self._retired or self._new_segment:
+            if self.sync_interval and not self._closed:
+                await asyncio.sleep(self.sync_interval)  # gather the rows of the next calls
             waiting, self._unsynced = self._unsynced, []
             retired, self._retired = self._retired, []
             new_segment, self._new_segment = self._new_segment, False

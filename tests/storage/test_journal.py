@@ -102,6 +102,19 @@ async def test_rows_appended_in_one_tick_share_one_fsync(tmp_path):
         await journal.close()
 
 
+async def test_with_a_sync_interval_rows_of_later_ticks_join_the_same_fsync(tmp_path):
+    journal = Journal(tmp_path, max_bytes=10**8, sync_interval=0.2)
+    journal.open()
+    durable: list[int | None] = []
+    for i in range(3):
+        assert journal.append(USAGE, {"request_id": f"r{i}"}, durable.append)
+        await asyncio.sleep(0.01)  # later loop ticks, well within the interval
+    assert durable == [] and journal.commits_total == 0
+    await journal.flush()
+    assert len(durable) == 3 and journal.commits_total == 1
+    await journal.close()
+
+
 async def test_a_row_is_in_its_segment_when_append_returns_and_durable_after_the_fsync(
     tmp_path,
 ):
