@@ -11,6 +11,11 @@ served). Then, per process: start time (launch to ready), resident memory after 
 and for Gemini Meter the records in its database after a graceful stop against the calls
 the stub received with its key.
 
+A fourth target, ``benchmarks/bare.py``, is an aiohttp forwarder that meters nothing: the
+same server and client libraries as the meter, doing only the relaying. The meter's CPU
+per call against it is what the metering costs; its own against the stub's is the floor
+aiohttp puts under any forwarder built on it.
+
 Two memory scenarios run on a second, fresh Gemini Meter: 1,000 streams held open at
 once, and one 100 MiB stream; its resident memory is sampled every 20 ms. Start to ready
 is measured on the embedded default (SQLite in the working directory, journal on) over
@@ -69,6 +74,9 @@ BENCH: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH.parent
 LUA: Final = BENCH / "wrk" / "post.lua"
 STUB: Final = BENCH / "stub.py"
+BARE: Final = BENCH / "bare.py"
+BARE_NAME: Final = "bare forwarder"
+BARE_KEY: Final = "bare-upstream-key"
 
 # One version, so figures from different days compare the same peer.
 LITELLM_VERSION: Final = "1.108.7"
@@ -218,6 +226,18 @@ def start_stub(work: Path, big_bytes: int, held_chunks: int, held_delay_ms: floa
         f"--held-delay-ms={held_delay_ms}",
     ]
     return launch("stub", command, env=clean_env(), cwd=work, port=port, ready_path="/_stub/stats")
+
+
+def start_bare(work: Path, stub: Service) -> Service:
+    """``bare.py``: an aiohttp forwarder that meters nothing, the floor under the meter."""
+    port = free_port()
+    command = [
+        sys.executable,
+        str(BARE),
+        f"--port={port}",
+        f"--upstream=http://127.0.0.1:{stub.port}",
+    ]
+    return launch("bare", command, env=clean_env(), cwd=work, port=port, ready_path="/_bare/ready")
 
 
 def stub_stats(stub: Service) -> dict[str, Any]:
@@ -652,8 +672,11 @@ async def run(config: Config) -> Outcome:
         meter_service = meter.launch()
         services.append(meter_service)
         outcome.starts.append((meter_service.start_seconds, meter_service.start_cpu_seconds))
+        bare = start_bare(work, stub)
+        services.append(bare)
         legs = [
             Leg("direct", stub.port, "", DIRECT_KEY, None, None),
+            Leg(BARE_NAME, bare.port, "", BARE_KEY, None, bare.pid),
             Leg("Gemini Meter", meter_service.port, "", meter.key, None, meter_service.pid),
         ]
         litellm: Service | None = None
@@ -697,6 +720,10 @@ async def run(config: Config) -> Outcome:
                 outcome.first_bytes.setdefault(leg.name, []).append([1000 * t for t in times])
                 answered[leg.name] += len(times)
         outcome.processes["direct"] = facts(stub)
+        outcome.processes[BARE_NAME] = facts(bare)
+        outcome.processes[BARE_NAME]["answered"] = answered[BARE_NAME]
+        bare.stop()
+        outcome.processes[BARE_NAME]["received"] = received(stub, BARE_KEY)
         outcome.processes["Gemini Meter"] = facts(meter_service)
         outcome.processes["Gemini Meter"]["answered"] = answered["Gemini Meter"]
         if litellm is not None:
@@ -874,19 +901,23 @@ def render(outcome: Outcome, command: str) -> str:
         " stub's, its rate at c=50 at least 0.40× the direct rate, and at c=1 at most"
         " 0.5 ms added at p50 and 2 ms at p99, plain and streamed.",
         "",
-        "| call | c | Meter req/s ÷ direct | Meter CPU ÷ stub CPU"
+        "| call | c | Meter req/s ÷ direct | Meter CPU ÷ stub CPU | bare forwarder CPU ÷ stub"
+        " CPU | Meter CPU ÷ bare forwarder CPU"
         " | LiteLLM CPU ÷ Meter CPU | Meter req/s ÷ LiteLLM | LiteLLM added p50 ÷ Meter"
         " | LiteLLM added p99 ÷ Meter |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for stream, concurrency in scenarios(config):
         call = "streamed" if stream else "plain"
         direct = by.get((call, concurrency, "direct"), {})
         meter = by.get((call, concurrency, "Gemini Meter"), {})
         peer = by.get((call, concurrency, "LiteLLM"), {})
+        floor = by.get((call, concurrency, BARE_NAME), {})
         lines.append(
             f"| {call} | {concurrency} | {_ratio(meter.get('rps'), direct.get('rps'))}"
             f" | {_ratio(meter.get('cpu_ms'), direct.get('cpu_ms'))}"
+            f" | {_ratio(floor.get('cpu_ms'), direct.get('cpu_ms'))}"
+            f" | {_ratio(meter.get('cpu_ms'), floor.get('cpu_ms'))}"
             f" | {_ratio(peer.get('cpu_ms'), meter.get('cpu_ms'))}"
             f" | {_ratio(meter.get('rps'), peer.get('rps'))}"
             f" | {_ratio(peer.get('added_p50_ms'), meter.get('added_p50_ms'))}"
@@ -910,7 +941,7 @@ def render(outcome: Outcome, command: str) -> str:
         for name, f in first.items():
             # Only a peer is put against Gemini Meter.
             against = ["–", "–"]
-            if name not in ("direct", "Gemini Meter"):
+            if name not in ("direct", "Gemini Meter", BARE_NAME):
                 against = [_ratio(f.get(k), meter.get(k)) for k in ("added_p50_ms", "added_p99_ms")]
             lines.append(
                 f"| {name} | {f['calls']} | {_f(f['p50_ms'])} | {_f(f['p99_ms'])}"
@@ -932,8 +963,8 @@ def render(outcome: Outcome, command: str) -> str:
     for name, p in outcome.processes.items():
         label = "stub (direct)" if name == "direct" else name
         records = str(p["records"]) if "records" in p else "not kept (no database)"
-        if name == "direct":
-            records = "–"
+        if name in ("direct", BARE_NAME):
+            records = "–"  # they keep no records
         lines.append(
             f"| {label} | {_f(p.get('start_s'))} | {_f(p.get('start_cpu_s'))}"
             f" | {_f(p.get('rss_mib'), 0)} | {p.get('answered', '–')}"
