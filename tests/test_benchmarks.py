@@ -60,7 +60,7 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
     runs = result["runs"]
     assert {(r["leg"], r["stream"], r["concurrency"]) for r in runs} == {
         (leg, stream, c)
-        for leg in ("direct", "Gemini Meter")
+        for leg in ("direct", "bare forwarder", "Gemini Meter")
         for stream in (False, True)
         for c in (1, 50)
     }
@@ -75,7 +75,7 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
         assert p["records"] == p["received"], name
     served_by_wrk = sum(r["requests"] for r in runs if r["leg"] == "Gemini Meter")
     probed = result["first_bytes"]
-    assert set(probed) == {"direct", "Gemini Meter"}
+    assert set(probed) == {"direct", "bare forwarder", "Gemini Meter"}
     assert all(p["calls"] > 0 and p["p50_ms"] > 0 for p in probed.values())
     # no warm-up in a smoke run: wrk's responses and the first-byte probe's calls
     assert meters["Gemini Meter"]["answered"] == served_by_wrk + probed["Gemini Meter"]["calls"]
@@ -198,6 +198,7 @@ def _outcome() -> Outcome:
         # (leg, responses in 1 s, p50 ms, p99 ms, the proxy's CPU s, the stub's CPU s)
         for leg, calls, p50, p99, proxy_cpu, stub_cpu in (
             ("direct", 1000, 0.1, 0.5, 0.0, 0.1),
+            ("bare forwarder", 800, 0.3, 1.0, 0.04, 0.08),
             ("Gemini Meter", 500, 0.6, 2.5, 0.1, 0.05),
             ("LiteLLM", 50, 10.1, 20.5, 0.5, 0.005),
         ):
@@ -211,6 +212,13 @@ def _outcome() -> Outcome:
     }
     outcome.processes = {
         "direct": {"start_s": 0.2, "start_cpu_s": 0.1, "rss_mib": 40.0},
+        "bare forwarder": {
+            "start_s": 0.2,
+            "start_cpu_s": 0.1,
+            "rss_mib": 38.0,
+            "answered": 800,
+            "received": 800,
+        },
         "Gemini Meter": {
             "start_s": 0.4,
             "start_cpu_s": 0.3,
@@ -230,9 +238,13 @@ def test_the_report_puts_each_proxy_against_direct_calls_and_against_each_other(
     # LiteLLM 0.5 s / 50 = 10 ms. Added: 0.6 - 0.1 and 2.5 - 0.5; 10.1 - 0.1 and 20.5 - 0.5.
     assert "| plain | 1 | Gemini Meter | 500 | 0.60 | 2.50 | 0.50 | 2.00 | 0.200 | 0 |" in report
     assert "| plain | 1 | LiteLLM | 50 | 10.10 | 20.50 | 10.00 | 20.00 | 10.000 | 0 |" in report
-    # rate 500/1000, CPU 0.2/0.1, LiteLLM CPU 10/0.2, rate 500/50, added 10/0.5 and 20/2
-    assert "| plain | 1 | 0.50× | 2.00× | 50× | 10× | 20× | 10× |" in report
-    assert "| streamed | 1 | 0.50× | 2.00× | 50× | 10× | 20× | 10× |" in report
+    # rate 500/1000, CPU 0.2/0.1, the bare forwarder's 0.04 s / 800 = 0.05 ms against the
+    # stub's 0.1 and the meter's 0.2 against it, LiteLLM CPU 10/0.2, rate 500/50, added
+    # 10/0.5 and 20/2
+    assert "| plain | 1 | 0.50× | 2.00× | 0.50× | 4.00× | 50× | 10× | 20× | 10× |" in report
+    assert "| streamed | 1 | 0.50× | 2.00× | 0.50× | 4.00× | 50× | 10× | 20× | 10× |" in report
+    # the bare forwarder keeps no records: none owed, none lost
+    assert "| bare forwarder | 0.20 | 0.10 | 38 | 800 | 800 | – | – |" in report
     # First bytes, nearest rank of three: p50 the 2nd, p99 the 3rd; only LiteLLM is put
     # against the meter (added 20 / 1 and 40 / 4).
     assert "| direct | 3 | 1.00 | 2.00 | – | – | – | – |" in report
