@@ -94,7 +94,7 @@ from ..metering.parsers import (
     summarize_interaction,
     usage_due,
 )
-from ..metering.records import EndpointKind, Principal, Usage, UsageRecord
+from ..metering.records import EndpointKind, Principal, Usage, UsageRecord, new_request_id
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
 from ..storage.accounts import OwnedResource
@@ -151,7 +151,6 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
 # Encodings the tap can undo; for metered calls the upstream is asked for no other.
 _DECODABLE = ("gzip", "deflate", "identity")
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # Every client-side failure, protocol errors included (a bad status line, broken
 # chunking): the upstream failed, which is a 502, never the proxy's own 500.
 _UPSTREAM_FAILURES = (aiohttp.ClientError, OSError)
@@ -731,7 +730,6 @@ async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientRes
             headers=headers,
             data=data,
             allow_redirects=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
         )
     except ProxyError:
         raise
@@ -1082,7 +1080,7 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     effective_tier = headers.get("x-gemini-service-tier") if headers is not None else None
     record = UsageRecord(
         # one bill per operation, however often or wherever it is seen done
-        request_id=(_stable_request_id("operation", bill.resource) if bill else uuid.uuid4().hex),
+        request_id=(_stable_request_id("operation", bill.resource) if bill else new_request_id()),
         created_at=datetime.now(UTC),
         principal=call.owner or principal,
         model=call.meta.model or call.route.model or summary.model,
@@ -1127,7 +1125,7 @@ def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.Clien
     content_type = upstream.headers.get("content-type", "")
     return request.app[recorder_key].finish(
         UsageRecord(
-            request_id=uuid.uuid4().hex,
+            request_id=new_request_id(),
             created_at=datetime.now(UTC),
             principal=call.principal,
             model=call.meta.model or route.model,
@@ -1331,7 +1329,7 @@ async def _bill_storage(request: web.Request, call: _Call, status: int, payload:
     """
     route = call.route
     if status >= 400:
-        return _storage_record(request, call, status, uuid.uuid4().hex, route.resource)
+        return _storage_record(request, call, status, new_request_id(), route.resource)
     cache = snapshot(payload)
     if route.action is Action.CACHE_CREATE:
         owner = call.principal
@@ -1349,7 +1347,7 @@ async def _bill_storage(request: web.Request, call: _Call, status: int, payload:
                 state=state,
             )
         if cache is None:
-            return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
+            return _storage_record(request, call, status, new_request_id(), name, parse_error=True)
         seconds = created_storage(cache, requested_ttl(call.parsed), now_seconds())
         return _storage_record(
             request,
@@ -1365,7 +1363,7 @@ async def _bill_storage(request: web.Request, call: _Call, status: int, payload:
     stored = CacheState.from_json(call.resource.state) if call.resource is not None else None
     if route.action is Action.CACHE_UPDATE:
         if cache is None or stored is None:
-            return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
+            return _storage_record(request, call, status, new_request_id(), name, parse_error=True)
         try:
             await request.app[authenticator_key].update_resource_state(
                 ResourceKind.CACHED_CONTENT,
@@ -1385,7 +1383,7 @@ async def _bill_storage(request: web.Request, call: _Call, status: int, payload:
             storage=updated_storage(stored, cache),
         )
     if stored is None:
-        return _storage_record(request, call, status, uuid.uuid4().hex, name, parse_error=True)
+        return _storage_record(request, call, status, new_request_id(), name, parse_error=True)
     refund = deleted_storage(stored, now_seconds())
     if refund == 0:
         return False
