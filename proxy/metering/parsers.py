@@ -45,6 +45,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Final
 
+import orjson
+
 from .records import Usage
 
 __all__ = [
@@ -127,11 +129,19 @@ class ResponseSummary:
 
 
 def parse_json(body: bytes | bytearray | str) -> object | None:
-    """``json.loads`` that returns ``None`` on anything that is not JSON.
+    """The JSON value of ``body``, or ``None`` on anything that is not JSON.
 
-    ``None`` is also what a literal ``null`` body gives; no caller needs to
-    tell the two apart.
+    orjson reads it (every response and stream event the meter reads passes here);
+    what orjson refuses goes to ``json.loads``, which reads a little more: ``NaN``,
+    UTF-16 and UTF-32, integers past 64 bits. ``None`` is also what a literal
+    ``null`` body gives; no caller needs to tell the two apart.
     """
+    try:
+        parsed: object = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        return parsed
     try:
         # ValueError covers JSONDecodeError, undecodable bytes and ints longer
         # than the interpreter's digit limit; RecursionError absurd nesting.

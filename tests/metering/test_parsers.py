@@ -688,6 +688,14 @@ def test_parse_json_reads_json() -> None:
     assert parse_json('{"a": 1}') == {"a": 1}
 
 
+def test_parse_json_reads_what_orjson_refuses_as_python_does() -> None:
+    # orjson stops at 64-bit integers, NaN and UTF-16; json.loads reads them
+    assert parse_json(b'{"n": 18446744073709551616}') == {"n": 2**64}
+    nan = parse_json(b'{"x": NaN}')
+    assert isinstance(nan, dict) and nan["x"] != nan["x"]
+    assert parse_json('{"a": 1}'.encode("utf-16")) == {"a": 1}
+
+
 # --- properties --------------------------------------------------------------------------
 
 json_values = st.recursive(
