@@ -54,7 +54,6 @@ from sqlalchemy import (
     event,
     false,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
@@ -229,7 +228,21 @@ def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> s
     return f"to_char(timezone('UTC', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD')"
 
 
-_JSON = JSON().with_variant(JSONB(), "postgresql")
+class _PostgresJSONB(TypeDecorator[Any]):
+    """PostgreSQL's ``JSONB``, its dialect imported only when a PostgreSQL database
+    compiles or binds it: importing the dialect costs an SQLite server's start-up a
+    good share, and the SQLite path never needs it."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return dialect.type_descriptor(JSONB())
+
+
+_JSON = JSON().with_variant(_PostgresJSONB(), "postgresql")
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 
