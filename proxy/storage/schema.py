@@ -28,9 +28,11 @@ Two column types carry the portability rules:
   INTEGER count of 1e-12 USD so that ``SUM()`` in SQL stays exact.
 - ``UTCDateTime``: timezone-aware UTC ``datetime`` in Python on both databases
   (``timestamptz`` on PostgreSQL, UTC text on SQLite).
-"""
 
-from __future__ import annotations
+Unlike the other modules, this one keeps its annotations evaluated (no ``from
+__future__ import annotations``): the declarative mapping reads every ``Mapped[...]``,
+and strings it would have to evaluate one by one, at each start.
+"""
 
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
