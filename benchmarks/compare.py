@@ -19,11 +19,12 @@ aiohttp puts under any forwarder built on it.
 Two memory scenarios run on a second, fresh Gemini Meter: 1,000 streams held open at
 once, and one 100 MiB stream; its resident memory is sampled every 20 ms. Start to ready
 is measured on the embedded default (SQLite in the working directory, journal on) over
-several launches.
+several launches, the package's bytecode written first as an installed wheel has it.
 
     python benchmarks/compare.py                       # prints the markdown report
     python benchmarks/compare.py --write docs/benchmarks.md
     python benchmarks/compare.py --smoke               # seconds: completes, loses nothing
+    python benchmarks/compare.py --startup-only --starts 15   # start to ready alone
 
 LiteLLM (``litellm[proxy]``, pinned below) is installed on first use into
 ``benchmarks/.litellm-venv``, never into the project's environment, and reached through
@@ -48,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import platform
@@ -661,14 +663,12 @@ async def run(config: Config) -> Outcome:
     work = Path(tempfile.mkdtemp(prefix="gemini-meter-compare-"))
     services: list[Service] = []
     try:
+        compile_bytecode()
         stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
         services.append(stub)
         meter = Meter.prepare("meter", work, stub, config.serve_args)
         # Start to ready on the embedded default: launches of the same meter, stopped at once.
-        for _ in range(max(0, config.starts - 1)):
-            sample = meter.launch()
-            sample.stop()
-            outcome.starts.append((sample.start_seconds, sample.start_cpu_seconds))
+        outcome.starts += time_starts(meter, config.starts - 1)
         meter_service = meter.launch()
         services.append(meter_service)
         outcome.starts.append((meter_service.start_seconds, meter_service.start_cpu_seconds))
@@ -767,6 +767,50 @@ async def run(config: Config) -> Outcome:
     outcome.load.append(os.getloadavg()[0])
     shutil.rmtree(work, ignore_errors=True)
     return outcome
+
+
+def compile_bytecode() -> None:
+    """Write the meter's bytecode before any launch is timed, as installing its wheel does.
+
+    pip compiles a wheel's modules when it installs them; a source checkout run with
+    PYTHONDONTWRITEBYTECODE=1 would instead compile every module of the package from
+    source at each launch, a cost no installed copy pays.
+    """
+    spec = importlib.util.find_spec("proxy")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the proxy package is not importable here")
+    package = str(Path(spec.origin).parent)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", package], check=True)
+
+
+def time_starts(meter: Meter, launches: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds from launch to ready of ``launches`` starts, each stopped at once."""
+    starts = []
+    for _ in range(max(0, launches)):
+        sample = meter.launch()
+        sample.stop()
+        starts.append((sample.start_seconds, sample.start_cpu_seconds))
+    return starts
+
+
+def startup_only(config: Config) -> list[tuple[float, float]]:
+    """Only the start-to-ready leg: a stub for an upstream and ``config.starts`` launches."""
+    work = Path(tempfile.mkdtemp(prefix="gemini-meter-starts-"))
+    stub: Service | None = None
+    try:
+        compile_bytecode()
+        stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
+        meter = Meter.prepare("meter", work, stub, config.serve_args)
+        starts = time_starts(meter, config.starts)
+    except BaseException:
+        print(f"the run failed; its logs and databases are in {work}", file=sys.stderr)
+        raise
+    finally:
+        if stub is not None:
+            with contextlib.suppress(Exception):
+                stub.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    return starts
 
 
 def facts(service: Service) -> dict[str, Any]:
@@ -991,16 +1035,21 @@ def render(outcome: Outcome, command: str) -> str:
             " MiB/s) |",
         ]
     if outcome.starts:
-        walls = [wall for wall, _ in outcome.starts]
-        cpus = [cpu for _, cpu in outcome.starts]
-        lines += [
-            "",
-            f"Start to ready (launch of `gemini-meter serve` to the first 200 on `/readyz`) on"
-            f" the embedded default, {len(walls)} launches: median {median(walls):.2f} s"
-            f" (min {min(walls):.2f}, max {max(walls):.2f}; target: under 0.5 s), of which"
-            f" CPU {median(cpus):.2f} s.",
-        ]
+        lines += ["", render_starts(outcome.starts)]
     return "\n".join(lines)
+
+
+def render_starts(starts: Sequence[tuple[float, float]]) -> str:
+    """The start-to-ready sentence: median, range and CPU of (wall, CPU) launches."""
+    walls = [wall for wall, _ in starts]
+    cpus = [cpu for _, cpu in starts]
+    return (
+        f"Start to ready (launch of `gemini-meter serve` to the first 200 on `/readyz`) on"
+        f" the embedded default, bytecode compiled as an installed wheel has it,"
+        f" {len(walls)} launches: median {median(walls):.2f} s"
+        f" (min {min(walls):.2f}, max {max(walls):.2f}; target: under 0.5 s), of which"
+        f" CPU {median(cpus):.2f} s."
+    )
 
 
 def write_section(path: Path, body: str, name: str = SECTION) -> None:
@@ -1054,6 +1103,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a few seconds, no LiteLLM: checks only that it completes and loses nothing",
     )
+    parser.add_argument(
+        "--startup-only",
+        action="store_true",
+        help="only time --starts launches to ready (no wrk, no LiteLLM) and print the figure",
+    )
     return parser.parse_args(argv)
 
 
@@ -1094,6 +1148,9 @@ def config_from(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.startup_only:
+        print(render_starts(startup_only(config_from(args))))
+        return 0
     if shutil.which("wrk") is None:
         print("wrk is missing: install Debian's package (apt-get install wrk)", file=sys.stderr)
         return 2

@@ -8,14 +8,17 @@ imported everything already.
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
 import subprocess
 import sys
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 
 import proxy
+from proxy.storage.migrate import upgrade
 
 SUB_PACKAGES = (
     "server",
@@ -29,13 +32,21 @@ SUB_PACKAGES = (
 )
 
 
-def modules_after(statement: str) -> set[str]:
+def modules_after(
+    statement: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> set[str]:
     """The modules a fresh interpreter has loaded after running ``statement``."""
     code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=cwd,
+        env=env,
     )
-    return set(json.loads(done.stdout))
+    return set(json.loads(done.stdout.splitlines()[-1]))
 
 
 @pytest.mark.parametrize("name", proxy.__all__)
@@ -90,3 +101,68 @@ def test_each_sub_package_opens_with_its_place_in_the_data_path(name: str):
 def test_a_sub_package_alone_loads_no_server_or_database_library(name: str):
     loaded = modules_after(f"import proxy.{name}")
     assert not {"aiohttp", "sqlalchemy"} & loaded
+
+
+# What a start on the embedded default must not load: each is needed only by a setting
+# that is off by default (tracing, Redis, an admin token, PostgreSQL, several workers),
+# by a migration (the database here is at head), or by another command. Start-up time
+# is mostly imports, so one of these creeping back onto the path is a regression.
+NOT_ON_THE_SERVE_PATH = (
+    "opentelemetry",
+    "redis",
+    "alembic",
+    "asyncpg",
+    "sqlalchemy.dialects.postgresql",
+    "multiprocessing",
+    "proxy.admin.routes",
+    "proxy.admin.models",
+    "proxy.admin.openapi",
+    "proxy.admin.ui",
+    "proxy.budgets.model",
+    "proxy.storage.reports",
+    "proxy.storage.budgets",
+    "proxy.pricing.reprice",
+    "proxy.emulator",
+    "proxy.cli.demo",
+    "google.genai",
+)
+
+# `gemini-meter serve`'s imports, then the app started as it starts it and asked /readyz.
+_SERVE_TO_READY = """
+import asyncio
+import aiohttp
+from aiohttp import web
+import proxy.cli.main, proxy.cli.serve, proxy.server.run
+from proxy.server.app import ProxyRunner, create_app
+from proxy.settings import load_settings
+
+async def start() -> None:
+    runner = ProxyRunner(create_app(load_settings(upstream_api_key="upstream-key")))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://{host}:{port}/readyz") as response:
+                assert response.status == 200, response.status
+    finally:
+        await runner.cleanup()
+
+asyncio.run(start())
+"""
+
+
+def test_a_start_on_the_embedded_default_loads_nothing_it_does_not_serve_with(tmp_path: Path):
+    # The embedded default: SQLite file, secret and journal in the working directory.
+    upgrade(f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
+    loaded = modules_after(_SERVE_TO_READY, cwd=tmp_path, env=env)
+    assert (tmp_path / "gemini-meter.db.journal").exists()  # it did start, journal on
+    assert "proxy.storage.writer" in loaded and "aiosqlite" in loaded
+    found = {
+        module
+        for module in loaded
+        for lazy in NOT_ON_THE_SERVE_PATH
+        if module == lazy or module.startswith(lazy + ".")
+    }
+    assert found == set()

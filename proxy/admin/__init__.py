@@ -10,7 +10,22 @@ when the token is set): static files that read the admin API's JSON. Handlers ta
 ``storage`` in short transactions of their own; no proxied call ever waits on them.
 """
 
-from .meter import add_meter_routes
-from .routes import ADMIN_PREFIX, add_admin_routes
+from __future__ import annotations
 
-__all__ = ["ADMIN_PREFIX", "add_admin_routes", "add_meter_routes"]
+from aiohttp import web
+
+from .meter import add_meter_routes
+
+__all__ = ["add_admin_routes", "add_meter_routes"]
+
+
+def add_admin_routes(app: web.Application) -> None:
+    """The admin API and the usage page (``routes.add_admin_routes``).
+
+    Their modules (the pydantic models, the queries, the page) are imported here, when
+    the API is switched on, not with this package: a proxy without an admin token never
+    loads them.
+    """
+    from .routes import add_admin_routes as add
+
+    add(app)

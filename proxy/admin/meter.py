@@ -5,21 +5,27 @@ A caller authenticates exactly as on a proxied call (``x-goog-api-key``, ``?key=
 principal its key resolves to: its user's usage, and the budgets whose scope is its
 user, its key's team, its key, or global. Nothing in the request can name anyone else:
 a query parameter the endpoint does not define (``?user=bob``) is refused with 400.
+
+Every proxy serves these routes, so this module stays light: the handlers import the
+admin API's models, helpers and report queries on their first call, and the routes'
+documentation (``meter_operations``) is built only for the OpenAPI document. A start
+that loaded them would pay for pydantic models an endpoint seldom called needs.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..metering.records import Principal
 from ..server.auth import presented_key
 from ..server.typedefs import authenticator_key, sessionmaker_key
-from ..storage import budgets, reports
-from ..storage.schema import utcnow
-from .models import BudgetStatusList, MeterUsageQuery, NoQuery, UsageReport
-from .routes import Operation, json_model, parse_group_by, parse_query
 
-__all__ = ["METER_OPERATIONS", "METER_PREFIX", "add_meter_routes"]
+if TYPE_CHECKING:
+    from .routes import Handler, Operation
+
+__all__ = ["METER_PREFIX", "METER_ROUTES", "add_meter_routes", "meter_operations"]
 
 METER_PREFIX = "/meter/v1"
 # What a caller may group its own usage by.
@@ -34,6 +40,10 @@ async def _principal(request: web.Request) -> Principal:
 
 
 async def my_usage(request: web.Request) -> web.Response:
+    from ..storage import reports
+    from .models import MeterUsageQuery, UsageReport
+    from .routes import json_model, parse_group_by, parse_query
+
     principal = await _principal(request)
     query = parse_query(request, MeterUsageQuery, ignore=_KEY_PARAMETERS)
     group_by = parse_group_by(query.group_by, METER_GROUP_KEYS)
@@ -49,6 +59,11 @@ async def my_usage(request: web.Request) -> web.Response:
 
 
 async def my_budgets(request: web.Request) -> web.Response:
+    from ..storage import budgets
+    from ..storage.schema import utcnow
+    from .models import BudgetStatusList, NoQuery
+    from .routes import json_model, parse_query
+
     principal = await _principal(request)
     parse_query(request, NoQuery, ignore=_KEY_PARAMETERS)
     now = utcnow()
@@ -60,28 +75,37 @@ async def my_budgets(request: web.Request) -> web.Response:
     return json_model(BudgetStatusList(statuses=statuses))
 
 
-METER_OPERATIONS: tuple[Operation, ...] = (
-    Operation(
-        "GET",
-        f"{METER_PREFIX}/usage",
-        my_usage,
-        "The calling key's user's usage and cost",
-        query=MeterUsageQuery,
-        response=UsageReport,
-        errors=(400,),
-        security="virtualKey",
-    ),
-    Operation(
-        "GET",
-        f"{METER_PREFIX}/budget",
-        my_budgets,
-        "Status of every budget that applies to the calling key",
-        response=BudgetStatusList,
-        security="virtualKey",
-    ),
+# The routes as served; ``meter_operations`` documents each of them.
+METER_ROUTES: tuple[tuple[str, str, Handler], tuple[str, str, Handler]] = (
+    ("GET", f"{METER_PREFIX}/usage", my_usage),
+    ("GET", f"{METER_PREFIX}/budget", my_budgets),
 )
 
 
+def meter_operations() -> tuple[Operation, ...]:
+    """``METER_ROUTES`` as the OpenAPI document describes them (``admin.openapi``)."""
+    from .models import BudgetStatusList, MeterUsageQuery, UsageReport
+    from .routes import Operation
+
+    usage, budget = METER_ROUTES
+    return (
+        Operation(
+            *usage,
+            "The calling key's user's usage and cost",
+            query=MeterUsageQuery,
+            response=UsageReport,
+            errors=(400,),
+            security="virtualKey",
+        ),
+        Operation(
+            *budget,
+            "Status of every budget that applies to the calling key",
+            response=BudgetStatusList,
+            security="virtualKey",
+        ),
+    )
+
+
 def add_meter_routes(app: web.Application) -> None:
-    for op in METER_OPERATIONS:
-        app.router.add_route(op.method, op.path, op.handler)
+    for method, path, handler in METER_ROUTES:
+        app.router.add_route(method, path, handler)

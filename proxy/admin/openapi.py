@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the admin API and the self-service endpoints.
 
 Built from the route tables that also register the routes (``routes.OPERATIONS``,
-``meter.METER_OPERATIONS``), so a route cannot be served undocumented; the schemas are
+``meter.meter_operations``), so a route cannot be served undocumented; the schemas are
 the pydantic models' own (``models_json_schema``): request bodies and query parameters in
 validation mode, responses in serialization mode (money as decimal strings).
 """
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .. import __version__
-from .meter import METER_OPERATIONS
+from .meter import meter_operations
 from .models import ErrorResponse
 from .routes import OPERATIONS, Operation
 from .ui import SESSION_COOKIE
@@ -36,7 +36,7 @@ _REASONS = {
 
 
 def _operations() -> tuple[Operation, ...]:
-    return (*OPERATIONS, *METER_OPERATIONS)
+    return (*OPERATIONS, *meter_operations())
 
 
 def _error(code: int) -> dict[str, Any]:

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import signal
 import time
 from collections.abc import Callable
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -47,6 +45,9 @@ from ..settings import Settings
 from .app import ProxyRunner, create_app
 from .metrics import metrics_app
 from .typedefs import in_flight_key, metrics_key, pumps_key
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
 
 __all__ = ["serve"]
 
@@ -86,6 +87,8 @@ def _worker(settings: Settings, index: int, access_log: AccessLog | None, level:
 
 
 def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
+    import multiprocessing  # only a supervisor needs it
+
     from ..storage.migrate import upgrade
 
     # Once, before any worker: concurrent first starts would race to migrate an

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import JSON, Boolean, Table, column, select
 from sqlalchemy import table as light_table
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import Insert
@@ -326,6 +326,9 @@ class _PostgresStatements:
     """COPY target and INSERT ... SELECT statements for one column set of usage rows."""
 
     def __init__(self, names: tuple[str, ...], dialect: Dialect) -> None:
+        # Here, not at the top: an SQLite server never loads the PostgreSQL dialect.
+        from sqlalchemy.dialects import postgresql
+
         table = table_of(UsageRow)
         incoming = light_table(_INCOMING, *(column(name) for name in names))
         selected = [incoming.c[name] for name in names]
@@ -355,6 +358,8 @@ class PostgresStore:
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
+        from sqlalchemy.dialects import postgresql
+
         self._engine = engine
         dialect = engine.dialect
         self._dialect = dialect

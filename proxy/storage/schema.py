@@ -28,9 +28,11 @@ Two column types carry the portability rules:
   INTEGER count of 1e-12 USD so that ``SUM()`` in SQL stays exact.
 - ``UTCDateTime``: timezone-aware UTC ``datetime`` in Python on both databases
   (``timestamptz`` on PostgreSQL, UTC text on SQLite).
-"""
 
-from __future__ import annotations
+Unlike the other modules, this one keeps its annotations evaluated (no ``from
+__future__ import annotations``): the declarative mapping reads every ``Mapped[...]``,
+and strings it would have to evaluate one by one, at each start.
+"""
 
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
@@ -54,7 +56,6 @@ from sqlalchemy import (
     event,
     false,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
@@ -229,7 +230,21 @@ def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> s
     return f"to_char(timezone('UTC', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD')"
 
 
-_JSON = JSON().with_variant(JSONB(), "postgresql")
+class _PostgresJSONB(TypeDecorator[Any]):
+    """PostgreSQL's ``JSONB``, its dialect imported only when a PostgreSQL database
+    compiles or binds it: importing the dialect costs an SQLite server's start-up a
+    good share, and the SQLite path never needs it."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return dialect.type_descriptor(JSONB())
+
+
+_JSON = JSON().with_variant(_PostgresJSONB(), "postgresql")
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -19,15 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, and_, or_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
 
 from ..metering.records import Cost, Principal, UsageRecord
 from .schema import Interaction, UsageRow
+
+if TYPE_CHECKING:
+    # Imported where a PostgreSQL statement is built: the dialect's package costs a
+    # good part of an SQLite server's start-up.
+    from sqlalchemy.dialects import postgresql
 
 __all__ = [
     "cost_values",
@@ -48,6 +53,8 @@ def insert_ignoring(session: AsyncSession, table: Table, *conflict_columns: str)
     """INSERT ... ON CONFLICT (columns) DO NOTHING in the session's dialect."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
@@ -200,6 +207,8 @@ async def insert_usage_rows(session: AsyncSession, rows: Sequence[Mapping[str, A
 def _insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(table)
     if dialect == "sqlite":
         return sqlite.insert(table)
