@@ -275,7 +275,7 @@ _DIALECTS = [
 def _outcome(function: Callable[[Any], Any], value: Any) -> tuple[str, Any]:
     try:
         return ("value", function(value))
-    except (ValueError, TypeError, ArithmeticError):
+    except (ValueError, TypeError, AttributeError, ArithmeticError):
         return ("error", None)
 
 
@@ -321,3 +321,46 @@ def test_money_is_bound_as_sqlalchemy_binds_it(dialect, value):
         assert type(got[1]) is type(expected[1])
         if isinstance(expected[1], Decimal):
             assert str(got[1]) == str(expected[1])  # the same exponent, not only equal
+
+
+@pytest.mark.parametrize("dialect", _DIALECTS)
+@given(
+    value=st.one_of(
+        st.datetimes(
+            timezones=st.sampled_from([UTC, EST, timezone(timedelta(hours=13, minutes=45))]),
+            min_value=datetime(1, 1, 2),
+            max_value=datetime(9999, 12, 30),
+        ),
+        st.datetimes(),  # naive: refused
+        st.sampled_from(["2026-03-01 00:00:00", 0]),
+    )
+)
+def test_a_timestamp_is_bound_as_sqlalchemy_binds_it(dialect, value):
+    # The reference is SQLAlchemy's own bind processor for UTCDateTime on the dialect.
+    reference = table_of(UsageRow).c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    convert = row_converter(table_of(UsageRow), ["created_at"], dialect)
+
+    def fast(timestamp):
+        try:
+            return convert([{"created_at": timestamp}])[0][0]
+        except RowRefused as exc:
+            raise ValueError(str(exc)) from exc
+
+    def expected_of(timestamp):
+        return reference(timestamp) if reference is not None else timestamp
+
+    expected, got = _outcome(expected_of, value), _outcome(fast, value)
+    assert got == expected
+    if dialect.name == "sqlite" and value == datetime(2026, 3, 1, 23, 59, 58, 123456, tzinfo=EST):
+        assert got == ("value", "2026-03-02 04:59:58.123456")
+
+
+def test_a_timestamp_is_stored_on_sqlite_as_utc_wall_time_with_microseconds():
+    convert = row_converter(table_of(UsageRow), ["created_at"], aiosqlite_dialect())
+    # 23:59:58 at UTC-5 is 04:59:58 the next day in UTC; whole seconds keep ".000000"
+    assert convert([{"created_at": datetime(2026, 3, 1, 23, 59, 58, tzinfo=EST)}]) == [
+        ("2026-03-02 04:59:58.000000",)
+    ]
+    # a value of the wrong type is the row's fault (isolated), not the database's (retried)
+    with pytest.raises(RowRefused):
+        convert([{"created_at": "2026-03-01 23:59:58"}])
