@@ -24,9 +24,11 @@ Values are converted by the very bind processors SQLAlchemy would run for each c
 (``Money`` to 1e-12 USD units on SQLite or a quantized ``Decimal`` on PostgreSQL,
 ``UTCDateTime``, JSON as the same ``json.dumps`` text), with shortcuts that give the same
 results (a ``Decimal`` amount by the same arithmetic without the type checks, a zero
-amount, an empty JSON object); what is skipped is SQLAlchemy's per-row bookkeeping around
-them, and the boolean processor, whose ``int(bool)`` is what both drivers do with a
-``bool``. ``tests/storage/test_bulk.py`` reads rows written here
+amount, an empty JSON object, SQLite's timestamp text by ``isoformat``, orjson's text for
+PostgreSQL's ``jsonb``, which stores the value and not the text); what is skipped is
+SQLAlchemy's per-row bookkeeping around them (a row becomes its tuple in one generated
+expression), and the boolean processor, whose ``int(bool)`` is what both drivers do with
+a ``bool``. ``tests/storage/test_bulk.py`` reads rows written here
 back through the ORM models, field for field, on both databases.
 """
 
@@ -43,6 +45,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import JSON, Boolean, Table, column, select
 from sqlalchemy import table as light_table
 from sqlalchemy.dialects import sqlite
@@ -120,7 +123,7 @@ def row_converter(
         if isinstance(column_type, Money) and process is not None:
             process = _fast_money(process, sqlite=dialect.name == "sqlite")
         elif isinstance(column_type, JSON) and process is not None:
-            process = _fast_json(process)
+            process = _fast_json(process, sqlite=dialect.name == "sqlite")
         elif isinstance(column_type, UTCDateTime) and process is not None:
             if dialect.name == "sqlite":
                 process = _fast_sqlite_datetime(process)
@@ -215,16 +218,33 @@ def _fast_money(process: Callable[[Any], Any], *, sqlite: bool) -> Callable[[Any
 _ZERO = Decimal(0).quantize(_QUANTUM)
 
 
-def _fast_json(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def _fast_json(process: Callable[[Any], Any], *, sqlite: bool) -> Callable[[Any], Any]:
     """A JSON column's bind processor, with an empty dict (most rows' labels and
-    grounding) as the constant text ``json.dumps({})`` makes of it."""
+    grounding) as the constant text ``json.dumps({})`` makes of it.
+
+    On PostgreSQL a dict is encoded by orjson: ``jsonb`` keeps the parsed value, not the
+    text, so its compact text stores the same thing as ``json.dumps``' spaced one, at a
+    fraction of the cost. What orjson refuses (a key that is not a string, an integer
+    beyond 64 bits) goes to ``process``. SQLite keeps the text itself: it is
+    ``json.dumps``' there, as the ORM path writes it.
+    """
 
     def empty_or_process(value: Any) -> Any:
         if type(value) is dict and not value:
             return "{}"
         return process(value)
 
-    return empty_or_process
+    def orjson_text(value: Any) -> Any:
+        if type(value) is dict:
+            if not value:
+                return "{}"
+            try:
+                return orjson.dumps(value).decode()
+            except TypeError:  # orjson.JSONEncodeError
+                pass
+        return process(value)
+
+    return empty_or_process if sqlite else orjson_text
 
 
 def _fast_sqlite_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
