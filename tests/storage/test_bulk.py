@@ -236,6 +236,49 @@ async def test_a_batch_with_a_row_already_stored_stores_the_others_once(
     assert sorted(rows) == sorted(expected.items())
 
 
+async def test_one_batch_holding_a_duplicate_and_an_interaction_s_successive_rows(
+    sessionmaker, principal, make_record
+):
+    # Everything below lands in one batch (one COPY on PostgreSQL): a record twice (a
+    # replayed row next to its original), an interaction's provisional row, its terminal
+    # row, then a later provisional one that must not replace the terminal one.
+    twice = make_record(principal)
+    rows = [
+        usage_values(twice),
+        usage_values(
+            make_record(
+                principal, interaction_id="v1_x", provisional=True, usage=Usage(total_tokens=5)
+            )
+        ),
+        usage_values(twice),
+        usage_values(make_record(principal, interaction_id="v1_x", usage=Usage(total_tokens=9))),
+        usage_values(
+            make_record(
+                principal, interaction_id="v1_x", provisional=True, usage=Usage(total_tokens=12)
+            )
+        ),
+    ]
+    writer = UsageWriter(sessionmaker)
+    writer.replay([Entry(USAGE, values, 0) for values in rows])
+    await writer.start()
+    await writer.close()
+    assert (writer.written_total, writer.failed_batches_total, writer.failed_rows_total) == (
+        5,
+        0,
+        0,
+    )
+    async with sessionmaker() as session:
+        stored = (
+            await session.execute(
+                select(UsageRow.request_id, UsageRow.total_tokens, UsageRow.provisional)
+            )
+        ).all()
+    # the duplicate stored once; the interaction's terminal row (9 tokens) kept
+    assert sorted(stored) == sorted(
+        [(twice.request_id, twice.usage.total_tokens, False), (rows[3]["request_id"], 9, False)]
+    )
+
+
 async def test_two_writers_on_one_database_both_get_through(sessionmaker, make_record):
     # `serve --workers N` on the embedded default: each process has its own writer and
     # connection, and they take turns for the write lock (BEGIN IMMEDIATE, busy_timeout)
