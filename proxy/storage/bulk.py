@@ -3,10 +3,11 @@
 ``storage.writer`` hands each batch (``writes.usage_values`` and ``writes.owner_values``
 dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engine:
 
-- ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread.
-  Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
-  the COMMIT all happen there, in one hand-off per batch: the event loop does no per-row
-  work, and ``sqlite3`` releases the GIL while SQLite itself runs.
+- ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread,
+  where ``executemany`` of one prepared statement per kind of row and the COMMIT happen,
+  in one hand-off per batch; rows become tuples in a conversion thread beside it (the next
+  batch while this one is written): the event loop does no per-row work, and ``sqlite3``
+  releases the GIL while SQLite itself runs.
 - ``PostgresStore``: rows become tuples in the writer's thread, then one transaction on
   the asyncpg connection the writer keeps: binary ``COPY`` straight into
   ``usage_records``, or, when a row is already there, into a session-local temporary
@@ -95,9 +96,17 @@ class RowRefused(ValueError):
 
 
 class BatchStore(Protocol):
-    """Writes one batch in one transaction, or raises and writes nothing."""
+    """Writes one batch in one transaction, or raises and writes nothing.
 
-    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None: ...
+    In two steps, so that the writer can convert the next batch while this one is being
+    written: ``prepare`` turns the rows into what ``write`` sends (in a thread, off the
+    event loop; it raises ``RowRefused``), ``write`` sends it in one transaction. What
+    ``prepare`` returns can be written again after a failed attempt.
+    """
+
+    async def prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> Any: ...
+
+    async def write(self, prepared: Any) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -291,6 +300,10 @@ class _SqliteStatements:
         self.convert = row_converter(table, order, dialect)
 
 
+# Statements with their rows as driver tuples, in the order they run.
+_SqliteWork = list[tuple[str, list[tuple[Any, ...]]]]
+
+
 class SqliteStore:
     """Batches into an SQLite file through the writer's own connection and thread."""
 
@@ -301,6 +314,9 @@ class SqliteStore:
         self._closed = False
         # One thread: the connection is only ever used from it.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
+        # Another for conversion: the next batch is converted while this one is written
+        # (``sqlite3`` lets go of the GIL while SQLite works).
+        self._converter = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-convert")
         self._usage: dict[tuple[str, ...], _SqliteStatements] = {}
         owners = table_of(Interaction)
         names = tuple(c.name for c in owners.columns)
@@ -308,9 +324,14 @@ class SqliteStore:
         self._owner_sql, order = _compile(stmt, dialect, names)
         self._convert_owners = row_converter(owners, order, dialect)
 
-    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
+    async def prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _SqliteWork:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._write, usage, owners)
+        return await loop.run_in_executor(self._converter, self._prepare, usage, owners)
+
+    async def write(self, prepared: _SqliteWork) -> None:
+        if prepared:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._write, prepared)
 
     def _statements(self, names: tuple[str, ...]) -> _SqliteStatements:
         statements = self._usage.get(names)
@@ -318,9 +339,9 @@ class SqliteStore:
             statements = self._usage[names] = _SqliteStatements(names, self._dialect)
         return statements
 
-    def _write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
-        """In the writer's thread: convert, then one IMMEDIATE transaction."""
-        work: list[tuple[str, list[tuple[Any, ...]]]] = []
+    def _prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _SqliteWork:
+        """In the conversion thread: each statement with its rows as tuples."""
+        work: _SqliteWork = []
         if owners:
             work.append((self._owner_sql, self._convert_owners(owners)))
         plain, interactions = collapse_interactions(usage)
@@ -331,8 +352,10 @@ class SqliteStore:
                 statements = self._statements(names)
                 sql = statements.upsert if upsert else statements.plain
                 work.append((sql, statements.convert(group)))
-        if not work:
-            return
+        return work
+
+    def _write(self, work: _SqliteWork) -> None:
+        """In the connection's thread: one IMMEDIATE transaction."""
         connection = self._connect()
         try:
             # IMMEDIATE takes the write lock now (waiting up to busy_timeout for another
@@ -374,6 +397,7 @@ class SqliteStore:
         # queued behind a write still running (a cancelled batch): it finishes first
         await loop.run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
+        self._converter.shutdown(wait=True)
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -407,6 +431,12 @@ class _PostgresStatements:
         )
         self.names = names
         self.convert = row_converter(table, names, dialect)
+
+
+# The owner tuples, and the usage tuples with their statements per column set.
+_PostgresWork = tuple[
+    list[tuple[Any, ...]], list[tuple[_PostgresStatements, list[tuple[Any, ...]]]]
+]
 
 
 class PostgresStore:
@@ -452,9 +482,11 @@ class PostgresStore:
             statements = self._usage[names] = _PostgresStatements(names, self._dialect)
         return statements
 
-    def _prepare(
-        self, usage: Sequence[Row], owners: Sequence[Row]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[_PostgresStatements, list[tuple[Any, ...]]]]]:
+    async def prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _PostgresWork:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._prepare, usage, owners)
+
+    def _prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _PostgresWork:
         """In the writer's thread: the owner tuples and the usage tuples per column set."""
         owner_tuples = self._convert_owners(owners) if owners else []
         plain, interactions = collapse_interactions(usage)
@@ -466,11 +498,8 @@ class PostgresStore:
                 groups.append((statements, statements.convert(group)))
         return owner_tuples, groups
 
-    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
-        loop = asyncio.get_running_loop()
-        owner_tuples, groups = await loop.run_in_executor(
-            self._executor, self._prepare, usage, owners
-        )
+    async def write(self, prepared: _PostgresWork) -> None:
+        owner_tuples, groups = prepared
         if not owner_tuples and not groups:
             return
         driver = await self._connect()
@@ -579,7 +608,13 @@ class SessionStore:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
 
-    async def write(self, usage: Sequence[Row], owners: Sequence[Row]) -> None:
+    async def prepare(
+        self, usage: Sequence[Row], owners: Sequence[Row]
+    ) -> tuple[Sequence[Row], Sequence[Row]]:
+        return usage, owners  # SQLAlchemy binds them itself
+
+    async def write(self, prepared: tuple[Sequence[Row], Sequence[Row]]) -> None:
+        usage, owners = prepared
         async with self._sessionmaker.begin() as session:
             await insert_interaction_owners(session, owners)
             await insert_usage_rows(session, usage)

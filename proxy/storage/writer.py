@@ -140,6 +140,9 @@ class UsageWriter:
         self._queue: deque[_Row] = deque()
         # The batch being written: still counted as queued until it is done.
         self._batch: list[_Row] = []
+        # The batch after it, taken once due and converted meanwhile (its rows counted as
+        # queued too), with the future of its conversion.
+        self._next: tuple[list[_Row], asyncio.Future[Any]] | None = None
         # Sequence numbers of accepted rows: ``flush()`` waits for ``_done`` to
         # reach the ``_accepted`` it saw. Rows are handled in order.
         self._accepted = 0
@@ -162,7 +165,8 @@ class UsageWriter:
     @property
     def queued(self) -> int:
         """Rows accepted and not yet written (including the batch in flight)."""
-        return len(self._queue) + len(self._batch)
+        following = len(self._next[0]) if self._next is not None else 0
+        return len(self._queue) + len(self._batch) + following
 
     def submit(self, record: UsageRecord) -> bool:
         """Journal ``record`` and queue it for writing. Never awaits, never raises.
@@ -276,7 +280,7 @@ class UsageWriter:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             if self._task is None or self._task.done():
-                if not self._queue:
+                if not self._queue and self._next is None:
                     break
                 # Never started, or rows arrived just as the task finished:
                 # drain them anyway, they were accepted.
@@ -294,7 +298,12 @@ class UsageWriter:
             except Exception:
                 break  # a bug, logged by _on_task_done; count what is left below
         self._closed = True
-        left = [*self._batch, *self._queue]
+        following: list[_Row] = []
+        if self._next is not None:
+            following = self._next[0]
+            self._next[1].cancel()
+            self._next = None
+        left = [*self._batch, *following, *self._queue]
         kept = sum(1 for row in left if row.ticket is not None)
         lost = len(left) - kept
         if kept:
@@ -343,29 +352,66 @@ class UsageWriter:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if not self._due():
-                self._wakeup.clear()
-                remaining = self._queue[0].enqueued_at + self._flush_interval - time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), max(remaining, 0.0))
-                continue
-            count = min(self._max_batch_size, len(self._queue))
-            self._batch = [self._queue.popleft() for _ in range(count)]
-            await self._write(self._batch)
+            if self._next is None:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                if not self._due():
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self._until_due())
+                    continue
+                self._take_next()
+            assert self._next is not None
+            (batch, converted), self._next = self._next, None
+            self._batch = batch
+            await self._convert_ahead(asyncio.ensure_future(self._write(batch, converted)))
             self._batch = []
-            self._done += count
+            self._done += len(batch)
             self._wake_flushers()
             if self._burst_dropped and self.queued < self._queue_limit:
                 log.warning(
                     "usage writer accepting rows again after dropping %d", self._burst_dropped
                 )
                 self._burst_dropped = 0
+
+    def _until_due(self) -> float:
+        """Seconds until the oldest queued row has waited ``flush_interval``."""
+        return max(self._queue[0].enqueued_at + self._flush_interval - time.monotonic(), 0.0)
+
+    def _take_next(self) -> None:
+        """Take the next batch (every queued row, up to ``max_batch_size``) and start its
+        conversion."""
+        count = min(self._max_batch_size, len(self._queue))
+        rows = [self._queue.popleft() for _ in range(count)]
+        converted = asyncio.ensure_future(self._prepare(rows))
+        # Retrieved even if the batch is never written (the writer closed meanwhile).
+        converted.add_done_callback(_retrieve)
+        self._next = (rows, converted)
+
+    async def _convert_ahead(self, writing: asyncio.Future[None]) -> None:
+        """Wait for ``writing``; meanwhile take the next batch as soon as it is due, so
+        that it is converted while this one is written (the two overlap in threads)."""
+        while not writing.done() and self._next is None:
+            if self._queue and self._due():
+                self._take_next()
+                break
+            self._wakeup.clear()
+            woken: asyncio.Future[Any] = asyncio.ensure_future(self._wakeup.wait())
+            try:
+                timeout = self._until_due() if self._queue else None
+                await asyncio.wait(
+                    [writing, woken], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            except BaseException:
+                writing.cancel()
+                raise
+            finally:
+                woken.cancel()
+        await writing  # cancelled with it if this task is (close gave up)
 
     def _wake_flushers(self) -> None:
         still_waiting: list[tuple[int, asyncio.Future[None]]] = []
@@ -378,15 +424,19 @@ class UsageWriter:
                 still_waiting.append((target, waiter))
         self._flush_waiters = still_waiting
 
-    async def _write(self, batch: Sequence[_Row]) -> None:
-        """Write ``batch``, retrying until every row is in or refused on its own merits."""
+    async def _write(self, batch: Sequence[_Row], converted: asyncio.Future[Any]) -> None:
+        """Write ``batch``, retrying until every row is in or refused on its own merits.
+        ``converted`` is the conversion of ``batch``, reused by the retries."""
         pending = list(batch)
         failures = 0
         delay = self._retry_initial
+        ready: asyncio.Future[Any] | None = converted
         while True:
             began = time.perf_counter()
             try:
-                await self._insert(pending)
+                if ready is None:
+                    ready = asyncio.ensure_future(self._prepare(pending))
+                await self._store.write(await ready)
             except Exception as exc:
                 self._observe(began)
                 failures += 1
@@ -401,6 +451,7 @@ class UsageWriter:
                     log.debug("usage batch attempt %d failed: %s", failures, _describe(exc))
                 if failures % self._attempts_before_split == 0:
                     pending = await self._write_row_by_row(pending)
+                    ready = None  # the rows left are converted again
                     if not pending:
                         break
                 await asyncio.sleep(delay)
@@ -443,6 +494,15 @@ class UsageWriter:
             self._journal.release(row.ticket for row in rows if row.ticket is not None)
 
     async def _insert(self, rows: Sequence[_Row]) -> None:
+        await self._store.write(await self._prepare(rows))
+
+    async def _prepare(self, rows: Sequence[_Row]) -> Any:
         usage = [row.values for row in rows if row.is_usage]
         owners = [row.values for row in rows if not row.is_usage]
-        await self._store.write(usage, owners)
+        return await self._store.prepare(usage, owners)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen: its batch's own attempt reports it."""
+    if not future.cancelled():
+        future.exception()
