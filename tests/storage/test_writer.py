@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import func, select, text
 
 from proxy.metering.records import Principal
 from proxy.storage.accounts import interaction_owner, principal_for_user
+from proxy.storage.journal import USAGE, Entry
 from proxy.storage.migrate import upgrade_async
 from proxy.storage.schema import UsageRow, make_engine, make_sessionmaker
 from proxy.storage.writer import UsageWriter
+from proxy.storage.writes import usage_values
 
 WRITER_LOG = "proxy.storage.writer"
 
@@ -347,3 +350,49 @@ async def test_counting_rows(writers, alice, make_record, sessionmaker):
     await writer.flush()
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(UsageRow)) == 20
+
+
+class _NotingRow(dict[str, Any]):
+    """A row that notes the threads it is read in (converted into a driver tuple)."""
+
+    threads: ClassVar[set[str]] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        _NotingRow.threads.add(threading.current_thread().name)
+        return super().__getitem__(key)
+
+
+async def test_the_next_batch_is_converted_while_one_is_written(
+    writers, alice, make_record, sessionmaker, migrated_url, db_kind
+):
+    # Another connection holds the write lock: the first batch waits for it in the
+    # database, and meanwhile the next one is taken and converted.
+    blocker = make_engine(migrated_url)
+    async with blocker.connect() as connection:
+        if db_kind == "sqlite":
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            await connection.exec_driver_sql("LOCK TABLE usage_records IN EXCLUSIVE MODE")
+        writer = writers(batch_size=1, flush_interval=0.01)
+        await writer.start()
+        first, second = make_record(alice), make_record(alice)
+        writer.replay([Entry(USAGE, usage_values(first), 0)])
+        await asyncio.sleep(0.3)  # the first batch is being written, blocked
+        _NotingRow.threads.clear()
+        writer.replay([Entry(USAGE, _NotingRow(usage_values(second)), 0)])
+
+        async def converted() -> bool:
+            return bool(_NotingRow.threads)
+
+        await _eventually(converted, timeout=3)  # before the lock is let go
+        assert all(name.startswith("gemini-meter-") for name in _NotingRow.threads)
+        stored = await connection.exec_driver_sql("SELECT count(*) FROM usage_records")
+        assert stored.scalar() == 0
+        assert writer.queued == 2
+        await connection.rollback()
+    await blocker.dispose()
+    await asyncio.wait_for(writer.flush(), 10)
+    assert sorted(r for r, _ in await _rows(sessionmaker)) == sorted(
+        [first.request_id, second.request_id]
+    )
+    assert writer.failed_rows_total == 0
