@@ -300,6 +300,9 @@ class _SqliteStatements:
         self.convert = row_converter(table, order, dialect)
 
 
+# The writer's SQLite connection's page cache, in KiB (SQLite's default is 2000).
+_WRITER_CACHE_KIB = 32 * 1024
+
 # Statements with their rows as driver tuples, in the order they run.
 _SqliteWork = list[tuple[str, list[tuple[Any, ...]]]]
 
@@ -374,6 +377,10 @@ class SqliteStore:
             connection = sqlite3.connect(self._path, isolation_level=None)
             try:
                 _on_sqlite_connect(connection, None)
+                # A page cache of 32 MiB instead of 2: each batch inserts into seven
+                # B-trees at random places (request ids), and pages kept from the last
+                # batch are not read again (a fifth less CPU per row at 40k rows).
+                connection.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
             except BaseException:
                 connection.close()
                 raise
