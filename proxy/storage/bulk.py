@@ -3,12 +3,12 @@
 ``storage.writer`` hands each batch (``writes.usage_values`` and ``writes.owner_values``
 dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engine:
 
-- ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread,
-  where ``executemany`` of one prepared statement per kind of row and the COMMIT happen,
-  in one hand-off per batch; rows become tuples in a conversion thread beside it (the next
-  batch while this one is written): the event loop does no per-row work, and ``sqlite3``
+- ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread.
+  Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
+  the COMMIT all happen there: the event loop does no per-row work, and ``sqlite3``
   releases the GIL while SQLite itself runs.
-- ``PostgresStore``: rows become tuples in the writer's thread, then one transaction on
+- ``PostgresStore``: rows become tuples in the writer's thread (the next batch's while
+  the server takes this one), then one transaction on
   the asyncpg connection the writer keeps: binary ``COPY`` straight into
   ``usage_records``, or, when a row is already there, into a session-local temporary
   table and ``INSERT ... SELECT ... ON CONFLICT`` from it.
@@ -101,8 +101,12 @@ class BatchStore(Protocol):
     In two steps, so that the writer can convert the next batch while this one is being
     written: ``prepare`` turns the rows into what ``write`` sends (in a thread, off the
     event loop; it raises ``RowRefused``), ``write`` sends it in one transaction. What
-    ``prepare`` returns can be written again after a failed attempt.
+    ``prepare`` returns can be written again after a failed attempt. ``prepares_ahead``
+    says whether the writer should: whether a write leaves the GIL to a conversion for
+    long stretches.
     """
+
+    prepares_ahead: bool
 
     async def prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> Any: ...
 
@@ -310,16 +314,18 @@ _SqliteWork = list[tuple[str, list[tuple[Any, ...]]]]
 class SqliteStore:
     """Batches into an SQLite file through the writer's own connection and thread."""
 
+    # ``executemany`` takes the GIL back for every row it binds: a conversion thread
+    # beside it makes the two wait on each other (fewer records/s in bench_writer, not
+    # more), so the next batch is converted after this one, in the same thread.
+    prepares_ahead = False
+
     def __init__(self, path: str, dialect: Dialect) -> None:
         self._path = path
         self._dialect = dialect
         self._connection: sqlite3.Connection | None = None
         self._closed = False
-        # One thread: the connection is only ever used from it.
+        # One thread, for conversion and writes: the connection is only ever used from it.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
-        # Another for conversion: the next batch is converted while this one is written
-        # (``sqlite3`` lets go of the GIL while SQLite works).
-        self._converter = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-convert")
         self._usage: dict[tuple[str, ...], _SqliteStatements] = {}
         owners = table_of(Interaction)
         names = tuple(c.name for c in owners.columns)
@@ -329,7 +335,7 @@ class SqliteStore:
 
     async def prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _SqliteWork:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._converter, self._prepare, usage, owners)
+        return await loop.run_in_executor(self._executor, self._prepare, usage, owners)
 
     async def write(self, prepared: _SqliteWork) -> None:
         if prepared:
@@ -343,7 +349,7 @@ class SqliteStore:
         return statements
 
     def _prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _SqliteWork:
-        """In the conversion thread: each statement with its rows as tuples."""
+        """In the writer's thread: each statement with its rows as tuples."""
         work: _SqliteWork = []
         if owners:
             work.append((self._owner_sql, self._convert_owners(owners)))
@@ -404,7 +410,6 @@ class SqliteStore:
         # queued behind a write still running (a cancelled batch): it finishes first
         await loop.run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
-        self._converter.shutdown(wait=True)
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -457,6 +462,9 @@ class PostgresStore:
     with ``storage.writes``' rules. A COPY that succeeds stored what those statements
     would have: no row met a conflict.
     """
+
+    # The server does a batch's work: the next batch is converted meanwhile.
+    prepares_ahead = True
 
     def __init__(self, engine: AsyncEngine) -> None:
         from sqlalchemy.dialects import postgresql
@@ -611,6 +619,8 @@ def is_row_error(exc: BaseException) -> bool:
 
 class SessionStore:
     """Batches through SQLAlchemy sessions and ``storage.writes``' ORM statements."""
+
+    prepares_ahead = False  # nothing to convert
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker

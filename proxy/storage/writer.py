@@ -17,6 +17,8 @@ background task drains the queue:
   batches): rows that queued while the previous batch was being written share one
   transaction, so a writer that falls behind catches up with fewer, larger ones
   (a transaction's fixed costs, its COMMIT's fsync first, dominate a small one);
+- on PostgreSQL, while a batch is written the next one is taken as soon as it is
+  due, and turned into driver tuples meanwhile (the server does the writing);
 - each batch is one transaction of bulk inserts (``storage.bulk``: ``executemany``
   on the writer's own SQLite connection in its own thread, binary COPY on
   PostgreSQL; rows become driver tuples off the event loop) that skip a row
@@ -368,7 +370,10 @@ class UsageWriter:
             assert self._next is not None
             (batch, converted), self._next = self._next, None
             self._batch = batch
-            await self._convert_ahead(asyncio.ensure_future(self._write(batch, converted)))
+            if self._store.prepares_ahead:
+                await self._convert_ahead(asyncio.ensure_future(self._write(batch, converted)))
+            else:
+                await self._write(batch, converted)
             self._batch = []
             self._done += len(batch)
             self._wake_flushers()

@@ -363,36 +363,38 @@ class _NotingRow(dict[str, Any]):
 
 
 async def test_the_next_batch_is_converted_while_one_is_written(
-    writers, alice, make_record, sessionmaker, migrated_url, db_kind
+    postgres_url, alice_pg, make_record
 ):
-    # Another connection holds the write lock: the first batch waits for it in the
-    # database, and meanwhile the next one is taken and converted.
-    blocker = make_engine(migrated_url)
-    async with blocker.connect() as connection:
-        if db_kind == "sqlite":
-            await connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
+    # PostgreSQL alone (SQLite converts each batch in its connection's thread, after the
+    # one before). Another connection holds a lock on the table: the first batch waits
+    # for it in the server, and meanwhile the next one is taken and converted.
+    engine = make_engine(postgres_url)
+    sessionmaker = make_sessionmaker(engine)
+    writer = UsageWriter(sessionmaker, batch_size=1, flush_interval=0.01)
+    try:
+        async with engine.connect() as connection:
             await connection.exec_driver_sql("LOCK TABLE usage_records IN EXCLUSIVE MODE")
-        writer = writers(batch_size=1, flush_interval=0.01)
-        await writer.start()
-        first, second = make_record(alice), make_record(alice)
-        writer.replay([Entry(USAGE, usage_values(first), 0)])
-        await asyncio.sleep(0.3)  # the first batch is being written, blocked
-        _NotingRow.threads.clear()
-        writer.replay([Entry(USAGE, _NotingRow(usage_values(second)), 0)])
+            await writer.start()
+            first, second = make_record(alice_pg), make_record(alice_pg)
+            writer.replay([Entry(USAGE, usage_values(first), 0)])
+            await asyncio.sleep(0.3)  # the first batch is being written, blocked
+            _NotingRow.threads.clear()
+            writer.replay([Entry(USAGE, _NotingRow(usage_values(second)), 0)])
 
-        async def converted() -> bool:
-            return bool(_NotingRow.threads)
+            async def converted() -> bool:
+                return bool(_NotingRow.threads)
 
-        await _eventually(converted, timeout=3)  # before the lock is let go
-        assert all(name.startswith("gemini-meter-") for name in _NotingRow.threads)
-        stored = await connection.exec_driver_sql("SELECT count(*) FROM usage_records")
-        assert stored.scalar() == 0
-        assert writer.queued == 2
-        await connection.rollback()
-    await blocker.dispose()
-    await asyncio.wait_for(writer.flush(), 10)
-    assert sorted(r for r, _ in await _rows(sessionmaker)) == sorted(
-        [first.request_id, second.request_id]
-    )
-    assert writer.failed_rows_total == 0
+            await _eventually(converted, timeout=3)  # before the lock is let go
+            assert _NotingRow.threads == {"gemini-meter-writer_0"}
+            stored = await connection.exec_driver_sql("SELECT count(*) FROM usage_records")
+            assert stored.scalar() == 0
+            assert writer.queued == 2
+            await connection.rollback()
+        await asyncio.wait_for(writer.flush(), 10)
+        assert sorted(r for r, _ in await _rows(sessionmaker)) == sorted(
+            [first.request_id, second.request_id]
+        )
+        assert writer.failed_rows_total == 0
+    finally:
+        await writer.close()
+        await engine.dispose()
