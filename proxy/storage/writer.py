@@ -399,7 +399,7 @@ class UsageWriter:
 
     async def _convert_ahead(self, writing: asyncio.Future[None]) -> None:
         """Wait for ``writing``; meanwhile take the next batch as soon as it is due, so
-        that it is converted while this one is written (the two overlap in threads)."""
+        that it is converted (in the store's thread) while the server writes this one."""
         while not writing.done() and self._next is None:
             if self._queue and self._due():
                 self._take_next()
