@@ -538,14 +538,20 @@ async def _upstream_to_client(
             return _End("proxy", POLICY_VIOLATION, over_budget.message)
 
 
-# Field names (as bytes, both spellings) that can name an owned resource in a client frame:
-# a setup's cached content or File Search tool, a turn's file parts. Only a frame holding
-# one is parsed, so streamed audio and video frames cost a substring search, not a parse.
-_REFERENCE_MARKERS: Final = tuple(
-    marker
-    for name in ("cachedContent", "fileUri", "fileName", "fileSearchStoreNames", '"uri"')
-    for marker in {name.encode(), re.sub(r"([A-Z])", r"_\1", name).lower().encode()}
+# Field names (both spellings) that can name an owned resource in a client frame: a
+# setup's cached content or File Search tool, a turn's file parts; and a JSON escape, which
+# could spell one of them unseen ("cached\u0043ontent"). Only a frame holding one is
+# parsed, so streamed audio and video frames (base64: no backslash) cost a substring
+# search, not a parse (nor a copy: a text frame is searched as text, a binary one as bytes).
+_REFERENCE_NAMES: Final = (
+    *(
+        spelling
+        for name in ("cachedContent", "fileUri", "fileName", "fileSearchStoreNames", '"uri"')
+        for spelling in {name, re.sub(r"([A-Z])", r"_\1", name).lower()}
+    ),
+    "\\u",
 )
+_REFERENCE_MARKERS: Final = tuple(name.encode() for name in _REFERENCE_NAMES)
 
 
 async def _refused_reference(
@@ -553,9 +559,14 @@ async def _refused_reference(
 ) -> str | None:
     """Why a client frame must not be forwarded (it names a cache, file or File Search
     store the caller may not use, or one the proxy cannot read), or None."""
-    data = frame.encode() if isinstance(frame, str) else frame
-    if not any(marker in data for marker in _REFERENCE_MARKERS):
+    if isinstance(frame, str):
+        if not any(name in frame for name in _REFERENCE_NAMES):
+            return None
+        data = frame.encode()
+    elif not any(marker in frame for marker in _REFERENCE_MARKERS):
         return None
+    else:
+        data = frame
     try:
         parsed = strict_json(data)
     except BodyRefused as exc:

@@ -670,6 +670,15 @@ async def test_a_message_naming_someone_elses_file_or_cache_is_never_forwarded(
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
     assert live_stack.upstream.live_sessions[-1].frames_sent == 0  # not even setupComplete
 
+    # the same with the field's name spelled by a JSON escape, which Google reads as
+    # "cachedContent" too
+    _, ws = await raw_session(live_stack, tls, "bob")
+    escaped = json.dumps({"setup": {"model": f"models/{MODEL}", "cachedContent": "alices"}})
+    await ws.send_str(escaped.replace("cachedContent", "cached\\u0043ontent"))
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+    assert live_stack.upstream.live_sessions[-1].frames_sent == 0
+
     # alice's own file goes through
     _, ws = await raw_session(live_stack, tls, "alice")
     await ws.send_str(SETUP)
