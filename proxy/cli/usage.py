@@ -26,6 +26,10 @@ from .remote import AdminTarget, admin_call, local_or_remote_flags, remote_targe
 if TYPE_CHECKING:
     from ..settings import Settings
 
+# The report's names are the command's vocabulary too (what --group-by and --columns
+# accept), so they are offered from here, the same objects as storage.reports'.
+__all__ = ["COST_COLUMNS", "GROUP_KEYS", "LABEL_PREFIX", "TOKEN_COLUMNS", "register"]
+
 # Report names from ``storage.columns``: constants only, so the parser loads no database.
 # Every measure a report row has, in the order JSON and CSV show them.
 REPORT_COLUMNS = ("requests", *TOKEN_COLUMNS, *COST_COLUMNS)
