@@ -611,6 +611,7 @@ async def test_a_session_that_uses_up_a_budget_is_closed_after_that_turn(
     await until_turn_complete(ws)  # 9 + 21 = 30: the budget is used up
     msg = await ws.receive(timeout=10)
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)  # "policy violation"
+    assert msg.extra is not None  # the close frame's reason
     assert "budget" in msg.extra.lower()
     [record] = await live_records(stack)
     assert (record["input_tokens"], record["output_tokens"]) == (17, 13)
@@ -657,6 +658,7 @@ async def test_a_message_naming_someone_elses_file_or_cache_is_never_forwarded(
     await ws.send_str(naming_file("https://example.invalid/v1beta/files/alices-notes"))
     msg = await ws.receive(timeout=10)
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+    assert msg.extra is not None  # the close frame's reason
     assert "not found" in msg.extra.lower()
     [bobs] = live_stack.upstream.live_sessions
     assert bobs.usages == []  # the emulator never saw the turn

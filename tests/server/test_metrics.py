@@ -310,14 +310,13 @@ def test_media_and_storage_cost_count_and_a_refund_counts_apart(make_record):
     metrics = build_metrics(registry, resolve_model=lambda name: name)
     # a cache created ($0.20 of storage), then deleted early ($0.05 given back), and an
     # Imagen call of three images ($0.12)
-    for parts in (
-        {"storage": Decimal("0.20")},
-        {"storage": Decimal("-0.05")},
-        {"media": Decimal("0.12")},
+    for cost in (
+        Cost(total=Decimal("0.20"), storage=Decimal("0.20")),
+        Cost(total=Decimal("-0.05"), storage=Decimal("-0.05")),
+        Cost(total=Decimal("0.12"), media=Decimal("0.12")),
     ):
-        total_usd = sum(parts.values(), Decimal(0))
         who = Principal(user_id=1, user_name="alice")
-        metrics.observe(make_record(who, model="m", cost=Cost(total=total_usd, **parts)))
+        metrics.observe(make_record(who, model="m", cost=cost))
     samples = parse(generate_latest(registry).decode())
     assert total(samples, "gemini_meter_cost_usd_total", category="storage") == 0.20
     assert total(samples, "gemini_meter_cost_refunded_usd_total", category="storage") == 0.05
