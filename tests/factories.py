@@ -11,6 +11,9 @@ test clients for both raw HTTP and the google-genai SDK. The proxy runs on
 receives, byte for byte (no decompression), and answers just enough like
 Gemini for the proxy to meter it: adversarial tests assert on what did (not)
 reach it. ``send_raw`` sends bytes the HTTP client libraries would not.
+
+``usage_metadata`` and ``interaction_usage`` read the usage the SDK parsed from a
+response, asserting it is there (the SDK types it Optional).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
 from google import genai
+from google.genai import interactions as gi
 from google.genai import types
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -635,6 +639,25 @@ def assert_strict(value: Any, path: str = "$") -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             assert_strict(item, f"{path}.{key}")
+
+
+# --- what the SDK parsed ---------------------------------------------------------------------
+# The SDK types every usage field Optional, as the API may leave it out; the proxy's
+# responses always carry it, so a test asserts it is there before it reads the figures.
+
+
+def usage_metadata(
+    response: types.GenerateContentResponse,
+) -> types.GenerateContentResponseUsageMetadata:
+    """A generateContent response's (or chunk's) ``usageMetadata``, asserted present."""
+    assert response.usage_metadata is not None, "the response carries no usageMetadata"
+    return response.usage_metadata
+
+
+def interaction_usage(interaction: gi.Interaction) -> gi.Usage:
+    """An interaction's ``usage``, asserted present."""
+    assert interaction.usage is not None, f"interaction {interaction.id} carries no usage"
+    return interaction.usage
 
 
 # --- pricing ----------------------------------------------------------------------------------

@@ -27,14 +27,15 @@ import json
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from google.genai import types
 
-from tests.factories import Stack
+from tests.factories import Stack, interaction_usage, usage_metadata
 
-MODEL = "gemini-2.5-flash"
+# Final: its literal is one of the SDK's Model names, so create() is typed by its overloads.
+MODEL: Final = "gemini-2.5-flash"
 PROMPT = "Hello there friend"
 TWO_MORE_HOPS = {"x-emulator-continuations": "2"}
 # The answer 'Emulated reply from gemini-2.5-flash. You said: "Hello there
@@ -74,9 +75,9 @@ async def test_automatic_continuation_is_billed_hop_by_hop(stack: Stack, stream:
         merged = await client.aio.interactions.create(
             model=MODEL, input=PROMPT, extra_headers=TWO_MORE_HOPS
         )
-        assert merged.status == "completed"
+        assert merged.status == "completed" and merged.continuation_ids is not None
         hop_ids = list(merged.continuation_ids)
-        sdk_total = merged.usage.total_tokens  # the SDK's sum over the hops
+        sdk_total = interaction_usage(merged).total_tokens  # the SDK's sum over the hops
     assert len(hop_ids) == 3
 
     records = await stack.records()
@@ -109,6 +110,7 @@ async def test_a_continuation_of_someone_elses_interaction_is_refused(stack: Sta
             model=MODEL, input=PROMPT, extra_headers=TWO_MORE_HOPS, automatic_continuation=False
         )
     assert first.status == "requires_continuation" and first.continuation_token
+    assert first.id is not None
     before = len(stack.upstream.requests)
     bob = stack.sdk("bob")
     with pytest.raises(Exception) as refused:
@@ -139,13 +141,14 @@ async def test_generate_content_continuation_is_billed_hop_by_hop(stack: Stack, 
             )
         ]
         # Each chunk's usage is the SDK's running sum over the hops so far.
-        sdk_total = chunks[-1].usage_metadata.total_token_count
+        sdk_total = usage_metadata(chunks[-1]).total_token_count
         text = "".join(chunk.text or "" for chunk in chunks)
     else:
         merged = await client.aio.models.generate_content(
             model=MODEL, contents=PROMPT, config=config
         )
-        sdk_total = merged.usage_metadata.total_token_count
+        sdk_total = usage_metadata(merged).total_token_count
+        assert merged.text is not None
         text = merged.text
     assert text.endswith('"Hello there friend".')
 

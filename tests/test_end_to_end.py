@@ -10,21 +10,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any
+from typing import Any, Final
 
+from google.genai import interactions as gi
 from google.genai import types
 
 from proxy.cli.demo import tiny_png
 from proxy.metering.parsers import usage_from_generate, usage_from_interaction
 from proxy.pricing import load_catalog, price
-from tests.factories import UPSTREAM_KEY, Stack, raw
+from tests.factories import UPSTREAM_KEY, Stack, interaction_usage, raw, usage_metadata
 
-MODEL = "gemini-3.5-flash"
+# Typed as the SDK's parameters are (MODEL as its literal, one of the SDK's Model names), so
+# that create()'s overloads return an Interaction, or a stream with stream=True, not "either".
+MODEL: Final = "gemini-3.5-flash"
+CODE_EXECUTION: Final[gi.CodeExecutionParam] = {"type": "code_execution"}
 PRIMES = (
     "What is the sum of the first 50 prime numbers? "
     "Generate and run code for the calculation, and make sure you get all 50."
 )
-CODE = [{"type": "code_execution"}]
 
 
 def assert_tokens(record: dict[str, Any], usage: Any) -> None:
@@ -37,7 +40,7 @@ def assert_tokens(record: dict[str, Any], usage: Any) -> None:
     assert record["total_tokens"] == usage.total_tokens
 
 
-async def wait_until_done(stack: Stack, interaction_id: str, user: str = "alice") -> Any:
+async def wait_until_done(stack: Stack, interaction_id: str, user: str = "alice") -> gi.Interaction:
     client = stack.sdk(user)
     for _ in range(100):
         got = await client.aio.interactions.get(interaction_id)
@@ -50,8 +53,13 @@ async def wait_until_done(stack: Stack, interaction_id: str, user: str = "alice"
 async def test_interaction_with_code_execution(stack: Stack):
     client = stack.sdk("alice")
     interaction = await client.aio.interactions.create(
-        model=MODEL, input=PRIMES, tools=CODE, labels={"project": "primes"}, service_tier="flex"
+        model=MODEL,
+        input=PRIMES,
+        tools=[CODE_EXECUTION],
+        labels={"project": "primes"},
+        service_tier="flex",
     )
+    assert interaction.steps is not None
     calls = [s for s in interaction.steps if s.type == "code_execution_call"]
     results = [s for s in interaction.steps if s.type == "code_execution_result"]
     assert calls and results and "5117" in json.dumps(interaction.model_dump(mode="json"))
@@ -81,7 +89,7 @@ async def test_interaction_with_code_execution(stack: Stack):
 async def test_streamed_interaction_bills_the_final_usage(stack: Stack):
     client = stack.sdk("bob")
     stream = await client.aio.interactions.create(
-        model=MODEL, input=PRIMES, tools=CODE, stream=True
+        model=MODEL, input=PRIMES, tools=[CODE_EXECUTION], stream=True
     )
     events = [event async for event in stream]
     [completed] = [e for e in events if e.event_type == "interaction.completed"]
@@ -102,35 +110,45 @@ async def test_image_input_is_counted_as_image_tokens(stack: Stack):
             {"type": "image", "data": image, "mime_type": "image/png"},
             {"type": "text", "text": "How many pedals are there?"},
         ],
-        tools=CODE,
+        tools=[CODE_EXECUTION],
     )
+    # mypy cannot match a list literal to the SDK's input union, so create()'s overloads
+    # leave "Interaction or stream": without stream=True it is an Interaction.
+    assert isinstance(interaction, gi.Interaction)
     [record] = await stack.records()
-    assert_tokens(record, interaction.usage)
-    by_modality = {m.modality: m.tokens for m in interaction.usage.input_tokens_by_modality}
-    assert record["modalities"]["input"]["image"] == by_modality["image"] > 0
+    usage = interaction_usage(interaction)
+    assert_tokens(record, usage)
+    assert usage.input_tokens_by_modality is not None
+    by_modality = {m.modality: m.tokens for m in usage.input_tokens_by_modality}
+    image_tokens = by_modality["image"]
+    assert image_tokens is not None
+    assert record["modalities"]["input"]["image"] == image_tokens > 0
 
 
 async def test_multi_turn_records_the_previous_interaction_and_cached_tokens(stack: Stack):
     client = stack.sdk("alice")
     first = await client.aio.interactions.create(
-        model=MODEL, input="I have a math question for you.", tools=CODE
+        model=MODEL, input="I have a math question for you.", tools=[CODE_EXECUTION]
     )
+    assert first.id is not None
     second = await client.aio.interactions.create(
-        model=MODEL, previous_interaction_id=first.id, input=PRIMES, tools=CODE
+        model=MODEL, previous_interaction_id=first.id, input=PRIMES, tools=[CODE_EXECUTION]
     )
     records = await stack.records()
     assert [r["interaction_id"] for r in records] == [first.id, second.id]
     assert records[1]["previous_interaction_id"] == first.id
-    assert records[1]["cached_tokens"] == second.usage.total_cached_tokens > 0
+    cached = interaction_usage(second).total_cached_tokens
+    assert cached is not None
+    assert records[1]["cached_tokens"] == cached > 0
     assert_tokens(records[1], second.usage)
 
 
 async def test_background_interaction_is_billed_once_when_a_poll_shows_it_done(stack: Stack):
     client = stack.sdk("alice")
     created = await client.aio.interactions.create(
-        model=MODEL, input=PRIMES, tools=CODE, background=True
+        model=MODEL, input=PRIMES, tools=[CODE_EXECUTION], background=True
     )
-    assert created.status == "in_progress"
+    assert created.status == "in_progress" and created.id is not None
     assert await stack.records() == []
     done = await wait_until_done(stack, created.id)
     # polled again, fetched again, and its stream replayed: still one record
@@ -147,8 +165,9 @@ async def test_background_interaction_is_billed_once_when_a_poll_shows_it_done(s
 async def test_resumed_stream_of_a_running_background_interaction_bills_it(stack: Stack):
     client = stack.sdk("carol")
     created = await client.aio.interactions.create(
-        model=MODEL, input=PRIMES, tools=CODE, background=True
+        model=MODEL, input=PRIMES, tools=[CODE_EXECUTION], background=True
     )
+    assert created.id is not None
     stream = await client.aio.interactions.get(created.id, stream=True)
     events = [event async for event in stream]
     [completed] = [e for e in events if e.event_type == "interaction.completed"]
@@ -161,7 +180,10 @@ async def test_resumed_stream_of_a_running_background_interaction_bills_it(stack
 
 async def test_refetching_a_finished_interaction_never_bills_it_again(stack: Stack):
     client = stack.sdk("alice")
-    created = await client.aio.interactions.create(model=MODEL, input=PRIMES, tools=CODE)
+    created = await client.aio.interactions.create(
+        model=MODEL, input=PRIMES, tools=[CODE_EXECUTION]
+    )
+    assert created.id is not None
     for _ in range(3):
         await client.aio.interactions.get(created.id)
     replay = await client.aio.interactions.get(created.id, stream=True)
@@ -179,7 +201,7 @@ async def test_generate_content(stack: Stack):
             tools=[types.Tool(code_execution=types.ToolCodeExecution())]
         ),
     )
-    meta = response.usage_metadata
+    meta = usage_metadata(response)
     [record] = await stack.records()
     assert record["endpoint"] == "generate_content"
     assert record["model"] == "gemini-2.5-flash"
@@ -201,7 +223,7 @@ async def test_stream_generate_content_sse_bills_the_last_chunk(stack: Stack):
         )
     ]
     assert len(chunks) > 1
-    final = chunks[-1].usage_metadata
+    final = usage_metadata(chunks[-1])
     [record] = await stack.records()
     assert record["endpoint"] == "stream_generate_content"
     assert record["streamed"] is True
@@ -209,7 +231,12 @@ async def test_stream_generate_content_sse_bills_the_last_chunk(stack: Stack):
     assert record["output_tokens"] == final.candidates_token_count
     assert record["total_tokens"] == final.total_token_count
     # cumulative chunks: a sum would have counted the prompt once per chunk
-    assert record["input_tokens"] < sum(c.usage_metadata.prompt_token_count for c in chunks)
+    summed = 0
+    for chunk in chunks:
+        prompt = usage_metadata(chunk).prompt_token_count
+        assert prompt is not None
+        summed += prompt
+    assert record["input_tokens"] < summed
 
 
 async def test_stream_generate_content_json_array(stack: Stack):
@@ -232,9 +259,11 @@ async def test_stream_generate_content_json_array(stack: Stack):
 
 async def test_recorded_cost_equals_the_price_command(stack: Stack):
     client = stack.sdk("alice")
-    interaction = await client.aio.interactions.create(model=MODEL, input=PRIMES, tools=CODE)
+    interaction = await client.aio.interactions.create(
+        model=MODEL, input=PRIMES, tools=[CODE_EXECUTION]
+    )
     [record] = await stack.records()
-    usage_json = interaction.usage.model_dump(mode="json", exclude_none=True)
+    usage_json = interaction_usage(interaction).model_dump(mode="json", exclude_none=True)
     expected = price(load_catalog(), MODEL, usage_from_interaction(usage_json))
     assert expected.total is not None and expected.total > 0
     assert record["cost_usd"] == expected.total
@@ -249,6 +278,7 @@ async def test_file_upload_through_the_proxy(stack: Stack, tmp_path):
     path = tmp_path / "primes.csv"
     path.write_text("n,prime\n" + "\n".join(f"{i},{p}" for i, p in enumerate([2, 3, 5, 7, 11])))
     uploaded = await stack.sdk("alice").aio.files.upload(file=str(path))
+    assert uploaded.size_bytes is not None
     assert int(uploaded.size_bytes) == path.stat().st_size
     legs = [r for r in stack.upstream.requests if r.path.startswith("/upload/")]
     # the start leg carries the upstream key; the byte legs carry none at all
@@ -261,8 +291,11 @@ async def test_grounding_is_counted_and_charged(stack: Stack):
     interaction = await stack.sdk("alice").aio.interactions.create(
         model=MODEL, input="Who won the chess olympiad?", tools=[{"type": "google_search"}]
     )
-    counts = {g.type: g.count for g in interaction.usage.grounding_tool_count}
-    assert counts["google_search"] >= 1
+    usage = interaction_usage(interaction)
+    assert usage.grounding_tool_count is not None
+    counts = {g.type: g.count for g in usage.grounding_tool_count}
+    searches = counts["google_search"]
+    assert searches is not None and searches >= 1
     [record] = await stack.records()
     assert record["grounding"] == counts
     # gemini-3.5-flash bills Google Search per query
@@ -270,8 +303,9 @@ async def test_grounding_is_counted_and_charged(stack: Stack):
     expected = price(
         catalog,
         MODEL,
-        usage_from_interaction(interaction.usage.model_dump(mode="json", exclude_none=True)),
+        usage_from_interaction(usage.model_dump(mode="json", exclude_none=True)),
     )
+    assert expected.grounding is not None
     assert record["cost_grounding_usd"] == expected.grounding > 0
 
 
@@ -295,7 +329,7 @@ async def test_bad_request_bodies_are_forwarded_and_recorded(stack: Stack):
 async def test_tool_search_steps_are_metered(stack: Stack):
     # tool_search and its steps are new in google-genai 3.6: the SDK parses
     # them, and the tokens of the definitions it loads are billed as tool use.
-    weather = {
+    weather: gi.FunctionParam = {
         "type": "function",
         "name": "get_weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
