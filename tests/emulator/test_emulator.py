@@ -42,6 +42,7 @@ from proxy.emulator import (
     run_emulator,
 )
 from tests.emulator.conftest import BACKGROUND_SECONDS
+from tests.factories import interaction_usage, usage_metadata
 
 PRIMES_PROMPT = "What is the sum of the first 50 primes? Generate and run code for the calculation."
 THINKING_MODEL = "gemini-3-flash-preview"
@@ -1176,6 +1177,7 @@ async def test_continuations_by_hand(http: Any, server: TestServer) -> None:
         assert status == 200
         hop = strict_interaction(json.loads(raw))
         assert hop.id not in {h.id for h in hops}  # every hop is its own interaction
+        assert hop.steps is not None
         assert [step.type for step in hop.steps] == ["model_output"]
         hops.append(hop)
         text += hop.output_text or ""
@@ -1184,7 +1186,7 @@ async def test_continuations_by_hand(http: Any, server: TestServer) -> None:
     assert text == 'Emulated reply from gemini-2.0-flash. You said: "Hello there friend".'
 
     # A token checked against its issuer, as the SDK's docs say the server does.
-    for body in (
+    for refused in (
         {"model": PLAIN_MODEL, "continuation_token": "ct_unknown"},
         {
             "model": PLAIN_MODEL,
@@ -1192,7 +1194,7 @@ async def test_continuations_by_hand(http: Any, server: TestServer) -> None:
             "previous_interaction_id": hops[-1].id,
         },
     ):
-        status, _, raw = await post(http, server, "/v1/interactions", body)
+        status, _, raw = await post(http, server, "/v1/interactions", refused)
         assert status == 400, raw
     for value in ("x", "-1", "9"):
         status, _, raw = await post(
@@ -1263,6 +1265,7 @@ async def test_tool_search_loads_deferred_functions(http: Any, server: TestServe
     request = {"model": PLAIN_MODEL, "input": "Weather in Paris?", "tools": TOOL_SEARCH}
     _, _, raw = await post(http, server, "/v1/interactions", request)
     interaction = strict_interaction(json.loads(raw))
+    assert interaction.steps is not None
     assert [step.type for step in interaction.steps] == [
         "user_input",
         "tool_search_call",
@@ -1270,11 +1273,15 @@ async def test_tool_search_loads_deferred_functions(http: Any, server: TestServe
         "model_output",
     ]
     call, result = interaction.steps[1], interaction.steps[2]
+    assert isinstance(call, itypes.ToolSearchCallStep)
+    assert isinstance(result, itypes.ToolSearchResultStep)
     assert call.arguments.function_names == ["get_weather"]  # only the deferred one
     assert result.call_id == call.id
+    assert result.result is not None
     assert [function.name for function in result.result] == ["get_weather"]
     # The loaded definitions are fed to the model: tool-use input.
-    assert interaction.usage.total_tool_use_tokens == tokens(json.dumps([WEATHER]))
+    usage = interaction_usage(interaction)
+    assert usage.total_tool_use_tokens == tokens(json.dumps([WEATHER]))
 
     _, _, raw = await post(http, server, "/v1/interactions", {**request, "stream": True})
     events = parse_sse(raw)
@@ -1297,6 +1304,7 @@ async def test_generate_content_continuations(http: Any, server: TestServer, aio
         assert status == 200
         hop = strict_generate(json.loads(raw))
         hops.append(hop)
+        assert hop.candidates
         candidate = hop.candidates[0]
         if candidate.finish_reason != types.FinishReason.CONTINUATION:
             break
@@ -1305,15 +1313,15 @@ async def test_generate_content_continuations(http: Any, server: TestServer, aio
         status, _, raw = await post(http, server, path, {**body, "continuationToken": token})
     usages = [
         (
-            h.usage_metadata.prompt_token_count,
-            h.usage_metadata.cached_content_token_count or 0,
-            h.usage_metadata.candidates_token_count,
-            h.usage_metadata.total_token_count,
+            meta.prompt_token_count,
+            meta.cached_content_token_count or 0,
+            meta.candidates_token_count,
+            meta.total_token_count,
         )
-        for h in hops
+        for meta in map(usage_metadata, hops)
     ]
     assert usages == CONTINUED_HOPS  # the same hand-worked hops as the Interactions API
-    assert "".join(h.text for h in hops) == (
+    assert "".join(h.text or "" for h in hops) == (
         'Emulated reply from gemini-2.0-flash. You said: "Hello there friend".'
     )
     status, _, _ = await post(http, server, path, {**body, "continuationToken": "bm9wZQ=="})
