@@ -42,6 +42,9 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+# The repository root on the path, as in bench_writer.py, so that compare is imported by its
+# package path (benchmarks.compare), the name the tests and the type checker know it by.
+sys.path.insert(0, str(ROOT))
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Benchmark prompt " * 8}]}]}
 
 
@@ -444,8 +447,7 @@ def render_journal(
 
 def write_report(path: Path, report: str, name: str) -> None:
     """Replace this report's section of ``path`` (its markers), keeping the other sections."""
-    # benchmarks/ is sys.path[0] when this file runs as a script, as it always does.
-    from compare import write_section
+    from benchmarks.compare import write_section
 
     write_section(path, report, name)
 
