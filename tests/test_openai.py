@@ -5,7 +5,9 @@ OpenAI-compatibility guide configures it, talks to the proxy over loopback, the 
 the emulator, and the records land in SQLite and PostgreSQL. Each record is compared with
 the emulator's ledger (``openai_ledger_key``: what it billed, in its own counts) and priced
 by hand. gemini-2.5-flash (prices.toml, entry of 2025-10-08): input $0.30, cached $0.03,
-output $2.50 per 1M tokens; gemini-embedding-001: input $0.15.
+output $2.50 per 1M tokens; gemini-embedding-001: input $0.15. Image generation: Imagen 4
+$0.04 per image, Imagen 4 Fast $0.02 (entries of 2025-10-08); gemini-2.5-flash-image input
+$0.30, image output $30.00 per 1M tokens, 1,290 tokens an image in the emulator.
 
 The emulator's figures: text is ceil(characters / 4); every message before the last is
 cached; gemini-2.5-flash thinks 128 tokens (medium); its reply to "Explain to me how AI
@@ -30,7 +32,7 @@ from openai.types.chat import ChatCompletionSystemMessageParam, ChatCompletionUs
 
 from proxy.emulator.openai import OpenAIServed, openai_ledger_key
 from proxy.server.auth import PresentedKey
-from proxy.server.typedefs import authenticator_key, budgets_key
+from proxy.server.typedefs import authenticator_key, budgets_key, metrics_key
 from proxy.storage.schema import ResourceKind
 from tests.factories import (
     UPSTREAM_KEY,
@@ -40,6 +42,7 @@ from tests.factories import (
     add_budget,
     add_spend,
     gemini_error,
+    metric_sum,
     raw,
     sqlite_only,
 )
@@ -517,3 +520,218 @@ async def test_a_stream_cut_before_its_usage_is_still_recorded_and_flagged(stack
     assert record["endpoint"] == "openai.chat_completions" and record["streamed"] is True
     assert record["parse_error"] is True
     assert record["total_tokens"] == 0
+
+
+# --- image generation ---------------------------------------------------------------------
+
+IMAGES = "/v1beta/openai/images/generations"
+IMAGEN = "imagen-4.0-generate-001"
+GEMINI_IMAGE = "gemini-2.5-flash-image"
+# Google's guide's example prompt: 43 characters, ceil(43 / 4) = 11 tokens in the emulator
+SHEEPADOODLE = "a portrait of a sheepadoodle wearing a cape"
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    return metric_sum(stack.app[metrics_key].registry, name, **labels)
+
+
+async def test_an_imagen_generation_bills_the_images_returned(stack: Stack):
+    async with client_for(stack, "bob") as client:
+        response = await client.images.generate(
+            model=IMAGEN, prompt=SHEEPADOODLE, response_format="b64_json", n=3
+        )
+    assert response.data is not None and len(response.data) == 3
+    assert all(image.b64_json for image in response.data)
+    [served] = ledger(stack)
+    assert (served.route, served.images, served.filtered) == ("images", 3, 0)
+
+    [record] = await stack.records()
+    assert record["endpoint"] == "openai.images"
+    assert record["model"] == IMAGEN
+    assert record["user_id"] == await stack.user_id("bob")
+    assert record["images"] == served.images
+    assert record["input_tokens"] == record["output_tokens"] == record["total_tokens"] == 0
+    assert record["unmetered_route"] is False and record["parse_error"] is False
+    assert record["streamed"] is False and record["upstream_status"] == 200
+    # 3 images x $0.04 = $0.12
+    assert record["cost_usd"] == Decimal("0.12")
+    assert record["cost_media_usd"] == Decimal("0.12")
+    # the upstream saw the proxy's key, never the client's bearer token
+    [seen] = list(stack.upstream.requests)
+    assert seen.path == IMAGES
+    assert seen.api_key == UPSTREAM_KEY
+    assert "authorization" not in seen.headers
+    # counted as a metered call: its cost as media, no longer as an unmetered route
+    assert metric(stack, "gemini_meter_cost_usd_total", category="media") == 0.12
+    assert metric(stack, "gemini_meter_unmetered_route_requests_total") == 0
+    assert metric(stack, "gemini_meter_requests_total", endpoint="openai.images") == 1
+    assert metric(stack, "gemini_meter_unpriced_records_total") == 0
+
+
+async def test_filtered_images_are_not_billed(stack: Stack):
+    async with client_for(stack) as client:
+        response = await client.images.generate(
+            model="imagen-4.0-fast-generate-001",
+            prompt=SHEEPADOODLE,
+            n=2,
+            extra_headers={"x-emulator-filtered": "1"},
+        )
+    assert response.data is not None and len(response.data) == 1
+    [served] = ledger(stack)
+    assert (served.images, served.filtered) == (1, 1)
+    [record] = await stack.records()
+    # 1 image returned x $0.02 = $0.02; the filtered one costs nothing
+    assert record["images"] == 1
+    assert record["cost_usd"] == Decimal("0.02")
+
+
+async def test_a_gemini_image_model_bills_the_tokens_it_reports(stack: Stack):
+    async with client_for(stack, "carol") as client:
+        response = await client.images.generate(
+            model=GEMINI_IMAGE, prompt=SHEEPADOODLE, response_format="b64_json", n=2
+        )
+    # one image, whatever n asked (as Google's Gemini image models answer)
+    assert response.data is not None and len(response.data) == 1
+    assert response.usage is not None and response.usage.output_tokens == 1290
+    [served] = ledger(stack)
+    assert (served.prompt_tokens, served.image_tokens, served.images) == (11, 1290, 1)
+
+    [record] = await stack.records()
+    assert record["endpoint"] == "openai.images"
+    assert record["model"] == GEMINI_IMAGE
+    assert record["user_id"] == await stack.user_id("carol")
+    assert record["input_tokens"] == served.prompt_tokens
+    assert record["output_tokens"] == served.image_tokens
+    assert record["thinking_tokens"] == 0
+    assert record["total_tokens"] == served.total_tokens == 1301
+    # billed by the token: the image count is in its image tokens, not in ``images``
+    assert record["images"] == 0
+    assert record["modalities"] == {"input": {"text": 11}, "output": {"image": 1290}}
+    assert record["parse_error"] is False
+    # 11 x $0.30 = $3.30 and 1,290 image tokens x $30.00 = $38,700 per 1M -> $0.0387033
+    assert record["cost_input_usd"] == Decimal("0.0000033")
+    assert record["cost_output_usd"] == Decimal("0.0387")
+    assert record["cost_usd"] == Decimal("0.0387033")
+    assert metric(stack, "gemini_meter_tokens_total", type="input", model=GEMINI_IMAGE) == 11
+    assert metric(stack, "gemini_meter_tokens_total", type="output", model=GEMINI_IMAGE) == 1290
+    assert metric(stack, "gemini_meter_unmetered_route_requests_total") == 0
+
+
+@sqlite_only
+async def test_a_gemini_image_without_usage_is_counted_and_left_unpriced(stack: Stack):
+    async with client_for(stack) as client:
+        await client.images.generate(
+            model=GEMINI_IMAGE,
+            prompt=SHEEPADOODLE,
+            extra_headers={"x-emulator-usage": "missing"},
+        )
+        await client.images.generate(
+            model=GEMINI_IMAGE,
+            prompt=SHEEPADOODLE,
+            extra_headers={"x-emulator-usage": "malformed"},
+        )
+    missing, malformed = await stack.records()
+    for record in (missing, malformed):
+        # the image is recorded; with no per-image price it is unpriced, never free
+        assert record["images"] == 1
+        assert record["input_tokens"] == record["output_tokens"] == 0
+        assert record["cost_usd"] is None and record["unpriced"] is True
+    assert missing["parse_error"] is False
+    assert malformed["parse_error"] is True
+    assert metric(stack, "gemini_meter_unpriced_records_total") == 2
+    assert metric(stack, "gemini_meter_usage_parse_errors_total", endpoint="openai.images") == 1
+
+
+@sqlite_only
+async def test_an_image_generation_error_is_recorded_as_one(stack: Stack):
+    async with client_for(stack) as client:
+        with pytest.raises(openai.RateLimitError):
+            await client.images.generate(
+                model=IMAGEN, prompt=SHEEPADOODLE, extra_headers={"x-emulator-fail": "429"}
+            )
+    [record] = await stack.records()
+    assert (record["endpoint"], record["upstream_status"]) == ("openai.images", 429)
+    assert record["images"] == 0 and record["parse_error"] is False
+    assert record["cost_usd"] == 0
+
+
+@sqlite_only
+async def test_an_image_answer_streamed_anyway_is_relayed_and_billed_per_image(
+    make_stack: StackFactory, aiohttp_server: Any
+):
+    # Google's guide lists no stream for this route; should an event stream come back,
+    # it is relayed as it came, and OpenAI's completed-image events are what it bills.
+    completed = {"type": "image_generation.completed", "b64_json": "iVBORw0KGgo="}
+    events = [
+        b'data: {"type":"image_generation.partial_image","b64_json":"iVBO"}\n\n',
+        b"data: " + json.dumps(completed).encode() + b"\n\n",
+    ]
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post(IMAGES, handle)
+    upstream = await aiohttp_server(app)
+    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    for model in (IMAGEN, GEMINI_IMAGE):
+        body = {"model": model, "prompt": "a cat", "stream": True}
+        status, headers, answer = await raw(
+            "POST", stack.url(IMAGES), headers=stack.headers(), json=body
+        )
+        assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+        assert answer == b"".join(events)
+    imagen, gemini = await stack.records()
+    assert (imagen["streamed"], imagen["images"], imagen["parse_error"]) == (True, 1, False)
+    assert imagen["cost_usd"] == Decimal("0.04")  # 1 image x $0.04
+    # a token-priced model's stream: its usage is not read, so the record is flagged
+    assert (gemini["images"], gemini["parse_error"], gemini["unpriced"]) == (1, True, True)
+
+
+@sqlite_only
+async def test_an_imagen_generation_reserves_its_images(make_stack: StackFactory):
+    stack = await make_stack(budget_reserve_usd=Decimal("0.01"), budget_refresh_seconds=3600.0)
+    await add_budget(stack.app, "user:alice", limit_usd="1.00")
+    await add_spend(stack.app, "alice", "0.95")
+    await stack.app[budgets_key].refresh()
+    async with client_for(stack, "alice") as client:
+        # 2 images x $0.04 + the $0.01 reserve = $0.09, over the $0.05 left
+        with pytest.raises(openai.RateLimitError):
+            await client.images.generate(model=IMAGEN, prompt=SHEEPADOODLE, n=2)
+        assert ledger(stack) == []  # refused before the upstream
+        # n left out is OpenAI's 1: $0.04 + $0.01 = $0.05, which fits exactly
+        await client.images.generate(model=IMAGEN, prompt=SHEEPADOODLE)
+    assert len(ledger(stack)) == 1
+
+
+@sqlite_only
+async def test_a_gemini_image_generation_reserves_like_a_generation(make_stack: StackFactory):
+    # No per-image price: the body's bytes / 4 as input and the default 8,192 output
+    # tokens, priced as generated output: 13 x $0.30 = $3.90 and 8,192 x $2.50 = $20,480
+    # per 1M -> $0.0204839, plus the $0.001 reserve = $0.0214839.
+    body = b'{"model":"gemini-2.5-flash-image","prompt":"a cat"}'
+    assert -(-len(body) // 4) == 13
+    stack = await make_stack(budget_reserve_usd=Decimal("0.001"), budget_refresh_seconds=3600.0)
+    for user in ("alice", "carol"):
+        await add_budget(stack.app, f"user:{user}", limit_usd="0.1")
+    await add_spend(stack.app, "carol", "0.0785161")  # 0.1 - 0.0214839: fits exactly
+    await add_spend(stack.app, "alice", "0.0785162")  # one ten-millionth over
+    await stack.app[budgets_key].refresh()
+
+    async def send(user: str) -> int:
+        headers = {
+            "Authorization": f"Bearer {stack.keys[user]}",
+            "Content-Type": "application/json",
+        }
+        status, _, _ = await raw("POST", stack.url(IMAGES), headers=headers, data=body)
+        return status
+
+    assert await send("alice") == 429
+    assert ledger(stack) == []
+    assert await send("carol") == 200
+    assert len(ledger(stack)) == 1

@@ -73,7 +73,7 @@ from .wire import (
 )
 
 # A 1x1 PNG: what every emulated image is (the bytes do not matter, their shape does).
-_PNG: Final = (
+PNG: Final = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGNQSFgAAAHEASFiX4r9AAAAAElFTkSuQmCC"
 )
 _PNG_MIME: Final = "image/png"
@@ -111,7 +111,8 @@ def _count(value: object, name: str, default: int, maximum: int) -> int:
     return value
 
 
-def _filtered(request: web.Request, requested: int) -> int:
+def filtered_count(request: web.Request, requested: int) -> int:
+    """How many of ``requested`` images or videos ``x-emulator-filtered`` filters out."""
     raw = request.headers.get("x-emulator-filtered")
     if raw is None:
         return 0
@@ -152,13 +153,13 @@ async def predict(request: web.Request) -> web.Response:
     requested = _count(
         get_field(parameters, "sampleCount"), "sampleCount", DEFAULT_IMAGES, _MAX_SAMPLES
     )
-    filtered = _filtered(request, requested)
+    filtered = filtered_count(request, requested)
     options = get_field(parameters, "outputOptions")
     mime = get_field(options, "mimeType") if isinstance(options, dict) else None
     safety = get_field(parameters, "includeSafetyAttributes") is True
     predictions: list[Json] = []
     for _ in range(requested - filtered):
-        image: Json = {"bytesBase64Encoded": _PNG, "mimeType": mime or _PNG_MIME}
+        image: Json = {"bytesBase64Encoded": PNG, "mimeType": mime or _PNG_MIME}
         if safety:
             image["safetyAttributes"] = {"categories": ["Violence"], "scores": [0.1]}
         predictions.append(image)
@@ -198,7 +199,7 @@ async def predict_long_running(request: web.Request) -> web.Response:
             model=model,
             seconds=seconds,
             requested=requested,
-            filtered=_filtered(request, requested),
+            filtered=filtered_count(request, requested),
             resolution=resolution if isinstance(resolution, str) else None,
             ready_at=time.monotonic() + state.config.background_seconds,
             error_status=operation_error(request),
@@ -285,7 +286,9 @@ __all__ = [
     "DEFAULT_IMAGES",
     "DEFAULT_VIDEOS",
     "DEFAULT_VIDEO_SECONDS",
+    "PNG",
     "add_media_routes",
+    "filtered_count",
     "operation_error",
     "video_bytes",
 ]

@@ -1,4 +1,4 @@
-"""The emulator's OpenAI-compatible endpoint: chat completions and embeddings.
+"""The emulator's OpenAI-compatible endpoint: chat completions, embeddings and images.
 
 A self-contained block of the emulator (``app.create_emulator_app`` registers
 it with ``add_openai_routes``); the app's middleware has already checked the
@@ -22,6 +22,23 @@ reference for the objects, as the ``openai`` SDK 3.57.0 parses them:
   [{"object": "embedding", "index", "embedding"}], "model", "usage":
   {"prompt_tokens", "total_tokens"}}``; ``encoding_format: base64`` (the SDK's
   default) gives each vector as base64 of little-endian float32s.
+- ``POST /{v}/openai/images/generations`` (the guide's "Generate an image", in
+  a copy of its Thai edition last updated 2026-09-12: ``model``, ``prompt``,
+  ``n``, ``size``, ``response_format``, anything else silently ignored, ``stream``
+  included)
+  answers ``{"created", "data": [{"b64_json"}]}`` (the ``openai`` SDK 3.57.0's
+  ``ImagesResponse``). An Imagen model returns ``n`` images (1 to 4, default 1,
+  OpenAI's default); a Gemini image model one, whatever ``n`` asks, as a relay
+  built on Google's layer reports (xhighhongo41/nicheLLMProxy, v1.3.1, 2026-09-12:
+  "Gemini returns a single image per request"), and its answer carries OpenAI's
+  image ``usage`` (``input_tokens`` with ``input_tokens_details``,
+  ``output_tokens`` with ``output_tokens_details``, ``total_tokens``): the prompt
+  at ``ceil(characters / 4)`` and 1,290 image tokens per image (Google's pricing
+  page: "Output images up to 1024x1024px consume 1290 tokens"). That Google sends
+  such a ``usage`` is an assumption no source confirms; ``x-emulator-usage:
+  missing`` leaves it out. Images are base64 data whatever ``response_format``
+  asks (the relay above: data "always comes back as base64"); ``x-emulator-filtered:
+  N`` leaves N of them out, as a safety filter does.
 - A request the endpoint refuses is 400 with the error wrapped in a one-element
   list, ``[{"error": {...}}]``, as Google's compat endpoint answers
   (NousResearch/hermes-agent issue 16478, 2026-04-27, quotes such a body).
@@ -65,10 +82,11 @@ from typing import Final
 from aiohttp import web
 
 from .embeddings import _vector
+from .media import PNG, filtered_count
 from .replies import plan_reply, split_text, thinking_tokens
 from .triggers import chunk_delay, cut_after, requested_usage_mode
 from .usage import AUDIO_TOKENS, IMAGE_TOKENS, UsageMode, text_tokens
-from .wire import DEFAULT_TIER, Json, drop_connection, new_id, start_stream
+from .wire import DEFAULT_TIER, ApiError, Json, drop_connection, new_id, start_stream
 
 __all__ = ["OpenAIServed", "add_openai_routes", "openai_ledger_key"]
 
@@ -76,13 +94,18 @@ _OPENAI_USAGE: Final = "x-emulator-openai-usage"
 _USAGE_STYLES: Final = ("openai", "every-chunk")
 _DIMENSIONS: Final = 8
 _MAX_DIMENSIONS: Final = 3072
+# Images: OpenAI's default n, Imagen's largest sampleCount, and a Gemini image's output
+# tokens up to 1024x1024 (Google's pricing page).
+_DEFAULT_IMAGES: Final = 1
+_MAX_IMAGES: Final = 4
+IMAGE_OUTPUT_TOKENS: Final = 1290
 
 
 @dataclass(frozen=True, slots=True)
 class OpenAIServed:
     """One answer of the OpenAI-compatible endpoint, as the emulator billed it."""
 
-    route: str  # "chat" or "embeddings"
+    route: str  # "chat", "embeddings" or "images"
     id: str
     model: str
     stream: bool
@@ -91,10 +114,17 @@ class OpenAIServed:
     cached_tokens: int = 0
     completion_tokens: int = 0  # the answer alone
     reasoning_tokens: int = 0
+    # images: returned, left out by the filter, and their output tokens (a Gemini image
+    # model's, which bills by the token; an Imagen model bills the images, no tokens)
+    images: int = 0
+    filtered: int = 0
+    image_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens + self.reasoning_tokens
+        return (
+            self.prompt_tokens + self.completion_tokens + self.reasoning_tokens + self.image_tokens
+        )
 
 
 openai_ledger_key: web.AppKey[list[OpenAIServed]] = web.AppKey("openai_ledger", list)
@@ -109,6 +139,7 @@ def add_openai_routes(app: web.Application, version: str) -> None:
     app[openai_ledger_key] = []
     app.router.add_post(f"/{version}/openai/chat/completions", chat_completions)
     app.router.add_post(f"/{version}/openai/embeddings", embeddings)
+    app.router.add_post(f"/{version}/openai/images/generations", images)
 
 
 def _error(message: str) -> web.Response:
@@ -408,4 +439,67 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         answer["usage"] = {"prompt_tokens": str(tokens), "total_tokens": str(tokens)}
     elif mode is None:
         answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return web.json_response(answer)
+
+
+# --- images -------------------------------------------------------------------------------
+
+
+def _image_count(body: dict[str, object]) -> int:
+    n = body.get("n", _DEFAULT_IMAGES)
+    if type(n) is not int or not 1 <= n <= _MAX_IMAGES:
+        raise _Invalid(f"n must be an integer from 1 to {_MAX_IMAGES}.")
+    return n
+
+
+def _image_usage(served: OpenAIServed, mode: UsageMode) -> Json | None:
+    """OpenAI's image ``usage`` for a Gemini image model's answer (None: left out)."""
+    if mode == "missing":
+        return None
+    if mode == "malformed":
+        return {"input_tokens": "few", "output_tokens": -1290, "total_tokens": None}
+    return {
+        "input_tokens": served.prompt_tokens,
+        "input_tokens_details": {"text_tokens": served.prompt_tokens, "image_tokens": 0},
+        "output_tokens": served.image_tokens,
+        "output_tokens_details": {"image_tokens": served.image_tokens, "text_tokens": 0},
+        "total_tokens": served.total_tokens,
+    }
+
+
+async def images(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await _body(request)
+        model = _model(body)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise _Invalid("prompt is required.")
+        requested = _image_count(body)
+        # Google's layer ignores ``stream``; its Gemini image models make one image.
+        gemini = model.startswith("gemini-")
+        made = 1 if gemini else requested
+        filtered = filtered_count(request, made)
+        mode = requested_usage_mode(request)
+    except _Invalid as exc:
+        return _error(str(exc))
+    except ApiError as exc:
+        return _error(exc.message)
+    returned = made - filtered
+    served = OpenAIServed(
+        route="images",
+        id=new_id("img-"),
+        model=model,
+        stream=False,
+        include_usage=False,
+        prompt_tokens=text_tokens(len(prompt)) if gemini else 0,
+        images=returned,
+        filtered=filtered,
+        image_tokens=IMAGE_OUTPUT_TOKENS * returned if gemini else 0,
+    )
+    request.app[openai_ledger_key].append(served)
+    answer: Json = {"created": int(time.time()), "data": [{"b64_json": PNG}] * returned}
+    if gemini:
+        usage = _image_usage(served, mode)
+        if usage is not None:
+            answer["usage"] = usage
     return web.json_response(answer)

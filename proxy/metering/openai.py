@@ -26,6 +26,48 @@ Mapping onto the five categories (docs/metering.md, "OpenAI-compatible endpoint"
   otherwise.
 - intermediate (tool use) is never reported by this shape: 0.
 
+``POST /{v}/openai/images/generations`` (``summarize_images``,
+``OpenAIImagesStreamTap``) answers OpenAI's ``ImagesResponse``. What Google's
+endpoint takes and answers, and where that is written down:
+
+- Google's OpenAI-compatibility guide, "Generate an image"
+  (https://ai.google.dev/gemini-api/docs/openai; read 2026-11-29 in a copy of its
+  Thai edition, "last updated 2026-09-12 UTC", kept in a public repository, its
+  words translated back here): ``client.images.generate(model=..., prompt=...,
+  response_format='b64_json', n=1)``, reading ``response.data[].b64_json``;
+  "Supported parameters are ``prompt``, ``model``, ``n``, ``size``, and
+  ``response_format``", everything else "silently ignored" (``stream``
+  included) but ``extra_body``'s ``aspect_ratio``, ``generation_config``
+  (e.g. ``candidateCount``), ``safety_settings`` and ``tools``. That version
+  names ``gemini-2.5-flash-image`` and ``gemini-3-pro-image-preview``;
+  earlier copies of it named ``imagen-3.0-generate-002`` ("Image generation
+  is only available in the paid tier"), so both per-image (Imagen) and
+  per-token (Gemini image) models reach this route.
+- The ``openai`` SDK 3.57.0 (``types/images_response.py``, ``types/image.py``):
+  ``{"created", "data": [{"b64_json" | "url", "revised_prompt"}], "usage":
+  {"input_tokens", "input_tokens_details": {"text_tokens", "image_tokens"},
+  "output_tokens", "output_tokens_details": {"image_tokens", "text_tokens"},
+  "total_tokens"}}``, every field optional but ``created``.
+- A relay built on Google's layer (xhighhongo41/nicheLLMProxy, CHANGELOG
+  v1.3.1 and README, September 2026): "Gemini returns a single image per
+  request" whatever ``n`` asks, and data comes back as base64.
+
+Not confirmed by any source: whether Google's answer carries ``usage`` (for
+the Gemini image models; OpenAI's reference says it is for GPT image models
+only) and in which shape, and what it answers when every image is filtered.
+So the meter counts the images actually returned, the ``data`` entries with
+image bytes or a URL (a filtered image is one without either, or none at
+all), and bills them at the model's ``per_image`` price as Imagen's
+``predict`` is (``media.summarize_predict``). Only for a model the catalog
+prices by the token, and only when the answer reports ``usage``, the tokens
+are billed instead (``usage_from_openai_images``): input by modality from
+``input_tokens_details``; output as image tokens unless
+``output_tokens_details`` splits it (this route's output is images, and the
+image rate is the higher one, so an unsplit count is never billed below its
+price); whatever ``total_tokens`` holds beyond them is thinking, as for chat.
+Which of the two applies is the caller's to say (``per_image``: the catalog
+knows, this module does not).
+
 Counts follow the strict rules of ``metering.parsers`` (non-negative ints, a
 missing count is 0); the ``summarize_*`` functions never raise.
 """
@@ -49,14 +91,20 @@ from .records import Usage
 from .streams import SSEDecoder
 
 __all__ = [
+    "DEFAULT_OPENAI_IMAGES",
     "OpenAIChatStreamTap",
+    "OpenAIImagesStreamTap",
     "UsageChunkFilter",
     "ask_stream_usage",
     "estimate_embeddings_usage",
+    "images_in_data",
+    "openai_images_requested",
     "summarize_chat",
     "summarize_embeddings",
+    "summarize_images",
     "usage_from_openai",
     "usage_from_openai_embeddings",
+    "usage_from_openai_images",
 ]
 
 # prompt_tokens_details / completion_tokens_details keys that name a modality.
@@ -228,6 +276,142 @@ def summarize_embeddings(response: object, request: object) -> ResponseSummary:
             except UsageParseError:
                 summary.parse_error = True
     return with_estimate(summary, estimate_embeddings_usage(request))
+
+
+# --- images -------------------------------------------------------------------------------
+
+# OpenAI's reference: ``n`` "defaults to 1"; Google's guide passes it through unchanged.
+DEFAULT_OPENAI_IMAGES: Final = 1
+# Beyond any model's largest ``n`` (OpenAI's is 10, Imagen's 4): a larger figure is not
+# trusted as a reservation (the upstream refuses it anyway).
+_MAX_OPENAI_IMAGES: Final = 16
+_INPUT_DETAILS: Final = (("text_tokens", "text"), ("image_tokens", "image"))
+_OUTPUT_DETAILS: Final = (("image_tokens", "image"), ("text_tokens", "text"))
+
+
+def openai_images_requested(body: object) -> int:
+    """How many images an images request asks for (``n``), for its reservation."""
+    n = body.get("n") if isinstance(body, dict) else None
+    if type(n) is int and 0 < n <= _MAX_OPENAI_IMAGES:
+        return n
+    return DEFAULT_OPENAI_IMAGES
+
+
+def _is_image(entry: object) -> bool:
+    """A ``data`` entry that carries an image: its bytes (``b64_json``) or its ``url``."""
+    return isinstance(entry, dict) and any(
+        isinstance(value, str) and value for value in (entry.get("b64_json"), entry.get("url"))
+    )
+
+
+def images_in_data(payload: object) -> int | None:
+    """The images an ``ImagesResponse`` returned; None when it has no ``data`` list."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        return None
+    return sum(1 for entry in data if _is_image(entry))
+
+
+def usage_from_openai_images(obj: object) -> Usage:
+    """An ``ImagesResponse``'s ``usage`` as a ``Usage``; ``UsageParseError`` when malformed.
+
+    ``input_tokens`` (text and image, split by ``input_tokens_details``) is input;
+    ``output_tokens`` is output, split by ``output_tokens_details`` or else all image
+    (what this route generates, and the dearer rate); the part of ``total_tokens``
+    beyond the two is thinking (a thinking image model's thoughts, as Gemini counts
+    them in its total), never a negative.
+    """
+    d = _as_dict(obj, "usage")
+    prompt = _as_count(d.get("input_tokens"), "input_tokens")
+    output = _as_count(d.get("output_tokens"), "output_tokens")
+    raw_total = d.get("total_tokens")
+    total = None if raw_total is None else _as_count(raw_total, "total_tokens")
+    output, thinking = _split_completion(prompt, output, total, None)
+    output_split = _by_modality(
+        _details(d, "output_tokens_details"), _OUTPUT_DETAILS, "output_tokens_details", output
+    )
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=output,
+        thinking_tokens=thinking,
+        total_tokens=prompt + output + thinking if total is None else total,
+        input_by_modality=_by_modality(
+            _details(d, "input_tokens_details"), _INPUT_DETAILS, "input_tokens_details", prompt
+        ),
+        output_by_modality=output_split or ({"image": output} if output else {}),
+    )
+
+
+def summarize_images(payload: object, *, per_image: bool) -> ResponseSummary:
+    """Read an ``ImagesResponse``: its images, or its tokens for a token-priced model.
+
+    ``per_image``: the model is priced per image (Imagen), so any ``usage`` is not
+    its bill. Otherwise a readable ``usage`` is billed; without one (or with a
+    malformed one, flagged) the images are counted, which a model without a
+    ``per_image`` price leaves unpriced rather than free. An answer without a
+    ``data`` list is flagged ``parse_error`` (zero images).
+    """
+    summary = ResponseSummary()
+    images = images_in_data(payload)
+    summary.parse_error = images is None
+    raw = payload.get("usage") if isinstance(payload, dict) else None
+    if not per_image and raw is not None:
+        try:
+            summary.usage = usage_from_openai_images(raw)
+            return summary
+        except UsageParseError:
+            summary.parse_error = True
+    summary.usage = Usage(images=images or 0)
+    return summary
+
+
+class OpenAIImagesStreamTap:
+    """Reads a streamed ``ImagesResponse``, should one come: OpenAI's image events.
+
+    Google's guide lists no ``stream`` for this route (unlisted parameters are
+    "silently ignored"), so an event stream here is not Google's documented
+    answer. OpenAI's is SSE of ``image_generation.partial_image`` and
+    ``image_generation.completed`` events (the ``openai`` SDK 3.57.0,
+    ``types/image_gen_completed_event.py``: ``b64_json``, ``usage``); each
+    completed event with an image counts one image, billed per image. Its
+    ``usage`` is not read: a stream on a token-priced model, a stream with no
+    completed image, or an event that is not a JSON object is flagged
+    ``parse_error``, so the record is kept and looked at rather than guessed.
+    """
+
+    __slots__ = ("_garbage", "_images", "_per_image", "_sse", "_summary")
+
+    def __init__(self, *, per_image: bool) -> None:
+        self._sse = SSEDecoder()
+        self._per_image = per_image
+        self._images = 0
+        self._garbage = False
+        self._summary: ResponseSummary | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """Read one chunk of the stream."""
+        for payload in self._sse.feed(chunk):
+            self._event(payload)
+
+    def finish(self) -> ResponseSummary:
+        """The summary once the stream has ended (idempotent)."""
+        if self._summary is None:
+            for payload in self._sse.close():
+                self._event(payload)
+            self._summary = ResponseSummary(
+                usage=Usage(images=self._images),
+                parse_error=self._garbage or not self._images or not self._per_image,
+            )
+        return self._summary
+
+    def _event(self, payload: bytes) -> None:
+        if payload == b"[DONE]":
+            return
+        event = parse_json(payload)
+        if not isinstance(event, dict):
+            self._garbage = True
+        elif event.get("type") == "image_generation.completed" and _is_image(event):
+            self._images += 1
 
 
 # --- streams ------------------------------------------------------------------------------

@@ -81,10 +81,12 @@ from ..metering.caching import (
 from ..metering.media import summarize_predict
 from ..metering.openai import (
     OpenAIChatStreamTap,
+    OpenAIImagesStreamTap,
     UsageChunkFilter,
     ask_stream_usage,
     summarize_chat,
     summarize_embeddings,
+    summarize_images,
 )
 from ..metering.parsers import (
     ResponseSummary,
@@ -101,7 +103,13 @@ from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
 from . import batches
 from .auth import Authenticator, presented_key, swap_key
-from .media import OperationBill, operation_bill, operation_created, requested_usage
+from .media import (
+    OperationBill,
+    operation_bill,
+    operation_created,
+    priced_per_image,
+    requested_usage,
+)
 from .references import UncheckedReference, filtered_listing, references
 from .routes import (
     EMPTY_META,
@@ -197,6 +205,9 @@ class _Call:
     drops_usage_chunk: bool = False
     # a Veo operation's poll that first saw it done: the record it bills
     bill: OperationBill | None = None
+    # an OpenAI-compatible image generation whose model the catalog prices per image
+    # (Imagen): billed by its images, not by any tokens its answer reports
+    per_image: bool = False
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -265,11 +276,13 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
             _record_unmetered(request, call, upstream)
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
-        tap: StreamTap = (
-            OpenAIChatStreamTap()
-            if endpoint is EndpointKind.OPENAI_CHAT_COMPLETIONS
-            else stream_tap(endpoint, sse=True)
-        )
+        tap: StreamTap
+        if endpoint is EndpointKind.OPENAI_CHAT_COMPLETIONS:
+            tap = OpenAIChatStreamTap()
+        elif endpoint is EndpointKind.OPENAI_IMAGES:
+            tap = OpenAIImagesStreamTap(per_image=call.per_image)
+        else:
+            tap = stream_tap(endpoint, sse=True)
         return await _relay_stream(request, upstream, call, tap=tap)
     if route.action is Action.STREAM_GENERATE and upstream.status < 400:
         return await _relay_stream(request, upstream, call, tap=stream_tap(endpoint, sse=False))
@@ -352,6 +365,8 @@ async def admit(request: web.Request, started: float) -> _Call:
             call.meta = replace(call.meta, model=body_model(parsed))
         if route.action is Action.OPENAI_CHAT:
             _ask_stream_usage(call)
+        if route.action is Action.OPENAI_IMAGES:
+            call.per_image = priced_per_image(app[catalog_key], call.meta.model)
     for interaction_id in sorted(previous):
         await auth.check_owner(interaction_id, principal)
     if route.action in _BATCH_CHECKED:
@@ -444,6 +459,7 @@ _READS_BODY = frozenset(
         Action.BATCH_EMBED,
         Action.OPENAI_CHAT,
         Action.OPENAI_EMBED,
+        Action.OPENAI_IMAGES,
         # read for the caches and files they name (and a cache's requested lifetime)
         Action.COUNT_TOKENS,
         Action.CACHE_CREATE,
@@ -535,6 +551,7 @@ _BUDGETED = frozenset(
         Action.BATCH_EMBED,
         Action.OPENAI_CHAT,
         Action.OPENAI_EMBED,
+        Action.OPENAI_IMAGES,
         Action.CACHE_CREATE,
         Action.CACHE_UPDATE,
         Action.PREDICT,
@@ -577,7 +594,7 @@ async def _reserve(request: web.Request, call: _Call) -> None:
     body = call.body
 
     def guess() -> Estimate:
-        media = requested_usage(route.action, call.parsed)
+        media = requested_usage(route.action, call.parsed, per_image=call.per_image)
         if media is not None:
             # Images and video seconds, priced like the record will be.
             return estimate_usage(
@@ -850,6 +867,8 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
         return summarize_embeddings(payload, call.parsed)
     if call.route.action is Action.PREDICT:
         return summarize_predict(payload)
+    if call.route.action is Action.OPENAI_IMAGES:
+        return summarize_images(payload, per_image=call.per_image)
     if call.route.action is Action.OPERATION_GET:
         return call.bill.summary if call.bill is not None else ResponseSummary()
     if call.route.action is Action.PREDICT_LONG_RUNNING:

@@ -5,7 +5,11 @@ owner check at admission is the generic one of owned resources, ``routes.Route.r
 a video extension's input file is checked by ``server.references`` like any file URI):
 
 - the budget reservation (``requested_usage``): the images or video seconds the
-  request asks for, priced like a record;
+  request asks for, priced like a record. The OpenAI-compatible image generation
+  (``/openai/images/generations``) reserves its ``n`` images like ``predict`` when
+  its model is priced per image (``priced_per_image``, which also tells its answer's
+  reader whether to bill images or reported tokens); a model priced by the token
+  reserves like a chat completion;
 - a ``predictLongRunning`` answer (``operation_created``): the operation the
   handler then owns for its creator, with what the request asked for (seconds
   per video, videos, resolution: the response does not repeat them), before its
@@ -22,6 +26,7 @@ The pure reading of requests and responses is ``metering.media``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from ..metering.media import (
@@ -31,23 +36,43 @@ from ..metering.media import (
     summarize_operation,
     video_request,
 )
+from ..metering.openai import openai_images_requested
 from ..metering.parsers import ResponseSummary, nonempty_str
 from ..metering.records import Principal, Usage
+from ..pricing import Catalog
 from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
 from .auth import Authenticator
 from .routes import Action
 
-__all__ = ["OperationBill", "operation_bill", "operation_created", "requested_usage"]
+__all__ = [
+    "OperationBill",
+    "operation_bill",
+    "operation_created",
+    "priced_per_image",
+    "requested_usage",
+]
 
 # Set in an operation's state once its bill and its videos' owners are stored.
 _BILLED: Final = "billed"
 
 
-def requested_usage(action: Action, body: object) -> Usage | None:
-    """What a media create asks for, for its budget reservation; None for other calls."""
+def priced_per_image(catalog: Catalog, model: str | None) -> bool:
+    """Whether the catalog prices ``model`` per image today (Imagen), not by the token."""
+    entry = catalog.entry(model, datetime.now(UTC)) if model else None
+    return entry is not None and entry.per_image is not None
+
+
+def requested_usage(action: Action, body: object, *, per_image: bool = False) -> Usage | None:
+    """What a media create asks for, for its budget reservation; None for other calls.
+
+    ``per_image``: an OpenAI-compatible image generation's model is priced per image;
+    otherwise it has no media usage to reserve by (None: estimated like a generation).
+    """
     if action is Action.PREDICT:
         return Usage(images=images_requested(body))
+    if action is Action.OPENAI_IMAGES:
+        return Usage(images=openai_images_requested(body)) if per_image else None
     if action is Action.PREDICT_LONG_RUNNING:
         return video_request(body).usage()
     return None

@@ -104,7 +104,10 @@ _MODEL_OPERATIONS = re.compile(
 )
 # Gemini's OpenAI-compatible surface (the model is in the body). A trailing slash and the
 # "/upload" prefix are read as the same route, so the spelling cannot move a call off the meter.
-_OPENAI = re.compile(rf"{_PREFIX}/openai/(?P<method>chat/completions|embeddings)/?$", re.IGNORECASE)
+_OPENAI = re.compile(
+    rf"{_PREFIX}/openai/(?P<method>chat/completions|embeddings|images/generations)/?$",
+    re.IGNORECASE,
+)
 
 
 class Action(Enum):
@@ -135,6 +138,7 @@ class Action(Enum):
     BATCH_UNKNOWN = auto()
     OPENAI_CHAT = auto()  # /openai/chat/completions
     OPENAI_EMBED = auto()  # /openai/embeddings
+    OPENAI_IMAGES = auto()  # /openai/images/generations: billed per image (or by the token)
     UNMETERED = auto()  # billable, not understood yet: recorded with zero tokens
     COUNT_TOKENS = auto()  # free, but its body may name a cache or a file
     CACHE_CREATE = auto()
@@ -166,6 +170,14 @@ class Action(Enum):
     STORE_IMPORT = auto()
     STORE_UPLOAD = auto()
     BARE_OPERATION = auto()  # /{version}/operations...: refused 404, never forwarded
+
+
+# The OpenAI-compatible methods ``_OPENAI`` matches (lower-cased).
+_OPENAI_ACTIONS = {
+    "chat/completions": Action.OPENAI_CHAT,
+    "embeddings": Action.OPENAI_EMBED,
+    "images/generations": Action.OPENAI_IMAGES,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +239,7 @@ _ENDPOINTS = {
     Action.CACHE_DELETE: EndpointKind.CACHED_CONTENT_DELETE,
     Action.OPENAI_CHAT: EndpointKind.OPENAI_CHAT_COMPLETIONS,
     Action.OPENAI_EMBED: EndpointKind.OPENAI_EMBEDDINGS,
+    Action.OPENAI_IMAGES: EndpointKind.OPENAI_IMAGES,
     Action.PREDICT: EndpointKind.PREDICT,
     Action.PREDICT_LONG_RUNNING: EndpointKind.PREDICT_LONG_RUNNING,
     # the poll that first sees a video operation done carries its bill
@@ -387,10 +400,8 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
     # client's own key pays and the record says who minted it.
     # (A trailing slash too: it must not fall through to a free route that is forwarded.)
     _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens/?$"),
-    # The OpenAI-compatible surface but chat completions and embeddings (metered).
-    _unmetered(
-        EndpointKind.OPENAI_IMAGES, "POST", rf"{_V}/openai/images/generations$", model_in_body=True
-    ),
+    # The OpenAI-compatible surface but chat completions, embeddings and image
+    # generation (metered).
     _unmetered(EndpointKind.OPENAI_OTHER, "POST", rf"{_V}/openai/(?!files(?:/|$)).+$"),
 )
 
@@ -455,8 +466,7 @@ def classify(method: str, path: str) -> Route:
     if method == "POST" and "openai" in path.lower():
         o = _OPENAI.match(path)
         if o is not None:
-            chat = o.group("method").lower() == "chat/completions"
-            return Route(Action.OPENAI_CHAT if chat else Action.OPENAI_EMBED)
+            return Route(_OPENAI_ACTIONS[o.group("method").lower()])
     return (
         _classify_media(method, path)
         or _classify_batches(method, path)
@@ -756,6 +766,11 @@ def request_meta(route: Route, body: object) -> RequestMeta:
         # OpenAI's shape: the model in the body, ``stream`` a bool, no labels; its
         # ``service_tier`` names OpenAI's tiers, not Gemini's, so it is not read.
         return RequestMeta(model=body_model(body), stream=body.get("stream") is True)
+    if route.action is Action.OPENAI_IMAGES:
+        # Google's guide: parameters other than prompt, model, n, size and
+        # response_format are "silently ignored", ``stream`` among them: whether the
+        # answer streamed is the response's to say.
+        return RequestMeta(model=body_model(body))
     if route.action is Action.INTERACTION_CREATE:
         model = _str_or_none(body.get("model"))
         if model is None and (agent := _str_or_none(body.get("agent"))) is not None:

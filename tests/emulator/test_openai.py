@@ -2,7 +2,8 @@
 
 Each body is validated by the SDK's own models (``openai`` 3.57.0), with no field they do
 not know; counts are worked by hand: text ceil(characters / 4), an image 258 tokens, the
-history cached, gemini-2.5-flash thinking 128 tokens, none for ``reasoning_effort: none``.
+history cached, gemini-2.5-flash thinking 128 tokens, none for ``reasoning_effort: none``;
+a generated Gemini image 1,290 output tokens.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from openai.types import CreateEmbeddingResponse
+from openai.types import CreateEmbeddingResponse, ImagesResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
 from proxy.emulator import create_emulator_app
-from proxy.emulator.openai import openai_ledger_key
+from proxy.emulator.openai import OpenAIServed, openai_ledger_key
 
 BEARER = {"Authorization": "Bearer test-key"}
 CHAT = "/v1beta/openai/chat/completions"
@@ -198,4 +199,94 @@ async def test_the_key_may_be_a_bearer_token_but_is_required(server: TestServer)
         session.post(server.make_url(CHAT), json={"model": "m", "messages": []}) as response,
     ):
         assert response.status == 401
+    assert server.app[openai_ledger_key] == []
+
+
+# --- images -----------------------------------------------------------------------------
+
+IMAGES = "/v1beta/openai/images/generations"
+# Google's guide's example: 43 characters, ceil(43 / 4) = 11 tokens
+SHEEPADOODLE = "a portrait of a sheepadoodle wearing a cape"
+
+
+async def test_imagen_answers_n_images_and_no_usage(server: TestServer):
+    body = {"model": "imagen-4.0-generate-001", "prompt": SHEEPADOODLE, "n": 3}
+    status, _, answer = await post(server, IMAGES, {**body, "response_format": "b64_json"})
+    assert status == 200
+    response = strict(ImagesResponse, json.loads(answer))
+    assert response.created > 0 and response.usage is None
+    assert response.data is not None and len(response.data) == 3
+    assert all(base64.b64decode(image.b64_json).startswith(b"\x89PNG") for image in response.data)
+    # OpenAI's default n is 1; the filter leaves images out rather than marking them
+    _, _, answer = await post(server, IMAGES, {**body, "n": 1})
+    assert len(json.loads(answer)["data"]) == 1
+    _, _, answer = await post(server, IMAGES, body, **{"x-emulator-filtered": "2"})
+    assert len(json.loads(answer)["data"]) == 1
+    assert [(s.images, s.filtered, s.image_tokens) for s in server.app[openai_ledger_key]] == [
+        (3, 0, 0),
+        (1, 0, 0),
+        (1, 2, 0),
+    ]
+
+
+async def test_a_gemini_image_model_makes_one_image_and_reports_tokens(server: TestServer):
+    body = {"model": "models/gemini-2.5-flash-image", "prompt": SHEEPADOODLE, "n": 2}
+    status, _, answer = await post(server, IMAGES, {**body, "stream": True, "size": "1024x1024"})
+    # stream is ignored (Google's guide: unlisted parameters are silently ignored)
+    assert status == 200
+    response = strict(ImagesResponse, json.loads(answer))
+    assert response.data is not None and len(response.data) == 1
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (11, 1290)
+    assert response.usage.total_tokens == 11 + 1290
+    assert response.usage.input_tokens_details.text_tokens == 11
+    assert response.usage.output_tokens_details is not None
+    assert response.usage.output_tokens_details.image_tokens == 1290
+    [served] = server.app[openai_ledger_key]
+    assert served == OpenAIServed(
+        route="images",
+        id=served.id,
+        model="gemini-2.5-flash-image",
+        stream=False,
+        include_usage=False,
+        prompt_tokens=11,
+        images=1,
+        image_tokens=1290,
+    )
+    assert served.total_tokens == 1301
+
+
+async def test_image_usage_triggers_and_a_filtered_gemini_image(server: TestServer):
+    body = {"model": "gemini-3-pro-image-preview", "prompt": SHEEPADOODLE}
+    _, _, missing = await post(server, IMAGES, body, **{"x-emulator-usage": "missing"})
+    assert "usage" not in json.loads(missing)
+    _, _, malformed = await post(server, IMAGES, body, **{"x-emulator-usage": "malformed"})
+    assert json.loads(malformed)["usage"]["output_tokens"] == -1290
+    _, _, filtered = await post(server, IMAGES, body, **{"x-emulator-filtered": "1"})
+    # no image, no image tokens; the prompt was still read
+    assert json.loads(filtered)["data"] == []
+    assert json.loads(filtered)["usage"]["output_tokens"] == 0
+    assert [s.images for s in server.app[openai_ledger_key]] == [1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ({"prompt": SHEEPADOODLE}, {}),
+        ({"model": "imagen-4.0-generate-001"}, {}),
+        ({"model": "imagen-4.0-generate-001", "prompt": SHEEPADOODLE, "n": 5}, {}),
+        ({"model": "imagen-4.0-generate-001", "prompt": SHEEPADOODLE, "n": "2"}, {}),
+        (
+            {"model": "imagen-4.0-generate-001", "prompt": SHEEPADOODLE},
+            {"x-emulator-filtered": "2"},
+        ),
+    ],
+)
+async def test_image_refusals_are_googles_compat_error_shape(
+    server: TestServer, body: object, headers: dict[str, str]
+):
+    status, _, answer = await post(server, IMAGES, body, **headers)
+    assert status == 400
+    [wrapped] = json.loads(answer)
+    assert wrapped["error"]["status"] == "INVALID_ARGUMENT"
     assert server.app[openai_ledger_key] == []

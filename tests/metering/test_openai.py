@@ -12,15 +12,22 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.metering.openai import (
     OpenAIChatStreamTap,
+    OpenAIImagesStreamTap,
     UsageChunkFilter,
     ask_stream_usage,
     estimate_embeddings_usage,
+    images_in_data,
+    openai_images_requested,
     summarize_chat,
     summarize_embeddings,
+    summarize_images,
     usage_from_openai,
+    usage_from_openai_images,
 )
 from proxy.metering.parsers import UsageParseError
 from proxy.metering.records import Usage
@@ -196,6 +203,223 @@ def test_embeddings_estimate(value: object, tokens: int):
 @pytest.mark.parametrize("value", [[], [1, "a"], [["a"]], {"text": "a"}, None])
 def test_embeddings_estimate_needs_a_known_input(value: object):
     assert estimate_embeddings_usage({"input": value}) is None
+
+
+# --- images -------------------------------------------------------------------------------
+#
+# ``ImagesResponse`` as the openai SDK 3.57.0 types it; Google's guide reads
+# ``data[].b64_json``. Whether Google's answer carries ``usage`` is not confirmed: both
+# answers are read.
+
+PNG = "iVBORw0KGgo="
+IMAGE_USAGE = {
+    "input_tokens": 11,
+    "input_tokens_details": {"text_tokens": 11, "image_tokens": 0},
+    "output_tokens": 1290,
+    "output_tokens_details": {"image_tokens": 1290, "text_tokens": 0},
+    "total_tokens": 1301,
+}
+
+
+def test_images_count_only_entries_with_image_bytes_or_a_url():
+    data = [
+        {"b64_json": PNG},
+        {"url": "https://example.invalid/a.png", "revised_prompt": "a cat"},
+        # a filtered image: no bytes, no URL (or only what it was asked for): not billed
+        {"revised_prompt": "a cat"},
+        {"b64_json": ""},
+        {"b64_json": None, "url": None},
+        {"b64_json": 7},
+        "junk",
+        None,
+    ]
+    assert images_in_data({"created": 1, "data": data}) == 2
+    assert images_in_data({"created": 1, "data": []}) == 0
+
+
+@pytest.mark.parametrize(
+    "payload", [None, [], "data", {}, {"created": 1}, {"data": {"b64_json": PNG}}, {"data": None}]
+)
+def test_an_answer_without_a_data_list_is_no_count(payload: object):
+    assert images_in_data(payload) is None
+    for per_image in (True, False):
+        summary = summarize_images(payload, per_image=per_image)
+        assert summary.parse_error
+        assert summary.usage == Usage()
+
+
+def test_a_per_image_model_bills_its_images_whatever_usage_says():
+    # Imagen is priced per image: tokens it might report are not its bill
+    payload = {"created": 1, "data": [{"b64_json": PNG}] * 3, "usage": IMAGE_USAGE}
+    summary = summarize_images(payload, per_image=True)
+    assert summary.usage == Usage(images=3)
+    assert not summary.parse_error
+
+
+def test_a_token_priced_model_bills_the_usage_reported():
+    payload = {"created": 1, "data": [{"b64_json": PNG}], "usage": IMAGE_USAGE}
+    summary = summarize_images(payload, per_image=False)
+    assert summary.usage == Usage(
+        input_tokens=11,
+        output_tokens=1290,
+        total_tokens=1301,
+        input_by_modality={"text": 11},
+        output_by_modality={"image": 1290},
+    )
+    assert not summary.parse_error
+
+
+def test_a_token_priced_model_without_usage_counts_its_images():
+    # no price per image: the record is unpriced, never billed as free
+    payload = {"created": 1, "data": [{"b64_json": PNG}, {"revised_prompt": "x"}]}
+    summary = summarize_images(payload, per_image=False)
+    assert summary.usage == Usage(images=1)
+    assert not summary.parse_error
+
+
+def test_malformed_usage_is_flagged_and_the_images_counted():
+    payload = {"data": [{"b64_json": PNG}], "usage": {"input_tokens": "11"}}
+    summary = summarize_images(payload, per_image=False)
+    assert summary.parse_error
+    assert summary.usage == Usage(images=1)
+
+
+def test_image_usage_without_details_is_image_output_and_the_rest_thinking():
+    # output unsplit: billed as image tokens (this route's output, the dearer rate);
+    # 1500 - 20 - 1120 = 360 beyond prompt and output: a thinking model's thoughts
+    usage = usage_from_openai_images(
+        {"input_tokens": 20, "output_tokens": 1120, "total_tokens": 1500}
+    )
+    assert usage == Usage(
+        input_tokens=20,
+        output_tokens=1120,
+        thinking_tokens=360,
+        total_tokens=1500,
+        output_by_modality={"image": 1120},
+    )
+    # split by the details (what they leave out counts as text), and no total given
+    split = usage_from_openai_images(
+        {
+            "input_tokens": 300,
+            "input_tokens_details": {"image_tokens": 258},
+            "output_tokens": 1300,
+            "output_tokens_details": {"image_tokens": 1290},
+        }
+    )
+    assert split.input_by_modality == {"image": 258, "text": 42}
+    assert split.output_by_modality == {"image": 1290, "text": 10}
+    assert (split.total_tokens, split.thinking_tokens) == (1600, 0)
+    assert usage_from_openai_images({}) == Usage()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        {"input_tokens": -1},
+        {"output_tokens": 1.5},
+        {"total_tokens": True},
+        {"input_tokens_details": "text"},
+        {"output_tokens": 3, "output_tokens_details": {"image_tokens": "3"}},
+    ],
+)
+def test_malformed_image_usage_raises(raw: object):
+    with pytest.raises(UsageParseError):
+        usage_from_openai_images(raw)
+
+
+@pytest.mark.parametrize(
+    ("body", "n"),
+    [
+        ({"model": "m", "prompt": "x"}, 1),  # OpenAI's default
+        ({"n": 4}, 4),
+        ({"n": 10}, 10),
+        ({"n": 0}, 1),
+        ({"n": "3"}, 1),
+        ({"n": True}, 1),
+        ({"n": 10_000}, 1),
+        (None, 1),
+        ([], 1),
+    ],
+)
+def test_images_requested(body: object, n: int):
+    assert openai_images_requested(body) == n
+
+
+def image_event(kind: str, **fields: object) -> dict[str, object]:
+    return {"type": f"image_generation.{kind}", **fields}
+
+
+@pytest.mark.parametrize("size", [1, 9, 4096])
+def test_the_images_stream_tap_counts_completed_images(size: int):
+    # OpenAI's image stream: partial images, then one completed event per image
+    body = sse(
+        image_event("partial_image", b64_json=PNG, partial_image_index=0),
+        image_event("completed", b64_json=PNG, usage=IMAGE_USAGE),
+        image_event("completed", b64_json=PNG),
+        image_event("completed"),  # no image: not billed
+    )
+    tap = OpenAIImagesStreamTap(per_image=True)
+    for start in range(0, len(body), size):
+        tap.feed(body[start : start + size])
+    summary = tap.finish()
+    assert summary.usage == Usage(images=2)
+    assert not summary.parse_error
+    assert tap.finish() is summary
+
+
+def test_an_images_stream_the_meter_cannot_bill_is_flagged():
+    def summary(body: bytes, per_image: bool = True) -> tuple[Usage | None, bool]:
+        tap = OpenAIImagesStreamTap(per_image=per_image)
+        tap.feed(body)
+        result = tap.finish()
+        return result.usage, result.parse_error
+
+    completed = sse(image_event("completed", b64_json=PNG, usage=IMAGE_USAGE))
+    # a token-priced model: its stream's usage is not read, so the record is flagged
+    assert summary(completed, per_image=False) == (Usage(images=1), True)
+    # a chat-like stream, no completed image at all
+    assert summary(sse(content("Hello"))) == (Usage(), True)
+    assert summary(b"data: {oops\n\n" + completed) == (Usage(images=1), True)
+    assert summary(b"") == (Usage(), True)
+
+
+images_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "created",
+                    "data",
+                    "b64_json",
+                    "url",
+                    "usage",
+                    *IMAGE_USAGE,
+                    "image_tokens",
+                    "text_tokens",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@given(images_like, st.booleans())
+def test_image_answers_never_raise(payload: object, per_image: bool) -> None:
+    summary = summarize_images(payload, per_image=per_image)
+    assert summary.usage is not None
+    assert min(summary.usage.images, summary.usage.input_tokens, summary.usage.output_tokens) >= 0
+    if per_image or not isinstance(payload, dict) or payload.get("usage") is None:
+        # billed by its images: exactly the entries with an image, and no tokens
+        assert summary.usage == Usage(images=images_in_data(payload) or 0)
+    tap = OpenAIImagesStreamTap(per_image=per_image)
+    tap.feed(b"data: " + json.dumps(payload).encode() + b"\n\n")
+    assert tap.finish().usage is not None
 
 
 # --- streams ------------------------------------------------------------------------------

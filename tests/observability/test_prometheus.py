@@ -3,11 +3,11 @@
 Debian's ``prometheus`` binary runs on loopback with the repository's rules loaded,
 scraping (every second) a proxy in front of the emulator that serves traffic from the
 real google-genai SDK: three users in two teams, Interactions with code execution and
-thinking, plain and streamed generateContent, an unpriced model, an unmetered route, an
-upstream error, an unreadable usage, and budgets that stand at 90%, past their limit (so
-a call is refused), and on course to run out before their window ends. Then the usage
-table is taken away for a while, so the writer fails and the journal fills, and given
-back.
+thinking, plain and streamed generateContent, an OpenAI-style Imagen image, an unpriced
+model, an unmetered route, an upstream error, an unreadable usage, and budgets that stand
+at 90%, past their limit (so a call is refused), and on course to run out before their
+window ends. Then the usage table is taken away for a while, so the writer fails and the
+journal fills, and given back.
 
 Each query must be valid (``status: success``) and return at least one finite sample:
 the traffic is shaped so that every panel and every alert has something to show, and
@@ -201,13 +201,21 @@ async def traffic(stack: Stack, users: tuple[str, ...], *, refused: tuple[str, .
             ),
             500,
         )
-    # a billable route the meter does not read (OpenAI-style image generation), recorded
-    # whatever the upstream answers
+    # an OpenAI-style image generation: one Imagen image, billed per image ("media")
     status, _, _ = await raw(
         "POST",
         stack.url("/v1beta/openai/images/generations"),
         headers=stack.headers(users[0]),
         json={"model": "imagen-4.0-generate-001", "prompt": "a cat", "n": 1},
+    )
+    assert status == 200
+    # a billable route the meter does not read (OpenAI-style batches), recorded whatever
+    # the upstream answers
+    status, _, _ = await raw(
+        "POST",
+        stack.url("/v1beta/openai/batches"),
+        headers=stack.headers(users[0]),
+        json={"input_file_id": "files/x", "endpoint": "/v1/chat/completions"},
     )
     assert status >= 200
 

@@ -177,8 +177,8 @@ def test_embeddings_are_metered(path: str, action: Action, kind: EndpointKind, m
     [
         ("GET", "/v1beta/tunedModels/t/operations/op-1", EndpointKind.OPERATION_GET, None),
         ("POST", "/v1alpha/auth_tokens", EndpointKind.AUTH_TOKEN_CREATE, None),
-        ("POST", "/v1beta/openai/images/generations", EndpointKind.OPENAI_IMAGES, None),
         ("POST", "/v1beta/openai/batches", EndpointKind.OPENAI_OTHER, None),
+        ("POST", "/v1beta/openai/images/edits", EndpointKind.OPENAI_OTHER, None),
     ],
 )
 def test_unmetered_billable_routes(method: str, path: str, kind: EndpointKind, model: str | None):
@@ -218,6 +218,7 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         EndpointKind.PREDICT_LONG_RUNNING,
         EndpointKind.OPENAI_CHAT_COMPLETIONS,
         EndpointKind.OPENAI_EMBEDDINGS,
+        EndpointKind.OPENAI_IMAGES,
         EndpointKind.BATCH_RESULT,
         EndpointKind.CACHED_CONTENT_CREATE,
         EndpointKind.CACHED_CONTENT_UPDATE,
@@ -357,6 +358,13 @@ def test_media_metering():
             Action.OPENAI_CHAT,
             EndpointKind.OPENAI_CHAT_COMPLETIONS,
         ),
+        ("/v1beta/openai/images/generations", Action.OPENAI_IMAGES, EndpointKind.OPENAI_IMAGES),
+        ("/v1/OpenAI/Images/Generations/", Action.OPENAI_IMAGES, EndpointKind.OPENAI_IMAGES),
+        (
+            "/upload/v1alpha/openai/images/generations",
+            Action.OPENAI_IMAGES,
+            EndpointKind.OPENAI_IMAGES,
+        ),
     ],
 )
 def test_the_openai_surface_is_metered(path: str, action: Action, kind: EndpointKind):
@@ -381,6 +389,10 @@ def test_openai_meta_reads_the_body_model_and_stream():
     embed = classify("POST", "/v1beta/openai/embeddings")
     assert request_meta(embed, {"model": "gemini-embedding-001", "stream": "yes"}).stream is False
     assert request_meta(embed, {"model": 7}).model is None
+    # Google ignores ``stream`` on image generation: the answer says whether it streamed
+    images = classify("POST", "/v1beta/openai/images/generations")
+    meta = request_meta(images, {"model": "models/imagen-4.0-generate-001", "stream": True})
+    assert (meta.model, meta.stream) == ("imagen-4.0-generate-001", False)
 
 
 @pytest.mark.parametrize(

@@ -125,13 +125,6 @@ FAMILIES = [
     ),
     (
         "POST",
-        "/v1beta/openai/images/generations",
-        {"model": "imagen-4.0-generate-001", "prompt": "a cat", "n": 1},
-        "openai.images",
-        "imagen-4.0-generate-001",
-    ),
-    (
-        "POST",
         "/v1beta/openai/batches",
         {"input_file_id": "files/x", "endpoint": "/v1/chat/completions"},
         "openai.other",
@@ -245,10 +238,10 @@ async def test_a_stream_on_an_unmetered_route_stays_a_stream(
     make_stack: StackFactory, aiohttp_server: Any
 ):
     stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
-    body = {"model": "imagen-4.0-generate-001", "stream": True, "prompt": "a cat"}
+    body = {"input_file_id": "files/x", "endpoint": "/v1/chat/completions", "stream": True}
     status, headers, answer = await raw(
         "POST",
-        stack.url("/v1beta/openai/images/generations"),
+        stack.url("/v1beta/openai/batches"),
         headers={"Authorization": f"Bearer {stack.keys['carol']}"},
         json=body,
     )
@@ -261,11 +254,11 @@ async def test_a_stream_on_an_unmetered_route_stays_a_stream(
     assert seen.headers["x-goog-api-key"] == UPSTREAM_KEY
     assert json.loads(seen.body) == body
     [record] = await stack.records()
-    assert record["endpoint"] == "openai.images"
+    assert record["endpoint"] == "openai.other"
     assert record["streamed"] is True
     assert record["unmetered_route"] is True
     assert record["user_id"] == await stack.user_id("carol")
-    assert unmetered_count(stack, "openai.images") == 1
+    assert unmetered_count(stack, "openai.other") == 1
 
 
 async def test_an_upstream_error_on_an_unmetered_route_is_recorded_with_its_status(
