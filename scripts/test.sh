@@ -47,4 +47,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+# One worker per core: each has its own PostgreSQL database, Redis key prefix and ports.
+.venv/bin/pytest -q -p no:cacheprovider -n auto "$@"
