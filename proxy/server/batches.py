@@ -202,7 +202,7 @@ async def download_owned(auth: Authenticator, route: Route, found: OwnedResource
 
 @dataclass(slots=True)
 class Call:
-    """The parts of ``forward._Call`` the batch code reads."""
+    """The parts of ``admission.Call`` the batch code reads."""
 
     route: Route
     principal: Principal

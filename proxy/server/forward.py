@@ -2,16 +2,11 @@
 
 A request goes through four steps, each a small function:
 
-1. ``admit``: refuse what the proxy could not check the way the upstream will
-   read it (an ambiguous path, a method override, an unknown method on an
-   interaction, a usage-stripping field mask or encoding, a metered body that
-   is not plain JSON: ``routes`` has the pure checks); resolve the key to a
-   ``Principal`` (cached), or admit a keyless upload leg only for an upload id
-   started here; read the JSON body of metered calls to learn the model; check
-   the owner of every interaction the call names. Then ``_reserve``: a billable
-   call reserves its estimate against the enforced budgets that cover it
-   (``budgets.engine``), or is refused with 429; the reservation is settled by
-   the recorder, or released if the call yields no record.
+1. ``admission``: ``admit`` refuses what the proxy could not check the way the
+   upstream will read it, resolves the key to a ``Principal`` and checks the
+   owner of everything the call names; then the journal must have room
+   (``check_journal``) and a billable call reserves its estimate against its
+   enforced budgets (``reserve``), or is refused with 429.
 2. ``_open_upstream``: one request on the app's shared ``ClientSession``, with
    the client's key swapped for the upstream key in ``virtual_keys`` mode and
    hop-by-hop headers dropped. Connection failures become 502, silence 504.
@@ -25,7 +20,8 @@ Response bytes are relayed unchanged; the proxy decompresses only a copy for
 the tap. A compressed request body is forwarded as aiohttp decoded it, without
 its Content-Encoding. One exception each way: a streamed OpenAI-compatible chat
 completion whose client did not ask for usage is forwarded asking for it, and
-the usage-only event that adds is taken out of the stream (``_ask_stream_usage``).
+the usage-only event that adds is taken out of the stream
+(``admission._ask_stream_usage``).
 An interaction's owner is committed before its id is released
 (``_register_owner``): the one database write on the request path.
 
@@ -40,31 +36,24 @@ storage (``metering.caching``), and a list is filtered to the caller's own.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
-from ..budgets.engine import Reservation
-from ..budgets.estimate import Estimate, estimate, estimate_usage
 from ..errors import (
-    InvalidArgument,
-    MethodNotAllowed,
     NotFound,
     PermissionDenied,
     ProxyError,
     RequestTimeout,
-    RequestTooLarge,
     ServiceUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -82,7 +71,6 @@ from ..metering.media import summarize_predict
 from ..metering.openai import (
     OpenAIChatStreamTap,
     UsageChunkFilter,
-    ask_stream_usage,
     summarize_chat,
     summarize_embeddings,
 )
@@ -97,33 +85,16 @@ from ..metering.parsers import (
 from ..metering.records import EndpointKind, Principal, Usage, UsageRecord, new_request_id
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
-from ..storage.accounts import OwnedResource
 from ..storage.schema import ResourceKind
 from . import batches
-from .auth import Authenticator, presented_key, swap_key
-from .media import OperationBill, operation_bill, operation_created, requested_usage
-from .references import UncheckedReference, filtered_listing, references
-from .routes import (
-    EMPTY_META,
-    Action,
-    BodyRefused,
-    RequestMeta,
-    Route,
-    body_model,
-    classify,
-    is_forwarded,
-    masking_parameter,
-    method_override,
-    path_problem,
-    previous_interaction_ids,
-    request_meta,
-    strict_json,
-)
+from .admission import Call, admit, check_journal, mints_unmetered_access, reserve, too_large
+from .auth import swap_key
+from .media import operation_bill, operation_created
+from .references import filtered_listing
+from .routes import Action, body_model, is_forwarded
 from .typedefs import (
     authenticator_key,
     budgets_key,
-    catalog_key,
-    journal_key,
     keyless_uploads_key,
     metrics_key,
     pumps_key,
@@ -162,57 +133,20 @@ _SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
 _KEY_PARAMS = frozenset({"key", "$key"})
 
 
-@dataclass(slots=True)
-class _Call:
-    """What the handler knows about one call as it goes along."""
-
-    route: Route
-    principal: Principal | None  # None only on an upload's keyless byte legs
-    started: float
-    meta: RequestMeta = EMPTY_META
-    # whose interaction (or cached content) this is, when the call names one (billing
-    # goes to the owner)
-    owner: Principal | None = None
-    # the cache or file the path names, as its owner check found it (None in passthrough)
-    resource: OwnedResource | None = None
-    # an upload leg's uploader: who started its session through this proxy
-    uploader: Principal | None = None
-    body: bytes | None = None
-    # ``body`` as JSON, parsed once at admission (None when unread or not JSON)
-    parsed: object = None
-    ttfb: float | None = None
-    # Seconds spent waiting on the upstream (its head, then each body chunk): the
-    # call's duration less this is the proxy's own overhead (a metric).
-    upstream_wait: float = 0.0
-    client_disconnected: bool = False
-    streamed: bool = False  # the response was relayed as a stream
-    owner_registered: bool = False
-    upstream_headers: CIMultiDictProxy[str] | None = None
-    # held against the caller's budgets until the record settles it
-    reservation: Reservation | None = None
-    # the batch or file the path names, as admission checked it (server.batches)
-    owned: batches.Owned | None = None
-    # A streamed chat completion whose client did not ask for usage: the proxy asked
-    # upstream (metering.openai.ask_stream_usage) and drops the usage-only chunk.
-    drops_usage_chunk: bool = False
-    # a Veo operation's poll that first saw it done: the record it bills
-    bill: OperationBill | None = None
-
-
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     """Forward any request under the API prefixes; meter the ones that bill."""
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
-    if _mints_unmetered_access(call.route, request.app[settings_key].auth_mode):
+    if mints_unmetered_access(call.route, request.app[settings_key].auth_mode):
         # Only the canonical route (server.live.auth_tokens_handler) mints, with a handle
         # of the proxy's own in place of the token; no other spelling reaches Google.
         raise PermissionDenied(
             "Gemini Meter mints ephemeral tokens only at POST /v1alpha/auth_tokens."
         )
-    _check_journal(request, call.route)
+    check_journal(request, call.route)
     if call.principal is not None:
-        await _reserve(request, call)
+        await reserve(request, call)
         try:
             return await _forward(request, call)
         finally:
@@ -229,7 +163,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         return await _forward(request, call)
 
 
-async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
+async def _forward(request: web.Request, call: Call) -> web.StreamResponse:
     opened = time.perf_counter()
     try:
         upstream = await _open_upstream(request, call)
@@ -279,223 +213,10 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
         upstream.release()
 
 
-async def admit(request: web.Request, started: float) -> _Call:
-    """Everything that may refuse a call before it reaches the upstream.
-
-    The path is checked as it came (``routes.path_problem``) and classified as
-    decoded, which is then the same path the upstream routes: what the proxy
-    checks is what it forwards.
-    """
-    app = request.app
-    auth = app[authenticator_key]
-    problem = path_problem(request.raw_path)
-    if problem is not None:
-        raise InvalidArgument(f"The request path has {problem}; send its canonical form.")
-    if method_override(request.headers, request.query) is not None:
-        # Refused rather than applied: the override would have to be classified,
-        # checked and forwarded consistently, and no Gemini SDK sends one.
-        raise InvalidArgument(
-            "Gemini Meter does not accept method overrides (X-HTTP-Method-Override, "
-            "$httpMethod and the like): send the request with its own method."
-        )
-    route = classify(request.method, request.path)
-    if route.action is Action.INTERACTION_UNKNOWN:
-        raise MethodNotAllowed(
-            f"{request.method} on this interactions path is not supported through Gemini Meter."
-        )
-    if route.action is Action.RESOURCE_UNKNOWN:
-        raise MethodNotAllowed(
-            f"{request.method} on this path is not supported through Gemini Meter."
-        )
-    if route.action is Action.BARE_OPERATION:
-        # The same answer as for an operation that does not exist (routes._BARE_OPERATIONS).
-        raise NotFound(
-            "No operation is reachable by a bare id through Gemini Meter: use the name its "
-            "creating call returned."
-        )
-    key = presented_key(request.headers, request.query)
-    if key is None and _is_upload_leg(request, route):
-        # The byte legs of a resumable upload carry no API key: the upload id the
-        # first (authenticated) leg obtained is their credential upstream. Only ids
-        # started through this proxy are let through.
-        try:
-            uploader = await auth.upload_principal(request.query["upload_id"])
-        except NotFound:
-            app[metrics_key].keyless_upload_refusals.labels("unknown_upload").inc()
-            raise
-        if route.resource is not None and route.resource_kind is not None:
-            # A File Search upload's byte leg: its session's starter must still own the
-            # store the path names, so an upload id cannot be pointed at another's store.
-            await auth.check_resource(route.resource_kind, route.resource, uploader)
-        return _Call(route=route, principal=None, started=started, uploader=uploader)
-    principal = await auth.authenticate(key)
-    call = _Call(route=route, principal=principal, started=started)
-    if route.metered and (masking := masking_parameter(request.headers, request.query)):
-        raise InvalidArgument(
-            f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
-            "the call is billed by. Send the call without it."
-        )
-    previous = _previous_interactions(None, request)
-    if route.action in _READS_BODY:
-        call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        try:
-            parsed = strict_json(call.body)
-        except BodyRefused as exc:
-            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
-        previous = _previous_interactions(parsed, request)
-        call.parsed = parsed
-        call.meta = request_meta(route, parsed)
-        if route.action in (Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE):
-            # Reserved at the batch rate its results will be billed at.
-            call.meta = replace(call.meta, service_tier=batches.BATCH_TIER)
-        if route.action is Action.CACHE_CREATE:
-            call.meta = replace(call.meta, model=body_model(parsed))
-        if route.action is Action.OPENAI_CHAT:
-            _ask_stream_usage(call)
-    for interaction_id in sorted(previous):
-        await auth.check_owner(interaction_id, principal)
-    if route.action in _BATCH_CHECKED:
-        call.owned = await batches.check_batch_call(request, route, principal, call.parsed)
-        if call.owned is not None and call.owned.owner is not None:
-            call.owner = call.owned.owner
-    if route.interaction_id is not None:
-        call.owner = await auth.check_owner(route.interaction_id, principal)
-    elif route.resource is not None and route.resource_kind is not None:
-        call.resource = await _owned_resource(auth, route, principal)
-        if call.resource is not None:
-            call.owner = call.resource.owner
-            call.meta = replace(call.meta, model=call.resource.model)
-        if route.action is Action.FILE_DOWNLOAD:
-            call.owned = await batches.download_owned(auth, route, call.resource)
-    elif route.unmetered is not None and route.unmetered.model_in_body:
-        # Only to name the model on the unmetered record; the bytes go on unchanged.
-        call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        call.parsed = parse_json(call.body)
-        call.meta = RequestMeta(model=body_model(call.parsed))
-    elif route.action is Action.FILE_UPLOAD and _names_a_new_file(request):
-        call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        try:
-            call.parsed = strict_json(call.body)
-        except BodyRefused as exc:
-            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
-        _refuse_chosen_name(call.parsed)
-    if call.body is not None:
-        await _check_references(request, call.parsed, principal)
-    return call
-
-
-def _names_a_new_file(request: web.Request) -> bool:
-    """A JSON request that creates a file (a resumable upload's start, ``files.create``):
-    its metadata could choose the file's name."""
-    return "upload_id" not in request.query and request.content_type == "application/json"
-
-
-def _refuse_chosen_name(body: object) -> None:
-    """Refuse a file name the client chooses itself.
-
-    Google lets a create name its file (``File.name``). A name someone else once owned
-    here stays theirs (owners never change), so a file created under it again, by
-    another user, would be readable by the first owner, not by its creator.
-    """
-    metadata = body.get("file", body) if isinstance(body, dict) else None
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if name is not None and name != "":
-        raise InvalidArgument(
-            "Gemini Meter does not accept a file name chosen by the client: leave the name "
-            "out and the Gemini API picks one."
-        )
-
-
-async def _owned_resource(
-    auth: Authenticator, route: Route, principal: Principal
-) -> OwnedResource | None:
-    """The resource the path names, or 404 unless the caller may use it.
-
-    A cache's PATCH and DELETE bill from its stored state, which another replica may
-    have changed since this one cached it: those read the row itself. In passthrough
-    mode nothing is checked, but the state is still read for the bill.
-    """
-    kind, name = route.resource_kind, route.resource
-    assert kind is not None and name is not None
-    fresh = route.action in (Action.CACHE_UPDATE, Action.CACHE_DELETE)
-    found = await auth.check_resource(kind, name, principal, fresh=fresh)
-    if found is None and fresh:
-        found = await auth.resource(kind, name, fresh=True)
-    return found
-
-
-async def _check_references(request: web.Request, body: object, principal: Principal) -> None:
-    """Refuse (404, like a missing one) a body naming a cache or file the caller may not use."""
-    try:
-        named = references(body, request.query)
-    except UncheckedReference as exc:
-        raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
-    auth = request.app[authenticator_key]
-    for reference in sorted(named):
-        await auth.check_resource(reference.kind, reference.name, principal)
-
-
-_READS_BODY = frozenset(
-    {
-        Action.INTERACTION_CREATE,
-        Action.GENERATE,
-        Action.STREAM_GENERATE,
-        Action.EMBED,
-        Action.BATCH_EMBED,
-        Action.OPENAI_CHAT,
-        Action.OPENAI_EMBED,
-        # read for the caches and files they name (and a cache's requested lifetime)
-        Action.COUNT_TOKENS,
-        Action.CACHE_CREATE,
-        Action.CACHE_UPDATE,
-        Action.PREDICT,
-        Action.PREDICT_LONG_RUNNING,
-        # for the file it imports (``fileName``)
-        Action.STORE_IMPORT,
-        Action.BATCH_CREATE,
-        Action.BATCH_EMBED_CREATE,
-    }
-)
-# Batch API calls whose batch (or input file) has an owner to check (a responses file's
-# download is checked like any file's, then ``batches.download_owned`` reads its state).
-_BATCH_CHECKED = frozenset(
-    {
-        Action.BATCH_CREATE,
-        Action.BATCH_EMBED_CREATE,
-        Action.BATCH_GET,
-        Action.BATCH_CANCEL,
-        Action.BATCH_DELETE,
-        Action.BATCH_UPDATE,
-        Action.BATCH_UNKNOWN,
-    }
-)
 # Batch API answers read whole: to own a new batch, or to record inline results.
 _BATCH_ANSWERS = frozenset(
     {Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE, Action.BATCH_GET, Action.BATCH_LIST}
 )
-
-
-def _ask_stream_usage(call: _Call) -> None:
-    """Make a streamed chat completion carry its usage, which only ``include_usage`` brings.
-
-    The one request body the proxy changes: re-serialised with
-    ``stream_options.include_usage`` set, and the usage-only chunk that adds is
-    taken out of the client's stream again (``UsageChunkFilter``), so the call
-    is metered on the upstream's own figures and the client gets what it asked for.
-    """
-    asked = ask_stream_usage(call.parsed)
-    if asked is None:
-        return
-    call.parsed = asked
-    call.body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
-    call.drops_usage_chunk = True
-
-
-def _previous_interactions(body: object, request: web.Request) -> set[str]:
-    try:
-        return previous_interaction_ids(body, request.query)
-    except BodyRefused as exc:
-        raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
 
 
 async def _remember_upload(
@@ -515,125 +236,6 @@ async def _remember_upload(
         ) from exc
 
 
-def _mints_unmetered_access(route: Route, mode: AuthMode) -> bool:
-    """An ephemeral token would let its holder spend the upstream key at Google directly."""
-    return (
-        mode is AuthMode.VIRTUAL_KEYS
-        and route.unmetered is not None
-        and route.unmetered.kind is EndpointKind.AUTH_TOKEN_CREATE
-    )
-
-
-# Reading an interaction (the poll that bills a background one included), cancelling
-# or deleting one costs nothing at admission: only these reserve against budgets.
-_BUDGETED = frozenset(
-    {
-        Action.INTERACTION_CREATE,
-        Action.GENERATE,
-        Action.STREAM_GENERATE,
-        Action.EMBED,
-        Action.BATCH_EMBED,
-        Action.OPENAI_CHAT,
-        Action.OPENAI_EMBED,
-        Action.CACHE_CREATE,
-        Action.CACHE_UPDATE,
-        Action.PREDICT,
-        Action.PREDICT_LONG_RUNNING,
-        # free itself, but refused once the budgets it would spend are
-        Action.BATCH_CREATE,
-        Action.BATCH_EMBED_CREATE,
-    }
-)
-# Calls that generate no output: their estimate is their input alone.
-_EMBEDDINGS = frozenset(
-    {
-        Action.EMBED,
-        Action.BATCH_EMBED,
-        Action.OPENAI_EMBED,
-        Action.CACHE_CREATE,
-        Action.CACHE_UPDATE,
-        Action.BATCH_EMBED_CREATE,
-    }
-)
-_EMBEDDING_KINDS = frozenset({EndpointKind.ASYNC_BATCH_EMBED_CONTENT})
-
-
-def _budgeted(request: web.Request, route: Route) -> bool:
-    """A billable call that may spend: metered creates and generations, and the
-    unmetered routes' writes (reading a batch or an operation costs nothing)."""
-    if route.unmetered is not None:
-        return request.method != "GET"
-    return route.action in _BUDGETED
-
-
-async def _reserve(request: web.Request, call: _Call) -> None:
-    """Reserve the call's estimate against its budgets, or refuse it (429)."""
-    route = call.route
-    principal = call.owner or call.principal
-    if principal is None or not _budgeted(request, route):
-        return
-    app = request.app
-    settings = app[settings_key]
-    body = call.body
-
-    def guess() -> Estimate:
-        media = requested_usage(route.action, call.parsed)
-        if media is not None:
-            # Images and video seconds, priced like the record will be.
-            return estimate_usage(
-                app[catalog_key],
-                call.meta.model or route.model,
-                media,
-                reserve_usd=settings.budget_reserve_usd,
-                reserve_tokens=settings.budget_reserve_tokens,
-            )
-        kind = route.unmetered.kind if route.unmetered is not None else None
-        return estimate(
-            app[catalog_key],
-            call.meta.model or route.model,
-            body_bytes=len(body) if body is not None else (request.content_length or 0),
-            body=call.parsed,
-            generates=route.action not in _EMBEDDINGS and kind not in _EMBEDDING_KINDS,
-            default_output_tokens=settings.budget_default_output_tokens,
-            reserve_usd=settings.budget_reserve_usd,
-            reserve_tokens=settings.budget_reserve_tokens,
-            service_tier=call.meta.service_tier,
-        )
-
-    call.reservation = await app[budgets_key].admit(principal, guess)
-
-
-def _check_journal(request: web.Request, route: Route) -> None:
-    """Refuse a billable call before forwarding it when its record could not be kept."""
-    journal = request.app[journal_key]
-    recorded = route.metered or route.unmetered is not None
-    if recorded and journal is not None and not journal.admit():
-        raise ServiceUnavailable(
-            "Gemini Meter cannot record more calls right now (its journal is full); retry later."
-        )
-
-
-def _is_upload_leg(request: web.Request, route: Route) -> bool:
-    return (
-        route.action in (Action.FORWARD, Action.UNMETERED, Action.FILE_UPLOAD, Action.STORE_UPLOAD)
-        and request.path.startswith("/upload/")
-        and "upload_id" in request.query
-    )
-
-
-def _too_large(limit: int) -> RequestTooLarge:
-    return RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise _too_large(limit) from exc
-
-
 def _upstream_url(
     base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
 ) -> URL:
@@ -650,7 +252,7 @@ def _upstream_url(
     return URL(base + path + sep + query, encoded=True)
 
 
-def _upstream_headers(request: web.Request, call: _Call) -> CIMultiDict[str]:
+def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
     settings = request.app[settings_key]
     if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
         assert settings.upstream_api_key is not None
@@ -705,11 +307,11 @@ async def _limited(
             raise RequestTimeout("The request body stopped arriving.") from exc
         seen += len(chunk)
         if seen > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         yield chunk
 
 
-async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientResponse:
+async def _open_upstream(request: web.Request, call: Call) -> aiohttp.ClientResponse:
     settings = request.app[settings_key]
     session = request.app[upstream_session_key]
     virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
@@ -719,7 +321,7 @@ async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientRes
     if data is None and request.body_exists:
         limit = settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         # A keyless upload leg must not hold its upstream connection forever.
         idle = settings.keyless_upload_idle_timeout_seconds if call.principal is None else None
         data = _limited(request, limit, idle)
@@ -785,7 +387,7 @@ class _Decoder:
 
 
 async def _relay_whole(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
 ) -> web.StreamResponse:
     """A metered call answered with one JSON body: read it, meter it, answer it."""
     body, decoded = await _read_whole(upstream, call)
@@ -802,7 +404,7 @@ async def _relay_whole(
     return response
 
 
-async def _read_whole(upstream: aiohttp.ClientResponse, call: _Call) -> tuple[bytes, bytes]:
+async def _read_whole(upstream: aiohttp.ClientResponse, call: Call) -> tuple[bytes, bytes]:
     """The whole upstream body as it came, and decoded (gzip/deflate undone) for reading."""
     reading = time.perf_counter()
     try:
@@ -817,13 +419,13 @@ async def _read_whole(upstream: aiohttp.ClientResponse, call: _Call) -> tuple[by
     return body, (_Decoder(encoding)(body) if encoding != "identity" else body)
 
 
-def _batch_call(call: _Call) -> batches.Call:
+def _batch_call(call: Call) -> batches.Call:
     assert call.principal is not None  # batch routes are always keyed
     return batches.Call(call.route, call.principal, call.owned, call.started)
 
 
 async def _relay_batch(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
 ) -> web.StreamResponse:
     """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
     body, decoded = await _read_whole(upstream, call)
@@ -837,7 +439,7 @@ async def _relay_batch(
     return web.Response(status=upstream.status, body=body, headers=headers)
 
 
-def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
+def _summarize(call: Call, payload: object, status: int) -> ResponseSummary:
     if status >= 400:
         return ResponseSummary()
     if call.route.action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
@@ -857,7 +459,7 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
     return summarize_generate(payload)
 
 
-async def _register_media(request: web.Request, call: _Call, payload: object, status: int) -> None:
+async def _register_media(request: web.Request, call: Call, payload: object, status: int) -> None:
     """Own a new Veo operation, or bill a done one and own its videos, before relaying."""
     principal = call.principal
     if status >= 400 or principal is None:
@@ -891,7 +493,7 @@ async def _register_media(request: web.Request, call: _Call, payload: object, st
 async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    call: _Call,
+    call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
     """Relay the body chunk by chunk as it arrives, feeding a tap if metered.
@@ -930,7 +532,7 @@ def _start_pump(
     request: web.Request,
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
-    call: _Call,
+    call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> asyncio.Task[web.StreamResponse]:
     pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
@@ -947,7 +549,7 @@ async def _pump(
     request: web.Request,
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
-    call: _Call,
+    call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
     decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
@@ -1019,7 +621,7 @@ async def _pump(
     return response
 
 
-async def _timed(upstream: aiohttp.ClientResponse, call: _Call) -> AsyncIterator[bytes]:
+async def _timed(upstream: aiohttp.ClientResponse, call: Call) -> AsyncIterator[bytes]:
     """The upstream body's chunks as they arrive, adding the time blocked on each
     to ``call.upstream_wait``."""
     chunks = upstream.content.iter_any()
@@ -1062,7 +664,7 @@ def billing(action: Action, status: int, streamed: bool, summary: ResponseSummar
     return False
 
 
-def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSummary) -> bool:
+def _finish(request: web.Request, call: Call, status: int, summary: ResponseSummary) -> bool:
     """Decide whether this response is billable and hand its record on; returns whether
     a record was kept (it is in the journal by then)."""
     action = call.route.action
@@ -1110,7 +712,7 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     return request.app[recorder_key].finish(record, call.reservation)
 
 
-def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.ClientResponse) -> bool:
+def _record_unmetered(request: web.Request, call: Call, upstream: aiohttp.ClientResponse) -> bool:
     """Record a call on a billable route the meter cannot read: zero tokens, flagged.
 
     Recorded as soon as the upstream's status is known (so ``latency_seconds``
@@ -1142,7 +744,7 @@ def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.Clien
 
 
 async def _register_owner(
-    request: web.Request, call: _Call, interaction_id: str | None, status: int
+    request: web.Request, call: Call, interaction_id: str | None, status: int
 ) -> None:
     """Make an interaction's creator its owner, in the database before the id is released.
 
@@ -1184,7 +786,7 @@ _LIST_FIELDS = {
 
 
 async def _relay_owned(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
 ) -> web.StreamResponse:
     """A response that names owned resources: read it whole, act on it, then answer it.
 
@@ -1215,7 +817,7 @@ async def _relay_owned(
 
 
 async def _filtered_list(
-    request: web.Request, call: _Call, kind: ResourceKind, decoded: bytes
+    request: web.Request, call: Call, kind: ResourceKind, decoded: bytes
 ) -> bytes:
     """A list response with only the items the caller may use (passthrough: all of them)."""
     auth = request.app[authenticator_key]
@@ -1264,7 +866,7 @@ def _uploaded_files(payload: object) -> list[str]:
     return [name for name in names if name is not None and name.startswith("files/")]
 
 
-async def _own_files(request: web.Request, call: _Call, payload: object) -> None:
+async def _own_files(request: web.Request, call: Call, payload: object) -> None:
     # A keyless leg's files are its session's starter's; a keyed call's, the caller's.
     owner = call.uploader or call.principal
     if owner is None:
@@ -1273,7 +875,7 @@ async def _own_files(request: web.Request, call: _Call, payload: object) -> None
         await _own(request, ResourceKind.FILE, name, owner, model=None, state=None)
 
 
-async def _own_store(request: web.Request, call: _Call, payload: object) -> None:
+async def _own_store(request: web.Request, call: Call, payload: object) -> None:
     """A new File Search store becomes its creator's, before its name reaches the client.
 
     Google names the store (``FileSearchStore.name`` is output only; the create request
@@ -1319,7 +921,7 @@ def _stable_request_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "gemini-meter:" + ":".join(parts)).hex
 
 
-async def _bill_storage(request: web.Request, call: _Call, status: int, payload: object) -> bool:
+async def _bill_storage(request: web.Request, call: Call, status: int, payload: object) -> bool:
     """Own a new cache and record its storage line (``metering.caching`` has the rules).
 
     create: the lifetime asked, charged whole; PATCH: the change of expiry; DELETE: the
@@ -1394,7 +996,7 @@ async def _bill_storage(request: web.Request, call: _Call, status: int, payload:
 
 def _storage_record(
     request: web.Request,
-    call: _Call,
+    call: Call,
     status: int,
     request_id: str,
     resource: str | None,

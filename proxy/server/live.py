@@ -84,18 +84,15 @@ from ..metering.live import LiveMeter, model_name, setup_model
 from ..metering.parsers import parse_json
 from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..settings import AuthMode
+from .admission import admit, check_journal, check_references, read_body
 from .auth import PresentedKey, presented_key, swap_key
 from .forward import (
     HOP_BY_HOP,
-    _check_journal,
-    _check_references,
     _Decoder,
     _open_upstream,
-    _read_body,
     _record_unmetered,
     _response_headers,
     _upstream_url,
-    admit,
 )
 from .routes import BodyRefused, method_override, strict_json
 from .typedefs import (
@@ -574,7 +571,7 @@ async def _refused_reference(
         # cannot check, as Google reads it.
         return f"Gemini Meter could not check this message: {exc}."[:123]
     try:
-        await _check_references(request, parsed, principal)
+        await check_references(request, parsed, principal)
     except (NotFound, InvalidArgument) as exc:
         return exc.message[:123]
     return None
@@ -629,8 +626,8 @@ async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
     call = await admit(request, started=time.perf_counter())
     principal = call.principal
     assert principal is not None  # admit authenticates every call but upload legs
-    _check_journal(request, call.route)
-    call.body = await _read_body(request, settings.max_request_bytes)
+    check_journal(request, call.route)
+    call.body = await read_body(request, settings.max_request_bytes)
     try:
         parsed = strict_json(call.body)
     except BodyRefused as exc:
