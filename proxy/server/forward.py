@@ -7,9 +7,10 @@ A request goes through four steps, each a small function:
    owner of everything the call names; then the journal must have room
    (``check_journal``) and a billable call reserves its estimate against its
    enforced budgets (``reserve``), or is refused with 429.
-2. ``_open_upstream``: one request on the app's shared ``ClientSession``, with
-   the client's key swapped for the upstream key in ``virtual_keys`` mode and
-   hop-by-hop headers dropped. Connection failures become 502, silence 504.
+2. ``upstream``: ``open_upstream`` sends one request on the app's shared
+   ``ClientSession``, with the client's key swapped for the upstream key in
+   ``virtual_keys`` mode and hop-by-hop headers dropped. Connection failures
+   become 502, silence 504.
 3. relay: a whole JSON body is answered as it came; an SSE or JSON-array
    stream is written to the client chunk by chunk as it arrives, while a tap
    (``metering.streams``) reads the usage out of the same bytes.
@@ -39,25 +40,14 @@ import asyncio
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
-from ..errors import (
-    NotFound,
-    PermissionDenied,
-    ProxyError,
-    RequestTimeout,
-    ServiceUnavailable,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from ..errors import NotFound, PermissionDenied, ServiceUnavailable, UpstreamUnavailable
 from ..metering.caching import (
     CacheState,
     created_storage,
@@ -87,8 +77,7 @@ from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from ..settings import AuthMode
 from ..storage.schema import ResourceKind
 from . import batches
-from .admission import Call, admit, check_journal, mints_unmetered_access, reserve, too_large
-from .auth import swap_key
+from .admission import Call, admit, check_journal, mints_unmetered_access, reserve
 from .media import operation_bill, operation_created
 from .references import filtered_listing
 from .routes import Action, body_model, is_forwarded
@@ -100,37 +89,10 @@ from .typedefs import (
     pumps_key,
     recorder_key,
     settings_key,
-    upstream_session_key,
 )
+from .upstream import UPSTREAM_FAILURES, Decoder, open_upstream, read_whole, response_headers
 
 log = logging.getLogger("gemini_meter.proxy")
-
-# RFC 9110 7.6.1, plus the non-standard ones proxies conventionally drop.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
-# Encodings the tap can undo; for metered calls the upstream is asked for no other.
-_DECODABLE = ("gzip", "deflate", "identity")
-# Every client-side failure, protocol errors included (a bad status line, broken
-# chunking): the upstream failed, which is a 502, never the proxy's own 500.
-_UPSTREAM_FAILURES = (aiohttp.ClientError, OSError)
-# The request encodings aiohttp's server undoes before the handler reads the body
-# (``aiohttp.http_parser``: one token, matched case-insensitively). Such a body is
-# forwarded decoded, without its Content-Encoding and with its own length.
-_SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
-# Names a client key goes by in the query ("$key" is Google's system-parameter form).
-_KEY_PARAMS = frozenset({"key", "$key"})
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -166,7 +128,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
 async def _forward(request: web.Request, call: Call) -> web.StreamResponse:
     opened = time.perf_counter()
     try:
-        upstream = await _open_upstream(request, call)
+        upstream = await open_upstream(request, call)
     finally:
         call.upstream_wait += time.perf_counter() - opened
     call.ttfb = time.perf_counter() - call.started
@@ -236,163 +198,13 @@ async def _remember_upload(
         ) from exc
 
 
-def _upstream_url(
-    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
-) -> URL:
-    """The upstream URL: the raw path and query as the client sent them.
-
-    The query is kept byte for byte (no re-encoding), except that the ``drop``
-    parameters (a ``key``) are removed when the proxy supplies the credential itself.
-    """
-    path, sep, query = raw_path.partition("?")
-    if sep and drop_key:
-        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in drop]
-        query = "&".join(kept)
-        sep = "?" if query else ""
-    return URL(base + path + sep + query, encoded=True)
-
-
-def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
-    settings = request.app[settings_key]
-    if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
-        assert settings.upstream_api_key is not None
-        headers = swap_key(request.headers, settings.upstream_api_key.get_secret_value())
-    else:
-        # Passthrough, or an upload's keyless byte leg: never lend it the upstream key,
-        # or anyone could spend it by adding an upload_id to a request.
-        headers = CIMultiDict(request.headers)
-    # Headers the client marked hop-by-hop in Connection go too (RFC 9110 7.6.1).
-    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
-    for name in _REQUEST_DROP | named:
-        headers.popall(name, None)
-    if call.route.reads_response and "accept-encoding" in headers:
-        accepted = [
-            token
-            for token in headers["accept-encoding"].split(",")
-            if token.split(";")[0].strip().lower() in _DECODABLE
-        ]
-        headers["accept-encoding"] = ",".join(accepted) if accepted else "identity"
-    if call.drops_usage_chunk:
-        # The events are rewritten for the client: have them come plain, not compressed.
-        headers["accept-encoding"] = "identity"
-    if _decoded_by_server(request):
-        # aiohttp already undid the encoding: the bytes forwarded are the decoded
-        # ones, so neither the client's encoding nor its length describes them.
-        headers.popall("content-encoding", None)
-    elif request.content_length is not None and call.body is None:
-        # A streamed upload keeps its length so the upstream sees no chunking.
-        headers["content-length"] = str(request.content_length)
-    return headers
-
-
-def _decoded_by_server(request: web.Request) -> bool:
-    encoding = request.headers.get("content-encoding", "")
-    return encoding.isascii() and encoding.lower() in _SERVER_DECODED
-
-
-async def _limited(
-    request: web.Request, limit: int, idle_timeout: float | None
-) -> AsyncIterator[bytes]:
-    """The request body as it arrives, refused once it passes ``limit`` bytes
-    or (with ``idle_timeout``) once the client sends nothing for that long."""
-    seen = 0
-    chunks = request.content.iter_any()
-    while True:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as exc:
-            raise RequestTimeout("The request body stopped arriving.") from exc
-        seen += len(chunk)
-        if seen > limit:
-            raise too_large(limit)
-        yield chunk
-
-
-async def _open_upstream(request: web.Request, call: Call) -> aiohttp.ClientResponse:
-    settings = request.app[settings_key]
-    session = request.app[upstream_session_key]
-    virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
-    url = _upstream_url(settings.upstream, request.raw_path, drop_key=virtual)
-    headers = _upstream_headers(request, call)
-    data: bytes | AsyncIterator[bytes] | None = call.body
-    if data is None and request.body_exists:
-        limit = settings.max_request_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large(limit)
-        # A keyless upload leg must not hold its upstream connection forever.
-        idle = settings.keyless_upload_idle_timeout_seconds if call.principal is None else None
-        data = _limited(request, limit, idle)
-    try:
-        return await session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-        )
-    except ProxyError:
-        raise
-    except TimeoutError as exc:
-        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
-            raise _client_side(exc) from exc
-        raise UpstreamTimeout("The Gemini API did not answer in time.") from exc
-    except _UPSTREAM_FAILURES as exc:
-        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
-            # The client's body broke off (too large, stalled) while being forwarded.
-            raise _client_side(exc) from exc
-        log.warning("upstream unreachable: %s", type(exc).__name__)
-        raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
-
-
-def _client_side(exc: BaseException) -> ProxyError:
-    cause = exc.__cause__ if isinstance(exc.__cause__, ProxyError) else exc.__context__
-    assert isinstance(cause, ProxyError)
-    # A fresh error: re-raising the one from inside the client would chain it to itself.
-    return type(cause)(cause.message)
-
-
-def _response_headers(upstream: aiohttp.ClientResponse, *, keep_length: bool) -> CIMultiDict[str]:
-    headers = CIMultiDict(upstream.headers)
-    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
-    for name in HOP_BY_HOP | named:
-        headers.popall(name, None)
-    if not keep_length:
-        headers.popall("content-length", None)
-    return headers
-
-
-class _Decoder:
-    """Undoes gzip/deflate on a copy of the body for the tap; the client gets the original."""
-
-    __slots__ = ("_z",)
-
-    def __init__(self, encoding: str) -> None:
-        # wbits 47 accepts both gzip and zlib headers. A body it cannot undo stops
-        # feeding the tap, so its usage shows up as missing (and flagged), not wrong.
-        self._z: zlib._Decompress | None = (
-            zlib.decompressobj(47) if encoding in ("gzip", "deflate", "x-gzip") else None
-        )
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if self._z is None:
-            return chunk
-        try:
-            return self._z.decompress(chunk)
-        except zlib.error:
-            self._z = None
-            return b""
-
-
 async def _relay_whole(
     request: web.Request, upstream: aiohttp.ClientResponse, call: Call
 ) -> web.StreamResponse:
     """A metered call answered with one JSON body: read it, meter it, answer it."""
-    body, decoded = await _read_whole(upstream, call)
+    body, decoded = await read_whole(upstream, call)
     response = web.Response(
-        status=upstream.status, body=body, headers=_response_headers(upstream, keep_length=False)
+        status=upstream.status, body=body, headers=response_headers(upstream, keep_length=False)
     )
     payload = parse_json(decoded)
     await _register_media(request, call, payload, upstream.status)
@@ -404,21 +216,6 @@ async def _relay_whole(
     return response
 
 
-async def _read_whole(upstream: aiohttp.ClientResponse, call: Call) -> tuple[bytes, bytes]:
-    """The whole upstream body as it came, and decoded (gzip/deflate undone) for reading."""
-    reading = time.perf_counter()
-    try:
-        body = await upstream.read()
-    except TimeoutError as exc:
-        raise UpstreamTimeout("The Gemini API stopped answering mid-response.") from exc
-    except _UPSTREAM_FAILURES as exc:
-        raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
-    finally:
-        call.upstream_wait += time.perf_counter() - reading
-    encoding = upstream.headers.get("content-encoding", "identity").lower()
-    return body, (_Decoder(encoding)(body) if encoding != "identity" else body)
-
-
 def _batch_call(call: Call) -> batches.Call:
     assert call.principal is not None  # batch routes are always keyed
     return batches.Call(call.route, call.principal, call.owned, call.started)
@@ -428,11 +225,11 @@ async def _relay_batch(
     request: web.Request, upstream: aiohttp.ClientResponse, call: Call
 ) -> web.StreamResponse:
     """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
-    body, decoded = await _read_whole(upstream, call)
+    body, decoded = await read_whole(upstream, call)
     replaced = await batches.answer(
         request, _batch_call(call), upstream.status, parse_json(decoded)
     )
-    headers = _response_headers(upstream, keep_length=False)
+    headers = response_headers(upstream, keep_length=False)
     if replaced is not None:
         body = replaced
         headers.popall("content-encoding", None)
@@ -505,7 +302,7 @@ async def _relay_stream(
     different: the pump still reads and bills it. The app's cleanup waits for
     pumps still running (and cuts them after the shutdown grace period).
     """
-    headers = _response_headers(upstream, keep_length=not call.drops_usage_chunk)
+    headers = response_headers(upstream, keep_length=not call.drops_usage_chunk)
     if call.drops_usage_chunk:
         # The client gets the decoded events the filter passes on, not the upstream's bytes.
         headers.popall("content-encoding", None)
@@ -552,7 +349,7 @@ async def _pump(
     call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
-    decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
+    decode = Decoder(upstream.headers.get("content-encoding", "identity").lower())
     relayed = UsageChunkFilter() if call.drops_usage_chunk else None
     broken = False
     cut = False
@@ -582,7 +379,7 @@ async def _pump(
                 call.client_disconnected = True
                 if tap is None:
                     break
-    except (TimeoutError, *_UPSTREAM_FAILURES):
+    except (TimeoutError, *UPSTREAM_FAILURES):
         broken = True
         log.warning("upstream stream broke off: %s %s", request.method, request.path)
     except asyncio.CancelledError:
@@ -795,9 +592,9 @@ async def _relay_owned(
     storage (``_bill_storage``); a list keeps only the caller's own items. Only small
     JSON bodies come this way: a download is relayed as a stream like any other body.
     """
-    body, decoded = await _read_whole(upstream, call)
+    body, decoded = await read_whole(upstream, call)
     status = upstream.status
-    headers = _response_headers(upstream, keep_length=False)
+    headers = response_headers(upstream, keep_length=False)
     route = call.route
     if "x-goog-upload-url" in headers:
         headers["x-goog-upload-url"] = _through_proxy(request, headers["x-goog-upload-url"])
