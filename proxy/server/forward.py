@@ -1,37 +1,43 @@
-"""The proxy handler: admit a call, relay it to the upstream, meter what comes back.
+"""The proxy handler: one call's path end to end, from admission to its record.
 
-A request goes through four steps, each a small function:
+``proxy_handler`` takes every request under the API prefixes through four
+steps, read top to bottom here:
 
 1. ``admission``: ``admit`` refuses what the proxy could not check the way the
    upstream will read it, resolves the key to a ``Principal`` and checks the
    owner of everything the call names; then the journal must have room
    (``check_journal``) and a billable call reserves its estimate against its
-   enforced budgets (``reserve``), or is refused with 429.
+   enforced budgets (``reserve``), or is refused with 429. The reservation is
+   settled by the recorder, or released if the call yields no record.
 2. ``upstream``: ``open_upstream`` sends one request on the app's shared
    ``ClientSession``, with the client's key swapped for the upstream key in
    ``virtual_keys`` mode and hop-by-hop headers dropped. Connection failures
    become 502, silence 504.
-3. relay: a whole JSON body is answered as it came; an SSE or JSON-array
-   stream is written to the client chunk by chunk as it arrives, while a tap
-   (``metering.streams``) reads the usage out of the same bytes.
+3. relay (``_forward`` picks one): a whole JSON body is answered as it came
+   (``_relay_whole``); an SSE or JSON-array stream is written to the client
+   chunk by chunk as it arrives (``_relay_stream``, its ``_pump`` a task of its
+   own), while a tap (``metering.streams``) reads the usage out of the same
+   bytes. The Batch API's answers go through ``batches``, and those naming
+   cached contents, files and File Search stores through ``owned.relay_owned``.
 4. ``_finish``: build the ``UsageRecord`` and hand it to the recorder, which
-   never awaits the database.
+   never awaits the database (``billing`` says whether a response is recorded).
 
 Response bytes are relayed unchanged; the proxy decompresses only a copy for
 the tap. A compressed request body is forwarded as aiohttp decoded it, without
 its Content-Encoding. One exception each way: a streamed OpenAI-compatible chat
 completion whose client did not ask for usage is forwarded asking for it, and
 the usage-only event that adds is taken out of the stream
-(``admission._ask_stream_usage``).
-An interaction's owner is committed before its id is released
-(``owned.register_owner``): the one database write on the request path.
+(``admission._ask_stream_usage``). An interaction's owner is committed before
+its id is released (``owned.register_owner``): the one database write on the
+request path.
 
 Cached contents, files and File Search stores are owned the same way
-(``owned.relay_owned``): their methods (a store's documents, operations and imports too)
-are checked against the owner at admission, as is every cache, file or store a
-request body names (``references``); the response that creates one commits its
-owner before it is relayed, a cache's create, TTL change and delete record its
-storage (``metering.caching``), and a list is filtered to the caller's own.
+(``owned.relay_owned``): their methods (a store's documents, operations and
+imports too) are checked against the owner at admission, as is every cache,
+file or store a request body names (``references``); the response that creates
+one commits its owner before it is relayed, a cache's create, TTL change and
+delete record its storage (``metering.caching``), and a list is filtered to the
+caller's own.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ from .typedefs import (
     settings_key,
 )
 from .upstream import UPSTREAM_FAILURES, Decoder, open_upstream, read_whole, response_headers
+
+__all__ = ["billing", "proxy_handler", "record_unmetered"]
 
 log = logging.getLogger("gemini_meter.proxy")
 
@@ -143,7 +151,7 @@ async def _forward(request: web.Request, call: Call) -> web.StreamResponse:
             upstream.release()
     if endpoint is None:
         if route.unmetered is not None:
-            _record_unmetered(request, call, upstream)
+            record_unmetered(request, call, upstream)
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
         tap: StreamTap = (
@@ -446,7 +454,7 @@ def _finish(request: web.Request, call: Call, status: int, summary: ResponseSumm
     return request.app[recorder_key].finish(record, call.reservation)
 
 
-def _record_unmetered(request: web.Request, call: Call, upstream: aiohttp.ClientResponse) -> bool:
+def record_unmetered(request: web.Request, call: Call, upstream: aiohttp.ClientResponse) -> bool:
     """Record a call on a billable route the meter cannot read: zero tokens, flagged.
 
     Recorded as soon as the upstream's status is known (so ``latency_seconds``

@@ -86,7 +86,7 @@ from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..settings import AuthMode
 from .admission import admit, check_journal, check_references, read_body
 from .auth import PresentedKey, presented_key, swap_key
-from .forward import _record_unmetered
+from .forward import record_unmetered
 from .routes import BodyRefused, method_override, strict_json
 from .typedefs import (
     authenticator_key,
@@ -630,7 +630,7 @@ async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("The auth_tokens request body must be a JSON object.")
     upstream = await open_upstream(request, call)
     if not virtual:
-        _record_unmetered(request, call, upstream)
+        record_unmetered(request, call, upstream)
     try:
         payload = await upstream.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
