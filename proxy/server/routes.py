@@ -19,7 +19,7 @@ listed at all), and a method the proxy does not know on one is refused
 operations, media, imports) is checked as the store (``fileSearchStores/{id}``);
 operations named by a bare id, under no resource, are refused (``BARE_OPERATION``).
 
-It also holds the pure checks ``server.forward.admit`` refuses by, each of them
+It also holds the pure checks ``server.admission.admit`` refuses by, each of them
 closing a way to make the proxy check one request while the upstream serves
 another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
 (Google honours ``X-HTTP-Method-Override`` and ``$httpMethod``),
