@@ -2,7 +2,7 @@
 
 The engine sits on both ends of a billable call:
 
-- ``admit`` (from ``server.forward``, before forwarding): the enforced budgets whose
+- ``admit`` (from ``server.admission``, before forwarding): the enforced budgets whose
   scope covers the caller are checked against this process's counters and, with
   ``redis_url`` set, against Redis in one atomic script; the call's estimate
   (``estimate``) is reserved on all of them, or the call is refused with 429

@@ -1,10 +1,12 @@
 """The HTTP edge: everything between the client's socket and the upstream's.
 
 First on the data path. ``app.create_app`` wires the application and its error
-middleware; a request passes ``routes`` (what is it?), ``auth`` (who is it, may
-they touch this interaction?), then ``forward`` (relay the bytes on the one
-upstream session, tap the usage) and leaves a record with ``metering.recorder``;
-``batches`` is what ``forward`` calls for the Batch API (owners, results).
+middleware; ``forward.proxy_handler`` takes a request through ``admission`` (what
+is it, per ``routes``; who is it and may they touch what it names, per ``auth``;
+may it spend?), ``upstream`` (the one upstream session) and back through its
+relays (tap the usage; ``owned`` owns what a response creates), and leaves a
+record with ``metering.recorder``; ``batches`` is what they call for the Batch
+API (owners, results).
 ``metrics`` is the per-app Prometheus registry, ``typedefs`` every app key,
 ``keys`` the pure key hashing that ``storage`` shares.
 

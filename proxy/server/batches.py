@@ -1,7 +1,7 @@
 """The Batch API through the proxy: who may reach a batch, and the records of its results.
 
-``server.forward`` calls in here for the routes ``routes.classify`` gives a ``BATCH_*``
-or ``FILE_DOWNLOAD`` action:
+``server.admission`` and ``server.forward`` call in here for the routes ``routes.classify``
+gives a ``BATCH_*`` or ``FILE_DOWNLOAD`` action:
 
 - at admission, ``check_batch_call`` checks the owner of the batch a path names (404 for
   anyone else, never forwarded) and of the input file a create names (the references
@@ -202,7 +202,7 @@ async def download_owned(auth: Authenticator, route: Route, found: OwnedResource
 
 @dataclass(slots=True)
 class Call:
-    """The parts of ``forward._Call`` the batch code reads."""
+    """The parts of ``admission.Call`` the batch code reads."""
 
     route: Route
     principal: Principal

@@ -1,89 +1,62 @@
-"""The proxy handler: admit a call, relay it to the upstream, meter what comes back.
+"""The proxy handler: one call's path end to end, from admission to its record.
 
-A request goes through four steps, each a small function:
+``proxy_handler`` takes every request under the API prefixes through four
+steps, read top to bottom here:
 
-1. ``admit``: refuse what the proxy could not check the way the upstream will
-   read it (an ambiguous path, a method override, an unknown method on an
-   interaction, a usage-stripping field mask or encoding, a metered body that
-   is not plain JSON: ``routes`` has the pure checks); resolve the key to a
-   ``Principal`` (cached), or admit a keyless upload leg only for an upload id
-   started here; read the JSON body of metered calls to learn the model; check
-   the owner of every interaction the call names. Then ``_reserve``: a billable
-   call reserves its estimate against the enforced budgets that cover it
-   (``budgets.engine``), or is refused with 429; the reservation is settled by
-   the recorder, or released if the call yields no record.
-2. ``_open_upstream``: one request on the app's shared ``ClientSession``, with
-   the client's key swapped for the upstream key in ``virtual_keys`` mode and
-   hop-by-hop headers dropped. Connection failures become 502, silence 504.
-3. relay: a whole JSON body is answered as it came; an SSE or JSON-array
-   stream is written to the client chunk by chunk as it arrives, while a tap
-   (``metering.streams``) reads the usage out of the same bytes.
+1. ``admission``: ``admit`` refuses what the proxy could not check the way the
+   upstream will read it, resolves the key to a ``Principal`` and checks the
+   owner of everything the call names; then the journal must have room
+   (``check_journal``) and a billable call reserves its estimate against its
+   enforced budgets (``reserve``), or is refused with 429. The reservation is
+   settled by the recorder, or released if the call yields no record.
+2. ``upstream``: ``open_upstream`` sends one request on the app's shared
+   ``ClientSession``, with the client's key swapped for the upstream key in
+   ``virtual_keys`` mode and hop-by-hop headers dropped. Connection failures
+   become 502, silence 504.
+3. relay (``_forward`` picks one): a whole JSON body is answered as it came
+   (``_relay_whole``); an SSE or JSON-array stream is written to the client
+   chunk by chunk as it arrives (``_relay_stream``, its ``_pump`` a task of its
+   own), while a tap (``metering.streams``) reads the usage out of the same
+   bytes. The Batch API's answers go through ``batches``, and those naming
+   cached contents, files and File Search stores through ``owned.relay_owned``.
 4. ``_finish``: build the ``UsageRecord`` and hand it to the recorder, which
-   never awaits the database.
+   never awaits the database (``billing`` says whether a response is recorded).
 
 Response bytes are relayed unchanged; the proxy decompresses only a copy for
 the tap. A compressed request body is forwarded as aiohttp decoded it, without
 its Content-Encoding. One exception each way: a streamed OpenAI-compatible chat
 completion whose client did not ask for usage is forwarded asking for it, and
-the usage-only event that adds is taken out of the stream (``_ask_stream_usage``).
-An interaction's owner is committed before its id is released
-(``_register_owner``): the one database write on the request path.
+the usage-only event that adds is taken out of the stream
+(``admission._ask_stream_usage``). An interaction's owner is committed before
+its id is released (``owned.register_owner``): the one database write on the
+request path.
 
 Cached contents, files and File Search stores are owned the same way
-(``_relay_owned``): their methods (a store's documents, operations and imports too)
-are checked against the owner at admission, as is every cache, file or store a
-request body names (``references``); the response that creates one commits its
-owner before it is relayed, a cache's create, TTL change and delete record its
-storage (``metering.caching``), and a list is filtered to the caller's own.
+(``owned.relay_owned``): their methods (a store's documents, operations and
+imports too) are checked against the owner at admission, as is every cache,
+file or store a request body names (``references``); the response that creates
+one commits its owner before it is relayed, a cache's create, TTL change and
+delete record its storage (``metering.caching``), and a list is filtered to the
+caller's own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
-import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
-from ..budgets.engine import Reservation
-from ..budgets.estimate import Estimate, estimate, estimate_usage
-from ..errors import (
-    InvalidArgument,
-    MethodNotAllowed,
-    NotFound,
-    PermissionDenied,
-    ProxyError,
-    RequestTimeout,
-    RequestTooLarge,
-    ServiceUnavailable,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from ..metering.caching import (
-    CacheState,
-    created_storage,
-    deleted_storage,
-    now_seconds,
-    requested_ttl,
-    snapshot,
-    updated_storage,
-)
+from ..errors import NotFound, PermissionDenied, ServiceUnavailable
 from ..metering.media import summarize_predict
 from ..metering.openai import (
     OpenAIChatStreamTap,
     OpenAIImagesStreamTap,
     UsageChunkFilter,
-    ask_stream_usage,
     summarize_chat,
     summarize_embeddings,
     summarize_images,
@@ -96,118 +69,25 @@ from ..metering.parsers import (
     summarize_interaction,
     usage_due,
 )
-from ..metering.records import EndpointKind, Principal, Usage, UsageRecord, new_request_id
+from ..metering.records import EndpointKind, UsageRecord, new_request_id
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
-from ..settings import AuthMode
-from ..storage.accounts import OwnedResource
-from ..storage.schema import ResourceKind
 from . import batches
-from .auth import Authenticator, presented_key, swap_key
-from .media import (
-    OperationBill,
-    operation_bill,
-    operation_created,
-    priced_per_image,
-    requested_usage,
-)
-from .references import UncheckedReference, filtered_listing, references
-from .routes import (
-    EMPTY_META,
-    Action,
-    BodyRefused,
-    RequestMeta,
-    Route,
-    body_model,
-    classify,
-    is_forwarded,
-    masking_parameter,
-    method_override,
-    path_problem,
-    previous_interaction_ids,
-    request_meta,
-    strict_json,
-)
+from .admission import Call, admit, check_journal, mints_unmetered_access, reserve
+from .owned import register_media, register_owner, relay_owned, remember_upload, stable_request_id
+from .routes import Action, is_forwarded
 from .typedefs import (
-    authenticator_key,
     budgets_key,
-    catalog_key,
-    journal_key,
     keyless_uploads_key,
     metrics_key,
     pumps_key,
     recorder_key,
     settings_key,
-    upstream_session_key,
 )
+from .upstream import UPSTREAM_FAILURES, Decoder, open_upstream, read_whole, response_headers
+
+__all__ = ["billing", "proxy_handler", "record_unmetered"]
 
 log = logging.getLogger("gemini_meter.proxy")
-
-# RFC 9110 7.6.1, plus the non-standard ones proxies conventionally drop.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
-# Encodings the tap can undo; for metered calls the upstream is asked for no other.
-_DECODABLE = ("gzip", "deflate", "identity")
-# Every client-side failure, protocol errors included (a bad status line, broken
-# chunking): the upstream failed, which is a 502, never the proxy's own 500.
-_UPSTREAM_FAILURES = (aiohttp.ClientError, OSError)
-# The request encodings aiohttp's server undoes before the handler reads the body
-# (``aiohttp.http_parser``: one token, matched case-insensitively). Such a body is
-# forwarded decoded, without its Content-Encoding and with its own length.
-_SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
-# Names a client key goes by in the query ("$key" is Google's system-parameter form).
-_KEY_PARAMS = frozenset({"key", "$key"})
-
-
-@dataclass(slots=True)
-class _Call:
-    """What the handler knows about one call as it goes along."""
-
-    route: Route
-    principal: Principal | None  # None only on an upload's keyless byte legs
-    started: float
-    meta: RequestMeta = EMPTY_META
-    # whose interaction (or cached content) this is, when the call names one (billing
-    # goes to the owner)
-    owner: Principal | None = None
-    # the cache or file the path names, as its owner check found it (None in passthrough)
-    resource: OwnedResource | None = None
-    # an upload leg's uploader: who started its session through this proxy
-    uploader: Principal | None = None
-    body: bytes | None = None
-    # ``body`` as JSON, parsed once at admission (None when unread or not JSON)
-    parsed: object = None
-    ttfb: float | None = None
-    # Seconds spent waiting on the upstream (its head, then each body chunk): the
-    # call's duration less this is the proxy's own overhead (a metric).
-    upstream_wait: float = 0.0
-    client_disconnected: bool = False
-    streamed: bool = False  # the response was relayed as a stream
-    owner_registered: bool = False
-    upstream_headers: CIMultiDictProxy[str] | None = None
-    # held against the caller's budgets until the record settles it
-    reservation: Reservation | None = None
-    # the batch or file the path names, as admission checked it (server.batches)
-    owned: batches.Owned | None = None
-    # A streamed chat completion whose client did not ask for usage: the proxy asked
-    # upstream (metering.openai.ask_stream_usage) and drops the usage-only chunk.
-    drops_usage_chunk: bool = False
-    # a Veo operation's poll that first saw it done: the record it bills
-    bill: OperationBill | None = None
-    # an OpenAI-compatible image generation whose model the catalog prices per image
-    # (Imagen): billed by its images, not by any tokens its answer reports
-    per_image: bool = False
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -215,15 +95,15 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
     call = await admit(request, started=time.perf_counter())
-    if _mints_unmetered_access(call.route, request.app[settings_key].auth_mode):
+    if mints_unmetered_access(call.route, request.app[settings_key].auth_mode):
         # Only the canonical route (server.live.auth_tokens_handler) mints, with a handle
         # of the proxy's own in place of the token; no other spelling reaches Google.
         raise PermissionDenied(
             "Gemini Meter mints ephemeral tokens only at POST /v1alpha/auth_tokens."
         )
-    _check_journal(request, call.route)
+    check_journal(request, call.route)
     if call.principal is not None:
-        await _reserve(request, call)
+        await reserve(request, call)
         try:
             return await _forward(request, call)
         finally:
@@ -240,10 +120,10 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         return await _forward(request, call)
 
 
-async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
+async def _forward(request: web.Request, call: Call) -> web.StreamResponse:
     opened = time.perf_counter()
     try:
-        upstream = await _open_upstream(request, call)
+        upstream = await open_upstream(request, call)
     finally:
         call.upstream_wait += time.perf_counter() - opened
     call.ttfb = time.perf_counter() - call.started
@@ -251,7 +131,7 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
     if upstream.status >= 400:
         request.app[metrics_key].upstream_error(upstream.status)
     if call.principal is not None and "x-goog-upload-url" in upstream.headers:
-        await _remember_upload(request, call.principal, upstream)
+        await remember_upload(request, call.principal, upstream)
     route = call.route
     content_type = upstream.headers.get("content-type", "")
     endpoint = route.endpoint
@@ -268,12 +148,12 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
     if route.owns_response:
         # Small JSON naming owned resources: read whole, then owned, billed or filtered.
         try:
-            return await _relay_owned(request, upstream, call)
+            return await relay_owned(request, upstream, call)
         finally:
             upstream.release()
     if endpoint is None:
         if route.unmetered is not None:
-            _record_unmetered(request, call, upstream)
+            record_unmetered(request, call, upstream)
         return await _relay_stream(request, upstream, call, tap=None)
     if content_type.startswith("text/event-stream"):
         tap: StreamTap
@@ -292,569 +172,51 @@ async def _forward(request: web.Request, call: _Call) -> web.StreamResponse:
         upstream.release()
 
 
-async def admit(request: web.Request, started: float) -> _Call:
-    """Everything that may refuse a call before it reaches the upstream.
-
-    The path is checked as it came (``routes.path_problem``) and classified as
-    decoded, which is then the same path the upstream routes: what the proxy
-    checks is what it forwards.
-    """
-    app = request.app
-    auth = app[authenticator_key]
-    problem = path_problem(request.raw_path)
-    if problem is not None:
-        raise InvalidArgument(f"The request path has {problem}; send its canonical form.")
-    if method_override(request.headers, request.query) is not None:
-        # Refused rather than applied: the override would have to be classified,
-        # checked and forwarded consistently, and no Gemini SDK sends one.
-        raise InvalidArgument(
-            "Gemini Meter does not accept method overrides (X-HTTP-Method-Override, "
-            "$httpMethod and the like): send the request with its own method."
-        )
-    route = classify(request.method, request.path)
-    if route.action is Action.INTERACTION_UNKNOWN:
-        raise MethodNotAllowed(
-            f"{request.method} on this interactions path is not supported through Gemini Meter."
-        )
-    if route.action is Action.RESOURCE_UNKNOWN:
-        raise MethodNotAllowed(
-            f"{request.method} on this path is not supported through Gemini Meter."
-        )
-    if route.action is Action.BARE_OPERATION:
-        # The same answer as for an operation that does not exist (routes._BARE_OPERATIONS).
-        raise NotFound(
-            "No operation is reachable by a bare id through Gemini Meter: use the name its "
-            "creating call returned."
-        )
-    key = presented_key(request.headers, request.query)
-    if key is None and _is_upload_leg(request, route):
-        # The byte legs of a resumable upload carry no API key: the upload id the
-        # first (authenticated) leg obtained is their credential upstream. Only ids
-        # started through this proxy are let through.
-        try:
-            uploader = await auth.upload_principal(request.query["upload_id"])
-        except NotFound:
-            app[metrics_key].keyless_upload_refusals.labels("unknown_upload").inc()
-            raise
-        if route.resource is not None and route.resource_kind is not None:
-            # A File Search upload's byte leg: its session's starter must still own the
-            # store the path names, so an upload id cannot be pointed at another's store.
-            await auth.check_resource(route.resource_kind, route.resource, uploader)
-        return _Call(route=route, principal=None, started=started, uploader=uploader)
-    principal = await auth.authenticate(key)
-    call = _Call(route=route, principal=principal, started=started)
-    if route.metered and (masking := masking_parameter(request.headers, request.query)):
-        raise InvalidArgument(
-            f"Gemini Meter refuses {masking} on a metered call: it could strip the usage "
-            "the call is billed by. Send the call without it."
-        )
-    previous = _previous_interactions(None, request)
-    if route.action in _READS_BODY:
-        call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        try:
-            parsed = strict_json(call.body)
-        except BodyRefused as exc:
-            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
-        previous = _previous_interactions(parsed, request)
-        call.parsed = parsed
-        call.meta = request_meta(route, parsed)
-        if route.action in (Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE):
-            # Reserved at the batch rate its results will be billed at.
-            call.meta = replace(call.meta, service_tier=batches.BATCH_TIER)
-        if route.action is Action.CACHE_CREATE:
-            call.meta = replace(call.meta, model=body_model(parsed))
-        if route.action is Action.OPENAI_CHAT:
-            _ask_stream_usage(call)
-        if route.action is Action.OPENAI_IMAGES:
-            call.per_image = priced_per_image(app[catalog_key], call.meta.model)
-    for interaction_id in sorted(previous):
-        await auth.check_owner(interaction_id, principal)
-    if route.action in _BATCH_CHECKED:
-        call.owned = await batches.check_batch_call(request, route, principal, call.parsed)
-        if call.owned is not None and call.owned.owner is not None:
-            call.owner = call.owned.owner
-    if route.interaction_id is not None:
-        call.owner = await auth.check_owner(route.interaction_id, principal)
-    elif route.resource is not None and route.resource_kind is not None:
-        call.resource = await _owned_resource(auth, route, principal)
-        if call.resource is not None:
-            call.owner = call.resource.owner
-            call.meta = replace(call.meta, model=call.resource.model)
-        if route.action is Action.FILE_DOWNLOAD:
-            call.owned = await batches.download_owned(auth, route, call.resource)
-    elif route.unmetered is not None and route.unmetered.model_in_body:
-        # Only to name the model on the unmetered record; the bytes go on unchanged.
-        call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        call.parsed = parse_json(call.body)
-        call.meta = RequestMeta(model=body_model(call.parsed))
-    elif route.action is Action.FILE_UPLOAD and _names_a_new_file(request):
-        call.body = await _read_body(request, app[settings_key].max_request_bytes)
-        try:
-            call.parsed = strict_json(call.body)
-        except BodyRefused as exc:
-            raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
-        _refuse_chosen_name(call.parsed)
-    if call.body is not None:
-        await _check_references(request, call.parsed, principal)
-    return call
-
-
-def _names_a_new_file(request: web.Request) -> bool:
-    """A JSON request that creates a file (a resumable upload's start, ``files.create``):
-    its metadata could choose the file's name."""
-    return "upload_id" not in request.query and request.content_type == "application/json"
-
-
-def _refuse_chosen_name(body: object) -> None:
-    """Refuse a file name the client chooses itself.
-
-    Google lets a create name its file (``File.name``). A name someone else once owned
-    here stays theirs (owners never change), so a file created under it again, by
-    another user, would be readable by the first owner, not by its creator.
-    """
-    metadata = body.get("file", body) if isinstance(body, dict) else None
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if name is not None and name != "":
-        raise InvalidArgument(
-            "Gemini Meter does not accept a file name chosen by the client: leave the name "
-            "out and the Gemini API picks one."
-        )
-
-
-async def _owned_resource(
-    auth: Authenticator, route: Route, principal: Principal
-) -> OwnedResource | None:
-    """The resource the path names, or 404 unless the caller may use it.
-
-    A cache's PATCH and DELETE bill from its stored state, which another replica may
-    have changed since this one cached it: those read the row itself. In passthrough
-    mode nothing is checked, but the state is still read for the bill.
-    """
-    kind, name = route.resource_kind, route.resource
-    assert kind is not None and name is not None
-    fresh = route.action in (Action.CACHE_UPDATE, Action.CACHE_DELETE)
-    found = await auth.check_resource(kind, name, principal, fresh=fresh)
-    if found is None and fresh:
-        found = await auth.resource(kind, name, fresh=True)
-    return found
-
-
-async def _check_references(request: web.Request, body: object, principal: Principal) -> None:
-    """Refuse (404, like a missing one) a body naming a cache or file the caller may not use."""
-    try:
-        named = references(body, request.query)
-    except UncheckedReference as exc:
-        raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
-    auth = request.app[authenticator_key]
-    for reference in sorted(named):
-        await auth.check_resource(reference.kind, reference.name, principal)
-
-
-_READS_BODY = frozenset(
-    {
-        Action.INTERACTION_CREATE,
-        Action.GENERATE,
-        Action.STREAM_GENERATE,
-        Action.EMBED,
-        Action.BATCH_EMBED,
-        Action.OPENAI_CHAT,
-        Action.OPENAI_EMBED,
-        Action.OPENAI_IMAGES,
-        # read for the caches and files they name (and a cache's requested lifetime)
-        Action.COUNT_TOKENS,
-        Action.CACHE_CREATE,
-        Action.CACHE_UPDATE,
-        Action.PREDICT,
-        Action.PREDICT_LONG_RUNNING,
-        # for the file it imports (``fileName``)
-        Action.STORE_IMPORT,
-        Action.BATCH_CREATE,
-        Action.BATCH_EMBED_CREATE,
-    }
-)
-# Batch API calls whose batch (or input file) has an owner to check (a responses file's
-# download is checked like any file's, then ``batches.download_owned`` reads its state).
-_BATCH_CHECKED = frozenset(
-    {
-        Action.BATCH_CREATE,
-        Action.BATCH_EMBED_CREATE,
-        Action.BATCH_GET,
-        Action.BATCH_CANCEL,
-        Action.BATCH_DELETE,
-        Action.BATCH_UPDATE,
-        Action.BATCH_UNKNOWN,
-    }
-)
 # Batch API answers read whole: to own a new batch, or to record inline results.
 _BATCH_ANSWERS = frozenset(
     {Action.BATCH_CREATE, Action.BATCH_EMBED_CREATE, Action.BATCH_GET, Action.BATCH_LIST}
 )
 
 
-def _ask_stream_usage(call: _Call) -> None:
-    """Make a streamed chat completion carry its usage, which only ``include_usage`` brings.
-
-    The one request body the proxy changes: re-serialised with
-    ``stream_options.include_usage`` set, and the usage-only chunk that adds is
-    taken out of the client's stream again (``UsageChunkFilter``), so the call
-    is metered on the upstream's own figures and the client gets what it asked for.
-    """
-    asked = ask_stream_usage(call.parsed)
-    if asked is None:
-        return
-    call.parsed = asked
-    call.body = json.dumps(asked, ensure_ascii=False, separators=(",", ":")).encode()
-    call.drops_usage_chunk = True
-
-
-def _previous_interactions(body: object, request: web.Request) -> set[str]:
-    try:
-        return previous_interaction_ids(body, request.query)
-    except BodyRefused as exc:
-        raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
-
-
-async def _remember_upload(
-    request: web.Request, principal: Principal, upstream: aiohttp.ClientResponse
-) -> None:
-    """Record the upload id a start leg obtained, before its URL reaches the client."""
-    url = upstream.headers["x-goog-upload-url"]
-    upload_ids = parse_qs(urlsplit(url).query).get("upload_id", [])
-    try:
-        for upload_id in upload_ids:
-            await request.app[authenticator_key].remember_upload(upload_id, principal)
-    except Exception as exc:
-        upstream.release()
-        log.warning("upload session not recorded: %s", type(exc).__name__)
-        raise ServiceUnavailable(
-            "Gemini Meter could not record the upload session; retry shortly."
-        ) from exc
-
-
-def _mints_unmetered_access(route: Route, mode: AuthMode) -> bool:
-    """An ephemeral token would let its holder spend the upstream key at Google directly."""
-    return (
-        mode is AuthMode.VIRTUAL_KEYS
-        and route.unmetered is not None
-        and route.unmetered.kind is EndpointKind.AUTH_TOKEN_CREATE
-    )
-
-
-# Reading an interaction (the poll that bills a background one included), cancelling
-# or deleting one costs nothing at admission: only these reserve against budgets.
-_BUDGETED = frozenset(
-    {
-        Action.INTERACTION_CREATE,
-        Action.GENERATE,
-        Action.STREAM_GENERATE,
-        Action.EMBED,
-        Action.BATCH_EMBED,
-        Action.OPENAI_CHAT,
-        Action.OPENAI_EMBED,
-        Action.OPENAI_IMAGES,
-        Action.CACHE_CREATE,
-        Action.CACHE_UPDATE,
-        Action.PREDICT,
-        Action.PREDICT_LONG_RUNNING,
-        # free itself, but refused once the budgets it would spend are
-        Action.BATCH_CREATE,
-        Action.BATCH_EMBED_CREATE,
-    }
-)
-# Calls that generate no output: their estimate is their input alone.
-_EMBEDDINGS = frozenset(
-    {
-        Action.EMBED,
-        Action.BATCH_EMBED,
-        Action.OPENAI_EMBED,
-        Action.CACHE_CREATE,
-        Action.CACHE_UPDATE,
-        Action.BATCH_EMBED_CREATE,
-    }
-)
-_EMBEDDING_KINDS = frozenset({EndpointKind.ASYNC_BATCH_EMBED_CONTENT})
-
-
-def _budgeted(request: web.Request, route: Route) -> bool:
-    """A billable call that may spend: metered creates and generations, and the
-    unmetered routes' writes (reading a batch or an operation costs nothing)."""
-    if route.unmetered is not None:
-        return request.method != "GET"
-    return route.action in _BUDGETED
-
-
-async def _reserve(request: web.Request, call: _Call) -> None:
-    """Reserve the call's estimate against its budgets, or refuse it (429)."""
-    route = call.route
-    principal = call.owner or call.principal
-    if principal is None or not _budgeted(request, route):
-        return
-    app = request.app
-    settings = app[settings_key]
-    body = call.body
-
-    def guess() -> Estimate:
-        media = requested_usage(route.action, call.parsed, per_image=call.per_image)
-        if media is not None:
-            # Images and video seconds, priced like the record will be.
-            return estimate_usage(
-                app[catalog_key],
-                call.meta.model or route.model,
-                media,
-                reserve_usd=settings.budget_reserve_usd,
-                reserve_tokens=settings.budget_reserve_tokens,
-            )
-        kind = route.unmetered.kind if route.unmetered is not None else None
-        return estimate(
-            app[catalog_key],
-            call.meta.model or route.model,
-            body_bytes=len(body) if body is not None else (request.content_length or 0),
-            body=call.parsed,
-            generates=route.action not in _EMBEDDINGS and kind not in _EMBEDDING_KINDS,
-            default_output_tokens=settings.budget_default_output_tokens,
-            reserve_usd=settings.budget_reserve_usd,
-            reserve_tokens=settings.budget_reserve_tokens,
-            service_tier=call.meta.service_tier,
-        )
-
-    call.reservation = await app[budgets_key].admit(principal, guess)
-
-
-def _check_journal(request: web.Request, route: Route) -> None:
-    """Refuse a billable call before forwarding it when its record could not be kept."""
-    journal = request.app[journal_key]
-    recorded = route.metered or route.unmetered is not None
-    if recorded and journal is not None and not journal.admit():
-        raise ServiceUnavailable(
-            "Gemini Meter cannot record more calls right now (its journal is full); retry later."
-        )
-
-
-def _is_upload_leg(request: web.Request, route: Route) -> bool:
-    return (
-        route.action in (Action.FORWARD, Action.UNMETERED, Action.FILE_UPLOAD, Action.STORE_UPLOAD)
-        and request.path.startswith("/upload/")
-        and "upload_id" in request.query
-    )
-
-
-def _too_large(limit: int) -> RequestTooLarge:
-    return RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise _too_large(limit) from exc
-
-
-def _upstream_url(
-    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
-) -> URL:
-    """The upstream URL: the raw path and query as the client sent them.
-
-    The query is kept byte for byte (no re-encoding), except that the ``drop``
-    parameters (a ``key``) are removed when the proxy supplies the credential itself.
-    """
-    path, sep, query = raw_path.partition("?")
-    if sep and drop_key:
-        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in drop]
-        query = "&".join(kept)
-        sep = "?" if query else ""
-    return URL(base + path + sep + query, encoded=True)
-
-
-def _upstream_headers(request: web.Request, call: _Call) -> CIMultiDict[str]:
-    settings = request.app[settings_key]
-    if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
-        assert settings.upstream_api_key is not None
-        headers = swap_key(request.headers, settings.upstream_api_key.get_secret_value())
-    else:
-        # Passthrough, or an upload's keyless byte leg: never lend it the upstream key,
-        # or anyone could spend it by adding an upload_id to a request.
-        headers = CIMultiDict(request.headers)
-    # Headers the client marked hop-by-hop in Connection go too (RFC 9110 7.6.1).
-    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
-    for name in _REQUEST_DROP | named:
-        headers.popall(name, None)
-    if call.route.reads_response and "accept-encoding" in headers:
-        accepted = [
-            token
-            for token in headers["accept-encoding"].split(",")
-            if token.split(";")[0].strip().lower() in _DECODABLE
-        ]
-        headers["accept-encoding"] = ",".join(accepted) if accepted else "identity"
-    if call.drops_usage_chunk:
-        # The events are rewritten for the client: have them come plain, not compressed.
-        headers["accept-encoding"] = "identity"
-    if _decoded_by_server(request):
-        # aiohttp already undid the encoding: the bytes forwarded are the decoded
-        # ones, so neither the client's encoding nor its length describes them.
-        headers.popall("content-encoding", None)
-    elif request.content_length is not None and call.body is None:
-        # A streamed upload keeps its length so the upstream sees no chunking.
-        headers["content-length"] = str(request.content_length)
-    return headers
-
-
-def _decoded_by_server(request: web.Request) -> bool:
-    encoding = request.headers.get("content-encoding", "")
-    return encoding.isascii() and encoding.lower() in _SERVER_DECODED
-
-
-async def _limited(
-    request: web.Request, limit: int, idle_timeout: float | None
-) -> AsyncIterator[bytes]:
-    """The request body as it arrives, refused once it passes ``limit`` bytes
-    or (with ``idle_timeout``) once the client sends nothing for that long."""
-    seen = 0
-    chunks = request.content.iter_any()
-    while True:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as exc:
-            raise RequestTimeout("The request body stopped arriving.") from exc
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large(limit)
-        yield chunk
-
-
-async def _open_upstream(request: web.Request, call: _Call) -> aiohttp.ClientResponse:
-    settings = request.app[settings_key]
-    session = request.app[upstream_session_key]
-    virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
-    url = _upstream_url(settings.upstream, request.raw_path, drop_key=virtual)
-    headers = _upstream_headers(request, call)
-    data: bytes | AsyncIterator[bytes] | None = call.body
-    if data is None and request.body_exists:
-        limit = settings.max_request_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise _too_large(limit)
-        # A keyless upload leg must not hold its upstream connection forever.
-        idle = settings.keyless_upload_idle_timeout_seconds if call.principal is None else None
-        data = _limited(request, limit, idle)
-    try:
-        return await session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-        )
-    except ProxyError:
-        raise
-    except TimeoutError as exc:
-        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
-            raise _client_side(exc) from exc
-        raise UpstreamTimeout("The Gemini API did not answer in time.") from exc
-    except _UPSTREAM_FAILURES as exc:
-        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
-            # The client's body broke off (too large, stalled) while being forwarded.
-            raise _client_side(exc) from exc
-        log.warning("upstream unreachable: %s", type(exc).__name__)
-        raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
-
-
-def _client_side(exc: BaseException) -> ProxyError:
-    cause = exc.__cause__ if isinstance(exc.__cause__, ProxyError) else exc.__context__
-    assert isinstance(cause, ProxyError)
-    # A fresh error: re-raising the one from inside the client would chain it to itself.
-    return type(cause)(cause.message)
-
-
-def _response_headers(upstream: aiohttp.ClientResponse, *, keep_length: bool) -> CIMultiDict[str]:
-    headers = CIMultiDict(upstream.headers)
-    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
-    for name in HOP_BY_HOP | named:
-        headers.popall(name, None)
-    if not keep_length:
-        headers.popall("content-length", None)
-    return headers
-
-
-class _Decoder:
-    """Undoes gzip/deflate on a copy of the body for the tap; the client gets the original."""
-
-    __slots__ = ("_z",)
-
-    def __init__(self, encoding: str) -> None:
-        # wbits 47 accepts both gzip and zlib headers. A body it cannot undo stops
-        # feeding the tap, so its usage shows up as missing (and flagged), not wrong.
-        self._z: zlib._Decompress | None = (
-            zlib.decompressobj(47) if encoding in ("gzip", "deflate", "x-gzip") else None
-        )
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if self._z is None:
-            return chunk
-        try:
-            return self._z.decompress(chunk)
-        except zlib.error:
-            self._z = None
-            return b""
-
-
 async def _relay_whole(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
 ) -> web.StreamResponse:
     """A metered call answered with one JSON body: read it, meter it, answer it."""
-    body, decoded = await _read_whole(upstream, call)
+    body, decoded = await read_whole(upstream, call)
     response = web.Response(
-        status=upstream.status, body=body, headers=_response_headers(upstream, keep_length=False)
+        status=upstream.status, body=body, headers=response_headers(upstream, keep_length=False)
     )
     payload = parse_json(decoded)
-    await _register_media(request, call, payload, upstream.status)
+    await register_media(request, call, payload, upstream.status)
     summary = _summarize(call, payload, upstream.status)
-    await _register_owner(request, call, summary.interaction_id, upstream.status)
+    await register_owner(request, call, summary.interaction_id, upstream.status)
     # The record is in the journal once _finish returns: a client never holds a
     # response the meter could still lose.
     _finish(request, call, upstream.status, summary)
     return response
 
 
-async def _read_whole(upstream: aiohttp.ClientResponse, call: _Call) -> tuple[bytes, bytes]:
-    """The whole upstream body as it came, and decoded (gzip/deflate undone) for reading."""
-    reading = time.perf_counter()
-    try:
-        body = await upstream.read()
-    except TimeoutError as exc:
-        raise UpstreamTimeout("The Gemini API stopped answering mid-response.") from exc
-    except _UPSTREAM_FAILURES as exc:
-        raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
-    finally:
-        call.upstream_wait += time.perf_counter() - reading
-    encoding = upstream.headers.get("content-encoding", "identity").lower()
-    return body, (_Decoder(encoding)(body) if encoding != "identity" else body)
-
-
-def _batch_call(call: _Call) -> batches.Call:
+def _batch_call(call: Call) -> batches.Call:
     assert call.principal is not None  # batch routes are always keyed
     return batches.Call(call.route, call.principal, call.owned, call.started)
 
 
 async def _relay_batch(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
+    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
 ) -> web.StreamResponse:
     """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
-    body, decoded = await _read_whole(upstream, call)
+    body, decoded = await read_whole(upstream, call)
     replaced = await batches.answer(
         request, _batch_call(call), upstream.status, parse_json(decoded)
     )
-    headers = _response_headers(upstream, keep_length=False)
+    headers = response_headers(upstream, keep_length=False)
     if replaced is not None:
         body = replaced
         headers.popall("content-encoding", None)
     return web.Response(status=upstream.status, body=body, headers=headers)
 
 
-def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
+def _summarize(call: Call, payload: object, status: int) -> ResponseSummary:
     if status >= 400:
         return ResponseSummary()
     if call.route.action in (Action.INTERACTION_CREATE, Action.INTERACTION_GET):
@@ -876,41 +238,10 @@ def _summarize(call: _Call, payload: object, status: int) -> ResponseSummary:
     return summarize_generate(payload)
 
 
-async def _register_media(request: web.Request, call: _Call, payload: object, status: int) -> None:
-    """Own a new Veo operation, or bill a done one and own its videos, before relaying."""
-    principal = call.principal
-    if status >= 400 or principal is None:
-        return
-    route = call.route
-    if route.action is Action.PREDICT_LONG_RUNNING:
-        created = operation_created(payload, call.parsed)
-        if created is not None:
-            name, state = created
-            model = call.meta.model or route.model
-            await _own(request, ResourceKind.OPERATION, name, principal, model=model, state=state)
-    elif route.action is Action.OPERATION_GET and route.resource is not None:
-        auth = request.app[authenticator_key]
-        bill = await operation_bill(auth, route.resource, call.resource, payload)
-        if bill is None:
-            return
-        call.bill = bill
-        if bill.owner is not None:
-            call.owner = bill.owner  # the creator's, whoever of their team polled it
-            for video in bill.videos:
-                await _own(
-                    request, ResourceKind.FILE, video, bill.owner, model=bill.model, state=None
-                )
-        if bill.state is not None:
-            try:
-                await auth.update_resource_state(ResourceKind.OPERATION, bill.resource, bill.state)
-            except Exception as exc:  # the bill's request_id keeps a second one out anyway
-                log.warning("operation state not updated: %s", type(exc).__name__)
-
-
 async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    call: _Call,
+    call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
     """Relay the body chunk by chunk as it arrives, feeding a tap if metered.
@@ -922,7 +253,7 @@ async def _relay_stream(
     different: the pump still reads and bills it. The app's cleanup waits for
     pumps still running (and cuts them after the shutdown grace period).
     """
-    headers = _response_headers(upstream, keep_length=not call.drops_usage_chunk)
+    headers = response_headers(upstream, keep_length=not call.drops_usage_chunk)
     if call.drops_usage_chunk:
         # The client gets the decoded events the filter passes on, not the upstream's bytes.
         headers.popall("content-encoding", None)
@@ -949,7 +280,7 @@ def _start_pump(
     request: web.Request,
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
-    call: _Call,
+    call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> asyncio.Task[web.StreamResponse]:
     pump = asyncio.create_task(_pump(request, response, upstream, call, tap))
@@ -966,10 +297,10 @@ async def _pump(
     request: web.Request,
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
-    call: _Call,
+    call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
-    decode = _Decoder(upstream.headers.get("content-encoding", "identity").lower())
+    decode = Decoder(upstream.headers.get("content-encoding", "identity").lower())
     relayed = UsageChunkFilter() if call.drops_usage_chunk else None
     broken = False
     cut = False
@@ -987,7 +318,7 @@ async def _pump(
                     # Own the interaction as soon as the stream names it, before the
                     # chunk that completes that event is relayed: the client may fetch
                     # or continue it (on any replica) before this stream has ended.
-                    await _register_owner(request, call, tap.interaction_id, upstream.status)
+                    await register_owner(request, call, tap.interaction_id, upstream.status)
             if call.client_disconnected:
                 if tap is None:
                     break
@@ -999,7 +330,7 @@ async def _pump(
                 call.client_disconnected = True
                 if tap is None:
                     break
-    except (TimeoutError, *_UPSTREAM_FAILURES):
+    except (TimeoutError, *UPSTREAM_FAILURES):
         broken = True
         log.warning("upstream stream broke off: %s %s", request.method, request.path)
     except asyncio.CancelledError:
@@ -1020,7 +351,7 @@ async def _pump(
     elif tap is not None:
         # Journaled before the last byte goes out, as for a whole answer.
         summary = _summary_of(tap)
-        await _register_owner(request, call, summary.interaction_id, upstream.status)
+        await register_owner(request, call, summary.interaction_id, upstream.status)
         _finish(request, call, upstream.status, summary)
     if cut:
         raise asyncio.CancelledError
@@ -1038,7 +369,7 @@ async def _pump(
     return response
 
 
-async def _timed(upstream: aiohttp.ClientResponse, call: _Call) -> AsyncIterator[bytes]:
+async def _timed(upstream: aiohttp.ClientResponse, call: Call) -> AsyncIterator[bytes]:
     """The upstream body's chunks as they arrive, adding the time blocked on each
     to ``call.upstream_wait``."""
     chunks = upstream.content.iter_any()
@@ -1081,7 +412,7 @@ def billing(action: Action, status: int, streamed: bool, summary: ResponseSummar
     return False
 
 
-def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSummary) -> bool:
+def _finish(request: web.Request, call: Call, status: int, summary: ResponseSummary) -> bool:
     """Decide whether this response is billable and hand its record on; returns whether
     a record was kept (it is in the journal by then)."""
     action = call.route.action
@@ -1099,7 +430,7 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     effective_tier = headers.get("x-gemini-service-tier") if headers is not None else None
     record = UsageRecord(
         # one bill per operation, however often or wherever it is seen done
-        request_id=(_stable_request_id("operation", bill.resource) if bill else new_request_id()),
+        request_id=(stable_request_id("operation", bill.resource) if bill else new_request_id()),
         created_at=datetime.now(UTC),
         principal=call.owner or principal,
         model=call.meta.model or call.route.model or summary.model,
@@ -1129,7 +460,7 @@ def _finish(request: web.Request, call: _Call, status: int, summary: ResponseSum
     return request.app[recorder_key].finish(record, call.reservation)
 
 
-def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.ClientResponse) -> bool:
+def record_unmetered(request: web.Request, call: Call, upstream: aiohttp.ClientResponse) -> bool:
     """Record a call on a billable route the meter cannot read: zero tokens, flagged.
 
     Recorded as soon as the upstream's status is known (so ``latency_seconds``
@@ -1158,287 +489,3 @@ def _record_unmetered(request: web.Request, call: _Call, upstream: aiohttp.Clien
         ),
         call.reservation,
     )
-
-
-async def _register_owner(
-    request: web.Request, call: _Call, interaction_id: str | None, status: int
-) -> None:
-    """Make an interaction's creator its owner, in the database before the id is released.
-
-    Committed at once in ``virtual_keys`` mode (the one database write on the
-    hot path, creates only), so any replica answers the owner the moment the
-    client has the id; if the database does not take it in time, the row goes
-    to the batching writer and this process answers from memory meanwhile.
-    Passthrough mode checks no owners, so the writer's queue is enough there.
-    """
-    principal = call.principal
-    if (
-        call.owner_registered
-        or interaction_id is None
-        or principal is None
-        or status >= 400
-        or call.route.action is not Action.INTERACTION_CREATE
-    ):
-        return
-    call.owner_registered = True
-    app = request.app
-    auth = app[authenticator_key]
-    if auth.mode is AuthMode.VIRTUAL_KEYS:
-        if await auth.commit_owner(interaction_id, principal, call.meta.model):
-            return
-        app[metrics_key].owner_commit_fallbacks.inc()
-    else:
-        auth.remember_owner(interaction_id, principal)
-    app[recorder_key].own(interaction_id, principal, call.meta.model)
-
-
-# --- owned resources: uploaded files and cached contents ------------------------------
-
-# Where a list response carries its items, by the kind of resource listed.
-_LIST_FIELDS = {
-    ResourceKind.CACHED_CONTENT: "cachedContents",
-    ResourceKind.FILE: "files",
-    ResourceKind.FILE_SEARCH_STORE: "fileSearchStores",
-}
-
-
-async def _relay_owned(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: _Call
-) -> web.StreamResponse:
-    """A response that names owned resources: read it whole, act on it, then answer it.
-
-    An upload's files become the uploader's, and a new cache its creator's, before the
-    client learns their names (``_own``); a cache's create, TTL change and delete bill its
-    storage (``_bill_storage``); a list keeps only the caller's own items. Only small
-    JSON bodies come this way: a download is relayed as a stream like any other body.
-    """
-    body, decoded = await _read_whole(upstream, call)
-    status = upstream.status
-    headers = _response_headers(upstream, keep_length=False)
-    route = call.route
-    if "x-goog-upload-url" in headers:
-        headers["x-goog-upload-url"] = _through_proxy(request, headers["x-goog-upload-url"])
-    if route.lists is not None:
-        if status < 400:
-            body = await _filtered_list(request, call, route.lists, decoded)
-            headers.popall("content-encoding", None)
-    elif route.action is Action.FILE_UPLOAD:
-        if status < 400:
-            await _own_files(request, call, parse_json(decoded))
-    elif route.action is Action.STORE_CREATE:
-        if status < 400:
-            await _own_store(request, call, parse_json(decoded))
-    else:
-        await _bill_storage(request, call, status, parse_json(decoded))
-    return web.Response(status=status, body=body, headers=headers)
-
-
-async def _filtered_list(
-    request: web.Request, call: _Call, kind: ResourceKind, decoded: bytes
-) -> bytes:
-    """A list response with only the items the caller may use (passthrough: all of them)."""
-    auth = request.app[authenticator_key]
-    if auth.mode is AuthMode.PASSTHROUGH or call.principal is None:
-        return decoded
-    payload = parse_json(decoded)
-    field = _LIST_FIELDS[kind]
-    items = payload.get(field, []) if isinstance(payload, dict) else None
-    if not isinstance(payload, dict) or not isinstance(items, list):
-        # Relaying what the proxy cannot filter could show other users' resources.
-        raise UpstreamUnavailable("The Gemini API answered a list Gemini Meter could not read.")
-    names = [_name_of(item) for item in items]
-    mine = await auth.owned_names(kind, call.principal, {n for n in names if n is not None})
-    kept = [item for item, name in zip(items, names, strict=True) if name in mine]
-    return filtered_listing(payload, field, kept)
-
-
-def _through_proxy(request: web.Request, upload_url: str) -> str:
-    """An upload session's URL with the proxy's origin for Google's.
-
-    The SDK sends a resumable upload's byte legs to the URL the start leg answered
-    with (google-genai 3.6.1 keeps its host unless the caller passes its own
-    ``base_url`` per upload): left as Google's, the last leg, whose answer names the
-    file, would go past the proxy and the file would have no owner. The origin is the
-    one the client reached the proxy at (its scheme as this server sees it).
-    """
-    parts = urlsplit(upload_url)
-    return parts._replace(scheme=request.scheme, netloc=request.host).geturl()
-
-
-def _name_of(resource: object) -> str | None:
-    name = resource.get("name") if isinstance(resource, dict) else None
-    return name if isinstance(name, str) and name else None
-
-
-def _uploaded_files(payload: object) -> list[str]:
-    """The files an upload response names: ``{"file": {...}}``, or ``{"files": [...]}``
-    (``files:register``)."""
-    if not isinstance(payload, dict):
-        return []
-    found = [payload.get("file")]
-    listed = payload.get("files")
-    if isinstance(listed, list):
-        found.extend(listed)
-    names = (_name_of(item) for item in found)
-    return [name for name in names if name is not None and name.startswith("files/")]
-
-
-async def _own_files(request: web.Request, call: _Call, payload: object) -> None:
-    # A keyless leg's files are its session's starter's; a keyed call's, the caller's.
-    owner = call.uploader or call.principal
-    if owner is None:
-        return
-    for name in _uploaded_files(payload):
-        await _own(request, ResourceKind.FILE, name, owner, model=None, state=None)
-
-
-async def _own_store(request: web.Request, call: _Call, payload: object) -> None:
-    """A new File Search store becomes its creator's, before its name reaches the client.
-
-    Google names the store (``FileSearchStore.name`` is output only; the create request
-    has no id parameter: https://ai.google.dev/api/file-search/file-search-stores, read
-    2026-11-29), so no client can create a store under a name another user once owned.
-    """
-    name = _name_of(payload)
-    assert call.principal is not None  # a create is always authenticated
-    if name is None or not name.startswith("fileSearchStores/") or name.count("/") != 1:
-        # Nothing the proxy can own: the client could not use it through the proxy either.
-        log.warning("a File Search store's create answered no store name")
-        return
-    # The embedding model indexing bills at: the model of the store's import records.
-    model = (
-        body_model({"model": payload.get("embeddingModel")}) if isinstance(payload, dict) else None
-    )
-    await _own(
-        request, ResourceKind.FILE_SEARCH_STORE, name, call.principal, model=model, state=None
-    )
-
-
-async def _own(
-    request: web.Request,
-    kind: ResourceKind,
-    name: str,
-    owner: Principal,
-    *,
-    model: str | None,
-    state: dict[str, object] | None,
-) -> None:
-    """Store the owner of a resource just created, before its name reaches the client.
-
-    Should the database not take it in time, the write goes on in the background and
-    this process already answers the owner (``Authenticator.commit_resource``).
-    """
-    auth = request.app[authenticator_key]
-    if not await auth.commit_resource(kind, name, owner, model=model, state=state):
-        request.app[metrics_key].owner_commit_fallbacks.inc()
-
-
-def _stable_request_id(*parts: str) -> str:
-    """The same id for the same storage line however often (or wherever) it is seen."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, "gemini-meter:" + ":".join(parts)).hex
-
-
-async def _bill_storage(request: web.Request, call: _Call, status: int, payload: object) -> bool:
-    """Own a new cache and record its storage line (``metering.caching`` has the rules).
-
-    create: the lifetime asked, charged whole; PATCH: the change of expiry; DELETE: the
-    unexpired rest given back, no line once expired. An upstream error is recorded with
-    no usage, like every metered route's; a response (or a stored state) the proxy cannot
-    read is recorded with ``parse_error`` and no usage, never guessed.
-    """
-    route = call.route
-    if status >= 400:
-        return _storage_record(request, call, status, new_request_id(), route.resource)
-    cache = snapshot(payload)
-    if route.action is Action.CACHE_CREATE:
-        owner = call.principal
-        name = cache.name if cache is not None else _name_of(payload)
-        assert owner is not None  # a create is always authenticated
-        if name is not None:
-            state = CacheState.of(cache).to_json() if cache is not None else None
-            model = cache.model if cache is not None else None
-            await _own(
-                request,
-                ResourceKind.CACHED_CONTENT,
-                name,
-                owner,
-                model=model or call.meta.model,
-                state=state,
-            )
-        if cache is None:
-            return _storage_record(request, call, status, new_request_id(), name, parse_error=True)
-        seconds = created_storage(cache, requested_ttl(call.parsed), now_seconds())
-        return _storage_record(
-            request,
-            call,
-            status,
-            _stable_request_id(cache.name, "create"),
-            cache.name,
-            storage=seconds,
-            model=cache.model,
-        )
-    name = route.resource
-    assert name is not None  # a cache's own methods name it
-    stored = CacheState.from_json(call.resource.state) if call.resource is not None else None
-    if route.action is Action.CACHE_UPDATE:
-        if cache is None or stored is None:
-            return _storage_record(request, call, status, new_request_id(), name, parse_error=True)
-        try:
-            await request.app[authenticator_key].update_resource_state(
-                ResourceKind.CACHED_CONTENT,
-                name,
-                CacheState(stored.tokens, cache.expire_text).to_json(),
-            )
-        except Exception as exc:
-            # Google already made the change: the call still succeeds and is recorded. A
-            # later change or delete of this cache will count from the old expiry.
-            log.warning("cache state not stored (%s): %s", type(exc).__name__, name)
-        return _storage_record(
-            request,
-            call,
-            status,
-            _stable_request_id(name, "update", stored.expire_text, cache.expire_text),
-            name,
-            storage=updated_storage(stored, cache),
-        )
-    if stored is None:
-        return _storage_record(request, call, status, new_request_id(), name, parse_error=True)
-    refund = deleted_storage(stored, now_seconds())
-    if refund == 0:
-        return False
-    return _storage_record(
-        request, call, status, _stable_request_id(name, "delete"), name, storage=refund
-    )
-
-
-def _storage_record(
-    request: web.Request,
-    call: _Call,
-    status: int,
-    request_id: str,
-    resource: str | None,
-    *,
-    storage: int = 0,
-    model: str | None = None,
-    parse_error: bool = False,
-) -> bool:
-    """Hand on one cache-storage line, billed to the cache's owner; whether it was kept."""
-    principal = call.owner or call.principal
-    endpoint = call.route.endpoint
-    assert principal is not None and endpoint is not None  # cache storage calls: metered
-    record = UsageRecord(
-        request_id=request_id,
-        created_at=datetime.now(UTC),
-        principal=principal,
-        model=model or call.meta.model,
-        endpoint=endpoint,
-        streamed=False,
-        upstream_status=status,
-        latency_seconds=time.perf_counter() - call.started,
-        ttfb_seconds=call.ttfb,
-        upstream_seconds=call.upstream_wait,
-        usage=Usage(storage_token_seconds=storage),
-        resource=resource,
-        parse_error=parse_error,
-    )
-    return request.app[recorder_key].finish(record, call.reservation)

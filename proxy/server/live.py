@@ -84,19 +84,9 @@ from ..metering.live import LiveMeter, model_name, setup_model
 from ..metering.parsers import parse_json
 from ..metering.records import EndpointKind, Principal, UsageRecord
 from ..settings import AuthMode
+from .admission import admit, check_journal, check_references, read_body
 from .auth import PresentedKey, presented_key, swap_key
-from .forward import (
-    HOP_BY_HOP,
-    _check_journal,
-    _check_references,
-    _Decoder,
-    _open_upstream,
-    _read_body,
-    _record_unmetered,
-    _response_headers,
-    _upstream_url,
-    admit,
-)
+from .forward import record_unmetered
 from .routes import BodyRefused, method_override, strict_json
 from .typedefs import (
     authenticator_key,
@@ -110,6 +100,7 @@ from .typedefs import (
     settings_key,
     upstream_session_key,
 )
+from .upstream import HOP_BY_HOP, Decoder, open_upstream, response_headers, upstream_url
 
 log = logging.getLogger("gemini_meter.live")
 
@@ -351,7 +342,7 @@ async def _connect(
     virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
     # The path as it was validated (SERVICE), not as it was spelled; the query raw.
     _, sep, query = request.raw_path.partition("?")
-    url = _upstream_url(
+    url = upstream_url(
         settings.upstream,
         f"/ws/{request.match_info['service']}{sep}{query}",
         drop_key=virtual,
@@ -574,7 +565,7 @@ async def _refused_reference(
         # cannot check, as Google reads it.
         return f"Gemini Meter could not check this message: {exc}."[:123]
     try:
-        await _check_references(request, parsed, principal)
+        await check_references(request, parsed, principal)
     except (NotFound, InvalidArgument) as exc:
         return exc.message[:123]
     return None
@@ -629,17 +620,17 @@ async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
     call = await admit(request, started=time.perf_counter())
     principal = call.principal
     assert principal is not None  # admit authenticates every call but upload legs
-    _check_journal(request, call.route)
-    call.body = await _read_body(request, settings.max_request_bytes)
+    check_journal(request, call.route)
+    call.body = await read_body(request, settings.max_request_bytes)
     try:
         parsed = strict_json(call.body)
     except BodyRefused as exc:
         raise InvalidArgument(f"Gemini Meter could not check this request: {exc}.") from exc
     if not isinstance(parsed, dict):
         raise InvalidArgument("The auth_tokens request body must be a JSON object.")
-    upstream = await _open_upstream(request, call)
+    upstream = await open_upstream(request, call)
     if not virtual:
-        _record_unmetered(request, call, upstream)
+        record_unmetered(request, call, upstream)
     try:
         payload = await upstream.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -647,10 +638,10 @@ async def auth_tokens_handler(request: web.Request) -> web.StreamResponse:
     finally:
         upstream.release()
     as_it_came = web.Response(
-        status=upstream.status, body=payload, headers=_response_headers(upstream, keep_length=False)
+        status=upstream.status, body=payload, headers=response_headers(upstream, keep_length=False)
     )
     encoding = upstream.headers.get("content-encoding", "identity").lower()
-    minted = parse_json(_Decoder(encoding)(payload) if encoding != "identity" else payload)
+    minted = parse_json(Decoder(encoding)(payload) if encoding != "identity" else payload)
     token = minted.get("name") if isinstance(minted, dict) else None
     auth = app[authenticator_key]
     if upstream.status >= 400:

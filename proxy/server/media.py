@@ -1,8 +1,9 @@
 """Imagen and Veo at the handler: what a media call reserves, owns and bills.
 
-``server.forward`` calls these at three points of a media call (a Veo operation's
-owner check at admission is the generic one of owned resources, ``routes.Route.resource``;
-a video extension's input file is checked by ``server.references`` like any file URI):
+``server.admission`` and ``server.owned`` call these at three points of a media call
+(a Veo operation's owner check at admission is the generic one of owned resources,
+``routes.Route.resource``; a video extension's input file is checked by
+``server.references`` like any file URI):
 
 - the budget reservation (``requested_usage``): the images or video seconds the
   request asks for, priced like a record. The OpenAI-compatible image generation

@@ -1,7 +1,7 @@
 """Which owned resources a request body names: pure, one walk over the JSON.
 
 Behind one shared upstream key, a request could use someone else's cached content or
-uploaded file simply by naming it. ``server.forward.admit`` calls ``references`` on every
+uploaded file simply by naming it. ``server.admission.admit`` calls ``references`` on every
 JSON body it reads (generate, stream, countTokens, embeddings, interactions, cachedContents
 create, batch create, ...) and checks each name against its owner before forwarding.
 

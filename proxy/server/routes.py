@@ -19,7 +19,7 @@ listed at all), and a method the proxy does not know on one is refused
 operations, media, imports) is checked as the store (``fileSearchStores/{id}``);
 operations named by a bare id, under no resource, are refused (``BARE_OPERATION``).
 
-It also holds the pure checks ``server.forward.admit`` refuses by, each of them
+It also holds the pure checks ``server.admission.admit`` refuses by, each of them
 closing a way to make the proxy check one request while the upstream serves
 another: ``path_problem`` (dot, empty or encoded segments), ``method_override``
 (Google honours ``X-HTTP-Method-Override`` and ``$httpMethod``),
@@ -354,22 +354,17 @@ class UnmeteredRoute:
     """A billable route the meter cannot read usage from yet.
 
     ``kind`` is stored as the record's endpoint and is the metric's ``route``
-    label, so label values are bounded by this table. ``model_in_body``: the
-    request's JSON body names the model (the proxy then reads the body, within
-    ``max_request_bytes`` like any metered call); otherwise a ``model`` group
-    of the pattern, if any, names it.
+    label, so label values are bounded by this table. A ``model`` group of the
+    pattern, if any, names the record's model; the body is never read.
     """
 
     kind: EndpointKind
     method: str
     pattern: re.Pattern[str]
-    model_in_body: bool = False
 
 
-def _unmetered(
-    kind: EndpointKind, method: str, pattern: str, *, model_in_body: bool = False
-) -> UnmeteredRoute:
-    return UnmeteredRoute(kind, method, re.compile(pattern, re.IGNORECASE), model_in_body)
+def _unmetered(kind: EndpointKind, method: str, pattern: str) -> UnmeteredRoute:
+    return UnmeteredRoute(kind, method, re.compile(pattern, re.IGNORECASE))
 
 
 _V = rf"^/{_VERSION}"

@@ -1,6 +1,6 @@
 """The batching usage writer: the request path hands records over and never waits.
 
-``metering.recorder`` calls ``UsageWriter.submit(record)`` (and ``server.forward`` calls
+``metering.recorder`` calls ``UsageWriter.submit(record)`` (and ``server.owned`` calls
 ``submit_owner`` when an interaction is created). Both turn what they are given
 into a row and return: no await, no waiting on the disk. With a
 ``storage.journal.Journal`` (the default in the app), the row is written to the

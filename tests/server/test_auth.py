@@ -6,8 +6,8 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.server.auth import PresentedKey, _TTLCache, presented_key, swap_key
-from proxy.server.forward import _upstream_url
 from proxy.server.keys import fingerprint, hash_key, new_key, seal, unseal
+from proxy.server.upstream import upstream_url
 
 
 def test_key_from_header_query_or_bearer():
@@ -32,10 +32,10 @@ def test_every_key_carrier_is_replaced_by_the_upstream_key():
 
 
 def test_the_query_key_is_dropped_and_the_rest_kept_byte_for_byte():
-    url = _upstream_url("https://up", "/v1beta/x?alt=sse&key=gm-v&f=a%2Fb&k%65y=gm-w", True)
+    url = upstream_url("https://up", "/v1beta/x?alt=sse&key=gm-v&f=a%2Fb&k%65y=gm-w", True)
     assert str(url) == "https://up/v1beta/x?alt=sse&f=a%2Fb"
-    assert str(_upstream_url("https://up", "/v1beta/x?key=gm-v", True)) == "https://up/v1beta/x"
-    kept = _upstream_url("https://up", "/v1beta/x?key=own&alt=sse", False)
+    assert str(upstream_url("https://up", "/v1beta/x?key=gm-v", True)) == "https://up/v1beta/x"
+    kept = upstream_url("https://up", "/v1beta/x?key=own&alt=sse", False)
     assert str(kept) == "https://up/v1beta/x?key=own&alt=sse"
 
 

@@ -1,0 +1,240 @@
+"""The upstream leg: one request on the app's shared ``ClientSession``, and its answer.
+
+Third on a request's path, after ``admission``: ``open_upstream`` sends the call to
+the Gemini API with its raw path and query as the client sent them
+(``upstream_url``), the client's key swapped for the upstream key in
+``virtual_keys`` mode (``auth.swap_key``) and hop-by-hop headers dropped; a
+metered call asks for no encoding the tap cannot undo. A body admission did not
+read streams through as it arrives, within ``max_request_bytes`` (and, on a
+keyless upload leg, an idle timeout). Connection failures become 502, silence
+504; a client whose own body broke off on the way gets its own error instead.
+
+For the relays in ``forward`` (and ``owned``, ``live``): ``response_headers`` is
+what of the upstream's head goes back to the client, ``read_whole`` reads a body
+whole, and ``Decoder`` undoes gzip/deflate on a copy for the tap, the client
+getting the bytes as they came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from urllib.parse import unquote_plus
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from ..errors import ProxyError, RequestTimeout, UpstreamTimeout, UpstreamUnavailable
+from ..settings import AuthMode
+from .admission import Call, too_large
+from .auth import swap_key
+from .typedefs import settings_key, upstream_session_key
+
+__all__ = [
+    "HOP_BY_HOP",
+    "UPSTREAM_FAILURES",
+    "Decoder",
+    "open_upstream",
+    "read_whole",
+    "response_headers",
+    "upstream_url",
+]
+
+log = logging.getLogger("gemini_meter.proxy")
+
+# RFC 9110 7.6.1, plus the non-standard ones proxies conventionally drop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+# Encodings the tap can undo; for metered calls the upstream is asked for no other.
+_DECODABLE = ("gzip", "deflate", "identity")
+# Every client-side failure, protocol errors included (a bad status line, broken
+# chunking): the upstream failed, which is a 502, never the proxy's own 500.
+UPSTREAM_FAILURES = (aiohttp.ClientError, OSError)
+# The request encodings aiohttp's server undoes before the handler reads the body
+# (``aiohttp.http_parser``: one token, matched case-insensitively). Such a body is
+# forwarded decoded, without its Content-Encoding and with its own length.
+_SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
+# Names a client key goes by in the query ("$key" is Google's system-parameter form).
+_KEY_PARAMS = frozenset({"key", "$key"})
+
+
+def upstream_url(
+    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
+) -> URL:
+    """The upstream URL: the raw path and query as the client sent them.
+
+    The query is kept byte for byte (no re-encoding), except that the ``drop``
+    parameters (a ``key``) are removed when the proxy supplies the credential itself.
+    """
+    path, sep, query = raw_path.partition("?")
+    if sep and drop_key:
+        kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in drop]
+        query = "&".join(kept)
+        sep = "?" if query else ""
+    return URL(base + path + sep + query, encoded=True)
+
+
+def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
+    settings = request.app[settings_key]
+    if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
+        assert settings.upstream_api_key is not None
+        headers = swap_key(request.headers, settings.upstream_api_key.get_secret_value())
+    else:
+        # Passthrough, or an upload's keyless byte leg: never lend it the upstream key,
+        # or anyone could spend it by adding an upload_id to a request.
+        headers = CIMultiDict(request.headers)
+    # Headers the client marked hop-by-hop in Connection go too (RFC 9110 7.6.1).
+    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
+    for name in _REQUEST_DROP | named:
+        headers.popall(name, None)
+    if call.route.reads_response and "accept-encoding" in headers:
+        accepted = [
+            token
+            for token in headers["accept-encoding"].split(",")
+            if token.split(";")[0].strip().lower() in _DECODABLE
+        ]
+        headers["accept-encoding"] = ",".join(accepted) if accepted else "identity"
+    if call.drops_usage_chunk:
+        # The events are rewritten for the client: have them come plain, not compressed.
+        headers["accept-encoding"] = "identity"
+    if _decoded_by_server(request):
+        # aiohttp already undid the encoding: the bytes forwarded are the decoded
+        # ones, so neither the client's encoding nor its length describes them.
+        headers.popall("content-encoding", None)
+    elif request.content_length is not None and call.body is None:
+        # A streamed upload keeps its length so the upstream sees no chunking.
+        headers["content-length"] = str(request.content_length)
+    return headers
+
+
+def _decoded_by_server(request: web.Request) -> bool:
+    encoding = request.headers.get("content-encoding", "")
+    return encoding.isascii() and encoding.lower() in _SERVER_DECODED
+
+
+async def _limited(
+    request: web.Request, limit: int, idle_timeout: float | None
+) -> AsyncIterator[bytes]:
+    """The request body as it arrives, refused once it passes ``limit`` bytes
+    or (with ``idle_timeout``) once the client sends nothing for that long."""
+    seen = 0
+    chunks = request.content.iter_any()
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestTimeout("The request body stopped arriving.") from exc
+        seen += len(chunk)
+        if seen > limit:
+            raise too_large(limit)
+        yield chunk
+
+
+async def open_upstream(request: web.Request, call: Call) -> aiohttp.ClientResponse:
+    settings = request.app[settings_key]
+    session = request.app[upstream_session_key]
+    virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
+    url = upstream_url(settings.upstream, request.raw_path, drop_key=virtual)
+    headers = _upstream_headers(request, call)
+    data: bytes | AsyncIterator[bytes] | None = call.body
+    if data is None and request.body_exists:
+        limit = settings.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large(limit)
+        # A keyless upload leg must not hold its upstream connection forever.
+        idle = settings.keyless_upload_idle_timeout_seconds if call.principal is None else None
+        data = _limited(request, limit, idle)
+    try:
+        return await session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+        )
+    except ProxyError:
+        raise
+    except TimeoutError as exc:
+        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
+            raise _client_side(exc) from exc
+        raise UpstreamTimeout("The Gemini API did not answer in time.") from exc
+    except UPSTREAM_FAILURES as exc:
+        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
+            # The client's body broke off (too large, stalled) while being forwarded.
+            raise _client_side(exc) from exc
+        log.warning("upstream unreachable: %s", type(exc).__name__)
+        raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
+
+
+def _client_side(exc: BaseException) -> ProxyError:
+    cause = exc.__cause__ if isinstance(exc.__cause__, ProxyError) else exc.__context__
+    assert isinstance(cause, ProxyError)
+    # A fresh error: re-raising the one from inside the client would chain it to itself.
+    return type(cause)(cause.message)
+
+
+def response_headers(upstream: aiohttp.ClientResponse, *, keep_length: bool) -> CIMultiDict[str]:
+    headers = CIMultiDict(upstream.headers)
+    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
+    for name in HOP_BY_HOP | named:
+        headers.popall(name, None)
+    if not keep_length:
+        headers.popall("content-length", None)
+    return headers
+
+
+class Decoder:
+    """Undoes gzip/deflate on a copy of the body for the tap; the client gets the original."""
+
+    __slots__ = ("_z",)
+
+    def __init__(self, encoding: str) -> None:
+        # wbits 47 accepts both gzip and zlib headers. A body it cannot undo stops
+        # feeding the tap, so its usage shows up as missing (and flagged), not wrong.
+        self._z: zlib._Decompress | None = (
+            zlib.decompressobj(47) if encoding in ("gzip", "deflate", "x-gzip") else None
+        )
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self._z is None:
+            return chunk
+        try:
+            return self._z.decompress(chunk)
+        except zlib.error:
+            self._z = None
+            return b""
+
+
+async def read_whole(upstream: aiohttp.ClientResponse, call: Call) -> tuple[bytes, bytes]:
+    """The whole upstream body as it came, and decoded (gzip/deflate undone) for reading."""
+    reading = time.perf_counter()
+    try:
+        body = await upstream.read()
+    except TimeoutError as exc:
+        raise UpstreamTimeout("The Gemini API stopped answering mid-response.") from exc
+    except UPSTREAM_FAILURES as exc:
+        raise UpstreamUnavailable("The Gemini API connection broke mid-response.") from exc
+    finally:
+        call.upstream_wait += time.perf_counter() - reading
+    encoding = upstream.headers.get("content-encoding", "identity").lower()
+    return body, (Decoder(encoding)(body) if encoding != "identity" else body)
