@@ -71,6 +71,9 @@ def test_the_cli_imports_the_server_emulator_and_repricing_only_when_run():
     deferred = {
         "proxy.server.app",
         "proxy.server.forward",
+        "proxy.server.admission",
+        "proxy.server.upstream",
+        "proxy.server.owned",
         "proxy.metering.recorder",
         "proxy.storage.writer",
         "proxy.cli.demo",
