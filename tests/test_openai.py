@@ -347,14 +347,18 @@ BUDGET_BODY = (
 )
 
 
-@sqlite_only
-async def test_a_chat_completion_reserves_its_estimate(make_stack: StackFactory):
+async def assert_reserves_exactly(
+    make_stack: StackFactory, path: str, body: bytes, limit: str, reserved: str
+) -> None:
+    """A call of ``body`` to ``path`` reserves exactly ``reserved`` USD: with ``limit`` less
+    ``reserved`` spent it fits (carol), with one ten-millionth more it is refused before
+    the upstream (alice)."""
     stack = await make_stack(budget_reserve_usd=Decimal("0.001"), budget_refresh_seconds=3600.0)
-    assert len(BUDGET_BODY) == 93
     for user in ("alice", "carol"):
-        await add_budget(stack.app, f"user:{user}", limit_usd="0.01")
-    await add_spend(stack.app, "carol", "0.0087428")  # 0.01 - 0.0012572: fits exactly
-    await add_spend(stack.app, "alice", "0.0087429")  # one ten-millionth over
+        await add_budget(stack.app, f"user:{user}", limit_usd=limit)
+    fits = Decimal(limit) - Decimal(reserved)
+    await add_spend(stack.app, "carol", str(fits))
+    await add_spend(stack.app, "alice", str(fits + Decimal("0.0000001")))
     await stack.app[budgets_key].refresh()
 
     async def send(user: str) -> int:
@@ -362,14 +366,20 @@ async def test_a_chat_completion_reserves_its_estimate(make_stack: StackFactory)
             "Authorization": f"Bearer {stack.keys[user]}",
             "Content-Type": "application/json",
         }
-        status, _, _ = await raw("POST", stack.url(CHAT), headers=headers, data=BUDGET_BODY)
+        status, _, _ = await raw("POST", stack.url(path), headers=headers, data=body)
         return status
 
     assert await send("alice") == 429
     assert ledger(stack) == []  # refused before the upstream
-    # without max_tokens read, 8192 default output tokens (0.02048) would refuse carol too
     assert await send("carol") == 200
     assert len(ledger(stack)) == 1
+
+
+@sqlite_only
+async def test_a_chat_completion_reserves_its_estimate(make_stack: StackFactory):
+    assert len(BUDGET_BODY) == 93
+    # without max_tokens read, 8192 default output tokens (0.02048) would refuse carol too
+    await assert_reserves_exactly(make_stack, CHAT, BUDGET_BODY, "0.01", "0.0012572")
 
 
 # --- context caches named in the body -------------------------------------------------------
@@ -712,26 +722,8 @@ async def test_an_imagen_generation_reserves_its_images(make_stack: StackFactory
 @sqlite_only
 async def test_a_gemini_image_generation_reserves_like_a_generation(make_stack: StackFactory):
     # No per-image price: the body's bytes / 4 as input and the default 8,192 output
-    # tokens, priced as generated output: 13 x $0.30 = $3.90 and 8,192 x $2.50 = $20,480
-    # per 1M -> $0.0204839, plus the $0.001 reserve = $0.0214839.
+    # tokens, priced as generated output: (13 x $0.30 + 8,192 x $2.50) per 1M = $0.0000039
+    # + $0.02048 = $0.0204839, plus the $0.001 reserve = $0.0214839.
     body = b'{"model":"gemini-2.5-flash-image","prompt":"a cat"}'
     assert -(-len(body) // 4) == 13
-    stack = await make_stack(budget_reserve_usd=Decimal("0.001"), budget_refresh_seconds=3600.0)
-    for user in ("alice", "carol"):
-        await add_budget(stack.app, f"user:{user}", limit_usd="0.1")
-    await add_spend(stack.app, "carol", "0.0785161")  # 0.1 - 0.0214839: fits exactly
-    await add_spend(stack.app, "alice", "0.0785162")  # one ten-millionth over
-    await stack.app[budgets_key].refresh()
-
-    async def send(user: str) -> int:
-        headers = {
-            "Authorization": f"Bearer {stack.keys[user]}",
-            "Content-Type": "application/json",
-        }
-        status, _, _ = await raw("POST", stack.url(IMAGES), headers=headers, data=body)
-        return status
-
-    assert await send("alice") == 429
-    assert ledger(stack) == []
-    assert await send("carol") == 200
-    assert len(ledger(stack)) == 1
+    await assert_reserves_exactly(make_stack, IMAGES, body, "0.1", "0.0214839")

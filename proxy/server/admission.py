@@ -273,7 +273,9 @@ async def check_references(request: web.Request, body: object, principal: Princi
         await auth.check_resource(reference.kind, reference.name, principal)
 
 
-_READS_BODY = frozenset(
+# Reading an interaction (the poll that bills a background one included), cancelling
+# or deleting one costs nothing at admission: only these reserve against budgets.
+_BUDGETED = frozenset(
     {
         Action.INTERACTION_CREATE,
         Action.GENERATE,
@@ -283,18 +285,21 @@ _READS_BODY = frozenset(
         Action.OPENAI_CHAT,
         Action.OPENAI_EMBED,
         Action.OPENAI_IMAGES,
-        # read for the caches and files they name (and a cache's requested lifetime)
-        Action.COUNT_TOKENS,
         Action.CACHE_CREATE,
         Action.CACHE_UPDATE,
         Action.PREDICT,
         Action.PREDICT_LONG_RUNNING,
-        # for the file it imports (``fileName``)
-        Action.STORE_IMPORT,
+        # free itself, but refused once the budgets it would spend are
         Action.BATCH_CREATE,
         Action.BATCH_EMBED_CREATE,
     }
 )
+
+
+# Bodies read at admission: a budgeted call's (its estimate, and the caches, files and
+# stores it names; a cache's requested lifetime), countTokens' (the caches and files it
+# names) and a File Search import's (the file it imports, ``fileName``).
+_READS_BODY = _BUDGETED | {Action.COUNT_TOKENS, Action.STORE_IMPORT}
 
 
 # Batch API calls whose batch (or input file) has an owner to check (a responses file's
@@ -342,29 +347,6 @@ def mints_unmetered_access(route: Route, mode: AuthMode) -> bool:
         and route.unmetered is not None
         and route.unmetered.kind is EndpointKind.AUTH_TOKEN_CREATE
     )
-
-
-# Reading an interaction (the poll that bills a background one included), cancelling
-# or deleting one costs nothing at admission: only these reserve against budgets.
-_BUDGETED = frozenset(
-    {
-        Action.INTERACTION_CREATE,
-        Action.GENERATE,
-        Action.STREAM_GENERATE,
-        Action.EMBED,
-        Action.BATCH_EMBED,
-        Action.OPENAI_CHAT,
-        Action.OPENAI_EMBED,
-        Action.OPENAI_IMAGES,
-        Action.CACHE_CREATE,
-        Action.CACHE_UPDATE,
-        Action.PREDICT,
-        Action.PREDICT_LONG_RUNNING,
-        # free itself, but refused once the budgets it would spend are
-        Action.BATCH_CREATE,
-        Action.BATCH_EMBED_CREATE,
-    }
-)
 
 
 # Calls that generate no output: their estimate is their input alone.
