@@ -124,12 +124,16 @@ async def test_video_operation_polled_with_the_sdk_and_downloaded(server: TestSe
         "instances": [{"prompt": "a cat"}],
         "parameters": {"durationSeconds": 6, "sampleCount": 2, "resolution": "1080p"},
     }
-    status, created = await call(server, "POST", f"/v1beta/models/{VEO}:predictLongRunning", body)
-    assert status == 200
-    name = created["name"]
-    assert name.startswith(f"models/{VEO}/operations/") and set(created) == {"name"}
     async with aiohttp.ClientSession() as session:
+        # The client first: made after the operation, on a loaded machine it can take
+        # longer than the operation's 0.2 s, and the first poll would find it done.
         client = sdk(server, session)
+        status, created = await call(
+            server, "POST", f"/v1beta/models/{VEO}:predictLongRunning", body
+        )
+        assert status == 200
+        name = created["name"]
+        assert name.startswith(f"models/{VEO}/operations/") and set(created) == {"name"}
         operation = types.GenerateVideosOperation.model_validate({"name": name})
         operation = await client.aio.operations.get(operation)
         assert not operation.done
