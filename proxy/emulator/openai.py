@@ -34,9 +34,10 @@ reference for the objects, as the ``openai`` SDK 3.57.0 parses them:
   image ``usage`` (``input_tokens`` with ``input_tokens_details``,
   ``output_tokens`` with ``output_tokens_details``, ``total_tokens``): the prompt
   at ``ceil(characters / 4)`` and 1,290 image tokens per image (Google's pricing
-  page: "Output images up to 1024x1024px consume 1290 tokens"). That Google sends
-  such a ``usage`` is an assumption no source confirms; ``x-emulator-usage:
-  missing`` leaves it out. Images are base64 data whatever ``response_format``
+  page: "Output images up to 1024x1024px consume 1290 tokens"), but only when
+  ``x-emulator-usage: present`` asks for it: no source shows Google's answer with a
+  ``usage``, so by default it has none, as Google's guide shows it (``malformed``
+  sends a broken one). Images are base64 data whatever ``response_format``
   asks (the relay above: data "always comes back as base64"); ``x-emulator-filtered:
   N`` leaves N of them out, as a safety filter does.
 - A request the endpoint refuses is 400 with the error wrapped in a one-element
@@ -60,7 +61,8 @@ the answer alone and the thoughts show only in ``total_tokens``. Triggers:
   on every chunk, asked for or not, and no usage-only chunk, as Google's
   endpoint was seen doing (same thread; thread 92785 reports usage without
   ``include_usage``);
-- ``x-emulator-usage: missing | malformed``, ``x-emulator-cut-after``,
+- ``x-emulator-usage: missing | malformed`` (and ``present`` on the image route, whose
+  answer has no ``usage`` by default), ``x-emulator-cut-after``,
   ``x-emulator-chunk-delay-ms`` as everywhere.
 
 The ledger (``app[openai_ledger_key]``) keeps what each answer billed, in the
@@ -77,7 +79,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from aiohttp import web
 
@@ -452,7 +454,11 @@ def _image_count(body: dict[str, object]) -> int:
     return n
 
 
-def _image_usage(served: OpenAIServed, mode: UsageMode) -> Json | None:
+# ``x-emulator-usage`` on the image route: ``present`` too, as its default is ``missing``.
+_ImageUsage = Literal["present", "missing", "malformed"]
+
+
+def _image_usage(served: OpenAIServed, mode: _ImageUsage) -> Json | None:
     """OpenAI's image ``usage`` for a Gemini image model's answer (None: left out)."""
     if mode == "missing":
         return None
@@ -479,7 +485,11 @@ async def images(request: web.Request) -> web.StreamResponse:
         gemini = model.startswith("gemini-")
         made = 1 if gemini else requested
         filtered = filtered_count(request, made)
-        mode = requested_usage_mode(request)
+        # Google documents no ``usage`` here: left out unless the test asks for one.
+        raw_mode = request.headers.get("x-emulator-usage")
+        mode: _ImageUsage = (
+            "present" if raw_mode == "present" else requested_usage_mode(request) or "missing"
+        )
     except _Invalid as exc:
         return _error(str(exc))
     except ApiError as exc:

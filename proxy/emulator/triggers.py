@@ -9,7 +9,9 @@ the proxy:
   Gemini error (after the delay, before anything else);
 - ``x-emulator-usage: missing | malformed``: leave usage out, or send counts
   that are strings or negative, in whole responses and streams alike (an
-  interaction remembers it for later polls);
+  interaction remembers it for later polls); ``present`` is every route's
+  default but the OpenAI-compatible image route's, which sends no usage unless
+  asked (``emulator.openai``);
 - ``x-emulator-chunk-delay-ms: N``: pause N ms between streamed events
   (replaces ``chunk_delay_seconds``);
 - ``x-emulator-cut-after: N``: a stream (Interactions events or
@@ -69,13 +71,13 @@ def chunk_delay(request: web.Request) -> float:
 
 def requested_usage_mode(request: web.Request) -> UsageMode:
     raw = request.headers.get("x-emulator-usage")
-    if raw is None:
+    if raw is None or raw == "present":  # every route's default but one (emulator.openai)
         return None
     if raw == "missing":
         return "missing"
     if raw == "malformed":
         return "malformed"
-    raise ApiError(400, "x-emulator-usage must be 'missing' or 'malformed'.")
+    raise ApiError(400, "x-emulator-usage must be 'present', 'missing' or 'malformed'.")
 
 
 def _count(request: web.Request, name: str, maximum: int) -> int | None:

@@ -231,7 +231,8 @@ async def test_imagen_answers_n_images_and_no_usage(server: TestServer):
 
 async def test_a_gemini_image_model_makes_one_image_and_reports_tokens(server: TestServer):
     body = {"model": "models/gemini-2.5-flash-image", "prompt": SHEEPADOODLE, "n": 2}
-    status, _, answer = await post(server, IMAGES, {**body, "stream": True, "size": "1024x1024"})
+    asked = {**body, "stream": True, "size": "1024x1024"}
+    status, _, answer = await post(server, IMAGES, asked, **{"x-emulator-usage": "present"})
     # stream is ignored (Google's guide: unlisted parameters are silently ignored)
     assert status == 200
     response = strict(ImagesResponse, json.loads(answer))
@@ -258,15 +259,19 @@ async def test_a_gemini_image_model_makes_one_image_and_reports_tokens(server: T
 
 async def test_image_usage_triggers_and_a_filtered_gemini_image(server: TestServer):
     body = {"model": "gemini-3-pro-image-preview", "prompt": SHEEPADOODLE}
+    _, _, default = await post(server, IMAGES, body)
+    assert "usage" not in json.loads(default)  # none documented: none by default
     _, _, missing = await post(server, IMAGES, body, **{"x-emulator-usage": "missing"})
     assert "usage" not in json.loads(missing)
     _, _, malformed = await post(server, IMAGES, body, **{"x-emulator-usage": "malformed"})
     assert json.loads(malformed)["usage"]["output_tokens"] == -1290
-    _, _, filtered = await post(server, IMAGES, body, **{"x-emulator-filtered": "1"})
+    _, _, filtered = await post(
+        server, IMAGES, body, **{"x-emulator-filtered": "1", "x-emulator-usage": "present"}
+    )
     # no image, no image tokens; the prompt was still read
     assert json.loads(filtered)["data"] == []
     assert json.loads(filtered)["usage"]["output_tokens"] == 0
-    assert [s.images for s in server.app[openai_ledger_key]] == [1, 1, 0]
+    assert [s.images for s in server.app[openai_ledger_key]] == [1, 1, 1, 0]
 
 
 @pytest.mark.parametrize(
