@@ -16,6 +16,11 @@ same server and client libraries as the meter, doing only the relaying. The mete
 per call against it is what the metering costs; its own against the stub's is the floor
 aiohttp puts under any forwarder built on it.
 
+A fifth and a sixth, ``benchmarks/lean.py`` without and with ``--uvloop``, relay the same
+way on bare asyncio protocols and httptools: how far below aiohttp's floor a forwarder's
+CPU per call can go, on asyncio's event loop and on uvloop's. Like the bare forwarder,
+they meter nothing and keep no records.
+
 Two memory scenarios run on a second, fresh Gemini Meter: 1,000 streams held open at
 once, and one 100 MiB stream; its resident memory is sampled every 20 ms. Start to ready
 is measured on the embedded default (SQLite in the working directory, journal on) over
@@ -79,6 +84,13 @@ STUB: Final = BENCH / "stub.py"
 BARE: Final = BENCH / "bare.py"
 BARE_NAME: Final = "bare forwarder"
 BARE_KEY: Final = "bare-upstream-key"
+LEAN: Final = BENCH / "lean.py"
+LEAN_NAME: Final = "lean forwarder"
+LEAN_KEY: Final = "lean-upstream-key"
+LEAN_UVLOOP_NAME: Final = "lean forwarder + uvloop"
+LEAN_UVLOOP_KEY: Final = "lean-uvloop-upstream-key"
+# The targets that only relay: no records kept, and no peers to put against the meter.
+FORWARDERS: Final = (BARE_NAME, LEAN_NAME, LEAN_UVLOOP_NAME)
 
 # One version, so figures from different days compare the same peer.
 LITELLM_VERSION: Final = "1.108.7"
@@ -240,6 +252,20 @@ def start_bare(work: Path, stub: Service) -> Service:
         f"--upstream=http://127.0.0.1:{stub.port}",
     ]
     return launch("bare", command, env=clean_env(), cwd=work, port=port, ready_path="/_bare/ready")
+
+
+def start_lean(work: Path, stub: Service, *, uvloop: bool) -> Service:
+    """``lean.py``: a forwarder on asyncio protocols and httptools, on uvloop if asked."""
+    port = free_port()
+    command = [
+        sys.executable,
+        str(LEAN),
+        f"--port={port}",
+        f"--upstream=http://127.0.0.1:{stub.port}",
+        *(["--uvloop"] if uvloop else []),
+    ]
+    name = "lean-uvloop" if uvloop else "lean"
+    return launch(name, command, env=clean_env(), cwd=work, port=port, ready_path="/_lean/ready")
 
 
 def stub_stats(stub: Service) -> dict[str, Any]:
@@ -674,9 +700,19 @@ async def run(config: Config) -> Outcome:
         outcome.starts.append((meter_service.start_seconds, meter_service.start_cpu_seconds))
         bare = start_bare(work, stub)
         services.append(bare)
+        lean = start_lean(work, stub, uvloop=False)
+        services.append(lean)
+        lean_uvloop = start_lean(work, stub, uvloop=True)
+        services.append(lean_uvloop)
+        # A forwarder passes its client's key on: that key is its upstream key in the ledger.
+        forwarders = [
+            (BARE_NAME, bare, BARE_KEY),
+            (LEAN_NAME, lean, LEAN_KEY),
+            (LEAN_UVLOOP_NAME, lean_uvloop, LEAN_UVLOOP_KEY),
+        ]
         legs = [
             Leg("direct", stub.port, "", DIRECT_KEY, None, None),
-            Leg(BARE_NAME, bare.port, "", BARE_KEY, None, bare.pid),
+            *(Leg(name, s.port, "", key, None, s.pid) for name, s, key in forwarders),
             Leg("Gemini Meter", meter_service.port, "", meter.key, None, meter_service.pid),
         ]
         litellm: Service | None = None
@@ -720,10 +756,11 @@ async def run(config: Config) -> Outcome:
                 outcome.first_bytes.setdefault(leg.name, []).append([1000 * t for t in times])
                 answered[leg.name] += len(times)
         outcome.processes["direct"] = facts(stub)
-        outcome.processes[BARE_NAME] = facts(bare)
-        outcome.processes[BARE_NAME]["answered"] = answered[BARE_NAME]
-        bare.stop()
-        outcome.processes[BARE_NAME]["received"] = received(stub, BARE_KEY)
+        for name, service, key in forwarders:
+            outcome.processes[name] = facts(service)
+            outcome.processes[name]["answered"] = answered[name]
+            service.stop()
+            outcome.processes[name]["received"] = received(stub, key)
         outcome.processes["Gemini Meter"] = facts(meter_service)
         outcome.processes["Gemini Meter"]["answered"] = answered["Gemini Meter"]
         if litellm is not None:
@@ -946,10 +983,11 @@ def render(outcome: Outcome, command: str) -> str:
         " 0.5 ms added at p50 and 2 ms at p99, plain and streamed.",
         "",
         "| call | c | Meter req/s ÷ direct | Meter CPU ÷ stub CPU | bare forwarder CPU ÷ stub"
-        " CPU | Meter CPU ÷ bare forwarder CPU"
+        " CPU | lean forwarder CPU ÷ stub CPU | lean forwarder + uvloop CPU ÷ stub CPU"
+        " | Meter CPU ÷ bare forwarder CPU"
         " | LiteLLM CPU ÷ Meter CPU | Meter req/s ÷ LiteLLM | LiteLLM added p50 ÷ Meter"
         " | LiteLLM added p99 ÷ Meter |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for stream, concurrency in scenarios(config):
         call = "streamed" if stream else "plain"
@@ -957,10 +995,14 @@ def render(outcome: Outcome, command: str) -> str:
         meter = by.get((call, concurrency, "Gemini Meter"), {})
         peer = by.get((call, concurrency, "LiteLLM"), {})
         floor = by.get((call, concurrency, BARE_NAME), {})
+        lean = by.get((call, concurrency, LEAN_NAME), {})
+        lean_uvloop = by.get((call, concurrency, LEAN_UVLOOP_NAME), {})
         lines.append(
             f"| {call} | {concurrency} | {_ratio(meter.get('rps'), direct.get('rps'))}"
             f" | {_ratio(meter.get('cpu_ms'), direct.get('cpu_ms'))}"
             f" | {_ratio(floor.get('cpu_ms'), direct.get('cpu_ms'))}"
+            f" | {_ratio(lean.get('cpu_ms'), direct.get('cpu_ms'))}"
+            f" | {_ratio(lean_uvloop.get('cpu_ms'), direct.get('cpu_ms'))}"
             f" | {_ratio(meter.get('cpu_ms'), floor.get('cpu_ms'))}"
             f" | {_ratio(peer.get('cpu_ms'), meter.get('cpu_ms'))}"
             f" | {_ratio(meter.get('rps'), peer.get('rps'))}"
@@ -985,7 +1027,7 @@ def render(outcome: Outcome, command: str) -> str:
         for name, f in first.items():
             # Only a peer is put against Gemini Meter.
             against = ["–", "–"]
-            if name not in ("direct", "Gemini Meter", BARE_NAME):
+            if name not in ("direct", "Gemini Meter", *FORWARDERS):
                 against = [_ratio(f.get(k), meter.get(k)) for k in ("added_p50_ms", "added_p99_ms")]
             lines.append(
                 f"| {name} | {f['calls']} | {_f(f['p50_ms'])} | {_f(f['p99_ms'])}"
@@ -1007,7 +1049,7 @@ def render(outcome: Outcome, command: str) -> str:
     for name, p in outcome.processes.items():
         label = "stub (direct)" if name == "direct" else name
         records = str(p["records"]) if "records" in p else "not kept (no database)"
-        if name in ("direct", BARE_NAME):
+        if name in ("direct", *FORWARDERS):
             records = "–"  # they keep no records
         lines.append(
             f"| {label} | {_f(p.get('start_s'))} | {_f(p.get('start_cpu_s'))}"

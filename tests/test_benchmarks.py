@@ -60,7 +60,13 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
     runs = result["runs"]
     assert {(r["leg"], r["stream"], r["concurrency"]) for r in runs} == {
         (leg, stream, c)
-        for leg in ("direct", "bare forwarder", "Gemini Meter")
+        for leg in (
+            "direct",
+            "bare forwarder",
+            "lean forwarder",
+            "lean forwarder + uvloop",
+            "Gemini Meter",
+        )
         for stream in (False, True)
         for c in (1, 50)
     }
@@ -75,13 +81,21 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
         assert p["records"] == p["received"], name
     served_by_wrk = sum(r["requests"] for r in runs if r["leg"] == "Gemini Meter")
     probed = result["first_bytes"]
-    assert set(probed) == {"direct", "bare forwarder", "Gemini Meter"}
+    forwarders = {"bare forwarder", "lean forwarder", "lean forwarder + uvloop"}
+    assert set(probed) == {"direct", "Gemini Meter", *forwarders}
     assert all(p["calls"] > 0 and p["p50_ms"] > 0 for p in probed.values())
     # no warm-up in a smoke run: wrk's responses and the first-byte probe's calls
     assert meters["Gemini Meter"]["answered"] == served_by_wrk + probed["Gemini Meter"]["calls"]
     assert meters["Gemini Meter"]["received"] >= served_by_wrk
     assert meters["Gemini Meter (memory scenarios)"]["answered"] == 50 + 1
     assert result["lost"] == dict.fromkeys(meters, 0)
+    # The forwarders keep no records; what they relayed reached the stub with their client's key
+    # (at least every response wrk read in full; wrk may leave a call unread at its end).
+    for name in forwarders:
+        p = result["processes"][name]
+        relayed = sum(r["requests"] for r in runs if r["leg"] == name) + probed[name]["calls"]
+        assert "records" not in p and p["answered"] == relayed, name
+        assert p["received"] >= relayed, name
 
     held, big = result["memory"]["held"], result["memory"]["big"]
     assert held["completed"] == held["streams"] == 50
@@ -199,6 +213,8 @@ def _outcome() -> Outcome:
         for leg, calls, p50, p99, proxy_cpu, stub_cpu in (
             ("direct", 1000, 0.1, 0.5, 0.0, 0.1),
             ("bare forwarder", 800, 0.3, 1.0, 0.04, 0.08),
+            ("lean forwarder", 900, 0.2, 0.9, 0.018, 0.09),
+            ("lean forwarder + uvloop", 1000, 0.15, 0.7, 0.015, 0.1),
             ("Gemini Meter", 500, 0.6, 2.5, 0.1, 0.05),
             ("LiteLLM", 50, 10.1, 20.5, 0.5, 0.005),
         ):
@@ -208,6 +224,7 @@ def _outcome() -> Outcome:
     outcome.first_bytes = {
         "direct": [[1.0, 1.0, 2.0]],
         "Gemini Meter": [[2.0, 2.0, 6.0]],
+        "lean forwarder": [[1.5, 1.0, 3.0]],
         "LiteLLM": [[21.0, 21.0, 42.0]],
     }
     outcome.processes = {
@@ -218,6 +235,13 @@ def _outcome() -> Outcome:
             "rss_mib": 38.0,
             "answered": 800,
             "received": 800,
+        },
+        "lean forwarder + uvloop": {
+            "start_s": 0.1,
+            "start_cpu_s": 0.05,
+            "rss_mib": 21.0,
+            "answered": 1000,
+            "received": 1001,
         },
         "Gemini Meter": {
             "start_s": 0.4,
@@ -238,16 +262,31 @@ def test_the_report_puts_each_proxy_against_direct_calls_and_against_each_other(
     # LiteLLM 0.5 s / 50 = 10 ms. Added: 0.6 - 0.1 and 2.5 - 0.5; 10.1 - 0.1 and 20.5 - 0.5.
     assert "| plain | 1 | Gemini Meter | 500 | 0.60 | 2.50 | 0.50 | 2.00 | 0.200 | 0 |" in report
     assert "| plain | 1 | LiteLLM | 50 | 10.10 | 20.50 | 10.00 | 20.00 | 10.000 | 0 |" in report
+    # The lean forwarders: 0.018 s / 900 = 0.02 ms, added 0.2 - 0.1 and 0.9 - 0.5; on uvloop
+    # 0.015 s / 1000 = 0.015 ms, added 0.15 - 0.1 and 0.7 - 0.5.
+    assert "| plain | 1 | lean forwarder | 900 | 0.20 | 0.90 | 0.10 | 0.40 | 0.020 | 0 |" in report
+    assert (
+        "| plain | 1 | lean forwarder + uvloop | 1000 | 0.15 | 0.70 | 0.05 | 0.20 | 0.015 | 0 |"
+        in report
+    )
     # rate 500/1000, CPU 0.2/0.1, the bare forwarder's 0.04 s / 800 = 0.05 ms against the
-    # stub's 0.1 and the meter's 0.2 against it, LiteLLM CPU 10/0.2, rate 500/50, added
-    # 10/0.5 and 20/2
-    assert "| plain | 1 | 0.50× | 2.00× | 0.50× | 4.00× | 50× | 10× | 20× | 10× |" in report
-    assert "| streamed | 1 | 0.50× | 2.00× | 0.50× | 4.00× | 50× | 10× | 20× | 10× |" in report
-    # the bare forwarder keeps no records: none owed, none lost
+    # stub's 0.1, the lean ones' 0.02 and 0.015 against it too, the meter's 0.2 against the
+    # bare one's, LiteLLM CPU 10/0.2, rate 500/50, added 10/0.5 and 20/2
+    assert (
+        "| plain | 1 | 0.50× | 2.00× | 0.50× | 0.20× | 0.15× | 4.00× | 50× | 10× | 20× | 10× |"
+        in report
+    )
+    assert (
+        "| streamed | 1 | 0.50× | 2.00× | 0.50× | 0.20× | 0.15× | 4.00× | 50× | 10× | 20× | 10× |"
+        in report
+    )
+    # the forwarders keep no records: none owed, none lost
     assert "| bare forwarder | 0.20 | 0.10 | 38 | 800 | 800 | – | – |" in report
+    assert "| lean forwarder + uvloop | 0.10 | 0.05 | 21 | 1000 | 1001 | – | – |" in report
     # First bytes, nearest rank of three: p50 the 2nd, p99 the 3rd; only LiteLLM is put
-    # against the meter (added 20 / 1 and 40 / 4).
+    # against the meter (added 20 / 1 and 40 / 4), a forwarder is not.
     assert "| direct | 3 | 1.00 | 2.00 | – | – | – | – |" in report
+    assert "| lean forwarder | 3 | 1.50 | 3.00 | 0.50 | 1.00 | – | – |" in report
     assert "| Gemini Meter | 3 | 2.00 | 6.00 | 1.00 | 4.00 | – | – |" in report
     assert "| LiteLLM | 3 | 21.00 | 42.00 | 20.00 | 40.00 | 20× | 10× |" in report
     # 1002 calls reached the stub, 1001 records: one lost.
