@@ -83,6 +83,15 @@ def assert_record_is_the_ledger(record: dict[str, Any], served: OpenAIServed) ->
     assert record["unmetered_route"] is False
 
 
+def assert_upstream_saw_the_proxys_key(stack: Stack, path: str) -> None:
+    """The one request that reached the upstream, at ``path``, carried the proxy's key and
+    never the client's bearer token."""
+    [seen] = list(stack.upstream.requests)
+    assert seen.path == path
+    assert seen.api_key == UPSTREAM_KEY
+    assert "authorization" not in seen.headers
+
+
 async def collect(stream: Any) -> list[Any]:
     return [chunk async for chunk in stream]
 
@@ -109,11 +118,7 @@ async def test_chat_completion(stack: Stack):
     # 7 uncached x 0.30 = 2.10, 7 cached x 0.03 = 0.21, (20 + 128) x 2.50 = 370 -> 372.31 per 1M
     assert record["cost_usd"] == Decimal("0.00037231")
     assert record["cost_thinking_usd"] == Decimal("0.00032")
-    # the upstream saw the proxy's key, never the client's bearer token
-    [seen] = list(stack.upstream.requests)
-    assert seen.path == CHAT
-    assert seen.api_key == UPSTREAM_KEY
-    assert "authorization" not in seen.headers
+    assert_upstream_saw_the_proxys_key(stack, CHAT)
 
 
 async def test_a_stream_without_include_usage_is_metered_and_stays_as_asked(stack: Stack):
@@ -566,11 +571,7 @@ async def test_an_imagen_generation_bills_the_images_returned(stack: Stack):
     # 3 images x $0.04 = $0.12
     assert record["cost_usd"] == Decimal("0.12")
     assert record["cost_media_usd"] == Decimal("0.12")
-    # the upstream saw the proxy's key, never the client's bearer token
-    [seen] = list(stack.upstream.requests)
-    assert seen.path == IMAGES
-    assert seen.api_key == UPSTREAM_KEY
-    assert "authorization" not in seen.headers
+    assert_upstream_saw_the_proxys_key(stack, IMAGES)
     # counted as a metered call: its cost as media, no longer as an unmetered route
     assert metric(stack, "gemini_meter_cost_usd_total", category="media") == 0.12
     assert metric(stack, "gemini_meter_unmetered_route_requests_total") == 0
