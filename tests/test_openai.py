@@ -92,6 +92,32 @@ def assert_upstream_saw_the_proxys_key(stack: Stack, path: str) -> None:
     assert "authorization" not in seen.headers
 
 
+async def stack_on_stream(
+    make_stack: StackFactory,
+    aiohttp_server: Any,
+    path: str,
+    chunks: list[bytes],
+    headers: dict[str, str] | None = None,
+) -> Stack:
+    """A stack whose upstream answers a POST to ``path`` with ``chunks``, written one by
+    one as an event stream (with ``headers`` besides its Content-Type)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **(headers or {})}
+        )
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post(path, handle)
+    upstream = await aiohttp_server(app)
+    return await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+
+
 async def collect(stream: Any) -> list[Any]:
     return [chunk async for chunk in stream]
 
@@ -494,21 +520,10 @@ async def test_a_compressed_stream_is_filtered_on_its_decoded_events(
         b"data: [DONE]\n\n",
     ]
     packed = gzip.compress(b"".join(events))
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"}
-        )
-        await response.prepare(request)
-        for start in range(0, len(packed), 7):
-            await response.write(packed[start : start + 7])
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_post(CHAT, handle)
-    upstream = await aiohttp_server(app)
-    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    chunks = [packed[start : start + 7] for start in range(0, len(packed), 7)]
+    stack = await stack_on_stream(
+        make_stack, aiohttp_server, CHAT, chunks, {"Content-Encoding": "gzip"}
+    )
     body = {"model": MODEL, "messages": [QUESTION], "stream": True}
     status, headers, answer = await raw("POST", stack.url(CHAT), headers=stack.headers(), json=body)
     assert status == 200
@@ -679,19 +694,7 @@ async def test_an_image_answer_streamed_anyway_is_relayed_and_billed_per_image(
         b'data: {"type":"image_generation.partial_image","b64_json":"iVBO"}\n\n',
         b"data: " + json.dumps(completed).encode() + b"\n\n",
     ]
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for event in events:
-            await response.write(event)
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_post(IMAGES, handle)
-    upstream = await aiohttp_server(app)
-    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    stack = await stack_on_stream(make_stack, aiohttp_server, IMAGES, events)
     for model in (IMAGEN, GEMINI_IMAGE):
         body = {"model": model, "prompt": "a cat", "stream": True}
         status, headers, answer = await raw(
