@@ -79,7 +79,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 from aiohttp import web
 
@@ -439,7 +439,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     mode = requested_usage_mode(request)
     if mode == "malformed":
         answer["usage"] = {"prompt_tokens": str(tokens), "total_tokens": str(tokens)}
-    elif mode is None:
+    elif mode != "missing":
         answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     return web.json_response(answer)
 
@@ -454,11 +454,7 @@ def _image_count(body: dict[str, object]) -> int:
     return n
 
 
-# ``x-emulator-usage`` on the image route: ``present`` too, as its default is ``missing``.
-_ImageUsage = Literal["present", "missing", "malformed"]
-
-
-def _image_usage(served: OpenAIServed, mode: _ImageUsage) -> Json | None:
+def _image_usage(served: OpenAIServed, mode: UsageMode) -> Json | None:
     """OpenAI's image ``usage`` for a Gemini image model's answer (None: left out)."""
     if mode == "missing":
         return None
@@ -486,10 +482,7 @@ async def images(request: web.Request) -> web.StreamResponse:
         made = 1 if gemini else requested
         filtered = filtered_count(request, made)
         # Google documents no ``usage`` here: left out unless the test asks for one.
-        raw_mode = request.headers.get("x-emulator-usage")
-        mode: _ImageUsage = (
-            "present" if raw_mode == "present" else requested_usage_mode(request) or "missing"
-        )
+        mode = requested_usage_mode(request) or "missing"
     except _Invalid as exc:
         return _error(str(exc))
     except ApiError as exc:

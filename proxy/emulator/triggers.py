@@ -71,8 +71,10 @@ def chunk_delay(request: web.Request) -> float:
 
 def requested_usage_mode(request: web.Request) -> UsageMode:
     raw = request.headers.get("x-emulator-usage")
-    if raw is None or raw == "present":  # every route's default but one (emulator.openai)
+    if raw is None:
         return None
+    if raw == "present":
+        return "present"
     if raw == "missing":
         return "missing"
     if raw == "malformed":

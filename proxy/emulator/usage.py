@@ -49,7 +49,9 @@ MODALITIES: Final = ("text", "image", "audio", "video", "document")
 Tokens = dict[str, int]  # lower-case modality -> tokens
 
 
-UsageMode = Literal["missing", "malformed"] | None
+# ``x-emulator-usage``: None when not sent (the route's default: usage sent, but for the
+# OpenAI-compatible image route), "present" to ask for it where it is not the default.
+UsageMode = Literal["present", "missing", "malformed"] | None
 
 
 def text_tokens(chars: int) -> int:
