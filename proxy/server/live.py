@@ -553,13 +553,10 @@ async def _refused_reference(
     if isinstance(frame, str):
         if not any(name in frame for name in _REFERENCE_NAMES):
             return None
-        data = frame.encode()
     elif not any(marker in frame for marker in _REFERENCE_MARKERS):
         return None
-    else:
-        data = frame
     try:
-        parsed = strict_json(data)
+        parsed = strict_json(frame)
     except BodyRefused as exc:
         # A frame the proxy cannot read (a repeated key, say) may name something it
         # cannot check, as Google reads it.

@@ -706,8 +706,9 @@ def _depth(value: object) -> int:
     return deepest
 
 
-def strict_json(body: bytes) -> object:
-    """A metered request body as JSON, or ``BodyRefused`` saying why it cannot be checked.
+def strict_json(body: bytes | str) -> object:
+    """A metered request body (or a Live text frame) as JSON, or ``BodyRefused`` saying
+    why it cannot be checked.
 
     Stricter than the upstream on purpose: a body the proxy reads one way and
     Google another (a duplicate key, a parse the proxy gives up on) could name
