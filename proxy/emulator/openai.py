@@ -459,7 +459,7 @@ def _image_usage(served: OpenAIServed, mode: UsageMode) -> Json | None:
     if mode == "missing":
         return None
     if mode == "malformed":
-        return {"input_tokens": "few", "output_tokens": -1290, "total_tokens": None}
+        return {"input_tokens": "few", "output_tokens": -IMAGE_OUTPUT_TOKENS, "total_tokens": None}
     return {
         "input_tokens": served.prompt_tokens,
         "input_tokens_details": {"text_tokens": served.prompt_tokens, "image_tokens": 0},
