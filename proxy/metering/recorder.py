@@ -1,9 +1,11 @@
 """The one place a finished call is handed on: priced, counted, queued for storage.
 
 ``Recorder.finish`` is called by the proxy handler once per billable upstream
-response. It never awaits: pricing is a pure function, metrics are in-memory
-counters, and the writer's ``submit`` only writes the row to the journal (the
-journal's fsync and the database write happen later, off the request path).
+response. It never awaits: pricing is a pure function, and the writer's ``submit``
+only writes the row to the journal (the journal's fsync and the database write
+happen later, off the request path). The metrics (in-memory counters) are counted
+at the loop's next turn, once the response this record describes is on its way:
+the answer does not wait for them.
 Budgets settle here: the estimate reserved at admission is replaced by what the
 record counts (``budgets.engine.BudgetEngine.settle``, which never awaits).
 
@@ -17,6 +19,7 @@ and replaces it in the database.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -84,13 +87,25 @@ class Recorder:
         except Exception:
             # A pricing bug must not lose the record: it is stored unpriced and counted.
             log.exception("pricing failed for model %r", record.model)
-        self._metrics.observe(record)
+        self._observe_soon(record)
         if self._budgets is not None:
             self._budgets.settle(record, reservation)
         kept = self._writer.submit(record)
         if kept and iid is not None and not record.provisional:
             self._billed_once(iid)
         return kept
+
+    def _observe_soon(self, record: UsageRecord) -> None:
+        """Count ``record`` in the metrics at the loop's next turn (at once without a loop).
+
+        The caller writes its response right after ``finish`` returns, in the same turn.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._metrics.observe(record)
+        else:
+            loop.call_soon(self._metrics.observe, record)
 
     def _billed_once(self, interaction_id: str) -> None:
         self._billed[interaction_id] = None
