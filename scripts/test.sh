@@ -40,6 +40,7 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
 command -v wrk >/dev/null || missing+=(wrk)  # the benchmark's smoke run
+command -v valgrind >/dev/null || missing+=(valgrind)  # instructions per call (callgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
 fi

@@ -44,6 +44,42 @@ needs_wrk = pytest.mark.skipif(
 )
 
 
+needs_valgrind = pytest.mark.skipif(
+    shutil.which("valgrind") is None and not os.environ.get("CI"),
+    reason="Debian's valgrind is not installed (scripts/test.sh installs it)",
+)
+
+
+@needs_valgrind
+def test_instruction_counts_cover_each_call_kind_and_the_meter_records_every_call(
+    tmp_path: Path,
+):
+    out = tmp_path / "instructions.json"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "instructions.py"),
+        *("--targets", "direct", "meter"),
+        *("--calls", "5", "--warmup", "5", "--settle", "1"),
+        *("--json", str(out)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+
+    figures = {(f["target"], f["kind"]): f for f in result["figures"]}
+    assert set(figures) == {(t, k) for t in ("direct", "meter") for k in ("plain", "streamed")}
+    assert all(f["calls"] == 5 for f in figures.values())
+    # The meter answers as a server and calls the stub as a client, and meters on top: a count
+    # at or below the stub's own would mean the legs were not counted at all.
+    for kind in ("plain", "streamed"):
+        assert figures[("meter", kind)]["per_call"] > figures[("direct", kind)]["per_call"] > 0
+    # 5 warm-up and 5 counted calls of each kind, made by the harness, each one record
+    assert result["calls_made"] == 20
+    assert result["records"] == 20
+    assert "| Gemini Meter |" in done.stdout
+    assert "python benchmarks/instructions.py --targets direct meter" in done.stdout
+
+
 @needs_wrk
 def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tmp_path: Path):
     out = tmp_path / "smoke.json"
