@@ -20,8 +20,8 @@ background task drains the queue:
 - on PostgreSQL, while a batch is written the next one is taken as soon as it is
   due, and turned into driver tuples meanwhile (the server does the writing);
 - each batch is one transaction of bulk inserts (``storage.bulk``: ``executemany``
-  on the writer's own SQLite connection in its own thread, binary COPY on
-  PostgreSQL; rows become driver tuples off the event loop) that skip a row
+  on the writer's own SQLite connection in its own thread, a CSV COPY on
+  PostgreSQL; rows become driver tuples, and COPY's text, off the event loop) that skip a row
   already stored (same ``request_id`` or interaction id), so a batch retried
   after an unclear failure (a COMMIT whose reply was lost) or replayed from the
   journal is stored once;

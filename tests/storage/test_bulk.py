@@ -192,6 +192,38 @@ async def test_the_fast_path_stores_what_the_orm_path_stores(
         assert reference["created_at"] == ("str", "2026-03-02 04:59:58.123456")
 
 
+async def test_text_a_copy_must_quote_or_escape_is_stored_as_it_came(
+    sessionmaker, principal, make_record
+):
+    # PostgreSQL's rows travel as COPY text: an empty string must stay apart from NULL,
+    # and separators, quotes, line breaks, backslashes and the words COPY reads as NULL
+    # must arrive as they were given.
+    awkward = 'a,"b"\n\\N\r\tc'
+    fields: dict[str, Any] = {
+        "resource": "",
+        "response_id": None,
+        "previous_interaction_id": awkward,
+        "requested_service_tier": "\\N",
+        "effective_service_tier": "NULL",
+        "latency_seconds": 1e-05,
+        "ttfb_seconds": 0.1,
+        "labels": {"k": awkward, "": ""},
+    }
+    orm, fast = (
+        _full_record(make_record, principal, interaction_id=None, **fields) for _ in range(2)
+    )
+    async with sessionmaker.begin() as session:
+        await insert_usage_rows(session, [usage_values(orm)])
+    writer = UsageWriter(sessionmaker)
+    await writer.start()
+    writer.submit(fast)
+    await writer.close()
+    assert writer.written_total == 1 and writer.failed_rows_total == 0
+    assert await _raw(sessionmaker, fast.request_id) == await _raw(sessionmaker, orm.request_id)
+    stored = await _orm(sessionmaker, fast.request_id)
+    assert {name: stored[name] for name in fields} == fields
+
+
 async def test_a_batch_with_rows_of_an_older_column_set_stores_both(
     sessionmaker, principal, make_record
 ):
