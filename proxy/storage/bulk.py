@@ -50,7 +50,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any, Protocol
 
 import orjson
@@ -75,7 +74,6 @@ from .schema import (
     _on_sqlite_connect,
 )
 from .writes import (
-    collapse_interactions,
     insert_interaction_owners,
     insert_usage_rows,
     table_of,
@@ -93,7 +91,9 @@ __all__ = [
     "row_converter",
 ]
 
-Row = Mapping[str, Any]
+# A row as the writer queues it: its column names and its values, in that order
+# (``writes.USAGE_COLUMNS`` and a ``usage_row`` tuple, or a replayed older layout).
+Row = tuple[tuple[str, ...], tuple[Any, ...]]
 
 
 class RowRefused(ValueError):
@@ -126,13 +126,21 @@ class BatchStore(Protocol):
 
 
 def row_converter(
-    table: Table, names: Sequence[str], dialect: Dialect, *, null: Any = None
-) -> Callable[[Sequence[Row]], list[tuple[Any, ...]]]:
-    """A function turning rows (column name -> value) into tuples of ``names``' values,
-    bound as SQLAlchemy would bind them on ``dialect``; raises ``RowRefused``. A SQL NULL
-    becomes ``null`` (``_CSV_NULL`` for PostgreSQL's CSV COPY)."""
-    pick = itemgetter(*names)
-    get: Callable[[Row], Any] = pick if len(names) > 1 else (lambda values: (pick(values),))
+    table: Table,
+    names: Sequence[str],
+    dialect: Dialect,
+    *,
+    columns: Sequence[str] | None = None,
+    null: Any = None,
+) -> Callable[[Sequence[tuple[Any, ...]]], list[tuple[Any, ...]]]:
+    """A function turning rows (tuples of the values of ``columns``, by default
+    ``names``) into tuples of ``names``' values, bound as SQLAlchemy would bind them on
+    ``dialect``; raises ``RowRefused``. A SQL NULL becomes ``null`` (``_CSV_NULL`` for
+    PostgreSQL's CSV COPY)."""
+    try:
+        sources = [(columns or names).index(name) for name in names]
+    except ValueError as exc:  # a column the rows do not have
+        raise RowRefused(str(exc)) from exc
     # index -> (processor, whether it also takes None)
     processors: dict[int, tuple[Callable[[Any], Any], bool]] = {}
     for index, name in enumerate(names):
@@ -151,9 +159,9 @@ def row_converter(
         if process is not None:
             # JSON turns None into 'null' text; every other processor keeps None.
             processors[index] = (process, isinstance(column_type, JSON))
-    bind = _tuple_binder(len(names), processors, null)
+    bind = _tuple_binder(sources, processors, null)
 
-    def convert(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+    def convert(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         out = []
         try:
             for start in range(0, len(rows), _GIL_CHUNK):
@@ -161,10 +169,11 @@ def row_converter(
                     # Run in a writer thread: let the event loop's thread have the GIL
                     # now rather than after the interpreter's 5 ms switch interval.
                     time.sleep(0)
-                out.extend([bind(get(values)) for values in rows[start : start + _GIL_CHUNK]])
+                out.extend([bind(values) for values in rows[start : start + _GIL_CHUNK]])
         # AttributeError: a value of the wrong type (a string for a timestamp) met a
         # processor; it is the row's fault like the others, not the database's.
-        except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
+        # IndexError: a row shorter than its columns.
+        except (ValueError, TypeError, IndexError, AttributeError, ArithmeticError) as exc:
             raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
         return out
 
@@ -172,9 +181,12 @@ def row_converter(
 
 
 def _tuple_binder(
-    count: int, processors: Mapping[int, tuple[Callable[[Any], Any], bool]], null: Any = None
+    sources: Sequence[int],
+    processors: Mapping[int, tuple[Callable[[Any], Any], bool]],
+    null: Any = None,
 ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    """A function of a tuple of ``count`` values: the tuple with ``processors`` applied.
+    """A function of a row tuple: the tuple of its values at ``sources``, with
+    ``processors`` (by position in the result) applied and None as ``null``.
 
     Generated as one expression (``(t[0], None if t[1] is None else p1(t[1]), ...)``),
     what SQLAlchemy does for its own row processing: a loop over the processors, with
@@ -183,16 +195,15 @@ def _tuple_binder(
     """
     parts = []
     scope: dict[str, Any] = {"N": null}
-    for index in range(count):
+    for index, at in enumerate(sources):
+        value = f"t[{at}]"
         if index not in processors:
-            parts.append(
-                f"t[{index}]" if null is None else f"(N if t[{index}] is None else t[{index}])"
-            )
+            parts.append(value if null is None else f"(N if {value} is None else {value})")
             continue
         process, on_none = processors[index]
         scope[f"p{index}"] = process
-        call = f"p{index}(t[{index}])"
-        parts.append(call if on_none else f"(N if t[{index}] is None else {call})")
+        call = f"p{index}({value})"
+        parts.append(call if on_none else f"(N if {value} is None else {call})")
     source = f"def bind(t):\n    return ({', '.join(parts)},)\n"
     exec(compile(source, "<storage.bulk row binder>", "exec"), scope)
     binder: Callable[[tuple[Any, ...]], tuple[Any, ...]] = scope["bind"]
@@ -284,16 +295,78 @@ def _fast_sqlite_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]
     return utc_text
 
 
-def _columns(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[Row]]]:
-    """``rows`` grouped by their column set, in order of first appearance. One group
-    unless the journal replays rows of an older version (fewer columns)."""
-    first = tuple(rows[0])
-    if all(len(values) == len(first) for values in rows):
-        return [(first, list(rows))]
-    groups: dict[tuple[str, ...], list[Row]] = {}
-    for values in rows:
-        groups.setdefault(tuple(values), []).append(values)
+def _columns(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+    """``rows``' values grouped by their columns, in order of first appearance. One group
+    unless the journal replays rows of an older release (other columns)."""
+    first = rows[0][0]
+    if all(names is first for names, _ in rows):
+        return [(first, [values for _, values in rows])]
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for names, values in rows:
+        groups.setdefault(names, []).append(values)
     return list(groups.items())
+
+
+def _collapse(rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
+    """``writes.collapse_interactions`` for rows as tuples: one row per request without
+    an interaction and one per interaction (the one the upsert would keep), in order."""
+    plain: dict[str, tuple[Row, bool, int]] = {}
+    by_interaction: dict[str, tuple[Row, bool, int]] = {}
+    last: tuple[str, ...] | None = None
+    at_iid = at_rid = at_provisional = at_total = 0
+    for row in rows:
+        names, values = row
+        if names is not last:
+            last = names
+            try:
+                at_iid, at_rid, at_provisional, at_total = map(names.index, _KEY_COLUMNS)
+            except ValueError as exc:
+                raise RowRefused(f"a usage row without a column of {_KEY_COLUMNS}") from exc
+        iid, provisional, total = values[at_iid], values[at_provisional], values[at_total]
+        kept, key = (plain, values[at_rid]) if iid is None else (by_interaction, iid)
+        old = kept.get(key)
+        # writes._replaces: only a provisional row is replaced, by a final one or by a
+        # provisional one that saw at least as many tokens
+        if old is None or (old[1] and (not provisional or total >= old[2])):
+            kept[key] = (row, provisional, total)
+    return [kept[0] for kept in plain.values()], [kept[0] for kept in by_interaction.values()]
+
+
+_KEY_COLUMNS = ("interaction_id", "request_id", "provisional", "total_tokens")
+
+
+class _OwnerStatements:
+    """The owner rows' INSERT ... ON CONFLICT DO NOTHING and converter, per column set."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._by_names: dict[tuple[str, ...], tuple[str, Callable[..., Any]]] = {}
+
+    def convert(self, rows: Sequence[Row]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The statement and the driver tuples of each column set among ``rows``."""
+        out = []
+        for names, values in _columns(rows):
+            known = self._by_names.get(names)
+            if known is None:
+                known = self._by_names[names] = self._compile(names)
+            sql, convert = known
+            out.append((sql, convert(values)))
+        return out
+
+    def _compile(self, names: tuple[str, ...]) -> tuple[str, Callable[..., Any]]:
+        table = table_of(Interaction)
+        stmt: Insert
+        if self._dialect.name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        else:
+            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        try:
+            sql, order = _compile(stmt, self._dialect, names)
+        except Exception as exc:  # a column the table does not have
+            raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
+        return sql, row_converter(table, order, self._dialect, columns=names)
 
 
 # ------------------------------------------------------------------ SQLite
@@ -311,7 +384,7 @@ class _SqliteStatements:
         self.plain, order = _compile(plain, dialect, names)
         self.upsert, upsert_order = _compile(upsert, dialect, names)
         assert order == upsert_order
-        self.convert = row_converter(table, order, dialect)
+        self.convert = row_converter(table, order, dialect, columns=names)
 
 
 # The writer's SQLite connection's page cache, in KiB (SQLite's default is 2000).
@@ -337,11 +410,7 @@ class SqliteStore:
         # One thread, for conversion and writes: the connection is only ever used from it.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
         self._usage: dict[tuple[str, ...], _SqliteStatements] = {}
-        owners = table_of(Interaction)
-        names = tuple(c.name for c in owners.columns)
-        stmt = sqlite.insert(owners).on_conflict_do_nothing(index_elements=["id"])
-        self._owner_sql, order = _compile(stmt, dialect, names)
-        self._convert_owners = row_converter(owners, order, dialect)
+        self._owners = _OwnerStatements(dialect)
 
     async def prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _SqliteWork:
         loop = asyncio.get_running_loop()
@@ -362,8 +431,8 @@ class SqliteStore:
         """In the writer's thread: each statement with its rows as tuples."""
         work: _SqliteWork = []
         if owners:
-            work.append((self._owner_sql, self._convert_owners(owners)))
-        plain, interactions = collapse_interactions(usage)
+            work.extend(self._owners.convert(owners))
+        plain, interactions = _collapse(usage)
         for rows, upsert in ((plain, False), (interactions, True)):
             if not rows:
                 continue
@@ -480,8 +549,11 @@ def _csv(tuples: list[tuple[Any, ...]]) -> bytes:
         raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
 
 
-# The owner tuples, and per column set of usage rows its statements and CSV data.
-_PostgresWork = tuple[list[tuple[Any, ...]], list[tuple[_PostgresStatements, bytes]]]
+# The owner statements with their tuples, and per column set of usage rows its
+# statements and CSV data.
+_PostgresWork = tuple[
+    list[tuple[str, list[tuple[Any, ...]]]], list[tuple[_PostgresStatements, bytes]]
+]
 
 
 class PostgresStore:
@@ -500,19 +572,13 @@ class PostgresStore:
     prepares_ahead = True
 
     def __init__(self, engine: AsyncEngine) -> None:
-        from sqlalchemy.dialects import postgresql
-
         self._engine = engine
         dialect = engine.dialect
         self._dialect = dialect
         # Conversion (Decimal quantizing, JSON text) in a thread, off the event loop.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
         self._usage: dict[tuple[str, ...], _PostgresStatements] = {}
-        owners = table_of(Interaction)
-        names = tuple(c.name for c in owners.columns)
-        stmt = postgresql.insert(owners).on_conflict_do_nothing(index_elements=["id"])
-        self._owner_sql, order = _compile(stmt, dialect, names)
-        self._convert_owners = row_converter(owners, order, dialect)
+        self._owners = _OwnerStatements(dialect)
         self._table = table_of(UsageRow).name
         # Session-local, emptied at each COMMIT; the connection keeps it between
         # batches. Its columns are the live table's, whatever migration made them.
@@ -535,26 +601,27 @@ class PostgresStore:
         return await loop.run_in_executor(self._executor, self._prepare, usage, owners)
 
     def _prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _PostgresWork:
-        """In the writer's thread: the owner tuples and the usage tuples per column set."""
-        owner_tuples = self._convert_owners(owners) if owners else []
-        plain, interactions = collapse_interactions(usage)
+        """In the writer's thread: the owner statements with their tuples, and the usage
+        rows' CSV per column set."""
+        owner_work = self._owners.convert(owners) if owners else []
+        plain, interactions = _collapse(usage)
         rows = [*plain, *interactions]
         groups = []
         if rows:
             for names, group in _columns(rows):
                 statements = self._statements(names)
                 groups.append((statements, _csv(statements.convert(group))))
-        return owner_tuples, groups
+        return owner_work, groups
 
     async def write(self, prepared: _PostgresWork) -> None:
-        owner_tuples, groups = prepared
-        if not owner_tuples and not groups:
+        owner_work, groups = prepared
+        if not owner_work and not groups:
             return
         driver = await self._connect()
         try:
             await driver.execute("BEGIN")
-            if owner_tuples:
-                await driver.executemany(self._owner_sql, owner_tuples)
+            for sql, tuples in owner_work:
+                await driver.executemany(sql, tuples)
             for statements, data in groups:
                 await self._copy(driver, statements, data)
             await driver.execute("COMMIT")
@@ -659,10 +726,14 @@ class SessionStore:
 
     async def prepare(
         self, usage: Sequence[Row], owners: Sequence[Row]
-    ) -> tuple[Sequence[Row], Sequence[Row]]:
-        return usage, owners  # SQLAlchemy binds them itself
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        # SQLAlchemy binds the values itself, by column name
+        return (
+            [dict(zip(names, values, strict=True)) for names, values in usage],
+            [dict(zip(names, values, strict=True)) for names, values in owners],
+        )
 
-    async def write(self, prepared: tuple[Sequence[Row], Sequence[Row]]) -> None:
+    async def write(self, prepared: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
         usage, owners = prepared
         async with self._sessionmaker.begin() as session:
             await insert_interaction_owners(session, owners)

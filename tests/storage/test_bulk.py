@@ -28,7 +28,7 @@ from proxy.storage.bulk import (
 from proxy.storage.journal import USAGE, Entry
 from proxy.storage.schema import Money, UsageRow
 from proxy.storage.writer import UsageWriter
-from proxy.storage.writes import insert_usage_rows, table_of, usage_values
+from proxy.storage.writes import USAGE_COLUMNS, insert_usage_rows, table_of, usage_values
 
 SECRET = b"test-secret-test-secret-test-sec"
 # Every column but the surrogate key and the two the records differ in by necessity.
@@ -101,6 +101,13 @@ def _full_record(make_record, principal: Principal, **overrides: Any):
     }
     values.update(overrides)
     return make_record(principal, **values)
+
+
+def _entry(values: dict[str, Any]) -> Entry:
+    """A row as the journal replays it: by its column names (an older release's
+    columns, in an older frame format), the current columns being the layout's own."""
+    names = tuple(values)
+    return Entry(USAGE, USAGE_COLUMNS if names == USAGE_COLUMNS else names, (*values.values(),), 0)
 
 
 async def _raw(sessionmaker, request_id: str) -> dict[str, Any]:
@@ -234,7 +241,7 @@ async def test_a_batch_with_rows_of_an_older_column_set_stores_both(
     for name in ("resource", "images", "video_seconds", "storage_token_seconds"):
         del older[name]
     writer = UsageWriter(sessionmaker)
-    writer.replay([Entry(USAGE, older, 0), Entry(USAGE, current, 0)])
+    writer.replay([_entry(older), _entry(current)])
     await writer.start()
     await writer.close()
     assert (writer.written_total, writer.failed_rows_total) == (2, 0)
@@ -291,7 +298,7 @@ async def test_one_batch_holding_a_duplicate_and_an_interaction_s_successive_row
         ),
     ]
     writer = UsageWriter(sessionmaker)
-    writer.replay([Entry(USAGE, values, 0) for values in rows])
+    writer.replay([_entry(values) for values in rows])
     await writer.start()
     await writer.close()
     assert (writer.written_total, writer.failed_batches_total, writer.failed_rows_total) == (
@@ -386,7 +393,7 @@ def test_money_is_bound_as_sqlalchemy_binds_it(dialect, value):
 
     def fast(amount):
         try:
-            return convert([{"cost_usd": amount}])[0][0]
+            return convert([(amount,)])[0][0]
         except RowRefused as exc:
             raise ValueError(str(exc)) from exc
 
@@ -417,7 +424,7 @@ def test_a_timestamp_is_bound_as_sqlalchemy_binds_it(dialect, value):
 
     def fast(timestamp):
         try:
-            return convert([{"created_at": timestamp}])[0][0]
+            return convert([(timestamp,)])[0][0]
         except RowRefused as exc:
             raise ValueError(str(exc)) from exc
 
@@ -433,9 +440,9 @@ def test_a_timestamp_is_bound_as_sqlalchemy_binds_it(dialect, value):
 def test_a_timestamp_is_stored_on_sqlite_as_utc_wall_time_with_microseconds():
     convert = row_converter(table_of(UsageRow), ["created_at"], aiosqlite_dialect())
     # 23:59:58 at UTC-5 is 04:59:58 the next day in UTC; whole seconds keep ".000000"
-    assert convert([{"created_at": datetime(2026, 3, 1, 23, 59, 58, tzinfo=EST)}]) == [
+    assert convert([(datetime(2026, 3, 1, 23, 59, 58, tzinfo=EST),)]) == [
         ("2026-03-02 04:59:58.000000",)
     ]
     # a value of the wrong type is the row's fault (isolated), not the database's (retried)
     with pytest.raises(RowRefused):
-        convert([{"created_at": "2026-03-01 23:59:58"}])
+        convert([("2026-03-01 23:59:58",)])
