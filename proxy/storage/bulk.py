@@ -1,7 +1,9 @@
 """The writer's fast path: a batch of rows straight into the driver's bulk insert.
 
-``storage.writer`` hands each batch (``writes.usage_values`` and ``writes.owner_values``
-dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engine:
+``storage.writer`` hands each batch (``writes.usage_row`` and ``writes.owner_row``
+tuples, each with its column names: ``USAGE_COLUMNS``, or an older release's columns
+replayed from its journal) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one
+for the engine:
 
 - ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread.
   Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
@@ -50,6 +52,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import chain
 from typing import Any, Protocol
 
 import orjson
@@ -385,6 +388,32 @@ class _SqliteStatements:
         self.upsert, upsert_order = _compile(upsert, dialect, names)
         assert order == upsert_order
         self.convert = row_converter(table, order, dialect, columns=names)
+        # The same statements inserting ``per_statement`` rows each (see _many_rows).
+        self.per_statement = max(1, min(_ROWS_PER_STATEMENT, _SQLITE_MAX_VARIABLES // len(order)))
+        self.plain_many = _many_rows(self.plain, self.per_statement)
+        self.upsert_many = _many_rows(self.upsert, self.per_statement)
+
+
+# Rows per multi-row INSERT on SQLite, within its limit of bound variables (32766 since
+# SQLite 3.32, 999 before).
+_ROWS_PER_STATEMENT = 64
+_SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
+def _many_rows(sql: str, count: int) -> str:
+    """``sql``, an INSERT of one row ``VALUES (?, ...)``, made one of ``count`` rows.
+
+    ``executemany`` hands the GIL back and forth for every statement it runs (it lets go
+    while SQLite works, then binds the next row's values): with the event loop busy,
+    each time back costs the writer's thread a wait for the loop to let go, up to the
+    interpreter's switch interval. A statement of 64 rows takes it back 64 times less.
+    SQLite runs the rows of one statement in order, as ``executemany`` would, each
+    meeting the ON CONFLICT clause on its own.
+    """
+    start = sql.index(" VALUES (") + len(" VALUES ")
+    end = sql.index(")", start) + 1
+    group = sql[start:end]
+    return f"{sql[:start]}{', '.join([group] * count)}{sql[end:]}"
 
 
 # The writer's SQLite connection's page cache, in KiB (SQLite's default is 2000).
@@ -438,8 +467,19 @@ class SqliteStore:
                 continue
             for names, group in _columns(rows):
                 statements = self._statements(names)
-                sql = statements.upsert if upsert else statements.plain
-                work.append((sql, statements.convert(group)))
+                tuples = statements.convert(group)
+                per = statements.per_statement
+                whole = len(tuples) - len(tuples) % per
+                if whole and per > 1:
+                    # each of them the values of ``per`` rows, for the multi-row INSERT
+                    flat = [
+                        tuple(chain.from_iterable(tuples[i : i + per]))
+                        for i in range(0, whole, per)
+                    ]
+                    work.append((statements.upsert_many if upsert else statements.plain_many, flat))
+                    tuples = tuples[whole:]
+                if tuples:
+                    work.append((statements.upsert if upsert else statements.plain, tuples))
         return work
 
     def _write(self, work: _SqliteWork) -> None:

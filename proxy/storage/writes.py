@@ -1,10 +1,13 @@
 """The write path: a finished ``UsageRecord`` (or an interaction's owner) as a row.
 
-``storage.writer`` turns what it is handed into rows with ``usage_values`` and
-``owner_values`` and writes a batch with ``insert_usage_rows`` /
-``insert_interaction_owners``. Both are idempotent, so a batch retried after an
-unclear failure (a COMMIT whose reply was lost) or replayed from the journal
-is stored once:
+``storage.writer`` turns what it is handed into rows with ``usage_row`` and
+``owner_row``: plain tuples in the order of ``USAGE_COLUMNS`` and ``OWNER_COLUMNS``,
+which the journal encodes and ``storage.bulk`` binds as they are. ``usage_values`` and
+``owner_values`` are the same rows by column name, for the ORM statements
+``insert_usage_rows`` / ``insert_interaction_owners`` (the writer's fallback for an
+in-memory database, and the tests'). ``storage.bulk`` compiles its statements from the
+same constructs. All are idempotent, so a batch retried after an unclear failure (a
+COMMIT whose reply was lost) or replayed from the journal is stored once:
 
 - a usage row is keyed by its ``request_id`` (unique) and, for an interaction,
   by its ``interaction_id`` (unique: one row per interaction);

@@ -28,7 +28,13 @@ from proxy.storage.bulk import (
 from proxy.storage.journal import USAGE, Entry
 from proxy.storage.schema import Money, UsageRow
 from proxy.storage.writer import UsageWriter
-from proxy.storage.writes import USAGE_COLUMNS, insert_usage_rows, table_of, usage_values
+from proxy.storage.writes import (
+    USAGE_COLUMNS,
+    insert_usage_rows,
+    table_of,
+    usage_row,
+    usage_values,
+)
 
 SECRET = b"test-secret-test-secret-test-sec"
 # Every column but the surrogate key and the two the records differ in by necessity.
@@ -316,6 +322,57 @@ async def test_one_batch_holding_a_duplicate_and_an_interaction_s_successive_row
     assert sorted(stored) == sorted(
         [(twice.request_id, twice.usage.total_tokens, False), (rows[3]["request_id"], 9, False)]
     )
+
+
+async def test_a_batch_of_many_rows_keeps_the_conflict_rules_in_multi_row_statements(
+    sessionmaker, principal, make_record, db_kind
+):
+    # SQLite writes a large batch 64 rows to an INSERT (PostgreSQL: one COPY, which meets
+    # the stored rows and goes the ON CONFLICT way): every rule still holds row by row.
+    stored = make_record(principal, usage=Usage(total_tokens=3))
+    pending = make_record(
+        principal, interaction_id="v1_m", provisional=True, usage=Usage(total_tokens=5)
+    )
+    final = make_record(principal, interaction_id="v1_f", usage=Usage(total_tokens=9))
+    writer = UsageWriter(sessionmaker)
+    await writer.start()
+    for record in (stored, pending, final):
+        writer.submit(record)
+    await writer.flush()
+
+    fresh = [make_record(principal) for _ in range(130)]
+    interactions = [make_record(principal, interaction_id=f"v1_{n}") for n in range(70)]
+    again = make_record(principal, request_id=stored.request_id, usage=Usage(total_tokens=7))
+    terminal = make_record(principal, interaction_id="v1_m", usage=Usage(total_tokens=12))
+    late = make_record(
+        principal, interaction_id="v1_f", provisional=True, usage=Usage(total_tokens=20)
+    )
+    batch = [*fresh[:60], again, *interactions[:40], terminal, *fresh[60:], late]
+    batch += interactions[40:]
+    if db_kind == "sqlite":
+        assert isinstance(writer._store, SqliteStore)
+        work = writer._store._prepare([(USAGE_COLUMNS, usage_row(r)) for r in batch], [])
+        # the plain rows: two statements of 64 rows, then 3 by executemany; the
+        # interactions' rows: one of 64 and 8 more
+        assert [len(params) for _, params in work] == [2, 3, 1, 8]
+        assert [len(params[0]) for _, params in work] == [64 * 48, 48, 64 * 48, 48]
+    for record in batch:
+        writer.submit(record)
+    await writer.close()
+    assert (writer.failed_batches_total, writer.failed_rows_total) == (0, 0)
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(UsageRow.request_id, UsageRow.total_tokens, UsageRow.provisional)
+            )
+        ).all()
+    expected = {
+        stored.request_id: (3, False),  # a final row is never replaced
+        terminal.request_id: (12, False),  # the provisional one is
+        final.request_id: (9, False),  # not by a later provisional one
+        **{r.request_id: (15, False) for r in [*fresh, *interactions]},
+    }
+    assert {r: (t, p) for r, t, p in rows} == expected
 
 
 async def test_two_writers_on_one_database_both_get_through(sessionmaker, make_record):
