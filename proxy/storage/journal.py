@@ -12,8 +12,8 @@ recorded. The request path never waits for the disk:
   go out at once. One flusher task then fsyncs in a worker thread, ``sync_interval``
   after the first row it covers (or at the next loop tick): one fsync covers every
   record written meanwhile, and rows written while it runs make the next one. A row's
-  ``on_durable`` callback runs after its fsync, with its *ticket* (the number of
-  the segment that holds it); only then does the writer queue it for the
+  ``on_durable`` callback runs after its fsync, with the row and its *ticket* (the
+  number of the segment that holds it); only then does the writer queue it for the
   database. What a machine crash (power, kernel) can lose is the rows written
   since the last fsync began: one group commit's worth, ``sync_interval`` plus
   an fsync of calls.
@@ -71,7 +71,7 @@ from ..settings import JournalFullPolicy
 from .schema import Interaction, Money, UsageRow, UTCDateTime
 from .writes import OWNER_COLUMNS, USAGE_COLUMNS
 
-__all__ = ["Entry", "Journal", "JournalBusy", "decode_frames", "encode_frame"]
+__all__ = ["Entry", "Journal", "JournalBusy", "OnDurable", "decode_frames", "encode_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,8 @@ _POSITIONAL = {
 }
 
 Decoded = tuple[str, tuple[str, ...], tuple[Any, ...]]
+# Called with a row (its kind and values) and its ticket once the row is fsync'd.
+OnDurable = Callable[[str, tuple[Any, ...], "int | None"], None]
 
 
 def _decode(payload: bytes) -> Decoded:
@@ -251,7 +253,7 @@ class Journal:
         self._disk_bytes = 0
         # Rows written since the last group commit began: their callbacks and tickets
         # (None: the write failed), run once the fsync covering them is done.
-        self._unsynced: list[tuple[Callable[[int | None], None], int | None]] = []
+        self._unsynced: list[tuple[OnDurable, str, tuple[Any, ...], int | None]] = []
         # Descriptors of segments rotated away, for the next group commit to fsync and close.
         self._retired: list[int] = []
         self._new_segment = False  # a segment was created: the directory needs its fsync too
@@ -428,17 +430,18 @@ class Journal:
 
     # ------------------------------------------------------------ append / release
 
-    def append(
-        self, kind: str, values: tuple[Any, ...], on_durable: Callable[[int | None], None]
-    ) -> bool:
+    def append(self, kind: str, values: tuple[Any, ...], on_durable: OnDurable) -> bool:
         """Write a row to the active segment now; never awaits, never waits for the disk.
 
         The row is encoded and written (``os.write``, into the kernel's page cache) before
         this returns, so it outlives the process from then on. Making it durable against
         the machine failing is the group commit's work, in the journal's thread:
-        ``on_durable(ticket)`` runs once the row is fsync'd (ticket: the segment holding
-        it, to ``release`` later), or with ``None`` if it could not be written, so that
-        the row still reaches the database. Returns False when the row was not accepted
+        ``on_durable(kind, values, ticket)`` runs once the row is fsync'd (ticket: the
+        segment holding it, to ``release`` later), or with ``None`` if it could not be
+        written, so that the row still reaches the database. (The row is handed back,
+        not bound into a closure per row: ``append`` runs once per billable call, and the
+        closure and its cells were a fair share of what it allocated, which the garbage
+        collector then keeps walking.) Returns False when the row was not accepted
         (the ``drop`` policy and a full journal, or a closed one). A row that cannot be
         encoded raises (a bug: the caller sends it on unjournaled).
         """
@@ -464,9 +467,9 @@ class Journal:
             self.write_errors_total += 1
             log.error("journal write failed, a record goes on unjournaled: %s", exc)
             self._fd_broken = True
-            self._unsynced.append((on_durable, None))
+            self._unsynced.append((on_durable, kind, values, None))
         else:
-            self._unsynced.append((on_durable, ticket))
+            self._unsynced.append((on_durable, kind, values, ticket))
         self._start_flusher()
         return True
 
@@ -558,9 +561,9 @@ class Journal:
                 self.write_errors_total += 1
                 log.error("journal fsync failed for %d records: %s", len(waiting), exc)
             self.commits_total += bool(waiting)
-            for callback, ticket in waiting:
+            for callback, kind, values, ticket in waiting:
                 try:
-                    callback(ticket)
+                    callback(kind, values, ticket)
                 except Exception:
                     log.exception("journal callback failed")
 

@@ -139,6 +139,8 @@ class UsageWriter:
         self._retry_max = retry_max_seconds
         self._attempts_before_split = attempts_before_split
         self._journal = journal
+        # Bound once: an attribute lookup of a method makes a new object each time.
+        self._on_durable = self._durable
         # Given each batch write's duration in seconds, failed attempts included (a metric).
         self._on_batch = on_batch
 
@@ -200,16 +202,17 @@ class UsageWriter:
         journal = self._journal
         if journal is None:
             return self._enqueue(is_usage, names, values, None)
-
-        def durable(ticket: int | None) -> None:
-            self._enqueue(is_usage, names, values, ticket)
-
         try:
-            return journal.append(USAGE if is_usage else OWNER, values, durable)
+            return journal.append(USAGE if is_usage else OWNER, values, self._on_durable)
         except Exception:
             # A value the journal cannot encode is a bug; the row still goes on.
             log.exception("could not journal a row; it is written unjournaled")
             return self._enqueue(is_usage, names, values, None)
+
+    def _durable(self, kind: str, values: tuple[Any, ...], ticket: int | None) -> None:
+        """The journal's fsync covers a row of the current layout: queue it."""
+        is_usage = kind == USAGE
+        self._enqueue(is_usage, USAGE_COLUMNS if is_usage else OWNER_COLUMNS, values, ticket)
 
     def replay(self, entries: Iterable[Entry]) -> None:
         """Queue rows the journal kept from a previous run (beyond ``queue_limit``:

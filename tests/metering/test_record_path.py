@@ -72,7 +72,9 @@ def _journal_round_trip(record: UsageRecord) -> dict[str, Any]:
         journal = Journal(directory, max_bytes=10**6)
         journal.open()
         tickets: list[int | None] = []
-        assert journal.append(USAGE, usage_row(record), tickets.append)
+        assert journal.append(
+            USAGE, usage_row(record), lambda kind, values, ticket: tickets.append(ticket)
+        )
         await journal.flush()
         assert tickets != [None]
         assert journal.slot is not None

@@ -25,7 +25,15 @@ from proxy.pricing.catalog import load_catalog
 from proxy.server.metrics import build_metrics
 from proxy.settings import JournalFullPolicy
 from proxy.storage.accounts import principal_for_user
-from proxy.storage.journal import _LAYOUTS, OWNER, USAGE, Journal, decode_frames, encode_frame
+from proxy.storage.journal import (
+    _LAYOUTS,
+    OWNER,
+    USAGE,
+    Journal,
+    OnDurable,
+    decode_frames,
+    encode_frame,
+)
 from proxy.storage.schema import Interaction, UsageRow, make_engine
 from proxy.storage.writer import UsageWriter
 from proxy.storage.writes import OWNER_COLUMNS, USAGE_COLUMNS, owner_row, usage_row
@@ -44,6 +52,11 @@ async def alice(sessionmaker) -> Principal:
         return await principal_for_user(session, "alice")
 
 
+def _noting(tickets: list[int | None]) -> OnDurable:
+    """A durability callback that notes the tickets it is given."""
+    return lambda kind, values, ticket: tickets.append(ticket)
+
+
 def _segments(journal: Journal) -> list[Path]:
     assert journal.slot is not None
     return sorted(journal.slot.glob("*.seg"))
@@ -52,7 +65,7 @@ def _segments(journal: Journal) -> list[Path]:
 async def _append_all(journal: Journal, rows: list[tuple[Any, ...]]) -> list[int | None]:
     tickets: list[int | None] = []
     for row in rows:
-        assert journal.append(OWNER, row, tickets.append)
+        assert journal.append(OWNER, row, _noting(tickets))
     await journal.flush()
     return tickets
 
@@ -131,7 +144,7 @@ async def test_with_a_sync_interval_rows_of_later_ticks_join_the_same_fsync(tmp_
     journal.open()
     durable: list[int | None] = []
     for i in range(3):
-        assert journal.append(OWNER, _row(f"r{i}"), durable.append)
+        assert journal.append(OWNER, _row(f"r{i}"), _noting(durable))
         await asyncio.sleep(0.01)  # later loop ticks, well within the interval
     assert durable == [] and journal.commits_total == 0
     await journal.flush()
@@ -146,7 +159,7 @@ async def test_a_row_is_in_its_segment_when_append_returns_and_durable_after_the
     journal.open()
     durable: list[int | None] = []
 
-    journal.append(OWNER, _row("r1"), durable.append)
+    journal.append(OWNER, _row("r1"), _noting(durable))
     rows, _ = decode_frames(b"".join(p.read_bytes() for p in _segments(journal)))
     # written at once (the response may go out now) ...
     assert [v[0] for _, _, v in rows] == ["r1"]
@@ -189,7 +202,7 @@ async def test_the_drop_policy_drops_and_counts_past_the_bound(tmp_path):
     frame = len(encode_frame(OWNER, _row("r0")))
     journal = Journal(tmp_path, max_bytes=3 * frame, policy=JournalFullPolicy.DROP)
     journal.open()
-    accepted = [journal.append(OWNER, _row(f"r{i}"), lambda t: None) for i in range(5)]
+    accepted = [journal.append(OWNER, _row(f"r{i}"), lambda *_: None) for i in range(5)]
     assert accepted == [True, True, True, False, False]
     assert journal.dropped_total == 2
     assert journal.admit()  # the drop policy never refuses a call
@@ -223,7 +236,7 @@ async def main():
     journal = Journal(Path(sys.argv[1]), max_bytes=10**6)
     journal.open()
     for i in range(3):
-        assert journal.append(OWNER, (f"r{i}", 1, None, None, None, None), lambda ticket: None)
+        assert journal.append(OWNER, (f"r{i}", 1, None, None, None, None), lambda *_: None)
     # killed before the loop ever runs the group commit: no fsync, no flush, no close
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -244,7 +257,7 @@ async def test_a_row_that_cannot_be_encoded_is_refused_and_leaves_nothing(tmp_pa
     journal.open()
     tickets = await _append_all(journal, [_row("a")])
     with pytest.raises(TypeError):
-        journal.append(OWNER, (*_row("b")[:-1], object()), tickets.append)
+        journal.append(OWNER, (*_row("b")[:-1], object()), _noting(tickets))
     await _append_all(journal, [_row("c")])
     await journal.close()
     again = Journal(tmp_path, max_bytes=10**6)
