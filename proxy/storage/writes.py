@@ -160,7 +160,7 @@ def usage_row(record: UsageRecord) -> tuple[Any, ...]:
         usage.thinking_tokens,
         usage.total_tokens,
         usage.total_mismatch,
-        {k: dict(v) for k, v in usage.modalities_json().items()},
+        usage.modalities_json(copy=True),
         dict(usage.grounding),
         usage.images,
         usage.video_seconds,
