@@ -131,7 +131,11 @@ def encode_frame(kind: str, values: tuple[Any, ...]) -> bytes:
     ``writes.owner_row``): no column names, which made up half of the frames of the
     first format (``{"k": kind, "v": {column: value}}``, still read by ``decode_frames``).
     """
-    payload = orjson.dumps((kind, _CURRENT[kind], values), default=_json_default)
+    layout = _CURRENT[kind]
+    if len(values) != len(_LAYOUTS[(kind, layout)]):
+        # replayed, it would end its segment's replay as a corrupt frame would
+        raise ValueError(f"a {kind} row of {len(values)} values, not layout {layout}'s")
+    payload = orjson.dumps((kind, layout, values), default=_json_default)
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 

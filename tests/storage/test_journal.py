@@ -258,6 +258,10 @@ async def test_a_row_that_cannot_be_encoded_is_refused_and_leaves_nothing(tmp_pa
     tickets = await _append_all(journal, [_row("a")])
     with pytest.raises(TypeError):
         journal.append(OWNER, (*_row("b")[:-1], object()), _noting(tickets))
+    # a row that does not fit its layout: replayed, it would have ended the replay of
+    # the rows after it in its segment
+    with pytest.raises(ValueError):
+        journal.append(OWNER, _row("b")[:-1], _noting(tickets))
     await _append_all(journal, [_row("c")])
     await journal.close()
     again = Journal(tmp_path, max_bytes=10**6)
