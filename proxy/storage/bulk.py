@@ -6,9 +6,10 @@ replayed from its journal) to a ``BatchStore``; ``batch_store(sessionmaker)`` pi
 for the engine:
 
 - ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread.
-  Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
-  the COMMIT all happen there: the event loop does no per-row work, and ``sqlite3``
-  releases the GIL while SQLite itself runs.
+  Turning rows into tuples, the INSERTs (64 rows to a statement, the rest one by one, by
+  ``executemany`` of the statement per kind of row) and the COMMIT all happen there: the
+  event loop does no per-row work, and ``sqlite3`` releases the GIL while SQLite itself
+  runs.
 - ``PostgresStore``: rows become tuples and then the text of a CSV ``COPY`` in the
   writer's thread (the next batch's while the server takes this one; ``csv`` writes
   it in C), then one transaction on the asyncpg connection the writer keeps: that
@@ -21,9 +22,9 @@ for the engine:
   engine the other two cannot open (an in-memory SQLite database).
 
 All three run the statements of ``storage.writes`` (compiled once from the same
-SQLAlchemy constructs), so the idempotency rules are the same: a usage row without an
-interaction skips any unique conflict, an interaction's row replaces only a provisional
-one, an owner row keeps the first owner. (PostgreSQL's plain COPY stands in for them only
+SQLAlchemy constructs), so the idempotency rules are the same: a usage row is an upsert
+on its ``request_id`` (or its interaction's id) that replaces only a provisional row, an
+owner row keeps the first owner. (PostgreSQL's plain COPY stands in for them only
 when it succeeds, that is when no row met a conflict.)
 
 Values are converted by the very bind processors SQLAlchemy would run for each column

@@ -21,10 +21,10 @@ background task drains the queue:
   (a transaction's fixed costs, its COMMIT's fsync first, dominate a small one);
 - on PostgreSQL, while a batch is written the next one is taken as soon as it is
   due, and turned into driver tuples meanwhile (the server does the writing);
-- each batch is one transaction of bulk inserts (``storage.bulk``: ``executemany``
-  on the writer's own SQLite connection in its own thread, a CSV COPY on
-  PostgreSQL; rows become driver tuples, and COPY's text, off the event loop) that skip a row
-  already stored (same ``request_id`` or interaction id), so a batch retried
+- each batch is one transaction of bulk inserts (``storage.bulk``: multi-row
+  INSERTs on the writer's own SQLite connection in its own thread, a CSV COPY on
+  PostgreSQL; rows become driver tuples, and COPY's text, off the event loop) that
+  skip a row already stored (same ``request_id`` or interaction id), so a batch retried
   after an unclear failure (a COMMIT whose reply was lost) or replayed from the
   journal is stored once;
 - a failed batch is kept and retried with capped exponential backoff, for as
