@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import io
 import sqlite3
 import time
@@ -390,15 +391,24 @@ class _SqliteStatements:
         assert order == upsert_order
         self.convert = row_converter(table, order, dialect, columns=names)
         # The same statements inserting ``per_statement`` rows each (see _many_rows).
-        self.per_statement = max(1, min(_ROWS_PER_STATEMENT, _SQLITE_MAX_VARIABLES // len(order)))
+        self.per_statement = max(1, min(_ROWS_PER_STATEMENT, _sqlite_variables() // len(order)))
         self.plain_many = _many_rows(self.plain, self.per_statement)
         self.upsert_many = _many_rows(self.upsert, self.per_statement)
 
 
-# Rows per multi-row INSERT on SQLite, within its limit of bound variables (32766 since
-# SQLite 3.32, 999 before).
+# Rows per multi-row INSERT on SQLite, within its limit of bound variables.
 _ROWS_PER_STATEMENT = 64
-_SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
+@functools.cache
+def _sqlite_variables() -> int:
+    """How many values one SQLite statement may bind (32766 by default since SQLite 3.32,
+    999 before; a build may set its own)."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        return connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        connection.close()
 
 
 def _many_rows(sql: str, count: int) -> str:
