@@ -1,24 +1,30 @@
 """The writer's fast path: a batch of rows straight into the driver's bulk insert.
 
-``storage.writer`` hands each batch (``writes.usage_values`` and ``writes.owner_values``
-dicts) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one for the engine:
+``storage.writer`` hands each batch (``writes.usage_row`` and ``writes.owner_row``
+tuples, each with its column names: ``USAGE_COLUMNS``, or an older release's columns
+replayed from its journal) to a ``BatchStore``; ``batch_store(sessionmaker)`` picks one
+for the engine:
 
 - ``SqliteStore``: the writer's own ``sqlite3`` connection in the writer's own thread.
-  Turning rows into tuples, ``executemany`` of one prepared statement per kind of row and
-  the COMMIT all happen there: the event loop does no per-row work, and ``sqlite3``
-  releases the GIL while SQLite itself runs.
-- ``PostgresStore``: rows become tuples in the writer's thread (the next batch's while
-  the server takes this one), then one transaction on
-  the asyncpg connection the writer keeps: binary ``COPY`` straight into
-  ``usage_records``, or, when a row is already there, into a session-local temporary
-  table and ``INSERT ... SELECT ... ON CONFLICT`` from it.
+  Turning rows into tuples, the INSERTs (64 rows to a statement, the rest one by one, by
+  ``executemany`` of the statement per kind of row) and the COMMIT all happen there: the
+  event loop does no per-row work, and ``sqlite3`` releases the GIL while SQLite itself
+  runs.
+- ``PostgresStore``: rows become tuples and then the text of a CSV ``COPY`` in the
+  writer's thread (the next batch's while the server takes this one; ``csv`` writes
+  it in C), then one transaction on the asyncpg connection the writer keeps: that
+  ``COPY`` straight into ``usage_records``, or, when a row is already there, into a
+  session-local temporary table and ``INSERT ... SELECT ... ON CONFLICT`` from it.
+  The event loop only hands the ready bytes to the socket: asyncpg's binary
+  ``copy_records_to_table`` encoded every value on the loop, about as much CPU as
+  ``submit`` itself.
 - ``SessionStore``: SQLAlchemy's ORM statements (``writes.insert_usage_rows``), for an
   engine the other two cannot open (an in-memory SQLite database).
 
 All three run the statements of ``storage.writes`` (compiled once from the same
-SQLAlchemy constructs), so the idempotency rules are the same: a usage row without an
-interaction skips any unique conflict, an interaction's row replaces only a provisional
-one, an owner row keeps the first owner. (PostgreSQL's plain COPY stands in for them only
+SQLAlchemy constructs), so the idempotency rules are the same: a usage row is an upsert
+on its ``request_id`` (or its interaction's id) that replaces only a provisional row, an
+owner row keeps the first owner. (PostgreSQL's plain COPY stands in for them only
 when it succeeds, that is when no row met a conflict.)
 
 Values are converted by the very bind processors SQLAlchemy would run for each column
@@ -29,21 +35,26 @@ amount, an empty JSON object, SQLite's timestamp text by ``isoformat``, orjson's
 PostgreSQL's ``jsonb``, which stores the value and not the text); what is skipped is
 SQLAlchemy's per-row bookkeeping around them (a row becomes its tuple in one generated
 expression), and the boolean processor, whose ``int(bool)`` is what both drivers do with
-a ``bool``. ``tests/storage/test_bulk.py`` reads rows written here
-back through the ORM models, field for field, on both databases.
+a ``bool``. On PostgreSQL the bound values then go as COPY's CSV text, which the server
+reads back to the same values (``_csv``). ``tests/storage/test_bulk.py`` reads rows
+written here back through the ORM models, field for field, and compares the database's
+own text of each value with the ORM path's, on both databases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import functools
+import io
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
-from operator import itemgetter
+from itertools import chain
 from typing import Any, Protocol
 
 import orjson
@@ -68,7 +79,6 @@ from .schema import (
     _on_sqlite_connect,
 )
 from .writes import (
-    collapse_interactions,
     insert_interaction_owners,
     insert_usage_rows,
     table_of,
@@ -86,7 +96,9 @@ __all__ = [
     "row_converter",
 ]
 
-Row = Mapping[str, Any]
+# A row as the writer queues it: its column names and its values, in that order
+# (``writes.USAGE_COLUMNS`` and a ``usage_row`` tuple, or a replayed older layout).
+Row = tuple[tuple[str, ...], tuple[Any, ...]]
 
 
 class RowRefused(ValueError):
@@ -119,12 +131,21 @@ class BatchStore(Protocol):
 
 
 def row_converter(
-    table: Table, names: Sequence[str], dialect: Dialect
-) -> Callable[[Sequence[Row]], list[tuple[Any, ...]]]:
-    """A function turning rows (column name -> value) into tuples of ``names``' values,
-    bound as SQLAlchemy would bind them on ``dialect``; raises ``RowRefused``."""
-    pick = itemgetter(*names)
-    get: Callable[[Row], Any] = pick if len(names) > 1 else (lambda values: (pick(values),))
+    table: Table,
+    names: Sequence[str],
+    dialect: Dialect,
+    *,
+    columns: Sequence[str] | None = None,
+    null: Any = None,
+) -> Callable[[Sequence[tuple[Any, ...]]], list[tuple[Any, ...]]]:
+    """A function turning rows (tuples of the values of ``columns``, by default
+    ``names``) into tuples of ``names``' values, bound as SQLAlchemy would bind them on
+    ``dialect``; raises ``RowRefused``. A SQL NULL becomes ``null`` (``_CSV_NULL`` for
+    PostgreSQL's CSV COPY)."""
+    try:
+        sources = [(columns or names).index(name) for name in names]
+    except ValueError as exc:  # a column the rows do not have
+        raise RowRefused(str(exc)) from exc
     # index -> (processor, whether it also takes None)
     processors: dict[int, tuple[Callable[[Any], Any], bool]] = {}
     for index, name in enumerate(names):
@@ -143,9 +164,9 @@ def row_converter(
         if process is not None:
             # JSON turns None into 'null' text; every other processor keeps None.
             processors[index] = (process, isinstance(column_type, JSON))
-    bind = _tuple_binder(len(names), processors)
+    bind = _tuple_binder(sources, processors, null)
 
-    def convert(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+    def convert(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         out = []
         try:
             for start in range(0, len(rows), _GIL_CHUNK):
@@ -153,10 +174,11 @@ def row_converter(
                     # Run in a writer thread: let the event loop's thread have the GIL
                     # now rather than after the interpreter's 5 ms switch interval.
                     time.sleep(0)
-                out.extend([bind(get(values)) for values in rows[start : start + _GIL_CHUNK]])
+                out.extend([bind(values) for values in rows[start : start + _GIL_CHUNK]])
         # AttributeError: a value of the wrong type (a string for a timestamp) met a
         # processor; it is the row's fault like the others, not the database's.
-        except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
+        # IndexError: a row shorter than its columns.
+        except (ValueError, TypeError, IndexError, AttributeError, ArithmeticError) as exc:
             raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
         return out
 
@@ -164,9 +186,12 @@ def row_converter(
 
 
 def _tuple_binder(
-    count: int, processors: Mapping[int, tuple[Callable[[Any], Any], bool]]
+    sources: Sequence[int],
+    processors: Mapping[int, tuple[Callable[[Any], Any], bool]],
+    null: Any = None,
 ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    """A function of a tuple of ``count`` values: the tuple with ``processors`` applied.
+    """A function of a row tuple: the tuple of its values at ``sources``, with
+    ``processors`` (by position in the result) applied and None as ``null``.
 
     Generated as one expression (``(t[0], None if t[1] is None else p1(t[1]), ...)``),
     what SQLAlchemy does for its own row processing: a loop over the processors, with
@@ -174,15 +199,16 @@ def _tuple_binder(
     themselves. Only indices go into the source; the functions are its globals.
     """
     parts = []
-    scope: dict[str, Any] = {}
-    for index in range(count):
+    scope: dict[str, Any] = {"N": null}
+    for index, at in enumerate(sources):
+        value = f"t[{at}]"
         if index not in processors:
-            parts.append(f"t[{index}]")
+            parts.append(value if null is None else f"(N if {value} is None else {value})")
             continue
         process, on_none = processors[index]
         scope[f"p{index}"] = process
-        call = f"p{index}(t[{index}])"
-        parts.append(call if on_none else f"(None if t[{index}] is None else {call})")
+        call = f"p{index}({value})"
+        parts.append(call if on_none else f"(N if {value} is None else {call})")
     source = f"def bind(t):\n    return ({', '.join(parts)},)\n"
     exec(compile(source, "<storage.bulk row binder>", "exec"), scope)
     binder: Callable[[tuple[Any, ...]], tuple[Any, ...]] = scope["bind"]
@@ -274,16 +300,78 @@ def _fast_sqlite_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]
     return utc_text
 
 
-def _columns(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[Row]]]:
-    """``rows`` grouped by their column set, in order of first appearance. One group
-    unless the journal replays rows of an older version (fewer columns)."""
-    first = tuple(rows[0])
-    if all(len(values) == len(first) for values in rows):
-        return [(first, list(rows))]
-    groups: dict[tuple[str, ...], list[Row]] = {}
-    for values in rows:
-        groups.setdefault(tuple(values), []).append(values)
+def _columns(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+    """``rows``' values grouped by their columns, in order of first appearance. One group
+    unless the journal replays rows of an older release (other columns)."""
+    first = rows[0][0]
+    if all(names is first for names, _ in rows):
+        return [(first, [values for _, values in rows])]
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for names, values in rows:
+        groups.setdefault(names, []).append(values)
     return list(groups.items())
+
+
+def _collapse(rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
+    """``writes.collapse_interactions`` for rows as tuples: one row per request without
+    an interaction and one per interaction (the one the upsert would keep), in order."""
+    plain: dict[str, tuple[Row, bool, int]] = {}
+    by_interaction: dict[str, tuple[Row, bool, int]] = {}
+    last: tuple[str, ...] | None = None
+    at_iid = at_rid = at_provisional = at_total = 0
+    for row in rows:
+        names, values = row
+        if names is not last:
+            last = names
+            try:
+                at_iid, at_rid, at_provisional, at_total = map(names.index, _KEY_COLUMNS)
+            except ValueError as exc:
+                raise RowRefused(f"a usage row without a column of {_KEY_COLUMNS}") from exc
+        iid, provisional, total = values[at_iid], values[at_provisional], values[at_total]
+        kept, key = (plain, values[at_rid]) if iid is None else (by_interaction, iid)
+        old = kept.get(key)
+        # writes._replaces: only a provisional row is replaced, by a final one or by a
+        # provisional one that saw at least as many tokens
+        if old is None or (old[1] and (not provisional or total >= old[2])):
+            kept[key] = (row, provisional, total)
+    return [kept[0] for kept in plain.values()], [kept[0] for kept in by_interaction.values()]
+
+
+_KEY_COLUMNS = ("interaction_id", "request_id", "provisional", "total_tokens")
+
+
+class _OwnerStatements:
+    """The owner rows' INSERT ... ON CONFLICT DO NOTHING and converter, per column set."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._by_names: dict[tuple[str, ...], tuple[str, Callable[..., Any]]] = {}
+
+    def convert(self, rows: Sequence[Row]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The statement and the driver tuples of each column set among ``rows``."""
+        out = []
+        for names, values in _columns(rows):
+            known = self._by_names.get(names)
+            if known is None:
+                known = self._by_names[names] = self._compile(names)
+            sql, convert = known
+            out.append((sql, convert(values)))
+        return out
+
+    def _compile(self, names: tuple[str, ...]) -> tuple[str, Callable[..., Any]]:
+        table = table_of(Interaction)
+        stmt: Insert
+        if self._dialect.name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        else:
+            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        try:
+            sql, order = _compile(stmt, self._dialect, names)
+        except Exception as exc:  # a column the table does not have
+            raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
+        return sql, row_converter(table, order, self._dialect, columns=names)
 
 
 # ------------------------------------------------------------------ SQLite
@@ -301,7 +389,42 @@ class _SqliteStatements:
         self.plain, order = _compile(plain, dialect, names)
         self.upsert, upsert_order = _compile(upsert, dialect, names)
         assert order == upsert_order
-        self.convert = row_converter(table, order, dialect)
+        self.convert = row_converter(table, order, dialect, columns=names)
+        # The same statements inserting ``per_statement`` rows each (see _many_rows).
+        self.per_statement = max(1, min(_ROWS_PER_STATEMENT, _sqlite_variables() // len(order)))
+        self.plain_many = _many_rows(self.plain, self.per_statement)
+        self.upsert_many = _many_rows(self.upsert, self.per_statement)
+
+
+# Rows per multi-row INSERT on SQLite, within its limit of bound variables.
+_ROWS_PER_STATEMENT = 64
+
+
+@functools.cache
+def _sqlite_variables() -> int:
+    """How many values one SQLite statement may bind (32766 by default since SQLite 3.32,
+    999 before; a build may set its own)."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        return connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        connection.close()
+
+
+def _many_rows(sql: str, count: int) -> str:
+    """``sql``, an INSERT of one row ``VALUES (?, ...)``, made one of ``count`` rows.
+
+    ``executemany`` hands the GIL back and forth for every statement it runs (it lets go
+    while SQLite works, then binds the next row's values): with the event loop busy,
+    each time back costs the writer's thread a wait for the loop to let go, up to the
+    interpreter's switch interval. A statement of 64 rows takes it back 64 times less.
+    SQLite runs the rows of one statement in order, as ``executemany`` would, each
+    meeting the ON CONFLICT clause on its own.
+    """
+    start = sql.index(" VALUES (") + len(" VALUES ")
+    end = sql.index(")", start) + 1
+    group = sql[start:end]
+    return f"{sql[:start]}{', '.join([group] * count)}{sql[end:]}"
 
 
 # The writer's SQLite connection's page cache, in KiB (SQLite's default is 2000).
@@ -327,11 +450,7 @@ class SqliteStore:
         # One thread, for conversion and writes: the connection is only ever used from it.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
         self._usage: dict[tuple[str, ...], _SqliteStatements] = {}
-        owners = table_of(Interaction)
-        names = tuple(c.name for c in owners.columns)
-        stmt = sqlite.insert(owners).on_conflict_do_nothing(index_elements=["id"])
-        self._owner_sql, order = _compile(stmt, dialect, names)
-        self._convert_owners = row_converter(owners, order, dialect)
+        self._owners = _OwnerStatements(dialect)
 
     async def prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _SqliteWork:
         loop = asyncio.get_running_loop()
@@ -352,15 +471,26 @@ class SqliteStore:
         """In the writer's thread: each statement with its rows as tuples."""
         work: _SqliteWork = []
         if owners:
-            work.append((self._owner_sql, self._convert_owners(owners)))
-        plain, interactions = collapse_interactions(usage)
+            work.extend(self._owners.convert(owners))
+        plain, interactions = _collapse(usage)
         for rows, upsert in ((plain, False), (interactions, True)):
             if not rows:
                 continue
             for names, group in _columns(rows):
                 statements = self._statements(names)
-                sql = statements.upsert if upsert else statements.plain
-                work.append((sql, statements.convert(group)))
+                tuples = statements.convert(group)
+                per = statements.per_statement
+                whole = len(tuples) - len(tuples) % per
+                if whole and per > 1:
+                    # each of them the values of ``per`` rows, for the multi-row INSERT
+                    flat = [
+                        tuple(chain.from_iterable(tuples[i : i + per]))
+                        for i in range(0, whole, per)
+                    ]
+                    work.append((statements.upsert_many if upsert else statements.plain_many, flat))
+                    tuples = tuples[whole:]
+                if tuples:
+                    work.append((statements.upsert if upsert else statements.plain, tuples))
         return work
 
     def _write(self, work: _SqliteWork) -> None:
@@ -442,17 +572,43 @@ class _PostgresStatements:
             upsert_replacing_provisional(upsert, table, names).compile(dialect=dialect)
         )
         self.names = names
-        self.convert = row_converter(table, names, dialect)
+        self.convert = row_converter(table, names, dialect, null=_CSV_NULL)
 
 
-# The owner tuples, and the usage tuples with their statements per column set.
+class _CsvNull(int):
+    """SQL NULL in ``csv``'s output: a number, so ``QUOTE_NONNUMERIC`` leaves it
+    unquoted, whose text is empty, which is what COPY's CSV format reads as NULL
+    (``None`` would come out as ``""``, an empty string)."""
+
+    def __str__(self) -> str:
+        return ""
+
+
+_CSV_NULL = _CsvNull()
+
+
+def _csv(tuples: list[tuple[Any, ...]]) -> bytes:
+    """Bound tuples as the data of a CSV ``COPY``, in C (``csv``): every string quoted
+    (an empty one too), numbers and booleans bare, ``_CSV_NULL`` empty. Texts PostgreSQL
+    reads back exactly: ``str`` of a ``Decimal``, ``repr`` of a float, ISO 8601 with the
+    offset for a timestamp, ``True``/``False``."""
+    buffer = io.StringIO()
+    csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerows(tuples)
+    try:
+        return buffer.getvalue().encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate in some row's text
+        raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
+
+
+# The owner statements with their tuples, and per column set of usage rows its
+# statements and CSV data.
 _PostgresWork = tuple[
-    list[tuple[Any, ...]], list[tuple[_PostgresStatements, list[tuple[Any, ...]]]]
+    list[tuple[str, list[tuple[Any, ...]]]], list[tuple[_PostgresStatements, bytes]]
 ]
 
 
 class PostgresStore:
-    """Batches into PostgreSQL by binary COPY, on one connection the writer keeps.
+    """Batches into PostgreSQL by CSV COPY, on one connection the writer keeps.
 
     A batch is one transaction: its rows are COPYed straight into ``usage_records``
     under a savepoint. If one of them is already stored (a retried batch, a journal
@@ -467,19 +623,13 @@ class PostgresStore:
     prepares_ahead = True
 
     def __init__(self, engine: AsyncEngine) -> None:
-        from sqlalchemy.dialects import postgresql
-
         self._engine = engine
         dialect = engine.dialect
         self._dialect = dialect
         # Conversion (Decimal quantizing, JSON text) in a thread, off the event loop.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
         self._usage: dict[tuple[str, ...], _PostgresStatements] = {}
-        owners = table_of(Interaction)
-        names = tuple(c.name for c in owners.columns)
-        stmt = postgresql.insert(owners).on_conflict_do_nothing(index_elements=["id"])
-        self._owner_sql, order = _compile(stmt, dialect, names)
-        self._convert_owners = row_converter(owners, order, dialect)
+        self._owners = _OwnerStatements(dialect)
         self._table = table_of(UsageRow).name
         # Session-local, emptied at each COMMIT; the connection keeps it between
         # batches. Its columns are the live table's, whatever migration made them.
@@ -502,48 +652,47 @@ class PostgresStore:
         return await loop.run_in_executor(self._executor, self._prepare, usage, owners)
 
     def _prepare(self, usage: Sequence[Row], owners: Sequence[Row]) -> _PostgresWork:
-        """In the writer's thread: the owner tuples and the usage tuples per column set."""
-        owner_tuples = self._convert_owners(owners) if owners else []
-        plain, interactions = collapse_interactions(usage)
+        """In the writer's thread: the owner statements with their tuples, and the usage
+        rows' CSV per column set."""
+        owner_work = self._owners.convert(owners) if owners else []
+        plain, interactions = _collapse(usage)
         rows = [*plain, *interactions]
         groups = []
         if rows:
             for names, group in _columns(rows):
                 statements = self._statements(names)
-                groups.append((statements, statements.convert(group)))
-        return owner_tuples, groups
+                groups.append((statements, _csv(statements.convert(group))))
+        return owner_work, groups
 
     async def write(self, prepared: _PostgresWork) -> None:
-        owner_tuples, groups = prepared
-        if not owner_tuples and not groups:
+        owner_work, groups = prepared
+        if not owner_work and not groups:
             return
         driver = await self._connect()
         try:
             await driver.execute("BEGIN")
-            if owner_tuples:
-                await driver.executemany(self._owner_sql, owner_tuples)
-            for statements, tuples in groups:
-                await self._copy(driver, statements, tuples)
+            for sql, tuples in owner_work:
+                await driver.executemany(sql, tuples)
+            for statements, data in groups:
+                await self._copy(driver, statements, data)
             await driver.execute("COMMIT")
         except BaseException as exc:
             await self._recover(exc)
             raise
 
-    async def _copy(
-        self, driver: Any, statements: _PostgresStatements, tuples: list[tuple[Any, ...]]
-    ) -> None:
+    async def _copy(self, driver: Any, statements: _PostgresStatements, data: bytes) -> None:
         columns = list(statements.names)
         await driver.execute("SAVEPOINT gemini_meter_copy")
         try:
-            await driver.copy_records_to_table(
-                self._table, records=_yielding(tuples), columns=columns
+            await driver.copy_to_table(
+                self._table, source=_chunks(data), columns=columns, format="csv"
             )
             return
         except Exception as exc:
             if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
                 raise
         await driver.execute(f"ROLLBACK TO SAVEPOINT gemini_meter_copy; {self._create_incoming}")
-        await driver.copy_records_to_table(_INCOMING, records=_yielding(tuples), columns=columns)
+        await driver.copy_to_table(_INCOMING, source=_chunks(data), columns=columns, format="csv")
         await driver.execute(f"{statements.plain}; {statements.upsert}")
 
     async def _connect(self) -> Any:
@@ -589,16 +738,17 @@ class PostgresStore:
 
 
 _UNIQUE_VIOLATION = "23505"
-# asyncpg encodes COPY data on the event loop, all of an iterable's rows in one go;
-# rows handed over this many at a time let requests run in between.
-_YIELD_EVERY = 100
+# COPY data handed to the connection this many bytes at a time (a few hundred rows),
+# letting requests run in between.
+_CHUNK_BYTES = 256 * 1024
 
 
-async def _yielding(tuples: list[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
-    for start in range(0, len(tuples), _YIELD_EVERY):
-        for row in tuples[start : start + _YIELD_EVERY]:
-            yield row
-        await asyncio.sleep(0)
+async def _chunks(data: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), _CHUNK_BYTES):
+        if start:
+            await asyncio.sleep(0)
+        yield view[start : start + _CHUNK_BYTES]
 
 
 def is_row_error(exc: BaseException) -> bool:
@@ -627,10 +777,14 @@ class SessionStore:
 
     async def prepare(
         self, usage: Sequence[Row], owners: Sequence[Row]
-    ) -> tuple[Sequence[Row], Sequence[Row]]:
-        return usage, owners  # SQLAlchemy binds them itself
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        # SQLAlchemy binds the values itself, by column name
+        return (
+            [dict(zip(names, values, strict=True)) for names, values in usage],
+            [dict(zip(names, values, strict=True)) for names, values in owners],
+        )
 
-    async def write(self, prepared: tuple[Sequence[Row], Sequence[Row]]) -> None:
+    async def write(self, prepared: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
         usage, owners = prepared
         async with self._sessionmaker.begin() as session:
             await insert_interaction_owners(session, owners)

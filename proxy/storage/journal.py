@@ -12,8 +12,8 @@ recorded. The request path never waits for the disk:
   go out at once. One flusher task then fsyncs in a worker thread, ``sync_interval``
   after the first row it covers (or at the next loop tick): one fsync covers every
   record written meanwhile, and rows written while it runs make the next one. A row's
-  ``on_durable`` callback runs after its fsync, with its *ticket* (the number of
-  the segment that holds it); only then does the writer queue it for the
+  ``on_durable`` callback runs after its fsync, with the row and its *ticket* (the
+  number of the segment that holds it); only then does the writer queue it for the
   database. What a machine crash (power, kernel) can lose is the rows written
   since the last fsync began: one group commit's worth, ``sync_interval`` plus
   an fsync of calls.
@@ -27,7 +27,11 @@ recorded. The request path never waits for the disk:
   committed just before the crash, but not yet trimmed, is not doubled.
 - **framing**: each row is ``<length:u32><crc32:u32><JSON>``. A torn or corrupt
   tail (a crash mid-write) ends that segment's replay; the rest of it is
-  discarded with a warning.
+  discarded with a warning. The JSON is ``[kind, layout, [values...]]``: the row's
+  values in the order of a numbered column layout (``writes.USAGE_COLUMNS`` or
+  ``OWNER_COLUMNS`` today, layout 1), the very tuple the writer queues. Frames of
+  the first format, ``{"k": kind, "v": {column: value}}``, left on disk by an
+  earlier release, are replayed too.
 - **bound**: ``held_bytes`` counts the segments on disk. Past ``max_bytes`` the
   ``drop`` policy refuses the row (``append`` returns False, ``dropped_total``
   counts it) while the ``refuse`` policy keeps accepting rows of calls already
@@ -39,9 +43,8 @@ recorded. The request path never waits for the disk:
   sharing one directory never share a journal, and a restarted process (the
   kernel frees the lock of a killed one) replays what its predecessor left.
 
-Rows are JSON objects of column values: money as exact decimal strings,
-timestamps in ISO 8601; ``decode`` turns them back by the column types of
-``storage.schema``.
+Values are JSON: money as exact decimal strings, timestamps in ISO 8601;
+``decode_frames`` turns them back by the column types of ``storage.schema``.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ from sqlalchemy import Table
 
 from ..settings import JournalFullPolicy
 from .schema import Interaction, Money, UsageRow, UTCDateTime
+from .writes import OWNER_COLUMNS, USAGE_COLUMNS
 
-__all__ = ["Entry", "Journal", "JournalBusy", "decode_frames", "encode_frame"]
+__all__ = ["Entry", "Journal", "JournalBusy", "OnDurable", "decode_frames", "encode_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +89,30 @@ class JournalBusy(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One row read back from the journal: its kind, its column values, its ticket."""
+    """One row read back from the journal: its kind, its columns and their values (a
+    frame of the current layout: ``USAGE_COLUMNS`` or ``OWNER_COLUMNS`` themselves),
+    its ticket."""
 
     kind: str
-    values: dict[str, Any]
+    names: tuple[str, ...]
+    values: tuple[Any, ...]
     ticket: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self.names, self.values, strict=True))
 
 
 # ------------------------------------------------------------------ pure encoding
+
+# The column layouts of the frames' value lists, by kind and layout number. A frame
+# names its layout, so that a release that changes a row's columns adds a layout and
+# still replays what the previous one journaled.
+_LAYOUTS: dict[tuple[str, int], tuple[str, ...]] = {
+    (USAGE, 1): USAGE_COLUMNS,
+    (OWNER, 1): OWNER_COLUMNS,
+}
+# What ``encode_frame`` writes: the layout of ``usage_row`` and ``owner_row`` tuples.
+_CURRENT = {USAGE: 1, OWNER: 1}
 
 
 def _json_default(value: object) -> object:
@@ -103,20 +123,35 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot journal a {type(value).__name__}")
 
 
-def encode_frame(kind: str, values: dict[str, Any]) -> bytes:
-    """One framed row: header, then ``{"k": kind, "v": values}`` as compact JSON
-    (orjson: a few microseconds a row, cheap enough for the event loop)."""
-    payload = orjson.dumps({"k": kind, "v": values}, default=_json_default)
+def encode_frame(kind: str, values: tuple[Any, ...]) -> bytes:
+    """One framed row: header, then ``[kind, layout, [values...]]`` as compact JSON
+    (orjson: a couple of microseconds a row, cheap enough for the event loop).
+
+    ``values`` is a row of the current layout (``writes.usage_row``,
+    ``writes.owner_row``): no column names, which made up half of the frames of the
+    first format (``{"k": kind, "v": {column: value}}``, still read by ``decode_frames``).
+    """
+    layout = _CURRENT[kind]
+    if len(values) != len(_LAYOUTS[(kind, layout)]):
+        # replayed, it would end its segment's replay as a corrupt frame would
+        raise ValueError(f"a {kind} row of {len(values)} values, not layout {layout}'s")
+    payload = orjson.dumps((kind, layout, values), default=_json_default)
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _from_text(decode: Callable[[str], Any]) -> Callable[[Any], Any]:
+    # Only a string was written for such a value: anything else (a float where money
+    # belongs) is left for the writer's conversion to refuse, as it would have been.
+    return lambda value: decode(value) if type(value) is str else value
 
 
 def _decoders(table: Table) -> dict[str, Callable[[Any], Any]]:
     out: dict[str, Callable[[Any], Any]] = {}
     for column in table.columns:
         if isinstance(column.type, Money):
-            out[column.name] = Decimal
+            out[column.name] = _from_text(Decimal)
         elif isinstance(column.type, UTCDateTime):
-            out[column.name] = datetime.fromisoformat
+            out[column.name] = _from_text(datetime.fromisoformat)
     return out
 
 
@@ -124,22 +159,45 @@ _DECODERS = {
     USAGE: _decoders(UsageRow.__table__),  # type: ignore[arg-type]
     OWNER: _decoders(Interaction.__table__),  # type: ignore[arg-type]
 }
+# The same, by position in each layout.
+_POSITIONAL = {
+    key: [(names.index(name), decode) for name, decode in _DECODERS[key[0]].items()]
+    for key, names in _LAYOUTS.items()
+}
+
+Decoded = tuple[str, tuple[str, ...], tuple[Any, ...]]
+# Called with a row (its kind and values) and its ticket once the row is fsync'd.
+OnDurable = Callable[[str, tuple[Any, ...], "int | None"], None]
 
 
-def _decode(payload: bytes) -> tuple[str, dict[str, Any]]:
+def _decode(payload: bytes) -> Decoded:
     obj = orjson.loads(payload)
-    kind, values = obj["k"], obj["v"]
+    if type(obj) is list:
+        kind, layout, values = obj
+        names = _LAYOUTS[(kind, layout)]
+        if type(values) is not list or len(values) != len(names):
+            raise ValueError(f"a {kind} frame of layout {layout} with {len(values)} values")
+        for index, decode in _POSITIONAL[(kind, layout)]:
+            if values[index] is not None:
+                values[index] = decode(values[index])
+        return kind, names, tuple(values)
+    # The first format: {"k": kind, "v": {column: value}}, written until frames had layouts.
+    kind, row = obj["k"], obj["v"]
     decoders = _DECODERS[kind]
     for name, decode in decoders.items():
-        if values.get(name) is not None:
-            values[name] = decode(values[name])
-    return kind, values
+        if row.get(name) is not None:
+            row[name] = decode(row[name])
+    columns = tuple(row)
+    current = _LAYOUTS[(kind, _CURRENT[kind])]
+    # The current columns are the object itself: the writer groups rows by it.
+    return kind, current if columns == current else columns, tuple(row.values())
 
 
-def decode_frames(data: bytes) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """The rows framed in ``data`` up to the first torn or corrupt frame, and the
-    number of bytes that were valid (the rest is a tail to discard)."""
-    rows: list[tuple[str, dict[str, Any]]] = []
+def decode_frames(data: bytes) -> tuple[list[Decoded], int]:
+    """The rows framed in ``data`` (kind, column names, values) up to the first torn or
+    corrupt frame, and the number of bytes that were valid (the rest is a tail to
+    discard)."""
+    rows: list[Decoded] = []
     pos = 0
     while pos + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, pos)
@@ -199,7 +257,7 @@ class Journal:
         self._disk_bytes = 0
         # Rows written since the last group commit began: their callbacks and tickets
         # (None: the write failed), run once the fsync covering them is done.
-        self._unsynced: list[tuple[Callable[[int | None], None], int | None]] = []
+        self._unsynced: list[tuple[OnDurable, str, tuple[Any, ...], int | None]] = []
         # Descriptors of segments rotated away, for the next group commit to fsync and close.
         self._retired: list[int] = []
         self._new_segment = False  # a segment was created: the directory needs its fsync too
@@ -270,7 +328,7 @@ class Journal:
             self._sizes[number] = len(data)
             self._disk_bytes += len(data)
             self._live[number] = len(rows)
-            entries.extend(Entry(kind, values, number) for kind, values in rows)
+            entries.extend(Entry(kind, names, values, number) for kind, names, values in rows)
         self.replayed = len(entries)
         self._active = (numbers[-1] + 1) if numbers else 0
         self._open_segment(self._active)
@@ -376,17 +434,18 @@ class Journal:
 
     # ------------------------------------------------------------ append / release
 
-    def append(
-        self, kind: str, values: dict[str, Any], on_durable: Callable[[int | None], None]
-    ) -> bool:
+    def append(self, kind: str, values: tuple[Any, ...], on_durable: OnDurable) -> bool:
         """Write a row to the active segment now; never awaits, never waits for the disk.
 
         The row is encoded and written (``os.write``, into the kernel's page cache) before
         this returns, so it outlives the process from then on. Making it durable against
         the machine failing is the group commit's work, in the journal's thread:
-        ``on_durable(ticket)`` runs once the row is fsync'd (ticket: the segment holding
-        it, to ``release`` later), or with ``None`` if it could not be written, so that
-        the row still reaches the database. Returns False when the row was not accepted
+        ``on_durable(kind, values, ticket)`` runs once the row is fsync'd (ticket: the
+        segment holding it, to ``release`` later), or with ``None`` if it could not be
+        written, so that the row still reaches the database. (The row is handed back,
+        not bound into a closure per row: ``append`` runs once per billable call, and the
+        closure and its cells were a fair share of what it allocated, which the garbage
+        collector then keeps walking.) Returns False when the row was not accepted
         (the ``drop`` policy and a full journal, or a closed one). A row that cannot be
         encoded raises (a bug: the caller sends it on unjournaled).
         """
@@ -412,9 +471,9 @@ class Journal:
             self.write_errors_total += 1
             log.error("journal write failed, a record goes on unjournaled: %s", exc)
             self._fd_broken = True
-            self._unsynced.append((on_durable, None))
+            self._unsynced.append((on_durable, kind, values, None))
         else:
-            self._unsynced.append((on_durable, ticket))
+            self._unsynced.append((on_durable, kind, values, ticket))
         self._start_flusher()
         return True
 
@@ -506,9 +565,9 @@ class Journal:
                 self.write_errors_total += 1
                 log.error("journal fsync failed for %d records: %s", len(waiting), exc)
             self.commits_total += bool(waiting)
-            for callback, ticket in waiting:
+            for callback, kind, values, ticket in waiting:
                 try:
-                    callback(ticket)
+                    callback(kind, values, ticket)
                 except Exception:
                     log.exception("journal callback failed")
 

@@ -2,7 +2,9 @@
 
 ``metering.recorder`` calls ``UsageWriter.submit(record)`` (and ``server.owned`` calls
 ``submit_owner`` when an interaction is created). Both turn what they are given
-into a row and return: no await, no waiting on the disk. With a
+into a row, a plain tuple of column values (``writes.usage_row``, built once: the
+journal encodes it as it is, and the store binds it as it is), and return: no
+await, no waiting on the disk. With a
 ``storage.journal.Journal`` (the default in the app), the row is written to the
 journal before ``submit`` returns and joins the in-process queue once the
 journal has fsync'd it; the journal's ticket travels with the row, and the row
@@ -19,10 +21,10 @@ background task drains the queue:
   (a transaction's fixed costs, its COMMIT's fsync first, dominate a small one);
 - on PostgreSQL, while a batch is written the next one is taken as soon as it is
   due, and turned into driver tuples meanwhile (the server does the writing);
-- each batch is one transaction of bulk inserts (``storage.bulk``: ``executemany``
-  on the writer's own SQLite connection in its own thread, binary COPY on
-  PostgreSQL; rows become driver tuples off the event loop) that skip a row
-  already stored (same ``request_id`` or interaction id), so a batch retried
+- each batch is one transaction of bulk inserts (``storage.bulk``: multi-row
+  INSERTs on the writer's own SQLite connection in its own thread, a CSV COPY on
+  PostgreSQL; rows become driver tuples, and COPY's text, off the event loop) that
+  skip a row already stored (same ``request_id`` or interaction id), so a batch retried
   after an unclear failure (a COMMIT whose reply was lost) or replayed from the
   journal is stored once;
 - a failed batch is kept and retried with capped exponential backoff, for as
@@ -59,7 +61,7 @@ from ..metering.records import Principal, UsageRecord
 from .bulk import batch_store, is_row_error
 from .journal import OWNER, USAGE, Entry, Journal
 from .schema import utcnow
-from .writes import owner_values, usage_values
+from .writes import OWNER_COLUMNS, USAGE_COLUMNS, owner_row, usage_row
 
 __all__ = ["UsageWriter"]
 
@@ -69,7 +71,8 @@ log = logging.getLogger(__name__)
 class _Row(NamedTuple):
     enqueued_at: float  # time.monotonic() at submit
     is_usage: bool  # a usage_records row, else an interactions row
-    values: dict[str, Any]
+    names: tuple[str, ...]  # USAGE_COLUMNS or OWNER_COLUMNS, but for an older journal's rows
+    values: tuple[Any, ...]
     ticket: int | None = None  # the journal segment holding it, if journaled
 
 
@@ -136,6 +139,8 @@ class UsageWriter:
         self._retry_max = retry_max_seconds
         self._attempts_before_split = attempts_before_split
         self._journal = journal
+        # Bound once: an attribute lookup of a method makes a new object each time.
+        self._on_durable = self._durable
         # Given each batch write's duration in seconds, failed attempts included (a metric).
         self._on_batch = on_batch
 
@@ -179,44 +184,49 @@ class UsageWriter:
         ``record`` afterwards has no effect on what is stored.
         """
         try:
-            values = usage_values(record)
+            values = usage_row(record)
         except Exception:
             # A bug upstream of us must not fail the client's request.
             log.exception("could not convert a usage record; it is not recorded")
             self.failed_rows_total += 1
             return False
-        return self._hand_over(True, values)
+        return self._hand_over(True, USAGE_COLUMNS, values)
 
     def submit_owner(self, interaction_id: str, principal: Principal, model: str | None) -> None:
         """Queue "``principal`` owns ``interaction_id``". Never awaits, never raises."""
-        self._hand_over(False, owner_values(interaction_id, principal, model, utcnow()))
+        row = owner_row(interaction_id, principal, model, utcnow())
+        self._hand_over(False, OWNER_COLUMNS, row)
 
-    def _hand_over(self, is_usage: bool, values: dict[str, Any]) -> bool:
+    def _hand_over(self, is_usage: bool, names: tuple[str, ...], values: tuple[Any, ...]) -> bool:
         """Journal a row, which joins the queue once its group commit is fsync'd."""
         journal = self._journal
         if journal is None:
-            return self._enqueue(is_usage, values, None)
-
-        def durable(ticket: int | None) -> None:
-            self._enqueue(is_usage, values, ticket)
-
+            return self._enqueue(is_usage, names, values, None)
         try:
-            return journal.append(USAGE if is_usage else OWNER, values, durable)
+            return journal.append(USAGE if is_usage else OWNER, values, self._on_durable)
         except Exception:
             # A value the journal cannot encode is a bug; the row still goes on.
             log.exception("could not journal a row; it is written unjournaled")
-            return self._enqueue(is_usage, values, None)
+            return self._enqueue(is_usage, names, values, None)
+
+    def _durable(self, kind: str, values: tuple[Any, ...], ticket: int | None) -> None:
+        """The journal's fsync covers a row of the current layout: queue it."""
+        is_usage = kind == USAGE
+        self._enqueue(is_usage, USAGE_COLUMNS if is_usage else OWNER_COLUMNS, values, ticket)
 
     def replay(self, entries: Iterable[Entry]) -> None:
         """Queue rows the journal kept from a previous run (beyond ``queue_limit``:
         the journal's own size bounds them)."""
         for entry in entries:
             # Overdue already: written at once, not after a flush interval.
-            self._queue.append(_Row(-math.inf, entry.kind == USAGE, entry.values, entry.ticket))
+            row = _Row(-math.inf, entry.kind == USAGE, entry.names, entry.values, entry.ticket)
+            self._queue.append(row)
             self._accepted += 1
         self._wakeup.set()
 
-    def _enqueue(self, is_usage: bool, values: dict[str, Any], ticket: int | None) -> bool:
+    def _enqueue(
+        self, is_usage: bool, names: tuple[str, ...], values: tuple[Any, ...], ticket: int | None
+    ) -> bool:
         if self._closed or self.queued >= self._queue_limit:
             self.dropped_total += 1
             if self._burst_dropped == 0:
@@ -230,7 +240,7 @@ class UsageWriter:
                 )
             self._burst_dropped += 1
             return False
-        self._queue.append(_Row(time.monotonic(), is_usage, values, ticket))
+        self._queue.append(_Row(time.monotonic(), is_usage, names, values, ticket))
         self._accepted += 1
         # Wake the loop only when it has something new to decide: the first row
         # (start the interval clock) or a full batch.
@@ -502,8 +512,8 @@ class UsageWriter:
         await self._store.write(await self._prepare(rows))
 
     async def _prepare(self, rows: Sequence[_Row]) -> Any:
-        usage = [row.values for row in rows if row.is_usage]
-        owners = [row.values for row in rows if not row.is_usage]
+        usage = [(row.names, row.values) for row in rows if row.is_usage]
+        owners = [(row.names, row.values) for row in rows if not row.is_usage]
         return await self._store.prepare(usage, owners)
 
 

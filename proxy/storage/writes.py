@@ -1,10 +1,13 @@
 """The write path: a finished ``UsageRecord`` (or an interaction's owner) as a row.
 
-``storage.writer`` turns what it is handed into rows with ``usage_values`` and
-``owner_values`` and writes a batch with ``insert_usage_rows`` /
-``insert_interaction_owners``. Both are idempotent, so a batch retried after an
-unclear failure (a COMMIT whose reply was lost) or replayed from the journal
-is stored once:
+``storage.writer`` turns what it is handed into rows with ``usage_row`` and
+``owner_row``: plain tuples in the order of ``USAGE_COLUMNS`` and ``OWNER_COLUMNS``,
+which the journal encodes and ``storage.bulk`` binds as they are. ``usage_values`` and
+``owner_values`` are the same rows by column name, for the ORM statements
+``insert_usage_rows`` / ``insert_interaction_owners`` (the writer's fallback for an
+in-memory database, and the tests'). ``storage.bulk`` compiles its statements from the
+same constructs. All are idempotent, so a batch retried after an unclear failure (a
+COMMIT whose reply was lost) or replayed from the journal is stored once:
 
 - a usage row is keyed by its ``request_id`` (unique) and, for an interaction,
   by its ``interaction_id`` (unique: one row per interaction);
@@ -35,12 +38,16 @@ if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql
 
 __all__ = [
+    "OWNER_COLUMNS",
+    "USAGE_COLUMNS",
     "cost_values",
     "insert_ignoring",
     "insert_interaction_owners",
     "insert_usage_rows",
+    "owner_row",
     "owner_values",
     "table_of",
+    "usage_row",
     "usage_values",
 ]
 
@@ -61,53 +68,128 @@ def insert_ignoring(session: AsyncSession, table: Table, *conflict_columns: str)
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
 
 
-def usage_values(record: UsageRecord) -> dict[str, Any]:
-    """A ``UsageRecord`` as a ``usage_records`` row (column name -> value).
+# The columns of a ``usage_row`` tuple, in its order (the order of the journal's
+# frames, layout 1: ``storage.journal`` keeps it for replay if it ever changes).
+USAGE_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "created_at",
+    "user_id",
+    "team_id",
+    "key_id",
+    "model",
+    "endpoint",
+    "streamed",
+    "upstream_status",
+    "latency_seconds",
+    "ttfb_seconds",
+    "interaction_id",
+    "resource",
+    "response_id",
+    "previous_interaction_id",
+    "requested_service_tier",
+    "effective_service_tier",
+    "labels",
+    "input_tokens",
+    "cached_tokens",
+    "intermediate_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "total_tokens",
+    "total_mismatch",
+    "modalities",
+    "grounding",
+    "images",
+    "video_seconds",
+    "storage_token_seconds",
+    "code_execution_calls",
+    "code_execution_errors",
+    "parse_error",
+    "client_disconnected",
+    "provisional",
+    "estimated",
+    "unmetered_route",
+    "cost_usd",
+    "cost_input_usd",
+    "cost_cached_usd",
+    "cost_intermediate_usd",
+    "cost_output_usd",
+    "cost_thinking_usd",
+    "cost_grounding_usd",
+    "cost_media_usd",
+    "cost_storage_usd",
+    "catalog_version",
+    "unpriced",
+)
+# The columns of an ``owner_row`` tuple, in its order.
+OWNER_COLUMNS: tuple[str, ...] = ("id", "user_id", "team_id", "key_id", "model", "created_at")
+
+
+def usage_row(record: UsageRecord) -> tuple[Any, ...]:
+    """A ``UsageRecord`` as a ``usage_records`` row: its values in ``USAGE_COLUMNS``'
+    order, what the writer journals and queues (``submit`` builds it on the event loop).
 
     Copies the mutable parts (labels, modality maps), so the row is a snapshot
-    of the record at the time of the call.
+    of the record at the time of the call. One tuple expression: a dict of the
+    same values cost twice as much to build, and its keys made up half a
+    journal frame.
     """
     usage, cost, principal = record.usage, record.cost, record.principal
-    return {
-        "request_id": record.request_id,
-        "created_at": record.created_at,
-        "user_id": principal.user_id,
-        "team_id": principal.team_id,
-        "key_id": principal.key_id,
-        "model": record.model,
-        "endpoint": str(record.endpoint),
-        "streamed": record.streamed,
-        "upstream_status": record.upstream_status,
-        "latency_seconds": record.latency_seconds,
-        "ttfb_seconds": record.ttfb_seconds,
-        "interaction_id": record.interaction_id,
-        "resource": record.resource,
-        "response_id": record.response_id,
-        "previous_interaction_id": record.previous_interaction_id,
-        "requested_service_tier": record.requested_service_tier,
-        "effective_service_tier": record.effective_service_tier,
-        "labels": dict(record.labels),
-        "input_tokens": usage.input_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "intermediate_tokens": usage.intermediate_tokens,
-        "output_tokens": usage.output_tokens,
-        "thinking_tokens": usage.thinking_tokens,
-        "total_tokens": usage.total_tokens,
-        "total_mismatch": usage.total_mismatch,
-        "modalities": {k: dict(v) for k, v in usage.modalities_json().items()},
-        "grounding": dict(usage.grounding),
-        "images": usage.images,
-        "video_seconds": usage.video_seconds,
-        "storage_token_seconds": usage.storage_token_seconds,
-        "code_execution_calls": record.code_execution_calls,
-        "code_execution_errors": record.code_execution_errors,
-        "parse_error": record.parse_error,
-        "client_disconnected": record.client_disconnected,
-        "provisional": record.provisional,
-        "estimated": record.estimated,
-        "unmetered_route": record.unmetered_route,
-        **cost_values(cost),
-    }
+    return (
+        record.request_id,
+        record.created_at,
+        principal.user_id,
+        principal.team_id,
+        principal.key_id,
+        record.model,
+        str(record.endpoint),
+        record.streamed,
+        record.upstream_status,
+        record.latency_seconds,
+        record.ttfb_seconds,
+        record.interaction_id,
+        record.resource,
+        record.response_id,
+        record.previous_interaction_id,
+        record.requested_service_tier,
+        record.effective_service_tier,
+        dict(record.labels),
+        usage.input_tokens,
+        usage.cached_tokens,
+        usage.intermediate_tokens,
+        usage.output_tokens,
+        usage.thinking_tokens,
+        usage.total_tokens,
+        usage.total_mismatch,
+        usage.modalities_json(copy=True),
+        dict(usage.grounding),
+        usage.images,
+        usage.video_seconds,
+        usage.storage_token_seconds,
+        record.code_execution_calls,
+        record.code_execution_errors,
+        record.parse_error,
+        record.client_disconnected,
+        record.provisional,
+        record.estimated,
+        record.unmetered_route,
+        cost.total,
+        cost.input,
+        cost.cached,
+        cost.intermediate,
+        cost.output,
+        cost.thinking,
+        cost.grounding,
+        cost.media,
+        cost.storage,
+        cost.catalog_version,
+        cost.unpriced,
+    )
+
+
+def usage_values(record: UsageRecord) -> dict[str, Any]:
+    """A ``UsageRecord`` as a ``usage_records`` row (column name -> value), for the ORM
+    statements below: ``usage_row`` by name."""
+    return dict(zip(USAGE_COLUMNS, usage_row(record), strict=True))
 
 
 def cost_values(cost: Cost) -> dict[str, Any]:
@@ -126,18 +208,28 @@ def cost_values(cost: Cost) -> dict[str, Any]:
     }
 
 
+def owner_row(
+    interaction_id: str, principal: Principal, model: str | None, created_at: datetime
+) -> tuple[Any, ...]:
+    """An ``interactions`` row, ``principal`` owns ``interaction_id``, in
+    ``OWNER_COLUMNS``' order."""
+    return (
+        interaction_id,
+        principal.user_id,
+        principal.team_id,
+        principal.key_id,
+        model,
+        created_at,
+    )
+
+
 def owner_values(
     interaction_id: str, principal: Principal, model: str | None, created_at: datetime
 ) -> dict[str, Any]:
-    """An ``interactions`` row: ``principal`` owns ``interaction_id``."""
-    return {
-        "id": interaction_id,
-        "user_id": principal.user_id,
-        "team_id": principal.team_id,
-        "key_id": principal.key_id,
-        "model": model,
-        "created_at": created_at,
-    }
+    """An ``interactions`` row (column name -> value): ``owner_row`` by name."""
+    return dict(
+        zip(OWNER_COLUMNS, owner_row(interaction_id, principal, model, created_at), strict=True)
+    )
 
 
 def _replaces(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:

@@ -27,7 +27,7 @@ from proxy.metering.streams import stream_tap
 from proxy.server.forward import billing
 from proxy.server.routes import Action
 from proxy.storage.journal import USAGE, Journal, decode_frames
-from proxy.storage.writes import usage_values
+from proxy.storage.writes import usage_row, usage_values
 from tests.metering.test_streams import (
     GENERATE_SSE,
     INTERACTION_SSE,
@@ -72,15 +72,17 @@ def _journal_round_trip(record: UsageRecord) -> dict[str, Any]:
         journal = Journal(directory, max_bytes=10**6)
         journal.open()
         tickets: list[int | None] = []
-        assert journal.append(USAGE, usage_values(record), tickets.append)
+        assert journal.append(
+            USAGE, usage_row(record), lambda kind, values, ticket: tickets.append(ticket)
+        )
         await journal.flush()
         assert tickets != [None]
         assert journal.slot is not None
         data = b"".join(p.read_bytes() for p in sorted(journal.slot.glob("*.seg")))
         await journal.close()
-        [(kind, values)], valid = decode_frames(data)
+        [(kind, names, values)], valid = decode_frames(data)
         assert (kind, valid) == (USAGE, len(data))
-        return values
+        return dict(zip(names, values, strict=True))
 
     with tempfile.TemporaryDirectory() as directory:
         return asyncio.run(go(Path(directory)))

@@ -28,7 +28,13 @@ from proxy.storage.bulk import (
 from proxy.storage.journal import USAGE, Entry
 from proxy.storage.schema import Money, UsageRow
 from proxy.storage.writer import UsageWriter
-from proxy.storage.writes import insert_usage_rows, table_of, usage_values
+from proxy.storage.writes import (
+    USAGE_COLUMNS,
+    insert_usage_rows,
+    table_of,
+    usage_row,
+    usage_values,
+)
 
 SECRET = b"test-secret-test-secret-test-sec"
 # Every column but the surrogate key and the two the records differ in by necessity.
@@ -101,6 +107,13 @@ def _full_record(make_record, principal: Principal, **overrides: Any):
     }
     values.update(overrides)
     return make_record(principal, **values)
+
+
+def _entry(values: dict[str, Any]) -> Entry:
+    """A row as the journal replays it: by its column names (an older release's
+    columns, in an older frame format), the current columns being the layout's own."""
+    names = tuple(values)
+    return Entry(USAGE, USAGE_COLUMNS if names == USAGE_COLUMNS else names, (*values.values(),), 0)
 
 
 async def _raw(sessionmaker, request_id: str) -> dict[str, Any]:
@@ -192,6 +205,38 @@ async def test_the_fast_path_stores_what_the_orm_path_stores(
         assert reference["created_at"] == ("str", "2026-03-02 04:59:58.123456")
 
 
+async def test_text_a_copy_must_quote_or_escape_is_stored_as_it_came(
+    sessionmaker, principal, make_record
+):
+    # PostgreSQL's rows travel as COPY text: an empty string must stay apart from NULL,
+    # and separators, quotes, line breaks, backslashes and the words COPY reads as NULL
+    # must arrive as they were given.
+    awkward = 'a,"b"\n\\N\r\tc'
+    fields: dict[str, Any] = {
+        "resource": "",
+        "response_id": None,
+        "previous_interaction_id": awkward,
+        "requested_service_tier": "\\N",
+        "effective_service_tier": "NULL",
+        "latency_seconds": 1e-05,
+        "ttfb_seconds": 0.1,
+        "labels": {"k": awkward, "": ""},
+    }
+    orm, fast = (
+        _full_record(make_record, principal, interaction_id=None, **fields) for _ in range(2)
+    )
+    async with sessionmaker.begin() as session:
+        await insert_usage_rows(session, [usage_values(orm)])
+    writer = UsageWriter(sessionmaker)
+    await writer.start()
+    writer.submit(fast)
+    await writer.close()
+    assert writer.written_total == 1 and writer.failed_rows_total == 0
+    assert await _raw(sessionmaker, fast.request_id) == await _raw(sessionmaker, orm.request_id)
+    stored = await _orm(sessionmaker, fast.request_id)
+    assert {name: stored[name] for name in fields} == fields
+
+
 async def test_a_batch_with_rows_of_an_older_column_set_stores_both(
     sessionmaker, principal, make_record
 ):
@@ -202,7 +247,7 @@ async def test_a_batch_with_rows_of_an_older_column_set_stores_both(
     for name in ("resource", "images", "video_seconds", "storage_token_seconds"):
         del older[name]
     writer = UsageWriter(sessionmaker)
-    writer.replay([Entry(USAGE, older, 0), Entry(USAGE, current, 0)])
+    writer.replay([_entry(older), _entry(current)])
     await writer.start()
     await writer.close()
     assert (writer.written_total, writer.failed_rows_total) == (2, 0)
@@ -259,7 +304,7 @@ async def test_one_batch_holding_a_duplicate_and_an_interaction_s_successive_row
         ),
     ]
     writer = UsageWriter(sessionmaker)
-    writer.replay([Entry(USAGE, values, 0) for values in rows])
+    writer.replay([_entry(values) for values in rows])
     await writer.start()
     await writer.close()
     assert (writer.written_total, writer.failed_batches_total, writer.failed_rows_total) == (
@@ -277,6 +322,57 @@ async def test_one_batch_holding_a_duplicate_and_an_interaction_s_successive_row
     assert sorted(stored) == sorted(
         [(twice.request_id, twice.usage.total_tokens, False), (rows[3]["request_id"], 9, False)]
     )
+
+
+async def test_a_batch_of_many_rows_keeps_the_conflict_rules_in_multi_row_statements(
+    sessionmaker, principal, make_record, db_kind
+):
+    # SQLite writes a large batch 64 rows to an INSERT (PostgreSQL: one COPY, which meets
+    # the stored rows and goes the ON CONFLICT way): every rule still holds row by row.
+    stored = make_record(principal, usage=Usage(total_tokens=3))
+    pending = make_record(
+        principal, interaction_id="v1_m", provisional=True, usage=Usage(total_tokens=5)
+    )
+    final = make_record(principal, interaction_id="v1_f", usage=Usage(total_tokens=9))
+    writer = UsageWriter(sessionmaker)
+    await writer.start()
+    for record in (stored, pending, final):
+        writer.submit(record)
+    await writer.flush()
+
+    fresh = [make_record(principal) for _ in range(130)]
+    interactions = [make_record(principal, interaction_id=f"v1_{n}") for n in range(70)]
+    again = make_record(principal, request_id=stored.request_id, usage=Usage(total_tokens=7))
+    terminal = make_record(principal, interaction_id="v1_m", usage=Usage(total_tokens=12))
+    late = make_record(
+        principal, interaction_id="v1_f", provisional=True, usage=Usage(total_tokens=20)
+    )
+    batch = [*fresh[:60], again, *interactions[:40], terminal, *fresh[60:], late]
+    batch += interactions[40:]
+    if db_kind == "sqlite":
+        assert isinstance(writer._store, SqliteStore)
+        work = writer._store._prepare([(USAGE_COLUMNS, usage_row(r)) for r in batch], [])
+        # the plain rows: two statements of 64 rows, then 3 by executemany; the
+        # interactions' rows: one of 64 and 8 more
+        assert [len(params) for _, params in work] == [2, 3, 1, 8]
+        assert [len(params[0]) for _, params in work] == [64 * 48, 48, 64 * 48, 48]
+    for record in batch:
+        writer.submit(record)
+    await writer.close()
+    assert (writer.failed_batches_total, writer.failed_rows_total) == (0, 0)
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(UsageRow.request_id, UsageRow.total_tokens, UsageRow.provisional)
+            )
+        ).all()
+    expected = {
+        stored.request_id: (3, False),  # a final row is never replaced
+        terminal.request_id: (12, False),  # the provisional one is
+        final.request_id: (9, False),  # not by a later provisional one
+        **{r.request_id: (15, False) for r in [*fresh, *interactions]},
+    }
+    assert {r: (t, p) for r, t, p in rows} == expected
 
 
 async def test_two_writers_on_one_database_both_get_through(sessionmaker, make_record):
@@ -354,7 +450,7 @@ def test_money_is_bound_as_sqlalchemy_binds_it(dialect, value):
 
     def fast(amount):
         try:
-            return convert([{"cost_usd": amount}])[0][0]
+            return convert([(amount,)])[0][0]
         except RowRefused as exc:
             raise ValueError(str(exc)) from exc
 
@@ -385,7 +481,7 @@ def test_a_timestamp_is_bound_as_sqlalchemy_binds_it(dialect, value):
 
     def fast(timestamp):
         try:
-            return convert([{"created_at": timestamp}])[0][0]
+            return convert([(timestamp,)])[0][0]
         except RowRefused as exc:
             raise ValueError(str(exc)) from exc
 
@@ -401,9 +497,9 @@ def test_a_timestamp_is_bound_as_sqlalchemy_binds_it(dialect, value):
 def test_a_timestamp_is_stored_on_sqlite_as_utc_wall_time_with_microseconds():
     convert = row_converter(table_of(UsageRow), ["created_at"], aiosqlite_dialect())
     # 23:59:58 at UTC-5 is 04:59:58 the next day in UTC; whole seconds keep ".000000"
-    assert convert([{"created_at": datetime(2026, 3, 1, 23, 59, 58, tzinfo=EST)}]) == [
+    assert convert([(datetime(2026, 3, 1, 23, 59, 58, tzinfo=EST),)]) == [
         ("2026-03-02 04:59:58.000000",)
     ]
     # a value of the wrong type is the row's fault (isolated), not the database's (retried)
     with pytest.raises(RowRefused):
-        convert([{"created_at": "2026-03-01 23:59:58"}])
+        convert([("2026-03-01 23:59:58",)])

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
@@ -22,10 +25,25 @@ from proxy.pricing.catalog import load_catalog
 from proxy.server.metrics import build_metrics
 from proxy.settings import JournalFullPolicy
 from proxy.storage.accounts import principal_for_user
-from proxy.storage.journal import OWNER, USAGE, Journal, decode_frames, encode_frame
-from proxy.storage.schema import UsageRow, make_engine
+from proxy.storage.journal import (
+    _LAYOUTS,
+    OWNER,
+    USAGE,
+    Journal,
+    OnDurable,
+    decode_frames,
+    encode_frame,
+)
+from proxy.storage.schema import Interaction, UsageRow, make_engine
 from proxy.storage.writer import UsageWriter
-from proxy.storage.writes import usage_values
+from proxy.storage.writes import OWNER_COLUMNS, USAGE_COLUMNS, owner_row, usage_row
+
+_AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def _row(name: str) -> tuple[Any, ...]:
+    """A small row for the journal's own tests: the owner of interaction ``name``."""
+    return owner_row(name, Principal(user_id=1, user_name="u"), None, _AT)
 
 
 @pytest.fixture
@@ -34,15 +52,20 @@ async def alice(sessionmaker) -> Principal:
         return await principal_for_user(session, "alice")
 
 
+def _noting(tickets: list[int | None]) -> OnDurable:
+    """A durability callback that notes the tickets it is given."""
+    return lambda kind, values, ticket: tickets.append(ticket)
+
+
 def _segments(journal: Journal) -> list[Path]:
     assert journal.slot is not None
     return sorted(journal.slot.glob("*.seg"))
 
 
-async def _append_all(journal: Journal, rows: list[dict[str, Any]]) -> list[int | None]:
+async def _append_all(journal: Journal, rows: list[tuple[Any, ...]]) -> list[int | None]:
     tickets: list[int | None] = []
     for row in rows:
-        assert journal.append(USAGE, row, tickets.append)
+        assert journal.append(OWNER, row, _noting(tickets))
     await journal.flush()
     return tickets
 
@@ -65,36 +88,50 @@ def test_a_row_comes_back_exactly(make_record):
         cost=Cost(total=Decimal("0.100000000001"), input=Decimal("0.100000000001")),
         usage=Usage(input_tokens=7, total_tokens=7, input_by_modality={"text": 7}),
     )
-    values = usage_values(record)
-    data = encode_frame(USAGE, values) + encode_frame(OWNER, {"id": "int-1", "user_id": 3})
+    values = usage_row(record)
+    owner = owner_row("int-1", principal, None, record.created_at)
+    data = encode_frame(USAGE, values) + encode_frame(OWNER, owner)
     rows, valid = decode_frames(data)
     assert valid == len(data)
-    assert rows[0] == (USAGE, values)
-    assert rows[0][1]["cost_usd"] == Decimal("0.100000000001")
-    assert rows[0][1]["created_at"] == record.created_at
-    assert rows[1] == (OWNER, {"id": "int-1", "user_id": 3})
+    assert rows == [(USAGE, USAGE_COLUMNS, values), (OWNER, OWNER_COLUMNS, owner)]
+    stored = dict(zip(USAGE_COLUMNS, rows[0][2], strict=True))
+    assert stored["cost_usd"] == Decimal("0.100000000001")
+    assert stored["created_at"] == datetime(2026, 11, 29, 10, 0, 0, 123456, tzinfo=UTC)
+    assert stored["labels"] == {"$d": "not money", "team": "x"}
+    # the column names are not in the frame: only the layout's number
+    assert b"request_id" not in data and b'["usage",1,[' in data
+
+
+def test_a_frame_whose_values_do_not_fit_its_layout_ends_the_replay():
+    good = encode_frame(OWNER, _row("a"))
+    short = b'["owner",1,["b",1,null,null,null]]'
+    unknown = b'["owner",99,["c",1,null,null,null,"2026-11-29T12:00:00+00:00"]]'
+    for payload in (short, unknown):
+        frame = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+        rows, valid = decode_frames(good + frame)
+        assert [r[2][0] for r in rows] == ["a"] and valid == len(good)
 
 
 def test_a_torn_or_corrupt_tail_ends_the_replay_of_its_segment():
     first, second = (
-        encode_frame(USAGE, {"request_id": "a"}),
-        encode_frame(USAGE, {"request_id": "b"}),
+        encode_frame(OWNER, _row("a")),
+        encode_frame(OWNER, _row("b")),
     )
     for cut in range(1, len(second)):
         rows, valid = decode_frames(first + second[:cut])
-        assert [r[1]["request_id"] for r in rows] == ["a"]
+        assert [r[2][0] for r in rows] == ["a"]
         assert valid == len(first)
     flipped = bytearray(first + second)
     flipped[-2] ^= 0xFF  # a bit flipped in the last payload: its checksum fails
     rows, valid = decode_frames(bytes(flipped))
-    assert [r[1]["request_id"] for r in rows] == ["a"]
+    assert [r[2][0] for r in rows] == ["a"]
 
 
 async def test_rows_appended_in_one_tick_share_one_fsync(tmp_path):
     journal = Journal(tmp_path, max_bytes=10**8)
     assert journal.open() == []
     try:
-        tickets = await _append_all(journal, [{"request_id": str(i)} for i in range(200)])
+        tickets = await _append_all(journal, [_row(str(i)) for i in range(200)])
         assert len(tickets) == 200 and None not in tickets
         assert journal.commits_total == 1
         assert journal.appended_total == 200
@@ -107,7 +144,7 @@ async def test_with_a_sync_interval_rows_of_later_ticks_join_the_same_fsync(tmp_
     journal.open()
     durable: list[int | None] = []
     for i in range(3):
-        assert journal.append(USAGE, {"request_id": f"r{i}"}, durable.append)
+        assert journal.append(OWNER, _row(f"r{i}"), _noting(durable))
         await asyncio.sleep(0.01)  # later loop ticks, well within the interval
     assert durable == [] and journal.commits_total == 0
     await journal.flush()
@@ -122,10 +159,10 @@ async def test_a_row_is_in_its_segment_when_append_returns_and_durable_after_the
     journal.open()
     durable: list[int | None] = []
 
-    journal.append(USAGE, {"request_id": "r1"}, durable.append)
+    journal.append(OWNER, _row("r1"), _noting(durable))
     rows, _ = decode_frames(b"".join(p.read_bytes() for p in _segments(journal)))
     # written at once (the response may go out now) ...
-    assert [v["request_id"] for _, v in rows] == ["r1"]
+    assert [v[0] for _, _, v in rows] == ["r1"]
     # ... but handed to the database only once the group commit's fsync is done
     assert durable == [] and journal.commits_total == 0
     await journal.flush()
@@ -139,7 +176,7 @@ async def test_unreleased_rows_are_replayed_and_released_ones_trimmed(tmp_path):
     tickets = []
     # several group commits, so that the small segments rotate
     for i in range(12):
-        tickets += await _append_all(journal, [{"request_id": f"r{i}"}])
+        tickets += await _append_all(journal, [_row(f"r{i}")])
     assert len(_segments(journal)) > 2
     committed = [t for t in tickets[:6] if t is not None]
     journal.release(committed)
@@ -149,7 +186,7 @@ async def test_unreleased_rows_are_replayed_and_released_ones_trimmed(tmp_path):
     entries = again.open()
     # every row not released comes back, in order (whole segments: a segment is
     # trimmed only once every row in it is released)
-    replayed = [e.values["request_id"] for e in entries]
+    replayed = [e.values[0] for e in entries]
     assert replayed[-6:] == [f"r{i}" for i in range(6, 12)]
     assert set(replayed) <= {f"r{i}" for i in range(12)}
     again.release(e.ticket for e in entries)
@@ -162,10 +199,10 @@ async def test_unreleased_rows_are_replayed_and_released_ones_trimmed(tmp_path):
 
 
 async def test_the_drop_policy_drops_and_counts_past_the_bound(tmp_path):
-    frame = len(encode_frame(USAGE, {"request_id": "r0"}))
+    frame = len(encode_frame(OWNER, _row("r0")))
     journal = Journal(tmp_path, max_bytes=3 * frame, policy=JournalFullPolicy.DROP)
     journal.open()
-    accepted = [journal.append(USAGE, {"request_id": f"r{i}"}, lambda t: None) for i in range(5)]
+    accepted = [journal.append(OWNER, _row(f"r{i}"), lambda *_: None) for i in range(5)]
     assert accepted == [True, True, True, False, False]
     assert journal.dropped_total == 2
     assert journal.admit()  # the drop policy never refuses a call
@@ -175,11 +212,11 @@ async def test_the_drop_policy_drops_and_counts_past_the_bound(tmp_path):
 
 
 async def test_the_refuse_policy_refuses_admission_and_keeps_every_row(tmp_path):
-    frame = len(encode_frame(USAGE, {"request_id": "r0"}))
+    frame = len(encode_frame(OWNER, _row("r0")))
     journal = Journal(tmp_path, max_bytes=2 * frame, policy=JournalFullPolicy.REFUSE)
     journal.open()
     assert journal.admit()
-    tickets = await _append_all(journal, [{"request_id": f"r{i}"} for i in range(3)])
+    tickets = await _append_all(journal, [_row(f"r{i}") for i in range(3)])
     # rows of calls already admitted are kept, past the bound
     assert journal.dropped_total == 0 and None not in tickets
     assert journal.full and not journal.admit() and journal.refused_total == 1
@@ -193,13 +230,13 @@ async def test_the_refuse_policy_refuses_admission_and_keeps_every_row(tmp_path)
 _KILLED_BEFORE_FSYNC = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from proxy.storage.journal import USAGE, Journal
+from proxy.storage.journal import OWNER, Journal
 
 async def main():
     journal = Journal(Path(sys.argv[1]), max_bytes=10**6)
     journal.open()
     for i in range(3):
-        assert journal.append(USAGE, {"request_id": f"r{i}"}, lambda ticket: None)
+        assert journal.append(OWNER, (f"r{i}", 1, None, None, None, None), lambda *_: None)
     # killed before the loop ever runs the group commit: no fsync, no flush, no close
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -211,21 +248,25 @@ async def test_rows_written_before_a_sigkill_are_replayed_though_never_fsynced(t
     died = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_FSYNC, str(tmp_path)], check=False)
     assert died.returncode == -signal.SIGKILL
     again = Journal(tmp_path, max_bytes=10**6)
-    assert [e.values["request_id"] for e in again.open()] == ["r0", "r1", "r2"]
+    assert [e.values[0] for e in again.open()] == ["r0", "r1", "r2"]
     await again.close()
 
 
 async def test_a_row_that_cannot_be_encoded_is_refused_and_leaves_nothing(tmp_path):
     journal = Journal(tmp_path, max_bytes=10**6)
     journal.open()
-    tickets = await _append_all(journal, [{"request_id": "a"}])
+    tickets = await _append_all(journal, [_row("a")])
     with pytest.raises(TypeError):
-        journal.append(USAGE, {"request_id": "b", "oops": object()}, tickets.append)
-    await _append_all(journal, [{"request_id": "c"}])
+        journal.append(OWNER, (*_row("b")[:-1], object()), _noting(tickets))
+    # a row that does not fit its layout: replayed, it would have ended the replay of
+    # the rows after it in its segment
+    with pytest.raises(ValueError):
+        journal.append(OWNER, _row("b")[:-1], _noting(tickets))
+    await _append_all(journal, [_row("c")])
     await journal.close()
     again = Journal(tmp_path, max_bytes=10**6)
     # (the writer sends such a row on unjournaled); the journal holds the others
-    assert [e.values["request_id"] for e in again.open()] == ["a", "c"]
+    assert [e.values[0] for e in again.open()] == ["a", "c"]
     await again.close()
 
 
@@ -234,13 +275,13 @@ async def test_two_processes_never_share_a_journal(tmp_path):
     first.open()
     second.open()
     assert first.slot != second.slot
-    await _append_all(second, [{"request_id": "in-slot-1"}])
+    await _append_all(second, [_row("in-slot-1")])
     await second.close()
     await first.close()
     # a later process takes the first free slot, and adopts slot 1's rows: no process
     # holds that slot, and maybe none ever will again
     a, b = Journal(tmp_path, max_bytes=10**6), Journal(tmp_path, max_bytes=10**6)
-    assert [e.values["request_id"] for e in a.open()] == ["in-slot-1"]
+    assert [e.values[0] for e in a.open()] == ["in-slot-1"]
     assert b.open() == []
     await a.close()
     await b.close()
@@ -254,14 +295,14 @@ async def test_fewer_processes_adopt_the_rows_of_slots_no_one_holds_but_never_a_
     for j in journals:
         j.open()
     for i, j in enumerate(journals):
-        await _append_all(j, [{"request_id": f"w{i}"}])
+        await _append_all(j, [_row(f"w{i}")])
     held = journals[2]  # still running
     for j in journals[:2]:
         await j.close()
 
     # one worker comes back: it replays slot 0's row and adopts slot 1's, not slot 2's
     alone = Journal(tmp_path, max_bytes=10**6)
-    assert sorted(e.values["request_id"] for e in alone.open()) == ["w0", "w1"]
+    assert sorted(e.values[0] for e in alone.open()) == ["w0", "w1"]
     assert alone.slot == tmp_path / "0"
     assert list((tmp_path / "1").glob("*.seg")) == []
     assert len(list((tmp_path / "2").glob("*.seg"))) == 1
@@ -269,7 +310,7 @@ async def test_fewer_processes_adopt_the_rows_of_slots_no_one_holds_but_never_a_
     await held.close()
     # the held slot's rows, once its process is gone, are adopted in turn
     last = Journal(tmp_path, max_bytes=10**6)
-    assert sorted(e.values["request_id"] for e in last.open()) == ["w0", "w1", "w2"]
+    assert sorted(e.values[0] for e in last.open()) == ["w0", "w1", "w2"]
     await last.close()
 
 
@@ -308,6 +349,91 @@ async def test_rows_left_by_a_writer_that_gave_up_are_written_on_the_next_start(
     assert all(r["cost_usd"] == Decimal("0.000015") for r in stored)
     await writer.close()
     await journal.close()
+
+
+# A usage row and its interaction's owner as the previous release journaled them (the
+# first frame format: a JSON object of column values), copied from a segment it wrote.
+_OLD_USAGE_FRAME = (
+    b"\x88\x04\x00\x00K=~\x87"
+    b'{"k":"usage","v":{"request_id":"req-old-1","created_at":"2026-11-28T23:30:00.250000-05:00",'
+    b'"user_id":1,"team_id":null,"key_id":null,"model":"gemini-2.5-flash",'
+    b'"endpoint":"generate_content","streamed":false,"upstream_status":200,'
+    b'"latency_seconds":0.5,"ttfb_seconds":null,"interaction_id":"v1_old","resource":null,'
+    b'"response_id":null,"previous_interaction_id":null,"requested_service_tier":null,'
+    b'"effective_service_tier":null,"labels":{"team":"ml"},"input_tokens":1000,'
+    b'"cached_tokens":0,"intermediate_tokens":0,"output_tokens":200,"thinking_tokens":0,'
+    b'"total_tokens":1200,"total_mismatch":false,'
+    b'"modalities":{"input":{"TEXT":1000},"output":{"TEXT":200}},"grounding":{},"images":0,'
+    b'"video_seconds":0,"storage_token_seconds":0,"code_execution_calls":0,'
+    b'"code_execution_errors":0,"parse_error":false,"client_disconnected":false,'
+    b'"provisional":false,"estimated":false,"unmetered_route":false,'
+    b'"cost_usd":"0.000800000001","cost_input_usd":"0.000300000001","cost_cached_usd":null,'
+    b'"cost_intermediate_usd":null,"cost_output_usd":"0.0005","cost_thinking_usd":null,'
+    b'"cost_grounding_usd":null,"cost_media_usd":null,"cost_storage_usd":null,'
+    b'"catalog_version":"old","unpriced":false}}'
+)
+_OLD_OWNER_FRAME = (
+    b"\x8e\x00\x00\x001\xc6C\x03"
+    b'{"k":"owner","v":{"id":"v1_old","user_id":1,"team_id":null,"key_id":null,'
+    b'"model":"gemini-2.5-flash","created_at":"2026-11-28T23:29:00+00:00"}}'
+)
+
+
+def test_layout_1_is_the_columns_the_previous_release_journaled_by_name():
+    # A frame names its layout, not its columns: a release that changes a row's columns
+    # must add a layout (and keep this one), or the frames already on disk would be
+    # read into the wrong columns.
+    old = orjson.loads(_OLD_USAGE_FRAME[8:])["v"]
+    assert _LAYOUTS[(USAGE, 1)] == tuple(old) == USAGE_COLUMNS
+    assert set(USAGE_COLUMNS) == {c.name for c in UsageRow.__table__.columns} - {"id"}
+    assert set(OWNER_COLUMNS) == {c.name for c in Interaction.__table__.columns}
+    assert _LAYOUTS[(OWNER, 1)] == tuple(orjson.loads(_OLD_OWNER_FRAME[8:])["v"])
+
+
+async def test_a_journal_left_by_the_previous_release_is_replayed_after_the_upgrade(
+    tmp_path, sessionmaker, alice, make_record
+):
+    assert alice.user_id == 1  # the user the old frames name
+    slot = tmp_path / "0"
+    slot.mkdir()
+    # the old release's frames, then a frame of this one after the upgrade
+    newer = make_record(alice)
+    segment = _OLD_OWNER_FRAME + _OLD_USAGE_FRAME + encode_frame(USAGE, usage_row(newer))
+    (slot / "000000000007.seg").write_bytes(segment)
+
+    journal = Journal(tmp_path, max_bytes=10**8)
+    entries = journal.open()
+    assert [(e.kind, e.values[0]) for e in entries] == [
+        (OWNER, "v1_old"),
+        (USAGE, "req-old-1"),
+        (USAGE, newer.request_id),
+    ]
+    writer = UsageWriter(sessionmaker, journal=journal)
+    await writer.start()
+    writer.replay(entries)
+    await writer.flush()
+    await writer.close()
+    await journal.close()
+    assert writer.written_total == 3 and writer.failed_rows_total == 0
+    assert list(slot.glob("*.seg")) == []  # released once committed: trimmed
+
+    async with sessionmaker() as session:
+        owner = await session.get(Interaction, "v1_old")
+        old = await session.scalar(select(UsageRow).where(UsageRow.request_id == "req-old-1"))
+    assert owner is not None and owner.user_id == 1
+    assert owner.created_at == datetime(2026, 11, 28, 23, 29, tzinfo=UTC)
+    assert old is not None
+    # 23:30:00.25 at UTC-5 is 04:30:00.25 the next day in UTC
+    assert old.created_at == datetime(2026, 11, 29, 4, 30, 0, 250000, tzinfo=UTC)
+    assert (old.cost_usd, old.cost_input_usd, old.cost_output_usd, old.cost_cached_usd) == (
+        Decimal("0.000800000001"),
+        Decimal("0.000300000001"),
+        Decimal("0.0005"),
+        None,
+    )
+    assert (old.interaction_id, old.labels, old.total_tokens) == ("v1_old", {"team": "ml"}, 1200)
+    assert old.modalities == {"input": {"TEXT": 1000}, "output": {"TEXT": 200}}
+    assert (old.endpoint, old.streamed, old.ttfb_seconds) == ("generate_content", False, None)
 
 
 async def test_a_replay_of_rows_already_committed_doubles_nothing(

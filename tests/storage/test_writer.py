@@ -19,7 +19,7 @@ from proxy.storage.journal import USAGE, Entry
 from proxy.storage.migrate import upgrade_async
 from proxy.storage.schema import UsageRow, make_engine, make_sessionmaker
 from proxy.storage.writer import UsageWriter
-from proxy.storage.writes import usage_values
+from proxy.storage.writes import USAGE_COLUMNS, usage_row
 
 WRITER_LOG = "proxy.storage.writer"
 
@@ -352,12 +352,12 @@ async def test_counting_rows(writers, alice, make_record, sessionmaker):
         assert await session.scalar(select(func.count()).select_from(UsageRow)) == 20
 
 
-class _NotingRow(dict[str, Any]):
+class _NotingRow(tuple[Any, ...]):
     """A row that notes the threads it is read in (converted into a driver tuple)."""
 
     threads: ClassVar[set[str]] = set()
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: Any) -> Any:
         _NotingRow.threads.add(threading.current_thread().name)
         return super().__getitem__(key)
 
@@ -376,10 +376,10 @@ async def test_the_next_batch_is_converted_while_one_is_written(
             await connection.exec_driver_sql("LOCK TABLE usage_records IN EXCLUSIVE MODE")
             await writer.start()
             first, second = make_record(alice_pg), make_record(alice_pg)
-            writer.replay([Entry(USAGE, usage_values(first), 0)])
+            writer.replay([Entry(USAGE, USAGE_COLUMNS, usage_row(first), 0)])
             await asyncio.sleep(0.3)  # the first batch is being written, blocked
             _NotingRow.threads.clear()
-            writer.replay([Entry(USAGE, _NotingRow(usage_values(second)), 0)])
+            writer.replay([Entry(USAGE, USAGE_COLUMNS, _NotingRow(usage_row(second)), 0)])
 
             async def converted() -> bool:
                 return bool(_NotingRow.threads)
