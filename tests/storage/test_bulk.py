@@ -403,6 +403,20 @@ def test_an_in_memory_sqlite_database_uses_the_orm_path():
     assert isinstance(batch_store(make_sessionmaker(engine)), SessionStore)
 
 
+def test_the_sqlite_writer_keeps_statement_journals_in_memory(tmp_path):
+    # Spilled to a temporary file, a batch's statement journals cost pwrite calls per row.
+    from proxy.storage.schema import make_engine, make_sessionmaker
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'meter.db'}")
+    store = batch_store(make_sessionmaker(engine))
+    assert isinstance(store, SqliteStore)
+    connection = store._connect()
+    try:
+        assert connection.execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
+    finally:
+        store._close()
+
+
 # ------------------------------------------------------------------ money, value by value
 
 _DIALECTS = [
