@@ -169,3 +169,64 @@ def test_a_start_on_the_embedded_default_loads_nothing_it_does_not_serve_with(tm
         if module == lazy or module.startswith(lazy + ".")
     }
     assert found == set()
+
+
+# `gemini-meter serve` run as the command runs it, to its first 200 on /readyz: the
+# cyclic collector's passes from the moment the command loads the server's libraries
+# (aiohttp is the first), and where the collector was turned on again among them.
+_SERVE_COLLECTIONS = """
+import gc, json, os, socket, sys, threading, time, urllib.request
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+passes = []
+
+def count(phase, info):
+    if phase == "start" and "aiohttp" in sys.modules:
+        passes.append(info["generation"])
+
+def turned_on(enable=gc.enable):
+    passes.append("enabled")
+    enable()
+
+gc.enable = turned_on
+
+def watch():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.01)
+    while "enabled" not in passes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(json.dumps({"passes": passes[:passes.index("enabled") + 1]}), flush=True)
+    os._exit(0)
+
+threading.Thread(target=watch, daemon=True).start()
+gc.callbacks.append(count)
+from proxy.cli.main import main
+main(["serve", f"--port={port}"])
+"""
+
+
+def test_serve_pauses_the_cyclic_collector_until_it_listens(tmp_path: Path):
+    upgrade(f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
+    env.update(GEMINI_METER_UPSTREAM_API_KEY="upstream-key", GEMINI_METER_LOG_LEVEL="WARNING")
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_COLLECTIONS],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    passes = json.loads(done.stdout.splitlines()[-1])["passes"]
+    # With the collector on, the imports and the start make some 180 passes here, one
+    # of them over every object (generation 2); none once it is paused until listening.
+    assert passes == ["enabled"]

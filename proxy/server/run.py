@@ -16,6 +16,10 @@ SIGINT, then:
 
 A SIGKILL skips all this; the journal is what makes that safe.
 
+``cli.serve`` pauses the cyclic garbage collector before it imports this module (the
+imports are most of a start); it is turned on again once the sites listen, after the
+app's start-up has frozen what it built (``server.app``), or at once in a supervisor.
+
 With ``metrics_port`` set, ``/metrics`` is served by a second small app on that
 port (same host, same event loop, the proxy's registry) and not on the proxy's.
 
@@ -32,6 +36,7 @@ waits for every worker's own drain.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -89,6 +94,7 @@ def _worker(settings: Settings, index: int, access_log: AccessLog | None, level:
 def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
     import multiprocessing  # only a supervisor needs it
 
+    gc.enable()  # paused for the imports (cli.serve); a supervisor starts nothing else
     from ..storage.migrate import upgrade
 
     # Once, before any worker: concurrent first starts would race to migrate an
@@ -180,6 +186,9 @@ async def _serve(
             await metrics_runner.setup()
             await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
             log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+        # The collector was paused for start-up (cli.serve); what start-up built is
+        # frozen by now (server.app), so from here it walks only what serving makes.
+        gc.enable()
         log.info(
             "Gemini Meter on http://%s:%d -> %s (%s, %s)",
             settings.host,
