@@ -230,3 +230,52 @@ def test_serve_pauses_the_cyclic_collector_until_it_listens(tmp_path: Path):
     # With the collector on, the imports and the start make some 180 passes here, one
     # of them over every object (generation 2); none once it is paused until listening.
     assert passes == ["enabled"]
+
+
+# `gemini-meter serve --workers 2` to its first 200 on /readyz, then SIGTERM: whether the
+# supervisor (this interpreter) loaded Alembic to check the database before its workers.
+_SUPERVISOR = """
+import json, os, signal, socket, sys, threading, time, urllib.request
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+port, metrics = free_port(), free_port()
+seen = {}
+
+def watch():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
+                if response.status == 200:
+                    seen["ready"] = True
+                    break
+        except OSError:
+            time.sleep(0.05)
+    seen["alembic"] = "alembic" in sys.modules
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=watch, daemon=True).start()
+from proxy.cli.main import main
+main(["serve", "--workers=2", f"--port={port}", f"--metrics-port={metrics}"])
+print(json.dumps(seen), flush=True)
+"""
+
+
+def test_a_supervisor_leaves_a_database_at_head_alone_without_alembic(tmp_path: Path):
+    upgrade(f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
+    env.update(GEMINI_METER_UPSTREAM_API_KEY="upstream-key", GEMINI_METER_LOG_LEVEL="WARNING")
+    done = subprocess.run(
+        [sys.executable, "-c", _SUPERVISOR],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == {"ready": True, "alembic": False}

@@ -27,10 +27,10 @@ port (same host, same event loop, the proxy's registry) and not on the proxy's.
 kernel spreads connections over them), each with its own event loop, upstream
 pool, writer and journal slot (``storage.journal`` gives each process a slot of its
 own under the shared directory), and its metrics on ``metrics_port + i``. A
-supervisor, this process, migrates the database and makes the key secret once
-before starting them, restarts one that dies (its journal slot, freed by the
-kernel, is replayed by its successor), and on SIGTERM passes the signal on and
-waits for every worker's own drain.
+supervisor, this process, migrates the database (unless it is at the newest
+revision already) and makes the key secret once before starting them, restarts one
+that dies (its journal slot, freed by the kernel, is replayed by its successor), and
+on SIGTERM passes the signal on and waits for every worker's own drain.
 """
 
 from __future__ import annotations
@@ -94,12 +94,14 @@ def _worker(settings: Settings, index: int, access_log: AccessLog | None, level:
 def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
     import multiprocessing  # only a supervisor needs it
 
-    gc.enable()  # paused for the imports (cli.serve); a supervisor starts nothing else
     from ..storage.migrate import upgrade
 
+    gc.enable()  # paused for the imports (cli.serve); a supervisor starts nothing else
     # Once, before any worker: concurrent first starts would race to migrate an
-    # embedded SQLite file and to create the key secret file.
-    upgrade(settings.database_url)
+    # embedded SQLite file and to create the key secret file. A database already at
+    # the newest revision (one query) is left alone, without importing Alembic.
+    if not asyncio.run(_at_head(settings.database_url)):
+        upgrade(settings.database_url)
     settings.secret_bytes()
     context = multiprocessing.get_context("spawn")
     stopping = False
@@ -153,6 +155,17 @@ def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     log.info("stopped: every worker drained")
+
+
+async def _at_head(url: str) -> bool:
+    from ..storage.migrate import at_head
+    from ..storage.schema import make_engine
+
+    engine = make_engine(url)
+    try:
+        return await at_head(engine)
+    finally:
+        await engine.dispose()
 
 
 async def _serve(
