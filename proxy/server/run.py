@@ -17,8 +17,9 @@ SIGINT, then:
 A SIGKILL skips all this; the journal is what makes that safe.
 
 ``cli.serve`` pauses the cyclic garbage collector before it imports this module (the
-imports are most of a start); it is turned on again once the sites listen, after the
-app's start-up has frozen what it built (``server.app``), or at once in a supervisor.
+imports are most of a start), as ``server.worker`` does in a worker process; it is
+turned on again once the sites listen, after the app's start-up has frozen what it
+built (``server.app``), or at once in a supervisor.
 
 With ``metrics_port`` set, ``/metrics`` is served by a second small app on that
 port (same host, same event loop, the proxy's registry) and not on the proxy's.
@@ -78,7 +79,8 @@ def serve(settings: Settings, *, access_log: AccessLog | None = None) -> None:
 
 
 def _worker(settings: Settings, index: int, access_log: AccessLog | None, level: int) -> None:
-    """One worker process: the proxy on the shared port, its metrics on its own."""
+    """One worker process (started by ``server.worker.main``): the proxy on the shared
+    port, its metrics on its own."""
     logging.basicConfig(
         level=level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
     )
@@ -95,6 +97,7 @@ def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
     import multiprocessing  # only a supervisor needs it
 
     from ..storage.migrate import upgrade
+    from . import worker
 
     gc.enable()  # paused for the imports (cli.serve); a supervisor starts nothing else
     # Once, before any worker: concurrent first starts would race to migrate an
@@ -114,7 +117,7 @@ def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
 
     def start(index: int) -> tuple[BaseProcess, float]:
         process = context.Process(
-            target=_worker,
+            target=worker.main,  # light to import: it pauses the collector first
             args=(settings, index, access_log, logging.getLogger().level),
             name=f"gemini-meter-{index}",
         )
