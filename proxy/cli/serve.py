@@ -96,7 +96,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # classes, the schema) and little garbage, yet the cyclic collector walks them over
     # and over while they are imported: about a seventh of the CPU to import the serve
     # path (0.47 s with it, 0.40 s without, measured). It is paused until the server
-    # listens; server.run turns it back on, after start-up's objects are frozen.
+    # listens; server.run turns it back on, after start-up's objects are frozen. The
+    # cycles start-up leaves unreachable (some 2,000 objects, about 0.5 MB, measured) are
+    # frozen with the rest and never freed: a fixed cost, paid once.
     gc.disable()
     from ..server.run import serve
     from ..settings import AuthMode
