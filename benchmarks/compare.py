@@ -30,6 +30,7 @@ several launches, the package's bytecode written first as an installed wheel has
     python benchmarks/compare.py --write docs/benchmarks.md
     python benchmarks/compare.py --smoke               # seconds: completes, loses nothing
     python benchmarks/compare.py --startup-only --starts 15   # start to ready alone
+    python benchmarks/compare.py --startup-only --starts 15 --startup-against /tmp/old
 
 LiteLLM (``litellm[proxy]``, pinned below) is installed on first use into
 ``benchmarks/.litellm-venv``, never into the project's environment, and reached through
@@ -70,7 +71,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -830,15 +831,36 @@ def time_starts(meter: Meter, launches: int) -> list[tuple[float, float]]:
     return starts
 
 
-def startup_only(config: Config) -> list[tuple[float, float]]:
-    """Only the start-to-ready leg: a stub for an upstream and ``config.starts`` launches."""
+def startup_only(
+    config: Config, against: Path | None = None
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Only the start-to-ready leg: a stub for an upstream and ``config.starts`` launches.
+
+    With ``against`` (a checkout, or any directory holding a ``proxy`` package), as many
+    launches of that copy come interleaved with this one's, in alternating order, on the
+    same database (made by this copy: both must agree on its schema); its figures are the
+    second list. Put first on ``PYTHONPATH``, its package shadows the installed one.
+    """
     work = Path(tempfile.mkdtemp(prefix="gemini-meter-starts-"))
     stub: Service | None = None
+    starts: list[tuple[float, float]] = []
+    theirs: list[tuple[float, float]] = []
     try:
         compile_bytecode()
         stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
         meter = Meter.prepare("meter", work, stub, config.serve_args)
-        starts = time_starts(meter, config.starts)
+        if against is None:
+            starts = time_starts(meter, config.starts)
+        else:
+            source = against.resolve()
+            subprocess.run(
+                [sys.executable, "-m", "compileall", "-q", str(source / "proxy")], check=True
+            )
+            other = replace(meter, env={**meter.env, "PYTHONPATH": str(source)})
+            for launch in range(config.starts):
+                pair = (meter, other) if launch % 2 == 0 else (other, meter)
+                for each in pair:
+                    (starts if each is meter else theirs).extend(time_starts(each, 1))
     except BaseException:
         print(f"the run failed; its logs and databases are in {work}", file=sys.stderr)
         raise
@@ -847,7 +869,7 @@ def startup_only(config: Config) -> list[tuple[float, float]]:
             with contextlib.suppress(Exception):
                 stub.stop()
     shutil.rmtree(work, ignore_errors=True)
-    return starts
+    return starts, theirs
 
 
 def facts(service: Service) -> dict[str, Any]:
@@ -1081,12 +1103,16 @@ def render(outcome: Outcome, command: str) -> str:
     return "\n".join(lines)
 
 
-def render_starts(starts: Sequence[tuple[float, float]]) -> str:
-    """The start-to-ready sentence: median, range and CPU of (wall, CPU) launches."""
+def render_starts(starts: Sequence[tuple[float, float]], of: str = "") -> str:
+    """The start-to-ready sentence: median, range and CPU of (wall, CPU) launches.
+
+    ``of`` names the copy launched, when two are compared.
+    """
     walls = [wall for wall, _ in starts]
     cpus = [cpu for _, cpu in starts]
     return (
-        f"Start to ready (launch of `gemini-meter serve` to the first 200 on `/readyz`) on"
+        f"Start to ready{f' of {of}' if of else ''} (launch of `gemini-meter serve` to the"
+        f" first 200 on `/readyz`) on"
         f" the embedded default, bytecode compiled as an installed wheel has it,"
         f" {len(walls)} launches: median {median(walls):.2f} s"
         f" (min {min(walls):.2f}, max {max(walls):.2f}; target: under 0.5 s), of which"
@@ -1150,6 +1176,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only time --starts launches to ready (no wrk, no LiteLLM) and print the figure",
     )
+    parser.add_argument(
+        "--startup-against",
+        type=Path,
+        metavar="DIR",
+        help="with --startup-only: interleave as many launches of the proxy package in DIR "
+        "(a checkout of another commit, e.g. from `git archive`) and print its figure too",
+    )
     return parser.parse_args(argv)
 
 
@@ -1191,7 +1224,17 @@ def config_from(args: argparse.Namespace) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.startup_only:
-        print(render_starts(startup_only(config_from(args))))
+        load = os.getloadavg()[0]
+        mine, theirs = startup_only(config_from(args), args.startup_against)
+        if args.startup_against is None:
+            print(render_starts(mine))
+        else:
+            print(render_starts(mine, "this copy"))
+            print(render_starts(theirs, f"`{args.startup_against}`"))
+            print(
+                f"Load average (1 min): {load:.1f} at the start,"
+                f" {os.getloadavg()[0]:.1f} at the end."
+            )
         return 0
     if shutil.which("wrk") is None:
         print("wrk is missing: install Debian's package (apt-get install wrk)", file=sys.stderr)

@@ -30,6 +30,7 @@ from benchmarks.compare import (
     problems,
     render,
     reproduce,
+    startup_only,
     write_section,
 )
 from benchmarks.stub import LEDGER, create_stub_app
@@ -141,6 +142,33 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
 
     assert "| plain | 1 | Gemini Meter |" in done.stdout
     assert "Reproduce: `python benchmarks/compare.py --smoke`" in done.stdout
+
+
+def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path: Path):
+    # The other copy: this package, whose serve command leaves a mark each time it loads.
+    shutil.copytree(ROOT / "proxy", tmp_path / "old" / "proxy")
+    marks = tmp_path / "marks"
+    with (tmp_path / "old" / "proxy" / "cli" / "serve.py").open("a") as serve:
+        serve.write(f"\nopen({str(marks)!r}, 'a').write('old ')\n")
+    config = Config(
+        seconds=1,
+        reps=1,
+        concurrency=[1],
+        litellm=False,
+        warmup=0,
+        streams=1,
+        big_bytes=2**20,
+        held_chunks=1,
+        held_delay_ms=10,
+        starts=2,
+        serve_args=[],
+        smoke=True,
+    )
+    mine, theirs = startup_only(config, tmp_path / "old")
+    assert len(mine) == len(theirs) == 2
+    assert all(wall > 0 and cpu > 0 for wall, cpu in mine + theirs)
+    # The run's key is made by this copy; each launch of the other copy loads its serve.py.
+    assert marks.read_text() == "old old "
 
 
 def test_a_write_replaces_its_own_section_and_keeps_the_others(tmp_path: Path):

@@ -169,3 +169,170 @@ def test_a_start_on_the_embedded_default_loads_nothing_it_does_not_serve_with(tm
         if module == lazy or module.startswith(lazy + ".")
     }
     assert found == set()
+
+
+# `gemini-meter serve` run as the command runs it, to its first 200 on /readyz: the
+# cyclic collector's passes from the moment the command loads the server's libraries
+# (aiohttp is the first), and where the collector was turned on again among them.
+_SERVE_COLLECTIONS = """
+import gc, json, os, socket, sys, threading, time, urllib.request
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+passes = []
+
+def count(phase, info):
+    if phase == "start" and "aiohttp" in sys.modules:
+        passes.append(info["generation"])
+
+def turned_on(enable=gc.enable):
+    passes.append("enabled")
+    enable()
+
+gc.enable = turned_on
+
+def watch():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.01)
+    while "enabled" not in passes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(json.dumps({"passes": passes[:passes.index("enabled") + 1]}), flush=True)
+    os._exit(0)
+
+threading.Thread(target=watch, daemon=True).start()
+gc.callbacks.append(count)
+from proxy.cli.main import main
+main(["serve", f"--port={port}"])
+"""
+
+
+def test_serve_pauses_the_cyclic_collector_until_it_listens(tmp_path: Path):
+    upgrade(f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
+    env.update(GEMINI_METER_UPSTREAM_API_KEY="upstream-key", GEMINI_METER_LOG_LEVEL="WARNING")
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_COLLECTIONS],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    passes = json.loads(done.stdout.splitlines()[-1])["passes"]
+    # With the collector on, the imports and the start make some 180 passes here, one
+    # of them over every object (generation 2); none once it is paused until listening.
+    assert passes == ["enabled"]
+
+
+# `gemini-meter serve --workers 2` until both workers answer (/readyz on the shared port,
+# /metrics on each one's), then SIGTERM: whether the supervisor (this interpreter) loaded
+# Alembic to check the database before its workers.
+_SUPERVISOR = """
+import contextlib, json, os, signal, socket, sys, threading, time, urllib.request
+
+def free_ports(count):
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+
+port, metrics = free_ports(1), free_ports(2)
+seen = {}
+
+def answers(url):
+    try:
+        with urllib.request.urlopen(url) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+def watch():
+    deadline = time.monotonic() + 60
+    urls = [f"http://127.0.0.1:{port}/readyz"]
+    urls += [f"http://127.0.0.1:{metrics + i}/metrics" for i in range(2)]
+    while time.monotonic() < deadline:
+        if all(answers(url) for url in urls):
+            seen["ready"] = True
+            break
+        time.sleep(0.05)
+    seen["alembic"] = "alembic" in sys.modules
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=watch, daemon=True).start()
+from proxy.cli.main import main
+main(["serve", "--workers=2", f"--port={port}", f"--metrics-port={metrics}"])
+print(json.dumps(seen), flush=True)
+"""
+
+
+def _supervise(tmp_path: Path, **env: str) -> dict[str, bool]:
+    """Run ``_SUPERVISOR`` on an embedded default at head in ``tmp_path``."""
+    upgrade(f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
+    environ.update(GEMINI_METER_UPSTREAM_API_KEY="upstream-key", GEMINI_METER_LOG_LEVEL="WARNING")
+    done = subprocess.run(
+        [sys.executable, "-c", _SUPERVISOR],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
+        env=environ | env,
+    )
+    return dict(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_a_supervisor_leaves_a_database_at_head_alone_without_alembic(tmp_path: Path):
+    assert _supervise(tmp_path) == {"ready": True, "alembic": False}
+
+
+# Loaded by every process of the run (the supervisor and the workers it spawns): when the
+# process turns the cyclic collector back on, it writes how many passes the collector made
+# since aiohttp was loaded, in a file named by its pid.
+_COUNT_PASSES = """
+import gc, os, sys
+
+_passes = []
+
+def _count(phase, info):
+    if phase == "start" and "aiohttp" in sys.modules:
+        _passes.append(info["generation"])
+
+def _turned_on(enable=gc.enable):
+    mine = os.path.join(os.environ["PASSES_DIR"], str(os.getpid()))
+    if not os.path.exists(mine):
+        with open(mine, "w") as out:
+            out.write(str(len(_passes)))
+    enable()
+
+gc.callbacks.append(_count)
+gc.enable = _turned_on
+"""
+
+
+def test_each_worker_pauses_the_cyclic_collector_while_it_loads(tmp_path: Path):
+    site, passes = tmp_path / "site", tmp_path / "passes"
+    site.mkdir()
+    passes.mkdir()
+    (site / "sitecustomize.py").write_text(_COUNT_PASSES)
+    assert _supervise(tmp_path, PYTHONPATH=str(site), PASSES_DIR=str(passes))["ready"]
+    counts = [int(file.read_text()) for file in passes.iterdir()]
+    # the supervisor and its two workers (and any worker restarted after dying)
+    assert len(counts) >= 3
+    # a worker loading the server with the collector on makes some 180 passes
+    assert counts == [0] * len(counts)

@@ -1,12 +1,14 @@
 """``gemini-meter serve``: run the proxy with aiohttp's runner until interrupted.
 
 The server package (and aiohttp) is imported only when this command runs, so the other
-commands start without it.
+commands start without it. The cyclic garbage collector is paused while it loads (see
+``cmd_serve``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 from typing import TYPE_CHECKING
 
@@ -90,6 +92,14 @@ def access_logger() -> type[AbstractAccessLogger]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Start-up makes some 150,000 objects that live as long as the process (modules,
+    # classes, the schema) and little garbage, yet the cyclic collector walks them over
+    # and over while they are imported: about a seventh of the CPU to import the serve
+    # path (0.47 s with it, 0.40 s without, measured). It is paused until the server
+    # listens; server.run turns it back on, after start-up's objects are frozen. The
+    # cycles start-up leaves unreachable (some 2,000 objects, about 0.5 MB, measured) are
+    # frozen with the rest and never freed: a fixed cost, paid once.
+    gc.disable()
     from ..server.run import serve
     from ..settings import AuthMode
 

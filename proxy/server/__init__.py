@@ -8,7 +8,8 @@ relays (tap the usage; ``owned`` owns what a response creates), and leaves a
 record with ``metering.recorder``; ``batches`` is what they call for the Batch
 API (owners, results).
 ``metrics`` is the per-app Prometheus registry, ``typedefs`` every app key,
-``keys`` the pure key hashing that ``storage`` shares.
+``keys`` the pure key hashing that ``storage`` shares. ``run`` serves the app until a
+signal (``worker`` is the entry point of each process of ``serve --workers N``).
 
 Nothing is imported here: ``storage`` imports ``server.keys``, and the server's
 modules import ``storage``, so an eager ``create_app`` here would be a cycle.

@@ -16,6 +16,11 @@ SIGINT, then:
 
 A SIGKILL skips all this; the journal is what makes that safe.
 
+``cli.serve`` pauses the cyclic garbage collector before it imports this module (the
+imports are most of a start), as ``server.worker`` does in a worker process; it is
+turned on again once the sites listen, after the app's start-up has frozen what it
+built (``server.app``), or at once in a supervisor.
+
 With ``metrics_port`` set, ``/metrics`` is served by a second small app on that
 port (same host, same event loop, the proxy's registry) and not on the proxy's.
 
@@ -23,15 +28,16 @@ port (same host, same event loop, the proxy's registry) and not on the proxy's.
 kernel spreads connections over them), each with its own event loop, upstream
 pool, writer and journal slot (``storage.journal`` gives each process a slot of its
 own under the shared directory), and its metrics on ``metrics_port + i``. A
-supervisor, this process, migrates the database and makes the key secret once
-before starting them, restarts one that dies (its journal slot, freed by the
-kernel, is replayed by its successor), and on SIGTERM passes the signal on and
-waits for every worker's own drain.
+supervisor, this process, migrates the database (unless it is at the newest
+revision already) and makes the key secret once before starting them, restarts one
+that dies (its journal slot, freed by the kernel, is replayed by its successor), and
+on SIGTERM passes the signal on and waits for every worker's own drain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -73,7 +79,8 @@ def serve(settings: Settings, *, access_log: AccessLog | None = None) -> None:
 
 
 def _worker(settings: Settings, index: int, access_log: AccessLog | None, level: int) -> None:
-    """One worker process: the proxy on the shared port, its metrics on its own."""
+    """One worker process (started by ``server.worker.main``): the proxy on the shared
+    port, its metrics on its own."""
     logging.basicConfig(
         level=level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
     )
@@ -90,10 +97,14 @@ def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
     import multiprocessing  # only a supervisor needs it
 
     from ..storage.migrate import upgrade
+    from . import worker
 
+    gc.enable()  # paused for the imports (cli.serve); a supervisor starts nothing else
     # Once, before any worker: concurrent first starts would race to migrate an
-    # embedded SQLite file and to create the key secret file.
-    upgrade(settings.database_url)
+    # embedded SQLite file and to create the key secret file. A database already at
+    # the newest revision (one query) is left alone, without importing Alembic.
+    if not asyncio.run(_at_head(settings.database_url)):
+        upgrade(settings.database_url)
     settings.secret_bytes()
     context = multiprocessing.get_context("spawn")
     stopping = False
@@ -106,7 +117,7 @@ def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
 
     def start(index: int) -> tuple[BaseProcess, float]:
         process = context.Process(
-            target=_worker,
+            target=worker.main,  # light to import: it pauses the collector first
             args=(settings, index, access_log, logging.getLogger().level),
             name=f"gemini-meter-{index}",
         )
@@ -149,6 +160,17 @@ def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
     log.info("stopped: every worker drained")
 
 
+async def _at_head(url: str) -> bool:
+    from ..storage.migrate import at_head
+    from ..storage.schema import make_engine
+
+    engine = make_engine(url)
+    try:
+        return await at_head(engine)
+    finally:
+        await engine.dispose()
+
+
 async def _serve(
     settings: Settings,
     access_log: AccessLog | None,
@@ -180,6 +202,9 @@ async def _serve(
             await metrics_runner.setup()
             await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
             log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+        # The collector was paused for start-up (cli.serve); what start-up built is
+        # frozen by now (server.app), so from here it walks only what serving makes.
+        gc.enable()
         log.info(
             "Gemini Meter on http://%s:%d -> %s (%s, %s)",
             settings.host,
