@@ -59,6 +59,9 @@ from proxy.storage.schema import Base, BudgetRow
 from proxy.storage.writes import insert_usage_rows, usage_values
 
 UPSTREAM_KEY = "upstream-secret-key"
+# An interaction's create, the call most proxy tests make.
+INTERACTIONS = "/v1beta/interactions"
+SAY_HELLO = {"model": "gemini-3.5-flash", "input": "Say hello."}
 # For tests where the database plays no part (refusals at the edge): SQLite alone.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 USERS = {"alice": "research", "bob": "support", "carol": "research"}

@@ -1,10 +1,19 @@
-"""proxy.server.app: what the app does at start-up for the request path's sake."""
+"""proxy.server.app: what the app does at start-up for the request path's sake, and its
+health and readiness endpoints."""
 
 from __future__ import annotations
 
 import gc
+import json
+import socket
+from typing import Any
 
-from tests.factories import Stack
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from proxy.server.app import create_app
+from proxy.settings import Settings
+from tests.factories import UPSTREAM_KEY, Stack, raw
 
 
 async def test_start_up_puts_what_it_built_out_of_the_collectors_sight(stack: Stack):
@@ -13,3 +22,28 @@ async def test_start_up_puts_what_it_built_out_of_the_collectors_sight(stack: St
     assert gc.get_freeze_count() > 10_000
     await stack.proxy.close()  # the app's cleanup
     assert gc.get_freeze_count() == 0  # given back on cleanup
+
+
+async def test_health_and_readiness(stack: Stack):
+    status, _, body = await raw("GET", stack.url("/healthz"))
+    assert (status, json.loads(body)["status"]) == (200, "ok")
+    status, _, body = await raw("GET", stack.url("/readyz"))
+    assert (status, json.loads(body)["database"]) == (200, "ok")
+
+
+async def test_readiness_fails_when_the_database_is_unreachable(aiohttp_server: Any, tmp_path: Any):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(
+        upstream="http://127.0.0.1:9",
+        upstream_api_key=SecretStr(UPSTREAM_KEY),
+        database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/gone",
+        key_secret=SecretStr("test-secret"),
+        journal_dir=tmp_path / "journal",
+    )
+    server = await aiohttp_server(create_app(settings, registry=CollectorRegistry()))
+    status, _, body = await raw("GET", str(server.make_url("/readyz")))
+    assert (status, json.loads(body)["database"]) == (503, "unreachable")
+    status, _, _ = await raw("GET", str(server.make_url("/healthz")))
+    assert status == 200

@@ -18,6 +18,8 @@ from proxy.server.app import create_app
 from proxy.server.typedefs import metrics_key, sessionmaker_key
 from proxy.storage.schema import Interaction
 from tests.factories import (
+    INTERACTIONS,
+    SAY_HELLO,
     RecordingUpstream,
     Stack,
     StackFactory,
@@ -28,9 +30,6 @@ from tests.factories import (
     sqlite_only,
 )
 
-CREATE = "/v1beta/interactions"
-BODY = {"model": "gemini-3.5-flash", "input": "Say hello."}
-
 
 async def _stack_with_interaction(
     make_stack: StackFactory, upstream: RecordingUpstream, **overrides: Any
@@ -38,7 +37,7 @@ async def _stack_with_interaction(
     """A proxy on the recording upstream, and an interaction alice created through it."""
     stack = await make_stack(upstream=upstream.url, **overrides)
     status, _, body = await raw(
-        "POST", stack.url(CREATE), headers=stack.headers("alice"), json=BODY
+        "POST", stack.url(INTERACTIONS), headers=stack.headers("alice"), json=SAY_HELLO
     )
     assert status == 200
     iid = json.loads(body)["id"]
@@ -73,16 +72,18 @@ async def test_method_overrides_are_refused_for_everyone(
     for user in ("bob", "alice"):
         status, _, body = await raw(
             "POST",
-            stack.url(f"{CREATE}/{iid}{query}"),
+            stack.url(f"{INTERACTIONS}/{iid}{query}"),
             headers=stack.headers(user, **headers),
         )
         assert status == 400, user
         assert "method override" in gemini_error(body, 400, "INVALID_ARGUMENT")
     assert recording_upstream.received == []
     # the owner's plain GET still works
-    status, _, _ = await raw("GET", stack.url(f"{CREATE}/{iid}"), headers=stack.headers("alice"))
+    status, _, _ = await raw(
+        "GET", stack.url(f"{INTERACTIONS}/{iid}"), headers=stack.headers("alice")
+    )
     assert status == 200
-    assert recording_upstream.paths() == [f"{CREATE}/{iid}"]
+    assert recording_upstream.paths() == [f"{INTERACTIONS}/{iid}"]
 
 
 # --- every method and custom-method suffix ---------------------------------------------
@@ -96,7 +97,7 @@ async def test_every_known_method_is_checked_against_the_owner(
     make_stack: StackFactory, recording_upstream: RecordingUpstream, method: str, suffix: str
 ):
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
-    path = f"{CREATE}/{iid}{suffix}"
+    path = f"{INTERACTIONS}/{iid}{suffix}"
     for user in ("bob", "carol"):  # carol shares alice's team; sharing is by owner
         status, _, body = await raw(method, stack.url(path), headers=stack.headers(user))
         assert status == 404, user
@@ -128,12 +129,12 @@ async def test_unknown_methods_on_an_interaction_are_refused(
 ):
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
     for user in ("bob", "alice"):
-        status, body = await raw_target(stack, method, f"{CREATE}/{iid}{suffix}", user)
+        status, body = await raw_target(stack, method, f"{INTERACTIONS}/{iid}{suffix}", user)
         assert status == 405, (user, method)
         if method != "HEAD":
             gemini_error(body, 405, "INVALID_ARGUMENT")
     # listing the collection would show everyone's interactions behind the shared key
-    status, _, _ = await raw("GET", stack.url(CREATE), headers=stack.headers("alice"))
+    status, _, _ = await raw("GET", stack.url(INTERACTIONS), headers=stack.headers("alice"))
     assert status == 405
     assert recording_upstream.received == []
 
@@ -174,9 +175,9 @@ async def test_ambiguous_paths_are_refused(
         else:
             gemini_error(body, 404, "NOT_FOUND")
     assert recording_upstream.received == []
-    status, _ = await raw_target(stack, "GET", f"{CREATE}/{iid}", "alice")
+    status, _ = await raw_target(stack, "GET", f"{INTERACTIONS}/{iid}", "alice")
     assert status == 200
-    assert recording_upstream.paths() == [f"{CREATE}/{iid}"]
+    assert recording_upstream.paths() == [f"{INTERACTIONS}/{iid}"]
 
 
 @sqlite_only
@@ -185,11 +186,11 @@ async def test_the_query_is_forwarded_byte_for_byte_without_the_key(
 ):
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
     key = stack.keys["alice"]
-    target = f"{CREATE}/{iid}?a=%2F%2e&key={key}&b=x+y&%24key={key}&c"
+    target = f"{INTERACTIONS}/{iid}?a=%2F%2e&key={key}&b=x+y&%24key={key}&c"
     status, _ = await raw_target(stack, "GET", target, "alice")
     assert status == 200
     [seen] = recording_upstream.received
-    assert seen.raw_path == f"{CREATE}/{iid}?a=%2F%2e&b=x+y&c"
+    assert seen.raw_path == f"{INTERACTIONS}/{iid}?a=%2F%2e&b=x+y&c"
     assert key not in json.dumps(seen.headers)
 
 
@@ -215,14 +216,16 @@ async def test_previous_interaction_is_checked_in_every_spelling(
     query: str,
 ):
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
-    payload = {**BODY, **{k: v.format(iid=iid) if v else v for k, v in body.items()}}
-    url = stack.url(CREATE + query.format(iid=iid))
+    payload = {**SAY_HELLO, **{k: v.format(iid=iid) if v else v for k, v in body.items()}}
+    url = stack.url(INTERACTIONS + query.format(iid=iid))
     status, _, answer = await raw("POST", url, headers=stack.headers("bob"), json=payload)
     assert status == 404
     gemini_error(answer, 404, "NOT_FOUND")
     assert recording_upstream.received == []
-    camel = {**BODY, "previousInteractionId": iid}
-    status, _, _ = await raw("POST", stack.url(CREATE), headers=stack.headers("alice"), json=camel)
+    camel = {**SAY_HELLO, "previousInteractionId": iid}
+    status, _, _ = await raw(
+        "POST", stack.url(INTERACTIONS), headers=stack.headers("alice"), json=camel
+    )
     assert status == 200
     [seen] = recording_upstream.received
     assert json.loads(seen.body)["previousInteractionId"] == iid
@@ -247,7 +250,7 @@ async def test_bodies_with_duplicate_keys_are_refused(
     stack, iid = await _stack_with_interaction(make_stack, recording_upstream)
     for user in ("bob", "alice"):
         status, body = await raw_target(
-            stack, "POST", CREATE, user, template.format(iid=iid).encode()
+            stack, "POST", INTERACTIONS, user, template.format(iid=iid).encode()
         )
         assert status == 400
         assert "twice" in gemini_error(body, 400, "INVALID_ARGUMENT")
@@ -259,12 +262,12 @@ async def test_bodies_with_duplicate_keys_are_refused(
 @pytest.mark.parametrize(
     ("path", "body", "why"),
     [
-        (CREATE, b'{"model": "m", "previous_interaction_id": ', "not valid JSON"),
-        (CREATE, b'{"model": "m"} {"previous_interaction_id": "x"}', "not valid JSON"),
-        (CREATE, b'{"model": "\xff\xfe"}', "not valid JSON"),
-        (CREATE, b'{"input": ' + b"[" * 200 + b"]" * 200 + b"}", "nests too deeply"),
-        (CREATE, b'{"model": "m", "previous_interaction_id": 7}', "non-empty string"),
-        (CREATE, b'{"model": "m", "previousInteractionId": ["a"]}', "non-empty string"),
+        (INTERACTIONS, b'{"model": "m", "previous_interaction_id": ', "not valid JSON"),
+        (INTERACTIONS, b'{"model": "m"} {"previous_interaction_id": "x"}', "not valid JSON"),
+        (INTERACTIONS, b'{"model": "\xff\xfe"}', "not valid JSON"),
+        (INTERACTIONS, b'{"input": ' + b"[" * 200 + b"]" * 200 + b"}", "nests too deeply"),
+        (INTERACTIONS, b'{"model": "m", "previous_interaction_id": 7}', "non-empty string"),
+        (INTERACTIONS, b'{"model": "m", "previousInteractionId": ["a"]}', "non-empty string"),
         ("/v1beta/models/m:generateContent", b"{contents: []}", "not valid JSON"),
         ("/v1beta/models/m:streamGenerateContent", b"\x1f\x8b\x08garbage", "not valid JSON"),
     ],
@@ -296,7 +299,9 @@ async def test_the_owner_is_known_on_another_replica_at_once(
     replica = await proxy_server(replica_app)
     keys_b = await issue_keys(replica_app)
 
-    status, _, body = await raw("POST", stack.url(CREATE), headers=stack.headers(), json=BODY)
+    status, _, body = await raw(
+        "POST", stack.url(INTERACTIONS), headers=stack.headers(), json=SAY_HELLO
+    )
     assert status == 200
     iid = json.loads(body)["id"]
     # the row is in the database the moment the response has arrived
@@ -305,7 +310,7 @@ async def test_the_owner_is_known_on_another_replica_at_once(
     assert owner_row is not None
     assert owner_row.user_id == await stack.user_id("alice")
 
-    via_b = str(replica.make_url(f"{CREATE}/{iid}"))
+    via_b = str(replica.make_url(f"{INTERACTIONS}/{iid}"))
     mine, _, _ = await raw("GET", via_b, headers={"x-goog-api-key": keys_b["alice"]})
     theirs, _, answer = await raw("GET", via_b, headers={"x-goog-api-key": keys_b["bob"]})
     assert (mine, theirs) == (200, 404)
@@ -335,7 +340,7 @@ async def test_a_streamed_create_commits_its_owner_before_naming_the_id(
         return response
 
     app = web.Application()
-    app.router.add_post(CREATE, create)
+    app.router.add_post(INTERACTIONS, create)
     upstream = await aiohttp_server(app)
     stack = await make_stack(
         upstream=str(upstream.make_url("")).rstrip("/"), writer_flush_interval_seconds=60
@@ -345,7 +350,7 @@ async def test_a_streamed_create_commits_its_owner_before_naming_the_id(
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            stack.url(CREATE), headers=stack.headers(), json={**BODY, "stream": True}
+            stack.url(INTERACTIONS), headers=stack.headers(), json={**SAY_HELLO, "stream": True}
         ) as response,
     ):
         first = await response.content.readuntil(b"\n\n")
@@ -364,7 +369,9 @@ async def test_an_owner_the_database_cannot_take_in_time_falls_back_to_the_write
 
     stack = await make_stack(upstream=recording_upstream.url, owner_commit_timeout_seconds=0.1)
     for user in ("alice", "bob"):  # their keys are cached from here on
-        status, _, _ = await raw("POST", stack.url(CREATE), headers=stack.headers(user), json=BODY)
+        status, _, _ = await raw(
+            "POST", stack.url(INTERACTIONS), headers=stack.headers(user), json=SAY_HELLO
+        )
         assert status == 200
     # Another process holds SQLite's write lock: the owner row cannot be committed.
     blocker = sqlite3.connect(database_url.removeprefix("sqlite+aiosqlite:///"))
@@ -372,14 +379,16 @@ async def test_an_owner_the_database_cannot_take_in_time_falls_back_to_the_write
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         status, _, body = await raw(
-            "POST", stack.url(CREATE), headers=stack.headers("alice"), json=BODY
+            "POST", stack.url(INTERACTIONS), headers=stack.headers("alice"), json=SAY_HELLO
         )
         assert status == 200  # the call is not failed for it
         iid = json.loads(body)["id"]
         assert stack.app[metrics_key].owner_commit_fallbacks._value.get() == 1
         # this process knows the owner from memory meanwhile
-        mine, _, _ = await raw("GET", stack.url(f"{CREATE}/{iid}"), headers=stack.headers())
-        theirs, _, _ = await raw("GET", stack.url(f"{CREATE}/{iid}"), headers=stack.headers("bob"))
+        mine, _, _ = await raw("GET", stack.url(f"{INTERACTIONS}/{iid}"), headers=stack.headers())
+        theirs, _, _ = await raw(
+            "GET", stack.url(f"{INTERACTIONS}/{iid}"), headers=stack.headers("bob")
+        )
         assert (mine, theirs) == (200, 404)
     finally:
         blocker.execute("ROLLBACK")

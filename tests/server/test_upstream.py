@@ -1,0 +1,131 @@
+"""The upstream request (``server.upstream``) over real HTTP on both databases: which
+key and headers go up, and what a failing upstream becomes."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from proxy.server.keys import fingerprint
+from tests.factories import (
+    INTERACTIONS,
+    SAY_HELLO,
+    UPSTREAM_KEY,
+    Stack,
+    StackFactory,
+    gemini_error,
+    raw,
+)
+
+
+async def test_the_upstream_never_sees_a_virtual_key(stack: Stack):
+    key = stack.keys["alice"]
+    for kwargs in (
+        {"headers": {"x-goog-api-key": key}},
+        {"params": {"key": key, "alt": "json"}},
+        {"headers": {"Authorization": f"Bearer {key}"}},
+    ):
+        status, _, _ = await raw("POST", stack.url(INTERACTIONS), json=SAY_HELLO, **kwargs)
+        assert status == 200
+    seen = list(stack.upstream.requests)
+    assert len(seen) == 3
+    for request in seen:
+        assert request.api_key == UPSTREAM_KEY
+        assert "key" not in request.query
+        assert key not in json.dumps(request.headers)
+    assert seen[1].query == {"alt": "json"}
+
+
+async def test_request_is_forwarded_unchanged_but_for_hop_by_hop_headers(stack: Stack):
+    status, headers, body = await raw(
+        "GET",
+        stack.url("/v1beta/models/gemini-2.5-flash?pageSize=5&filter=a%2Fb"),
+        headers=stack.headers(
+            **{
+                "X-Custom": "kept",
+                "Connection": "keep-alive, X-Drop-Me",
+                "X-Drop-Me": "1",
+                "Proxy-Authorization": "Basic c2VjcmV0",
+            }
+        ),
+    )
+    [seen] = list(stack.upstream.requests)
+    assert seen.method == "GET"
+    assert seen.path == "/v1beta/models/gemini-2.5-flash"
+    assert seen.query == {"pageSize": "5", "filter": "a/b"}
+    assert seen.headers["x-custom"] == "kept"
+    assert "x-drop-me" not in seen.headers
+    assert "proxy-authorization" not in seen.headers
+    # the emulator's answer, relayed as it was
+    assert status == 404
+    gemini_error(body, 404, "NOT_FOUND")
+    assert headers["Content-Type"].startswith("application/json")
+
+
+async def test_unreachable_upstream_is_502(make_stack: StackFactory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stack = await make_stack(upstream=f"http://127.0.0.1:{port}")
+    status, _, body = await raw(
+        "POST", stack.url(INTERACTIONS), headers=stack.headers(), json=SAY_HELLO
+    )
+    assert status == 502
+    gemini_error(body, 502, "UNAVAILABLE")
+
+
+async def test_silent_upstream_is_504(make_stack: StackFactory):
+    stack = await make_stack(upstream_read_timeout_seconds=0.2)
+    status, _, body = await raw(
+        "POST",
+        stack.url(INTERACTIONS),
+        headers=stack.headers(**{"x-emulator-delay-ms": "3000"}),
+        json=SAY_HELLO,
+    )
+    assert status == 504
+    gemini_error(body, 504, "DEADLINE_EXCEEDED")
+
+
+async def test_a_keyless_upload_leg_is_never_lent_the_upstream_key(stack: Stack):
+    # an authenticated start leg obtains an upload id through the proxy ...
+    status, headers, _ = await raw(
+        "POST",
+        stack.url("/upload/v1beta/files"),
+        headers=stack.headers(
+            **{"x-goog-upload-protocol": "resumable", "x-goog-upload-command": "start"}
+        ),
+        json={"file": {"display_name": "a"}},
+    )
+    assert status == 200
+    leg = "/upload/" + headers["x-goog-upload-url"].split("/upload/", 1)[1]
+    # ... and the keyless byte leg that follows it goes up with no key at all
+    status, _, _ = await raw(
+        "POST",
+        stack.url(leg),
+        headers={"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "0"},
+        data=b"bytes",
+    )
+    assert status == 200
+    start, seen = list(stack.upstream.requests)
+    assert start.api_key == UPSTREAM_KEY
+    assert seen.api_key is None  # the upstream judges the upload id alone
+
+
+async def test_passthrough_mode_keeps_the_clients_key_and_names_its_fingerprint(
+    make_stack: StackFactory,
+):
+    own_key = "AIza-client-own-google-key"
+    fp = fingerprint(b"test-secret", own_key)
+    stack = await make_stack(auth_mode="passthrough", passthrough_aliases={fp: "dana"})
+    other_key = "AIza-another-client-key"
+    for key in (own_key, other_key):
+        status, _, _ = await raw(
+            "POST", stack.url(INTERACTIONS), headers={"x-goog-api-key": key}, json=SAY_HELLO
+        )
+        assert status == 200
+    assert [r.api_key for r in stack.upstream.requests] == [own_key, other_key]
+    records = await stack.records()
+    assert [r["user_id"] for r in records] == [
+        await stack.user_id("dana"),
+        await stack.user_id(fingerprint(b"test-secret", other_key)),
+    ]
