@@ -14,6 +14,7 @@ import subprocess
 import sys
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,20 +214,26 @@ main(["serve", f"--port={port}"])
 """
 
 
-def test_serve_pauses_the_cyclic_collector_until_it_listens(tmp_path: Path):
+def _serve_script(tmp_path: Path, script: str, timeout: float, **env: str) -> dict[str, Any]:
+    """Run ``script`` (which serves) on an embedded default at head in ``tmp_path``; what
+    its last line of output says, as JSON."""
     upgrade(f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
-    env.update(GEMINI_METER_UPSTREAM_API_KEY="upstream-key", GEMINI_METER_LOG_LEVEL="WARNING")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
+    environ.update(GEMINI_METER_UPSTREAM_API_KEY="upstream-key", GEMINI_METER_LOG_LEVEL="WARNING")
     done = subprocess.run(
-        [sys.executable, "-c", _SERVE_COLLECTIONS],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=timeout,
         check=True,
         cwd=tmp_path,
-        env=env,
+        env=environ | env,
     )
-    passes = json.loads(done.stdout.splitlines()[-1])["passes"]
+    return dict(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_serve_pauses_the_cyclic_collector_until_it_listens(tmp_path: Path):
+    passes = _serve_script(tmp_path, _SERVE_COLLECTIONS, 90)["passes"]
     # With the collector on, the imports and the start make some 180 passes here, one
     # of them over every object (generation 2); none once it is paused until listening.
     assert passes == ["enabled"]
@@ -280,21 +287,9 @@ print(json.dumps(seen), flush=True)
 """
 
 
-def _supervise(tmp_path: Path, **env: str) -> dict[str, bool]:
+def _supervise(tmp_path: Path, **env: str) -> dict[str, Any]:
     """Run ``_SUPERVISOR`` on an embedded default at head in ``tmp_path``."""
-    upgrade(f"sqlite+aiosqlite:///{tmp_path / 'gemini-meter.db'}")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
-    environ.update(GEMINI_METER_UPSTREAM_API_KEY="upstream-key", GEMINI_METER_LOG_LEVEL="WARNING")
-    done = subprocess.run(
-        [sys.executable, "-c", _SUPERVISOR],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        cwd=tmp_path,
-        env=environ | env,
-    )
-    return dict(json.loads(done.stdout.splitlines()[-1]))
+    return _serve_script(tmp_path, _SUPERVISOR, 120, **env)
 
 
 def test_a_supervisor_leaves_a_database_at_head_alone_without_alembic(tmp_path: Path):
