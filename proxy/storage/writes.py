@@ -46,6 +46,7 @@ __all__ = [
     "insert_usage_rows",
     "owner_row",
     "owner_values",
+    "storable",
     "table_of",
     "usage_row",
     "usage_values",
@@ -131,7 +132,10 @@ def usage_row(record: UsageRecord) -> tuple[Any, ...]:
     Copies the mutable parts (labels, modality maps), so the row is a snapshot
     of the record at the time of the call. One tuple expression: a dict of the
     same values cost twice as much to build, and its keys made up half a
-    journal frame.
+    journal frame. Text that came from a client or the upstream (the model, ids,
+    tiers, labels, modality and tool names) is stored with each NUL character as
+    U+FFFD (``storable``): PostgreSQL's text and jsonb refuse NUL, and a record must
+    not be lost to a character in a label.
     """
     usage, cost, principal = record.usage, record.cost, record.principal
     return (
@@ -140,19 +144,19 @@ def usage_row(record: UsageRecord) -> tuple[Any, ...]:
         principal.user_id,
         principal.team_id,
         principal.key_id,
-        record.model,
+        storable(record.model),
         str(record.endpoint),
         record.streamed,
         record.upstream_status,
         record.latency_seconds,
         record.ttfb_seconds,
-        record.interaction_id,
-        record.resource,
-        record.response_id,
-        record.previous_interaction_id,
-        record.requested_service_tier,
-        record.effective_service_tier,
-        dict(record.labels),
+        storable(record.interaction_id),
+        storable(record.resource),
+        storable(record.response_id),
+        storable(record.previous_interaction_id),
+        storable(record.requested_service_tier),
+        storable(record.effective_service_tier),
+        _storable_map(record.labels),
         usage.input_tokens,
         usage.cached_tokens,
         usage.intermediate_tokens,
@@ -160,8 +164,8 @@ def usage_row(record: UsageRecord) -> tuple[Any, ...]:
         usage.thinking_tokens,
         usage.total_tokens,
         usage.total_mismatch,
-        usage.modalities_json(copy=True),
-        dict(usage.grounding),
+        _storable_modalities(usage.modalities_json(copy=True)),
+        _storable_map(usage.grounding),
         usage.images,
         usage.video_seconds,
         usage.storage_token_seconds,
@@ -214,13 +218,50 @@ def owner_row(
     """An ``interactions`` row, ``principal`` owns ``interaction_id``, in
     ``OWNER_COLUMNS``' order."""
     return (
-        interaction_id,
+        storable(interaction_id),
         principal.user_id,
         principal.team_id,
         principal.key_id,
-        model,
+        storable(model),
         created_at,
     )
+
+
+_NUL = "\x00"
+_REPLACEMENT = "\ufffd"
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as both databases store it: a NUL character (which PostgreSQL's text and
+    jsonb refuse) as U+FFFD, the replacement character."""
+    if text is None or _NUL not in text:
+        return text
+    return text.replace(_NUL, _REPLACEMENT)
+
+
+def _storable_map(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a JSON column's flat map (labels; tools' uses), its text storable. Two
+    names that become one keep the last label, or the sum of their counts."""
+    if not any(
+        _NUL in key or (type(value) is str and _NUL in value) for key, value in mapping.items()
+    ):
+        return dict(mapping)
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = key.replace(_NUL, _REPLACEMENT)
+        if type(value) is str:
+            out[name] = value.replace(_NUL, _REPLACEMENT)
+        else:
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def _storable_modalities(modalities: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The per-modality counts (fresh copies already) with storable modality names."""
+    for kind, counts in modalities.items():
+        if any(_NUL in name for name in counts):
+            modalities[kind] = _storable_map(counts)
+    return modalities
 
 
 def owner_values(

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy import func, select, text
 
-from proxy.metering.records import Principal
+from proxy.metering.records import Principal, Usage
 from proxy.storage.accounts import interaction_owner, principal_for_user
 from proxy.storage.journal import USAGE, Entry
 from proxy.storage.migrate import upgrade_async
@@ -398,3 +398,43 @@ async def test_the_next_batch_is_converted_while_one_is_written(
     finally:
         await writer.close()
         await engine.dispose()
+
+
+async def test_a_nul_character_from_a_client_or_the_upstream_does_not_lose_the_record(
+    writers, alice, make_record, sessionmaker
+):
+    # PostgreSQL's text and jsonb refuse NUL: the row was refused whole, and dropped.
+    writer = writers()
+    await writer.start()
+    record = make_record(
+        alice,
+        model="gemini\x00-2.5-flash",
+        interaction_id="v1_\x00a",
+        previous_interaction_id="v1_\x00b",
+        requested_service_tier="fl\x00ex",
+        labels={"te\x00am": "re\x00search", "app": "ok"},
+        usage=Usage(
+            input_tokens=10,
+            output_tokens=5,
+            total_tokens=15,
+            # two names that become one add up: none of the 10 tokens is lost
+            input_by_modality={"te\x00xt": 6, "te\ufffdxt": 4},
+            grounding={"google\x00search": 2},
+        ),
+    )
+    writer.submit(record)
+    writer.submit_owner("v1_\x00c", alice, "gemini\x00")
+    await writer.flush()
+    assert writer.failed_rows_total == 0
+    async with sessionmaker() as session:
+        [row] = (await session.scalars(select(UsageRow))).all()
+        owned = await interaction_owner(session, "v1_\ufffdc")
+    assert row.model == "gemini\ufffd-2.5-flash"
+    assert row.interaction_id == "v1_\ufffda"
+    assert row.previous_interaction_id == "v1_\ufffdb"
+    assert row.requested_service_tier == "fl\ufffdex"
+    assert row.labels == {"te\ufffdam": "re\ufffdsearch", "app": "ok"}
+    assert row.modalities == {"input": {"te\ufffdxt": 10}}
+    assert row.grounding == {"google\ufffdsearch": 2}
+    assert (row.input_tokens, row.output_tokens) == (10, 5)
+    assert owned is not None and owned.user_id == alice.user_id
