@@ -124,12 +124,11 @@ class Usage:
             self.input_tokens + self.intermediate_tokens + self.output_tokens + self.thinking_tokens
         )
 
-    def modalities_json(self, *, copy: bool = False) -> dict[str, dict[str, int]]:
+    def modalities_json(self) -> dict[str, dict[str, int]]:
         """The per-modality counts as stored in the record's JSON column (with the
-        video seconds by resolution, the same kind of breakdown of a billed unit);
-        with ``copy``, each map a copy (a snapshot of them, made in the same pass)."""
+        video seconds by resolution, the same kind of breakdown of a billed unit)."""
         return {
-            name: dict(counts) if copy else counts
+            name: counts
             for name, counts in (
                 ("input", self.input_by_modality),
                 ("cached", self.cached_by_modality),

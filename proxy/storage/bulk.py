@@ -503,6 +503,12 @@ class SqliteStore:
             for sql, tuples in work:
                 connection.executemany(sql, tuples)
             connection.execute("COMMIT")
+        except (OverflowError, UnicodeEncodeError) as exc:
+            # A value sqlite3 cannot bind (an integer past 64 bits, a lone surrogate): a
+            # row's fault, which retrying the batch cannot mend. Refused, the batch is
+            # tried row by row and only that row is given up, rather than retried forever.
+            self._abandon(connection)
+            raise RowRefused(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             self._abandon(connection)
             raise

@@ -133,9 +133,10 @@ def usage_row(record: UsageRecord) -> tuple[Any, ...]:
     of the record at the time of the call. One tuple expression: a dict of the
     same values cost twice as much to build, and its keys made up half a
     journal frame. Text that came from a client or the upstream (the model, ids,
-    tiers, labels, modality and tool names) is stored with each NUL character as
-    U+FFFD (``storable``): PostgreSQL's text and jsonb refuse NUL, and a record must
-    not be lost to a character in a label.
+    tiers, labels, modality and tool names) is stored with each NUL character and
+    lone surrogate as U+FFFD (``storable``): a database refuses them (PostgreSQL's
+    text and jsonb a NUL, both databases a surrogate), and a record must not be lost
+    to a character in a label.
     """
     usage, cost, principal = record.usage, record.cost, record.principal
     return (
@@ -164,7 +165,7 @@ def usage_row(record: UsageRecord) -> tuple[Any, ...]:
         usage.thinking_tokens,
         usage.total_tokens,
         usage.total_mismatch,
-        _storable_modalities(usage.modalities_json(copy=True)),
+        _storable_modalities(usage.modalities_json()),
         _storable_map(usage.grounding),
         usage.images,
         usage.video_seconds,
@@ -231,37 +232,42 @@ _NUL = "\x00"
 _REPLACEMENT = "\ufffd"
 
 
+def _clean(text: str) -> str:
+    """``text`` itself, unless it holds what a database cannot store: a NUL (PostgreSQL's
+    text and jsonb refuse it) or a lone surrogate (not UTF-8; a JSON escape or an
+    undecodable path can make one), each then U+FFFD."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = "".join(_REPLACEMENT if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text.replace(_NUL, _REPLACEMENT) if _NUL in text else text
+
+
 def storable(text: str | None) -> str | None:
-    """``text`` as both databases store it: a NUL character (which PostgreSQL's text and
-    jsonb refuse) as U+FFFD, the replacement character."""
-    if text is None or _NUL not in text:
-        return text
-    return text.replace(_NUL, _REPLACEMENT)
+    """``text`` as both databases store it: a NUL or a lone surrogate as U+FFFD, the
+    replacement character."""
+    return None if text is None else _clean(text)
 
 
 def _storable_map(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a JSON column's flat map (labels; tools' uses), its text storable. Two
-    names that become one keep the last label, or the sum of their counts."""
-    if not any(
-        _NUL in key or (type(value) is str and _NUL in value) for key, value in mapping.items()
-    ):
-        return dict(mapping)
+    """A copy of a JSON column's flat map (labels; modalities' or tools' counts), its text
+    storable. Two names that become one keep the last label, or the sum of their counts."""
     out: dict[str, Any] = {}
     for key, value in mapping.items():
-        name = key.replace(_NUL, _REPLACEMENT)
+        name = _clean(key)
         if type(value) is str:
-            out[name] = value.replace(_NUL, _REPLACEMENT)
+            out[name] = _clean(value)
+        elif name in out:
+            out[name] += value
         else:
-            out[name] = out.get(name, 0) + value
+            out[name] = value
     return out
 
 
-def _storable_modalities(modalities: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """The per-modality counts (fresh copies already) with storable modality names."""
-    for kind, counts in modalities.items():
-        if any(_NUL in name for name in counts):
-            modalities[kind] = _storable_map(counts)
-    return modalities
+def _storable_modalities(modalities: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """The per-modality counts, each map a storable copy."""
+    return {kind: _storable_map(counts) for kind, counts in modalities.items()}
 
 
 def owner_values(

@@ -400,19 +400,21 @@ async def test_the_next_batch_is_converted_while_one_is_written(
         await engine.dispose()
 
 
-async def test_a_nul_character_from_a_client_or_the_upstream_does_not_lose_the_record(
+async def test_a_character_no_database_stores_does_not_lose_the_record(
     writers, alice, make_record, sessionmaker
 ):
-    # PostgreSQL's text and jsonb refuse NUL: the row was refused whole, and dropped.
+    # PostgreSQL's text and jsonb refuse NUL, and neither database takes a lone surrogate
+    # (a JSON escape or an undecodable path makes one): the row was refused whole, and
+    # dropped, or, on SQLite, retried for ever.
     writer = writers()
     await writer.start()
     record = make_record(
         alice,
-        model="gemini\x00-2.5-flash",
+        model="gemini\x00-2.5-\udc80flash",
         interaction_id="v1_\x00a",
         previous_interaction_id="v1_\x00b",
         requested_service_tier="fl\x00ex",
-        labels={"te\x00am": "re\x00search", "app": "ok"},
+        labels={"te\x00am": "re\x00search", "app": "\ud800ok"},
         usage=Usage(
             input_tokens=10,
             output_tokens=5,
@@ -424,17 +426,34 @@ async def test_a_nul_character_from_a_client_or_the_upstream_does_not_lose_the_r
     )
     writer.submit(record)
     writer.submit_owner("v1_\x00c", alice, "gemini\x00")
-    await writer.flush()
+    await asyncio.wait_for(writer.flush(), 10)
     assert writer.failed_rows_total == 0
     async with sessionmaker() as session:
         [row] = (await session.scalars(select(UsageRow))).all()
         owned = await interaction_owner(session, "v1_\ufffdc")
-    assert row.model == "gemini\ufffd-2.5-flash"
+    assert row.model == "gemini\ufffd-2.5-\ufffdflash"
     assert row.interaction_id == "v1_\ufffda"
     assert row.previous_interaction_id == "v1_\ufffdb"
     assert row.requested_service_tier == "fl\ufffdex"
-    assert row.labels == {"te\ufffdam": "re\ufffdsearch", "app": "ok"}
+    assert row.labels == {"te\ufffdam": "re\ufffdsearch", "app": "\ufffdok"}
     assert row.modalities == {"input": {"te\ufffdxt": 10}}
     assert row.grounding == {"google\ufffdsearch": 2}
     assert (row.input_tokens, row.output_tokens) == (10, 5)
     assert owned is not None and owned.user_id == alice.user_id
+
+
+async def test_a_row_the_driver_cannot_bind_is_given_up_alone_not_retried_for_ever(
+    writers, alice, make_record, sessionmaker
+):
+    # A token count past 64 bits (only a broken upstream could report one) fits neither
+    # database: on SQLite, sqlite3's OverflowError kept the whole batch retrying for ever,
+    # and every record after it waiting.
+    writer = writers(attempts_before_split=1)
+    await writer.start()
+    huge = make_record(alice, usage=Usage(input_tokens=2**70, total_tokens=2**70))
+    fine = make_record(alice)
+    writer.submit(huge)
+    writer.submit(fine)
+    await asyncio.wait_for(writer.flush(), 10)
+    assert writer.failed_rows_total == 1
+    assert await _rows(sessionmaker) == [(fine.request_id, None)]
