@@ -381,33 +381,45 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def _serve_listening(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, int]:
+    """``gemini-meter serve`` on a free port, once it says it listens.
+
+    Its own log line, not an answer on the port, says so: a port found free can be taken
+    again meanwhile by another test's server, whose answers would not be this process's.
+    """
+    for _ in range(5):
+        port = _free_port()
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "proxy.cli.main", "serve", "--port", str(port)),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        while line := await asyncio.wait_for(process.stderr.readline(), 60):
+            if f"Gemini Meter on http://127.0.0.1:{port} ".encode() in line:
+                return process, port
+        await process.wait()  # it could not listen there: another port
+    raise AssertionError("gemini-meter serve never listened")
+
+
 async def test_the_serve_command_answers_malformed_requests_in_gemini_shape(tmp_path: Path):
-    port = _free_port()
     env = {
         **os.environ,
         "GEMINI_METER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}",
         "GEMINI_METER_KEY_SECRET_FILE": str(tmp_path / "secret"),
         "GEMINI_METER_UPSTREAM_API_KEY": "upstream-key",
         "GEMINI_METER_UPSTREAM": "http://127.0.0.1:9",
+        "GEMINI_METER_LOG_LEVEL": "INFO",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli.main", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process, port = await _serve_listening(env)
     try:
-        for _ in range(300):
-            try:
-                status, _, _ = await raw("GET", f"http://127.0.0.1:{port}/healthz")
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        status, _, _ = await raw("GET", f"http://127.0.0.1:{port}/healthz")
         assert status == 200
         answers = [await send_raw("127.0.0.1", port, _malformed(kind)) for kind in KINDS]
     finally:
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0  # SIGTERM is a clean stop
     for kind, (status, head, body) in zip(KINDS, answers, strict=True):
         assert 400 <= status < 500, kind
