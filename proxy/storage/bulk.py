@@ -79,8 +79,10 @@ from .schema import (
     _on_sqlite_connect,
 )
 from .writes import (
+    insert_ignoring_in,
     insert_interaction_owners,
     insert_usage_rows,
+    replaces,
     table_of,
     upsert_replacing_provisional,
 )
@@ -330,9 +332,7 @@ def _collapse(rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
         iid, provisional, total = values[at_iid], values[at_provisional], values[at_total]
         kept, key = (plain, values[at_rid]) if iid is None else (by_interaction, iid)
         old = kept.get(key)
-        # writes._replaces: only a provisional row is replaced, by a final one or by a
-        # provisional one that saw at least as many tokens
-        if old is None or (old[1] and (not provisional or total >= old[2])):
+        if old is None or replaces(provisional, total, old[1], old[2]):
             kept[key] = (row, provisional, total)
     return [kept[0] for kept in plain.values()], [kept[0] for kept in by_interaction.values()]
 
@@ -360,13 +360,7 @@ class _OwnerStatements:
 
     def _compile(self, names: tuple[str, ...]) -> tuple[str, Callable[..., Any]]:
         table = table_of(Interaction)
-        stmt: Insert
-        if self._dialect.name == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
-        else:
-            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+        stmt = insert_ignoring_in(self._dialect.name, table, "id")
         try:
             sql, order = _compile(stmt, self._dialect, names)
         except Exception as exc:  # a column the table does not have

@@ -42,10 +42,12 @@ __all__ = [
     "USAGE_COLUMNS",
     "cost_values",
     "insert_ignoring",
+    "insert_ignoring_in",
     "insert_interaction_owners",
     "insert_usage_rows",
     "owner_row",
     "owner_values",
+    "replaces",
     "storable",
     "table_of",
     "usage_row",
@@ -59,7 +61,11 @@ def table_of(model: type[Any]) -> Table:
 
 def insert_ignoring(session: AsyncSession, table: Table, *conflict_columns: str) -> Insert:
     """INSERT ... ON CONFLICT (columns) DO NOTHING in the session's dialect."""
-    dialect = session.get_bind().dialect.name
+    return insert_ignoring_in(session.get_bind().dialect.name, table, *conflict_columns)
+
+
+def insert_ignoring_in(dialect: str, table: Table, *conflict_columns: str) -> Insert:
+    """INSERT ... ON CONFLICT (columns) DO NOTHING in the dialect named ``dialect``."""
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
@@ -279,11 +285,17 @@ def owner_values(
     )
 
 
+def replaces(provisional: bool, total: int, old_provisional: bool, old_total: int) -> bool:
+    """Whether a row supersedes an earlier one for the same request or interaction (the
+    upsert's rule): only a provisional row is replaced, by a final one or by a provisional
+    one that saw at least as many tokens."""
+    return old_provisional and (not provisional or total >= old_total)
+
+
 def _replaces(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    """Whether ``new`` supersedes ``old`` for the same interaction (the upsert's rule)."""
-    if not old["provisional"]:
-        return False
-    return not new["provisional"] or new["total_tokens"] >= old["total_tokens"]
+    return replaces(
+        new["provisional"], new["total_tokens"], old["provisional"], old["total_tokens"]
+    )
 
 
 def collapse_interactions(
