@@ -258,6 +258,7 @@ class Tls:
 
     server: ssl.SSLContext
     client: ssl.SSLContext
+    cafile: str  # the certificate, for SSL_CERT_FILE
 
 
 @pytest.fixture(scope="session")
@@ -298,7 +299,7 @@ def tls(tmp_path_factory: Any) -> Tls:
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_file, key_file)
     client = ssl.create_default_context(cafile=str(cert_file))
-    return Tls(server=server, client=client)
+    return Tls(server=server, client=client, cafile=str(cert_file))
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 First on the data path. ``app.create_app`` wires the application and its error
 middleware; ``forward.proxy_handler`` takes a request through ``admission`` (what
 is it, per ``routes``; who is it and may they touch what it names, per ``auth``;
-may it spend?), ``upstream`` (the one upstream session) and back through its
+may it spend?), ``upstream`` (over ``client``, the keep-alive HTTP/1.1 client) and back through its
 relays (tap the usage; ``owned`` owns what a response creates), and leaves a
 record with ``metering.recorder``; ``batches`` is what they call for the Batch
 API (owners, results).

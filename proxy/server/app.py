@@ -54,6 +54,7 @@ from ..storage.schema import make_engine
 from ..storage.writer import UsageWriter
 from .auth import Authenticator
 from .batches import BatchMeter
+from .client import Client
 from .forward import proxy_handler
 from .live import auth_tokens_handler, end_live_sessions, live_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
@@ -76,6 +77,7 @@ from .typedefs import (
     recorder_key,
     sessionmaker_key,
     settings_key,
+    upstream_client_key,
     upstream_session_key,
     writer_key,
 )
@@ -268,6 +270,13 @@ async def _writer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
+    client = Client(
+        settings.upstream,
+        limit=settings.upstream_pool_size,
+        connect_timeout=settings.upstream_connect_timeout_seconds,
+        read_timeout=settings.upstream_read_timeout_seconds,
+    )
+    # aiohttp's client carries only the Live API's websockets (server.live).
     timeout = aiohttp.ClientTimeout(
         total=None,
         sock_connect=settings.upstream_connect_timeout_seconds,
@@ -280,14 +289,16 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         connector=connector,
         timeout=timeout,
         auto_decompress=False,
-        # The client's headers go as they came: aiohttp adds none of its own (set once here,
-        # not per request, where aiohttp would build the set on every call).
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         # Relay cookies as headers; never keep a jar shared between users.
         cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
+        app[upstream_client_key] = client
         app[upstream_session_key] = session
-        yield
+        try:
+            yield
+        finally:
+            await client.close()
 
 
 async def _budgets_ctx(app: web.Application) -> AsyncIterator[None]:

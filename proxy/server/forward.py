@@ -9,8 +9,8 @@ steps, read top to bottom here:
    (``check_journal``) and a billable call reserves its estimate against its
    enforced budgets (``reserve``), or is refused with 429. The reservation is
    settled by the recorder, or released if the call yields no record.
-2. ``upstream``: ``open_upstream`` sends one request on the app's shared
-   ``ClientSession``, with the client's key swapped for the upstream key in
+2. ``upstream``: ``open_upstream`` sends one request on the app's upstream
+   ``client.Client``, with the client's key swapped for the upstream key in
    ``virtual_keys`` mode and hop-by-hop headers dropped. Connection failures
    become 502, silence 504.
 3. relay (``_forward`` picks one): a whole JSON body is answered as it came
@@ -73,6 +73,7 @@ from ..metering.records import EndpointKind, UsageRecord, new_request_id
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from . import batches
 from .admission import Call, admit, check_journal, mints_unmetered_access, reserve
+from .client import Response
 from .owned import register_media, register_owner, relay_owned, remember_upload, stable_request_id
 from .routes import Action, is_forwarded
 from .typedefs import (
@@ -178,9 +179,7 @@ _BATCH_ANSWERS = frozenset(
 )
 
 
-async def _relay_whole(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
-) -> web.StreamResponse:
+async def _relay_whole(request: web.Request, upstream: Response, call: Call) -> web.StreamResponse:
     """A metered call answered with one JSON body: read it, meter it, answer it."""
     body, decoded = await read_whole(upstream, call)
     response = web.Response(
@@ -201,9 +200,7 @@ def _batch_call(call: Call) -> batches.Call:
     return batches.Call(call.route, call.principal, call.owned, call.started)
 
 
-async def _relay_batch(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
-) -> web.StreamResponse:
+async def _relay_batch(request: web.Request, upstream: Response, call: Call) -> web.StreamResponse:
     """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
     body, decoded = await read_whole(upstream, call)
     replaced = await batches.answer(
@@ -240,7 +237,7 @@ def _summarize(call: Call, payload: object, status: int) -> ResponseSummary:
 
 async def _relay_stream(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
@@ -279,7 +276,7 @@ async def _relay_stream(
 def _start_pump(
     request: web.Request,
     response: web.StreamResponse,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> asyncio.Task[web.StreamResponse]:
@@ -296,7 +293,7 @@ def _start_pump(
 async def _pump(
     request: web.Request,
     response: web.StreamResponse,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
@@ -369,18 +366,17 @@ async def _pump(
     return response
 
 
-async def _timed(upstream: aiohttp.ClientResponse, call: Call) -> AsyncIterator[bytes]:
+async def _timed(upstream: Response, call: Call) -> AsyncIterator[bytes]:
     """The upstream body's chunks as they arrive, adding the time blocked on each
     to ``call.upstream_wait``."""
-    chunks = upstream.content.iter_any()
     while True:
         waiting = time.perf_counter()
         try:
-            chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
+            chunk = await upstream.next_chunk()
         finally:
             call.upstream_wait += time.perf_counter() - waiting
+        if not chunk:
+            return
         yield chunk
 
 
@@ -460,7 +456,7 @@ def _finish(request: web.Request, call: Call, status: int, summary: ResponseSumm
     return request.app[recorder_key].finish(record, call.reservation)
 
 
-def record_unmetered(request: web.Request, call: Call, upstream: aiohttp.ClientResponse) -> bool:
+def record_unmetered(request: web.Request, call: Call, upstream: Response) -> bool:
     """Record a call on a billable route the meter cannot read: zero tokens, flagged.
 
     Recorded as soon as the upstream's status is known (so ``latency_seconds``

@@ -17,7 +17,7 @@ A session goes:
    journal must have room; the caller's enforced budgets must admit the
    reservation (else 429, Gemini's error shape). A refused handshake is an
    ordinary HTTP error response.
-2. one upstream WebSocket on the app's shared ``ClientSession``, the client's
+2. one upstream WebSocket on the app's aiohttp ``ClientSession``, the client's
    credential swapped for the upstream key (or the real ephemeral token); an
    upstream that refuses the handshake is answered with its status.
 3. the relay: two pumps, one per direction, forward every frame as it arrives

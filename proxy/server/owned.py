@@ -28,7 +28,6 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from ..errors import ServiceUnavailable, UpstreamUnavailable
@@ -46,6 +45,7 @@ from ..metering.records import Principal, Usage, UsageRecord, new_request_id
 from ..settings import AuthMode
 from ..storage.schema import ResourceKind
 from .admission import Call
+from .client import Response
 from .media import operation_bill, operation_created
 from .references import filtered_listing
 from .routes import Action, body_model
@@ -63,9 +63,7 @@ __all__ = [
 log = logging.getLogger("gemini_meter.proxy")
 
 
-async def remember_upload(
-    request: web.Request, principal: Principal, upstream: aiohttp.ClientResponse
-) -> None:
+async def remember_upload(request: web.Request, principal: Principal, upstream: Response) -> None:
     """Record the upload id a start leg obtained, before its URL reaches the client."""
     url = upstream.headers["x-goog-upload-url"]
     upload_ids = parse_qs(urlsplit(url).query).get("upload_id", [])
@@ -151,9 +149,7 @@ _LIST_FIELDS = {
 }
 
 
-async def relay_owned(
-    request: web.Request, upstream: aiohttp.ClientResponse, call: Call
-) -> web.StreamResponse:
+async def relay_owned(request: web.Request, upstream: Response, call: Call) -> web.StreamResponse:
     """A response that names owned resources: read it whole, act on it, then answer it.
 
     An upload's files become the uploader's, and a new cache its creator's, before the

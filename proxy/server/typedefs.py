@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     from ..storage.writer import UsageWriter
     from .auth import Authenticator
     from .batches import BatchMeter
+    from .client import Client
     from .metrics import Metrics
 
 settings_key: web.AppKey[Settings] = web.AppKey("settings")
 engine_key: web.AppKey[AsyncEngine] = web.AppKey("engine")
 sessionmaker_key: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessionmaker")
+# The forwarded calls' client, and aiohttp's for the Live API's websockets.
+upstream_client_key: web.AppKey[Client] = web.AppKey("upstream_client")
 upstream_session_key: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream_session")
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")
 catalog_key: web.AppKey[Catalog] = web.AppKey("catalog")

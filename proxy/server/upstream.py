@@ -1,8 +1,8 @@
-"""The upstream leg: one request on the app's shared ``ClientSession``, and its answer.
+"""The upstream leg: one request on the app's upstream ``Client``, and its answer.
 
 Third on a request's path, after ``admission``: ``open_upstream`` sends the call to
 the Gemini API with its raw path and query as the client sent them
-(``upstream_url``), the client's key swapped for the upstream key in
+(``upstream_target``), the client's key swapped for the upstream key in
 ``virtual_keys`` mode (``auth.swap_key``) and hop-by-hop headers dropped; a
 metered call asks for no encoding the tap cannot undo. A body admission did not
 read streams through as it arrives, within ``max_request_bytes`` (and, on a
@@ -29,11 +29,18 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..errors import ProxyError, RequestTimeout, UpstreamTimeout, UpstreamUnavailable
+from ..errors import (
+    InvalidArgument,
+    ProxyError,
+    RequestTimeout,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from ..settings import AuthMode
 from .admission import Call, too_large
 from .auth import swap_key
-from .typedefs import settings_key, upstream_session_key
+from .client import InvalidHeader, Response
+from .typedefs import settings_key, upstream_client_key
 
 __all__ = [
     "HOP_BY_HOP",
@@ -42,6 +49,7 @@ __all__ = [
     "open_upstream",
     "read_whole",
     "response_headers",
+    "upstream_target",
     "upstream_url",
 ]
 
@@ -65,7 +73,8 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
 # Encodings the tap can undo; for metered calls the upstream is asked for no other.
 _DECODABLE = ("gzip", "deflate", "identity")
 # Every client-side failure, protocol errors included (a bad status line, broken
-# chunking): the upstream failed, which is a 502, never the proxy's own 500.
+# chunking; ``client.UpstreamBroke`` is an OSError): the upstream failed, which is a 502,
+# never the proxy's own 500. aiohttp's errors are the Live API's websocket client's.
 UPSTREAM_FAILURES = (aiohttp.ClientError, OSError)
 # The request encodings aiohttp's server undoes before the handler reads the body
 # (``aiohttp.http_parser``: one token, matched case-insensitively). Such a body is
@@ -75,10 +84,8 @@ _SERVER_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
 _KEY_PARAMS = frozenset({"key", "$key"})
 
 
-def upstream_url(
-    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
-) -> URL:
-    """The upstream URL: the raw path and query as the client sent them.
+def upstream_target(raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS) -> str:
+    """The path and query sent upstream: the raw ones as the client sent them.
 
     The query is kept byte for byte (no re-encoding), except that the ``drop``
     parameters (a ``key``) are removed when the proxy supplies the credential itself.
@@ -88,7 +95,14 @@ def upstream_url(
         kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in drop]
         query = "&".join(kept)
         sep = "?" if query else ""
-    return URL(base + path + sep + query, encoded=True)
+    return path + sep + query
+
+
+def upstream_url(
+    base: str, raw_path: str, drop_key: bool, drop: frozenset[str] = _KEY_PARAMS
+) -> URL:
+    """The whole upstream URL (``upstream_target`` after ``base``), for the Live API's client."""
+    return URL(base + upstream_target(raw_path, drop_key, drop), encoded=True)
 
 
 def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
@@ -118,9 +132,6 @@ def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
         # aiohttp already undid the encoding: the bytes forwarded are the decoded
         # ones, so neither the client's encoding nor its length describes them.
         headers.popall("content-encoding", None)
-    elif request.content_length is not None and call.body is None:
-        # A streamed upload keeps its length so the upstream sees no chunking.
-        headers["content-length"] = str(request.content_length)
     return headers
 
 
@@ -150,13 +161,14 @@ async def _limited(
         yield chunk
 
 
-async def open_upstream(request: web.Request, call: Call) -> aiohttp.ClientResponse:
+async def open_upstream(request: web.Request, call: Call) -> Response:
     settings = request.app[settings_key]
-    session = request.app[upstream_session_key]
+    client = request.app[upstream_client_key]
     virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
-    url = upstream_url(settings.upstream, request.raw_path, drop_key=virtual)
+    target = upstream_target(request.raw_path, drop_key=virtual)
     headers = _upstream_headers(request, call)
     data: bytes | AsyncIterator[bytes] | None = call.body
+    length: int | None = None
     if data is None and request.body_exists:
         limit = settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -164,36 +176,25 @@ async def open_upstream(request: web.Request, call: Call) -> aiohttp.ClientRespo
         # A keyless upload leg must not hold its upstream connection forever.
         idle = settings.keyless_upload_idle_timeout_seconds if call.principal is None else None
         data = _limited(request, limit, idle)
+        if not _decoded_by_server(request):
+            # A streamed upload keeps its length so the upstream sees no chunking.
+            length = request.content_length
     try:
-        return await session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
+        return await client.request(
+            request.method, target, headers.items(), data, content_length=length
         )
     except ProxyError:
         raise
+    except InvalidHeader as exc:
+        raise InvalidArgument(str(exc)) from exc
     except TimeoutError as exc:
-        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
-            raise _client_side(exc) from exc
         raise UpstreamTimeout("The Gemini API did not answer in time.") from exc
     except UPSTREAM_FAILURES as exc:
-        if isinstance(exc.__cause__, ProxyError) or isinstance(exc.__context__, ProxyError):
-            # The client's body broke off (too large, stalled) while being forwarded.
-            raise _client_side(exc) from exc
         log.warning("upstream unreachable: %s", type(exc).__name__)
         raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
 
 
-def _client_side(exc: BaseException) -> ProxyError:
-    cause = exc.__cause__ if isinstance(exc.__cause__, ProxyError) else exc.__context__
-    assert isinstance(cause, ProxyError)
-    # A fresh error: re-raising the one from inside the client would chain it to itself.
-    return type(cause)(cause.message)
-
-
-def response_headers(upstream: aiohttp.ClientResponse, *, keep_length: bool) -> CIMultiDict[str]:
+def response_headers(upstream: Response, *, keep_length: bool) -> CIMultiDict[str]:
     headers = CIMultiDict(upstream.headers)
     named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
     for name in HOP_BY_HOP | named:
@@ -225,7 +226,7 @@ class Decoder:
             return b""
 
 
-async def read_whole(upstream: aiohttp.ClientResponse, call: Call) -> tuple[bytes, bytes]:
+async def read_whole(upstream: Response, call: Call) -> tuple[bytes, bytes]:
     """The whole upstream body as it came, and decoded (gzip/deflate undone) for reading."""
     reading = time.perf_counter()
     try:

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+from aiohttp.test_utils import TestServer
+
+from proxy.emulator import EmulatorConfig, create_emulator_app
 from proxy.server.keys import fingerprint
 from tests.factories import (
     INTERACTIONS,
@@ -13,6 +17,7 @@ from tests.factories import (
     UPSTREAM_KEY,
     Stack,
     StackFactory,
+    Tls,
     gemini_error,
     raw,
 )
@@ -129,3 +134,29 @@ async def test_passthrough_mode_keeps_the_clients_key_and_names_its_fingerprint(
         await stack.user_id("dana"),
         await stack.user_id(fingerprint(b"test-secret", other_key)),
     ]
+
+
+async def test_an_https_upstream_is_reached_with_its_certificate_verified(
+    make_stack: StackFactory, tls: Tls, monkeypatch: pytest.MonkeyPatch
+):
+    emulator = TestServer(create_emulator_app(EmulatorConfig()), host="127.0.0.1")
+    await emulator.start_server(ssl=tls.server)
+    try:
+        https = f"https://127.0.0.1:{emulator.port}"
+        # The system's trust store does not know the test's certificate: refused, a 502.
+        untrusted = await make_stack(upstream=https)
+        status, _, body = await raw(
+            "POST", untrusted.url(INTERACTIONS), json=SAY_HELLO, headers=untrusted.headers()
+        )
+        assert status == 502, body
+        # Trusted the way a deployment trusts a private CA: SSL_CERT_FILE.
+        monkeypatch.setenv("SSL_CERT_FILE", tls.cafile)
+        trusted = await make_stack(upstream=https)
+        status, _, body = await raw(
+            "POST", trusted.url(INTERACTIONS), json=SAY_HELLO, headers=trusted.headers()
+        )
+        assert status == 200, body
+        [record] = await trusted.records()
+        assert record["input_tokens"] > 0
+    finally:
+        await emulator.close()
