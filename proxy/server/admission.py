@@ -420,9 +420,16 @@ def check_journal(request: web.Request, route: Route) -> None:
         )
 
 
+# Routes a keyless upload leg may take (an unlisted one only in passthrough mode: virtual
+# keys refuse it before the key is looked for).
+_UPLOAD_LEGS = frozenset(
+    {Action.FORWARD, Action.UNLISTED, Action.UNMETERED, Action.FILE_UPLOAD, Action.STORE_UPLOAD}
+)
+
+
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
     return (
-        route.action in (Action.FORWARD, Action.UNMETERED, Action.FILE_UPLOAD, Action.STORE_UPLOAD)
+        route.action in _UPLOAD_LEGS
         and request.path.startswith("/upload/")
         and "upload_id" in request.query
     )
