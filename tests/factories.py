@@ -9,8 +9,9 @@ test clients for both raw HTTP and the google-genai SDK. The proxy runs on
 
 ``recording_upstream`` is a catch-all upstream that records every request it
 receives, byte for byte (no decompression), and answers just enough like
-Gemini for the proxy to meter it: adversarial tests assert on what did (not)
-reach it. ``send_raw`` sends bytes the HTTP client libraries would not.
+Gemini for the proxy to meter it (and for the SDK to list and read models):
+adversarial tests assert on what did (not) reach it. ``send_raw`` sends bytes
+the HTTP client libraries would not.
 
 ``usage_metadata`` and ``interaction_usage`` read the usage the SDK parsed from a
 response, asserting it is there (the SDK types it Optional).
@@ -416,6 +417,48 @@ def _recorded_owned(
     return None
 
 
+# Google's Model and TunedModel resources as a list or a get returns them (fields and values
+# of the REST reference: ai.google.dev/api/models#Model and ai.google.dev/api/tuning#TunedModel,
+# read 2026-11-30), for the SDK's models.list, models.get and tunings.get.
+RECORDED_MODEL: dict[str, object] = {
+    "name": "models/gemini-2.5-flash",
+    "version": "001",
+    "displayName": "Gemini 2.5 Flash",
+    "inputTokenLimit": 1048576,
+    "outputTokenLimit": 65536,
+    "supportedGenerationMethods": ["generateContent", "countTokens", "createCachedContent"],
+    "temperature": 1,
+    "topP": 0.95,
+    "topK": 64,
+    "maxTemperature": 2,
+    "thinking": True,
+}
+RECORDED_TUNED_MODEL: dict[str, object] = {
+    "name": "tunedModels/rec-tuned-1",
+    "baseModel": "models/gemini-1.5-flash-001-tuning",
+    "displayName": "rec tuned",
+    "state": "ACTIVE",
+    "createTime": "2026-11-24T12:00:00.000000Z",
+    "updateTime": "2026-11-24T12:00:00.000000Z",
+}
+
+
+def _recorded_models(request: web.Request, path: str) -> web.Response | None:
+    """``GET /{v}/models``, ``/{v}/tunedModels`` and one of either (any name: the one asked)."""
+    parts = path.strip("/").split("/")
+    if request.method != "GET" or len(parts) not in (2, 3):
+        return None
+    if parts[1] == "models":
+        sample, collection = RECORDED_MODEL, "models"
+    elif parts[1] == "tunedModels":
+        sample, collection = RECORDED_TUNED_MODEL, "tunedModels"
+    else:
+        return None
+    if len(parts) == 2:
+        return web.json_response({collection: [sample]})
+    return web.json_response({**sample, "name": f"{collection}/{parts[2]}"})
+
+
 _recording_key: web.AppKey[RecordingUpstream] = web.AppKey("recording", RecordingUpstream)
 
 
@@ -500,6 +543,9 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
             # emulator's, proxy/emulator/media.py)
             model = path.split("/models/")[1].split(":")[0]
             return web.json_response({"name": f"models/{model}/operations/oprec{next(ids)}"})
+        models = _recorded_models(request, path)
+        if models is not None:
+            return models
         if "/operations/" in path and request.method == "GET":
             name = path.split("/", 2)[2].rstrip("/")
             file_id = "vid" + name.rsplit("/", 1)[1]
@@ -564,13 +610,14 @@ async def send_raw(host: str, port: int | None, data: bytes) -> tuple[int, bytes
 
 
 async def raw_target(
-    stack: Stack, method: str, target: str, user: str = "bob", body: bytes = b""
+    stack: Stack, method: str, target: str, user: str | None = "bob", body: bytes = b""
 ) -> tuple[int, bytes]:
     """A request whose target goes out exactly as written (no client normalising it),
-    with ``user``'s key: the status and body the proxy answered."""
+    with ``user``'s key (none for ``None``): the status and body the proxy answered."""
+    key = "" if user is None else f"x-goog-api-key: {stack.keys[user]}\r\n"
     request = (
         f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"x-goog-api-key: {stack.keys[user]}\r\nContent-Length: {len(body)}\r\n"
+        f"{key}Content-Length: {len(body)}\r\n"
         "Content-Type: application/json\r\n\r\n"
     ).encode() + body
     status, _, answer = await send_raw(stack.proxy.host, stack.proxy.port, request)

@@ -4,8 +4,9 @@ Second on a request's path, after ``routes`` has said what it is:
 ``forward.proxy_handler`` calls ``admit``, which refuses what the proxy could not
 check the way the upstream will read it (an ambiguous path, a method override, an
 unknown method on an interaction, a usage-stripping field mask or encoding, a
-metered body that is not plain JSON: ``routes`` has the pure checks); resolves the
-key to a ``Principal`` (``auth``, cached), or admits a keyless upload leg only for
+metered body that is not plain JSON: ``routes`` has the pure checks) and, in
+``virtual_keys`` mode, any route the proxy does not know (``Route.offered``); resolves
+the key to a ``Principal`` (``auth``, cached), or admits a keyless upload leg only for
 an upload id started here; reads the JSON body of metered calls (``read_body``,
 within ``max_request_bytes``) to learn the model; and checks the owner of every
 interaction, batch, cache, file or store the call names (``references``). What it
@@ -153,6 +154,19 @@ async def admit(request: web.Request, started: float) -> Call:
         raise NotFound(
             "No operation is reachable by a bare id through Gemini Meter: use the name its "
             "creating call returned."
+        )
+    if not route.offered and app[settings_key].auth_mode is AuthMode.VIRTUAL_KEYS:
+        # Behind the shared upstream key a route the proxy does not know would act on the
+        # whole organisation's project for any caller, unmetered: 404, as for the unknown
+        # routes above. Refused before the key is read, like them: the answer depends on
+        # the method, the path and the configured mode alone (docs/metering.md lists every
+        # route offered), never on a key, an owner or the upstream, so it tells a caller
+        # without a key nothing that page does not, and a flood of unlisted paths costs no
+        # key lookup. Passthrough mode forwards them: the client's own key answers for
+        # what it reaches.
+        raise NotFound(
+            f"{request.method} {request.path} is not offered through Gemini Meter, which "
+            "forwards only the Gemini API routes it knows."
         )
     key = presented_key(request.headers, request.query)
     if key is None and _is_upload_leg(request, route):
@@ -420,9 +434,16 @@ def check_journal(request: web.Request, route: Route) -> None:
         )
 
 
+# Routes a keyless upload leg may take (an unlisted one only in passthrough mode: virtual
+# keys refuse it before the key is looked for).
+_UPLOAD_LEGS = frozenset(
+    {Action.FORWARD, Action.UNLISTED, Action.UNMETERED, Action.FILE_UPLOAD, Action.STORE_UPLOAD}
+)
+
+
 def _is_upload_leg(request: web.Request, route: Route) -> bool:
     return (
-        route.action in (Action.FORWARD, Action.UNMETERED, Action.FILE_UPLOAD, Action.STORE_UPLOAD)
+        route.action in _UPLOAD_LEGS
         and request.path.startswith("/upload/")
         and "upload_id" in request.query
     )

@@ -1,9 +1,13 @@
 """Which Gemini endpoint a request is for, and what at the edge makes it uncheckable.
 
-The proxy forwards every path under the API prefixes; this module only tells
-the few that are metered (or that touch an interaction's ownership) apart from
-the rest, so the handler knows whether to read the body, tap the response and
-check who owns an interaction.
+``classify`` names the route of every path under the API prefixes, so the handler
+knows whether to read the body, tap the response and check who owns what the call
+names. What it does not know is ``Action.UNLISTED``: in ``virtual_keys`` mode that is
+refused, never forwarded (``Route.offered``, checked by ``server.admission.admit``),
+since a route the proxy does not know acts on the whole organisation's project behind
+the shared upstream key, unmetered and unowned; in ``passthrough`` mode, where each
+client's own key goes upstream, it is relayed as it came. The free routes the proxy
+knows (``Action.FORWARD``: models and tuned models, read) are relayed unrecorded.
 
 ``UNMETERED_ROUTES`` is the one table of routes Google bills that the meter
 does not understand yet (docs/metering.md lists them with what is recorded):
@@ -108,12 +112,29 @@ _OPENAI = re.compile(
     rf"{_PREFIX}/openai/(?P<method>chat/completions|embeddings|images/generations)/?$",
     re.IGNORECASE,
 )
+# The free routes the proxy knows (Action.FORWARD), GET only: the models and tuned models
+# a key may call, listed and read one by one, and the OpenAI-compatible surface's list and
+# get of models. google-genai 3.6.1 reads them so (``models.py``: ``models.list`` sends
+# ``GET models``, or ``GET tunedModels`` with ``query_base=False``; ``models.get`` and
+# ``tunings.py``'s ``tunings.get`` send ``GET {name}``, ``models/{m}`` or ``tunedModels/{m}``;
+# @google/genai 3.3.0 the same), as does the OpenAI compatibility guide's
+# ``client.models.list()`` and ``client.models.retrieve(m)``. A tuned model the
+# organisation made outside the proxy is usable by every key, like a base model: reading it
+# is offered, changing it (PATCH, DELETE, ``:transferOwnership``, its ``permissions``) is
+# not. Case and a trailing slash are read as everywhere else in ``classify``.
+_FREE = re.compile(rf"{_PREFIX}/(?:models|tunedModels|openai/models)(?:/[^/:]+)?/?$", re.IGNORECASE)
 
 
 class Action(Enum):
     """What a request does, as far as metering and ownership care."""
 
-    FORWARD = auto()  # anything else: relayed, not metered
+    FORWARD = auto()  # a free route the proxy knows (``_FREE``): relayed, not recorded
+    # A path under the API prefixes the proxy does not know. In virtual_keys mode it is
+    # refused, never forwarded (``Route.offered``): behind the shared upstream key it would
+    # act on the whole organisation's project (tuned models' permissions, corpora,
+    # generated files, whatever Google adds next), unmetered and unowned. In passthrough
+    # mode the client's own key goes upstream, so it is relayed as it came, unrecorded.
+    UNLISTED = auto()
     INTERACTION_CREATE = auto()
     INTERACTION_GET = auto()
     INTERACTION_CANCEL = auto()
@@ -192,6 +213,18 @@ class Route:
     # or a File Search store's methods), canonical ("batches/x", "cachedContents/x",
     # "files/x", "models/m/operations/x", "fileSearchStores/x" for anything under the store)
     resource: str | None = None
+
+    @property
+    def offered(self) -> bool:
+        """Whether ``virtual_keys`` mode forwards the route, on the shared upstream key.
+
+        Every route the proxy knows is, but for the polls of operations under no resource it
+        knows (``UnmeteredRoute.offered``); an unlisted one is not. In passthrough mode this
+        does not apply: the client's own key answers for what it reaches.
+        """
+        if self.action is Action.UNLISTED:
+            return False
+        return self.unmetered is None or self.unmetered.offered
 
     @property
     def resource_kind(self) -> ResourceKind | None:
@@ -277,6 +310,7 @@ _OWNED_RESPONSES = frozenset(
 )
 
 FORWARD = Route(Action.FORWARD)
+UNLISTED = Route(Action.UNLISTED)
 _UNKNOWN = Route(Action.INTERACTION_UNKNOWN)
 _UNKNOWN_RESOURCE = Route(Action.RESOURCE_UNKNOWN)
 
@@ -361,10 +395,14 @@ class UnmeteredRoute:
     kind: EndpointKind
     method: str
     pattern: re.Pattern[str]
+    # False: recorded in passthrough mode, refused in virtual_keys mode (``Route.offered``)
+    offered: bool = True
 
 
-def _unmetered(kind: EndpointKind, method: str, pattern: str) -> UnmeteredRoute:
-    return UnmeteredRoute(kind, method, re.compile(pattern, re.IGNORECASE))
+def _unmetered(
+    kind: EndpointKind, method: str, pattern: str, *, offered: bool = True
+) -> UnmeteredRoute:
+    return UnmeteredRoute(kind, method, re.compile(pattern, re.IGNORECASE), offered)
 
 
 _V = rf"^/{_VERSION}"
@@ -382,9 +420,17 @@ FILE_SEARCH_UPLOAD = _unmetered(
 # results are metered (``Action.BATCH_*``). docs/metering.md lists every route with what
 # the meter records for it; keep the two in step.
 UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
-    # Polls of other long-running work (tuning); Veo's operations under models/ are metered
-    # and owned, a File Search store's are its owner's, bare ones refused (see classify).
-    _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$"),
+    # Polls of other long-running work; Veo's operations under models/ are metered and
+    # owned, a File Search store's are its owner's, bare ones refused (see classify).
+    # A tuned model's (its tuning) is offered like the tuned model itself, which every key
+    # may read; no key can start one here (creating a tuned model is unlisted), so it is
+    # the organisation's. Any other (generatedFiles/{f}/operations/{id}, corpora, a
+    # collection Google adds) names a resource the proxy does not know, every user's
+    # behind the shared key: recorded in passthrough mode, refused with virtual keys.
+    _unmetered(EndpointKind.OPERATION_GET, "GET", rf"{_V}/tunedModels/{_ID}/operations/{_ID}$"),
+    _unmetered(
+        EndpointKind.OPERATION_GET, "GET", rf"{_V}/(?:[^:]+/)?operations/{_ID}$", offered=False
+    ),
     # File Search indexing bills the embeddings it computes (classified with the store's
     # other methods, which check its owner first: see _classify_store).
     FILE_SEARCH_IMPORT,
@@ -413,10 +459,12 @@ def _classify_unmetered(method: str, path: str) -> Route | None:
 
 
 def classify(method: str, path: str) -> Route:
-    """The route of a request whose path is already known to be forwarded.
+    """The route of a request whose path is under the API prefixes (``is_forwarded``).
 
-    ``path`` must be the one ``normalized_path`` accepted (decoded, no dot or
-    empty segments); ``method`` the effective one (see ``method_override``).
+    ``path`` must be the request's decoded path (aiohttp's ``request.path``), once
+    ``path_problem`` found its raw form canonical (no dot or empty segments, no encoded
+    separator); ``method`` the request's own (``method_override`` is refused). What no
+    pattern here claims is ``UNLISTED``.
     """
     if path.startswith(_DOWNLOAD + "/"):
         path = path[len(_DOWNLOAD) :]
@@ -466,7 +514,7 @@ def classify(method: str, path: str) -> Route:
         _classify_media(method, path)
         or _classify_batches(method, path)
         or _classify_unmetered(method, path)
-        or FORWARD
+        or (FORWARD if method == "GET" and _FREE.match(path) else UNLISTED)
     )
 
 

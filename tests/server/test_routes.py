@@ -57,7 +57,7 @@ from proxy.server.routes import (
         ),
         ("POST", "/v1beta/tunedModels/my-model:generateContent", Action.GENERATE, None, "my-model"),
         ("POST", "/v1beta/models/g:countTokens", Action.COUNT_TOKENS, None, "g"),
-        ("GET", "/v1beta/models/gemini-2.5-flash:generateContent", Action.FORWARD, None, None),
+        ("GET", "/v1beta/models/gemini-2.5-flash:generateContent", Action.UNLISTED, None, None),
         ("POST", "/upload/v1beta/files", Action.FILE_UPLOAD, None, None),
         ("GET", "/v1beta/models", Action.FORWARD, None, None),
     ],
@@ -193,16 +193,239 @@ def test_unmetered_billable_routes(method: str, path: str, kind: EndpointKind, m
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "action"),
     [
         # free: not billed, so not recorded
-        ("GET", "/v1beta/openai/models"),
-        ("POST", "/v1beta/openai/files"),
-        ("GET", "/v1beta/models/gemini-2.5-flash:batchGenerateContent"),
+        ("GET", "/v1beta/openai/models", Action.FORWARD),
+        # unlisted (refused with virtual keys), and not billed either
+        ("POST", "/v1beta/openai/files", Action.UNLISTED),
+        ("GET", "/v1beta/models/gemini-2.5-flash:batchGenerateContent", Action.UNLISTED),
     ],
 )
-def test_free_routes_are_not_in_the_table(method: str, path: str):
-    assert classify(method, path).action is Action.FORWARD
+def test_free_routes_are_not_in_the_table(method: str, path: str, action: Action):
+    route = classify(method, path)
+    assert route.action is action
+    assert route.unmetered is None
+
+
+# --- what virtual_keys mode offers -------------------------------------------------------
+# Every route a Gemini Developer API call of the pinned SDKs reaches: google-genai 3.6.1
+# (each module's mldev branch, the path it formats under its default version "v1",
+# _api_client.GOOGLE_AI_API_DEFAULT_VERSION: models.py, tunings.py, caches.py, files.py,
+# batches.py, file_search_stores.py, documents.py, operations.py, tokens.py (v1alpha, its
+# own); the Interactions API and the rest from _gaos/*.py), and @google/genai 3.3.0
+# (dist/index.mjs: the same paths). Sample ids stand in for names.
+SDK_ROUTES_OFFERED = [
+    ("models.generate_content", "POST", "/v1/models/gemini-2.5-flash:generateContent"),
+    ("models.generate_content (tuned)", "POST", "/v1/tunedModels/t-1:generateContent"),
+    (
+        "models.generate_content_stream",
+        "POST",
+        "/v1/tunedModels/t-1:streamGenerateContent",
+    ),
+    ("models.embed_content", "POST", "/v1/models/gemini-embedding-001:batchEmbedContents"),
+    ("models.count_tokens", "POST", "/v1/tunedModels/t-1:countTokens"),
+    ("models.list", "GET", "/v1/models"),
+    ("models.list(query_base=False)", "GET", "/v1/tunedModels"),
+    ("models.get", "GET", "/v1/models/gemini-2.5-flash"),
+    ("models.get (tuned), tunings.get", "GET", "/v1/tunedModels/t-1"),
+    ("caches.create", "POST", "/v1/cachedContents"),
+    ("caches.list", "GET", "/v1/cachedContents"),
+    ("caches.get", "GET", "/v1/cachedContents/c-1"),
+    ("caches.update", "PATCH", "/v1/cachedContents/c-1"),
+    ("caches.delete", "DELETE", "/v1/cachedContents/c-1"),
+    ("files.upload", "POST", "/upload/v1/files"),
+    ("files.register_files", "POST", "/v1/files:register"),
+    ("files.list", "GET", "/v1/files"),
+    ("files.get", "GET", "/v1/files/f-1"),
+    ("files.delete", "DELETE", "/v1/files/f-1"),
+    ("files.download", "GET", "/v1/files/f-1:download"),
+    ("batches.create", "POST", "/v1/models/gemini-2.5-flash:batchGenerateContent"),
+    (
+        "batches.create_embeddings",
+        "POST",
+        "/v1/models/gemini-embedding-001:asyncBatchEmbedContent",
+    ),
+    ("batches.list", "GET", "/v1/batches"),
+    ("batches.get", "GET", "/v1/batches/b-1"),
+    ("batches.cancel", "POST", "/v1/batches/b-1:cancel"),
+    ("batches.delete", "DELETE", "/v1/batches/b-1"),
+    ("file_search_stores.create", "POST", "/v1/fileSearchStores"),
+    ("file_search_stores.list", "GET", "/v1/fileSearchStores"),
+    ("file_search_stores.get", "GET", "/v1/fileSearchStores/s-1"),
+    ("file_search_stores.delete", "DELETE", "/v1/fileSearchStores/s-1"),
+    (
+        "file_search_stores.upload_to_file_search_store",
+        "POST",
+        "/upload/v1/fileSearchStores/s-1:uploadToFileSearchStore",
+    ),
+    ("file_search_stores.import_file", "POST", "/v1/fileSearchStores/s-1:importFile"),
+    ("file_search_stores.documents.list", "GET", "/v1/fileSearchStores/s-1/documents"),
+    ("file_search_stores.documents.get", "GET", "/v1/fileSearchStores/s-1/documents/d-1"),
+    (
+        "file_search_stores.documents.delete",
+        "DELETE",
+        "/v1/fileSearchStores/s-1/documents/d-1",
+    ),
+    ("operations.get (import)", "GET", "/v1/fileSearchStores/s-1/operations/o-1"),
+    ("operations.get (upload)", "GET", "/v1/fileSearchStores/s-1/upload/operations/o-1"),
+    ("operations.get (Veo)", "GET", "/v1/models/veo-3/operations/o-1"),
+    ("auth_tokens.create", "POST", "/v1alpha/auth_tokens"),
+    ("interactions.create", "POST", "/v1/interactions"),
+    ("interactions.get", "GET", "/v1/interactions/i-1"),
+    ("interactions.delete", "DELETE", "/v1/interactions/i-1"),
+    ("interactions.cancel", "POST", "/v1/interactions/i-1/cancel"),
+]
+
+# SDK calls whose route the proxy does not offer with virtual keys: their upstream effect is
+# the whole organisation's (a tuned model changed, deleted or made; resources of
+# _gaos/agents.py, credentials.py, environments.py, files.py, triggers.py, voices.py and
+# webhooks.py, which nobody owns here and every key would list; decisions.py, a model call
+# the meter does not read).
+SDK_ROUTES_REFUSED = [
+    ("models.update (tuned)", "PATCH", "/v1/tunedModels/t-1"),
+    ("models.update", "PATCH", "/v1/models/gemini-2.5-flash"),
+    ("models.delete (tuned)", "DELETE", "/v1/tunedModels/t-1"),
+    ("models.delete", "DELETE", "/v1/models/gemini-2.5-flash"),
+    ("tunings.tune", "POST", "/v1/tunedModels"),
+    ("tunings.cancel", "POST", "/v1/tunedModels/t-1:cancel"),
+    ("webhooks.create", "POST", "/v1/webhooks"),
+    ("webhooks.list", "GET", "/v1/webhooks"),
+    ("webhooks.update", "PATCH", "/v1/webhooks/w-1"),
+    ("webhooks.ping", "POST", "/v1/webhooks/w-1:ping"),
+    ("webhooks.rotate_signing_secret", "POST", "/v1/webhooks/w-1:rotateSigningSecret"),
+    ("agents.create", "POST", "/v1/agents"),
+    ("agents.list", "GET", "/v1/agents"),
+    ("agents.delete", "DELETE", "/v1/agents/a-1"),
+    ("credentials.create", "POST", "/v1/credentials"),
+    ("credentials.get", "GET", "/v1/credentials/cr-1"),
+    ("environments.create", "POST", "/v1/environments"),
+    ("environments.files upload", "PUT", "/upload/v1/environments/e-1/files/a.txt"),
+    ("environments.files get", "GET", "/v1/environments/e-1/files/a.txt"),
+    ("triggers.create", "POST", "/v1/triggers"),
+    ("triggers.executions", "POST", "/v1/triggers/tr-1/executions"),
+    ("voices.create", "POST", "/v1/voices"),
+    ("voices.list", "GET", "/v1/voices"),
+    ("decisions.create", "POST", "/v1/decisions"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "method", "path"), SDK_ROUTES_OFFERED, ids=[r[0] for r in SDK_ROUTES_OFFERED]
+)
+def test_every_sdk_route_of_the_developer_api_is_offered(call: str, method: str, path: str):
+    route = classify(method, path)
+    assert route.action is not Action.UNLISTED, call
+    assert route.offered, call
+
+
+@pytest.mark.parametrize(
+    ("call", "method", "path"), SDK_ROUTES_REFUSED, ids=[r[0] for r in SDK_ROUTES_REFUSED]
+)
+def test_sdk_routes_acting_on_the_whole_project_are_not_offered(call: str, method: str, path: str):
+    route = classify(method, path)
+    assert route.action is Action.UNLISTED, call
+    assert not route.offered, call
+
+
+# Google's REST reference (ai.google.dev/api: tuning, tunedModels.permissions,
+# tunedModels.operations; semantic-retrieval: corpora, documents, chunks, permissions;
+# generatedFiles), what follows the version prefix: none offered, in any method.
+UNOFFERED = [
+    ("POST", "tunedModels"),
+    ("PATCH", "tunedModels/t-1"),
+    ("DELETE", "tunedModels/t-1"),
+    ("POST", "tunedModels/t-1:transferOwnership"),
+    ("POST", "tunedModels/t-1/permissions"),
+    ("GET", "tunedModels/t-1/permissions"),
+    ("GET", "tunedModels/t-1/permissions/p-1"),
+    ("PATCH", "tunedModels/t-1/permissions/p-1"),
+    ("DELETE", "tunedModels/t-1/permissions/p-1"),
+    ("GET", "tunedModels/t-1/operations"),
+    ("POST", "tunedModels/t-1:generateText"),
+    ("HEAD", "tunedModels/t-1"),
+    ("POST", "corpora"),
+    ("GET", "corpora"),
+    ("GET", "corpora/c-1"),
+    ("PATCH", "corpora/c-1"),
+    ("DELETE", "corpora/c-1"),
+    ("POST", "corpora/c-1:query"),
+    ("POST", "corpora/c-1/documents"),
+    ("GET", "corpora/c-1/documents/d-1"),
+    ("POST", "corpora/c-1/documents/d-1:query"),
+    ("POST", "corpora/c-1/documents/d-1/chunks:batchCreate"),
+    ("GET", "corpora/c-1/documents/d-1/chunks/ch-1"),
+    ("POST", "corpora/c-1/permissions"),
+    ("DELETE", "corpora/c-1/permissions/p-1"),
+    ("GET", "corpora/c-1/operations/o-1"),
+    ("GET", "generatedFiles"),
+    ("GET", "generatedFiles/g-1"),
+    ("GET", "generatedFiles/g-1/operations/o-1"),
+    ("POST", "models/gemini-2.5-flash:generateAnswer"),
+    ("GET", "models/gemini-2.5-flash/permissions"),
+    ("GET", "openai/files"),
+    ("GET", "openai/files/f-1/content"),
+    ("GET", "openai/batches/b-1"),
+    ("GET", "aCollectionGoogleAddsTomorrow"),
+    ("POST", "aCollectionGoogleAddsTomorrow/x-1:act"),
+]
+_SPELLINGS = ("/v1/", "/v1beta/", "/v1alpha/", "/upload/v1beta/", "/download/v1alpha/")
+
+
+@pytest.mark.parametrize(("method", "rest"), UNOFFERED)
+def test_unoffered_routes_in_every_spelling(method: str, rest: str):
+    # Cased as Google spells it, all capitals, first capital; with a trailing slash too.
+    spellings = {rest, rest.upper(), rest[0].upper() + rest[1:]}
+    for prefix in _SPELLINGS:
+        for spelt in spellings:
+            for path in (prefix + spelt, prefix + spelt + "/"):
+                assert not classify(method, path).offered, (method, path)
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        "models",
+        "models/gemini-2.5-flash",
+        "tunedModels",
+        "tunedModels/t-1",
+        "openai/models",
+        "openai/models/gemini-2.5-flash",
+    ],
+)
+def test_free_reads_are_offered_in_every_spelling(rest: str):
+    spellings = {rest, rest.upper(), rest[0].upper() + rest[1:]}
+    for prefix in _SPELLINGS:
+        for spelt in spellings:
+            for path in (prefix + spelt, prefix + spelt + "/"):
+                route = classify("GET", path)
+                assert (route.action, route.offered) == (Action.FORWARD, True), path
+                assert route.unmetered is None and not route.metered
+        # reading only: with any other method the path is unlisted (a POST under openai/
+        # is the OpenAI-compatible surface's, recorded unmetered: UNMETERED_ROUTES)
+        for method in ("POST", "PATCH", "PUT", "DELETE", "HEAD"):
+            route = classify(method, "/v1beta/" + rest)
+            assert route.action in (Action.UNLISTED, Action.UNMETERED), (method, rest)
+
+
+@pytest.mark.parametrize(
+    ("path", "offered"),
+    [
+        # a tuned model's tuning, readable like the tuned model itself
+        ("/v1beta/tunedModels/t-1/operations/o-1", True),
+        ("/v1/TUNEDMODELS/t-1/operations/o-1", True),
+        # operations of resources the proxy does not know: passthrough mode only
+        ("/v1beta/generatedFiles/g-1/operations/o-1", False),
+        ("/v1beta/corpora/c-1/operations/o-1", False),
+        ("/v1alpha/corpora/c-1/documents/d-1/operations/o-1", False),
+    ],
+)
+def test_operation_polls_are_recorded_and_offered_only_for_tuned_models(path: str, offered: bool):
+    route = classify("GET", path)
+    assert route.action is Action.UNMETERED
+    assert route.unmetered is not None
+    assert route.unmetered.kind is EndpointKind.OPERATION_GET
+    assert route.offered is offered
 
 
 def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
@@ -443,7 +666,7 @@ def test_body_model(body: object, model: str | None):
         ("POST", "/v1beta/files/f-1:download", Action.RESOURCE_UNKNOWN, None),
         ("GET", "/v1beta/files/f-1/x", Action.RESOURCE_UNKNOWN, None),
         ("DELETE", "/v1beta/files", Action.RESOURCE_UNKNOWN, None),
-        ("GET", "/v1beta/filesx", Action.FORWARD, None),
+        ("GET", "/v1beta/filesx", Action.UNLISTED, None),
         # a File Search store, and everything under it, is checked as the store
         ("POST", "/v1beta/fileSearchStores", Action.STORE_CREATE, None),
         ("GET", "/v1alpha/filesearchstores/", Action.STORE_LIST, None),
@@ -488,7 +711,7 @@ def test_body_model(body: object, model: str | None):
         ("POST", "/v1beta/fileSearchStores/s/operations/o:cancel", Action.RESOURCE_UNKNOWN, None),
         ("GET", "/v1beta/fileSearchStores/s/operations", Action.RESOURCE_UNKNOWN, None),
         ("DELETE", "/v1beta/fileSearchStores", Action.RESOURCE_UNKNOWN, None),
-        ("GET", "/v1beta/fileSearchStoresx", Action.FORWARD, None),
+        ("GET", "/v1beta/fileSearchStoresx", Action.UNLISTED, None),
         # operations by a bare id: nobody's, so nobody's to read
         ("GET", "/v1beta/operations/op-2", Action.BARE_OPERATION, None),
         ("GET", "/v1/operations", Action.BARE_OPERATION, None),

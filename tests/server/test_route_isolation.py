@@ -1,0 +1,224 @@
+"""Routes the proxy does not know: refused with virtual keys, by every spelling, and
+forwarded as they came in passthrough mode.
+
+Behind the shared upstream key such a route would act on the whole organisation's
+project for any caller (a tuned model's permissions, corpora, generated files, whatever
+Google adds next), unmetered and unowned. Each one is tried against the catch-all
+``recording_upstream``: "refused" means the client got Gemini's 404 and nothing reached
+the upstream. The routes come from Google's REST reference (ai.google.dev/api: tuning and
+its permissions, semantic retrieval, generatedFiles) and the pinned SDKs
+(``tests/server/test_routes.py`` lists the SDK calls, with the files they were read from).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from google.genai import errors, types
+
+from tests.factories import (
+    RECORDED_MODEL,
+    RECORDED_TUNED_MODEL,
+    UPSTREAM_KEY,
+    RecordingUpstream,
+    StackFactory,
+    gemini_error,
+    raw,
+    raw_target,
+    sqlite_only,
+)
+
+# (method, request target exactly as sent)
+UNLISTED = [
+    # tuned models: everything but reading them and calling them as models
+    ("POST", "/v1beta/tunedModels"),
+    ("PATCH", "/v1beta/tunedModels/t-1?updateMask=displayName"),
+    ("DELETE", "/v1beta/tunedModels/t-1"),
+    ("POST", "/v1beta/tunedModels/t-1:transferOwnership"),
+    ("POST", "/v1beta/tunedModels/t-1/permissions"),
+    ("GET", "/v1beta/tunedModels/t-1/permissions"),
+    ("PATCH", "/v1beta/tunedModels/t-1/permissions/p-1"),
+    ("DELETE", "/v1/tunedModels/t-1/permissions/p-1"),
+    # Semantic Retrieval, all of it
+    ("POST", "/v1alpha/corpora"),
+    ("GET", "/v1beta/corpora?pageSize=10"),
+    ("POST", "/v1beta/corpora/c-1:query"),
+    ("GET", "/v1beta/corpora/c-1/documents/d-1/chunks"),
+    ("POST", "/v1beta/corpora/c-1/permissions"),
+    # generated files, their operations included (every user's behind the shared key)
+    ("GET", "/v1beta/generatedFiles"),
+    ("GET", "/v1beta/generatedFiles/g-1/operations/o-1"),
+    # surfaces of the SDK nobody owns here, and whatever Google adds next
+    ("POST", "/v1beta/webhooks"),
+    ("GET", "/v1beta/openai/files"),
+    ("POST", "/v1beta/aCollectionGoogleAddsTomorrow"),
+    # every spelling: the /upload/ and /download/ prefixes, case, a trailing slash, a
+    # query, percent-encoded characters (the path is classified as decoded)
+    ("POST", "/upload/v1beta/tunedModels"),
+    ("DELETE", "/download/v1beta/tunedModels/t-1"),
+    ("POST", "/v1beta/TunedModels/t-1:transferOwnership"),
+    ("GET", "/v1beta/CORPORA"),
+    ("GET", "/v1beta/corpora/"),
+    ("DELETE", "/v1beta/tunedModels/t-1/"),
+    ("GET", "/v1beta/generatedFiles?alt=json&pageSize=1"),
+    ("GET", "/v1beta/%63orpora"),
+    ("POST", "/v1beta/tunedModels/t-1%3AtransferOwnership"),
+    ("GET", "/v1beta/tuned%4Dodels/t-1/permissions"),
+]
+
+
+@sqlite_only
+async def test_unlisted_routes_are_refused_with_virtual_keys(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    stack = await make_stack(upstream=recording_upstream.url)
+    for method, target in UNLISTED:
+        # the same answer with a key and without one: refused before the key is read
+        for user in ("bob", None):
+            status, body = await raw_target(stack, method, target, user)
+            assert status == 404, (method, target, user)
+            message = gemini_error(body, 404, "NOT_FOUND")
+            assert "not offered through Gemini Meter" in message, message
+    assert recording_upstream.received == []
+    assert await stack.records() == []
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("POST", "/v1beta/tunedModels/t-1", {"X-HTTP-Method-Override": "DELETE"}),
+        ("GET", "/v1beta/tunedModels/t-1", {"X-HTTP-Method-Override": "PATCH"}),
+        ("GET", "/v1beta/models", {"X-Method-Override": "POST"}),
+        ("POST", "/v1beta/tunedModels/t-1?$httpMethod=DELETE", {}),
+        ("GET", "/v1beta/tunedModels/t-1/permissions?httpMethod=POST", {}),
+    ],
+)
+async def test_a_method_override_cannot_reach_an_unlisted_method(
+    make_stack: StackFactory,
+    recording_upstream: RecordingUpstream,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+):
+    # Google applies the override: a GET of a tuned model could delete it. The edge refuses
+    # every override before the route is even looked at.
+    stack = await make_stack(upstream=recording_upstream.url)
+    status, _, body = await raw(method, stack.url(target), headers=stack.headers("bob", **headers))
+    assert status == 400
+    assert "method override" in gemini_error(body, 400, "INVALID_ARGUMENT")
+    assert recording_upstream.received == []
+
+
+@sqlite_only
+async def test_encoded_separators_cannot_spell_an_unlisted_route(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    stack = await make_stack(upstream=recording_upstream.url)
+    for target in (
+        "/v1beta/tunedModels%2Ft-1/permissions",
+        "/v1beta/models/x/%2E%2E/%2E%2E/corpora",
+        "/v1beta/tunedModels/t-1%252Fpermissions",
+    ):
+        status, body = await raw_target(stack, "GET", target, "bob")
+        assert status == 400, target
+        assert "canonical" in gemini_error(body, 400, "INVALID_ARGUMENT")
+    assert recording_upstream.received == []
+
+
+async def test_unlisted_routes_are_forwarded_in_passthrough_mode(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    # Each client's own Google key goes upstream: isolation is Google's, and the route
+    # reaches it exactly as sent.
+    stack = await make_stack(upstream=recording_upstream.url, auth_mode="passthrough")
+    for method, target in UNLISTED:
+        status, _ = await raw_target(stack, method, target, "bob")
+        assert status == 200, (method, target)
+    received = recording_upstream.received
+    assert [(r.method, r.raw_path) for r in received] == UNLISTED
+    assert {r.headers["x-goog-api-key"] for r in received} == {stack.keys["bob"]}
+    # relayed, not recorded; but a poll of an operation still is (UNMETERED_ROUTES)
+    assert [r["endpoint"] for r in await stack.records()] == ["operation.get"]
+
+
+@sqlite_only
+async def test_free_reads_reach_the_upstream_with_virtual_keys(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    stack = await make_stack(upstream=recording_upstream.url)
+    targets = [
+        "/v1beta/models?pageSize=5",
+        "/v1/models/gemini-2.5-flash",
+        "/v1beta/Models/gemini-2.5-flash/",
+        "/v1beta/tunedModels",
+        "/v1alpha/TUNEDMODELS/t-1",
+        "/v1beta/openai/models",
+        "/v1beta/openai/models/gemini-2.5-flash",
+        # a tuned model's tuning, as readable as the tuned model; recorded unmetered
+        "/v1beta/tunedModels/t-1/operations/o-1",
+    ]
+    for target in targets:
+        status, _ = await raw_target(stack, "GET", target, "bob")
+        assert status == 200, target
+    assert recording_upstream.paths() == targets
+    assert {r.headers["x-goog-api-key"] for r in recording_upstream.received} == {UPSTREAM_KEY}
+    assert [r["endpoint"] for r in await stack.records()] == ["operation.get"]
+
+
+async def test_the_sdk_reads_models_and_tuned_models_and_cannot_change_them(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    # google-genai 3.6.1 in Gemini Developer API mode, under its default version "v1"
+    # (_api_client.GOOGLE_AI_API_DEFAULT_VERSION): models.list reads "models" (or
+    # "tunedModels" with query_base=False), models.get and tunings.get read "{name}"
+    # (models.py, tunings.py); models.update and models.delete PATCH and DELETE "{name}",
+    # tunings.tune POSTs "tunedModels" (tunings.py, _tune_mldev).
+    stack = await make_stack(upstream=recording_upstream.url)
+    client = stack.sdk("bob").aio
+    listed = [m.name async for m in await client.models.list()]
+    model = await client.models.get(model="gemini-2.5-flash")
+    tuned = [m.name async for m in await client.models.list(config={"query_base": False})]
+    tuned_model = await client.models.get(model="tunedModels/rec-tuned-1")
+    job = await client.tunings.get(name="tunedModels/rec-tuned-1")
+
+    assert listed == [RECORDED_MODEL["name"]]
+    assert (model.name, model.input_token_limit) == ("models/gemini-2.5-flash", 1048576)
+    assert tuned == [RECORDED_TUNED_MODEL["name"]]
+    assert (tuned_model.name, tuned_model.display_name) == ("tunedModels/rec-tuned-1", "rec tuned")
+    # the SDK's own reading of a tuned model's ACTIVE state (_transformers.t_tuning_job_status)
+    assert (job.name, job.state) == ("tunedModels/rec-tuned-1", types.JobState.JOB_STATE_SUCCEEDED)
+    received = recording_upstream.received
+    assert [(r.method, r.raw_path.partition("?")[0]) for r in received] == [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/gemini-2.5-flash"),
+        ("GET", "/v1/tunedModels"),
+        ("GET", "/v1/tunedModels/rec-tuned-1"),
+        ("GET", "/v1/tunedModels/rec-tuned-1"),
+    ]
+    assert {r.headers["x-goog-api-key"] for r in received} == {UPSTREAM_KEY}
+    received.clear()
+
+    refused: list[errors.ClientError] = []
+    for change in (
+        client.models.update(model="tunedModels/rec-tuned-1", config={"display_name": "mine now"}),
+        client.models.delete(model="tunedModels/rec-tuned-1"),
+    ):
+        with pytest.raises(errors.ClientError) as caught:
+            await change
+        refused.append(caught.value)
+    # (tunings.tune warns that it is experimental once a process, so the warning may or
+    # may not come: it is let be either way)
+    with warnings.catch_warnings(), pytest.raises(errors.ClientError) as caught:
+        warnings.simplefilter("ignore", errors.ExperimentalWarning)
+        await client.tunings.tune(
+            base_model="models/gemini-1.5-flash-001-tuning",
+            training_dataset=types.TuningDataset(
+                examples=[types.TuningExample(text_input="1", output="2")]
+            ),
+        )
+    refused.append(caught.value)
+    assert [(e.code, e.status) for e in refused] == [(404, "NOT_FOUND")] * 3
+    assert received == []
+    assert await stack.records() == []
