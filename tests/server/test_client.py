@@ -69,6 +69,17 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+async def fetch(
+    upstream: Client, method: str = "GET", body: bytes | None = None
+) -> tuple[int, bytes]:
+    """One call to ``/x``, read whole and released: its status and body."""
+    response = await upstream.request(method, "/x", [], body)
+    try:
+        return response.status, await response.read()
+    finally:
+        response.release()
+
+
 def client(url: str, **kwargs: float) -> Client:
     options = {"limit": 8, "connect_timeout": 2.0, "read_timeout": 2.0, **kwargs}
     return Client(url, **options)  # type: ignore[arg-type]
@@ -129,9 +140,7 @@ async def test_a_body_without_framing_ends_with_the_connection_which_is_not_reus
     async with raw_server(handler) as server:
         upstream = client(server.url)
         for _ in range(2):
-            response = await upstream.request("GET", "/x", [])
-            assert await response.read() == b"all of it"
-            response.release()
+            assert await fetch(upstream) == (200, b"all of it")
         await upstream.close()
     assert server.connections == 2
 
@@ -176,9 +185,7 @@ async def test_bytes_after_a_whole_answer_keep_the_answer_and_retire_the_connect
     async with raw_server(chatty) as server:
         upstream = client(server.url)
         for _ in range(2):
-            response = await upstream.request("GET", "/x", [])
-            assert (response.status, await response.read()) == (200, b"ok")
-            response.release()
+            assert await fetch(upstream) == (200, b"ok")
         await upstream.close()
     assert server.connections == 2
 
@@ -220,9 +227,7 @@ async def test_a_slow_but_steady_answer_is_not_timed_out():
 
     async with raw_server(steady) as server:
         upstream = client(server.url, read_timeout=0.25)  # less than the whole, more than a gap
-        response = await upstream.request("GET", "/x", [])
-        assert await response.read() == b"xxxxxx"
-        response.release()
+        assert await fetch(upstream) == (200, b"xxxxxx")
         await upstream.close()
 
 
@@ -245,13 +250,8 @@ async def test_the_pool_never_opens_more_than_its_limit():
     async with raw_server(slow) as server:
         upstream = client(server.url, limit=2)
 
-        async def call() -> int:
-            response = await upstream.request("GET", "/x", [])
-            await response.read()
-            response.release()
-            return response.status
-
-        assert await asyncio.gather(*(call() for _ in range(7))) == [200] * 7
+        answers = await asyncio.gather(*(fetch(upstream) for _ in range(7)))
+        assert answers == [(200, b"")] * 7
         await upstream.close()
     assert server.most_open == 2
     assert server.connections == 2
@@ -313,9 +313,7 @@ async def test_a_reused_connection_closed_unanswered_is_retried_for_get_only():
     async with raw_server(first_only) as server:
         upstream = client(server.url)
         for _ in range(2):
-            response = await upstream.request("GET", "/x", [])
-            assert await response.read() == b"ok"
-            response.release()
+            assert await fetch(upstream) == (200, b"ok")
         assert server.connections == 2  # the second GET went again, on a new connection
         with pytest.raises(UpstreamBroke):
             await upstream.request("POST", "/x", [], b"{}")  # never sent twice
@@ -373,8 +371,7 @@ async def test_an_answer_before_the_body_is_sent_is_returned_and_not_pooled():
         assert response.status == 413
         assert await response.read() == b""
         response.release()
-        response = await upstream.request("GET", "/x", [])
-        response.release()
+        await fetch(upstream)
         await upstream.close()
     assert server.connections == 2
 
