@@ -297,6 +297,11 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_result(None)
 
 
+def _seen(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class Response:
     """The upstream's answer: its head at once, its body as it arrives.
 
@@ -413,10 +418,14 @@ class Client:
                 else:
                     chunked = content_length is None
                     writing = asyncio.create_task(self._stream(connection, head, body, chunked))
+                    # Whatever ends it once the call no longer waits on it, it is seen.
+                    writing.add_done_callback(_seen)
                     status, reason, raw = await self._answer(connection, writing)
             except UpstreamBroke:
                 self._release(connection, reuse=False)
-                if attempt == 1 and connection.reused and method in _IDEMPOTENT:
+                # A body from an iterator went (in part) with the first attempt: never again.
+                resendable = body is None or isinstance(body, bytes)
+                if attempt == 1 and connection.reused and resendable and method in _IDEMPOTENT:
                     continue  # it was closed while idle: a fresh connection may answer
                 raise
             except BaseException:
@@ -485,7 +494,7 @@ class Client:
         head_task = asyncio.ensure_future(connection.head())
         try:
             done, _ = await asyncio.wait({head_task, writing}, return_when=asyncio.FIRST_COMPLETED)
-            if head_task not in done and (failure := writing.exception()) is not None:
+            if writing in done and head_task not in done and (failure := writing.exception()):
                 raise failure
             answer = await head_task
         except BaseException:

@@ -317,8 +317,17 @@ async def test_a_reused_connection_closed_unanswered_is_retried_for_get_only():
         assert server.connections == 2  # the second GET went again, on a new connection
         with pytest.raises(UpstreamBroke):
             await upstream.request("POST", "/x", [], b"{}")  # never sent twice
+        assert await fetch(upstream) == (200, b"ok")  # a third connection
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"{}"
+
+        # An idempotent PUT is not sent again either when its body came from an iterator:
+        # the first attempt took it.
+        with pytest.raises(UpstreamBroke):
+            await upstream.request("PUT", "/x", [], body(), content_length=2)
         await upstream.close()
-    assert server.connections == 2
+    assert server.connections == 3
 
 
 async def test_a_streamed_body_goes_chunked_or_with_its_length():
