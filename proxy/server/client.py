@@ -381,7 +381,8 @@ class Client:
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._authority = host if default_port else f"{host}:{self._port}"
         self._prefix = url.path.rstrip("/")
-        self._ssl = (ssl_context or ssl.create_default_context()) if self._tls else None
+        # The system's trust store is loaded at the first connection, not at start-up.
+        self._ssl: ssl.SSLContext | None = ssl_context
         self._limit = limit
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -536,6 +537,8 @@ class Client:
                 return connection
         if self._closing:
             raise UpstreamBroke("The upstream client is closing.")
+        if self._tls and self._ssl is None:
+            self._ssl = ssl.create_default_context()
         self._open += 1
         try:
             loop = asyncio.get_running_loop()
@@ -544,8 +547,8 @@ class Client:
                     lambda: _Connection(self),
                     self._host,
                     self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None,
+                    ssl=self._ssl if self._tls else None,
+                    server_hostname=self._host if self._tls else None,
                     # RFC 8305, as aiohttp's connector does: an address family that
                     # swallows packets (IPv6 in many containers) costs 0.25 s, not the
                     # whole connect time-out.
