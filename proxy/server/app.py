@@ -289,6 +289,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         connector=connector,
         timeout=timeout,
         auto_decompress=False,
+        # The client's headers go as they came: aiohttp adds none of its own.
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         # Relay cookies as headers; never keep a jar shared between users.
         cookie_jar=aiohttp.DummyCookieJar(),
