@@ -6,8 +6,11 @@ names. What it does not know is ``Action.UNLISTED``: in ``virtual_keys`` mode th
 refused, never forwarded (``Route.offered``, checked by ``server.admission.admit``),
 since a route the proxy does not know acts on the whole organisation's project behind
 the shared upstream key, unmetered and unowned; in ``passthrough`` mode, where each
-client's own key goes upstream, it is relayed as it came. The free routes the proxy
-knows (``Action.FORWARD``: models and tuned models, read) are relayed unrecorded.
+client's own key goes upstream, it is relayed as it came, and a write on it (any method
+but GET, HEAD and OPTIONS) is recorded like a call on ``UNMETERED_ROUTES``, as
+``unlisted`` (``UNLISTED_WRITE``): it may be a model call Google bills. The free routes
+the proxy knows (``Action.FORWARD``: models and tuned models, read) are relayed
+unrecorded.
 
 ``UNMETERED_ROUTES`` is the one table of routes Google bills that the meter
 does not understand yet (docs/metering.md lists them with what is recorded):
@@ -133,7 +136,9 @@ class Action(Enum):
     # refused, never forwarded (``Route.offered``): behind the shared upstream key it would
     # act on the whole organisation's project (tuned models' permissions, corpora,
     # generated files, whatever Google adds next), unmetered and unowned. In passthrough
-    # mode the client's own key goes upstream, so it is relayed as it came, unrecorded.
+    # mode the client's own key goes upstream, so it is relayed as it came: a read (GET,
+    # HEAD, OPTIONS) unrecorded, any other method recorded as ``unlisted`` (``UNLISTED_WRITE``),
+    # since it may be a model call Google bills (``decisions``, whatever Google adds next).
     UNLISTED = auto()
     INTERACTION_CREATE = auto()
     INTERACTION_GET = auto()
@@ -207,7 +212,7 @@ class Route:
     interaction_id: str | None = None
     model: str | None = None
     # Action.UNMETERED (and a File Search import or upload): the row of UNMETERED_ROUTES
-    # it is recorded by
+    # it is recorded by; an unlisted write: UNLISTED_WRITE
     unmetered: UnmeteredRoute | None = None
     # the owned resource the path names (a batch's, a cache's, a file's, a Veo operation's
     # or a File Search store's methods), canonical ("batches/x", "cachedContents/x",
@@ -218,9 +223,9 @@ class Route:
     def offered(self) -> bool:
         """Whether ``virtual_keys`` mode forwards the route, on the shared upstream key.
 
-        Every route the proxy knows is, but for the polls of operations under no resource it
-        knows (``UnmeteredRoute.offered``); an unlisted one is not. In passthrough mode this
-        does not apply: the client's own key answers for what it reaches.
+        Every route the proxy knows is, but for the rows of ``UNMETERED_ROUTES`` marked
+        otherwise (``UnmeteredRoute.offered``); an unlisted one is not. In passthrough mode
+        this does not apply: the client's own key answers for what it reaches.
         """
         if self.action is Action.UNLISTED:
             return False
@@ -385,11 +390,12 @@ _BATCH_UNKNOWN = Route(Action.BATCH_UNKNOWN)
 
 @dataclass(frozen=True, slots=True)
 class UnmeteredRoute:
-    """A billable route the meter cannot read usage from yet.
+    """A billable route the meter cannot read usage from yet: a row of
+    ``UNMETERED_ROUTES``, or ``UNLISTED_WRITE``.
 
     ``kind`` is stored as the record's endpoint and is the metric's ``route``
-    label, so label values are bounded by this table. A ``model`` group of the
-    pattern, if any, names the record's model; the body is never read.
+    label, so label values are bounded by this table (and ``unlisted``). A ``model``
+    group of the pattern, if any, names the record's model; the body is never read.
     """
 
     kind: EndpointKind
@@ -447,6 +453,23 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
 )
 
 
+# Passthrough mode: a call on a route the proxy does not know with any method but these is
+# recorded as if it were a row of the table above. Google bills model calls the proxy may
+# not know yet (google-genai 3.6.1's ``client.decisions``: ``POST /{v}/decisions``, in
+# ``_gaos/decisions.py``; whatever Google adds next), and a metering proxy must not let one
+# through unseen; a read is not one. With virtual keys it is refused like every unlisted
+# call (``Route.offered``). Not a row of the table: ``classify`` gives it to whatever no
+# pattern claims, so its method and pattern are never matched. One kind for every path:
+# the path itself is never a metric label.
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNLISTED_WRITE = UnmeteredRoute(EndpointKind.UNLISTED, "*", re.compile(""), offered=False)
+_UNLISTED_WRITE = Route(Action.UNLISTED, unmetered=UNLISTED_WRITE)
+
+
+def _unlisted(method: str) -> Route:
+    return UNLISTED if method in _READS else _UNLISTED_WRITE
+
+
 def _classify_unmetered(method: str, path: str) -> Route | None:
     for row in UNMETERED_ROUTES:
         if row.method != method:
@@ -464,7 +487,7 @@ def classify(method: str, path: str) -> Route:
     ``path`` must be the request's decoded path (aiohttp's ``request.path``), once
     ``path_problem`` found its raw form canonical (no dot or empty segments, no encoded
     separator); ``method`` the request's own (``method_override`` is refused). What no
-    pattern here claims is ``UNLISTED``.
+    pattern here claims is ``UNLISTED``, carrying ``UNLISTED_WRITE`` unless it only reads.
     """
     if path.startswith(_DOWNLOAD + "/"):
         path = path[len(_DOWNLOAD) :]
@@ -514,7 +537,7 @@ def classify(method: str, path: str) -> Route:
         _classify_media(method, path)
         or _classify_batches(method, path)
         or _classify_unmetered(method, path)
-        or (FORWARD if method == "GET" and _FREE.match(path) else UNLISTED)
+        or (FORWARD if method == "GET" and _FREE.match(path) else _unlisted(method))
     )
 
 
