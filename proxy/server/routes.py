@@ -447,6 +447,26 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
     # client's own key pays and the record says who minted it.
     # (A trailing slash too: it must not fall through to a free route that is forwarded.)
     _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens/?$"),
+    # OpenAI-compatible batches: not offered with virtual keys, in any method (their reads
+    # are unlisted already). The openai SDK's flow, as Google's OpenAI compatibility guide
+    # gives it, uploads the input with files.create (``POST openai/files``, refused with
+    # virtual keys: a file made there would be nobody's), names it in batches.create by
+    # ``input_file_id``, polls batches.retrieve and reads the results with files.content
+    # (``GET openai/batches/{id}``, ``GET openai/files/{id}/content``: unlisted). Behind the
+    # shared key a create could name any user's file by its id, checked against no owner,
+    # and its batch would be the whole organisation's (``/{id}/cancel`` cancels anyone's),
+    # with results that could not be read back through the proxy anyway. Owning them instead
+    # (the input file at create, then the batch's get, list, cancel and results) would need
+    # OpenAI-shaped files and batches owned and metered like Gemini's; Gemini's own Batch API
+    # (``Action.BATCH_*``) offers the same work, owned and metered. In passthrough mode a
+    # create or cancel is recorded, as the client's own key pays for it.
+    # (Under "/upload" too, like the metered OpenAI routes: every spelling is one route.)
+    _unmetered(
+        EndpointKind.OPENAI_OTHER,
+        "POST",
+        rf"{_PREFIX}/openai/batches(?:[/:].*)?$",
+        offered=False,
+    ),
     # The OpenAI-compatible surface but chat completions, embeddings and image
     # generation (metered).
     _unmetered(EndpointKind.OPENAI_OTHER, "POST", rf"{_V}/openai/(?!files(?:/|$)).+$"),

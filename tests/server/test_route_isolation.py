@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 from google.genai import errors, types
 
+from proxy.server.auth import PresentedKey
 from proxy.server.keys import fingerprint
-from proxy.server.typedefs import budgets_key, metrics_key
+from proxy.server.typedefs import authenticator_key, budgets_key, metrics_key
+from proxy.storage.schema import ResourceKind
 from tests.factories import (
     RECORDED_MODEL,
     RECORDED_TUNED_MODEL,
@@ -35,6 +37,7 @@ from tests.factories import (
     metric_sum,
     raw,
     raw_target,
+    send_raw,
     sqlite_only,
 )
 
@@ -418,3 +421,81 @@ async def test_unlisted_writes_stay_refused_with_virtual_keys(
     assert recording_upstream.received == []
     assert await stack.records() == []
     assert unmetered_count(stack, "unlisted") == 0
+
+
+# --- OpenAI-compatible batches ----------------------------------------------------------
+# The openai SDK's batch flow (files.create, batches.create naming the file by id,
+# batches.retrieve, batches.cancel, files.content), in every spelling: version prefixes,
+# /upload/ and /download/, case, a trailing slash, a query, a percent-encoded letter; and
+# the methods OpenAI does not have. (method, request target exactly as sent)
+OPENAI_BATCHES = [
+    ("POST", "/v1beta/openai/batches"),
+    ("POST", "/v1/openai/batches"),
+    ("POST", "/v1alpha/openai/batches/"),
+    ("POST", "/v1beta/OpenAI/Batches"),
+    ("POST", "/v1beta/OPENAI/BATCHES/"),
+    ("POST", "/upload/v1beta/openai/batches"),
+    ("POST", "/download/v1beta/openai/batches"),
+    ("POST", "/v1beta/openai/batches?alt=json"),
+    ("POST", "/v1beta/openai/%62atches"),
+    ("POST", "/v1beta/openai/batches/batch-1/cancel"),
+    ("POST", "/v1beta/OpenAI/Batches/batch-1:cancel"),
+    ("GET", "/v1beta/openai/batches"),
+    ("GET", "/v1beta/openai/batches/batch-1"),
+    ("DELETE", "/v1beta/openai/batches/batch-1"),
+    ("PATCH", "/v1beta/openai/batches/batch-1"),
+]
+# alice's file, named by id in bob's batch: no owner would have been checked
+BATCH_OF_ALICES_FILE = json.dumps(
+    {
+        "input_file_id": "files/alice-input",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+).encode()
+
+
+@sqlite_only
+async def test_openai_batches_are_refused_with_virtual_keys(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    # Behind the shared key a batch would be the organisation's and its input file anyone's;
+    # its results could not be read back through the proxy (openai/files is refused) anyway.
+    stack = await make_stack(upstream=recording_upstream.url)
+    auth = stack.app[authenticator_key]
+    alice = await auth.authenticate(PresentedKey(stack.keys["alice"], "header"))
+    assert await auth.commit_resource(ResourceKind.FILE, "files/alice-input", alice)
+    for method, target in OPENAI_BATCHES:
+        # bob, the file's owner, and no key at all: the same answer, before the key is read
+        for user in ("bob", "alice", None):
+            status, body = await raw_target(stack, method, target, user, BATCH_OF_ALICES_FILE)
+            assert status == 404, (method, target, user)
+            message = gemini_error(body, 404, "NOT_FOUND")
+            assert "not offered through Gemini Meter" in message, message
+    assert recording_upstream.received == []
+    assert await stack.records() == []
+
+
+async def test_openai_batches_are_relayed_and_recorded_in_passthrough_mode(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    # The client's own key pays for its batches: a create or cancel is recorded like the
+    # surface's other calls (openai.other), a read relayed unrecorded, a method OpenAI does
+    # not have recorded as unlisted.
+    stack = await passthrough_stack(make_stack, recording_upstream)
+    for method, target in OPENAI_BATCHES:
+        request = (
+            f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"x-goog-api-key: {OWN_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(BATCH_OF_ALICES_FILE)}\r\n\r\n"
+        ).encode() + BATCH_OF_ALICES_FILE
+        status, _, _ = await send_raw(stack.proxy.host, stack.proxy.port, request)
+        assert status == 200, (method, target)
+    received = recording_upstream.received
+    assert [(r.method, r.raw_path) for r in received] == OPENAI_BATCHES
+    assert {r.body for r in received} == {BATCH_OF_ALICES_FILE}
+    assert {r.headers["x-goog-api-key"] for r in received} == {OWN_KEY}
+    records = await stack.records()
+    assert [r["endpoint"] for r in records] == ["openai.other"] * 11 + ["unlisted"] * 2
+    assert {r["user_id"] for r in records} == {await stack.user_id("dana")}
+    assert unmetered_count(stack, "openai.other") == 11

@@ -397,6 +397,13 @@ UNOFFERED = [
     ("GET", "openai/files"),
     ("GET", "openai/files/f-1/content"),
     ("GET", "openai/batches/b-1"),
+    # OpenAI-compatible batches in every method: a create names its input file by id,
+    # checked against no owner, and the batch would be the organisation's
+    ("POST", "openai/batches"),
+    ("POST", "openai/batches/b-1/cancel"),
+    ("POST", "openai/batches/b-1:cancel"),
+    ("GET", "openai/batches"),
+    ("DELETE", "openai/batches/b-1"),
     ("GET", "aCollectionGoogleAddsTomorrow"),
     ("POST", "aCollectionGoogleAddsTomorrow/x-1:act"),
 ]
