@@ -413,6 +413,11 @@ def _unmetered(
 
 _V = rf"^/{_VERSION}"
 _ID = r"[^/:]+"
+# The OpenAI-compatible calls offered unmetered with virtual keys (see the table's last rows).
+_OPENAI_STATELESS = (
+    r"(?:completions|moderations|audio/(?:speech|transcriptions|translations)"
+    r"|images/(?:edits|variations))"
+)
 FILE_SEARCH_IMPORT = _unmetered(
     EndpointKind.FILE_SEARCH_IMPORT, "POST", rf"{_V}/fileSearchStores/{_ID}:importFile/?$"
 )
@@ -467,9 +472,27 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
         rf"{_PREFIX}/openai/batches(?:[/:].*)?$",
         offered=False,
     ),
-    # The OpenAI-compatible surface but chat completions, embeddings and image
-    # generation (metered).
-    _unmetered(EndpointKind.OPENAI_OTHER, "POST", rf"{_V}/openai/(?!files(?:/|$)).+$"),
+    # The OpenAI-compatible surface's other calls (chat completions, embeddings and image
+    # generation are metered; files are unlisted). With virtual keys only the model calls
+    # that make and name nothing stored are offered: the openai SDK 3.57.0's
+    # completions.create, moderations.create, audio.speech.create,
+    # audio.transcriptions.create, audio.translations.create, images.edit and
+    # images.create_variation. Anything else that SDK POSTs there makes or names objects
+    # that behind the shared key would be the whole organisation's and owned by nobody here
+    # (stored responses, continued by ``previous_response_id``; stored chat completions,
+    # ``chat/completions/{id}``; uploads, vector stores, assistants and threads, fine-tuning
+    # jobs, conversations, containers, evals, videos, webhook endpoints, the organisation's
+    # own administration), or mints a Realtime client secret that would open a session at
+    # Google past the meter, as ``auth_tokens`` would: so it, and whatever Google adds
+    # there next, is recorded in passthrough mode and refused with virtual keys, like a
+    # route the proxy does not know. Under "/upload" too: every spelling is one route.
+    _unmetered(EndpointKind.OPENAI_OTHER, "POST", rf"{_PREFIX}/openai/{_OPENAI_STATELESS}/?$"),
+    _unmetered(
+        EndpointKind.OPENAI_OTHER,
+        "POST",
+        rf"{_PREFIX}/openai/(?!files(?:[/:]|$)).+$",
+        offered=False,
+    ),
 )
 
 

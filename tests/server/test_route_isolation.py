@@ -274,6 +274,17 @@ async def passthrough_stack(
     )
 
 
+async def send_with_own_key(stack: Stack, method: str, target: str, body: bytes) -> int:
+    """``raw_target`` with ``OWN_KEY`` (passthrough mode): the target sent exactly as written."""
+    request = (
+        f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"x-goog-api-key: {OWN_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    status, _, _ = await send_raw(stack.proxy.host, stack.proxy.port, request)
+    return status
+
+
 def unmetered_count(stack: Stack, route: str) -> float:
     return metric_sum(
         stack.app[metrics_key].registry, "gemini_meter_unmetered_route_requests_total", route=route
@@ -484,12 +495,7 @@ async def test_openai_batches_are_relayed_and_recorded_in_passthrough_mode(
     # not have recorded as unlisted.
     stack = await passthrough_stack(make_stack, recording_upstream)
     for method, target in OPENAI_BATCHES:
-        request = (
-            f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-            f"x-goog-api-key: {OWN_KEY}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(BATCH_OF_ALICES_FILE)}\r\n\r\n"
-        ).encode() + BATCH_OF_ALICES_FILE
-        status, _, _ = await send_raw(stack.proxy.host, stack.proxy.port, request)
+        status = await send_with_own_key(stack, method, target, BATCH_OF_ALICES_FILE)
         assert status == 200, (method, target)
     received = recording_upstream.received
     assert [(r.method, r.raw_path) for r in received] == OPENAI_BATCHES
@@ -499,3 +505,63 @@ async def test_openai_batches_are_relayed_and_recorded_in_passthrough_mode(
     assert [r["endpoint"] for r in records] == ["openai.other"] * 11 + ["unlisted"] * 2
     assert {r["user_id"] for r in records} == {await stack.user_id("dana")}
     assert unmetered_count(stack, "openai.other") == 11
+
+
+# --- the rest of the OpenAI-compatible surface -------------------------------------------
+# POSTs of the openai SDK 3.57.0 that make or name stored objects (the organisation's,
+# behind the shared key), mint a Realtime client secret (a session at Google past the
+# meter), or that Google adds tomorrow. (method, request target exactly as sent)
+OPENAI_STATEFUL = [
+    ("POST", "/v1beta/openai/responses"),
+    ("POST", "/v1beta/openai/chat/completions/chatcmpl-1"),
+    ("POST", "/v1beta/openai/uploads"),
+    ("POST", "/v1beta/openai/vector_stores"),
+    ("POST", "/v1/OpenAI/Realtime/Client_Secrets/"),
+    ("POST", "/upload/v1beta/openai/fine_tuning/jobs"),
+    ("POST", "/v1alpha/openai/somethingNew?x=1"),
+]
+# the model calls that make and name nothing stored, offered (recorded as openai.other)
+OPENAI_STATELESS = [
+    ("POST", "/v1beta/openai/completions"),
+    ("POST", "/v1/OpenAI/Moderations/"),
+    ("POST", "/upload/v1beta/openai/audio/speech"),
+    ("POST", "/v1beta/openai/images/edits"),
+]
+OPENAI_BODY = b'{"model": "gemini-2.5-flash", "input": "Say hi"}'
+
+
+@sqlite_only
+async def test_only_stateless_openai_calls_reach_the_upstream_with_virtual_keys(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    stack = await make_stack(upstream=recording_upstream.url)
+    for method, target in OPENAI_STATEFUL:
+        status, body = await raw_target(stack, method, target, "bob", OPENAI_BODY)
+        assert status == 404, (method, target)
+        assert "not offered through Gemini Meter" in gemini_error(body, 404, "NOT_FOUND")
+    assert recording_upstream.received == []
+    for method, target in OPENAI_STATELESS:
+        status, _ = await raw_target(stack, method, target, "bob", OPENAI_BODY)
+        assert status == 200, (method, target)
+    received = recording_upstream.received
+    assert [(r.method, r.raw_path) for r in received] == OPENAI_STATELESS
+    assert {r.headers["x-goog-api-key"] for r in received} == {UPSTREAM_KEY}
+    records = await stack.records()
+    assert [r["endpoint"] for r in records] == ["openai.other"] * len(OPENAI_STATELESS)
+    assert {r["user_id"] for r in records} == {await stack.user_id("bob")}
+
+
+async def test_every_openai_call_is_relayed_and_recorded_in_passthrough_mode(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    stack = await passthrough_stack(make_stack, recording_upstream)
+    sent = OPENAI_STATEFUL + OPENAI_STATELESS
+    for method, target in sent:
+        status = await send_with_own_key(stack, method, target, OPENAI_BODY)
+        assert status == 200, (method, target)
+    received = recording_upstream.received
+    assert [(r.method, r.raw_path) for r in received] == sent
+    assert {r.headers["x-goog-api-key"] for r in received} == {OWN_KEY}
+    records = await stack.records()
+    assert [r["endpoint"] for r in records] == ["openai.other"] * len(sent)
+    assert unmetered_count(stack, "openai.other") == len(sent)

@@ -404,6 +404,18 @@ UNOFFERED = [
     ("POST", "openai/batches/b-1:cancel"),
     ("GET", "openai/batches"),
     ("DELETE", "openai/batches/b-1"),
+    # the rest of the openai SDK 3.57.0's POSTs that make or name stored objects (the
+    # organisation's, behind the shared key), a Realtime client secret (a session at Google
+    # past the meter), and whatever Google adds there
+    ("POST", "openai/responses"),
+    ("POST", "openai/chat/completions/c-1"),
+    ("POST", "openai/uploads"),
+    ("POST", "openai/vector_stores"),
+    ("POST", "openai/fine_tuning/jobs"),
+    ("POST", "openai/realtime/client_secrets"),
+    ("POST", "openai/organization/admin_api_keys"),
+    ("POST", "openai/files:import"),
+    ("POST", "openai/aSurfaceGoogleAddsTomorrow"),
     ("GET", "aCollectionGoogleAddsTomorrow"),
     ("POST", "aCollectionGoogleAddsTomorrow/x-1:act"),
 ]
@@ -418,6 +430,32 @@ def test_unoffered_routes_in_every_spelling(method: str, rest: str):
         for spelt in spellings:
             for path in (prefix + spelt, prefix + spelt + "/"):
                 assert not classify(method, path).offered, (method, path)
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        # the openai SDK 3.57.0's model calls that make and name nothing stored:
+        # completions.create, moderations.create, audio.speech, audio.transcriptions and
+        # audio.translations .create, images.edit, images.create_variation
+        "openai/completions",
+        "openai/moderations",
+        "openai/audio/speech",
+        "openai/audio/transcriptions",
+        "openai/audio/translations",
+        "openai/images/edits",
+        "openai/images/variations",
+    ],
+)
+def test_stateless_openai_calls_are_offered_unmetered_in_every_spelling(rest: str):
+    spellings = {rest, rest.upper(), rest[0].upper() + rest[1:]}
+    for prefix in _SPELLINGS:
+        for spelt in spellings:
+            for path in (prefix + spelt, prefix + spelt + "/"):
+                route = classify("POST", path)
+                assert (route.action, route.offered) == (Action.UNMETERED, True), path
+                assert route.unmetered is not None
+                assert route.unmetered.kind is EndpointKind.OPENAI_OTHER
 
 
 @pytest.mark.parametrize(
