@@ -9,7 +9,8 @@ test clients for both raw HTTP and the google-genai SDK. The proxy runs on
 
 ``recording_upstream`` is a catch-all upstream that records every request it
 receives, byte for byte (no decompression), and answers just enough like
-Gemini for the proxy to meter it (and for the SDK to list and read models):
+Gemini for the proxy to meter it (and for the SDK to list and read models), or
+with the error status an ``x-recorded-status`` header asks for:
 adversarial tests assert on what did (not) reach it. ``send_raw`` sends bytes
 the HTTP client libraries would not.
 
@@ -475,6 +476,11 @@ def _recording_app(upstream: RecordingUpstream) -> web.Application:
                 body=body,
             )
         )
+        refused = request.headers.get("x-recorded-status")
+        if refused is not None:
+            # An error of the status the test asks for, whatever the route.
+            error = {"code": int(refused), "message": "refused by the recording upstream"}
+            return web.json_response({"error": error}, status=int(refused))
         path = request.path
         owned = _recorded_owned(request, path, body, ids)
         if owned is not None:

@@ -369,6 +369,33 @@ async def test_an_unknown_bearer_key_never_reaches_the_upstream(
     assert await stack.records() == []
 
 
+@sqlite_only
+async def test_the_sdk_batch_flow_is_refused_with_virtual_keys(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    # Google's guide: files.create(purpose="batch"), batches.create naming the file by id,
+    # batches.retrieve, files.content. Behind the shared key the file would be nobody's,
+    # the batch the organisation's: every step is refused, none reaches the upstream.
+    stack = await make_stack(upstream=recording_upstream.url)
+    async with client_for(stack, "bob") as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+        with pytest.raises(openai.NotFoundError):
+            await client.batches.create(
+                input_file_id="files/alice-input",
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
+        with pytest.raises(openai.NotFoundError):
+            await client.batches.retrieve("batch-1")
+        with pytest.raises(openai.NotFoundError):
+            await client.batches.cancel("batch-1")
+        with pytest.raises(openai.NotFoundError):
+            await client.files.content("file-out-1")
+    assert recording_upstream.received == []
+    assert await stack.records() == []
+
+
 # --- budgets ------------------------------------------------------------------------------
 
 # 93 bytes -> ceil(93 / 4) = 24 input tokens: 24 x 0.30e-6 = 0.0000072; max_tokens 100:

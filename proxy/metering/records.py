@@ -79,6 +79,10 @@ class EndpointKind(StrEnum):
     OPENAI_EMBEDDINGS = "openai.embeddings"
     OPENAI_IMAGES = "openai.images"
     OPENAI_OTHER = "openai.other"
+    # Passthrough mode: a write (any method but GET, HEAD, OPTIONS) on a route the proxy does
+    # not know (``server.routes.UNLISTED_WRITE``), recorded like an unmetered route's call. One
+    # value for all of them: the path is never a label, so the metric's ``route`` stays bounded.
+    UNLISTED = "unlisted"
     # One result of a Batch API job, billed at the batch rate to the batch's owner.
     BATCH_RESULT = "batch.result"
     # The storage refunded for a context cache deleted before it expired.

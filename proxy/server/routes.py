@@ -6,8 +6,11 @@ names. What it does not know is ``Action.UNLISTED``: in ``virtual_keys`` mode th
 refused, never forwarded (``Route.offered``, checked by ``server.admission.admit``),
 since a route the proxy does not know acts on the whole organisation's project behind
 the shared upstream key, unmetered and unowned; in ``passthrough`` mode, where each
-client's own key goes upstream, it is relayed as it came. The free routes the proxy
-knows (``Action.FORWARD``: models and tuned models, read) are relayed unrecorded.
+client's own key goes upstream, it is relayed as it came, and a write on it (any method
+but GET, HEAD and OPTIONS) is recorded like a call on ``UNMETERED_ROUTES``, as
+``unlisted`` (``UNLISTED_WRITE``): it may be a model call Google bills. The free routes
+the proxy knows (``Action.FORWARD``: models and tuned models, read) are relayed
+unrecorded.
 
 ``UNMETERED_ROUTES`` is the one table of routes Google bills that the meter
 does not understand yet (docs/metering.md lists them with what is recorded):
@@ -133,7 +136,9 @@ class Action(Enum):
     # refused, never forwarded (``Route.offered``): behind the shared upstream key it would
     # act on the whole organisation's project (tuned models' permissions, corpora,
     # generated files, whatever Google adds next), unmetered and unowned. In passthrough
-    # mode the client's own key goes upstream, so it is relayed as it came, unrecorded.
+    # mode the client's own key goes upstream, so it is relayed as it came: a read (GET,
+    # HEAD, OPTIONS) unrecorded, any other method recorded as ``unlisted`` (``UNLISTED_WRITE``),
+    # since it may be a model call Google bills (``decisions``, whatever Google adds next).
     UNLISTED = auto()
     INTERACTION_CREATE = auto()
     INTERACTION_GET = auto()
@@ -207,7 +212,7 @@ class Route:
     interaction_id: str | None = None
     model: str | None = None
     # Action.UNMETERED (and a File Search import or upload): the row of UNMETERED_ROUTES
-    # it is recorded by
+    # it is recorded by; an unlisted write: UNLISTED_WRITE
     unmetered: UnmeteredRoute | None = None
     # the owned resource the path names (a batch's, a cache's, a file's, a Veo operation's
     # or a File Search store's methods), canonical ("batches/x", "cachedContents/x",
@@ -218,9 +223,9 @@ class Route:
     def offered(self) -> bool:
         """Whether ``virtual_keys`` mode forwards the route, on the shared upstream key.
 
-        Every route the proxy knows is, but for the polls of operations under no resource it
-        knows (``UnmeteredRoute.offered``); an unlisted one is not. In passthrough mode this
-        does not apply: the client's own key answers for what it reaches.
+        Every route the proxy knows is, but for the rows of ``UNMETERED_ROUTES`` marked
+        otherwise (``UnmeteredRoute.offered``); an unlisted one is not. In passthrough mode
+        this does not apply: the client's own key answers for what it reaches.
         """
         if self.action is Action.UNLISTED:
             return False
@@ -385,11 +390,12 @@ _BATCH_UNKNOWN = Route(Action.BATCH_UNKNOWN)
 
 @dataclass(frozen=True, slots=True)
 class UnmeteredRoute:
-    """A billable route the meter cannot read usage from yet.
+    """A billable route the meter cannot read usage from yet: a row of
+    ``UNMETERED_ROUTES``, or ``UNLISTED_WRITE``.
 
     ``kind`` is stored as the record's endpoint and is the metric's ``route``
-    label, so label values are bounded by this table. A ``model`` group of the
-    pattern, if any, names the record's model; the body is never read.
+    label, so label values are bounded by this table (and ``unlisted``). A ``model``
+    group of the pattern, if any, names the record's model; the body is never read.
     """
 
     kind: EndpointKind
@@ -407,6 +413,11 @@ def _unmetered(
 
 _V = rf"^/{_VERSION}"
 _ID = r"[^/:]+"
+# The OpenAI-compatible calls offered unmetered with virtual keys (see the table's last rows).
+_OPENAI_STATELESS = (
+    r"(?:completions|moderations|audio/(?:speech|transcriptions|translations)"
+    r"|images/(?:edits|variations))"
+)
 FILE_SEARCH_IMPORT = _unmetered(
     EndpointKind.FILE_SEARCH_IMPORT, "POST", rf"{_V}/fileSearchStores/{_ID}:importFile/?$"
 )
@@ -441,10 +452,65 @@ UNMETERED_ROUTES: tuple[UnmeteredRoute, ...] = (
     # client's own key pays and the record says who minted it.
     # (A trailing slash too: it must not fall through to a free route that is forwarded.)
     _unmetered(EndpointKind.AUTH_TOKEN_CREATE, "POST", rf"{_V}/auth_tokens/?$"),
-    # The OpenAI-compatible surface but chat completions, embeddings and image
-    # generation (metered).
-    _unmetered(EndpointKind.OPENAI_OTHER, "POST", rf"{_V}/openai/(?!files(?:/|$)).+$"),
+    # OpenAI-compatible batches: not offered with virtual keys, in any method (their reads
+    # are unlisted already). The openai SDK's flow, as Google's OpenAI compatibility guide
+    # gives it, uploads the input with files.create (``POST openai/files``, refused with
+    # virtual keys: a file made there would be nobody's), names it in batches.create by
+    # ``input_file_id``, polls batches.retrieve and reads the results with files.content
+    # (``GET openai/batches/{id}``, ``GET openai/files/{id}/content``: unlisted). Behind the
+    # shared key a create could name any user's file by its id, checked against no owner,
+    # and its batch would be the whole organisation's (``/{id}/cancel`` cancels anyone's),
+    # with results that could not be read back through the proxy anyway. Owning them instead
+    # (the input file at create, then the batch's get, list, cancel and results) would need
+    # OpenAI-shaped files and batches owned and metered like Gemini's; Gemini's own Batch API
+    # (``Action.BATCH_*``) offers the same work, owned and metered. In passthrough mode a
+    # create or cancel is recorded, as the client's own key pays for it.
+    # (Under "/upload" too, like the metered OpenAI routes: every spelling is one route.)
+    _unmetered(
+        EndpointKind.OPENAI_OTHER,
+        "POST",
+        rf"{_PREFIX}/openai/batches(?:[/:].*)?$",
+        offered=False,
+    ),
+    # The OpenAI-compatible surface's other calls (chat completions, embeddings and image
+    # generation are metered; files are unlisted). With virtual keys only the model calls
+    # that make and name nothing stored are offered: the openai SDK 3.57.0's
+    # completions.create, moderations.create, audio.speech.create,
+    # audio.transcriptions.create, audio.translations.create, images.edit and
+    # images.create_variation. Anything else that SDK POSTs there makes or names objects
+    # that behind the shared key would be the whole organisation's and owned by nobody here
+    # (stored responses, continued by ``previous_response_id``; stored chat completions,
+    # ``chat/completions/{id}``; uploads, vector stores, assistants and threads, fine-tuning
+    # jobs, conversations, containers, evals, videos, webhook endpoints, the organisation's
+    # own administration), or mints a Realtime client secret that would open a session at
+    # Google past the meter, as ``auth_tokens`` would: so it, and whatever Google adds
+    # there next, is recorded in passthrough mode and refused with virtual keys, like a
+    # route the proxy does not know. Under "/upload" too: every spelling is one route.
+    _unmetered(EndpointKind.OPENAI_OTHER, "POST", rf"{_PREFIX}/openai/{_OPENAI_STATELESS}/?$"),
+    _unmetered(
+        EndpointKind.OPENAI_OTHER,
+        "POST",
+        rf"{_PREFIX}/openai/(?!files(?:[/:]|$)).+$",
+        offered=False,
+    ),
 )
+
+
+# Passthrough mode: a call on a route the proxy does not know with any method but these is
+# recorded as if it were a row of the table above. Google bills model calls the proxy may
+# not know yet (google-genai 3.6.1's ``client.decisions``: ``POST /{v}/decisions``, in
+# ``_gaos/decisions.py``; whatever Google adds next), and a metering proxy must not let one
+# through unseen; a read is not one. With virtual keys it is refused like every unlisted
+# call (``Route.offered``). Not a row of the table: ``classify`` gives it to whatever no
+# pattern claims, so its method and pattern are never matched. One kind for every path:
+# the path itself is never a metric label.
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNLISTED_WRITE = UnmeteredRoute(EndpointKind.UNLISTED, "*", re.compile(""), offered=False)
+_UNLISTED_WRITE = Route(Action.UNLISTED, unmetered=UNLISTED_WRITE)
+
+
+def _unlisted(method: str) -> Route:
+    return UNLISTED if method in _READS else _UNLISTED_WRITE
 
 
 def _classify_unmetered(method: str, path: str) -> Route | None:
@@ -464,7 +530,7 @@ def classify(method: str, path: str) -> Route:
     ``path`` must be the request's decoded path (aiohttp's ``request.path``), once
     ``path_problem`` found its raw form canonical (no dot or empty segments, no encoded
     separator); ``method`` the request's own (``method_override`` is refused). What no
-    pattern here claims is ``UNLISTED``.
+    pattern here claims is ``UNLISTED``, carrying ``UNLISTED_WRITE`` unless it only reads.
     """
     if path.startswith(_DOWNLOAD + "/"):
         path = path[len(_DOWNLOAD) :]
@@ -514,7 +580,7 @@ def classify(method: str, path: str) -> Route:
         _classify_media(method, path)
         or _classify_batches(method, path)
         or _classify_unmetered(method, path)
-        or (FORWARD if method == "GET" and _FREE.match(path) else UNLISTED)
+        or (FORWARD if method == "GET" and _FREE.match(path) else _unlisted(method))
     )
 
 

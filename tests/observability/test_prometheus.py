@@ -209,13 +209,13 @@ async def traffic(stack: Stack, users: tuple[str, ...], *, refused: tuple[str, .
         json={"model": "imagen-4.0-generate-001", "prompt": "a cat", "n": 1},
     )
     assert status == 200
-    # a billable route the meter does not read (OpenAI-style batches), recorded whatever
-    # the upstream answers
+    # a billable route the meter does not read (an OpenAI-style text completion), recorded
+    # whatever the upstream answers
     status, _, _ = await raw(
         "POST",
-        stack.url("/v1beta/openai/batches"),
+        stack.url("/v1beta/openai/completions"),
         headers=stack.headers(users[0]),
-        json={"input_file_id": "files/x", "endpoint": "/v1/chat/completions"},
+        json={"model": MODEL, "prompt": "Say hi"},
     )
     assert status >= 200
 

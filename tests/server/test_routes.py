@@ -7,6 +7,7 @@ from multidict import CIMultiDict, MultiDict
 
 from proxy.metering.records import EndpointKind
 from proxy.server.routes import (
+    UNLISTED_WRITE,
     UNMETERED_ROUTES,
     Action,
     BodyRefused,
@@ -198,7 +199,7 @@ def test_unmetered_billable_routes(method: str, path: str, kind: EndpointKind, m
         # free: not billed, so not recorded
         ("GET", "/v1beta/openai/models", Action.FORWARD),
         # unlisted (refused with virtual keys), and not billed either
-        ("POST", "/v1beta/openai/files", Action.UNLISTED),
+        ("GET", "/v1beta/openai/files", Action.UNLISTED),
         ("GET", "/v1beta/models/gemini-2.5-flash:batchGenerateContent", Action.UNLISTED),
     ],
 )
@@ -328,6 +329,36 @@ def test_sdk_routes_acting_on_the_whole_project_are_not_offered(call: str, metho
     assert not route.offered, call
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/decisions"),
+        ("POST", "/v1beta/somethingNew:run"),
+        ("PUT", "/upload/v1/environments/e-1/files/a.txt"),
+        ("PATCH", "/v1beta/tunedModels/t-1"),
+        ("DELETE", "/download/v1alpha/corpora/c-1"),
+        ("POST", "/v1beta/openai/files"),
+    ],
+)
+def test_an_unlisted_write_is_recorded_as_unlisted(method: str, path: str):
+    # In passthrough mode (virtual keys refuse it): one kind for every path, which is the
+    # metric's label, so the path never becomes one.
+    route = classify(method, path)
+    assert (route.action, route.offered) == (Action.UNLISTED, False)
+    assert route.unmetered is not None
+    assert route.unmetered.kind is EndpointKind.UNLISTED
+    assert not route.unmetered.offered
+    assert route.endpoint is None and not route.metered
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_an_unlisted_read_is_not_recorded(method: str):
+    for path in ("/v1/decisions", "/v1beta/corpora/c-1", "/v1beta/somethingNew"):
+        route = classify(method, path)
+        assert (route.action, route.offered) == (Action.UNLISTED, False)
+        assert route.unmetered is None
+
+
 # Google's REST reference (ai.google.dev/api: tuning, tunedModels.permissions,
 # tunedModels.operations; semantic-retrieval: corpora, documents, chunks, permissions;
 # generatedFiles), what follows the version prefix: none offered, in any method.
@@ -366,6 +397,25 @@ UNOFFERED = [
     ("GET", "openai/files"),
     ("GET", "openai/files/f-1/content"),
     ("GET", "openai/batches/b-1"),
+    # OpenAI-compatible batches in every method: a create names its input file by id,
+    # checked against no owner, and the batch would be the organisation's
+    ("POST", "openai/batches"),
+    ("POST", "openai/batches/b-1/cancel"),
+    ("POST", "openai/batches/b-1:cancel"),
+    ("GET", "openai/batches"),
+    ("DELETE", "openai/batches/b-1"),
+    # the rest of the openai SDK 3.57.0's POSTs that make or name stored objects (the
+    # organisation's, behind the shared key), a Realtime client secret (a session at Google
+    # past the meter), and whatever Google adds there
+    ("POST", "openai/responses"),
+    ("POST", "openai/chat/completions/c-1"),
+    ("POST", "openai/uploads"),
+    ("POST", "openai/vector_stores"),
+    ("POST", "openai/fine_tuning/jobs"),
+    ("POST", "openai/realtime/client_secrets"),
+    ("POST", "openai/organization/admin_api_keys"),
+    ("POST", "openai/files:import"),
+    ("POST", "openai/aSurfaceGoogleAddsTomorrow"),
     ("GET", "aCollectionGoogleAddsTomorrow"),
     ("POST", "aCollectionGoogleAddsTomorrow/x-1:act"),
 ]
@@ -380,6 +430,32 @@ def test_unoffered_routes_in_every_spelling(method: str, rest: str):
         for spelt in spellings:
             for path in (prefix + spelt, prefix + spelt + "/"):
                 assert not classify(method, path).offered, (method, path)
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        # the openai SDK 3.57.0's model calls that make and name nothing stored:
+        # completions.create, moderations.create, audio.speech, audio.transcriptions and
+        # audio.translations .create, images.edit, images.create_variation
+        "openai/completions",
+        "openai/moderations",
+        "openai/audio/speech",
+        "openai/audio/transcriptions",
+        "openai/audio/translations",
+        "openai/images/edits",
+        "openai/images/variations",
+    ],
+)
+def test_stateless_openai_calls_are_offered_unmetered_in_every_spelling(rest: str):
+    spellings = {rest, rest.upper(), rest[0].upper() + rest[1:]}
+    for prefix in _SPELLINGS:
+        for spelt in spellings:
+            for path in (prefix + spelt, prefix + spelt + "/"):
+                route = classify("POST", path)
+                assert (route.action, route.offered) == (Action.UNMETERED, True), path
+                assert route.unmetered is not None
+                assert route.unmetered.kind is EndpointKind.OPENAI_OTHER
 
 
 @pytest.mark.parametrize(
@@ -429,7 +505,8 @@ def test_operation_polls_are_recorded_and_offered_only_for_tuned_models(path: st
 
 
 def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
-    kinds = {row.kind for row in UNMETERED_ROUTES}
+    # the table's rows and the unlisted writes' one (passthrough mode)
+    kinds = {row.kind for row in UNMETERED_ROUTES} | {UNLISTED_WRITE.kind}
     metered = {
         EndpointKind.INTERACTION_CREATE,
         EndpointKind.INTERACTION_GET,
@@ -455,8 +532,10 @@ def test_unmetered_kinds_are_bounded_and_apart_from_metered_ones():
         EndpointKind.BATCH_GET,
     }
     assert kinds.isdisjoint(metered | retired)
-    # every other kind is some row's: the metric's label values are the table's
+    # every other kind is some row's: the metric's label values are the table's and
+    # "unlisted", never a path
     assert kinds | metered | retired == set(EndpointKind)
+    assert len(kinds) == 5
 
 
 @pytest.mark.parametrize(

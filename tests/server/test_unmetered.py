@@ -125,8 +125,8 @@ FAMILIES = [
     ),
     (
         "POST",
-        "/v1beta/openai/batches",
-        {"input_file_id": "files/x", "endpoint": "/v1/chat/completions"},
+        "/v1beta/openai/completions",
+        {"model": "gemini-2.5-flash", "prompt": "Say hi"},
         "openai.other",
         None,
     ),
@@ -238,10 +238,10 @@ async def test_a_stream_on_an_unmetered_route_stays_a_stream(
     make_stack: StackFactory, aiohttp_server: Any
 ):
     stack, received = await stack_on_catch_all(make_stack, aiohttp_server)
-    body = {"input_file_id": "files/x", "endpoint": "/v1/chat/completions", "stream": True}
+    body = {"model": "gemini-2.5-flash", "prompt": "Say hi", "stream": True}
     status, headers, answer = await raw(
         "POST",
-        stack.url("/v1beta/openai/batches"),
+        stack.url("/v1beta/openai/completions"),
         headers={"Authorization": f"Bearer {stack.keys['carol']}"},
         json=body,
     )
