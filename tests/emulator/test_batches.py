@@ -32,9 +32,11 @@ OUTPUT_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateC
 
 
 @pytest.fixture
-async def server(aiohttp_server: Any) -> TestServer:
+async def server(aiohttp_server: Any, request: pytest.FixtureRequest) -> TestServer:
+    # A test may ask for longer batches (indirect parametrization) to see a state's window.
+    seconds = getattr(request, "param", BATCH_SECONDS)
     started: TestServer = await aiohttp_server(
-        create_emulator_app(EmulatorConfig(batch_seconds=BATCH_SECONDS))
+        create_emulator_app(EmulatorConfig(batch_seconds=seconds))
     )
     return started
 
@@ -73,6 +75,12 @@ async def done(client: genai.Client, name: str) -> types.BatchJob:
     raise AssertionError("the batch never finished")
 
 
+# RUNNING lasts the second half of a batch: 1.5 s here, so a poll 1.8 s in still sees it on
+# a loaded machine (at 0.3 s, the window was 0.12 s wide past the poll's sleep).
+SLOW_BATCH_SECONDS = 3.0
+
+
+@pytest.mark.parametrize("server", [SLOW_BATCH_SECONDS], indirect=True)
 async def test_inline_batch_runs_pending_running_succeeded(
     client: genai.Client, http: aiohttp.ClientSession, server: TestServer
 ) -> None:
@@ -85,7 +93,7 @@ async def test_inline_batch_runs_pending_running_succeeded(
     assert job.state == types.JobState.JOB_STATE_PENDING
     assert job.display_name == "two" and job.model == f"models/{MODEL}"
     assert job.dest is None
-    await asyncio.sleep(BATCH_SECONDS * 0.6)
+    await asyncio.sleep(SLOW_BATCH_SECONDS * 0.6)
     assert (await client.aio.batches.get(name=job.name)).state == types.JobState.JOB_STATE_RUNNING
     finished = await done(client, job.name)
     assert finished.state == types.JobState.JOB_STATE_SUCCEEDED
