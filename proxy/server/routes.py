@@ -545,6 +545,11 @@ def classify(method: str, path: str) -> Route:
         if i is None:
             return _UNKNOWN
         iid = i.group("id")
+        if iid.lower() == "live":
+            # Live Interactions: a WebSocket at "interactions/live" (google-genai 3.6.1,
+            # ``_interactions_websocket._LIVE_INTERACTIONS_PATH``, experimental), not an
+            # interaction's id. The proxy does not relay or meter it yet: not offered.
+            return _unlisted(method)
         return Route(
             _ON_INTERACTION.get((method, i.group("suffix").lower()), Action.INTERACTION_UNKNOWN),
             iid,

@@ -69,6 +69,10 @@ UNLISTED = [
     # method Google adds tomorrow
     ("POST", "/v1beta/decisions"),
     ("POST", "/v1beta/somethingNew:run"),
+    # Live Interactions' WebSocket (google-genai 3.6.1 ``_interactions_websocket``), which
+    # the proxy neither relays nor meters yet: not an interaction named "live"
+    ("GET", "/v1beta/interactions/live"),
+    ("GET", "/v1alpha/Interactions/LIVE/"),
     # every spelling: the /upload/ and /download/ prefixes, case, a trailing slash, a
     # query, percent-encoded characters (the path is classified as decoded)
     ("POST", "/upload/v1beta/tunedModels"),
