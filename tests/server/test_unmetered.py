@@ -8,7 +8,6 @@ asserts both what reached the upstream and what came back to the client.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,16 +17,7 @@ from proxy.server.auth import PresentedKey
 from proxy.server.routes import UNMETERED_ROUTES
 from proxy.server.typedefs import authenticator_key, metrics_key
 from proxy.storage.schema import ResourceKind
-from tests.factories import UPSTREAM_KEY, Stack, StackFactory, metric_sum, raw
-
-
-@dataclass(frozen=True)
-class Received:
-    method: str
-    raw_path: str
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
+from tests.factories import UPSTREAM_KEY, Received, Stack, StackFactory, metric_sum, raw
 
 SSE_EVENTS = [
     b'data: {"id":"c1","choices":[{"delta":{"content":"Hel"}}]}\n\n',
