@@ -8,10 +8,12 @@ redirects, no decompression, no proxies, one upstream. What it does:
 
 - **Connections.** At most ``limit`` to the upstream at once (a call waits for one beyond
   that); an idle one is reused, newest first, until ``idle_seconds`` have passed or the
-  upstream closed it. TLS is verified against the system's trust store (or the context
-  given), with the upstream's host name; the upstream's addresses are tried the RFC 8305
-  way (the next one after 0.25 s). A call on a reused connection that the upstream
-  closed before answering is sent again on a new one only if its method is idempotent.
+  upstream closed it. TLS is verified against the system's trust store (loaded at the
+  first https connection; ``SSL_CERT_FILE`` adds a private CA) or the context given, with
+  the upstream's host name; the upstream's addresses are tried the RFC 8305 way (the next
+  one after 0.25 s). A call on a reused connection that the upstream closed before
+  answering is sent again on a new one only if its method is idempotent and its body was
+  not an iterator's (the first attempt took it).
 - **Requests.** The method, the target (the upstream URL's path then the client's raw path
   and query, as the proxy decided), ``Host``, then the headers given, which must carry no
   framing of their own: a body of bytes goes with its ``Content-Length``, a body from an
@@ -22,8 +24,9 @@ redirects, no decompression, no proxies, one upstream. What it does:
   ``_HIGH_WATER`` bytes wait unread, so a large answer never sits whole in memory. A
   response's own framing decides where it ends, or the connection's close where it has
   none (the connection is not reused then).
-- **Time-outs.** ``connect_timeout`` for the connection (TLS included), ``read_timeout``
-  for the head and for each wait on the body: ``TimeoutError``. Anything else that breaks
+- **Time-outs.** ``connect_timeout`` for the connection (TLS included); ``read_timeout``
+  of silence while an exchange is under way (no byte either way, and the relay not the one
+  behind), kept by one timer per exchange: ``TimeoutError``. Anything else that breaks
   the exchange is an ``UpstreamBroke`` (an ``OSError``).
 
 Not supported, since the proxy never sends them: ``Expect: 100-continue`` waits (the
