@@ -75,7 +75,6 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._head: asyncio.Future[None] | None = None
         self._status = 0
-        self._reason = b""
         self._headers: list[tuple[str, str]] = []
         self._head_done = False
         self._body: collections.deque[bytes] = collections.deque()
@@ -150,10 +149,6 @@ class _Connection(asyncio.Protocol):
             return
         self._headers = []
 
-    def on_status(self, reason: bytes) -> None:
-        if not self._complete:
-            self._reason = reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._complete:
             return
@@ -201,7 +196,7 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._head = loop.create_future()
-        self._status, self._reason, self._headers = 0, b"", []
+        self._status, self._headers = 0, []
         self._head_done = self._complete = self._until_close = self._keep_alive = False
         self._body.clear()
         self._buffered = 0
@@ -223,10 +218,7 @@ class _Connection(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self._watchdog = loop.call_at(loop.time() + self._timeout - idle, self._check_idle)
             return
-        self._error = TimeoutError("The upstream sent nothing for the read time-out.")
-        self._wake_head()
-        self._wake_body()
-        self.close()
+        self._fail(TimeoutError("The upstream sent nothing for the read time-out."))
 
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -236,13 +228,13 @@ class _Connection(asyncio.Protocol):
         if self._writable is not None and not self._writable.done():
             await self._writable
 
-    async def head(self) -> tuple[int, str, list[tuple[str, str]]]:
+    async def head(self) -> tuple[int, list[tuple[str, str]]]:
         assert self._head is not None
         if not self._head.done():
             await self._head
         if self._error is not None:
             raise self._error
-        return self._status, self._reason.decode("latin-1"), self._headers
+        return self._status, self._headers
 
     async def chunk(self) -> bytes:
         """The next piece of the body, or b"" at its end."""
@@ -285,7 +277,7 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
         self.closed = True
 
-    def _fail(self, error: UpstreamBroke) -> None:
+    def _fail(self, error: OSError) -> None:
         self._error = error
         self._wake_head()
         self._wake_body()
@@ -308,19 +300,18 @@ def _seen(task: asyncio.Task[None]) -> None:
 class Response:
     """The upstream's answer: its head at once, its body as it arrives.
 
-    ``release`` (or ``close``) must follow: it gives the connection back once the body
-    was read to its end, and closes it otherwise.
+    ``release`` must follow: it gives the connection back once the body was read to its
+    end, and closes it otherwise.
     """
 
-    __slots__ = ("_connection", "_done", "headers", "reason", "status")
+    __slots__ = ("_connection", "_done", "headers", "status")
 
     def __init__(
-        self, connection: _Connection, status: int, reason: str, headers: CIMultiDictProxy[str]
+        self, connection: _Connection, status: int, headers: CIMultiDictProxy[str]
     ) -> None:
         self._connection: _Connection | None = connection
         self._done = False
         self.status = status
-        self.reason = reason
         self.headers = headers
 
     async def next_chunk(self) -> bytes:
@@ -333,11 +324,6 @@ class Response:
         if not chunk:
             self._done = True
         return chunk
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body's pieces as they arrive."""
-        while chunk := await self.next_chunk():
-            yield chunk
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -353,11 +339,6 @@ class Response:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection._pool._release(connection, reuse=self._done and connection.reusable)
-
-    def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection._pool._release(connection, reuse=False)
 
 
 class Client:
@@ -418,13 +399,13 @@ class Client:
                 connection.start(method == "HEAD", self._read_timeout)
                 if body is None or isinstance(body, bytes):
                     await connection.write(head + body if body else head)
-                    status, reason, raw = await connection.head()
+                    status, raw = await connection.head()
                 else:
                     chunked = content_length is None
                     writing = asyncio.create_task(self._stream(connection, head, body, chunked))
                     # Whatever ends it once the call no longer waits on it, it is seen.
                     writing.add_done_callback(_seen)
-                    status, reason, raw = await self._answer(connection, writing)
+                    status, raw = await self._answer(connection, writing)
             except UpstreamBroke:
                 self._release(connection, reuse=False)
                 # A body from an iterator went (in part) with the first attempt: never again.
@@ -435,7 +416,7 @@ class Client:
             except BaseException:
                 self._release(connection, reuse=False)
                 raise
-            return Response(connection, status, reason, CIMultiDictProxy(CIMultiDict(raw)))
+            return Response(connection, status, CIMultiDictProxy(CIMultiDict(raw)))
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
@@ -492,7 +473,7 @@ class Client:
 
     async def _answer(
         self, connection: _Connection, writing: asyncio.Task[None]
-    ) -> tuple[int, str, list[tuple[str, str]]]:
+    ) -> tuple[int, list[tuple[str, str]]]:
         # The body goes while the head is awaited: an upstream may answer (413, say)
         # before it has read everything. A body that fails first fails the call as itself.
         head_task = asyncio.ensure_future(connection.head())
@@ -557,18 +538,13 @@ class Client:
                     # whole connect time-out.
                     happy_eyeballs_delay=0.25,
                 )
-        except TimeoutError:
+        except BaseException as exc:
             self._open -= 1
             self._wake_one()
-            raise  # TimeoutError is an OSError: kept apart, the call answers 504 for it
-        except OSError as exc:
-            self._open -= 1
-            self._wake_one()
-            reason = exc.strerror or exc
-            raise UpstreamBroke(f"Could not connect to the upstream: {reason}") from exc
-        except BaseException:
-            self._open -= 1
-            self._wake_one()
+            # A TimeoutError is an OSError too: kept as it is, the call answers 504 for it.
+            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+                reason = exc.strerror or exc
+                raise UpstreamBroke(f"Could not connect to the upstream: {reason}") from exc
             raise
         return connection
 

@@ -105,7 +105,7 @@ def upstream_url(
     return URL(base + upstream_target(raw_path, drop_key, drop), encoded=True)
 
 
-def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
+def _upstream_headers(request: web.Request, call: Call, decoded: bool) -> CIMultiDict[str]:
     settings = request.app[settings_key]
     if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
         assert settings.upstream_api_key is not None
@@ -128,7 +128,7 @@ def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
     if call.drops_usage_chunk:
         # The events are rewritten for the client: have them come plain, not compressed.
         headers["accept-encoding"] = "identity"
-    if _decoded_by_server(request):
+    if decoded:
         # aiohttp already undid the encoding: the bytes forwarded are the decoded
         # ones, so neither the client's encoding nor its length describes them.
         headers.popall("content-encoding", None)
@@ -166,7 +166,8 @@ async def open_upstream(request: web.Request, call: Call) -> Response:
     client = request.app[upstream_client_key]
     virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS
     target = upstream_target(request.raw_path, drop_key=virtual)
-    headers = _upstream_headers(request, call)
+    decoded = _decoded_by_server(request)
+    headers = _upstream_headers(request, call, decoded)
     data: bytes | AsyncIterator[bytes] | None = call.body
     length: int | None = None
     if data is None and request.body_exists:
@@ -176,7 +177,7 @@ async def open_upstream(request: web.Request, call: Call) -> Response:
         # A keyless upload leg must not hold its upstream connection forever.
         idle = settings.keyless_upload_idle_timeout_seconds if call.principal is None else None
         data = _limited(request, limit, idle)
-        if not _decoded_by_server(request):
+        if not decoded:
             # A streamed upload keeps its length so the upstream sees no chunking.
             length = request.content_length
     try:
