@@ -128,6 +128,15 @@ def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> Prese
     return None
 
 
+def key_carriers(headers: Mapping[str, str]) -> set[str]:
+    """The headers that carry the client's key: ``x-goog-api-key``, and ``Authorization``
+    when it holds a bearer key."""
+    names = {"x-goog-api-key"}
+    if headers.get("authorization", "").lower().startswith("bearer "):
+        names.add("authorization")
+    return names
+
+
 def swap_key(headers: Mapping[str, str], upstream_key: str) -> CIMultiDict[str]:
     """Headers with every client key carrier replaced by the upstream key.
 
@@ -136,9 +145,8 @@ def swap_key(headers: Mapping[str, str], upstream_key: str) -> CIMultiDict[str]:
     removed from the query by the forwarder, which keeps the raw query bytes.
     """
     out = CIMultiDict(headers)
-    out.popall("x-goog-api-key", None)
-    if out.get("authorization", "").lower().startswith("bearer "):
-        del out["authorization"]
+    for name in key_carriers(headers):
+        out.popall(name, None)
     out["x-goog-api-key"] = upstream_key
     return out
 

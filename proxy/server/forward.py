@@ -206,10 +206,9 @@ async def _relay_batch(request: web.Request, upstream: Response, call: Call) -> 
     replaced = await batches.answer(
         request, _batch_call(call), upstream.status, parse_json(decoded)
     )
-    headers = response_headers(upstream, keep_length=False)
     if replaced is not None:
         body = replaced
-        headers.popall("content-encoding", None)
+    headers = response_headers(upstream, keep_length=False, keep_encoding=replaced is None)
     return web.Response(status=upstream.status, body=body, headers=headers)
 
 
@@ -250,10 +249,10 @@ async def _relay_stream(
     different: the pump still reads and bills it. The app's cleanup waits for
     pumps still running (and cuts them after the shutdown grace period).
     """
-    headers = response_headers(upstream, keep_length=not call.drops_usage_chunk)
-    if call.drops_usage_chunk:
-        # The client gets the decoded events the filter passes on, not the upstream's bytes.
-        headers.popall("content-encoding", None)
+    # With the usage chunk dropped, the client gets the decoded events the filter passes
+    # on, not the upstream's bytes.
+    rewritten = call.drops_usage_chunk
+    headers = response_headers(upstream, keep_length=not rewritten, keep_encoding=not rewritten)
     response = web.StreamResponse(status=upstream.status, headers=headers)
     call.streamed = True
     try:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..errors import ServiceUnavailable, UpstreamUnavailable
 from ..metering.caching import (
@@ -159,7 +160,7 @@ async def relay_owned(request: web.Request, upstream: Response, call: Call) -> w
     """
     body, decoded = await read_whole(upstream, call)
     status = upstream.status
-    headers = response_headers(upstream, keep_length=False)
+    headers = CIMultiDict(response_headers(upstream, keep_length=False))
     route = call.route
     if "x-goog-upload-url" in headers:
         headers["x-goog-upload-url"] = _through_proxy(request, headers["x-goog-upload-url"])

@@ -3,7 +3,7 @@
 Third on a request's path, after ``admission``: ``open_upstream`` sends the call to
 the Gemini API with its raw path and query as the client sent them
 (``upstream_target``), the client's key swapped for the upstream key in
-``virtual_keys`` mode (``auth.swap_key``) and hop-by-hop headers dropped; a
+``virtual_keys`` mode (``auth.key_carriers``) and hop-by-hop headers dropped; a
 metered call asks for no encoding the tap cannot undo. A body admission did not
 read streams through as it arrives, within ``max_request_bytes`` (and, on a
 keyless upload leg, an idle timeout). Connection failures become 502, silence
@@ -26,7 +26,6 @@ from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from ..errors import (
@@ -38,7 +37,7 @@ from ..errors import (
 )
 from ..settings import AuthMode
 from .admission import Call, too_large
-from .auth import swap_key
+from .auth import key_carriers
 from .client import InvalidHeader, Response
 from .typedefs import settings_key, upstream_client_key
 
@@ -105,33 +104,46 @@ def upstream_url(
     return URL(base + upstream_target(raw_path, drop_key, drop), encoded=True)
 
 
-def _upstream_headers(request: web.Request, call: Call, decoded: bool) -> CIMultiDict[str]:
+def _upstream_headers(request: web.Request, call: Call, decoded: bool) -> list[tuple[str, str]]:
+    """The client's headers as they go upstream, taken in one pass: hop-by-hop ones
+    (and those its ``Connection`` names, RFC 9110 7.6.1) dropped, the client's key
+    swapped for the upstream key in ``virtual_keys`` mode, and the encodings asked for
+    narrowed to those the tap can undo."""
     settings = request.app[settings_key]
+    source = request.headers
+    drop = set(_REQUEST_DROP)
+    connection = source.get("connection")
+    if connection:
+        drop.update(h.strip().lower() for h in connection.split(",") if h.strip())
+    key = None
     if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
         assert settings.upstream_api_key is not None
-        headers = swap_key(request.headers, settings.upstream_api_key.get_secret_value())
-    else:
-        # Passthrough, or an upload's keyless byte leg: never lend it the upstream key,
-        # or anyone could spend it by adding an upload_id to a request.
-        headers = CIMultiDict(request.headers)
-    # Headers the client marked hop-by-hop in Connection go too (RFC 9110 7.6.1).
-    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
-    for name in _REQUEST_DROP | named:
-        headers.popall(name, None)
-    if call.route.reads_response and "accept-encoding" in headers:
-        accepted = [
-            token
-            for token in headers["accept-encoding"].split(",")
-            if token.split(";")[0].strip().lower() in _DECODABLE
-        ]
-        headers["accept-encoding"] = ",".join(accepted) if accepted else "identity"
-    if call.drops_usage_chunk:
-        # The events are rewritten for the client: have them come plain, not compressed.
-        headers["accept-encoding"] = "identity"
+        key = settings.upstream_api_key.get_secret_value()
+        drop.update(key_carriers(source))
+    # Passthrough, or an upload's keyless byte leg: the client's own headers, never the
+    # upstream key, or anyone could spend it by adding an upload_id to a request.
     if decoded:
         # aiohttp already undid the encoding: the bytes forwarded are the decoded
         # ones, so neither the client's encoding nor its length describes them.
-        headers.popall("content-encoding", None)
+        drop.add("content-encoding")
+    encoding = None
+    if call.drops_usage_chunk:
+        # The events are rewritten for the client: have them come plain, not compressed.
+        encoding = "identity"
+    elif call.route.reads_response and "accept-encoding" in source:
+        accepted = [
+            token
+            for token in source["accept-encoding"].split(",")
+            if token.split(";")[0].strip().lower() in _DECODABLE
+        ]
+        encoding = ",".join(accepted) if accepted else "identity"
+    if encoding is not None:
+        drop.add("accept-encoding")
+    headers = [(name, value) for name, value in source.items() if name.lower() not in drop]
+    if encoding is not None:
+        headers.append(("accept-encoding", encoding))
+    if key is not None:
+        headers.append(("x-goog-api-key", key))
     return headers
 
 
@@ -181,9 +193,7 @@ async def open_upstream(request: web.Request, call: Call) -> Response:
             # A streamed upload keeps its length so the upstream sees no chunking.
             length = request.content_length
     try:
-        return await client.request(
-            request.method, target, headers.items(), data, content_length=length
-        )
+        return await client.request(request.method, target, headers, data, content_length=length)
     except ProxyError:
         raise
     except InvalidHeader as exc:
@@ -195,14 +205,22 @@ async def open_upstream(request: web.Request, call: Call) -> Response:
         raise UpstreamUnavailable("The Gemini API could not be reached.") from exc
 
 
-def response_headers(upstream: Response, *, keep_length: bool) -> CIMultiDict[str]:
-    headers = CIMultiDict(upstream.headers)
-    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
-    for name in HOP_BY_HOP | named:
-        headers.popall(name, None)
+def response_headers(
+    upstream: Response, *, keep_length: bool, keep_encoding: bool = True
+) -> list[tuple[str, str]]:
+    """The upstream's headers as they go to the client, taken in one pass: hop-by-hop
+    ones (and those its ``Connection`` names) dropped, and its length and encoding
+    unless asked to keep them (a body the proxy rewrote has neither)."""
+    source = upstream.headers
+    drop = set(HOP_BY_HOP)
+    connection = source.get("connection")
+    if connection:
+        drop.update(h.strip().lower() for h in connection.split(",") if h.strip())
     if not keep_length:
-        headers.popall("content-length", None)
-    return headers
+        drop.add("content-length")
+    if not keep_encoding:
+        drop.add("content-encoding")
+    return [(name, value) for name, value in source.items() if name.lower() not in drop]
 
 
 class Decoder:

@@ -3,6 +3,7 @@ key and headers go up, and what a failing upstream becomes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 
@@ -21,6 +22,7 @@ from tests.factories import (
     gemini_error,
     raw,
 )
+from tests.server.test_client import raw_server, read_request
 
 
 async def test_the_upstream_never_sees_a_virtual_key(stack: Stack):
@@ -65,6 +67,65 @@ async def test_request_is_forwarded_unchanged_but_for_hop_by_hop_headers(stack: 
     assert status == 404
     gemini_error(body, 404, "NOT_FOUND")
     assert headers["Content-Type"].startswith("application/json")
+
+
+# A generateContent answer (its usage hand-worked: 7 in, 3 out) with the upstream's own
+# hop-by-hop headers, one named only by its Connection header.
+_HOP_ANSWERS = {
+    "json": (
+        "application/json",
+        b'{"candidates": [{"content": {"parts": [{"text": "hi"}]}}], '
+        b'"usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 3, '
+        b'"totalTokenCount": 10}}',
+    ),
+    "sse": (
+        "text/event-stream",
+        b'data: {"candidates": [{"content": {"parts": [{"text": "hi"}]}}], '
+        b'"usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 3, '
+        b'"totalTokenCount": 10}}\r\n\r\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["json", "sse"])
+async def test_the_answer_comes_back_without_the_upstreams_hop_by_hop_headers(
+    make_stack: StackFactory, kind: str
+):
+    content_type, body = _HOP_ANSWERS[kind]
+    head = (
+        "HTTP/1.1 200 OK\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: keep-alive, X-Hop\r\n"
+        "Keep-Alive: timeout=5\r\n"
+        "X-Hop: for the proxy only\r\n"
+        "X-Kept: yes\r\n\r\n"
+    )
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(head.encode() + body)
+            await writer.drain()
+
+    async with raw_server(answer) as upstream:
+        stack = await make_stack(upstream=upstream.url)
+        action = "generateContent" if kind == "json" else "streamGenerateContent?alt=sse"
+        status, headers, relayed = await raw(
+            "POST",
+            stack.url(f"/v1beta/models/gemini-2.5-flash:{action}"),
+            headers=stack.headers(),
+            json={"contents": [{"parts": [{"text": "hello"}]}]},
+        )
+        assert status == 200
+        assert relayed == body
+        lowered = {name.lower(): value for name, value in headers.items()}
+        assert lowered["x-kept"] == "yes"
+        assert lowered["content-type"] == content_type
+        assert "x-hop" not in lowered
+        assert lowered.get("keep-alive") != "timeout=5"
+        [record] = await stack.records()
+        assert (record["input_tokens"], record["output_tokens"]) == (7, 3)
 
 
 async def test_unreachable_upstream_is_502(make_stack: StackFactory):
