@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
 
@@ -794,6 +794,7 @@ def _str_or_none(value: object) -> str | None:
 PREVIOUS_INTERACTION_NAMES = ("previous_interaction_id", "previousInteractionId")
 # Deeper than any real request; json.loads itself gives up near 1,000 on the C stack.
 _MAX_DEPTH = 100
+_CONTAINERS = (dict, list)
 
 
 class BodyRefused(ValueError):
@@ -809,20 +810,18 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 
 def _depth(value: object) -> int:
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            items: Iterable[object] = item.values()
-        elif isinstance(item, list):
-            items = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > _MAX_DEPTH:
-            return deepest
-        stack.extend((child, depth + 1) for child in items)
-    return deepest
+    """How deep ``value`` nests (a scalar 0, ``{}`` and ``[]`` 1), counted no further
+    than one past ``_MAX_DEPTH``: a level at a time, keeping only the containers."""
+    depth = 0
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    while level and depth <= _MAX_DEPTH:
+        depth += 1
+        below: list[dict[str, object] | list[object]] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            below += [child for child in children if isinstance(child, _CONTAINERS)]
+        level = below
+    return depth
 
 
 def strict_json(body: bytes | str) -> object:

@@ -895,6 +895,7 @@ def test_masking_parameter(headers: dict[str, str], query: dict[str, str], refus
         (b"{", "not valid JSON"),
         (b"\xff", "not valid JSON"),
         (b"[" * 101 + b"]" * 101, "too deeply"),
+        (b'{"a": [' * 50 + b'{"a": 1}' + b"]}" * 50, "too deeply"),  # 101 levels, mixed
         (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
     ],
 )
@@ -907,6 +908,7 @@ def test_strict_json_reads_ordinary_bodies():
     assert strict_json(b"") is None
     assert strict_json(b'{"a": [1, {"b": 2}], "c": null}') == {"a": [1, {"b": 2}], "c": None}
     assert strict_json(b"[" * 100 + b"]" * 100) is not None
+    assert strict_json(b'{"a": [' * 50 + b"1" + b"]}" * 50) is not None  # 100 levels, mixed
 
 
 def test_previous_interaction_ids_in_every_spelling_and_place():
