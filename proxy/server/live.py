@@ -100,7 +100,14 @@ from .typedefs import (
     settings_key,
     upstream_session_key,
 )
-from .upstream import HOP_BY_HOP, Decoder, open_upstream, response_headers, upstream_url
+from .upstream import (
+    HOP_BY_HOP,
+    Decoder,
+    hop_by_hop,
+    open_upstream,
+    response_headers,
+    upstream_url,
+)
 
 log = logging.getLogger("gemini_meter.live")
 
@@ -317,8 +324,7 @@ def ephemeral_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str
 def _upstream_headers(request: web.Request, credential: str, constrained: bool) -> CIMultiDict[str]:
     settings = request.app[settings_key]
     headers = CIMultiDict(request.headers)
-    named = {h.strip().lower() for h in headers.get("connection", "").split(",") if h.strip()}
-    for name in HOP_BY_HOP | _HANDSHAKE | named:
+    for name in hop_by_hop(headers, HOP_BY_HOP | _HANDSHAKE):
         headers.popall(name, None)
     if constrained:
         headers.popall("x-goog-api-key", None)

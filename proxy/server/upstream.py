@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote_plus
 
 import aiohttp
@@ -47,6 +47,7 @@ __all__ = [
     "Decoder",
     "open_upstream",
     "read_whole",
+    "hop_by_hop",
     "response_headers",
     "upstream_target",
     "upstream_url",
@@ -104,6 +105,16 @@ def upstream_url(
     return URL(base + upstream_target(raw_path, drop_key, drop), encoded=True)
 
 
+def hop_by_hop(headers: Mapping[str, str], always: frozenset[str]) -> set[str]:
+    """The (lowercase) names not to pass on: ``always``, and those the message's own
+    ``Connection`` header names (RFC 9110 7.6.1)."""
+    drop = set(always)
+    connection = headers.get("connection")
+    if connection:
+        drop.update(name.strip().lower() for name in connection.split(",") if name.strip())
+    return drop
+
+
 def _upstream_headers(request: web.Request, call: Call, decoded: bool) -> list[tuple[str, str]]:
     """The client's headers as they go upstream, taken in one pass: hop-by-hop ones
     (and those its ``Connection`` names, RFC 9110 7.6.1) dropped, the client's key
@@ -111,17 +122,15 @@ def _upstream_headers(request: web.Request, call: Call, decoded: bool) -> list[t
     narrowed to those the tap can undo."""
     settings = request.app[settings_key]
     source = request.headers
-    drop = set(_REQUEST_DROP)
-    connection = source.get("connection")
-    if connection:
-        drop.update(h.strip().lower() for h in connection.split(",") if h.strip())
+    drop = hop_by_hop(source, _REQUEST_DROP)
+    # The upstream key goes with keyed calls only: never with an upload's keyless byte
+    # leg, or anyone could spend it by adding an upload_id to a request (in passthrough
+    # mode the client's own key goes, as it came).
     key = None
     if settings.auth_mode is AuthMode.VIRTUAL_KEYS and call.principal is not None:
         assert settings.upstream_api_key is not None
         key = settings.upstream_api_key.get_secret_value()
         drop.update(key_carriers(source))
-    # Passthrough, or an upload's keyless byte leg: the client's own headers, never the
-    # upstream key, or anyone could spend it by adding an upload_id to a request.
     if decoded:
         # aiohttp already undid the encoding: the bytes forwarded are the decoded
         # ones, so neither the client's encoding nor its length describes them.
@@ -212,10 +221,7 @@ def response_headers(
     ones (and those its ``Connection`` names) dropped, and its length and encoding
     unless asked to keep them (a body the proxy rewrote has neither)."""
     source = upstream.headers
-    drop = set(HOP_BY_HOP)
-    connection = source.get("connection")
-    if connection:
-        drop.update(h.strip().lower() for h in connection.split(",") if h.strip())
+    drop = hop_by_hop(source, HOP_BY_HOP)
     if not keep_length:
         drop.add("content-length")
     if not keep_encoding:
