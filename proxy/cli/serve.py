@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import logging
-import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -94,24 +91,6 @@ def access_logger() -> type[AbstractAccessLogger]:
     return AccessLogger
 
 
-def _import_server() -> Callable[..., None]:
-    """``server.run.serve``, imported with aiohttp's part of it on a second thread.
-
-    Importing aiohttp builds its client's two default TLS contexts, each loading the
-    system trust store: about 40 ms of OpenSSL's own work, done with the GIL released.
-    Begun on a thread while this one imports pydantic and SQLAlchemy (which need nothing
-    of aiohttp), that work runs on another core, and a start is that much shorter
-    (``benchmarks/compare.py --startup-only``). When this thread gets to aiohttp, the
-    import system has it wait for the other to finish; an error there is raised here.
-    """
-    threading.Thread(target=importlib.import_module, args=("aiohttp",), daemon=True).start()
-    for first in ("..settings", "..storage.schema"):  # pydantic's and SQLAlchemy's share
-        importlib.import_module(first, __package__)
-    from ..server.run import serve
-
-    return serve
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     # Start-up makes some 150,000 objects that live as long as the process (modules,
     # classes, the schema) and little garbage, yet the cyclic collector walks them over
@@ -121,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # cycles start-up leaves unreachable (some 2,000 objects, about 0.5 MB, measured) are
     # frozen with the rest and never freed: a fixed cost, paid once.
     gc.disable()
-    serve = _import_server()
+    from ..server.run import serve
     from ..settings import AuthMode
 
     settings = _settings(
