@@ -13,18 +13,26 @@ GenAI conventions. Label values are bounded:
 - ``principal``: the team or user name, or "" (``Settings.metrics_principal``),
   at most ``metrics_principal_limit`` distinct values (the rest ``other``).
 
-Per-call figures are counted by ``Metrics.observe``, which the recorder calls
-once per finished record; labelled children are cached per label tuple, so the
-hot path does one dict lookup per series instead of ``labels()``. Figures other
-parts keep themselves (the journal, the writer, the budget engine) are read at
-scrape time by collectors (``watch_journal``, ``watch_writer``,
+Per-call figures are counted by ``Metrics.observe``, which the recorder calls once per
+finished record. The series it adds to on every call (requests, tokens, cost and refunds,
+the three latency histograms) are ``_Tally`` and ``_Buckets``: plain floats by label
+tuple, made into Prometheus families only at scrape time, so a call pays a dict lookup
+and an addition per series where a ``prometheus_client`` child validates, locks and calls
+through several layers (an observed call takes 8 µs instead of 13, ``timeit``). They are
+exposed exactly as ``Counter`` and ``Histogram`` are, ``_created`` samples included. The
+rarer counters are ``prometheus_client``'s, their labelled children cached per label
+tuple. Figures other parts keep themselves (the journal, the writer, the budget engine)
+are read at scrape time by collectors (``watch_journal``, ``watch_writer``,
 ``watch_budgets``), from memory only: a scrape never touches the database.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from aiohttp import web
@@ -35,8 +43,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from ..metering.records import Principal, UsageRecord
 from ..settings import MetricsPrincipal
@@ -84,6 +99,8 @@ _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 _BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 _Child = TypeVar("_Child", Counter, Histogram)
+# A bucket's bound as prometheus_client's Histogram spells it in ``le`` ("0.005", "1.0").
+_spell_bound: Callable[[float], str] = floatToGoString
 
 
 class _Children(Generic[_Child]):
@@ -124,6 +141,91 @@ class _Capped:
         return value
 
 
+class _Tally(Collector):
+    """A labelled counter kept as a float per label tuple, exposed at scrape time.
+
+    Only the event loop adds; a scrape (any thread) reads a snapshot taken in one step.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._values: dict[tuple[str, ...], float] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def add(self, labels: tuple[str, ...], amount: float) -> None:
+        value = self._values.get(labels)
+        if value is None:
+            self._created[labels] = time.time()
+            value = 0.0
+        self._values[labels] = value + amount
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for labels, value in list(self._values.items()):
+            family.add_metric(labels, value, created=self._created[labels])
+        yield family
+
+
+class _Buckets(Collector):
+    """A labelled histogram kept as a list of floats per label tuple (each bucket's own
+    count, then the sum), exposed at scrape time as ``prometheus_client``'s
+    ``Histogram`` is: cumulative buckets, ``le`` spelled the same, the count, the sum and
+    when the series was created."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._bounds = tuple(float(bound) for bound in buckets)
+        self._les = [*(_spell_bound(bound) for bound in self._bounds), "+Inf"]
+        self._series: dict[tuple[str, ...], list[float]] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            self._created[labels] = time.time()
+            series = self._series[labels] = [0.0] * (len(self._bounds) + 2)
+        # The first bucket whose bound the value does not exceed (+Inf past the last).
+        series[bisect_left(self._bounds, value)] += 1
+        series[-1] += value
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for labels, series in list(self._series.items()):
+            counts = series[:]  # one step: the loop may add meanwhile
+            cumulative = accumulate(counts[:-1])
+            family.add_metric(labels, list(zip(self._les, cumulative, strict=True)), counts[-1])
+            created = dict(zip(self._labelnames, labels, strict=True))
+            family.samples.append(Sample(self._name + "_created", created, self._created[labels]))
+        yield family
+
+
 class Metrics:
     """The proxy's metrics in one registry; ``observe`` counts a finished record."""
 
@@ -146,21 +248,21 @@ class Metrics:
         # Also given each finished record (the OTLP export, ``server.otel``).
         self.listeners: list[Callable[[UsageRecord], None]] = []
 
-        self.requests = Counter(
+        self.requests = _Tally(
             "gemini_meter_requests_total",
             "Billable calls finished, by model, endpoint kind, upstream status class,"
             " whether the response was streamed, and principal.",
             ["model", "endpoint", "status_class", "streamed", "principal"],
             registry=registry,
         )
-        self.tokens = Counter(
+        self.tokens = _Tally(
             "gemini_meter_tokens_total",
             "Tokens metered, by billing category, model and principal; cached tokens are"
             " also counted in input.",
             ["type", "model", "principal"],
             registry=registry,
         )
-        self.cost = Counter(
+        self.cost = _Tally(
             "gemini_meter_cost_usd_total",
             "Cost in US dollars of metered calls, by billing category, model and principal.",
             ["category", "model", "principal"],
@@ -168,14 +270,14 @@ class Metrics:
         )
         # A counter only grows: storage given back (a context cache deleted before its
         # expiry) is counted here, so charged less refunded is the net.
-        self.refunds = Counter(
+        self.refunds = _Tally(
             "gemini_meter_cost_refunded_usd_total",
             "US dollars given back by metered calls, by billing category (context-cache"
             " storage refunded when a cache is deleted early), model and principal.",
             ["category", "model", "principal"],
             registry=registry,
         )
-        self.duration = Histogram(
+        self.duration = _Buckets(
             "gemini_meter_request_duration_seconds",
             "Time from receiving a metered call to its record being finished: its whole"
             " response read from the upstream, or its stream relayed.",
@@ -183,14 +285,14 @@ class Metrics:
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
-        self.ttfb = Histogram(
+        self.ttfb = _Buckets(
             "gemini_meter_time_to_first_byte_seconds",
             "Time from receiving a metered call to the upstream's response head.",
             ["endpoint", "streamed"],
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
-        self.overhead = Histogram(
+        self.overhead = _Buckets(
             "gemini_meter_overhead_seconds",
             "The proxy's own time in a metered call: its duration less the time spent"
             " waiting on the upstream's head and body.",
@@ -264,13 +366,6 @@ class Metrics:
             "Budget alert delivery attempts that failed; each is retried with backoff.",
             registry=registry,
         )
-        self._requests = _Children(self.requests)
-        self._tokens = _Children(self.tokens)
-        self._cost = _Children(self.cost)
-        self._refunds = _Children(self.refunds)
-        self._duration = _Children(self.duration)
-        self._ttfb = _Children(self.ttfb)
-        self._overhead = _Children(self.overhead)
         self._upstream_errors = _Children(self.upstream_errors)
         self._unmetered = _Children(self.unmetered)
         self._parse_errors = _Children(self.parse_errors)
@@ -321,7 +416,7 @@ class Metrics:
         principal = self.principal_label(record.principal)
         streamed = "true" if record.streamed else "false"
         status_class = f"{record.upstream_status // 100}xx"
-        self._requests(model, endpoint, status_class, streamed, principal).inc()
+        self.requests.add((model, endpoint, status_class, streamed, principal), 1.0)
         if record.unmetered_route:
             # Zero tokens, cost unknown: counted here, not as unpriced, and its
             # latency (to the response head only) stays out of the metered calls'.
@@ -340,7 +435,7 @@ class Metrics:
             strict=True,
         ):
             if value:
-                self._tokens(name, model, principal).inc(value)
+                self.tokens.add((name, model, principal), value)
         cost = record.cost
         if cost.unpriced:
             self.unpriced.inc()
@@ -361,19 +456,19 @@ class Metrics:
             ):
                 # Prometheus counts in floats; the exact figure is in the database.
                 if part and part > 0:
-                    self._cost(name, model, principal).inc(float(part))
+                    self.cost.add((name, model, principal), float(part))
                 elif part:
-                    self._refunds(name, model, principal).inc(float(-part))
+                    self.refunds.add((name, model, principal), float(-part))
         if record.parse_error:
             self._parse_errors(endpoint).inc()
         elif usage.total_mismatch:
             self._total_mismatches(endpoint).inc()
         latency = record.latency_seconds
-        self._duration(endpoint, streamed).observe(latency)
+        self.duration.observe((endpoint, streamed), latency)
         if record.ttfb_seconds is not None:
-            self._ttfb(endpoint, streamed).observe(record.ttfb_seconds)
+            self.ttfb.observe((endpoint, streamed), record.ttfb_seconds)
         if record.upstream_seconds is not None:
-            self._overhead(endpoint).observe(max(0.0, latency - record.upstream_seconds))
+            self.overhead.observe((endpoint,), max(0.0, latency - record.upstream_seconds))
 
 
 def build_metrics(

@@ -21,13 +21,13 @@ import aiohttp
 import pydantic
 import pytest
 from google.genai import types
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from proxy.emulator import create_emulator_app
 from proxy.metering.records import Cost, EndpointKind, Principal, Usage, UsageRecord
-from proxy.server.metrics import MODEL_LIMIT, OTHER, build_metrics
+from proxy.server.metrics import MODEL_LIMIT, OTHER, _Buckets, _Tally, build_metrics
 from proxy.server.typedefs import budgets_key, metrics_key, sessionmaker_key
 from proxy.settings import Settings
 from proxy.storage import accounts
@@ -399,3 +399,31 @@ def test_the_metrics_port_must_be_another_port():
     with pytest.raises(pydantic.ValidationError, match="metrics_port"):
         Settings(port=9400, metrics_port=9400)
     assert Settings(port=9400, metrics_port=9401).metrics_port == 9401
+
+
+def _exposed(registry: CollectorRegistry) -> list[str]:
+    """The text exposition's lines, each ``_created`` sample's time left out (it is the
+    moment the series was made, never the same twice)."""
+    lines = generate_latest(registry).decode().splitlines()
+    return [line.rsplit(" ", 1)[0] if "_created{" in line else line for line in lines]
+
+
+def test_the_per_call_series_are_exposed_as_prometheus_clients_own_types_are():
+    # prometheus_client's Counter and Histogram are the reference: the same observations
+    # through them and through the meter's own series must expose the same text.
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    labels = ["model", "principal"]
+    bounds = (0.005, 0.01, 0.25, 1, 300)
+    tally = _Tally("demo_calls_total", "Calls.", labels, ours)
+    buckets = _Buckets("demo_seconds", "Seconds.", ["endpoint"], bounds, ours)
+    counter = Counter("demo_calls_total", "Calls.", labels, registry=theirs)
+    histogram = Histogram("demo_seconds", "Seconds.", ["endpoint"], buckets=bounds, registry=theirs)
+    for model, principal, amount in [("a", "t1", 1), ("a", "t1", 2.5), ("b", "", 1e-9)]:
+        tally.add((model, principal), amount)
+        counter.labels(model, principal).inc(amount)
+    # a bound exactly, between two, past the last, zero, and a second series
+    for endpoint, seconds in [("x", 0.01), ("x", 0.2), ("x", 301.0), ("x", 0.0), ("y", 1.0)]:
+        buckets.observe((endpoint,), seconds)
+        histogram.labels(endpoint).observe(seconds)
+    assert _exposed(ours) == _exposed(theirs)
+    assert 'demo_seconds_bucket{endpoint="x",le="0.01"} 2.0' in _exposed(ours)
