@@ -141,11 +141,10 @@ class _Capped:
         return value
 
 
-class _Tally(Collector):
-    """A labelled counter kept as a float per label tuple, exposed at scrape time.
-
-    Only the event loop adds; a scrape (any thread) reads a snapshot taken in one step.
-    """
+class _Series(Collector):
+    """A labelled family kept in plain Python by label tuple, made into its Prometheus
+    family only at scrape time. Only the event loop adds; a scrape (from any thread)
+    takes each series' figures in one step."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
@@ -153,9 +152,25 @@ class _Tally(Collector):
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
+        # When each series was first added to: its ``_created`` sample.
         self._created: dict[tuple[str, ...], float] = {}
         registry.register(self)
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+
+class _Tally(_Series):
+    """A labelled counter: a float per label tuple, exposed as ``Counter`` is."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self._values: dict[tuple[str, ...], float] = {}
+        super().__init__(name, documentation, labelnames, registry)
 
     def add(self, labels: tuple[str, ...], amount: float) -> None:
         value = self._values.get(labels)
@@ -167,9 +182,6 @@ class _Tally(Collector):
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
-
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         for labels, value in list(self._values.items()):
@@ -177,11 +189,10 @@ class _Tally(Collector):
         yield family
 
 
-class _Buckets(Collector):
-    """A labelled histogram kept as a list of floats per label tuple (each bucket's own
-    count, then the sum), exposed at scrape time as ``prometheus_client``'s
-    ``Histogram`` is: cumulative buckets, ``le`` spelled the same, the count, the sum and
-    when the series was created."""
+class _Buckets(_Series):
+    """A labelled histogram: per label tuple, each bucket's own count and then the sum,
+    exposed as ``Histogram`` is (cumulative buckets, ``le`` spelled the same, the count,
+    the sum and the ``_created`` sample)."""
 
     def __init__(
         self,
@@ -191,14 +202,10 @@ class _Buckets(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
         self._bounds = tuple(float(bound) for bound in buckets)
         self._les = [*(_spell_bound(bound) for bound in self._bounds), "+Inf"]
         self._series: dict[tuple[str, ...], list[float]] = {}
-        self._created: dict[tuple[str, ...], float] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
     def observe(self, labels: tuple[str, ...], value: float) -> None:
         series = self._series.get(labels)
@@ -211,9 +218,6 @@ class _Buckets(Collector):
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
