@@ -22,8 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from proxy.budgets.alerts import AlertDelivery, AlertEvaluator
 from proxy.metering.records import Cost, Principal, Usage, UsageRecord
@@ -259,6 +259,42 @@ async def test_crossing_two_thresholds_alerts_each_once(
     assert await evaluator.evaluate() == []
     assert await AlertEvaluator(sessionmaker, clock=lambda: NOW).evaluate() == []
     assert len(await _alerts(sessionmaker)) == 2
+
+
+async def test_a_pass_below_every_threshold_sums_the_window_once(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    make_record: Callable[..., UsageRecord],
+) -> None:
+    # $8.12 of $100: no threshold is near. The pass reads the window with one sum, not
+    # the split (by category, by model) that only an alert's payload needs.
+    await _research_spend(sessionmaker, make_record)
+    await _add_budget(sessionmaker, limit_usd=Decimal("100"))
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "usage_records" in statement:
+            statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        assert await AlertEvaluator(sessionmaker, clock=lambda: NOW).evaluate() == []
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert len(statements) == 1, statements
+    assert "GROUP BY" not in statements[0] and statements[0].count("sum(") == 1
+
+    # Over the 5 dollar line, the alert's payload still has the whole split.
+    await _add_budget(sessionmaker, limit_usd=Decimal("10"), thresholds=["0.5"])
+    assert await _alerts(sessionmaker) == []
+    assert len(await AlertEvaluator(sessionmaker, clock=lambda: NOW).evaluate()) == 1
+    [alert] = await _alerts(sessionmaker)
+    assert alert.payload["spend"] == "8.12"
+    assert [m["model"] for m in alert.payload["top_models"]] == [
+        "gemini-3.5-flash",
+        "gemini-2.5-pro",
+    ]
+    assert alert.payload["categories"][0]["category"] == "intermediate"
 
 
 async def test_a_new_window_in_a_non_utc_zone_alerts_again(
