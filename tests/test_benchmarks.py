@@ -365,3 +365,27 @@ def test_a_lost_record_fails_the_run_and_says_which_meter():
     ]
     outcome.processes["Gemini Meter"]["records"] = 1002
     assert problems(outcome) == []
+
+
+def test_the_budget_benchmark_measures_both_steps_on_both_databases():
+    # A small window: the run completes, fills the table to the count asked, and reports a
+    # refresh and an alert pass for each database (the pass without a threshold reached:
+    # the harness itself refuses a run that alerted).
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_budgets.py", "--records", "3000", "--reps", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [
+        line for line in done.stdout.splitlines() if line.startswith(("| sqlite", "| postgresql"))
+    ]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| sqlite", "refresh"],
+        ["| sqlite", "alert pass"],
+        ["| postgresql", "refresh"],
+        ["| postgresql", "alert pass"],
+    ]
+    assert "holds 3,000 records" in done.stdout
