@@ -54,6 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..server.keys import unseal
 from ..storage.schema import BudgetAlert, BudgetRow, Team, UsageRow, User, utcnow
 from ..storage.writes import insert_ignoring, table_of
+from .engine import paced
 from .windows import Window, window_bounds
 
 __all__ = [
@@ -643,25 +644,28 @@ class AlertEvaluator:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         seen = self._changes() if self._changes is not None else 0
-        last = -math.inf
+        last = -math.inf  # when the last pass ended
+        took = 0.0  # how long it took
         while True:
             now = loop.time()
+            interval, debounce = paced(self._interval, took), paced(self._debounce, took)
             changed = self._changes is not None and self._changes() != seen
-            due = now - last >= self._interval
-            if due or ((changed or self._wakeup.is_set()) and now - last >= self._debounce):
+            due = now - last >= interval
+            if due or ((changed or self._wakeup.is_set()) and now - last >= debounce):
                 self._wakeup.clear()
                 if self._changes is not None:
                     seen = self._changes()
-                last = now
                 try:
                     await self.evaluate()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the database is away: try again next time
                     log.warning("alert evaluation failed: %s", _describe(exc))
+                last = loop.time()
+                took = last - now
                 continue
             # Wake at the next debounce tick to look at ``changes``, or at the interval.
-            wait = min(self._debounce, max(last + self._interval - now, 0.0))
+            wait = min(debounce, max(last + interval - now, 0.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
 
