@@ -1,12 +1,13 @@
 """What a budget costs the database: one refresh and one alert pass over a busy window.
 
-Both background tasks of ``budgets`` read a budget's spend back from ``usage_records``:
+Both background tasks of ``budgets`` read a budget's spend back from the database:
 ``BudgetEngine.refresh`` every ``budget_refresh_seconds`` (5 s), for every budget, and
 ``AlertEvaluator.evaluate`` every second while records arrive, for every budget with a
-threshold left to alert. Each is a sum over the records of the budget's current window,
-so its cost grows with them. This measures it for one monthly USD budget on one user
-whose window holds ``--records`` records, in a fresh SQLite file (the embedded default)
-and a fresh PostgreSQL database:
+threshold left to alert. Summed over the records of the budget's window, their cost would
+grow with them; read from the quarter-hour running totals (``usage_rollups``), it should
+not. This measures it for one monthly USD budget on one user whose window holds
+``--records`` records, in a fresh SQLite file (the embedded default) and a fresh
+PostgreSQL database:
 
 1. a thousand records like the proxy's (``bench_writer.make_records``) are written by
    ``UsageWriter``, then copied by SQL (each copy a new ``request_id``, no interaction)

@@ -52,7 +52,17 @@ from sqlalchemy import cast as cast_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..server.keys import unseal
-from ..storage.schema import BudgetAlert, BudgetRow, Team, UsageRow, User, utcnow
+from ..storage.schema import (
+    BudgetAlert,
+    BudgetRow,
+    Team,
+    UsageRollup,
+    UsageRow,
+    User,
+    rollup_table,
+    time_column,
+    utcnow,
+)
 from ..storage.writes import insert_ignoring, table_of
 from .engine import paced
 from .windows import Window, window_bounds
@@ -373,7 +383,9 @@ def webhook_body(alert_id: int, payload: Mapping[str, Any], fmt: str) -> dict[st
 # --------------------------------------------------------------------- queries
 
 
-def _scope_filter(budget: Budget) -> tuple[ColumnElement[bool] | None, str | None]:
+def _scope_filter(
+    budget: Budget, table: type[UsageRow] | type[UsageRollup] = UsageRow
+) -> tuple[ColumnElement[bool] | None, str | None]:
     """The WHERE clause of a scope, and which table it needs joined."""
     kind, name = budget.scope_kind, budget.scope_name
     if kind == "global":
@@ -387,7 +399,7 @@ def _scope_filter(budget: Budget) -> tuple[ColumnElement[bool] | None, str | Non
             key_id = int(name or "")
         except ValueError as exc:
             raise ValueError(f"budget #{budget.id}: key scope {name!r} is not a key id") from exc
-        return UsageRow.key_id == key_id, None
+        return table.key_id == key_id, None
     raise ValueError(f"budget #{budget.id}: unknown scope kind {kind!r}")
 
 
@@ -399,9 +411,13 @@ def _int_sum(column: ColumnElement[Any]) -> ColumnElement[int]:
 async def budget_total(
     session: AsyncSession, budget: Budget, start: datetime, end: datetime | None
 ) -> Decimal:
-    """``budget_spend``'s total alone: one sum, all a pass needs while no threshold is near."""
-    query = _spend_query(budget, start, end)
-    return Decimal((await session.execute(query(_measure(budget).label("total")))).scalar() or 0)
+    """``budget_spend``'s total alone, all a pass needs while no threshold is near: from
+    the quarter-hour rollups (``storage.schema.UsageRollup``) when the window's bounds
+    fall on them, as they always do."""
+    table = rollup_table(start, end)
+    query = _spend_query(budget, start, end, table)
+    total = (await session.execute(query(_measure(budget, table).label("total")))).scalar()
+    return Decimal(total or 0)
 
 
 async def budget_spend(
@@ -446,39 +462,45 @@ async def budget_spend(
     return Spend(total=total, categories=categories, models=models)
 
 
-def _measure(budget: Budget) -> ColumnElement[Any]:
+def _measure(
+    budget: Budget, table: type[UsageRow] | type[UsageRollup] = UsageRow
+) -> ColumnElement[Any]:
     """What ``budget`` sums: the cost (or one category's) in USD, else tokens."""
     if budget.unit == "USD":
         # one cost category (as the budget's status reports it), or the whole cost
         return func.sum(
-            getattr(UsageRow, f"cost_{budget.category}_usd")
+            getattr(table, f"cost_{budget.category}_usd")
             if budget.category is not None
-            else UsageRow.cost_usd
+            else table.cost_usd
         )
     if budget.category is None:
-        return _int_sum(UsageRow.total_tokens.expression)
+        return _int_sum(table.total_tokens.expression)
     if budget.category not in _TOKEN_COLUMNS:
         raise ValueError(f"budget #{budget.id}: unknown category {budget.category!r}")
-    return _int_sum(getattr(UsageRow, _TOKEN_COLUMNS[budget.category]))
+    return _int_sum(getattr(table, _TOKEN_COLUMNS[budget.category]))
 
 
 def _spend_query(
-    budget: Budget, start: datetime, end: datetime | None
+    budget: Budget,
+    start: datetime,
+    end: datetime | None,
+    table: type[UsageRow] | type[UsageRollup] = UsageRow,
 ) -> Callable[..., Select[Any]]:
     """A query of the given columns over ``budget``'s scope in ``[start, end)``."""
-    where, join = _scope_filter(budget)
-    conditions: list[ColumnElement[bool]] = [UsageRow.created_at >= start]
+    where, join = _scope_filter(budget, table)
+    at = time_column(table)
+    conditions: list[ColumnElement[bool]] = [at >= start]
     if end is not None:
-        conditions.append(UsageRow.created_at < end)
+        conditions.append(at < end)
     if where is not None:
         conditions.append(where)
 
     def base(*columns: ColumnElement[Any]) -> Select[Any]:
-        query = select(*columns).select_from(UsageRow)
+        query = select(*columns).select_from(table)
         if join == "user":
-            query = query.join(User, UsageRow.user_id == User.id)
+            query = query.join(User, table.user_id == User.id)
         elif join == "team":
-            query = query.join(Team, UsageRow.team_id == Team.id)
+            query = query.join(Team, table.team_id == Team.id)
         return query.where(*conditions)
 
     return base

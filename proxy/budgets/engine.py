@@ -34,13 +34,13 @@ from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..errors import ResourceExhausted, ServiceUnavailable
 from ..metering.records import Principal, UsageRecord
 from ..settings import RedisFailure, Settings
-from ..storage.schema import BudgetRow, Team, UsageRow, User
+from ..storage.schema import BudgetRow, Team, UsageRollup, UsageRow, User, rollup_table, time_column
 from .counters import CellKey, Entry, LocalCounters, RedisCounters
 from .estimate import Estimate
 from .rules import (
@@ -176,39 +176,38 @@ def refusal(entry: Entry, now: datetime) -> ResourceExhausted:
     )
 
 
-def _amount_column(budget: Budget) -> ColumnElement[Any]:
+def _amount_column(budget: Budget, table: type[UsageRow] | type[UsageRollup]) -> Any:
     if budget.unit is Unit.NANO_USD:
         if budget.category is not None:
-            cost: ColumnElement[Any] = getattr(UsageRow, f"cost_{budget.category}_usd")
-            return cost
-        return UsageRow.cost_usd.expression
+            return getattr(table, f"cost_{budget.category}_usd")
+        return table.cost_usd
     if budget.category is not None:
-        column: ColumnElement[Any] = getattr(UsageRow, f"{budget.category}_tokens")
-        return column
+        return getattr(table, f"{budget.category}_tokens")
     return (
-        UsageRow.input_tokens
-        + UsageRow.intermediate_tokens
-        + UsageRow.output_tokens
-        + UsageRow.thinking_tokens
+        table.input_tokens + table.intermediate_tokens + table.output_tokens + table.thinking_tokens
     )
 
 
 async def window_total(
     session: AsyncSession, budget: Budget, start: datetime, end: datetime | None
 ) -> int:
-    """The database's spend for ``budget`` in ``[start, end)``, in the budget's unit."""
-    query = select(func.sum(_amount_column(budget))).where(UsageRow.created_at >= start)
+    """The database's spend for ``budget`` in ``[start, end)``, in the budget's unit: read
+    from the quarter-hour rollups (``storage.schema.UsageRollup``), which a window's bounds
+    always fall on, or summed over the records for bounds that do not."""
+    table = rollup_table(start, end)
+    at = time_column(table)
+    query = select(func.sum(_amount_column(budget, table))).where(at >= start)
     if end is not None:
-        query = query.where(UsageRow.created_at < end)
+        query = query.where(at < end)
     if budget.scope_kind == "user":
-        query = query.join(User, User.id == UsageRow.user_id).where(User.name == budget.scope_name)
+        query = query.join(User, User.id == table.user_id).where(User.name == budget.scope_name)
     elif budget.scope_kind == "team":
-        query = query.join(Team, Team.id == UsageRow.team_id).where(Team.name == budget.scope_name)
+        query = query.join(Team, Team.id == table.team_id).where(Team.name == budget.scope_name)
     elif budget.scope_kind == "key":
         name = budget.scope_name or ""
         if not name.isdigit():
             return 0
-        query = query.where(UsageRow.key_id == int(name))
+        query = query.where(table.key_id == int(name))
     total = (await session.execute(query)).scalar()
     if total is None:
         return 0

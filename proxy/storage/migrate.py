@@ -54,7 +54,7 @@ __all__ = [
 _alembic_lock = threading.Lock()
 
 # The newest revision in migrations/versions (tests/storage/test_migrate.py checks it).
-HEAD = "0004"
+HEAD = "0005"
 
 
 def script_location() -> Path:

@@ -34,7 +34,7 @@ __future__ import annotations``): the declarative mapping reads every ``Mapped[.
 and strings it would have to evaluate one by one, at each start.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from enum import StrEnum
 from typing import Any
@@ -75,8 +75,12 @@ __all__ = [
     "ResourceKind",
     "Team",
     "UTCDateTime",
+    "ROLLUP_BUCKET",
+    "UsageRollup",
     "UsageRow",
     "User",
+    "rollup_table",
+    "time_column",
     "make_engine",
     "make_sessionmaker",
     "quantize_money",
@@ -168,6 +172,20 @@ class Money(TypeDecorator[Decimal]):
                 raise TypeError(f"unexpected SQLite money value {value!r}")
             return Decimal(value).scaleb(-MONEY_SCALE, context=_MONEY_CONTEXT)
         return Decimal(value).quantize(_QUANTUM, context=_MONEY_CONTEXT)
+
+
+class RollupMoney(Money):
+    """``Money`` for sums of stored amounts: on PostgreSQL a ``NUMERIC`` without a
+    precision (exact, however many rows add up), on SQLite the same INTEGER units (whose
+    sum SQLite would turn into a float past 2**63: read back, that is refused, never taken
+    for exact)."""
+
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(asdecimal=True))
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -374,6 +392,63 @@ class UsageRow(Base):
     cost_storage_usd: Mapped[Decimal | None] = mapped_column(Money)
     catalog_version: Mapped[str | None] = mapped_column(Text)
     unpriced: Mapped[bool] = mapped_column(Boolean)
+
+
+class UsageRollup(Base):
+    """``usage_records``' cost and token columns summed per quarter hour (UTC) and per
+    (user, team, key): what budgets read a window's spend from.
+
+    Kept by triggers on ``usage_records`` (migration 0005), in the transaction of the
+    change: never written by the application. ``team_id`` and ``key_id`` are 0 for none.
+    """
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (
+        Index("ix_usage_rollups_user_id_bucket", "user_id", "bucket"),
+        Index("ix_usage_rollups_team_id_bucket", "team_id", "bucket"),
+        Index("ix_usage_rollups_key_id_bucket", "key_id", "bucket"),
+    )
+
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cost_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_input_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_cached_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_intermediate_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_output_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_thinking_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_grounding_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_media_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    cost_storage_usd: Mapped[Decimal] = mapped_column(RollupMoney, server_default="0")
+    total_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    intermediate_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    thinking_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+# Every time zone's offset is a whole number of quarter hours: a window's bounds fall on
+# the rollups' buckets.
+ROLLUP_BUCKET = timedelta(minutes=15)
+_ROLLUP_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def rollup_table(start: datetime, end: datetime | None) -> type[UsageRow] | type[UsageRollup]:
+    """Where the spend of ``[start, end)`` is read: ``UsageRollup`` when both bounds are
+    on its quarter hours (every window's are), else the records themselves."""
+    aligned = all(
+        bound is None or (bound - _ROLLUP_ORIGIN) % ROLLUP_BUCKET == timedelta(0)
+        for bound in (start, end)
+    )
+    return UsageRollup if aligned else UsageRow
+
+
+def time_column(table: type[UsageRow] | type[UsageRollup]) -> Any:
+    """The column a window's bounds compare with: a record's time, or its bucket."""
+    return UsageRollup.bucket if table is UsageRollup else UsageRow.created_at
 
 
 class ResourceKind(StrEnum):

@@ -261,19 +261,20 @@ async def test_crossing_two_thresholds_alerts_each_once(
     assert len(await _alerts(sessionmaker)) == 2
 
 
-async def test_a_pass_below_every_threshold_sums_the_window_once(
+async def test_a_pass_below_every_threshold_reads_the_rollups_alone(
     engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
     make_record: Callable[..., UsageRecord],
 ) -> None:
-    # $8.12 of $100: no threshold is near. The pass reads the window with one sum, not
-    # the split (by category, by model) that only an alert's payload needs.
+    # $8.12 of $100: no threshold is near. The pass reads the window's spend from the
+    # quarter-hour rollups, one sum, and not the records: neither their sum nor the split
+    # (by category, by model) that only an alert's payload needs.
     await _research_spend(sessionmaker, make_record)
     await _add_budget(sessionmaker, limit_usd=Decimal("100"))
     statements: list[str] = []
 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "usage_records" in statement:
+        if "usage_r" in statement:
             statements.append(statement)
 
     event.listen(engine.sync_engine, "before_cursor_execute", seen)
@@ -282,6 +283,7 @@ async def test_a_pass_below_every_threshold_sums_the_window_once(
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", seen)
     assert len(statements) == 1, statements
+    assert "usage_rollups" in statements[0] and "usage_records" not in statements[0]
     assert "GROUP BY" not in statements[0] and statements[0].count("sum(") == 1
 
     # Over the 5 dollar line, the alert's payload still has the whole split.

@@ -23,6 +23,7 @@ TABLES = {
     "api_keys",
     "interactions",
     "usage_records",
+    "usage_rollups",
     "upload_sessions",
     "budgets",
     "budget_alerts",
@@ -58,11 +59,11 @@ async def test_upgrade_to_head_and_down_to_base(database_url):
     assert await _tables(database_url) == set()
 
     await migrate.upgrade_async(database_url)
-    assert await migrate.current_async(database_url) == migrate.head() == "0004"
+    assert await migrate.current_async(database_url) == migrate.head() == "0005"
     assert await _tables(database_url) == TABLES | {"alembic_version"}
 
     await migrate.upgrade_async(database_url)  # already at head: nothing to do
-    assert await migrate.current_async(database_url) == "0004"
+    assert await migrate.current_async(database_url) == "0005"
 
     await asyncio.to_thread(migrate.downgrade, database_url, "base")
     assert await migrate.current_async(database_url) is None
@@ -105,21 +106,21 @@ async def test_concurrent_upgrades_of_postgresql(postgres_url):
     ]
     results = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in processes)), 60)
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in results]
-    assert await migrate.current_async(postgres_url) == "0004"
+    assert await migrate.current_async(postgres_url) == "0005"
     assert await _diff(postgres_url, Base.metadata) == []
 
 
 async def test_concurrent_upgrades_in_one_process(database_url):
     # Alembic's module-level proxies are not thread-safe: _migrate serialises.
     await asyncio.gather(*(migrate.upgrade_async(database_url) for _ in range(3)))
-    assert await migrate.current_async(database_url) == "0004"
+    assert await migrate.current_async(database_url) == "0005"
 
 
 def test_sync_api_outside_an_event_loop(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
     assert migrate.current(url) is None
     migrate.upgrade(url)
-    assert migrate.current(url) == "0004"
+    assert migrate.current(url) == "0005"
     migrate.downgrade(url, "base")
     assert migrate.current(url) is None
 
@@ -140,7 +141,7 @@ def test_scripts_are_found_in_the_repository_and_in_a_wheel(tmp_path, monkeypatc
     shutil.copytree(REPO / "migrations", package / "_migrations")
     monkeypatch.setattr(migrate, "__file__", str(package / "migrate.py"))
     assert migrate.script_location() == package / "_migrations"
-    assert migrate.head() == "0004"
+    assert migrate.head() == "0005"
 
 
 def test_alembic_ini_for_developers():
