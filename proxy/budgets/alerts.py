@@ -4,7 +4,8 @@ Nothing here runs on the request path. Two background tasks, started by a cleanu
 context of ``server.app``, do the work in every proxy process:
 
 - ``AlertEvaluator`` reads every budget, sums the spend of its current window
-  (``budgets.windows``) from ``usage_records``, and for each threshold reached inserts a
+  (``budgets.windows``) from the quarter-hour running totals (``usage_rollups``; the
+  records themselves only for an alert's split), and for each threshold reached inserts a
   ``budget_alerts`` row with ``INSERT ... ON CONFLICT DO NOTHING`` on (budget, window
   start, threshold). That unique key, not any memory of this process, is what makes an
   alert exactly once per (budget, window, threshold): across restarts and across

@@ -15,7 +15,8 @@ The engine sits on both ends of a billable call:
 
 Budgets are loaded from the database at start and every ``budget_refresh_seconds``
 by a background task, with each enforced budget's spend in its current window
-(``SUM`` over ``usage_records``): admission never waits on the SQL database. Redis
+(``SUM`` over the running totals of ``usage_rollups``, per quarter hour, which
+triggers on ``usage_records`` keep): admission never waits on the SQL database. Redis
 settlements go through a bounded queue drained by one task, so the recorder never
 awaits either. ``docs/budgets.md`` gives the model and the overshoot bounds.
 """
