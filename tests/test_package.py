@@ -243,13 +243,16 @@ def test_serve_pauses_the_cyclic_collector_until_it_listens(tmp_path: Path):
 # /metrics on each one's), then SIGTERM: whether the supervisor (this interpreter) loaded
 # Alembic to check the database before its workers.
 _SUPERVISOR = """
-import contextlib, json, os, signal, socket, sys, threading, time, urllib.request
+import contextlib, json, os, random, signal, socket, sys, threading, time, urllib.request
 
 def free_ports(count):
+    # Below the kernel's ephemeral range: the workers bind these a second or more later,
+    # and meanwhile another test's client connections (thousands, in the benchmark's
+    # smoke run) take their source ports from that range.
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        ephemeral = int(ports.read().split()[0])
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
+        first = random.randrange(10_000, ephemeral - count)
         with contextlib.ExitStack() as held:
             try:
                 for port in range(first, first + count):
@@ -277,6 +280,9 @@ def watch():
             seen["ready"] = True
             break
         time.sleep(0.05)
+    else:
+        seen["ready"] = False
+        seen["unanswered"] = [url for url in urls if not answers(url)]
     seen["alembic"] = "alembic" in sys.modules
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -325,7 +331,8 @@ def test_each_worker_pauses_the_cyclic_collector_while_it_loads(tmp_path: Path):
     site.mkdir()
     passes.mkdir()
     (site / "sitecustomize.py").write_text(_COUNT_PASSES)
-    assert _supervise(tmp_path, PYTHONPATH=str(site), PASSES_DIR=str(passes))["ready"]
+    outcome = _supervise(tmp_path, PYTHONPATH=str(site), PASSES_DIR=str(passes))
+    assert outcome["ready"], outcome
     counts = [int(file.read_text()) for file in passes.iterdir()]
     # the supervisor and its two workers (and any worker restarted after dying)
     assert len(counts) >= 3
