@@ -56,16 +56,12 @@ from ..server.keys import unseal
 from ..storage.schema import (
     BudgetAlert,
     BudgetRow,
-    Team,
-    UsageRollup,
     UsageRow,
-    User,
     rollup_table,
-    time_column,
     utcnow,
 )
 from ..storage.writes import insert_ignoring, table_of
-from .engine import paced
+from .engine import SpendTable, paced, spend_column, spend_query
 from .windows import Window, window_bounds
 
 __all__ = [
@@ -384,26 +380,6 @@ def webhook_body(alert_id: int, payload: Mapping[str, Any], fmt: str) -> dict[st
 # --------------------------------------------------------------------- queries
 
 
-def _scope_filter(
-    budget: Budget, table: type[UsageRow] | type[UsageRollup] = UsageRow
-) -> tuple[ColumnElement[bool] | None, str | None]:
-    """The WHERE clause of a scope, and which table it needs joined."""
-    kind, name = budget.scope_kind, budget.scope_name
-    if kind == "global":
-        return None, None
-    if kind == "user":
-        return User.name == name, "user"
-    if kind == "team":
-        return Team.name == name, "team"
-    if kind == "key":
-        try:
-            key_id = int(name or "")
-        except ValueError as exc:
-            raise ValueError(f"budget #{budget.id}: key scope {name!r} is not a key id") from exc
-        return table.key_id == key_id, None
-    raise ValueError(f"budget #{budget.id}: unknown scope kind {kind!r}")
-
-
 def _int_sum(column: ColumnElement[Any]) -> ColumnElement[int]:
     # PostgreSQL's SUM(bigint) is NUMERIC; the cast keeps ints ints everywhere.
     return cast_(func.coalesce(func.sum(column), 0), BigInteger)
@@ -417,7 +393,7 @@ async def budget_total(
     fall on them, as they always do."""
     table = rollup_table(start, end)
     query = _spend_query(budget, start, end, table)
-    total = (await session.execute(query(_measure(budget, table).label("total")))).scalar()
+    total = (await session.execute(query(_measure(budget, table)))).scalar()
     return Decimal(total or 0)
 
 
@@ -426,10 +402,11 @@ async def budget_spend(
 ) -> Spend:
     """The spend of ``budget``'s scope over ``start <= created_at < end``, and its split.
 
-    USD budgets sum ``cost_usd``, or the one cost category's column (unpriced records,
-    whose cost is unknown, add nothing) and split it by cost category; token budgets
-    sum ``total_tokens`` or the one category's column and split it by token category.
-    Either way ``models`` gives the same measure per model. Provisional records count.
+    What is summed is what enforcement counts (``engine.spend_column``): USD budgets sum
+    the cost, or the one cost category's (unpriced records, whose cost is unknown, add
+    nothing), split by cost category; token budgets sum the billed tokens, or the one
+    category's, split by token category. Either way ``models`` gives the same measure per
+    model. Provisional records count.
     """
     measure = _measure(budget)
     parts: dict[str, ColumnElement[Any]]
@@ -463,48 +440,22 @@ async def budget_spend(
     return Spend(total=total, categories=categories, models=models)
 
 
-def _measure(
-    budget: Budget, table: type[UsageRow] | type[UsageRollup] = UsageRow
-) -> ColumnElement[Any]:
-    """What ``budget`` sums: the cost (or one category's) in USD, else tokens."""
-    if budget.unit == "USD":
-        # one cost category (as the budget's status reports it), or the whole cost
-        return func.sum(
-            getattr(table, f"cost_{budget.category}_usd")
-            if budget.category is not None
-            else table.cost_usd
-        )
-    if budget.category is None:
-        return _int_sum(table.total_tokens.expression)
-    if budget.category not in _TOKEN_COLUMNS:
+def _measure(budget: Budget, table: SpendTable = UsageRow) -> ColumnElement[Any]:
+    """The sum of what ``budget`` counts of each row (``engine.spend_column``)."""
+    if budget.unit == "tokens" and budget.category not in (None, *_TOKEN_COLUMNS):
         raise ValueError(f"budget #{budget.id}: unknown category {budget.category!r}")
-    return _int_sum(getattr(table, _TOKEN_COLUMNS[budget.category]))
+    column = spend_column(budget.unit == "USD", budget.category, table)
+    return func.sum(column) if budget.unit == "USD" else _int_sum(column)
 
 
 def _spend_query(
-    budget: Budget,
-    start: datetime,
-    end: datetime | None,
-    table: type[UsageRow] | type[UsageRollup] = UsageRow,
+    budget: Budget, start: datetime, end: datetime | None, table: SpendTable = UsageRow
 ) -> Callable[..., Select[Any]]:
-    """A query of the given columns over ``budget``'s scope in ``[start, end)``."""
-    where, join = _scope_filter(budget, table)
-    at = time_column(table)
-    conditions: list[ColumnElement[bool]] = [at >= start]
-    if end is not None:
-        conditions.append(at < end)
-    if where is not None:
-        conditions.append(where)
-
-    def base(*columns: ColumnElement[Any]) -> Select[Any]:
-        query = select(*columns).select_from(table)
-        if join == "user":
-            query = query.join(User, table.user_id == User.id)
-        elif join == "team":
-            query = query.join(Team, table.team_id == Team.id)
-        return query.where(*conditions)
-
-    return base
+    """``engine.spend_query`` for ``budget``'s scope, its errors naming the budget."""
+    try:
+        return spend_query(budget.scope_kind, budget.scope_name, start, end, table)
+    except ValueError as exc:
+        raise ValueError(f"budget #{budget.id}: {exc}") from exc
 
 
 def windows_to_check(

@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..errors import ResourceExhausted, ServiceUnavailable
@@ -62,6 +62,8 @@ __all__ = [
     "Reservation",
     "build_budget_metrics",
     "paced",
+    "spend_column",
+    "spend_query",
 ]
 
 log = logging.getLogger("gemini_meter.budgets")
@@ -177,16 +179,58 @@ def refusal(entry: Entry, now: datetime) -> ResourceExhausted:
     )
 
 
-def _amount_column(budget: Budget, table: type[UsageRow] | type[UsageRollup]) -> Any:
-    if budget.unit is Unit.NANO_USD:
-        if budget.category is not None:
-            return getattr(table, f"cost_{budget.category}_usd")
-        return table.cost_usd
-    if budget.category is not None:
-        return getattr(table, f"{budget.category}_tokens")
+# Where a window's spend is read: the records, or their quarter-hour rollups.
+SpendTable = type[UsageRow] | type[UsageRollup]
+
+
+def spend_column(usd: bool, category: str | None, table: SpendTable) -> Any:
+    """What a budget counts of each row, as ``rules.usage_amount`` counts a record: the
+    cost or one category's, in USD; else the billed tokens (input, which includes
+    cached, plus intermediate, output and thinking) or one category's."""
+    if usd:
+        return table.cost_usd if category is None else getattr(table, f"cost_{category}_usd")
+    if category is not None:
+        return getattr(table, f"{category}_tokens")
     return (
         table.input_tokens + table.intermediate_tokens + table.output_tokens + table.thinking_tokens
     )
+
+
+def spend_query(
+    scope_kind: str,
+    scope_name: str | None,
+    start: datetime,
+    end: datetime | None,
+    table: SpendTable,
+) -> Callable[..., Select[Any]]:
+    """A query of the given columns over a scope's rows in ``[start, end)``: a user's or
+    a team's by name, a key's by id, or all of them (``global``). Raises ``ValueError``
+    for a scope no budget can have."""
+    at = time_column(table)
+    conditions: list[Any] = [at >= start]
+    if end is not None:
+        conditions.append(at < end)
+    join: tuple[Any, Any] | None = None
+    if scope_kind == "user":
+        join = (User, table.user_id == User.id)
+        conditions.append(User.name == scope_name)
+    elif scope_kind == "team":
+        join = (Team, table.team_id == Team.id)
+        conditions.append(Team.name == scope_name)
+    elif scope_kind == "key":
+        if not (scope_name or "").isdigit():
+            raise ValueError(f"key scope {scope_name!r} is not a key id")
+        conditions.append(table.key_id == int(scope_name or ""))
+    elif scope_kind != "global":
+        raise ValueError(f"unknown scope kind {scope_kind!r}")
+
+    def query(*columns: Any) -> Select[Any]:
+        selected = select(*columns).select_from(table)
+        if join is not None:
+            selected = selected.join(*join)
+        return selected.where(*conditions)
+
+    return query
 
 
 async def window_total(
@@ -195,24 +239,17 @@ async def window_total(
     """The database's spend for ``budget`` in ``[start, end)``, in the budget's unit: read
     from the quarter-hour rollups (``storage.schema.UsageRollup``), which a window's bounds
     always fall on, or summed over the records for bounds that do not."""
+    if budget.scope_kind == "key" and not (budget.scope_name or "").isdigit():
+        return 0
     table = rollup_table(start, end)
-    at = time_column(table)
-    query = select(func.sum(_amount_column(budget, table))).where(at >= start)
-    if end is not None:
-        query = query.where(at < end)
-    if budget.scope_kind == "user":
-        query = query.join(User, User.id == table.user_id).where(User.name == budget.scope_name)
-    elif budget.scope_kind == "team":
-        query = query.join(Team, Team.id == table.team_id).where(Team.name == budget.scope_name)
-    elif budget.scope_kind == "key":
-        name = budget.scope_name or ""
-        if not name.isdigit():
-            return 0
-        query = query.where(table.key_id == int(name))
-    total = (await session.execute(query)).scalar()
+    usd = budget.unit is Unit.NANO_USD
+    query = spend_query(budget.scope_kind, budget.scope_name, start, end, table)
+    total = (
+        await session.execute(query(func.sum(spend_column(usd, budget.category, table))))
+    ).scalar()
     if total is None:
         return 0
-    if budget.unit is Unit.NANO_USD:
+    if usd:
         return usd_to_nanos(Decimal(total))
     return int(total)
 

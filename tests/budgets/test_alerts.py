@@ -26,6 +26,8 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from proxy.budgets.alerts import AlertDelivery, AlertEvaluator
+from proxy.budgets.engine import window_total
+from proxy.budgets.rules import from_row
 from proxy.metering.records import Cost, Principal, Usage, UsageRecord
 from proxy.server.app import create_app
 from proxy.server.keys import seal
@@ -438,6 +440,49 @@ async def test_provisional_records_and_key_scope_count(
     )
     await AlertEvaluator(sessionmaker, clock=lambda: NOW).evaluate()
     assert [(a.threshold, a.spend) for a in await _alerts(sessionmaker)] == [("0.5", "0.55")]
+
+
+async def test_a_token_budget_alerts_on_what_enforcement_counts(
+    sessionmaker: async_sessionmaker[AsyncSession], make_record: Callable[..., UsageRecord]
+) -> None:
+    # A response whose total disagrees with its parts (total_mismatch): 60 input (20 of
+    # them cached) + 10 intermediate + 25 output + 5 thinking are 100 billed tokens, its
+    # totalTokenCount says 1,000. Enforcement counts the billed 100 (rules.usage_amount);
+    # the alert pass must reach the same figure, so 0.5 of 150 tokens alerts and 1.0 not.
+    async with sessionmaker.begin() as session:
+        erin = await _principal(session, "erin", "lab")
+    usage = Usage(
+        input_tokens=60,
+        cached_tokens=20,
+        intermediate_tokens=10,
+        output_tokens=25,
+        thinking_tokens=5,
+        total_tokens=1000,
+    )
+    await _insert(
+        sessionmaker,
+        [make_record(erin, created_at=datetime(2026, 11, 14, tzinfo=UTC), usage=usage)],
+    )
+    budget_id = await _add_budget(
+        sessionmaker,
+        scope_kind="user",
+        scope_name="erin",
+        limit_usd=None,
+        limit_tokens=150,
+        thresholds=["0.5", "1"],
+    )
+    await AlertEvaluator(sessionmaker, clock=lambda: NOW).evaluate()
+    [alert] = await _alerts(sessionmaker)
+    assert (alert.budget_id, alert.threshold, alert.spend) == (budget_id, "0.5", "100")
+    assert alert.payload["categories"][0] == {"category": "input", "spend": "40", "share": "0.4"}
+
+    async with sessionmaker() as session:
+        row = await session.get(BudgetRow, budget_id)
+        assert row is not None
+        budget = from_row(row, "UTC")
+        assert budget is not None
+        start, end = budget.bounds(NOW)
+        assert await window_total(session, budget, start, end) == 100
 
 
 # -------------------------------------------------------------------- delivery
