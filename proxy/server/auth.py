@@ -12,7 +12,11 @@ Two modes (``Settings.auth_mode``):
 Lookups are cached in memory for ``key_cache_ttl_seconds`` so the hot path does
 not query the database on every call; concurrent misses for one key share one
 query. Revocation therefore takes effect within the TTL; expiry exactly, since
-a key's cache entry never outlives its ``expires_at``.
+a key's cache entry never outlives its ``expires_at``. A key in use is read again
+in the background once its entry is half its TTL old (``_REFRESH_AT``; a failed read is
+tried again a tenth of the TTL later): calls go on with the cached answer meanwhile, so
+only a key's first call, or its first after a TTL without calls, waits on the database,
+never a key in steady use.
 
 Each call notes its key's use in memory (``note_use``); ``flush_key_use``,
 run once a minute by a background task in ``server.app`` and at shutdown,
@@ -63,6 +67,12 @@ log = logging.getLogger("gemini_meter.auth")
 # costs one query per few seconds rather than one per request.
 _NEGATIVE_TTL_SECONDS = 5.0
 _CACHE_LIMIT = 50_000
+# A known key's entry is read again in the background when this share of its TTL has
+# passed; a failed read is tried again after _RETRY_AFTER of it, until the TTL ends.
+_REFRESH_AT = 0.5
+_RETRY_AFTER = 0.1
+# Failed background reads are reported at most once per this many seconds, with their count.
+_REFRESH_REPORT_SECONDS = 60.0
 
 
 K = TypeVar("K")
@@ -73,26 +83,42 @@ class _TTLCache(Generic[K, V]):
     """A bounded LRU whose entries expire; the clock is injectable for tests."""
 
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        # key -> (expires, due for a refresh, value)
+        self._data: OrderedDict[K, tuple[float, float, V]] = OrderedDict()
         self._limit = limit
         self._clock = clock
 
     def get(self, key: K) -> tuple[bool, V | None]:
+        hit, value, _ = self.lookup(key)
+        return hit, value
+
+    def lookup(self, key: K) -> tuple[bool, V | None, bool]:
+        """``(hit, value, due)``: ``due`` once the entry has passed its refresh time."""
         item = self._data.get(key)
         if item is None:
-            return False, None
-        expires, value = item
-        if expires < self._clock():
+            return False, None, False
+        expires, due, value = item
+        now = self._clock()
+        if expires < now:
             del self._data[key]
-            return False, None
+            return False, None, False
         self._data.move_to_end(key)
-        return True, value
+        return True, value, due <= now
 
-    def put(self, key: K, value: V, ttl: float) -> None:
-        self._data[key] = (self._clock() + ttl, value)
+    def put(self, key: K, value: V, ttl: float, refresh: float | None = None) -> None:
+        """Keep ``value`` for ``ttl`` seconds, due for a refresh after ``refresh`` (default: never
+        before it expires)."""
+        now = self._clock()
+        self._data[key] = (now + ttl, now + (ttl if refresh is None else refresh), value)
         self._data.move_to_end(key)
         while len(self._data) > self._limit:
             self._data.popitem(last=False)
+
+    def postpone(self, key: K, seconds: float) -> None:
+        """Make the entry due for a refresh ``seconds`` from now; its expiry stays."""
+        item = self._data.get(key)
+        if item is not None:
+            self._data[key] = (item[0], self._clock() + seconds, item[2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +233,10 @@ class Authenticator:
         )
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
         self._commits: set[asyncio.Task[None]] = set()
+        self._refreshes: set[asyncio.Task[Principal | None]] = set()
+        self._clock = clock
+        self._refresh_failures = 0
+        self._refresh_reported = -float("inf")
         # key id -> when it was last used, since the last flush_key_use
         self._used: dict[int, datetime] = {}
 
@@ -234,12 +264,45 @@ class Authenticator:
         return principal
 
     async def _cached(self, cache_key: str, load: Loader) -> Principal | None:
-        hit, principal = self._principals.get(cache_key)
+        hit, principal, due = self._principals.lookup(cache_key)
         if hit:
+            if due and cache_key not in self._inflight:
+                self._refresh(cache_key, load)
             return principal
         pending = self._inflight.get(cache_key)
         if pending is not None:
             return await asyncio.shield(pending)
+        return await self._load(cache_key, load)
+
+    def _refresh(self, cache_key: str, load: Loader) -> None:
+        """Read a key again in the background; the calls meanwhile keep its cached answer."""
+        # Not due again until this read has had its chance: a database that is away costs
+        # one attempt per interval, not one per call.
+        self._principals.postpone(cache_key, self._ttl * _RETRY_AFTER)
+        task = asyncio.create_task(self._load(cache_key, load))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task[Principal | None]) -> None:
+        self._refreshes.discard(task)
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        # The entry holds until its TTL ends; a call after that reads the key itself. With
+        # the database away every key in use fails in turn: one report per interval.
+        self._refresh_failures += 1
+        now = self._clock()
+        if now - self._refresh_reported >= _REFRESH_REPORT_SECONDS:
+            log.warning(
+                "key refresh failed (%s; %d since the last report); cached answers hold "
+                "until their TTL ends",
+                type(exc).__name__,
+                self._refresh_failures,
+            )
+            self._refresh_failures = 0
+            self._refresh_reported = now
+
+    async def _load(self, cache_key: str, load: Loader) -> Principal | None:
+        """Read a key from the database and cache the answer; concurrent misses share it."""
         future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._inflight[cache_key] = future
         try:
@@ -253,11 +316,15 @@ class Authenticator:
             raise
         else:
             future.set_result(principal)
-            ttl = self._ttl if principal is not None else min(self._ttl, _NEGATIVE_TTL_SECONDS)
+            if principal is None:
+                # An unknown key is not refreshed: it is read again only when it is asked for.
+                self._principals.put(cache_key, None, min(self._ttl, _NEGATIVE_TTL_SECONDS))
+                return None
+            ttl = self._ttl
             if valid_until is not None:
                 # Never cache a key past its expiry.
                 ttl = max(0.0, min(ttl, (valid_until - datetime.now(UTC)).total_seconds()))
-            self._principals.put(cache_key, principal, ttl)
+            self._principals.put(cache_key, principal, ttl, refresh=self._ttl * _REFRESH_AT)
             return principal
         finally:
             del self._inflight[cache_key]
@@ -330,7 +397,10 @@ class Authenticator:
             await accounts.record_owner(session, interaction_id, principal, model)
 
     async def close(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) for owner commits that outlived their calls."""
+        """Wait (at most ``timeout``) for owner commits that outlived their calls, and stop
+        the key refreshes under way (nothing waits on them)."""
+        for refresh in self._refreshes:
+            refresh.cancel()
         if self._commits:
             await asyncio.wait(set(self._commits), timeout=timeout)
 

@@ -64,6 +64,26 @@ def test_ttl_cache_expires_and_evicts():
     assert cache.get("c") == (True, 3)
 
 
+def test_ttl_cache_entries_fall_due_for_a_refresh_before_they_expire():
+    now = [0.0]
+    cache: _TTLCache[str, int] = _TTLCache(limit=2, clock=lambda: now[0])
+    cache.put("a", 1, ttl=10, refresh=5)
+    cache.put("b", 2, ttl=10)  # no refresh time: never due before it expires
+    now[0] = 4
+    assert cache.lookup("a") == (True, 1, False)
+    now[0] = 5
+    assert cache.lookup("a") == (True, 1, True)
+    assert cache.lookup("b") == (True, 2, False)
+    cache.postpone("a", 3)  # due at 8; it still expires at 10
+    assert cache.lookup("a") == (True, 1, False)
+    now[0] = 8
+    assert cache.lookup("a") == (True, 1, True)
+    now[0] = 10.5
+    assert cache.lookup("a") == (False, None, False)
+    cache.postpone("a", 3)  # gone: nothing to postpone
+    assert cache.get("a") == (False, None)
+
+
 def test_sealed_values_read_back_only_with_the_same_secret():
     url = "https://hooks.example.test/services/T000/B000/secret-part"
     sealed = seal(b"secret-one", url)

@@ -1,0 +1,179 @@
+"""A key in steady use is read again in the background, never on a call's path.
+
+``Authenticator`` caches who a key is for ``key_cache_ttl_seconds`` (30 here). Half-way
+through, the next call starts a read of the key in the background and goes on with the
+cached answer. The database's reads are gated here: a call that returns while the read
+it started is held cannot have waited on it. Both databases, real rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.errors import Unauthenticated
+from proxy.metering.records import Principal
+from proxy.server.auth import Authenticator, PresentedKey
+from proxy.settings import Settings
+from proxy.storage import accounts
+
+TTL = 30.0
+SECRET = "refresh-test-secret"
+
+
+class GatedSessions:
+    """The real sessionmaker, with each session's start counted and held until ``gate`` opens."""
+
+    def __init__(self, real: async_sessionmaker[AsyncSession]) -> None:
+        self.real = real
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.reads = 0
+        self.failing = False
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncSession]:
+        self.reads += 1
+        await self.gate.wait()
+        if self.failing:
+            raise ConnectionRefusedError("the database is away")
+        async with self.real() as session:
+            yield session
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def issued(sessionmaker: async_sessionmaker[AsyncSession]) -> tuple[int, str]:
+    async with sessionmaker() as session:
+        info, key = await accounts.create_key(session, SECRET.encode(), "alice", "red")
+        await session.commit()
+    return info.id, key
+
+
+def _authenticator(sessions: GatedSessions, clock: Clock, tmp_path: object) -> Authenticator:
+    settings = Settings(
+        key_secret=SecretStr(SECRET), key_cache_ttl_seconds=TTL, journal_dir=f"{tmp_path}/j"
+    )
+    gated = cast(async_sessionmaker[AsyncSession], sessions)
+    return Authenticator(settings, gated, SECRET.encode(), clock=clock)
+
+
+async def _settled(auth: Authenticator) -> None:
+    """Every background read finished (the test's own wait, not the call's)."""
+    for _ in range(200):
+        if not auth._refreshes:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a background read never finished")
+
+
+async def _call(auth: Authenticator, key: str) -> Principal:
+    # A call that waited on a held read would never return: bound it.
+    return await asyncio.wait_for(auth.authenticate(PresentedKey(key, "header")), timeout=5)
+
+
+async def test_a_key_in_use_is_read_again_in_the_background(
+    sessionmaker: async_sessionmaker[AsyncSession], issued: tuple[int, str], tmp_path: object
+):
+    key_id, key = issued
+    sessions, clock = GatedSessions(sessionmaker), Clock()
+    auth = _authenticator(sessions, clock, tmp_path)
+    first = await _call(auth, key)
+    assert (first.user_name, sessions.reads) == ("alice", 1)
+
+    # Revoked by another process; this one still holds the key as alice's.
+    async with sessionmaker() as session:
+        assert await accounts.revoke_key(session, key_id)
+        await session.commit()
+
+    clock.now += TTL / 2 - 1  # before half the TTL: the cached answer, no read
+    assert await _call(auth, key) == first
+    assert sessions.reads == 1
+
+    sessions.gate.clear()
+    clock.now += 2  # past half the TTL: the call starts a read, and does not wait for it
+    assert await _call(auth, key) == first
+    assert sessions.reads == 2
+    clock.now += 1  # a read under way: no second one
+    assert await _call(auth, key) == first
+    assert sessions.reads == 2
+
+    sessions.gate.set()
+    await _settled(auth)
+    # The read saw the revocation: refused now, 15 s before the entry would have expired.
+    with pytest.raises(Unauthenticated):
+        await _call(auth, key)
+    assert sessions.reads == 2
+
+
+async def test_a_failed_background_read_keeps_the_answer_and_is_tried_once_per_interval(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    issued: tuple[int, str],
+    tmp_path: object,
+    caplog: pytest.LogCaptureFixture,
+):
+    _, key = issued
+    sessions, clock = GatedSessions(sessionmaker), Clock()
+    auth = _authenticator(sessions, clock, tmp_path)
+    first = await _call(auth, key)
+
+    sessions.failing = True
+    clock.now += TTL / 2 + 1
+    with caplog.at_level(logging.WARNING, logger="gemini_meter.auth"):
+        assert await _call(auth, key) == first
+        await _settled(auth)
+        assert sessions.reads == 2
+        # Not again on every call while the database is away: once per tenth of the TTL.
+        for _ in range(5):
+            clock.now += 0.5
+            assert await _call(auth, key) == first
+        assert sessions.reads == 2
+        clock.now += 1  # 3.5 s after the failed read: tried again, and failing again
+        assert await _call(auth, key) == first
+        await _settled(auth)
+        assert sessions.reads == 3
+    # One report for both failures, within a minute; no key material in it.
+    reports = [r.getMessage() for r in caplog.records if "key refresh failed" in r.getMessage()]
+    assert reports == [
+        "key refresh failed (ConnectionRefusedError; 1 since the last report); cached "
+        "answers hold until their TTL ends"
+    ]
+    assert key not in caplog.text
+
+    sessions.failing = False
+    clock.now += 3.5  # 8.5 s into the retries, still inside the TTL
+    assert await _call(auth, key) == first
+    await _settled(auth)
+    assert sessions.reads == 4
+    # That read succeeded: the entry runs a fresh TTL from it.
+    clock.now += TTL - 1
+    assert await _call(auth, key) == first
+    assert sessions.reads == 4 + 1  # due again at half of it, read in the background
+    await _settled(auth)
+
+
+async def test_an_unknown_key_is_not_read_in_the_background(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: object
+):
+    sessions, clock = GatedSessions(sessionmaker), Clock()
+    auth = _authenticator(sessions, clock, tmp_path)
+    for _ in range(3):
+        with pytest.raises(Unauthenticated):
+            await _call(auth, "gm-never-issued")
+        clock.now += 1.5  # within the 5 s a refusal is remembered
+    assert sessions.reads == 1
+    assert not auth._refreshes
