@@ -872,6 +872,84 @@ def startup_only(
     return starts, theirs
 
 
+def latency_against(config: Config, against: Path) -> list[Run]:
+    """Only the c=1 latency legs: direct calls, this copy's meter and the meter in ``against``
+    (a directory holding a ``proxy`` package, first on ``PYTHONPATH``), each leg plain and
+    streamed, ``config.reps`` repetitions in rotating order, against one stub.
+
+    Each meter has its own database (made by its own copy), so two copies of different
+    schemas compare too. For an A/B of one change's effect on the tail.
+    """
+    work = Path(tempfile.mkdtemp(prefix="gemini-meter-latency-"))
+    services: list[Service] = []
+    runs: list[Run] = []
+    try:
+        compile_bytecode()
+        source = against.resolve()
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(source / "proxy")], check=True
+        )
+        stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
+        services.append(stub)
+        legs = [Leg("direct", stub.port, "", DIRECT_KEY, None, None)]
+        for name, path in (("this copy", None), (f"`{against}`", source)):
+            meter = Meter.prepare(
+                f"meter-{len(legs)}",
+                work,
+                stub,
+                config.serve_args,
+                **({"PYTHONPATH": str(path)} if path else {}),
+            )
+            service = meter.launch()
+            services.append(service)
+            legs.append(Leg(name, service.port, "", meter.key, None, service.pid))
+        for leg in legs:
+            for stream in (False, True):
+                if config.warmup:
+                    run_wrk(leg, stub, stream=stream, concurrency=1, seconds=config.warmup, rep=-1)
+        for rep in range(config.reps):
+            shift = rep % len(legs)
+            for stream in (False, True):
+                for leg in legs[shift:] + legs[:shift]:
+                    runs.append(
+                        run_wrk(
+                            leg, stub, stream=stream, concurrency=1, seconds=config.seconds, rep=rep
+                        )
+                    )
+    except BaseException:
+        print(f"the run failed; its logs and databases are in {work}", file=sys.stderr)
+        raise
+    finally:
+        for service in reversed(services):
+            with contextlib.suppress(Exception):
+                service.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    return runs
+
+
+def render_latency(runs: Sequence[Run]) -> str:
+    """The c=1 latency table of ``latency_against``: medians over the repetitions, and
+    what each meter adds to the direct call's p50 and p99."""
+    lines = [
+        "| target | call | p50 ms | p99 ms | added p50 ms | added p99 ms | p99 of each rep |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for stream in (False, True):
+        direct = [r for r in runs if r.leg == "direct" and r.stream is stream]
+        base50 = median([r.p50_ms for r in direct])
+        base99 = median([r.p99_ms for r in direct])
+        for name in dict.fromkeys(r.leg for r in runs):
+            mine = [r for r in runs if r.leg == name and r.stream is stream]
+            p50, p99 = median([r.p50_ms for r in mine]), median([r.p99_ms for r in mine])
+            added = name != "direct"
+            lines.append(
+                f"| {name} | {'streamed' if stream else 'plain'} | {p50:.2f} | {p99:.2f} |"
+                f" {_f(p50 - base50) if added else '–'} | {_f(p99 - base99) if added else '–'} |"
+                f" {', '.join(f'{r.p99_ms:.2f}' for r in mine)} |"
+            )
+    return "\n".join(lines)
+
+
 def facts(service: Service) -> dict[str, Any]:
     return {
         "start_s": service.start_seconds,
@@ -1183,6 +1261,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --startup-only: interleave as many launches of the proxy package in DIR "
         "(a checkout of another commit, e.g. from `git archive`) and print its figure too",
     )
+    parser.add_argument(
+        "--latency-against",
+        type=Path,
+        metavar="DIR",
+        help="only the c=1 latency legs (plain and streamed, --reps of --seconds each): "
+        "direct calls, this copy's meter and the proxy package in DIR, interleaved",
+    )
     return parser.parse_args(argv)
 
 
@@ -1239,6 +1324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: install Debian's package (apt-get install wrk)", file=sys.stderr)
         return 2
+    if args.latency_against is not None:
+        load = os.getloadavg()[0]
+        print(render_latency(latency_against(config_from(args), args.latency_against)))
+        print(
+            f"\nLoad average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."
+        )
+        return 0
     if args.smoke and args.write:
         print("a smoke run's figures mean nothing: --write needs a full run", file=sys.stderr)
         return 2
