@@ -874,8 +874,9 @@ def startup_only(
 
 def latency_against(config: Config, against: Path) -> list[Run]:
     """Only the c=1 latency legs: direct calls, this copy's meter and the meter in ``against``
-    (a directory holding a ``proxy`` package, first on ``PYTHONPATH``), each leg plain and
-    streamed, ``config.reps`` repetitions in rotating order, against one stub.
+    (a checkout, or a directory holding its ``proxy`` package and ``migrations``, first on
+    ``PYTHONPATH``), each leg plain and streamed, ``config.reps`` repetitions in rotating
+    order, against one stub.
 
     Each meter has its own database (made by its own copy), so two copies of different
     schemas compare too. For an A/B of one change's effect on the tail.
@@ -1266,7 +1267,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="only the c=1 latency legs (plain and streamed, --reps of --seconds each): "
-        "direct calls, this copy's meter and the proxy package in DIR, interleaved",
+        "direct calls, this copy's meter and the one in DIR (a checkout of another commit, "
+        "or its proxy and migrations from `git archive`), interleaved",
     )
     return parser.parse_args(argv)
 

@@ -26,9 +26,11 @@ from benchmarks.compare import (
     Config,
     Outcome,
     Run,
+    latency_against,
     parse_wrk,
     problems,
     render,
+    render_latency,
     reproduce,
     startup_only,
     write_section,
@@ -169,6 +171,41 @@ def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path
     assert all(wall > 0 and cpu > 0 for wall, cpu in mine + theirs)
     # The run's key is made by this copy; each launch of the other copy loads its serve.py.
     assert marks.read_text() == "old old "
+
+
+@needs_wrk
+def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path: Path):
+    # The other copy: this checkout's package and migrations (it makes its own database),
+    # its serve command leaving a mark when it loads.
+    shutil.copytree(ROOT / "proxy", tmp_path / "old" / "proxy")
+    shutil.copytree(ROOT / "migrations", tmp_path / "old" / "migrations")
+    marks = tmp_path / "marks"
+    with (tmp_path / "old" / "proxy" / "cli" / "serve.py").open("a") as serve:
+        serve.write(f"\nopen({str(marks)!r}, 'a').write('old ')\n")
+    config = Config(
+        seconds=1,
+        reps=1,
+        concurrency=[1],
+        litellm=False,
+        warmup=0,
+        streams=1,
+        big_bytes=2**20,
+        held_chunks=1,
+        held_delay_ms=10,
+        starts=0,
+        serve_args=[],
+        smoke=True,
+    )
+    runs = latency_against(config, tmp_path / "old")
+    other = f"`{tmp_path / 'old'}`"
+    assert sorted((r.leg, r.stream) for r in runs) == sorted(
+        (leg, stream) for leg in ("direct", "this copy", other) for stream in (False, True)
+    )
+    assert all(r.ok > 0 and r.errors == 0 and r.concurrency == 1 for r in runs)
+    # The other copy ran both its commands: `keys create` (its own database) and `serve`.
+    assert marks.read_text() == "old old "
+    table = render_latency(runs)
+    assert f"| {other} | streamed |" in table and "| direct | plain |" in table
 
 
 def test_a_write_replaces_its_own_section_and_keeps_the_others(tmp_path: Path):
