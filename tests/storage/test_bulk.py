@@ -508,6 +508,31 @@ def test_a_timestamp_is_bound_as_sqlalchemy_binds_it(dialect, value):
         assert got == ("value", "2026-03-02 04:59:58.123456")
 
 
+@pytest.mark.parametrize("dialect", _DIALECTS)
+@pytest.mark.parametrize("value", [True, False, None, 1, 0, 2, "yes", 1.0])
+def test_a_flag_is_bound_as_sqlalchemy_binds_it(dialect, value):
+    # On SQLite the reference is SQLAlchemy's own bind processor for Boolean (1 or 0, and
+    # an error for what is not a bool). asyncpg's COPY takes the bool itself.
+    column = table_of(UsageRow).c.streamed
+    reference = column.type.dialect_impl(dialect).bind_processor(dialect)
+    convert = row_converter(table_of(UsageRow), ["streamed"], dialect)
+
+    def fast(flag):
+        try:
+            return convert([(flag,)])[0][0]
+        except RowRefused as exc:
+            raise ValueError(str(exc)) from exc
+
+    def expected_of(flag):
+        return reference(flag) if dialect.name == "sqlite" else flag
+
+    expected, got = _outcome(expected_of, value), _outcome(fast, value)
+    assert got == expected
+    if dialect.name == "sqlite" and isinstance(value, bool):
+        # an int, which sqlite3 binds without its adapter lookup
+        assert got == ("value", int(value)) and type(got[1]) is int
+
+
 def test_a_timestamp_is_stored_on_sqlite_as_utc_wall_time_with_microseconds():
     convert = row_converter(table_of(UsageRow), ["created_at"], aiosqlite_dialect())
     # 23:59:58 at UTC-5 is 04:59:58 the next day in UTC; whole seconds keep ".000000"
