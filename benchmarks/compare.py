@@ -687,9 +687,7 @@ def scenarios(config: Config) -> Iterator[tuple[bool, int]]:
 async def run(config: Config) -> Outcome:
     outcome = Outcome(config)
     outcome.load.append(os.getloadavg()[0])
-    work = Path(tempfile.mkdtemp(prefix="gemini-meter-compare-"))
-    services: list[Service] = []
-    try:
+    with workspace("gemini-meter-compare-") as (work, services):
         compile_bytecode()
         stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
         services.append(stub)
@@ -794,17 +792,34 @@ async def run(config: Config) -> Outcome:
             "records": memory.records(),
             "received": received(stub, memory.upstream_key),
         }
+    outcome.load.append(os.getloadavg()[0])
+    return outcome
+
+
+@contextlib.contextmanager
+def workspace(prefix: str) -> Iterator[tuple[Path, list[Service]]]:
+    """A scratch directory and the services a run starts there: every service is stopped at
+    the end; the directory is removed after a run that succeeded, and named after one that
+    failed (each process's log and database are in it)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    services: list[Service] = []
+    try:
+        yield work, services
     except BaseException:
-        # Each process's log is there: say where.
         print(f"the run failed; its logs and databases are in {work}", file=sys.stderr)
         raise
     finally:
         for service in reversed(services):
             with contextlib.suppress(Exception):
                 service.stop()
-    outcome.load.append(os.getloadavg()[0])
     shutil.rmtree(work, ignore_errors=True)
-    return outcome
+
+
+def compile_copy(source: Path) -> Path:
+    """``source`` (another copy's checkout) resolved, its package's bytecode compiled."""
+    resolved = source.resolve()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(resolved / "proxy")], check=True)
+    return resolved
 
 
 def compile_bytecode() -> None:
@@ -841,34 +856,21 @@ def startup_only(
     same database (made by this copy: both must agree on its schema); its figures are the
     second list. Put first on ``PYTHONPATH``, its package shadows the installed one.
     """
-    work = Path(tempfile.mkdtemp(prefix="gemini-meter-starts-"))
-    stub: Service | None = None
     starts: list[tuple[float, float]] = []
     theirs: list[tuple[float, float]] = []
-    try:
+    with workspace("gemini-meter-starts-") as (work, services):
         compile_bytecode()
         stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
+        services.append(stub)
         meter = Meter.prepare("meter", work, stub, config.serve_args)
         if against is None:
             starts = time_starts(meter, config.starts)
         else:
-            source = against.resolve()
-            subprocess.run(
-                [sys.executable, "-m", "compileall", "-q", str(source / "proxy")], check=True
-            )
-            other = replace(meter, env={**meter.env, "PYTHONPATH": str(source)})
+            other = replace(meter, env={**meter.env, "PYTHONPATH": str(compile_copy(against))})
             for launch in range(config.starts):
                 pair = (meter, other) if launch % 2 == 0 else (other, meter)
                 for each in pair:
                     (starts if each is meter else theirs).extend(time_starts(each, 1))
-    except BaseException:
-        print(f"the run failed; its logs and databases are in {work}", file=sys.stderr)
-        raise
-    finally:
-        if stub is not None:
-            with contextlib.suppress(Exception):
-                stub.stop()
-    shutil.rmtree(work, ignore_errors=True)
     return starts, theirs
 
 
@@ -881,15 +883,10 @@ def latency_against(config: Config, against: Path) -> list[Run]:
     Each meter has its own database (made by its own copy), so two copies of different
     schemas compare too. For an A/B of one change's effect on the tail.
     """
-    work = Path(tempfile.mkdtemp(prefix="gemini-meter-latency-"))
-    services: list[Service] = []
     runs: list[Run] = []
-    try:
+    with workspace("gemini-meter-latency-") as (work, services):
         compile_bytecode()
-        source = against.resolve()
-        subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", str(source / "proxy")], check=True
-        )
+        source = compile_copy(against)
         stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
         services.append(stub)
         legs = [Leg("direct", stub.port, "", DIRECT_KEY, None, None)]
@@ -917,14 +914,6 @@ def latency_against(config: Config, against: Path) -> list[Run]:
                             leg, stub, stream=stream, concurrency=1, seconds=config.seconds, rep=rep
                         )
                     )
-    except BaseException:
-        print(f"the run failed; its logs and databases are in {work}", file=sys.stderr)
-        raise
-    finally:
-        for service in reversed(services):
-            with contextlib.suppress(Exception):
-                service.stop()
-    shutil.rmtree(work, ignore_errors=True)
     return runs
 
 
