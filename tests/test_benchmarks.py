@@ -146,13 +146,20 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
     assert "Reproduce: `python benchmarks/compare.py --smoke`" in done.stdout
 
 
-def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path: Path):
-    # The other copy: this package, whose serve command leaves a mark each time it loads.
-    shutil.copytree(ROOT / "proxy", tmp_path / "old" / "proxy")
+def _other_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """Another copy of this checkout's package and migrations, whose serve command (loaded by
+    every command, `keys create` too) leaves a mark in the file returned second."""
+    copy = tmp_path / "old"
+    shutil.copytree(ROOT / "proxy", copy / "proxy")
+    shutil.copytree(ROOT / "migrations", copy / "migrations")
     marks = tmp_path / "marks"
-    with (tmp_path / "old" / "proxy" / "cli" / "serve.py").open("a") as serve:
+    with (copy / "proxy" / "cli" / "serve.py").open("a") as serve:
         serve.write(f"\nopen({str(marks)!r}, 'a').write('old ')\n")
-    config = Config(
+    return copy, marks
+
+
+def _brief(starts: int) -> Config:
+    return Config(
         seconds=1,
         reps=1,
         concurrency=[1],
@@ -162,11 +169,15 @@ def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path
         big_bytes=2**20,
         held_chunks=1,
         held_delay_ms=10,
-        starts=2,
+        starts=starts,
         serve_args=[],
         smoke=True,
     )
-    mine, theirs = startup_only(config, tmp_path / "old")
+
+
+def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path: Path):
+    copy, marks = _other_copy(tmp_path)
+    mine, theirs = startup_only(_brief(starts=2), copy)
     assert len(mine) == len(theirs) == 2
     assert all(wall > 0 and cpu > 0 for wall, cpu in mine + theirs)
     # The run's key is made by this copy; each launch of the other copy loads its serve.py.
@@ -175,29 +186,9 @@ def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path
 
 @needs_wrk
 def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path: Path):
-    # The other copy: this checkout's package and migrations (it makes its own database),
-    # its serve command leaving a mark when it loads.
-    shutil.copytree(ROOT / "proxy", tmp_path / "old" / "proxy")
-    shutil.copytree(ROOT / "migrations", tmp_path / "old" / "migrations")
-    marks = tmp_path / "marks"
-    with (tmp_path / "old" / "proxy" / "cli" / "serve.py").open("a") as serve:
-        serve.write(f"\nopen({str(marks)!r}, 'a').write('old ')\n")
-    config = Config(
-        seconds=1,
-        reps=1,
-        concurrency=[1],
-        litellm=False,
-        warmup=0,
-        streams=1,
-        big_bytes=2**20,
-        held_chunks=1,
-        held_delay_ms=10,
-        starts=0,
-        serve_args=[],
-        smoke=True,
-    )
-    runs = latency_against(config, tmp_path / "old")
-    other = f"`{tmp_path / 'old'}`"
+    copy, marks = _other_copy(tmp_path)
+    runs = latency_against(_brief(starts=0), copy)
+    other = f"`{copy}`"
     assert sorted((r.leg, r.stream) for r in runs) == sorted(
         (leg, stream) for leg in ("direct", "this copy", other) for stream in (False, True)
     )
