@@ -177,3 +177,22 @@ async def test_an_unknown_key_is_not_read_in_the_background(
         clock.now += 1.5  # within the 5 s a refusal is remembered
     assert sessions.reads == 1
     assert not auth._refreshes
+
+
+async def test_close_stops_a_background_read_under_way(
+    sessionmaker: async_sessionmaker[AsyncSession], issued: tuple[int, str], tmp_path: object
+):
+    _, key = issued
+    sessions, clock = GatedSessions(sessionmaker), Clock()
+    auth = _authenticator(sessions, clock, tmp_path)
+    first = await _call(auth, key)
+    sessions.gate.clear()
+    clock.now += TTL / 2 + 1
+    assert await _call(auth, key) == first  # its read is held
+    (refresh,) = auth._refreshes
+    await asyncio.wait_for(auth.close(timeout=1), timeout=5)
+    await asyncio.wait([refresh], timeout=5)
+    assert refresh.cancelled()
+    assert not auth._refreshes and not auth._inflight
+    # the answer it had stays until its TTL ends
+    assert await _call(auth, key) == first
