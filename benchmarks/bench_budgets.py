@@ -56,9 +56,9 @@ from proxy.storage.writes import USAGE_COLUMNS  # noqa: E402
 SEED_RECORDS = 1_000
 
 
-async def fill(url: str, records: int) -> int:
-    """Write ``SEED_RECORDS`` records through the writer, copy them up to ``records``;
-    returns the user's id (the budget's scope is that user)."""
+async def fill(url: str, records: int) -> None:
+    """Write ``SEED_RECORDS`` records through the writer, copy them up to ``records``, and
+    add the budget on their user."""
     engine = make_engine(url)
     sessionmaker = make_sessionmaker(engine)
     try:
@@ -101,7 +101,6 @@ async def fill(url: str, records: int) -> int:
                     webhook_format="json",
                 )
             )
-        return principal.user_id
     finally:
         await engine.dispose()
 

@@ -53,15 +53,9 @@ from sqlalchemy import cast as cast_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..server.keys import unseal
-from ..storage.schema import (
-    BudgetAlert,
-    BudgetRow,
-    UsageRow,
-    rollup_table,
-    utcnow,
-)
+from ..storage.schema import BudgetAlert, BudgetRow, SpendTable, UsageRow, rollup_table, utcnow
 from ..storage.writes import insert_ignoring, table_of
-from .engine import SpendTable, paced, spend_column, spend_query
+from .engine import paced, spend_column, spend_query
 from .windows import Window, window_bounds
 
 __all__ = [

@@ -41,7 +41,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..errors import ResourceExhausted, ServiceUnavailable
 from ..metering.records import Principal, UsageRecord
 from ..settings import RedisFailure, Settings
-from ..storage.schema import BudgetRow, Team, UsageRollup, UsageRow, User, rollup_table, time_column
+from ..storage.schema import (
+    BudgetRow,
+    SpendTable,
+    Team,
+    User,
+    rollup_table,
+    time_column,
+)
 from .counters import CellKey, Entry, LocalCounters, RedisCounters
 from .estimate import Estimate
 from .rules import (
@@ -177,10 +184,6 @@ def refusal(entry: Entry, now: datetime) -> ResourceExhausted:
         f"{_iso(entry.end, budget)} (in {seconds} s).",
         headers={"Retry-After": str(seconds)},
     )
-
-
-# Where a window's spend is read: the records, or their quarter-hour rollups.
-SpendTable = type[UsageRow] | type[UsageRollup]
 
 
 def spend_column(usd: bool, category: str | None, table: SpendTable) -> Any:

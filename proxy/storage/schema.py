@@ -75,6 +75,7 @@ __all__ = [
     "Resource",
     "ResourceKind",
     "RollupMoney",
+    "SpendTable",
     "Team",
     "UTCDateTime",
     "UsageRollup",
@@ -437,7 +438,11 @@ ROLLUP_BUCKET = timedelta(minutes=15)
 _ROLLUP_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def rollup_table(start: datetime, end: datetime | None) -> type[UsageRow] | type[UsageRollup]:
+# Where a window's spend is read: the records, or their quarter-hour rollups.
+SpendTable = type[UsageRow] | type[UsageRollup]
+
+
+def rollup_table(start: datetime, end: datetime | None) -> SpendTable:
     """Where the spend of ``[start, end)`` is read: ``UsageRollup`` when both bounds are
     on its quarter hours (every window's are), else the records themselves."""
     aligned = all(
@@ -447,7 +452,7 @@ def rollup_table(start: datetime, end: datetime | None) -> type[UsageRow] | type
     return UsageRollup if aligned else UsageRow
 
 
-def time_column(table: type[UsageRow] | type[UsageRollup]) -> Any:
+def time_column(table: SpendTable) -> Any:
     """The column a window's bounds compare with: a record's time, or its bucket."""
     return UsageRollup.bucket if table is UsageRollup else UsageRow.created_at
 

@@ -1,7 +1,8 @@
 """The budget tasks that read spend back from the database pace themselves.
 
-A refresh or an alert pass sums a window's records, so it takes longer as windows fill
-(benchmarks/bench_budgets.py). Each waits at least ``PACE`` times its last pass's
+A refresh or an alert pass reads a window's spend back from the database (its rollups;
+the records themselves for an alert's split), which takes longer on a slow or busy
+database (benchmarks/bench_budgets.py). Each waits at least ``PACE`` times its last pass's
 duration before the next, however short its interval: checked on the gaps between passes
 that take a tenth of a second, against intervals a tenth of that. The passes are stand-ins
 that only sleep; the loops that schedule them are the real ones. Slowness of the machine

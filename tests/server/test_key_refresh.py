@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -64,12 +66,23 @@ async def issued(sessionmaker: async_sessionmaker[AsyncSession]) -> tuple[int, s
     return info.id, key
 
 
-def _authenticator(sessions: GatedSessions, clock: Clock, tmp_path: object) -> Authenticator:
+@dataclass
+class Gated:
+    """An ``Authenticator`` over gated sessions, on a clock the test moves."""
+
+    auth: Authenticator
+    sessions: GatedSessions
+    clock: Clock
+
+
+@pytest.fixture
+def gated(sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path) -> Gated:
+    sessions, clock = GatedSessions(sessionmaker), Clock()
     settings = Settings(
-        key_secret=SecretStr(SECRET), key_cache_ttl_seconds=TTL, journal_dir=f"{tmp_path}/j"
+        key_secret=SecretStr(SECRET), key_cache_ttl_seconds=TTL, journal_dir=tmp_path / "j"
     )
     gated = cast(async_sessionmaker[AsyncSession], sessions)
-    return Authenticator(settings, gated, SECRET.encode(), clock=clock)
+    return Gated(Authenticator(settings, gated, SECRET.encode(), clock=clock), sessions, clock)
 
 
 async def _settled(auth: Authenticator) -> None:
@@ -87,11 +100,10 @@ async def _call(auth: Authenticator, key: str) -> Principal:
 
 
 async def test_a_key_in_use_is_read_again_in_the_background(
-    sessionmaker: async_sessionmaker[AsyncSession], issued: tuple[int, str], tmp_path: object
+    sessionmaker: async_sessionmaker[AsyncSession], issued: tuple[int, str], gated: Gated
 ):
     key_id, key = issued
-    sessions, clock = GatedSessions(sessionmaker), Clock()
-    auth = _authenticator(sessions, clock, tmp_path)
+    auth, sessions, clock = gated.auth, gated.sessions, gated.clock
     first = await _call(auth, key)
     assert (first.user_name, sessions.reads) == ("alice", 1)
 
@@ -121,14 +133,10 @@ async def test_a_key_in_use_is_read_again_in_the_background(
 
 
 async def test_a_failed_background_read_keeps_the_answer_and_is_tried_once_per_interval(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    issued: tuple[int, str],
-    tmp_path: object,
-    caplog: pytest.LogCaptureFixture,
+    issued: tuple[int, str], gated: Gated, caplog: pytest.LogCaptureFixture
 ):
     _, key = issued
-    sessions, clock = GatedSessions(sessionmaker), Clock()
-    auth = _authenticator(sessions, clock, tmp_path)
+    auth, sessions, clock = gated.auth, gated.sessions, gated.clock
     first = await _call(auth, key)
 
     sessions.failing = True
@@ -166,11 +174,8 @@ async def test_a_failed_background_read_keeps_the_answer_and_is_tried_once_per_i
     await _settled(auth)
 
 
-async def test_an_unknown_key_is_not_read_in_the_background(
-    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: object
-):
-    sessions, clock = GatedSessions(sessionmaker), Clock()
-    auth = _authenticator(sessions, clock, tmp_path)
+async def test_an_unknown_key_is_not_read_in_the_background(gated: Gated):
+    auth, sessions, clock = gated.auth, gated.sessions, gated.clock
     for _ in range(3):
         with pytest.raises(Unauthenticated):
             await _call(auth, "gm-never-issued")
@@ -179,12 +184,9 @@ async def test_an_unknown_key_is_not_read_in_the_background(
     assert not auth._refreshes
 
 
-async def test_close_stops_a_background_read_under_way(
-    sessionmaker: async_sessionmaker[AsyncSession], issued: tuple[int, str], tmp_path: object
-):
+async def test_close_stops_a_background_read_under_way(issued: tuple[int, str], gated: Gated):
     _, key = issued
-    sessions, clock = GatedSessions(sessionmaker), Clock()
-    auth = _authenticator(sessions, clock, tmp_path)
+    auth, sessions, clock = gated.auth, gated.sessions, gated.clock
     first = await _call(auth, key)
     sessions.gate.clear()
     clock.now += TTL / 2 + 1
