@@ -77,7 +77,7 @@ MODELS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3.5-flash", "gemini-2.5-
 # Issue 10's targets, records/s the writer sustains, the durable journal on.
 TARGETS = {"sqlite": 10_000, "postgresql": 20_000}
 # The journal as the app opens it by default: a group commit gathers this long.
-SYNC_INTERVAL = Settings.model_fields["journal_sync_interval_ms"].default / 1000
+SYNC_INTERVAL = Settings.journal_sync_interval_ms / 1000
 
 
 # ------------------------------------------------------------------ records

@@ -42,7 +42,6 @@ from google import genai
 from google.genai import interactions as gi
 from google.genai import types
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from proxy.emulator import (
@@ -55,7 +54,7 @@ from proxy.metering.records import Cost, EndpointKind, Usage, UsageRecord
 from proxy.pricing import load_catalog
 from proxy.server.app import ProxyRunner, create_app
 from proxy.server.typedefs import sessionmaker_key, settings_key, writer_key
-from proxy.settings import Settings
+from proxy.settings import Secret, Settings
 from proxy.storage import accounts
 from proxy.storage.schema import Base, BudgetRow
 from proxy.storage.writes import insert_usage_rows, usage_values
@@ -183,9 +182,9 @@ async def start_stack(
         upstream = await wrap_upstream(emulator_url)
     values: dict[str, Any] = {
         "upstream": upstream or emulator_url,
-        "upstream_api_key": SecretStr(UPSTREAM_KEY),
+        "upstream_api_key": Secret(UPSTREAM_KEY),
         "database_url": database_url,
-        "key_secret": SecretStr("test-secret"),
+        "key_secret": Secret("test-secret"),
         "key_secret_file": tmp_path / "secret",
         "writer_flush_interval_seconds": 0.05,
         "upstream_read_timeout_seconds": 5.0,

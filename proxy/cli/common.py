@@ -32,7 +32,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from ..settings import Settings
+    from ..settings import Problem, Settings
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 else:
@@ -176,19 +176,17 @@ def where_to_set(field: str, args: argparse.Namespace | None = None) -> str:
     return env
 
 
-def _problem(error: dict[str, Any], args: argparse.Namespace) -> str:
-    # pydantic prefixes a validator's message with "Value error, "; the reader
-    # needs only the reason.
-    message = str(error["msg"]).removeprefix("Value error, ")
-    loc = error.get("loc") or ()
-    if not loc:
-        return message
-    field = str(loc[0])
-    if error.get("type") == "extra_forbidden":
+def _problem(problem: Problem, args: argparse.Namespace) -> str:
+    if problem.field is None:
+        return problem.message
+    if problem.unknown:
         # Unknown GEMINI_METER_* variables are ignored, so this came from the file.
-        return f"unknown setting {field!r} in the settings file (--config or GEMINI_METER_CONFIG)"
-    text = f"{where_to_set(field, args)}: {message}"
-    if field == "upstream_api_key":
+        return (
+            f"unknown setting {problem.field!r} in the settings file "
+            "(--config or GEMINI_METER_CONFIG)"
+        )
+    text = f"{where_to_set(problem.field, args)}: {problem.message}"
+    if problem.field == "upstream_api_key":
         text += f"; {OFFLINE_HINT}"
     return text
 
@@ -196,9 +194,7 @@ def _problem(error: dict[str, Any], args: argparse.Namespace) -> str:
 def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
     import tomllib
 
-    from pydantic import ValidationError
-
-    from ..settings import load_settings
+    from ..settings import SettingsError, load_settings
 
     config: Path | None = getattr(args, "config", None)
     if config is not None and not config.is_file():
@@ -209,8 +205,8 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
         os.environ["GEMINI_METER_CONFIG"] = str(config)
     try:
         return load_settings(**flags)
-    except ValidationError as exc:
-        raise ConfigError("; ".join(_problem(dict(e), args) for e in exc.errors())) from exc
+    except SettingsError as exc:
+        raise ConfigError("; ".join(_problem(p, args) for p in exc.problems)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"settings file is not valid TOML: {exc}") from exc
     finally:

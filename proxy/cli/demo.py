@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import SecretStr
 
 from ..emulator import EmulatorConfig, create_emulator_app
 from ..server.app import create_app
 from ..server.typedefs import sessionmaker_key, writer_key
-from ..settings import Settings
+from ..settings import Secret, Settings
 from ..storage import accounts, reports
 from .format import render
 
@@ -118,7 +117,7 @@ async def run_demo(directory: Path | None = None) -> int:
     emulator, upstream = await _start(create_emulator_app(EmulatorConfig()))
     settings = Settings(
         upstream=upstream,
-        upstream_api_key=SecretStr("demo-upstream-key"),
+        upstream_api_key=Secret("demo-upstream-key"),
         database_url=f"sqlite+aiosqlite:///{workdir / 'gemini-meter.db'}",
         key_secret_file=workdir / "gemini-meter.secret",
         price_catalog=None,

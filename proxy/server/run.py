@@ -86,7 +86,7 @@ def _worker(settings: Settings, index: int, access_log: AccessLog | None, level:
     )
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
     assert settings.metrics_port is not None  # the settings require it with workers
-    mine = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
+    mine = settings.replace(metrics_port=settings.metrics_port + index)
     # The supervisor handles SIGINT (a terminal's ^C reaches the whole group) and
     # passes SIGTERM on: a worker drains once, on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -18,12 +18,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from pydantic import SecretStr
 
 from proxy.cli.main import main
 from proxy.server.keys import unseal
 from proxy.server.typedefs import sessionmaker_key
-from proxy.settings import Settings
+from proxy.settings import Secret, Settings
 from proxy.storage import budgets
 from tests.factories import Stack, StackFactory
 
@@ -33,7 +32,7 @@ SETTINGS_ENV = (
     "GEMINI_METER_CONFIG",
     "GEMINI_METER_LOG_LEVEL",
     "GEMINI_METER_ADMIN_URL",
-    *(f"GEMINI_METER_{name.upper()}" for name in Settings.model_fields),
+    *(f"GEMINI_METER_{name.upper()}" for name in Settings.names()),
 )
 
 
@@ -158,7 +157,7 @@ async def gemini_meter(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
 
 
 async def test_budgets_through_the_admin_api(make_stack: StackFactory, tmp_path: Path) -> None:
-    stack: Stack = await make_stack(admin_token=SecretStr(TOKEN))
+    stack: Stack = await make_stack(admin_token=Secret(TOKEN))
     # No database at all for the CLI: everything must go through the API.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEMINI_METER_")}
     env["GEMINI_METER_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'not-used.db'}"

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import SecretStr
-
 from proxy.budgets.model import BudgetSpec
 from proxy.server.typedefs import sessionmaker_key
+from proxy.settings import Secret
 from proxy.storage import accounts, budgets
 from tests.factories import Stack, StackFactory, gemini_error, raw, sqlite_only
 
@@ -131,6 +130,6 @@ async def test_budgets_are_those_that_apply_to_the_caller(stack: Stack) -> None:
 
 async def test_admin_token_is_not_a_virtual_key(make_stack: StackFactory) -> None:
     token = "admin-token-0123456789abcdef"
-    stack = await make_stack(admin_token=SecretStr(token))
+    stack = await make_stack(admin_token=Secret(token))
     status, _, _ = await raw("GET", stack.url("/meter/v1/usage"), headers={"x-goog-api-key": token})
     assert status == 401

@@ -10,9 +10,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import SecretStr
 
 from proxy.admin.openapi import openapi_document
+from proxy.settings import Secret
 from tests.factories import Stack, StackFactory, add_spend, gemini_error, raw
 
 TOKEN = "admin-token-0123456789abcdef"
@@ -21,7 +21,7 @@ BEARER = {"authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 async def admin(make_stack: StackFactory) -> Stack:
-    return await make_stack(admin_token=SecretStr(TOKEN))
+    return await make_stack(admin_token=Secret(TOKEN))
 
 
 async def records(stack: Stack, query: str = "") -> tuple[int, bytes]:

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 from google.genai import types
-from pydantic import SecretStr
 
 from proxy.admin import ui
 from proxy.server.typedefs import budgets_key
+from proxy.settings import Secret
 from tests.factories import Stack, StackFactory, add_budget, gemini_error, raw, sqlite_only
 
 TOKEN = "admin-token-0123456789abcdef"
@@ -54,7 +54,7 @@ needs_chromium = pytest.mark.skipif(
 
 @pytest.fixture
 async def admin(make_stack: StackFactory) -> Stack:
-    return await make_stack(admin_token=SecretStr(TOKEN))
+    return await make_stack(admin_token=Secret(TOKEN))
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -37,7 +36,7 @@ from proxy.server.typedefs import (
     metrics_key,
     sessionmaker_key,
 )
-from proxy.settings import Settings
+from proxy.settings import Secret, Settings
 from proxy.storage import accounts
 from proxy.storage.schema import BudgetAlert, BudgetRow
 from proxy.storage.writes import insert_usage_rows, usage_values
@@ -613,9 +612,9 @@ async def test_two_workers_deliver_each_alert_once(
 def _settings(database_url: str, tmp_path: Any, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "upstream": "http://127.0.0.1:9",
-        "upstream_api_key": SecretStr("upstream-secret-key"),
+        "upstream_api_key": Secret("upstream-secret-key"),
         "database_url": database_url,
-        "key_secret": SecretStr(SECRET.decode()),
+        "key_secret": Secret(SECRET.decode()),
         "key_secret_file": tmp_path / "secret",
         "journal_dir": tmp_path / f"journal-{uuid.uuid4().hex[:8]}",
         "alert_interval_seconds": 0.1,

@@ -25,11 +25,11 @@ import pytest
 import redis.asyncio
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
 from proxy.budgets.rules import usd_to_nanos
 from proxy.server.app import create_app
 from proxy.server.typedefs import budgets_key, writer_key
+from proxy.settings import Secret
 from tests.budgets.helpers import RESERVATION, call, forwarded, probe_cost, spend_of
 from tests.factories import Stack, StackFactory, add_budget, add_spend, gemini_error, raw
 
@@ -66,7 +66,7 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 async def second_process(stack: Stack, proxy_server: Any, tmp_path: Any) -> TestServer:
     """Another proxy on the same settings (database, secret, Redis), its own journal."""
-    settings = stack.settings.model_copy(update={"journal_dir": tmp_path / "journal-second"})
+    settings = stack.settings.replace(journal_dir=tmp_path / "journal-second")
     server: TestServer = await proxy_server(create_app(settings, registry=CollectorRegistry()))
     return server
 
@@ -105,7 +105,7 @@ async def test_with_redis_two_processes_share_one_count(
     stack = await make_stack(
         budget_reserve_usd=Decimal("0.001"),
         budget_refresh_seconds=3600.0,
-        redis_url=SecretStr(REDIS_URL),
+        redis_url=Secret(REDIS_URL),
         redis_prefix=redis_prefix,
     )
     cost = await probe_cost(stack)
@@ -150,7 +150,7 @@ async def test_with_redis_concurrent_calls_on_two_processes_stay_within_the_limi
     stack = await make_stack(
         budget_reserve_usd=Decimal("0.001"),
         budget_refresh_seconds=3600.0,
-        redis_url=SecretStr(REDIS_URL),
+        redis_url=Secret(REDIS_URL),
         redis_prefix=redis_prefix,
     )
     cost = await probe_cost(stack)
@@ -208,7 +208,7 @@ async def test_without_redis_each_process_admits_on_its_view_until_it_refreshes(
 async def test_redis_unreachable_fails_open_to_the_local_view(make_stack: StackFactory):
     stack = await make_stack(
         budget_refresh_seconds=3600.0,
-        redis_url=SecretStr("redis://127.0.0.1:1/0"),
+        redis_url=Secret("redis://127.0.0.1:1/0"),
         redis_timeout_seconds=2.0,
     )
     await add_budget(stack.app, "user:alice", limit_usd="1")
@@ -228,7 +228,7 @@ async def test_redis_unreachable_fails_open_to_the_local_view(make_stack: StackF
 async def test_redis_unreachable_fails_closed_when_configured(make_stack: StackFactory):
     stack = await make_stack(
         budget_refresh_seconds=3600.0,
-        redis_url=SecretStr("redis://127.0.0.1:1/0"),
+        redis_url=Secret("redis://127.0.0.1:1/0"),
         redis_timeout_seconds=2.0,
         budget_redis_failure="closed",
     )

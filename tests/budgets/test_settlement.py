@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
 from proxy.budgets.engine import BudgetEngine, build_budget_metrics
 from proxy.budgets.estimate import Estimate
@@ -20,7 +19,7 @@ from proxy.budgets.rules import Budget
 from proxy.errors import ResourceExhausted
 from proxy.metering.records import Usage
 from proxy.server.typedefs import budgets_key, sessionmaker_key
-from proxy.settings import Settings
+from proxy.settings import Secret, Settings
 from proxy.storage import accounts
 from proxy.storage.schema import BudgetRow, make_engine, make_sessionmaker
 from tests.factories import UPSTREAM_KEY, Stack, StackFactory, add_budget, raw
@@ -124,7 +123,7 @@ async def test_counters_start_afresh_when_the_window_rolls_over(
     starts at zero, while the records of the old one stay counted in it."""
     settings = Settings(
         database_url=migrated_url,
-        key_secret=SecretStr("test-secret"),
+        key_secret=Secret("test-secret"),
         key_secret_file=tmp_path / "secret",
         budget_reserve_usd=Decimal(0),
         budget_default_output_tokens=0,

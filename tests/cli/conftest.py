@@ -16,7 +16,7 @@ from proxy.settings import Settings
 SETTINGS_ENV = (
     "GEMINI_METER_CONFIG",
     "GEMINI_METER_LOG_LEVEL",
-    *(f"GEMINI_METER_{name.upper()}" for name in Settings.model_fields),
+    *(f"GEMINI_METER_{name.upper()}" for name in Settings.names()),
 )
 PG_SECRET = "cli-test-secret"
 

@@ -851,7 +851,7 @@ def _write(path: Path, text: str) -> str:
             "GEMINI_METER_KEY_SECRET is required",
         ),
         (["usage"], {"GEMINI_METER_KEY_SECRET": "  "}, "GEMINI_METER_KEY_SECRET: must not be"),
-        (["usage"], {"GEMINI_METER_PORT": "eighty"}, "GEMINI_METER_PORT: Input should be"),
+        (["usage"], {"GEMINI_METER_PORT": "eighty"}, "GEMINI_METER_PORT: must be a whole number"),
         (["prices"], {"GEMINI_METER_PRICE_CATALOG": "{tmp}/missing.toml"}, "cannot read the price"),
         (["prices"], {"GEMINI_METER_PRICE_CATALOG": "{tmp}/broken.toml"}, "not valid TOML"),
         (["prices"], {"GEMINI_METER_CONFIG": "{tmp}/extra.toml"}, "unknown setting 'bogus'"),

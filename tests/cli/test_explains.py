@@ -186,11 +186,11 @@ def test_every_default_is_shown(capsys):
 
 def test_the_help_shows_the_settings_defaults():
     # Spelled out in the CLI (importing Settings would load pydantic for --help).
-    assert common.DEFAULT_DATABASE_URL == Settings.model_fields["database_url"].default
-    assert common.DEFAULT_UPSTREAM == Settings.model_fields["upstream"].default
+    assert common.DEFAULT_DATABASE_URL == Settings.database_url
+    assert common.DEFAULT_UPSTREAM == Settings.upstream
     serve = {path: parser for path, parser, _ in every_command(build_parser())}[("serve",)]
     text = " ".join(serve.format_help().split())
-    assert f"default: {Settings.model_fields['port'].default})" in text
+    assert f"default: {Settings.port})" in text
     assert f"default: {common.DEFAULT_DATABASE_URL})" in text
 
 

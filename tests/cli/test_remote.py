@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from proxy.metering.records import Cost, EndpointKind, Principal, Usage, UsageRecord
 from proxy.server.typedefs import sessionmaker_key
+from proxy.settings import Secret
 from proxy.storage import accounts, writes
 from proxy.storage.schema import ApiKey, User
 from tests.admin.test_cli_budgets import gemini_meter
@@ -33,7 +33,7 @@ TOKEN = "admin-token-0123456789abcdef"
 
 @pytest.fixture
 async def admin(make_stack: StackFactory) -> Stack:
-    return await make_stack(admin_token=SecretStr(TOKEN))
+    return await make_stack(admin_token=Secret(TOKEN))
 
 
 @pytest.fixture

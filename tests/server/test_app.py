@@ -9,10 +9,9 @@ import socket
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
 from proxy.server.app import create_app
-from proxy.settings import Settings
+from proxy.settings import Secret, Settings
 from tests.factories import UPSTREAM_KEY, Stack, raw
 
 
@@ -37,9 +36,9 @@ async def test_readiness_fails_when_the_database_is_unreachable(aiohttp_server: 
         port = s.getsockname()[1]
     settings = Settings(
         upstream="http://127.0.0.1:9",
-        upstream_api_key=SecretStr(UPSTREAM_KEY),
+        upstream_api_key=Secret(UPSTREAM_KEY),
         database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/gone",
-        key_secret=SecretStr("test-secret"),
+        key_secret=Secret("test-secret"),
         journal_dir=tmp_path / "journal",
     )
     server = await aiohttp_server(create_app(settings, registry=CollectorRegistry()))

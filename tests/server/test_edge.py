@@ -23,12 +23,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
 from sqlalchemy import text
 
 from proxy.server.app import create_app
 from proxy.server.typedefs import keyless_uploads_key, metrics_key, sessionmaker_key
-from proxy.settings import Settings
+from proxy.settings import Settings, SettingsError
 from tests.factories import (
     RECORDED_UPLOAD_ID,
     RecordingUpstream,
@@ -477,7 +476,7 @@ async def test_upstream_protocol_errors_are_502(
 
 def test_keyless_upload_legs_must_leave_room_in_the_pool(tmp_path: Path):
     common: dict[str, Any] = {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"}
-    with pytest.raises(ValidationError, match="keyless_upload_limit"):
+    with pytest.raises(SettingsError, match="keyless_upload_limit"):
         Settings(**common, upstream_pool_size=8, keyless_upload_limit=8)
     assert (
         Settings(**common, upstream_pool_size=8, keyless_upload_limit=7).keyless_upload_limit == 7

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.errors import Unauthenticated
 from proxy.metering.records import Principal
 from proxy.server.auth import Authenticator, PresentedKey
-from proxy.settings import Settings
+from proxy.settings import Secret, Settings
 from proxy.storage import accounts
 
 TTL = 30.0
@@ -79,7 +78,7 @@ class Gated:
 def gated(sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path) -> Gated:
     sessions, clock = GatedSessions(sessionmaker), Clock()
     settings = Settings(
-        key_secret=SecretStr(SECRET), key_cache_ttl_seconds=TTL, journal_dir=tmp_path / "j"
+        key_secret=Secret(SECRET), key_cache_ttl_seconds=TTL, journal_dir=tmp_path / "j"
     )
     gated = cast(async_sessionmaker[AsyncSession], sessions)
     return Gated(Authenticator(settings, gated, SECRET.encode(), clock=clock), sessions, clock)

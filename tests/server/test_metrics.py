@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pydantic
 import pytest
 from google.genai import types
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -29,7 +28,7 @@ from proxy.emulator import create_emulator_app
 from proxy.metering.records import Cost, EndpointKind, Principal, Usage, UsageRecord
 from proxy.server.metrics import MODEL_LIMIT, OTHER, _Buckets, _Tally, build_metrics
 from proxy.server.typedefs import budgets_key, metrics_key, sessionmaker_key
-from proxy.settings import Settings
+from proxy.settings import Settings, SettingsError
 from proxy.storage import accounts
 from tests.factories import Stack, StackFactory, add_budget, add_spend, raw
 from tests.faults.helpers import ProxyProcess, cli, free_port, proxy_env
@@ -396,7 +395,7 @@ async def test_a_metrics_port_serves_metrics_and_the_proxy_port_does_not(
 
 
 def test_the_metrics_port_must_be_another_port():
-    with pytest.raises(pydantic.ValidationError, match="metrics_port"):
+    with pytest.raises(SettingsError, match="metrics_port"):
         Settings(port=9400, metrics_port=9400)
     assert Settings(port=9400, metrics_port=9401).metrics_port == 9401
 
