@@ -918,11 +918,13 @@ def latency_against(config: Config, against: Path) -> list[Run]:
 
 
 def render_latency(runs: Sequence[Run]) -> str:
-    """The c=1 latency table of ``latency_against``: medians over the repetitions, and
-    what each meter adds to the direct call's p50 and p99."""
+    """The c=1 latency table of ``latency_against``: medians over the repetitions, what
+    each meter adds to the direct call's p50 and p99, and CPU per call (the stub's own for
+    direct calls, as in the full comparison)."""
     lines = [
-        "| target | call | p50 ms | p99 ms | added p50 ms | added p99 ms | p99 of each rep |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| target | call | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms per call"
+        " | p99 of each rep |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for stream in (False, True):
         direct = [r for r in runs if r.leg == "direct" and r.stream is stream]
@@ -932,10 +934,11 @@ def render_latency(runs: Sequence[Run]) -> str:
             mine = [r for r in runs if r.leg == name and r.stream is stream]
             p50, p99 = median([r.p50_ms for r in mine]), median([r.p99_ms for r in mine])
             added = name != "direct"
+            cpu = median([r.cpu_ms_per_call("proxy" if added else "stub") for r in mine])
             lines.append(
                 f"| {name} | {'streamed' if stream else 'plain'} | {p50:.2f} | {p99:.2f} |"
                 f" {_f(p50 - base50) if added else '–'} | {_f(p99 - base99) if added else '–'} |"
-                f" {', '.join(f'{r.p99_ms:.2f}' for r in mine)} |"
+                f" {cpu:.3f} | {', '.join(f'{r.p99_ms:.2f}' for r in mine)} |"
             )
     return "\n".join(lines)
 

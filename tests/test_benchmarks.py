@@ -195,6 +195,8 @@ def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path
     assert all(r.ok > 0 and r.errors == 0 and r.concurrency == 1 for r in runs)
     # The other copy ran both its commands: `keys create` (its own database) and `serve`.
     assert marks.read_text() == "old old "
+    # CPU per call is read for each meter's process, and the stub's for direct calls.
+    assert all((r.proxy_cpu_s if r.leg != "direct" else r.stub_cpu_s) > 0 for r in runs)
     table = render_latency(runs)
     assert f"| {other} | streamed |" in table and "| direct | plain |" in table
 
