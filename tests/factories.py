@@ -842,3 +842,34 @@ def batch_request(text: str, key: str | None = None) -> types.InlinedRequestDict
     if key is not None:
         request["metadata"] = {"key": key}
     return request
+
+
+# --- raw streamed answers, byte for byte ------------------------------------------------------
+
+# The head of an SSE answer in chunked encoding, as an upstream that streams sends it.
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+# A stream's final usage (generateContent's usageMetadata): 4 in, 3 out.
+STREAM_USAGE = {"promptTokenCount": 4, "candidatesTokenCount": 3, "totalTokenCount": 7}
+
+
+def sse_text_event(text: str, usage: dict[str, int] | None = None) -> bytes:
+    """One generateContent stream event carrying ``text`` (and ``usage``), as one chunk of
+    chunked encoding."""
+    event: dict[str, Any] = {"candidates": [{"content": {"parts": [{"text": text}]}}]}
+    if usage is not None:
+        event["usageMetadata"] = usage
+    data = b"data: " + json.dumps(event).encode() + b"\r\n\r\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def stream_request(key: str) -> bytes:
+    """A streamed generateContent call as raw bytes, for a client on a bare connection."""
+    body = json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}).encode()
+    return (
+        b"POST /v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse HTTP/1.1\r\n"
+        b"Host: meter\r\nContent-Type: application/json\r\nx-goog-api-key: "
+        + key.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )

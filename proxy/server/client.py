@@ -237,7 +237,9 @@ class _Connection(asyncio.Protocol):
         return self._status, self._headers
 
     async def chunk(self) -> bytes:
-        """The next piece of the body, or b"" at its end."""
+        """Every byte of the body that has arrived and not been read yet (at least one,
+        waiting for it), or b"" at its end. What arrived together is read together: a relay
+        writes it in one piece, one system call, not one per piece of chunked encoding."""
         while not self._body:
             if self._complete:
                 return b""
@@ -248,8 +250,10 @@ class _Connection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        chunk = self._body.popleft()
-        self._buffered -= len(chunk)
+        body = self._body
+        chunk = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
         if self._reading_paused and self._buffered < _LOW_WATER and self.transport:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -314,9 +318,23 @@ class Response:
         self.status = status
         self.headers = headers
 
+    @property
+    def arrived(self) -> bool:
+        """Whether some of the body is here, unread, or the body has ended."""
+        connection = self._connection
+        return self.ended or (connection is not None and bool(connection._body))
+
+    @property
+    def ended(self) -> bool:
+        """Whether the whole body has arrived and been read: the next ``next_chunk`` is
+        b"". A relay that sees it after a read knows that read was the last."""
+        connection = self._connection
+        return connection is None or self._done or (connection._complete and not connection._body)
+
     async def next_chunk(self) -> bytes:
-        """The body's next piece as it arrives, b"" at its end (``TimeoutError`` once the
-        upstream sent nothing for the read time-out)."""
+        """The body's bytes as they arrive, all that arrived since the last read at once,
+        b"" at its end (``TimeoutError`` once the upstream sent nothing for the read
+        time-out)."""
         connection = self._connection
         if connection is None or self._done:
             return b""

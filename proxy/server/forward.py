@@ -15,10 +15,11 @@ steps, read top to bottom here:
    become 502, silence 504.
 3. relay (``_forward`` picks one): a whole JSON body is answered as it came
    (``_relay_whole``); an SSE or JSON-array stream is written to the client
-   chunk by chunk as it arrives (``_relay_stream``, its ``_pump`` a task of its
-   own), while a tap (``metering.streams``) reads the usage out of the same
-   bytes. The Batch API's answers go through ``batches``, and those naming
-   cached contents, files and File Search stores through ``owned.relay_owned``.
+   as it arrives, what arrived together in one write (``_relay_stream``, its
+   ``_pump`` a task of its own), while a tap (``metering.streams``) reads the
+   usage out of the same bytes. The Batch API's answers go through
+   ``batches``, and those naming cached contents, files and File Search stores
+   through ``owned.relay_owned``.
 4. ``_finish``: build the ``UsageRecord`` and hand it to the recorder, which
    never awaits the database (``billing`` says whether a response is recorded).
 
@@ -240,7 +241,14 @@ async def _relay_stream(
     call: Call,
     tap: StreamTap | batches.DownloadTap | None,
 ) -> web.StreamResponse:
-    """Relay the body chunk by chunk as it arrives, feeding a tap if metered.
+    """Relay the body as it arrives, feeding a tap if metered.
+
+    Whatever arrived together goes out in one write: the head with the body's first
+    bytes when they came with it, each read of the upstream (all it sent since the
+    last) in one piece, and the last bytes with the end of the answer, once the call
+    is recorded. What the upstream sends apart goes out apart, as soon as it arrives.
+    Each write saved is a system call, and a wake-up of the client (a streamed call
+    through the meter went from 6.5 sends to 2.5 against the benchmark's stub).
 
     The pump runs as its own task, shielded from the handler: if the client
     goes away mid-stream (and the server cancels the handler) the upstream is
@@ -254,6 +262,11 @@ async def _relay_stream(
     rewritten = call.drops_usage_chunk
     headers = response_headers(upstream, keep_length=not rewritten, keep_encoding=not rewritten)
     response = web.StreamResponse(status=upstream.status, headers=headers)
+    if upstream.arrived:
+        # The body's first bytes came with the head: they go out together, in one write.
+        # (aiohttp's own switch, which web.Response turns off; a stream's head is otherwise
+        # sent at once, as it must be when its first bytes are still to come.)
+        response._send_headers_immediately = False
     call.streamed = True
     try:
         await response.prepare(request)
@@ -300,6 +313,9 @@ async def _pump(
     relayed = UsageChunkFilter() if call.drops_usage_chunk else None
     broken = False
     cut = False
+    # The body's last bytes, held back to go out with its end in one write, once the
+    # call is recorded.
+    last = b""
     try:
         async for chunk in _timed(upstream, call):
             if tap is not None or relayed is not None:
@@ -318,6 +334,9 @@ async def _pump(
             if call.client_disconnected:
                 if tap is None:
                     break
+                continue
+            if upstream.ended:
+                last = chunk
                 continue
             try:
                 if chunk:
@@ -345,6 +364,10 @@ async def _pump(
         except Exception:
             log.exception("recording the last results of a responses file failed")
     elif tap is not None:
+        if request.transport is None or request.transport.is_closing():
+            # Gone before the answer's last bytes went out (or before any did, when they
+            # all came at once and nothing was written yet).
+            call.client_disconnected = True
         # Journaled before the last byte goes out, as for a whole answer.
         summary = _summary_of(tap)
         await register_owner(request, call, summary.interaction_id, upstream.status)
@@ -357,9 +380,9 @@ async def _pump(
             request.transport.close()
         return response
     try:
-        if relayed is not None and (rest := relayed.close()):
-            await response.write(rest)
-        await response.write_eof()
+        if relayed is not None:
+            last += relayed.close()
+        await response.write_eof(last)
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         pass
     return response

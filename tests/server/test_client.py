@@ -131,6 +131,41 @@ async def test_chunked_answers_after_an_informational_head_are_read_whole():
         await upstream.close()
 
 
+async def test_what_arrived_together_is_read_together_and_the_end_is_seen_with_it():
+    arrived = asyncio.Event()
+    more = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        # The head and three chunks in one write, as an upstream sends events it has ready.
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n"
+        )
+        await writer.drain()
+        await more.wait()
+        writer.write(b"4\r\nfour\r\n4\r\nfive\r\n0\r\n\r\n")  # the last ones with the end
+        await writer.drain()
+        arrived.set()
+        await reader.read()
+
+    async with raw_server(handler) as server:
+        upstream = client(server.url)
+        response = await upstream.request("GET", "/x", [])
+        await asyncio.sleep(0.05)  # everything of the first write is in by now
+        assert response.arrived and not response.ended
+        assert await response.next_chunk() == b"onetwothree"
+        assert not response.arrived and not response.ended
+        more.set()
+        await arrived.wait()
+        await asyncio.sleep(0.05)
+        assert await response.next_chunk() == b"fourfive"
+        assert response.ended and response.arrived  # the next read is the end
+        assert await response.next_chunk() == b""
+        response.release()
+        await upstream.close()
+
+
 async def test_a_body_without_framing_ends_with_the_connection_which_is_not_reused():
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

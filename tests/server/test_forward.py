@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,11 +19,15 @@ from proxy.server.typedefs import sessionmaker_key
 from tests.factories import (
     INTERACTIONS,
     SAY_HELLO,
+    SSE_HEAD,
+    STREAM_USAGE,
     UPSTREAM_KEY,
     Stack,
     StackFactory,
     gemini_error,
     raw,
+    sse_text_event,
+    stream_request,
 )
 
 
@@ -327,3 +333,89 @@ async def test_an_unreadable_interaction_response_is_still_recorded(
     [record] = await stack.records()
     assert record["parse_error"] is True
     assert record["total_tokens"] == 0
+
+
+# --- a stream's writes: what arrives together goes out together ------------------------------
+
+
+def _segments_received(writer: asyncio.StreamWriter) -> int:
+    """Data segments this end of a TCP connection received (Linux ``tcp_info``'s
+    ``tcpi_data_segs_in``): with no delay on the sending side, one per ``send``."""
+    info = writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int(struct.unpack_from("I", info, 152)[0])
+
+
+async def _stream_through(stack: Stack, gate: asyncio.Event | None) -> tuple[bytes, int]:
+    """One streamed generate call through the proxy on a raw connection: the answer's
+    bytes, and the data segments they came in. With ``gate``, the first event must reach
+    the client before the gate opens."""
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(stream_request(stack.keys["alice"]))
+    before = _segments_received(writer)  # the connection's handshake carries no data
+    answer = b""
+    if gate is not None:
+        while b"first" not in answer:
+            answer += await asyncio.wait_for(reader.read(65536), timeout=5)
+        gate.set()
+    while not answer.endswith(b"\r\n0\r\n\r\n"):
+        answer += await asyncio.wait_for(reader.read(65536), timeout=5)
+    segments = _segments_received(writer) - before
+    writer.close()
+    await writer.wait_closed()
+    return answer, segments
+
+
+async def test_a_stream_that_arrived_at_once_is_relayed_in_one_write(make_stack: StackFactory):
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        # The head, three events and the end in one write, as a fast upstream sends them.
+        writer.write(
+            SSE_HEAD
+            + sse_text_event("one")
+            + sse_text_event("two")
+            + sse_text_event("three", STREAM_USAGE)
+            + b"0\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        answer, segments = await _stream_through(stack, gate=None)
+    finally:
+        server.close()
+    head, _, chunked = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
+    assert all(word in chunked for word in (b"one", b"two", b"three"))
+    # The head, the events and the end in one segment: one write, where a write per event
+    # and one each for the head and the end made five.
+    assert segments == 1
+    [record] = await stack.records()
+    assert (record["input_tokens"], record["output_tokens"], record["total_tokens"]) == (4, 3, 7)
+
+
+async def test_a_stream_is_still_relayed_as_it_arrives(make_stack: StackFactory):
+    gate = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(SSE_HEAD + sse_text_event("first"))
+        await writer.drain()
+        await gate.wait()  # opened only once the client holds the first event
+        writer.write(sse_text_event("second", STREAM_USAGE) + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        answer, segments = await _stream_through(stack, gate)
+    finally:
+        server.close()
+    assert b"first" in answer and b"second" in answer
+    # The head went with the first event; the last event went with the end.
+    assert segments == 2
+    [record] = await stack.records()
+    assert record["total_tokens"] == 7
