@@ -78,6 +78,8 @@ MODELS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3.5-flash", "gemini-2.5-
 TARGETS = {"sqlite": 10_000, "postgresql": 20_000}
 # The journal as the app opens it by default: a group commit gathers this long.
 SYNC_INTERVAL = Settings.journal_sync_interval_ms / 1000
+# The writer's flush interval as the app opens it by default.
+FLUSH_INTERVAL = Settings.writer_flush_interval_seconds
 
 
 # ------------------------------------------------------------------ records
@@ -328,7 +330,11 @@ async def main(args: argparse.Namespace) -> str:
                                 args.records,
                                 args.arrival,
                                 journal_dir,
-                                functools.partial(factory, batch_size=args.batch_size),
+                                functools.partial(
+                                    factory,
+                                    batch_size=args.batch_size,
+                                    flush_interval=FLUSH_INTERVAL,
+                                ),
                                 rep,
                             )
                             results.setdefault((kind, journal, name), []).append(run)
@@ -346,7 +352,7 @@ def _table(args: argparse.Namespace, results: dict[tuple[str, str, str], list[Ru
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; {args.records} records per run, "
         f"{args.arrival} submitted per loop iteration, medians of {args.reps} interleaved "
-        f"repetitions; batch size {args.batch_size}, flush interval 0.2 s.",
+        f"repetitions; batch size {args.batch_size}, flush interval {FLUSH_INTERVAL:g} s.",
         "",
         "| database | journal | writer | records/s | of target | loop CPU µs/record "
         "| of which submit | process CPU µs/record | loop lag p99 ms | loop lag max ms |",

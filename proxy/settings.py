@@ -202,7 +202,10 @@ class Settings:
     keyless_upload_idle_timeout_seconds: Annotated[float, Range(gt=0)] = 30.0
 
     writer_batch_size: Annotated[int, Range(gt=0)] = 500
-    writer_flush_interval_seconds: Annotated[float, Range(gt=0)] = 0.2
+    # Short, so that a batch's CPU comes in short bursts: at 0.2 s, a batch of a busy
+    # c=1 client's records held a core for ~20 ms and showed in the calls' p99
+    # (docs/benchmarks.md, "The writer's flush interval").
+    writer_flush_interval_seconds: Annotated[float, Range(gt=0)] = 0.05
     writer_queue_limit: Annotated[int, Range(gt=0)] = 100_000
 
     # The durable journal (storage.journal): every finished record is written to it at

@@ -49,6 +49,7 @@ def test_defaults_are_the_readmes() -> None:
     assert settings.auth_mode is AuthMode.VIRTUAL_KEYS
     assert settings.journal_full_policy is JournalFullPolicy.REFUSE
     assert settings.budget_reserve_usd == Decimal("0.01")
+    assert (settings.writer_batch_size, settings.writer_flush_interval_seconds) == (500, 0.05)
     assert settings.passthrough_aliases == {}
     assert settings.upstream_api_key is None
 

@@ -116,7 +116,7 @@ class UsageWriter:
         *,
         batch_size: int = 500,
         max_batch_size: int | None = None,
-        flush_interval: float = 0.2,
+        flush_interval: float = 0.05,
         queue_limit: int = 100_000,
         retry_initial_seconds: float = 0.1,
         retry_max_seconds: float = 10.0,
