@@ -55,7 +55,7 @@ from .typedefs import in_flight_key, metrics_key, pumps_key
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-__all__ = ["serve"]
+__all__ = ["serve", "worker_settings"]
 
 log = logging.getLogger("gemini_meter.serve")
 
@@ -85,12 +85,20 @@ def _worker(settings: Settings, index: int, access_log: AccessLog | None, level:
         level=level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
-    assert settings.metrics_port is not None  # the settings require it with workers
-    mine = settings.replace(metrics_port=settings.metrics_port + index)
+    mine = worker_settings(settings, index)
     # The supervisor handles SIGINT (a terminal's ^C reaches the whole group) and
     # passes SIGTERM on: a worker drains once, on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_serve(mine, access_log, reuse_port=True, signals=(signal.SIGTERM,)))
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """Worker ``index``'s own settings: the supervisor's, with its metrics on
+    ``metrics_port + index``. Within its process it is one server (``workers=1``): the
+    supervisor already checked that the workers' metrics ports are free of the proxy's,
+    a check that, run again from a worker's own port, could refuse a valid set-up."""
+    assert settings.metrics_port is not None  # the settings require it with workers
+    return settings.replace(metrics_port=settings.metrics_port + index, workers=1)
 
 
 def _supervise(settings: Settings, access_log: AccessLog | None) -> None:

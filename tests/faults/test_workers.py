@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 
 from proxy.emulator import create_emulator_app, emulator_state_key
+from proxy.server.run import worker_settings
+from proxy.settings import Settings
 from tests.faults.helpers import (
     GENERATE,
     ProxyProcess,
@@ -186,3 +188,16 @@ async def test_the_access_log_can_be_turned_off(tmp_path: Path, aiohttp_server: 
         assert GENERATE.split("?")[0] not in log and '" 200 ' not in log
     finally:
         proxy.kill()
+
+
+def test_each_worker_gets_its_own_metrics_port_from_a_set_up_the_supervisor_accepted(
+    tmp_path: Path, monkeypatch: Any
+):
+    # The proxy on 8081, the workers' metrics on 8079 and 8080: valid. Worker 1's own
+    # metrics port (8080) sits right below the proxy's, which a check of the workers'
+    # range made again from there would have refused.
+    monkeypatch.setenv("GEMINI_METER_KEY_SECRET_FILE", str(tmp_path / "secret"))
+    settings = Settings(port=8081, metrics_port=8079, workers=2)
+    mine = [worker_settings(settings, index) for index in range(settings.workers)]
+    assert [(w.port, w.metrics_port, w.workers) for w in mine] == [(8081, 8079, 1), (8081, 8080, 1)]
+    assert settings.metrics_port == 8079 and settings.workers == 2  # the supervisor's, unchanged
