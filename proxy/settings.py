@@ -280,14 +280,13 @@ class Settings:
     def __init__(self, **values: Any) -> None:
         """Settings from the TOML file and the environment, with ``values`` on top
         (a ``TypeError`` names one that is no setting, as a function call would)."""
-        unknown = sorted(set(values) - set(_FIELDS))
-        if unknown:
-            raise TypeError(f"Settings got unknown settings {', '.join(map(repr, unknown))}")
+        _known(values)
         from_file, problems = _from_file()
         self._set({**from_file, **_from_environment(), **values}, problems)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied, checked as any other value is."""
+        _known(changes)
         copy = object.__new__(Settings)
         copy._set({**vars(self), **changes}, [])
         return copy
@@ -355,6 +354,12 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # ------------------------------------------------------------------------- the sources
+
+
+def _known(values: Mapping[str, object]) -> None:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise TypeError(f"Settings got unknown settings {', '.join(map(repr, unknown))}")
 
 
 def _from_environment() -> dict[str, str]:

@@ -161,6 +161,8 @@ def test_a_config_file_that_cannot_be_read_is_refused(
 def test_an_unknown_keyword_is_a_programming_error() -> None:
     with pytest.raises(TypeError, match="'prot'"):
         Settings(prot=1)
+    with pytest.raises(TypeError, match="'prot'"):
+        Settings().replace(prot=1)
 
 
 def test_a_rule_across_fields_is_checked_after_the_fields(tmp_path: Path) -> None:
