@@ -59,6 +59,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import shlex
 import shutil
@@ -112,9 +113,30 @@ CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port to start a service on, free now. Taken below the kernel's ephemeral range
+    where there is room: a service under callgrind takes seconds to bind it, and in the
+    meantime a port from that range may be handed to any outgoing connection or any
+    other ``bind(0)`` on the machine (the test suite runs on every core at once)."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(_STATIC_LOW, low) if low > _STATIC_LOW + 1000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+# free_port picks from here up to the kernel's ephemeral range (any in use is skipped).
+_STATIC_LOW: Final = 20000
+
+
+def _ephemeral_low() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 0
 
 
 def process_tree(pid: int) -> list[int]:

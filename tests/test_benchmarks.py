@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from benchmarks.compare import (
     Config,
     Outcome,
     Run,
+    free_port,
     latency_against,
     parse_wrk,
     problems,
@@ -419,3 +421,14 @@ def test_the_budget_benchmark_measures_both_steps_on_both_databases():
         ["| postgresql", "alert pass"],
     ]
     assert "holds 3,000 records" in done.stdout
+
+
+def test_a_free_port_is_below_the_ephemeral_range_and_free():
+    # A service under callgrind binds its port seconds after it was picked: a port from
+    # the kernel's ephemeral range could meanwhile go to any connection on the machine.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(port < low for port in ports)
+    for port in ports:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # raises if it was not free

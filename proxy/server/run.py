@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..errors import ConfigError
 from ..settings import Settings
 from .app import ProxyRunner, create_app
 from .metrics import metrics_app
@@ -179,6 +181,16 @@ async def _at_head(url: str) -> bool:
         await engine.dispose()
 
 
+async def _listen(site: web.TCPSite, host: str, port: int) -> None:
+    """Start ``site``; a port it cannot take is the set-up's fault, said in one line
+    (not left to the CLI, which reads any other ``OSError`` as the database's)."""
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
 async def _serve(
     settings: Settings,
     access_log: AccessLog | None,
@@ -204,11 +216,12 @@ async def _serve(
     metrics_runner: web.AppRunner | None = None
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
-        await site.start()
+        await _listen(site, settings.host, settings.port)
         if settings.metrics_port is not None:
             metrics_runner = web.AppRunner(metrics_app(app[metrics_key]), access_log=None)
             await metrics_runner.setup()
-            await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
+            metrics_site = web.TCPSite(metrics_runner, settings.host, settings.metrics_port)
+            await _listen(metrics_site, settings.host, settings.metrics_port)
             log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
         # The collector was paused for start-up (cli.serve); what start-up built is
         # frozen by now (server.app), so from here it walks only what serving makes.

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -914,3 +915,21 @@ def test_a_config_file_applies_to_its_command_only(capsys, tmp_path):
     ran = cli(capsys, "--config", config, "prices", "--model", "gemini-2.5-pro")
     assert ran.code == 0
     assert os.environ.get("GEMINI_METER_CONFIG") == before
+
+
+@pytest.mark.parametrize("taken", ["port", "metrics port"])
+def test_serve_on_a_port_already_taken_says_so_in_one_line(monkeypatch, taken: str):
+    monkeypatch.setenv("GEMINI_METER_UPSTREAM_API_KEY", "upstream-key")
+    with socket.socket() as holder, socket.socket() as other:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        other.bind(("127.0.0.1", 0))  # a free port for the one not taken, held until then
+        busy, free = holder.getsockname()[1], other.getsockname()[1]
+        other.close()
+        port, metrics = (busy, free) if taken == "port" else (free, busy)
+        done = cli_process("serve", "--port", str(port), "--metrics-port", str(metrics))
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"gemini-meter: cannot listen on 127.0.0.1:{busy}: Address already in use"
+    )
+    assert "Traceback" not in done.stderr and "database" not in done.stderr.splitlines()[-1]
