@@ -138,9 +138,12 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 
 class ProxyTestServer(TestServer):
-    """A ``TestServer`` on ``ProxyRunner``, the runner ``gemini-meter serve`` uses."""
+    """A ``TestServer`` on ``ProxyRunner``, the runner ``gemini-meter serve`` uses, and as
+    ``serve`` runs it: a handler whose client left is not cancelled (aiohttp's test server
+    cancels it, which no deployment of the proxy does)."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs["handler_cancellation"] = False
         return ProxyRunner(self.app, **kwargs)
 
 
