@@ -23,7 +23,7 @@ What the count leaves out, and what it weighs more than a full-speed run would:
 
 - the kernel's work (system calls, the journal's fsync, TCP on loopback) is not counted:
   ``compare.py``'s CPU per call has it;
-- work done on a timer, not per call (the writer's batch every 0.2 s, the budget alert
+- work done on a timer, not per call (the writer's batch every 0.05 s, the budget alert
   evaluator's pass every second while records arrive), falls on fewer calls under
   callgrind's slowdown (tens of times) than at full speed, so the meter's figure is, if
   anything, above what the same code spends per call under load.
@@ -81,7 +81,7 @@ NAMES: Final = {
     "meter": "Gemini Meter",
 }
 KINDS: Final = ("plain", "streamed")
-# After a counted leg: the meter's writer commits on a 0.2 s clock and its journal's group
+# After a counted leg: the meter's writer commits on a 0.05 s clock and its journal's group
 # commit follows each call; under callgrind both run tens of times slower than at speed.
 SETTLE_SECONDS: Final = 3.0
 READY_TIMEOUT: Final = 300.0  # a start under valgrind (not instrumented yet) is slow
