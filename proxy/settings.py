@@ -482,7 +482,7 @@ def _to_map(value: object) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ValueError("must be a map of strings to strings")
-    return dict(value)
+    return dict(value)  # a copy: never the class's default, nor the caller's map
 
 
 def _to_member(kind: type[StrEnum]) -> Callable[[object], StrEnum]:
@@ -531,8 +531,6 @@ class _Field:
                 raise ValueError(problem)
         if self.check is not None:
             converted = self.check(converted)
-        if isinstance(converted, dict):
-            converted = dict(converted)  # never the class's default itself
         return converted
 
 

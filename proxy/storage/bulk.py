@@ -153,18 +153,16 @@ def row_converter(
     booleans: set[int] = set()
     for index, name in enumerate(names):
         column_type = table.c[name].type
-        if isinstance(column_type, Boolean):
-            if dialect.name == "sqlite":
-                # sqlite3 binds a bool only after looking for an adapter (two failed
-                # attribute lookups: 0.6 us each, eight a row), an int at once; SQLAlchemy
-                # binds 1 or 0 here too, and refuses what is not a bool.
-                booleans.add(index)
-                processors[index] = (_bind_processor(column_type, dialect), True)
-            # asyncpg's COPY text reads True and False as they are
-            continue
+        if isinstance(column_type, Boolean) and dialect.name != "sqlite":
+            continue  # asyncpg's COPY text reads True and False as they are
         process: Callable[[Any], Any] | None
         process = column_type.dialect_impl(dialect).bind_processor(dialect)
-        if isinstance(column_type, Money) and process is not None:
+        if isinstance(column_type, Boolean):
+            # sqlite3 binds a bool only after looking for an adapter (two failed attribute
+            # lookups: 0.6 us each, eight a row), an int at once; SQLAlchemy binds 1 or 0
+            # here too, and refuses what is not a bool (its processor sees the rest).
+            booleans.add(index)
+        elif isinstance(column_type, Money) and process is not None:
             process = _fast_money(process, sqlite=dialect.name == "sqlite")
         elif isinstance(column_type, JSON) and process is not None:
             process = _fast_json(process, sqlite=dialect.name == "sqlite")
@@ -193,12 +191,6 @@ def row_converter(
         return out
 
     return convert
-
-
-def _bind_processor(column_type: Any, dialect: Dialect) -> Callable[[Any], Any]:
-    process: Callable[[Any], Any] | None = column_type.dialect_impl(dialect).bind_processor(dialect)
-    assert process is not None
-    return process
 
 
 def _tuple_binder(
