@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from proxy.settings import Secret, Settings
 from proxy.storage import accounts
 from proxy.storage.schema import BudgetAlert, BudgetRow
 from proxy.storage.writes import insert_usage_rows, usage_values
+from tests.faults.helpers import free_port
 
 SECRET = b"test-secret"
 # The instant every evaluation below happens at: 2026-11-15 13:00 in Berlin (CET, +01:00).
@@ -503,11 +503,10 @@ async def test_receiver_down_then_up_gets_each_alert_once(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     receiver = Receiver(down=outage == "503")
+    port: int | None
     if outage == "refused":
         # A port nothing listens on yet; the receiver starts there later.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         url = f"http://127.0.0.1:{port}/hooks/T000/B000/very-secret-token"
     else:
         receiver.server = await aiohttp_server(_receiver_app(receiver))

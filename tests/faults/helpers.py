@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+# The tests' services start on ports picked the harness's way: below the ephemeral range.
+from benchmarks.compare import free_port as free_port
 from proxy.emulator import EmulatorState
 
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 PROMPT = {"contents": [{"role": "user", "parts": [{"text": "Count the records, please."}]}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import zlib
@@ -38,6 +37,7 @@ from tests.factories import (
     send_raw,
     sqlite_only,
 )
+from tests.faults.helpers import free_port
 
 CREATE = "/v1beta/interactions"
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
@@ -374,12 +374,6 @@ async def test_unparseable_requests_get_gemini_errors_and_leak_no_key(
     assert list(stack.upstream.requests) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _serve_listening(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, int]:
     """``gemini-meter serve`` on a free port, once it says it listens.
 
@@ -387,7 +381,7 @@ async def _serve_listening(env: dict[str, str]) -> tuple[asyncio.subprocess.Proc
     again meanwhile by another test's server, whose answers would not be this process's.
     """
     for _ in range(5):
-        port = _free_port()
+        port = free_port()
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "proxy.cli.main", "serve", "--port", str(port)),
             env=env,

@@ -419,3 +419,40 @@ async def test_a_stream_is_still_relayed_as_it_arrives(make_stack: StackFactory)
     assert segments == 2
     [record] = await stack.records()
     assert record["total_tokens"] == 7
+
+
+async def test_a_client_gone_before_a_stream_that_came_at_once_is_billed_and_flagged(
+    make_stack: StackFactory,
+):
+    # The upstream answers only once the client has left, head and body in one write: the
+    # relay writes nothing before the whole answer is in, so no failed write tells it that
+    # the client is gone. It must still record the call, flagged.
+    gone = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await gone.wait()
+        writer.write(SSE_HEAD + sse_text_event("late", STREAM_USAGE) + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        host, port = stack.base_url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(stream_request(stack.keys["alice"]))
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the call is at the upstream
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.1)  # the proxy saw the connection go
+        gone.set()
+        for _ in range(250):
+            if records := await stack.records():
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        server.close()
+    [record] = records
+    assert (record["client_disconnected"], record["total_tokens"]) == (True, 7)
