@@ -476,6 +476,20 @@ def test_money_is_bound_as_sqlalchemy_binds_it(dialect, value):
             assert str(got[1]) == str(expected[1])  # the same exponent, not only equal
 
 
+def _bound_alone(column: str, dialect):
+    """A function of one value: ``column``'s value as ``row_converter`` binds it on
+    ``dialect``, a refusal raised as ``ValueError`` (as SQLAlchemy's processors raise)."""
+    convert = row_converter(table_of(UsageRow), [column], dialect)
+
+    def bound(value):
+        try:
+            return convert([(value,)])[0][0]
+        except RowRefused as exc:
+            raise ValueError(str(exc)) from exc
+
+    return bound
+
+
 @pytest.mark.parametrize("dialect", _DIALECTS)
 @given(
     value=st.one_of(
@@ -491,13 +505,7 @@ def test_money_is_bound_as_sqlalchemy_binds_it(dialect, value):
 def test_a_timestamp_is_bound_as_sqlalchemy_binds_it(dialect, value):
     # The reference is SQLAlchemy's own bind processor for UTCDateTime on the dialect.
     reference = table_of(UsageRow).c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
-    convert = row_converter(table_of(UsageRow), ["created_at"], dialect)
-
-    def fast(timestamp):
-        try:
-            return convert([(timestamp,)])[0][0]
-        except RowRefused as exc:
-            raise ValueError(str(exc)) from exc
+    fast = _bound_alone("created_at", dialect)
 
     def expected_of(timestamp):
         return reference(timestamp) if reference is not None else timestamp
@@ -515,13 +523,7 @@ def test_a_flag_is_bound_as_sqlalchemy_binds_it(dialect, value):
     # an error for what is not a bool). asyncpg's COPY takes the bool itself.
     column = table_of(UsageRow).c.streamed
     reference = column.type.dialect_impl(dialect).bind_processor(dialect)
-    convert = row_converter(table_of(UsageRow), ["streamed"], dialect)
-
-    def fast(flag):
-        try:
-            return convert([(flag,)])[0][0]
-        except RowRefused as exc:
-            raise ValueError(str(exc)) from exc
+    fast = _bound_alone("streamed", dialect)
 
     def expected_of(flag):
         if dialect.name != "sqlite":
