@@ -62,6 +62,8 @@ _GROUNDING_UNITS: Final = ("prompt", "query")
 # Unknown model names come from client requests; bound what is kept and logged about them
 # so a client inventing names cannot grow this process's memory or flood its log.
 _TRACKED_NAMES_LIMIT: Final = 256
+# Answers ``Catalog.entry`` keeps: (model, day) pairs, far more than a day's models.
+_IN_FORCE_LIMIT: Final = 4096
 _NAME_LENGTH_LIMIT: Final = 200
 _OTHER_NAMES: Final = "(other)"
 _NO_MODEL: Final = "(none)"
@@ -194,6 +196,9 @@ class Catalog:
                 raise ConfigError(f"price catalog alias {alias!r} is also a model name")
         self._lock = threading.Lock()
         self._unpriced: dict[str, int] = {}
+        # (model as asked, UTC day) -> the entry in force: every record prices through
+        # ``entry``, and the answer changes only with the day.
+        self._in_force: dict[tuple[str, date], ModelPrices | None] = {}
 
     def __repr__(self) -> str:
         return f"<Catalog {self._version} models={len(self._entries)}>"
@@ -228,11 +233,19 @@ class Catalog:
     def entry(self, model: str, at: datetime | date) -> ModelPrices | None:
         """The entry in force for ``model`` at ``at`` (its UTC date), or None."""
         day = _utc_day(at)
+        key = (model, day)
+        try:
+            return self._in_force[key]
+        except KeyError:
+            pass
         chosen: ModelPrices | None = None
         for candidate in self.entries(model):
             if candidate.effective_from > day:
                 break
             chosen = candidate
+        if len(self._in_force) >= _IN_FORCE_LIMIT:
+            self._in_force.clear()  # names from the wire, or many days: start again
+        self._in_force[key] = chosen
         return chosen
 
     def models(self) -> list[str]:

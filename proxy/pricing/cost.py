@@ -224,6 +224,8 @@ def _split(
     A breakdown claiming more units than the total is clamped to the total, so the
     breakdown can only move units between rates, never add any.
     """
+    if not kind_rates:  # most rates have no kinds of their own: the loop below, skipped
+        return _ZERO + base_rate * units
     remaining = units
     amount = Decimal(0)
     for kind in sorted(kind_rates):
@@ -300,6 +302,8 @@ def _count(value: int) -> int:
 
 
 def _counts(by_modality: Mapping[str, int]) -> dict[str, int]:
+    if not by_modality:
+        return {}
     merged: dict[str, int] = {}
     for modality, tokens in by_modality.items():
         key = modality.strip().lower()

@@ -235,6 +235,30 @@ def test_before_the_first_entry_is_unpriced():
     assert CATALOG.entry("gemini-2.5-pro", date(2025, 10, 8)) is not None
 
 
+def test_the_entry_in_force_is_kept_per_model_and_day_and_stays_right():
+    # Veo 3.1 Fast's entries (shipped prices.toml): 2025-10-15 and, after its cut, 2026-03-31
+    catalog = load_catalog()
+    model = "veo-3.1-fast-generate-preview"
+    (before, after) = catalog.entries(model)
+    # asked again and again across the cut, in either order: each day gets its own entry
+    for _ in range(2):
+        assert catalog.entry(model, datetime(2026, 3, 30, 23, 59, 59, tzinfo=UTC)) is before
+        assert catalog.entry(model, datetime(2026, 3, 31, tzinfo=UTC)) is after
+        # 2026-03-31 01:00 at UTC+02:00 is 2026-03-30 23:00 UTC: still the old price
+        plus_two = timezone(timedelta(hours=2))
+        assert catalog.entry(model, datetime(2026, 3, 31, 1, tzinfo=plus_two)) is before
+        assert catalog.entry("models/VEO-3.1-fast-generate-preview", date(2026, 4, 1)) is after
+        assert catalog.entry(model, date(2025, 10, 14)) is None
+    # kept: the second ask of a (model, day) does not read the entries again
+    kept = catalog._in_force
+    assert kept[(model, date(2026, 3, 31))] is after
+    # names from the wire cannot grow it without bound
+    for n in range(10_000):
+        assert catalog.entry(f"invented-{n}", date(2026, 1, 1)) is None
+    assert len(kept) <= 4096
+    assert catalog.entry(model, date(2026, 3, 31)) is after
+
+
 USER_OVERRIDE = """
 version = "ignored-the-hash-names-this-file"
 
