@@ -54,10 +54,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -216,6 +217,77 @@ def decode_frames(data: bytes) -> tuple[list[Decoded], int]:
     return rows, pos
 
 
+# ------------------------------------------------------------------ the journal's thread
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None"]
+
+
+class _Worker:
+    """The journal's one thread: fsyncs, closes and deletions, run in the order given.
+
+    What ``loop.run_in_executor`` did, with less per job: a job is a function and its
+    arguments on a ``SimpleQueue``, and its outcome reaches the loop's future by one
+    ``call_soon_threadsafe``. The executor's own future, its lock, semaphore and worker
+    bookkeeping, and the second future chained onto the loop cost a group commit about
+    as much CPU again as the fsync's own Python (docs/benchmarks.md), at a commit every
+    few milliseconds however light the traffic.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name="gemini-meter-journal", daemon=True
+            )
+            self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the thread, after the jobs before it; its outcome is not
+        awaited (a failure is logged)."""
+        self._start()
+        self._jobs.put((fn, args, None))
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the thread, after the jobs before it: its result, or its error."""
+        self._start()
+        done = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, args, done))
+        return await done
+
+    def shutdown(self) -> None:
+        """Let the jobs given so far finish, then end the thread."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, done = job
+            try:
+                result, error = fn(*args), None
+            except Exception as exc:
+                result, error = None, exc
+            if done is None:
+                if error is not None:
+                    log.warning("journal housekeeping failed: %s", error)
+                continue
+            with contextlib.suppress(RuntimeError):  # the loop closed: no one is waiting
+                done.get_loop().call_soon_threadsafe(_settle, done, result, error)
+
+
+def _settle(done: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+    if done.cancelled():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
+
+
 # ------------------------------------------------------------------ the journal
 
 
@@ -264,7 +336,7 @@ class Journal:
         self._fd_broken = False  # a write failed: the next row starts a fresh segment
         self._flusher: asyncio.Task[None] | None = None
         # One thread: fsyncs, closes and deletions happen in order.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-journal")
+        self._worker = _Worker()
         self._closed = False
         self._dropping = False
 
@@ -417,9 +489,8 @@ class Journal:
             return
         await self.flush()
         self._closed = True
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close_files)
-        self._executor.shutdown(wait=True)
+        await self._worker.run(self._close_files)
+        self._worker.shutdown()
 
     def _close_files(self) -> None:
         if self._fd is not None:
@@ -539,7 +610,7 @@ class Journal:
         self._live.pop(number, None)
         self._disk_bytes -= self._sizes.pop(number, 0)
         if not self._closed:
-            self._executor.submit(self._delete, number)
+            self._worker.submit(self._delete, number)
 
     def _delete(self, number: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -548,7 +619,6 @@ class Journal:
     # ------------------------------------------------------------ the group commit
 
     async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._unsynced or self._retired or self._new_segment:
             if self.sync_interval and not self._closed:
                 await asyncio.sleep(self.sync_interval)  # gather the rows of the next calls
@@ -556,9 +626,7 @@ class Journal:
             retired, self._retired = self._retired, []
             new_segment, self._new_segment = self._new_segment, False
             try:
-                await loop.run_in_executor(
-                    self._executor, self._sync, self._fd, retired, new_segment
-                )
+                await self._worker.run(self._sync, self._fd, retired, new_segment)
             except OSError as exc:
                 # The rows are written but perhaps not durable against a machine crash;
                 # they go on to the database all the same (their segment stays until then).

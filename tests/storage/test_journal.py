@@ -8,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,6 +32,7 @@ from proxy.storage.journal import (
     USAGE,
     Journal,
     OnDurable,
+    _Worker,
     decode_frames,
     encode_frame,
 )
@@ -150,6 +152,49 @@ async def test_with_a_sync_interval_rows_of_later_ticks_join_the_same_fsync(tmp_
     await journal.flush()
     assert len(durable) == 3 and journal.commits_total == 1
     await journal.close()
+
+
+async def test_the_journal_thread_runs_its_jobs_in_order_and_hands_back_each_outcome(caplog):
+    worker = _Worker()
+    ran: list[tuple[str, int]] = []
+
+    def job(name: str) -> str:
+        ran.append((name, threading.get_ident()))
+        return name.upper()
+
+    def broken() -> None:
+        raise OSError(5, "Input/output error")
+
+    worker.submit(job, "delete")  # not awaited: runs before the next one all the same
+    worker.submit(broken)  # a housekeeping failure is logged, and the thread goes on
+    assert await worker.run(job, "fsync") == "FSYNC"
+    with pytest.raises(OSError, match="Input/output error"):
+        await worker.run(broken)
+    # a waiter that gave up: its job still runs, and its outcome finds no one to tell
+    gone = asyncio.ensure_future(worker.run(job, "abandoned"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    assert await worker.run(job, "close") == "CLOSE"
+    assert gone.cancelled()
+    assert [name for name, _ in ran] == ["delete", "fsync", "abandoned", "close"]
+    # one thread, not the loop's, and named for the journal
+    (ident,) = {ident for _, ident in ran}
+    thread = worker._thread
+    assert thread is not None and thread.ident == ident != threading.get_ident()
+    assert thread.name == "gemini-meter-journal"
+    assert "journal housekeeping failed: [Errno 5] Input/output error" in caplog.text
+    worker.shutdown()
+    assert not thread.is_alive()
+
+
+async def test_closing_the_journal_ends_its_thread(tmp_path):
+    journal = Journal(tmp_path, max_bytes=10**8)
+    journal.open()
+    await _append_all(journal, [_row("r1")])
+    thread = journal._worker._thread
+    assert thread is not None and thread.is_alive()
+    await journal.close()
+    assert not thread.is_alive()
 
 
 async def test_a_row_is_in_its_segment_when_append_returns_and_durable_after_the_fsync(
