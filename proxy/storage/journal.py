@@ -227,10 +227,10 @@ class _Worker:
 
     What ``loop.run_in_executor`` did, with less per job: a job is a function and its
     arguments on a ``SimpleQueue``, and its outcome reaches the loop's future by one
-    ``call_soon_threadsafe``. The executor's own future, its lock, semaphore and worker
-    bookkeeping, and the second future chained onto the loop cost a group commit about
-    as much CPU again as the fsync's own Python (docs/benchmarks.md), at a commit every
-    few milliseconds however light the traffic.
+    ``call_soon_threadsafe``. The executor's own future, lock, semaphore and worker
+    bookkeeping, and the second future chained onto the loop, came with every group
+    commit, one every few milliseconds however light the traffic: dropping them saved
+    about 4% of a call's CPU at concurrency 1 (docs/benchmarks.md).
     """
 
     def __init__(self) -> None:
@@ -269,7 +269,7 @@ class _Worker:
             fn, args, done = job
             try:
                 result, error = fn(*args), None
-            except Exception as exc:
+            except BaseException as exc:  # handed on, as an executor would: never a hang
                 result, error = None, exc
             if done is None:
                 if error is not None:
@@ -279,7 +279,7 @@ class _Worker:
                 done.get_loop().call_soon_threadsafe(_settle, done, result, error)
 
 
-def _settle(done: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if done.cancelled():
         return
     if error is not None:
