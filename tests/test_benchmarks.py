@@ -197,10 +197,14 @@ def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path
     assert all(r.ok > 0 and r.errors == 0 and r.concurrency == 1 for r in runs)
     # The other copy ran both its commands: `keys create` (its own database) and `serve`.
     assert marks.read_text() == "old old "
-    # CPU per call is read for each meter's process, and the stub's for direct calls.
+    # CPU per call is read for each meter's process, and the stub's for direct calls; of a
+    # meter's, its event loop's thread spends part (the journal's and writer's the rest).
     assert all((r.proxy_cpu_s if r.leg != "direct" else r.stub_cpu_s) > 0 for r in runs)
+    meters = [r for r in runs if r.leg != "direct"]
+    assert all(0 < r.proxy_loop_cpu_s <= r.proxy_cpu_s for r in meters)
     table = render_latency(runs)
     assert f"| {other} | streamed |" in table and "| direct | plain |" in table
+    assert "| CPU ms per call | of which the loop's thread |" in table
 
 
 def test_a_write_replaces_its_own_section_and_keeps_the_others(tmp_path: Path):

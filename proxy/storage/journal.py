@@ -230,7 +230,7 @@ class _Worker:
     ``call_soon_threadsafe``. The executor's own future, lock, semaphore and worker
     bookkeeping, and the second future chained onto the loop, came with every group
     commit, one every few milliseconds however light the traffic: dropping them saved
-    about 4% of a call's CPU at concurrency 1 (docs/benchmarks.md).
+    1–5% of a call's CPU at concurrency 1 in four A/B runs of five (docs/benchmarks.md).
     """
 
     def __init__(self) -> None:
