@@ -235,7 +235,9 @@ def test_before_the_first_entry_is_unpriced():
     assert CATALOG.entry("gemini-2.5-pro", date(2025, 10, 8)) is not None
 
 
-def test_the_entry_in_force_is_kept_per_model_and_day_and_stays_right():
+def test_the_entry_in_force_is_kept_per_model_and_day_and_stays_right(
+    monkeypatch: pytest.MonkeyPatch,
+):
     # Veo 3.1 Fast's entries (shipped prices.toml): 2025-10-15 and, after its cut, 2026-03-31
     catalog = load_catalog()
     model = "veo-3.1-fast-generate-preview"
@@ -249,13 +251,18 @@ def test_the_entry_in_force_is_kept_per_model_and_day_and_stays_right():
         assert catalog.entry(model, datetime(2026, 3, 31, 1, tzinfo=plus_two)) is before
         assert catalog.entry("models/VEO-3.1-fast-generate-preview", date(2026, 4, 1)) is after
         assert catalog.entry(model, date(2025, 10, 14)) is None
-    # kept: the second ask of a (model, day) does not read the entries again
-    kept = catalog._in_force
-    assert kept[(model, date(2026, 3, 31))] is after
+    # kept: a (model, day) asked before is answered without reading the entries again
+    with monkeypatch.context() as patched:
+
+        def read_again(name: str) -> tuple[ModelPrices, ...]:
+            pytest.fail(f"{name}'s entries read again")
+
+        patched.setattr(catalog, "entries", read_again)
+        assert catalog.entry(model, datetime(2026, 3, 31, 12, tzinfo=UTC)) is after
     # names from the wire cannot grow it without bound
     for n in range(10_000):
         assert catalog.entry(f"invented-{n}", date(2026, 1, 1)) is None
-    assert len(kept) <= 4096
+    assert len(catalog._in_force) <= 4096
     assert catalog.entry(model, date(2026, 3, 31)) is after
 
 
