@@ -75,7 +75,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiohttp
 
@@ -154,24 +154,24 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def _cpu_ticks(stat: Path) -> int:
+    """utime + stime from a ``/proc`` stat file (0 once the process is gone)."""
+    with contextlib.suppress(OSError):
+        # Fields after the command name (which may hold spaces): utime is the 12th, stime
+        # the 13th (fields 14 and 15 of proc(5)).
+        fields = stat.read_text().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid``'s tree, every thread included, in seconds."""
-    ticks = 0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError):
-            # Fields after the command name (which may hold spaces): utime is the 12th, stime
-            # the 13th (fields 14 and 15 of proc(5)).
-            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLK_TCK
+    return sum(_cpu_ticks(Path(f"/proc/{member}/stat")) for member in process_tree(pid)) / CLK_TCK
 
 
 def main_thread_cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid``'s main thread alone: a meter's event loop, in seconds."""
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return 0.0
+    return _cpu_ticks(Path(f"/proc/{pid}/task/{pid}/stat")) / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:
@@ -480,10 +480,11 @@ class Run:
     def rps(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
 
-    def cpu_ms_per_call(self, of: str) -> float:
-        seconds = {"proxy": self.proxy_cpu_s, "loop": self.proxy_loop_cpu_s}.get(
-            of, self.stub_cpu_s
-        )
+    def cpu_ms_per_call(self, of: Literal["proxy", "loop", "stub"]) -> float:
+        if of == "stub":
+            seconds = self.stub_cpu_s
+        else:
+            seconds = self.proxy_loop_cpu_s if of == "loop" else self.proxy_cpu_s
         return 1000 * seconds / self.ok if self.ok else float("nan")
 
 

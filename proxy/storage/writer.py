@@ -58,6 +58,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..metering.records import Principal, UsageRecord
+from ..settings import Settings
 from .bulk import batch_store, is_row_error
 from .journal import OWNER, USAGE, Entry, Journal
 from .schema import utcnow
@@ -114,10 +115,10 @@ class UsageWriter:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
-        batch_size: int = 500,
+        batch_size: int = Settings.writer_batch_size,
         max_batch_size: int | None = None,
-        flush_interval: float = 0.05,
-        queue_limit: int = 100_000,
+        flush_interval: float = Settings.writer_flush_interval_seconds,
+        queue_limit: int = Settings.writer_queue_limit,
         retry_initial_seconds: float = 0.1,
         retry_max_seconds: float = 10.0,
         attempts_before_split: int = 3,

@@ -45,6 +45,7 @@ from proxy.storage import migrate as _migrate
 from proxy.storage.schema import UsageRow, make_engine, make_sessionmaker
 from tests.cli.conftest import PG_SECRET
 from tests.factories import Stack
+from tests.faults.helpers import free_port
 
 # The usage table's default measures: the categories that add up to the total, and cost.
 TABLE_FIELDS = (
@@ -920,12 +921,10 @@ def test_a_config_file_applies_to_its_command_only(capsys, tmp_path):
 @pytest.mark.parametrize("taken", ["port", "metrics port"])
 def test_serve_on_a_port_already_taken_says_so_in_one_line(monkeypatch, taken: str):
     monkeypatch.setenv("GEMINI_METER_UPSTREAM_API_KEY", "upstream-key")
-    with socket.socket() as holder, socket.socket() as other:
+    with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        other.bind(("127.0.0.1", 0))  # a free port for the one not taken, held until then
-        busy, free = holder.getsockname()[1], other.getsockname()[1]
-        other.close()
+        busy, free = holder.getsockname()[1], free_port()
         port, metrics = (busy, free) if taken == "port" else (free, busy)
         done = cli_process("serve", "--port", str(port), "--metrics-port", str(metrics))
     assert done.returncode == 2
