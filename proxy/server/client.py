@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Final
+from asyncio import staggered
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -51,6 +53,8 @@ __all__ = ["Client", "InvalidHeader", "Response", "UpstreamBroke"]
 # Unread body bytes past which a connection stops reading until the relay catches up.
 _HIGH_WATER: Final = 256 * 1024
 _LOW_WATER: Final = 64 * 1024
+# RFC 8305: the next of the upstream's addresses is tried this long after the one before.
+_HAPPY_EYEBALLS_DELAY: Final = 0.25
 # RFC 9110 9.2.2; the ones sent again when a reused connection turned out closed.
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -100,8 +104,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport subclasses).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._last_active = time.monotonic()
@@ -359,6 +363,78 @@ class Response:
             connection._pool._release(connection, reuse=self._done and connection.reusable)
 
 
+async def connect_socket(
+    loop: asyncio.AbstractEventLoop,
+    host: str,
+    port: int,
+    *,
+    delay: float = _HAPPY_EYEBALLS_DELAY,
+    addresses: list[tuple[Any, ...]] | None = None,
+) -> socket.socket:
+    """A TCP socket connected to ``host:port``, its addresses tried the RFC 8305 way, as
+    aiohttp's connector and asyncio's ``happy_eyeballs_delay`` do: the families taken in
+    turn, the next address ``delay`` after the one before, the first to connect kept.
+    An address family that swallows packets (IPv6 in many containers) then costs
+    ``delay``, not the whole connect time-out. Done here rather than by
+    ``create_connection``, so that it works on any event loop (uvloop has no
+    ``happy_eyeballs_delay``). ``addresses`` (``getaddrinfo``'s entries) skips the lookup.
+    """
+    infos = addresses
+    if infos is None:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"no address for {host}")
+    opened: list[socket.socket] = []
+    errors: list[BaseException] = []
+
+    def attempt(info: tuple[Any, ...]) -> Callable[[], Coroutine[Any, Any, socket.socket]]:
+        async def connect() -> socket.socket:
+            family, kind, proto, _, address = info
+            sock = socket.socket(family, kind, proto)
+            opened.append(sock)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+            return sock
+
+        return connect
+
+    winner: socket.socket | None = None
+    try:
+        winner, _, _ = await staggered.staggered_race(
+            [attempt(info) for info in _interleaved(infos)], delay
+        )
+    finally:
+        # Every socket but the winner's: those that failed, were cut, or connected late.
+        for sock in opened:
+            if sock is not winner:
+                sock.close()
+    if winner is None:
+        failures = [exc for exc in errors if isinstance(exc, OSError)]
+        if failures and len({str(exc) for exc in failures}) == 1:
+            raise failures[0]  # one reason, as a single address would give
+        raise OSError(f"every address of {host} failed: {'; '.join(map(str, errors))}")
+    return winner
+
+
+def _interleaved(infos: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``getaddrinfo``'s entries with their families taken in turn, the first one's
+    first (RFC 8305, section 4)."""
+    by_family: dict[int, collections.deque[tuple[Any, ...]]] = {}
+    for info in infos:
+        by_family.setdefault(info[0], collections.deque()).append(info)
+    queues = list(by_family.values())
+    ordered: list[tuple[Any, ...]] = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered.append(queue.popleft())
+    return ordered
+
+
 class Client:
     """Calls to one upstream (``base``: ``scheme://host[:port][/path]``) over a pool of
     at most ``limit`` keep-alive connections."""
@@ -545,17 +621,17 @@ class Client:
         try:
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(self._connect_timeout):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl if self._tls else None,
-                    server_hostname=self._host if self._tls else None,
-                    # RFC 8305, as aiohttp's connector does: an address family that
-                    # swallows packets (IPv6 in many containers) costs 0.25 s, not the
-                    # whole connect time-out.
-                    happy_eyeballs_delay=0.25,
-                )
+                sock = await connect_socket(loop, self._host, self._port)
+                try:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(self),
+                        sock=sock,
+                        ssl=self._ssl if self._tls else None,
+                        server_hostname=self._host if self._tls else None,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
         except BaseException as exc:
             self._open -= 1
             self._wake_one()

@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.server.client import Client, InvalidHeader, UpstreamBroke
+from proxy.server.client import (
+    Client,
+    InvalidHeader,
+    UpstreamBroke,
+    _interleaved,
+    connect_socket,
+)
 from tests.factories import Tls
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -42,10 +51,14 @@ class RawServer:
             writer.close()
 
     @property
-    def url(self) -> str:
+    def address(self) -> tuple[str, int]:
         assert self.server is not None
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return host, port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.address[1]}"
 
 
 @contextlib.asynccontextmanager
@@ -273,6 +286,95 @@ async def test_nothing_listening_is_an_upstream_failure():
     with pytest.raises(UpstreamBroke):
         await upstream.request("GET", "/x", [])
     await upstream.close()
+
+
+@contextlib.contextmanager
+def swallowing_address() -> Iterator[tuple[str, int]]:
+    """An address whose connects hang, as in a container whose IPv6 swallows packets: a
+    listener whose accept queue is full (Linux drops the SYNs past it), never accepting."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname())  # the one the queue holds
+    try:
+        yield listener.getsockname()
+    finally:
+        filler.close()
+        listener.close()
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()  # accepts, says nothing
+
+
+def _address(host: str, port: int) -> tuple[Any, ...]:
+    return (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
+
+
+def _on_each_loop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``scenario`` on asyncio's event loop, then on uvloop's (serve's default)."""
+    for factory in (None, uvloop.new_event_loop):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(scenario())
+
+
+def test_an_address_that_swallows_packets_costs_the_delay_not_the_connect_time_out():
+    async def scenario() -> None:
+        async with raw_server(_silent) as server:
+            good = server.address
+            with swallowing_address() as hanging:
+                # One after the other, the hanging address would keep the connect for the
+                # kernel's SYN retries (minutes); within 5 s only the race reaches the second.
+                async with asyncio.timeout(5):
+                    sock = await connect_socket(
+                        asyncio.get_running_loop(),
+                        "upstream.test",
+                        0,
+                        delay=0.05,
+                        addresses=[_address(*hanging), _address(*good)],
+                    )
+                with sock:
+                    assert sock.getpeername() == good
+
+    _on_each_loop(scenario)
+
+
+def test_addresses_are_tried_with_their_families_in_turn():
+    v6 = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (f"::{n}", 1, 0, 0)) for n in (1, 2)]
+    v4 = [_address(f"127.0.0.{n}", 1) for n in (1, 2)]
+    # RFC 8305 section 4: the first family first, then the other, and so on.
+    assert [a[4][0] for a in _interleaved([*v6, *v4])] == ["::1", "127.0.0.1", "::2", "127.0.0.2"]
+
+
+def test_when_every_address_fails_the_call_says_why():
+    async def scenario() -> None:
+        async with raw_server(_silent) as server:
+            closed = server.address
+        refused = [_address(*closed), _address(*closed)]
+        with pytest.raises(ConnectionRefusedError):
+            await connect_socket(asyncio.get_running_loop(), "upstream.test", 0, addresses=refused)
+        upstream = client(f"http://{closed[0]}:{closed[1]}")
+        with pytest.raises(UpstreamBroke, match="Could not connect to the upstream"):
+            await upstream.request("GET", "/x", [])
+        await upstream.close()
+
+    _on_each_loop(scenario)
+
+
+def test_a_call_goes_through_on_uvloop_as_on_asyncio():
+    async def scenario() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.read()
+
+        async with raw_server(answer) as server:
+            upstream = client(server.url)
+            assert await fetch(upstream) == (200, b"ok")
+            await upstream.close()
+
+    _on_each_loop(scenario)
 
 
 async def test_the_pool_never_opens_more_than_its_limit():
