@@ -18,6 +18,7 @@ import pytest
 
 from proxy.settings import (
     AuthMode,
+    EventLoop,
     JournalFullPolicy,
     Problem,
     Secret,
@@ -44,6 +45,7 @@ def _config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
 def test_defaults_are_the_readmes() -> None:
     settings = Settings()
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8080, 1)
+    assert settings.event_loop is EventLoop.AUTO
     assert settings.database_url == "sqlite+aiosqlite:///./gemini-meter.db"
     assert settings.upstream == "https://generativelanguage.googleapis.com"
     assert settings.auth_mode is AuthMode.VIRTUAL_KEYS
@@ -90,6 +92,7 @@ def test_variable_names_are_read_in_any_case_and_other_prefixed_ones_ignored(
         ("budget_reserve_usd", "0.0000001", Decimal("0.0000001")),  # exact, not a float
         ("journal_dir", "/var/lib/meter/journal", Path("/var/lib/meter/journal")),
         ("auth_mode", "passthrough", AuthMode.PASSTHROUGH),
+        ("event_loop", "asyncio", EventLoop.ASYNCIO),
         ("passthrough_aliases", '{"k-3f2a": "alice"}', {"k-3f2a": "alice"}),
         ("metrics_port", "9464", 9464),
     ],
@@ -116,6 +119,7 @@ def test_text_from_the_environment_becomes_the_fields_type(
         ("alert_interval_seconds", "inf", "must be a finite number"),
         ("journal_enabled", "maybe", "must be true or false"),
         ("auth_mode", "open", "must be one of 'virtual_keys', 'passthrough'"),
+        ("event_loop", "trio", "must be one of 'auto', 'uvloop', 'asyncio'"),
         ("passthrough_aliases", "{not json", "must be a JSON object of strings"),
         ("passthrough_aliases", '{"k": 1}', "must be a map of strings to strings"),
         ("upstream", "http://example.com", "must use https unless it is a loopback address"),

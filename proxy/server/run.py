@@ -42,14 +42,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from ..errors import ConfigError
-from ..settings import Settings
+from ..settings import EventLoop, Settings
 from .app import ProxyRunner, create_app
 from .metrics import metrics_app
 from .typedefs import in_flight_key, metrics_key, pumps_key
@@ -77,7 +77,30 @@ def serve(settings: Settings, *, access_log: AccessLog | None = None) -> None:
     if settings.workers > 1:
         _supervise(settings, access_log)
     else:
-        asyncio.run(_serve(settings, access_log, reuse_port=False))
+        _run(_serve(settings, access_log, reuse_port=False), settings.event_loop)
+
+
+def _run(main: Coroutine[Any, Any, None], choice: EventLoop) -> None:
+    """Run ``main`` to its end on the event loop ``choice`` names."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+        runner.run(main)
+
+
+def loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the loop ``choice`` names (None: asyncio's own). ``auto`` is uvloop
+    where it is installed; ``uvloop`` without it is a set-up error."""
+    if choice is EventLoop.ASYNCIO:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice is EventLoop.UVLOOP:
+            raise ConfigError(
+                "event_loop is uvloop, but uvloop is not installed: install it, or set "
+                "event_loop to auto or asyncio"
+            ) from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _worker(settings: Settings, index: int, access_log: AccessLog | None, level: int) -> None:
@@ -91,7 +114,7 @@ def _worker(settings: Settings, index: int, access_log: AccessLog | None, level:
     # The supervisor handles SIGINT (a terminal's ^C reaches the whole group) and
     # passes SIGTERM on: a worker drains once, on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve(mine, access_log, reuse_port=True, signals=(signal.SIGTERM,)))
+    _run(_serve(mine, access_log, reuse_port=True, signals=(signal.SIGTERM,)), mine.event_loop)
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -110,6 +133,7 @@ def _supervise(settings: Settings, access_log: AccessLog | None) -> None:
     from . import worker
 
     gc.enable()  # paused for the imports (cli.serve); a supervisor starts nothing else
+    loop_factory(settings.event_loop)  # a loop that cannot be had is said here, not per worker
     # Once, before any worker: concurrent first starts would race to migrate an
     # embedded SQLite file and to create the key secret file. A database already at
     # the newest revision (one query) is left alone, without importing Alembic.
@@ -181,6 +205,10 @@ async def _at_head(url: str) -> bool:
         await engine.dispose()
 
 
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 async def _listen(site: web.TCPSite, host: str, port: int) -> None:
     """Start ``site``; a port it cannot take is the set-up's fault, said in one line
     (not left to the CLI, which reads any other ``OSError`` as the database's)."""
@@ -227,12 +255,13 @@ async def _serve(
         # frozen by now (server.app), so from here it walks only what serving makes.
         gc.enable()
         log.info(
-            "Gemini Meter on http://%s:%d -> %s (%s, %s)",
+            "Gemini Meter on http://%s:%d -> %s (%s, %s, %s)",
             settings.host,
             settings.port,
             settings.upstream,
             settings.auth_mode.value,
             "sqlite" if settings.is_sqlite else "postgresql",
+            _loop_name(loop),
         )
         await stop.wait()
         log.info(

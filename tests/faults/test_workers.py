@@ -12,14 +12,18 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+import uvloop
 
 from proxy.emulator import create_emulator_app, emulator_state_key
-from proxy.server.run import worker_settings
-from proxy.settings import Settings
+from proxy.errors import ConfigError
+from proxy.server.run import loop_factory, worker_settings
+from proxy.settings import EventLoop, Settings
 from tests.faults.helpers import (
     GENERATE,
     ProxyProcess,
@@ -188,6 +192,40 @@ async def test_the_access_log_can_be_turned_off(tmp_path: Path, aiohttp_server: 
         assert GENERATE.split("?")[0] not in log and '" 200 ' not in log
     finally:
         proxy.kill()
+
+
+@pytest.mark.parametrize(
+    ("setting", "loop"), [(None, "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")]
+)
+async def test_serve_runs_on_the_event_loop_it_is_set_to_and_meters_alike(
+    tmp_path: Path, aiohttp_server: Any, setting: str | None, loop: str
+):
+    # The default (auto) is uvloop, installed with the proxy; asyncio's own loop on request.
+    settings = {"event_loop": setting} if setting else {}
+    upstream, proxy, database_url, key, _ = await _start(
+        tmp_path, aiohttp_server, workers=1, **settings
+    )
+    try:
+        streamed = GENERATE.replace(":generateContent", ":streamGenerateContent") + "?alt=sse"
+        async with aiohttp.ClientSession() as session:
+            received = [await _call(session, proxy.url + p, key) for p in (GENERATE, streamed)]
+        assert None not in received and served(upstream) == 1
+        proxy.signal(signal.SIGTERM)
+        assert await proxy.wait() == 0
+        assert f"(virtual_keys, sqlite, {loop})" in proxy.log.read_text()
+        _assert_each_once(await _stored_response_ids(database_url), received)  # type: ignore[arg-type]
+    finally:
+        proxy.kill()
+
+
+def test_a_loop_that_cannot_be_had_is_a_set_up_error(monkeypatch: Any):
+    assert loop_factory(EventLoop.ASYNCIO) is None
+    assert loop_factory(EventLoop.AUTO) is uvloop.new_event_loop
+    assert loop_factory(EventLoop.UVLOOP) is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as where it is not installed
+    assert loop_factory(EventLoop.AUTO) is None
+    with pytest.raises(ConfigError, match="event_loop is uvloop, but uvloop is not installed"):
+        loop_factory(EventLoop.UVLOOP)
 
 
 def test_each_worker_gets_its_own_metrics_port_from_a_set_up_the_supervisor_accepted(
