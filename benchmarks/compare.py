@@ -913,13 +913,14 @@ def startup_only(
 
 
 def latency_against(config: Config, against: Path) -> list[Run]:
-    """Only the c=1 latency legs: direct calls, this copy's meter and the meter in ``against``
+    """Only the wrk legs: direct calls, this copy's meter and the meter in ``against``
     (a checkout, or a directory holding its ``proxy`` package and ``migrations``, first on
-    ``PYTHONPATH``), each leg plain and streamed, ``config.reps`` repetitions in rotating
-    order, against one stub.
+    ``PYTHONPATH``), each leg plain and streamed at each of ``config.concurrency``,
+    ``config.reps`` repetitions in rotating order, against one stub.
 
     Each meter has its own database (made by its own copy), so two copies of different
-    schemas compare too. For an A/B of one change's effect on the tail.
+    schemas compare too. For an A/B of one change: its CPU per call, its rate under load,
+    and its effect on the tail.
     """
     runs: list[Run] = []
     with workspace("gemini-meter-latency-") as (work, services):
@@ -945,38 +946,46 @@ def latency_against(config: Config, against: Path) -> list[Run]:
                     run_wrk(leg, stub, stream=stream, concurrency=1, seconds=config.warmup, rep=-1)
         for rep in range(config.reps):
             shift = rep % len(legs)
-            for stream in (False, True):
+            for stream, concurrency in scenarios(config):
                 for leg in legs[shift:] + legs[:shift]:
                     runs.append(
                         run_wrk(
-                            leg, stub, stream=stream, concurrency=1, seconds=config.seconds, rep=rep
+                            leg,
+                            stub,
+                            stream=stream,
+                            concurrency=concurrency,
+                            seconds=config.seconds,
+                            rep=rep,
                         )
                     )
     return runs
 
 
 def render_latency(runs: Sequence[Run]) -> str:
-    """The c=1 latency table of ``latency_against``: medians over the repetitions, what
-    each meter adds to the direct call's p50 and p99, and CPU per call (the stub's own for
-    direct calls, as in the full comparison), with the part of a meter's spent by its event
-    loop's thread (the rest is its journal's and writer's threads)."""
+    """The table of ``latency_against``: per call kind and concurrency, medians over the
+    repetitions of the rate, p50 and p99, what each meter adds to the direct call's p50 and
+    p99, and CPU per call (the stub's own for direct calls, as in the full comparison),
+    with the part of a meter's spent by its event loop's thread (the rest is its journal's
+    and writer's threads)."""
     lines = [
-        "| target | call | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms per call"
-        " | of which the loop's thread | p99 of each rep |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| target | call | c | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms"
+        " | CPU ms per call | of which the loop's thread | p99 of each rep |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for stream in (False, True):
-        direct = [r for r in runs if r.leg == "direct" and r.stream is stream]
+    for stream, concurrency in dict.fromkeys((r.stream, r.concurrency) for r in runs):
+        scenario = [r for r in runs if r.stream is stream and r.concurrency == concurrency]
+        direct = [r for r in scenario if r.leg == "direct"]
         base50 = median([r.p50_ms for r in direct])
         base99 = median([r.p99_ms for r in direct])
         for name in dict.fromkeys(r.leg for r in runs):
-            mine = [r for r in runs if r.leg == name and r.stream is stream]
+            mine = [r for r in scenario if r.leg == name]
             p50, p99 = median([r.p50_ms for r in mine]), median([r.p99_ms for r in mine])
             added = name != "direct"
             cpu = median([r.cpu_ms_per_call("proxy" if added else "stub") for r in mine])
             loop = f"{median([r.cpu_ms_per_call('loop') for r in mine]):.3f}" if added else "–"
             lines.append(
-                f"| {name} | {'streamed' if stream else 'plain'} | {p50:.2f} | {p99:.2f} |"
+                f"| {name} | {'streamed' if stream else 'plain'} | {concurrency} |"
+                f" {median([r.rps for r in mine]):.0f} | {p50:.2f} | {p99:.2f} |"
                 f" {_f(p50 - base50) if added else '–'} | {_f(p99 - base99) if added else '–'} |"
                 f" {cpu:.3f} | {loop} | {', '.join(f'{r.p99_ms:.2f}' for r in mine)} |"
             )
@@ -1298,9 +1307,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--latency-against",
         type=Path,
         metavar="DIR",
-        help="only the c=1 latency legs (plain and streamed, --reps of --seconds each): "
-        "direct calls, this copy's meter and the one in DIR (a checkout of another commit, "
-        "or its proxy and migrations from `git archive`), interleaved",
+        help="only the wrk legs (plain and streamed at each --concurrency, --reps of --seconds "
+        "each): direct calls, this copy's meter and the one in DIR (a checkout of another "
+        "commit, or its proxy and migrations from `git archive`), interleaved",
     )
     return parser.parse_args(argv)
 

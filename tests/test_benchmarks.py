@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -189,12 +190,15 @@ def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path
 @needs_wrk
 def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path: Path):
     copy, marks = _other_copy(tmp_path)
-    runs = latency_against(_brief(starts=0), copy)
+    runs = latency_against(replace(_brief(starts=0), concurrency=[1, 4]), copy)
     other = f"`{copy}`"
-    assert sorted((r.leg, r.stream) for r in runs) == sorted(
-        (leg, stream) for leg in ("direct", "this copy", other) for stream in (False, True)
+    assert sorted((r.leg, r.stream, r.concurrency) for r in runs) == sorted(
+        (leg, stream, c)
+        for leg in ("direct", "this copy", other)
+        for stream in (False, True)
+        for c in (1, 4)
     )
-    assert all(r.ok > 0 and r.errors == 0 and r.concurrency == 1 for r in runs)
+    assert all(r.ok > 0 and r.errors == 0 for r in runs)
     # The other copy ran both its commands: `keys create` (its own database) and `serve`.
     assert marks.read_text() == "old old "
     # CPU per call is read for each meter's process, and the stub's for direct calls; of a
@@ -203,8 +207,8 @@ def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path
     meters = [r for r in runs if r.leg != "direct"]
     assert all(0 < r.proxy_loop_cpu_s <= r.proxy_cpu_s for r in meters)
     table = render_latency(runs)
-    assert f"| {other} | streamed |" in table and "| direct | plain |" in table
-    assert "| CPU ms per call | of which the loop's thread |" in table
+    assert f"| {other} | streamed | 4 |" in table and "| direct | plain | 1 |" in table
+    assert "| c | req/s |" in table and "| CPU ms per call | of which the loop's thread |" in table
 
 
 def test_a_write_replaces_its_own_section_and_keeps_the_others(tmp_path: Path):
