@@ -773,22 +773,10 @@ async def run(config: Config) -> Outcome:
                     )
                     answered[leg.name] += warm.requests
         for rep in range(config.reps):
-            for stream, concurrency in scenarios(config):
-                # Rotate the order each repetition, so no target always runs first (or last).
-                shift = rep % len(legs)
-                for leg in legs[shift:] + legs[:shift]:
-                    result = run_wrk(
-                        leg,
-                        stub,
-                        stream=stream,
-                        concurrency=concurrency,
-                        seconds=config.seconds,
-                        rep=rep,
-                    )
-                    outcome.runs.append(result)
-                    answered[leg.name] += result.requests
-            shift = rep % len(legs)
-            for leg in legs[shift:] + legs[:shift]:
+            for result in repetition(config, legs, stub, rep):
+                outcome.runs.append(result)
+                answered[result.leg] += result.requests
+            for leg in rotated(legs, rep):
                 times = await first_bytes(leg, config.probe_seconds)
                 outcome.first_bytes.setdefault(leg.name, []).append([1000 * t for t in times])
                 answered[leg.name] += len(times)
@@ -945,20 +933,24 @@ def latency_against(config: Config, against: Path) -> list[Run]:
                 if config.warmup:
                     run_wrk(leg, stub, stream=stream, concurrency=1, seconds=config.warmup, rep=-1)
         for rep in range(config.reps):
-            shift = rep % len(legs)
-            for stream, concurrency in scenarios(config):
-                for leg in legs[shift:] + legs[:shift]:
-                    runs.append(
-                        run_wrk(
-                            leg,
-                            stub,
-                            stream=stream,
-                            concurrency=concurrency,
-                            seconds=config.seconds,
-                            rep=rep,
-                        )
-                    )
+            runs.extend(repetition(config, legs, stub, rep))
     return runs
+
+
+def rotated(legs: list[Leg], rep: int) -> list[Leg]:
+    """The legs in repetition ``rep``'s order: rotated each time, so that no target always
+    runs first (or last)."""
+    shift = rep % len(legs)
+    return legs[shift:] + legs[:shift]
+
+
+def repetition(config: Config, legs: list[Leg], stub: Service, rep: int) -> Iterator[Run]:
+    """One repetition's wrk runs: each scenario, each leg in the repetition's order."""
+    for stream, concurrency in scenarios(config):
+        for leg in rotated(legs, rep):
+            yield run_wrk(
+                leg, stub, stream=stream, concurrency=concurrency, seconds=config.seconds, rep=rep
+            )
 
 
 def render_latency(runs: Sequence[Run]) -> str:
