@@ -40,12 +40,13 @@ import collections
 import socket
 import ssl
 import time
-from asyncio import staggered
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from typing import Any, Final, cast
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Final, cast
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import httptools
+from aiohappyeyeballs import AddrInfoType
 from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["Client", "InvalidHeader", "Response", "UpstreamBroke"]
@@ -369,70 +370,22 @@ async def connect_socket(
     port: int,
     *,
     delay: float = _HAPPY_EYEBALLS_DELAY,
-    addresses: list[tuple[Any, ...]] | None = None,
+    addresses: Sequence[AddrInfoType] | None = None,
 ) -> socket.socket:
-    """A TCP socket connected to ``host:port``, its addresses tried the RFC 8305 way, as
-    aiohttp's connector and asyncio's ``happy_eyeballs_delay`` do: the families taken in
-    turn, the next address ``delay`` after the one before, the first to connect kept.
-    An address family that swallows packets (IPv6 in many containers) then costs
-    ``delay``, not the whole connect time-out. Done here rather than by
-    ``create_connection``, so that it works on any event loop (uvloop has no
+    """A TCP socket connected to ``host:port``, its addresses tried the RFC 8305 way by
+    aiohappyeyeballs (what aiohttp's connector uses): the families taken in turn, the next
+    address ``delay`` after the one before, the first to connect kept. An address family
+    that swallows packets (IPv6 in many containers) then costs ``delay``, not the whole
+    connect time-out, on any event loop (uvloop's ``create_connection`` has no
     ``happy_eyeballs_delay``). ``addresses`` (``getaddrinfo``'s entries) skips the lookup.
     """
-    infos = addresses
-    if infos is None:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
+    if addresses is None:
+        addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not addresses:
         raise OSError(f"no address for {host}")
-    opened: list[socket.socket] = []
-    errors: list[BaseException] = []
-
-    def attempt(info: tuple[Any, ...]) -> Callable[[], Coroutine[Any, Any, socket.socket]]:
-        async def connect() -> socket.socket:
-            family, kind, proto, _, address = info
-            sock = socket.socket(family, kind, proto)
-            opened.append(sock)
-            try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, address)
-            except BaseException as exc:
-                errors.append(exc)
-                raise
-            return sock
-
-        return connect
-
-    winner: socket.socket | None = None
-    try:
-        winner, _, _ = await staggered.staggered_race(
-            [attempt(info) for info in _interleaved(infos)], delay
-        )
-    finally:
-        # Every socket but the winner's: those that failed, were cut, or connected late.
-        for sock in opened:
-            if sock is not winner:
-                sock.close()
-    if winner is None:
-        failures = [exc for exc in errors if isinstance(exc, OSError)]
-        if failures and len({str(exc) for exc in failures}) == 1:
-            raise failures[0]  # one reason, as a single address would give
-        raise OSError(f"every address of {host} failed: {'; '.join(map(str, errors))}")
-    return winner
-
-
-def _interleaved(infos: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """``getaddrinfo``'s entries with their families taken in turn, the first one's
-    first (RFC 8305, section 4)."""
-    by_family: dict[int, collections.deque[tuple[Any, ...]]] = {}
-    for info in infos:
-        by_family.setdefault(info[0], collections.deque()).append(info)
-    queues = list(by_family.values())
-    ordered: list[tuple[Any, ...]] = []
-    while any(queues):
-        for queue in queues:
-            if queue:
-                ordered.append(queue.popleft())
-    return ordered
+    return await aiohappyeyeballs.start_connection(
+        addresses, happy_eyeballs_delay=delay, interleave=1, loop=loop
+    )
 
 
 class Client:

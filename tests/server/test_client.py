@@ -16,13 +16,7 @@ import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.server.client import (
-    Client,
-    InvalidHeader,
-    UpstreamBroke,
-    _interleaved,
-    connect_socket,
-)
+from proxy.server.client import Client, InvalidHeader, UpstreamBroke, connect_socket
 from tests.factories import Tls
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -337,13 +331,6 @@ def test_an_address_that_swallows_packets_costs_the_delay_not_the_connect_time_o
                     assert sock.getpeername() == good
 
     _on_each_loop(scenario)
-
-
-def test_addresses_are_tried_with_their_families_in_turn():
-    v6 = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (f"::{n}", 1, 0, 0)) for n in (1, 2)]
-    v4 = [_address(f"127.0.0.{n}", 1) for n in (1, 2)]
-    # RFC 8305 section 4: the first family first, then the other, and so on.
-    assert [a[4][0] for a in _interleaved([*v6, *v4])] == ["::1", "127.0.0.1", "::2", "127.0.0.2"]
 
 
 def test_when_every_address_fails_the_call_says_why():
