@@ -481,10 +481,11 @@ class Run:
         return self.ok / self.seconds if self.seconds else 0.0
 
     def cpu_ms_per_call(self, of: Literal["proxy", "loop", "stub"]) -> float:
-        if of == "stub":
-            seconds = self.stub_cpu_s
-        else:
-            seconds = self.proxy_loop_cpu_s if of == "loop" else self.proxy_cpu_s
+        seconds = {
+            "proxy": self.proxy_cpu_s,
+            "loop": self.proxy_loop_cpu_s,
+            "stub": self.stub_cpu_s,
+        }[of]
         return 1000 * seconds / self.ok if self.ok else float("nan")
 
 
