@@ -31,6 +31,7 @@ several launches, the package's bytecode written first as an installed wheel has
     python benchmarks/compare.py --smoke               # seconds: completes, loses nothing
     python benchmarks/compare.py --startup-only --starts 15   # start to ready alone
     python benchmarks/compare.py --startup-only --starts 15 --startup-against /tmp/old
+    python benchmarks/compare.py --paced 0 2 20     # calls one at a time, paused between
 
 LiteLLM (``litellm[proxy]``, pinned below) is installed on first use into
 ``benchmarks/.litellm-venv``, never into the project's environment, and reached through
@@ -594,17 +595,21 @@ async def read_streams(url: str, key: str | None, count: int) -> tuple[int, int,
     return ok, size, failures
 
 
-async def first_bytes(leg: Leg, seconds: float) -> list[float]:
-    """Streamed calls one after another for ``seconds``: each one's time to its first byte.
+async def first_bytes(
+    leg: Leg, seconds: float, *, stream: bool = True, shape: str = "trickle", pause: float = 0.0
+) -> list[float]:
+    """Calls one after another for ``seconds``: each one's time to its first byte.
 
     wrk only times a response to its last byte; the issue's latency target for streams is
-    the first. The stub's ``trickle`` reply sends its first event at once and the other two
-    10 ms apart, so a proxy that buffered the stream would show it here.
+    the first. By default the calls are streamed, on the stub's ``trickle`` reply, which
+    sends its first event at once and the other two 10 ms apart, so a proxy that buffered
+    the stream would show it here. ``pause`` seconds pass between one call's end and the
+    next one's start.
     """
     headers = {"Content-Type": "application/json"}
     if leg.header_key:
         headers["x-goog-api-key"] = leg.header_key
-    url = leg.url(True, "trickle")
+    url = leg.url(stream, shape)
     times: list[float] = []
     connector = aiohttp.TCPConnector(limit=1)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -620,6 +625,8 @@ async def first_bytes(leg: Leg, seconds: float) -> list[float]:
                 if response.status != 200:
                     raise RuntimeError(f"{leg.name}: status {response.status} on {url}")
             times.append(first)
+            if pause:
+                await asyncio.sleep(pause)
     return times
 
 
@@ -936,6 +943,106 @@ def latency_against(config: Config, against: Path) -> list[Run]:
         for rep in range(config.reps):
             runs.extend(repetition(config, legs, stub, rep))
     return runs
+
+
+@dataclass
+class Paced:
+    """Calls one at a time with a pause between them: one target, one call kind, one pause,
+    one repetition."""
+
+    leg: str
+    stream: bool
+    pause_ms: float
+    rep: int
+    times_ms: list[float]  # each call's time to its first byte
+    cpu_s: float  # the proxy's CPU over the run; the stub's for direct calls
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        return 1000 * self.cpu_s / len(self.times_ms) if self.times_ms else float("nan")
+
+
+async def paced(config: Config, pauses: Sequence[float]) -> list[Paced]:
+    """Only calls one at a time, with each of ``pauses`` (ms) between one call's end and
+    the next one's start: direct, the bare forwarder, the lean one on uvloop and the
+    meter, plain and streamed (to the first byte), ``config.probe_seconds`` of calls per
+    target, kind, pause and repetition, the targets in rotating order.
+
+    wrk's c=1 sends each call the moment the last one ends, so every process is always
+    warm; a client that pauses between calls, as most do, leaves the machine idle between
+    them. This is what each target adds then, and what each of its calls costs in CPU (the
+    work a process does per second rather than per call is shared by fewer calls).
+    """
+    results: list[Paced] = []
+    with workspace("gemini-meter-paced-") as (work, services):
+        compile_bytecode()
+        stub = start_stub(work, config.big_bytes, config.held_chunks, config.held_delay_ms)
+        services.append(stub)
+        meter = Meter.prepare("meter", work, stub, config.serve_args)
+        meter_service = meter.launch()
+        bare = start_bare(work, stub)
+        lean = start_lean(work, stub, uvloop=True)
+        services += [meter_service, bare, lean]
+        legs = [
+            Leg("direct", stub.port, "", DIRECT_KEY, None, None),
+            Leg(BARE_NAME, bare.port, "", BARE_KEY, None, bare.pid),
+            Leg(LEAN_UVLOOP_NAME, lean.port, "", LEAN_UVLOOP_KEY, None, lean.pid),
+            Leg("Gemini Meter", meter_service.port, "", meter.key, None, meter_service.pid),
+        ]
+        for leg in legs:  # warm: a first connection, each route's first call
+            for stream in (False, True):
+                await first_bytes(leg, 0.2, stream=stream, shape="")
+        for pause in pauses:
+            for rep in range(config.reps):
+                for leg in rotated(legs, rep):
+                    for stream in (False, True):
+                        pid = leg.pid if leg.pid is not None else stub.pid
+                        before = cpu_seconds(pid)
+                        times = await first_bytes(
+                            leg, config.probe_seconds, stream=stream, shape="", pause=pause / 1000
+                        )
+                        results.append(
+                            Paced(
+                                leg.name,
+                                stream,
+                                pause,
+                                rep,
+                                [1000 * t for t in times],
+                                cpu_seconds(pid) - before,
+                            )
+                        )
+    return results
+
+
+def render_paced(results: Sequence[Paced]) -> str:
+    """The table of ``paced``: per pause, call kind and target, the medians over the
+    repetitions of p50 and p99 to the first byte, what each proxy adds to the direct
+    call's (of the same repetition), and CPU per call."""
+    lines = [
+        "| pause ms | call | target | calls | p50 ms | p99 ms | added p50 ms | added p99 ms"
+        " | CPU ms per call |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pause, stream in dict.fromkeys((r.pause_ms, r.stream) for r in results):
+        scenario = [r for r in results if r.pause_ms == pause and r.stream is stream]
+        direct = {r.rep: r for r in scenario if r.leg == "direct"}
+        for name in dict.fromkeys(r.leg for r in scenario):
+            mine = [r for r in scenario if r.leg == name]
+            p50s = [percentile(r.times_ms, 50) for r in mine]
+            p99s = [percentile(r.times_ms, 99) for r in mine]
+            if name == "direct":
+                added50 = added99 = "–"
+            else:
+                pairs = [(r.times_ms, direct[r.rep].times_ms) for r in mine]
+                added50 = _f(median([percentile(m, 50) - percentile(b, 50) for m, b in pairs]))
+                added99 = _f(median([percentile(m, 99) - percentile(b, 99) for m, b in pairs]))
+            lines.append(
+                f"| {pause:g} | {'streamed' if stream else 'plain'} | {name} |"
+                f" {sum(len(r.times_ms) for r in mine)} | {median(p50s):.2f} |"
+                f" {median(p99s):.2f} | {added50} | {added99} |"
+                f" {median([r.cpu_ms_per_call for r in mine]):.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def rotated(legs: list[Leg], rep: int) -> list[Leg]:
@@ -1304,6 +1411,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "each): direct calls, this copy's meter and the one in DIR (a checkout of another "
         "commit, or its proxy and migrations from `git archive`), interleaved",
     )
+    parser.add_argument(
+        "--paced",
+        type=float,
+        nargs="+",
+        metavar="MS",
+        help="only calls one at a time with each pause of MS milliseconds between them: "
+        "time to first byte and CPU per call of direct calls, the bare and lean forwarders "
+        "and the meter, --probe-seconds of calls each, --reps repetitions",
+    )
     return parser.parse_args(argv)
 
 
@@ -1357,15 +1473,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" {os.getloadavg()[0]:.1f} at the end."
             )
         return 0
+    if args.paced is not None:
+        load = os.getloadavg()[0]
+        print(render_paced(asyncio.run(paced(config_from(args), args.paced))))
+        print(load_line(load))
+        return 0
     if shutil.which("wrk") is None:
         print("wrk is missing: install Debian's package (apt-get install wrk)", file=sys.stderr)
         return 2
     if args.latency_against is not None:
         load = os.getloadavg()[0]
         print(render_latency(latency_against(config_from(args), args.latency_against)))
-        print(
-            f"\nLoad average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."
-        )
+        print(load_line(load))
         return 0
     if args.smoke and args.write:
         print("a smoke run's figures mean nothing: --write needs a full run", file=sys.stderr)
@@ -1399,6 +1518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for failure in failures:
         print(failure, file=sys.stderr)
     return 1 if failures else 0
+
+
+def load_line(start: float) -> str:
+    """How busy the machine was: the 1-minute load average at ``start`` and now."""
+    return f"\nLoad average (1 min): {start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end."
 
 
 def reproduce(argv: Sequence[str]) -> str:

@@ -30,10 +30,12 @@ from benchmarks.compare import (
     Run,
     free_port,
     latency_against,
+    paced,
     parse_wrk,
     problems,
     render,
     render_latency,
+    render_paced,
     reproduce,
     startup_only,
     write_section,
@@ -209,6 +211,27 @@ def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path
     table = render_latency(runs)
     assert f"| {other} | streamed | 4 |" in table and "| direct | plain | 1 |" in table
     assert "| c | req/s |" in table and "| CPU ms per call | of which the loop's thread |" in table
+
+
+async def test_paced_calls_time_each_target_at_each_pause_one_call_at_a_time():
+    results = await paced(replace(_brief(starts=0), reps=2, probe_seconds=0.3), [0, 20])
+    targets = ("direct", "bare forwarder", "lean forwarder + uvloop", "Gemini Meter")
+    assert sorted((r.leg, r.stream, r.pause_ms, r.rep) for r in results) == sorted(
+        (leg, stream, pause, rep)
+        for leg in targets
+        for stream in (False, True)
+        for pause in (0, 20)
+        for rep in (0, 1)
+    )
+    assert all(r.times_ms and min(r.times_ms) > 0 for r in results)
+    # Each call starts 20 ms or more after the last one ended: in 0.3 s, 15 at most.
+    assert all(len(r.times_ms) <= 15 for r in results if r.pause_ms == 20)
+    # CPU is read for each proxy's process, and for direct calls the stub's.
+    for leg in ("direct", "Gemini Meter"):
+        assert sum(r.cpu_s for r in results if r.leg == leg) > 0
+    table = render_paced(results)
+    assert "| 20 | streamed | Gemini Meter |" in table and "| 0 | plain | direct |" in table
+    assert "| added p50 ms | added p99 ms | CPU ms per call |" in table
 
 
 def test_a_write_replaces_its_own_section_and_keeps_the_others(tmp_path: Path):
