@@ -980,9 +980,11 @@ async def paced(config: Config, pauses: Sequence[float]) -> list[Paced]:
         services.append(stub)
         meter = Meter.prepare("meter", work, stub, config.serve_args)
         meter_service = meter.launch()
+        services.append(meter_service)
         bare = start_bare(work, stub)
+        services.append(bare)
         lean = start_lean(work, stub, uvloop=True)
-        services += [meter_service, bare, lean]
+        services.append(lean)
         legs = [
             Leg("direct", stub.port, "", DIRECT_KEY, None, None),
             Leg(BARE_NAME, bare.port, "", BARE_KEY, None, bare.pid),
@@ -1468,10 +1470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(render_starts(mine, "this copy"))
             print(render_starts(theirs, f"`{args.startup_against}`"))
-            print(
-                f"Load average (1 min): {load:.1f} at the start,"
-                f" {os.getloadavg()[0]:.1f} at the end."
-            )
+            print(load_line(load))
         return 0
     if args.paced is not None:
         load = os.getloadavg()[0]
