@@ -439,8 +439,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 # Objects allocated (net) between two young collections while serving: CPython's 700 made
-# the collector walk the calls in flight every few hundred allocations under load, some
-# 700 young collections in 35,000 calls at c=50 (docs/benchmarks.md).
+# the collector walk the calls in flight every few hundred allocations under load, 600 to
+# 1,100 young collections in some 27,000 calls at c=50 (docs/benchmarks.md).
 YOUNG_GENERATION_THRESHOLD = 10_000
 
 
@@ -451,10 +451,10 @@ async def _frozen_start_ctx(_: web.Application) -> AsyncIterator[None]:
     Modules, the schema, the catalog and the rest live as long as the process (some 120,000
     objects). A full collection walks every one of them, which took 130 ms on the 2-core
     test machine; frozen (``gc.freeze``), it walks only what serving makes, so the
-    collector's pauses stay out of the request path's tail. A call leaves no cycles behind
-    worth collecting early, while each young collection walks every call in flight: with
-    ``YOUNG_GENERATION_THRESHOLD`` they come some fourteen times less often. The
-    collector's settings are given back on cleanup.
+    collector's pauses stay out of the request path's tail. Each young collection walks
+    every call in flight; with ``YOUNG_GENERATION_THRESHOLD`` they come some fourteen times
+    less often, and the cycles a call leaves are freed a few calls later instead of at
+    once. The collector's settings are given back on cleanup.
     """
     thresholds = gc.get_threshold()
     gc.freeze()
