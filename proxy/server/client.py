@@ -383,9 +383,8 @@ async def connect_socket(
         addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if not addresses:
         raise OSError(f"no address for {host}")
-    return await aiohappyeyeballs.start_connection(
-        addresses, happy_eyeballs_delay=delay, interleave=1, loop=loop
-    )
+    # With a delay given, the library interleaves the address families itself.
+    return await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=delay, loop=loop)
 
 
 class Client:
