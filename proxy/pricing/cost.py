@@ -167,20 +167,24 @@ def _cost(entry: ModelPrices, usage: Usage, tier: str, version: str) -> Cost:
         )
         thinking_cost = _charge(_count(usage.thinking_tokens), {}, rates.output, {}, factor)
         grounding_cost = _grounding(entry, usage.grounding)
-        media_cost = _count(usage.images) * (entry.per_image or _ZERO) + _split(
-            _count(usage.video_seconds),
-            _counts(usage.video_seconds_by_resolution),
-            entry.per_video_second or _ZERO,
-            entry.per_video_second_by_resolution,
-        )
+        media_cost = _ZERO
+        if usage.images > 0 or usage.video_seconds > 0:
+            media_cost = _count(usage.images) * (entry.per_image or _ZERO) + _split(
+                _count(usage.video_seconds),
+                _counts(usage.video_seconds_by_resolution),
+                entry.per_video_second or _ZERO,
+                entry.per_video_second_by_resolution,
+            )
         # Signed: a cache deleted before its expiry refunds the storage not used. The one
         # division that can round (by 3,600), at 80 digits, far below the stored 12.
-        storage_cost = (
-            usage.storage_token_seconds
-            * (entry.cache_storage_per_hour or _ZERO)
-            / _PER_MILLION
-            / _SECONDS_PER_HOUR
-        )
+        storage_cost = _ZERO
+        if usage.storage_token_seconds:
+            storage_cost = (
+                usage.storage_token_seconds
+                * (entry.cache_storage_per_hour or _ZERO)
+                / _PER_MILLION
+                / _SECONDS_PER_HOUR
+            )
         total = (
             input_cost
             + cached_cost
@@ -213,6 +217,8 @@ def _charge(
     factor: Decimal,
 ) -> Decimal:
     """``tokens`` at their modalities' rates; tokens no breakdown accounts for are text."""
+    if tokens == 0:  # most of a record's categories (cached, intermediate, thinking)
+        return _ZERO
     return _split(tokens, by_modality, text_rate, modality_rates) * factor / _PER_MILLION
 
 
