@@ -606,6 +606,8 @@ class GenerateAccumulator:
 
     def grounding(self) -> dict[str, int]:
         """Grounding uses seen so far, keyed like the Interactions API's."""
+        if not self._grounding:
+            return {}  # most responses: no grounding metadata
         uses: Counter[str] = Counter()
         for candidate in self._grounding.values():
             uses.update(candidate.uses())

@@ -70,7 +70,7 @@ from ..metering.parsers import (
     summarize_interaction,
     usage_due,
 )
-from ..metering.records import EndpointKind, UsageRecord, new_request_id
+from ..metering.records import EndpointKind, Usage, UsageRecord, new_request_id
 from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from . import batches
 from .admission import Call, admit, check_journal, mints_unmetered_access, reserve
@@ -472,9 +472,9 @@ def _finish(request: web.Request, call: Call, status: int, summary: ResponseSumm
         estimated=summary.estimated,
         provisional=provisional,
         resource=bill.resource if bill else None,
+        # (given, so that the default's empty Usage is not built only to be replaced)
+        usage=summary.usage if summary.usage is not None else Usage(),
     )
-    if summary.usage is not None:
-        record.usage = summary.usage
     return request.app[recorder_key].finish(record, call.reservation)
 
 
