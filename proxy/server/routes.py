@@ -38,6 +38,7 @@ stores a body names are read by ``server.references``, for every route alike.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -524,6 +525,12 @@ def _classify_unmetered(method: str, path: str) -> Route | None:
     return None
 
 
+# Pure functions of a request's method and path, asked on every call: their answers are
+# kept for the paths seen most recently (a bounded number, whatever paths clients send).
+_PATHS_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=_PATHS_KEPT)
 def classify(method: str, path: str) -> Route:
     """The route of a request whose path is under the API prefixes (``is_forwarded``).
 
@@ -715,7 +722,11 @@ def path_problem(raw_path: str) -> str | None:
     differently from how the proxy read it, and no SDK sends one. A single
     trailing slash is allowed (``classify`` reads it the same either way).
     """
-    path = raw_path.partition("?")[0]
+    return _path_problem(raw_path.partition("?")[0])
+
+
+@functools.lru_cache(maxsize=_PATHS_KEPT)
+def _path_problem(path: str) -> str | None:
     if _AMBIGUOUS_ESCAPE.search(path):
         return "an encoded '/', '\\', '.' or '%'"
     if "\\" in path:
@@ -809,6 +820,20 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return obj
 
 
+# One decoder for every body: ``json.loads`` with a hook builds one (and its scanner) per call.
+_STRICT = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
+def _json_text(body: bytes | str) -> str:
+    """``body`` as ``json.loads`` would read it: bytes in the encoding it detects (UTF-8,
+    -16 or -32), a text with a byte order mark refused."""
+    if isinstance(body, str):
+        if body.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", body, 0)
+        return body
+    return body.decode(json.detect_encoding(body), "surrogatepass")
+
+
 def _depth(value: object) -> int:
     """How deep ``value`` nests (a scalar 0, ``{}`` and ``[]`` 1), counted no further
     than one past ``_MAX_DEPTH``: a level at a time, keeping only the containers."""
@@ -818,8 +843,10 @@ def _depth(value: object) -> int:
         depth += 1
         below: list[dict[str, object] | list[object]] = []
         for item in level:
-            children = item.values() if isinstance(item, dict) else item
-            below += [child for child in children if isinstance(child, _CONTAINERS)]
+            # A loop, not a comprehension per item: half the time on small and large bodies.
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, _CONTAINERS):
+                    below.append(child)
         level = below
     return depth
 
@@ -835,7 +862,7 @@ def strict_json(body: bytes | str) -> object:
     if not body.strip():
         return None
     try:
-        value: object = json.loads(body, object_pairs_hook=_no_duplicates)
+        value: object = _STRICT.decode(_json_text(body))
     except BodyRefused:
         raise
     except RecursionError as exc:
@@ -895,10 +922,10 @@ def request_meta(route: Route, body: object) -> RequestMeta:
         model = route.model
         tier = _str_or_none(body.get("serviceTier") or body.get("service_tier"))
         stream = route.action is Action.STREAM_GENERATE
-    previous = next(
-        (v for n in PREVIOUS_INTERACTION_NAMES if (v := _str_or_none(body.get(n))) is not None),
-        None,
-    )
+    previous = None
+    for name in PREVIOUS_INTERACTION_NAMES:
+        if (previous := _str_or_none(body.get(name))) is not None:
+            break
     return RequestMeta(
         model=model,
         stream=stream,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from multidict import CIMultiDict, MultiDict
 
@@ -909,6 +911,22 @@ def test_strict_json_reads_ordinary_bodies():
     assert strict_json(b'{"a": [1, {"b": 2}], "c": null}') == {"a": [1, {"b": 2}], "c": None}
     assert strict_json(b"[" * 100 + b"]" * 100) is not None
     assert strict_json(b'{"a": [' * 50 + b"1" + b"]}" * 50) is not None  # 100 levels, mixed
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-be", "utf-32-le", "utf-8-sig"])
+def test_strict_json_decodes_bytes_as_json_loads_does(encoding: str):
+    text = '{"contents": [{"parts": [{"text": "caf\u00e9 \u2615"}]}], "model": "m"}'
+    body = text.encode(encoding)
+    # the standard library's reading of the same bytes is the oracle
+    assert strict_json(body) == json.loads(body) == json.loads(text)
+
+
+def test_strict_json_refuses_a_text_with_a_byte_order_mark_as_json_loads_does():
+    with pytest.raises(ValueError, match="BOM"):
+        json.loads('\ufeff{"a": 1}')
+    with pytest.raises(BodyRefused, match="not valid JSON"):
+        strict_json('\ufeff{"a": 1}')
+    assert strict_json('{"a": 1}') == {"a": 1}
 
 
 def test_previous_interaction_ids_in_every_spelling_and_place():
