@@ -329,26 +329,26 @@ def usage_metadata(obj: object, counts: Names, details: Names) -> Usage:
     names of its six counts (input, cached, intermediate, output, thinking, total) and of
     its four modality breakdowns; ``UsageParseError`` if malformed."""
     d = _as_dict(obj, "usageMetadata")
-
-    def count(i: int) -> int:
-        camel, snake = counts[i]
-        return _as_count(_pick(d, camel, snake), camel)
-
-    def by_modality(i: int) -> dict[str, int]:
-        camel, snake = details[i]
-        return _modalities(_pick(d, camel, snake), _TOKEN_COUNT_KEYS, camel)
-
+    # Plain loops (every metered response comes here): ``_pick`` inlined, no closures.
+    n: list[int] = []
+    for camel, snake in counts:
+        value = d.get(camel)
+        n.append(_as_count(d.get(snake) if value is None else value, camel))
+    m: list[dict[str, int]] = []
+    for camel, snake in details:
+        value = d.get(camel)
+        m.append(_modalities(d.get(snake) if value is None else value, _TOKEN_COUNT_KEYS, camel))
     return Usage(
-        input_tokens=count(0),
-        cached_tokens=count(1),
-        intermediate_tokens=count(2),
-        output_tokens=count(3),
-        thinking_tokens=count(4),
-        total_tokens=count(5),
-        input_by_modality=by_modality(0),
-        cached_by_modality=by_modality(1),
-        intermediate_by_modality=by_modality(2),
-        output_by_modality=by_modality(3),
+        input_tokens=n[0],
+        cached_tokens=n[1],
+        intermediate_tokens=n[2],
+        output_tokens=n[3],
+        thinking_tokens=n[4],
+        total_tokens=n[5],
+        input_by_modality=m[0],
+        cached_by_modality=m[1],
+        intermediate_by_modality=m[2],
+        output_by_modality=m[3],
     )
 
 
