@@ -67,6 +67,10 @@ _STORE_NAME = re.compile(
 )
 
 
+_REFERENCE_FIELDS = frozenset(CACHE_FIELDS) | _FILE_FIELDS | _STORE_FIELDS
+_CONTAINERS = (dict, list)
+
+
 class UncheckedReference(ValueError):
     """A body names a cache, file or store in a form the proxy cannot resolve to one name."""
 
@@ -96,16 +100,20 @@ def references(body: object, query: MultiMapping[str] | None = None) -> set[Refe
         item = stack.pop()
         if isinstance(item, dict):
             for key, value in item.items():
-                if key in CACHE_FIELDS:
-                    _add(found, cache_reference(value))
-                elif key in _FILE_FIELDS and isinstance(value, str):
-                    _add(found, file_reference(value))
-                elif key in _STORE_FIELDS:
-                    found.update(store_references(value))
-                if isinstance(value, dict | list):
+                if key in _REFERENCE_FIELDS:  # one look-up for the keys that name nothing
+                    if key in CACHE_FIELDS:
+                        _add(found, cache_reference(value))
+                    elif key in _FILE_FIELDS:
+                        if isinstance(value, str):
+                            _add(found, file_reference(value))
+                    else:
+                        found.update(store_references(value))
+                if isinstance(value, _CONTAINERS):
                     stack.append(value)
         elif isinstance(item, list):
-            stack.extend(child for child in item if isinstance(child, dict | list))
+            for child in item:
+                if isinstance(child, _CONTAINERS):
+                    stack.append(child)
     return found
 
 
