@@ -230,14 +230,15 @@ def _split(
     A breakdown claiming more units than the total is clamped to the total, so the
     breakdown can only move units between rates, never add any.
     """
-    if not kind_rates:  # most rates have no kinds of their own: the loop below, skipped
+    if not kind_rates or not by_kind:  # most rates have no kinds, most units no breakdown
         return _ZERO + base_rate * units
     remaining = units
-    amount = Decimal(0)
+    amount = _ZERO
     for kind in sorted(kind_rates):
         counted = min(by_kind.get(kind, 0), remaining)
-        amount += kind_rates[kind] * counted
-        remaining -= counted
+        if counted:
+            amount += kind_rates[kind] * counted
+            remaining -= counted
     return amount + base_rate * remaining
 
 
