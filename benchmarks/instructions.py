@@ -53,7 +53,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Appended, not first: a PYTHONPATH given for another copy of the proxy package still wins
+# (parts.py imports this module, and its steps import the package).
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.compare import (  # noqa: E402
     BARE,

@@ -88,6 +88,30 @@ def test_instruction_counts_cover_each_call_kind_and_the_meter_records_every_cal
     assert "python benchmarks/instructions.py --targets direct meter" in done.stdout
 
 
+@needs_valgrind
+def test_each_step_is_counted_alone_above_the_loops_own_floor(tmp_path: Path):
+    out = tmp_path / "parts.json"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "parts.py"),
+        *("--parts", "nothing", "price", "strict_json"),
+        *("--calls", "20", "--json", str(out)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    counted = json.loads(out.read_text())["per_call"]
+
+    assert list(counted) == ["nothing", "price", "strict_json"]
+    # A call of a function doing nothing costs a few hundred instructions; pricing a record
+    # or reading a JSON body costs thousands more: a step not run at all would count as
+    # the floor, and one counted with the child's start-up would count millions.
+    assert 0 < counted["nothing"] < 5_000
+    for step in ("price", "strict_json"):
+        assert 10 * counted["nothing"] < counted[step] < 1_000_000
+    assert "| price |" in done.stdout
+    assert "python benchmarks/parts.py --parts nothing price strict_json --calls 20" in done.stdout
+
+
 @needs_wrk
 def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tmp_path: Path):
     out = tmp_path / "smoke.json"
