@@ -58,21 +58,27 @@ needs_valgrind = pytest.mark.skipif(
 )
 
 
+def run_harness(
+    tmp_path: Path, script: str, *args: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run ``benchmarks/<script>`` with ``args`` and ``--json``: its output and its figures."""
+    out = tmp_path / f"{script}.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done, json.loads(out.read_text())
+
+
 @needs_valgrind
 def test_instruction_counts_cover_each_call_kind_and_the_meter_records_every_call(
     tmp_path: Path,
 ):
-    out = tmp_path / "instructions.json"
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "instructions.py"),
+    done, result = run_harness(
+        tmp_path,
+        "instructions.py",
         *("--targets", "direct", "meter"),
         *("--calls", "5", "--warmup", "5", "--settle", "1"),
-        *("--json", str(out)),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(out.read_text())
+    )
 
     figures = {(f["target"], f["kind"]): f for f in result["figures"]}
     assert set(figures) == {(t, k) for t in ("direct", "meter") for k in ("plain", "streamed")}
@@ -90,16 +96,10 @@ def test_instruction_counts_cover_each_call_kind_and_the_meter_records_every_cal
 
 @needs_valgrind
 def test_each_step_is_counted_alone_above_the_loops_own_floor(tmp_path: Path):
-    out = tmp_path / "parts.json"
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "parts.py"),
-        *("--parts", "nothing", "price", "strict_json"),
-        *("--calls", "20", "--json", str(out)),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    counted = json.loads(out.read_text())["per_call"]
+    done, result = run_harness(
+        tmp_path, "parts.py", *("--parts", "nothing", "price", "strict_json"), *("--calls", "20")
+    )
+    counted = result["per_call"]
 
     assert list(counted) == ["nothing", "price", "strict_json"]
     # A call of a function doing nothing costs a few hundred instructions; pricing a record
