@@ -525,12 +525,14 @@ def _classify_unmetered(method: str, path: str) -> Route | None:
     return None
 
 
-# Pure functions of a request's method and path, asked on every call: their answers are
-# kept for the paths seen most recently (a bounded number, whatever paths clients send).
+# ``classify`` and ``path_problem`` are pure functions of a request's method and path, asked
+# on every call: their answers are kept for the paths seen most recently, up to a number
+# and a length (the Gemini API's paths are short), so that whatever paths clients send the
+# kept ones hold at most a few MB.
 _PATHS_KEPT = 4096
+_KEPT_PATH_LENGTH = 256
 
 
-@functools.lru_cache(maxsize=_PATHS_KEPT)
 def classify(method: str, path: str) -> Route:
     """The route of a request whose path is under the API prefixes (``is_forwarded``).
 
@@ -539,6 +541,12 @@ def classify(method: str, path: str) -> Route:
     separator); ``method`` the request's own (``method_override`` is refused). What no
     pattern here claims is ``UNLISTED``, carrying ``UNLISTED_WRITE`` unless it only reads.
     """
+    if len(path) <= _KEPT_PATH_LENGTH:
+        return _classify_kept(method, path)
+    return _classify(method, path)
+
+
+def _classify(method: str, path: str) -> Route:
     if path.startswith(_DOWNLOAD + "/"):
         path = path[len(_DOWNLOAD) :]
     m = _INTERACTIONS.match(path)
@@ -722,10 +730,12 @@ def path_problem(raw_path: str) -> str | None:
     differently from how the proxy read it, and no SDK sends one. A single
     trailing slash is allowed (``classify`` reads it the same either way).
     """
-    return _path_problem(raw_path.partition("?")[0])
+    path = raw_path.partition("?")[0]
+    if len(path) <= _KEPT_PATH_LENGTH:
+        return _path_problem_kept(path)
+    return _path_problem(path)
 
 
-@functools.lru_cache(maxsize=_PATHS_KEPT)
 def _path_problem(path: str) -> str | None:
     if _AMBIGUOUS_ESCAPE.search(path):
         return "an encoded '/', '\\', '.' or '%'"
@@ -737,6 +747,10 @@ def _path_problem(path: str) -> str | None:
     if any(s in ("", ".", "..") for s in segments):
         return "an empty, '.' or '..' segment"
     return None
+
+
+_classify_kept = functools.lru_cache(maxsize=_PATHS_KEPT)(_classify)
+_path_problem_kept = functools.lru_cache(maxsize=_PATHS_KEPT)(_path_problem)
 
 
 def method_override(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:

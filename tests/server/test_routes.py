@@ -8,6 +8,7 @@ import pytest
 from multidict import CIMultiDict, MultiDict
 
 from proxy.metering.records import EndpointKind
+from proxy.server import routes
 from proxy.server.routes import (
     UNLISTED_WRITE,
     UNMETERED_ROUTES,
@@ -911,6 +912,31 @@ def test_strict_json_reads_ordinary_bodies():
     assert strict_json(b'{"a": [1, {"b": 2}], "c": null}') == {"a": [1, {"b": 2}], "c": None}
     assert strict_json(b"[" * 100 + b"]" * 100) is not None
     assert strict_json(b'{"a": [' * 50 + b"1" + b"]}" * 50) is not None  # 100 levels, mixed
+
+
+def test_paths_sprayed_at_the_proxy_keep_a_bounded_number_of_short_answers():
+    # Routes and path checks are kept per path (routes._PATHS_KEPT of them, each path at
+    # most routes._KEPT_PATH_LENGTH long): a client sending endless distinct paths, long
+    # ones included, must not grow what the proxy holds, nor change a single answer.
+    routes._classify_kept.cache_clear()
+    routes._path_problem_kept.cache_clear()
+    model = "m" * 300  # a path over the kept length
+    long = f"/v1beta/models/{model}:generateContent"
+    assert classify("POST", long).action is Action.GENERATE
+    assert classify("POST", long).model == model
+    assert path_problem(long + "//x") == "an empty, '.' or '..' segment"
+    assert routes._classify_kept.cache_info().currsize == 0
+    assert routes._path_problem_kept.cache_info().currsize == 0
+    for i in range(routes._PATHS_KEPT + 500):
+        path = f"/v1beta/models/m{i}:generateContent"
+        assert classify("POST", path).model == f"m{i}"
+        assert path_problem(path) is None
+    assert routes._classify_kept.cache_info().currsize == routes._PATHS_KEPT
+    assert routes._path_problem_kept.cache_info().currsize == routes._PATHS_KEPT
+    # what is kept is the same answer as a fresh reading
+    assert classify("POST", "/v1beta/models/m1:streamGenerateContent") == routes._classify(
+        "POST", "/v1beta/models/m1:streamGenerateContent"
+    )
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-be", "utf-32-le", "utf-8-sig"])
