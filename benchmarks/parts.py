@@ -3,11 +3,12 @@
 ``instructions.py`` counts whole calls through a running meter. This counts the pure steps a
 metered ``generateContent`` call takes on the event loop, one at a time, on the benchmark's
 own request body (``compare.BODY``) and the stub's answer (``stub.build_replies``), under
-valgrind's callgrind. A step runs ``--calls`` more times in one interpreter than in another
-started the same way (``PYTHONHASHSEED`` fixed, bytecode compiled first); the difference of
-the two counts over ``--calls`` is its count per call, start-up and imports cancelling out.
-The same count for the same code whatever the machine's load, so a change to one step shows
-in seconds, to within a few hundred instructions; ``nothing`` (a call of a function that
+valgrind's callgrind. One child process (``PYTHONHASHSEED`` fixed) imports and warms every
+step, then counting is switched on; each step runs ``BASE_CALLS`` times, then ``BASE_CALLS +
+--calls`` times, with a dump after each run, and the difference of the two dumps over
+``--calls`` is its count per call (what a run costs besides its calls cancels out). The
+same count for the same code whatever the machine's load, so a change to one step shows in
+seconds, to within about a hundred instructions; ``nothing`` (a call of a function that
 does nothing) is the loop's own floor, included in every row.
 
 What it leaves out: the server and client (aiohttp, the upstream client, the sockets), the
@@ -41,7 +42,8 @@ from benchmarks.compare import BODY, MODEL, compile_bytecode, write_section  # n
 from benchmarks.instructions import callgrind, control, dumped_instructions  # noqa: E402
 
 SECTION: Final = "benchmarks/parts.py"
-# Calls made in the shorter run as well: the imports' own first-call costs cancel out.
+# The shorter of a step's two runs: what a run costs besides its calls (the command read,
+# the answer written) is in both, and cancels out.
 BASE_CALLS: Final = 50
 PARTS: Final = (
     "nothing",

@@ -47,6 +47,7 @@ from urllib.parse import unquote, urlsplit
 from multidict import MultiMapping
 
 from ..storage.schema import ResourceKind
+from .routes import JSON_CONTAINERS
 
 __all__ = ["CACHE_FIELDS", "Reference", "UncheckedReference", "references"]
 
@@ -68,7 +69,6 @@ _STORE_NAME = re.compile(
 
 
 _REFERENCE_FIELDS = frozenset(CACHE_FIELDS) | _FILE_FIELDS | _STORE_FIELDS
-_CONTAINERS = (dict, list)
 
 
 class UncheckedReference(ValueError):
@@ -108,11 +108,11 @@ def references(body: object, query: MultiMapping[str] | None = None) -> set[Refe
                             _add(found, file_reference(value))
                     else:
                         found.update(store_references(value))
-                if isinstance(value, _CONTAINERS):
+                if isinstance(value, JSON_CONTAINERS):
                     stack.append(value)
         elif isinstance(item, list):
             for child in item:
-                if isinstance(child, _CONTAINERS):
+                if isinstance(child, JSON_CONTAINERS):
                     stack.append(child)
     return found
 

@@ -819,7 +819,8 @@ def _str_or_none(value: object) -> str | None:
 PREVIOUS_INTERACTION_NAMES = ("previous_interaction_id", "previousInteractionId")
 # Deeper than any real request; json.loads itself gives up near 1,000 on the C stack.
 _MAX_DEPTH = 100
-_CONTAINERS = (dict, list)
+# What a JSON value nests in (read by ``references`` too).
+JSON_CONTAINERS = (dict, list)
 
 
 class BodyRefused(ValueError):
@@ -852,14 +853,14 @@ def _depth(value: object) -> int:
     """How deep ``value`` nests (a scalar 0, ``{}`` and ``[]`` 1), counted no further
     than one past ``_MAX_DEPTH``: a level at a time, keeping only the containers."""
     depth = 0
-    level = [value] if isinstance(value, _CONTAINERS) else []
+    level = [value] if isinstance(value, JSON_CONTAINERS) else []
     while level and depth <= _MAX_DEPTH:
         depth += 1
         below: list[dict[str, object] | list[object]] = []
         for item in level:
             # A loop, not a comprehension per item: half the time on small and large bodies.
             for child in item.values() if isinstance(item, dict) else item:
-                if isinstance(child, _CONTAINERS):
+                if isinstance(child, JSON_CONTAINERS):
                     below.append(child)
         level = below
     return depth
