@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.errors import Unauthenticated
 from proxy.metering.records import Principal
+from proxy.server import auth as auth_module
 from proxy.server.auth import Authenticator, PresentedKey
+from proxy.server.keys import hash_key
 from proxy.settings import Secret, Settings
 from proxy.storage import accounts
 
@@ -197,3 +199,52 @@ async def test_close_stops_a_background_read_under_way(issued: tuple[int, str], 
     assert not auth._refreshes and not auth._inflight
     # the answer it had stays until its TTL ends
     assert await _call(auth, key) == first
+
+
+async def test_a_key_naming_a_principal_is_hashed_once_and_revocation_still_holds(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    issued: tuple[int, str],
+    gated: Gated,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    hashed: list[str] = []
+
+    def counting(secret: bytes, key: str) -> str:
+        hashed.append(key)
+        return hash_key(secret, key)
+
+    monkeypatch.setattr(auth_module, "hash_key", counting)
+    monkeypatch.setattr(auth_module, "_HASHES_KEPT", 2)
+    key_id, key = issued
+    auth, clock = gated.auth, gated.clock
+    first = await _call(auth, key)
+    for _ in range(3):
+        assert await _call(auth, key) == first
+    assert hashed == [key]
+    # A key that names no one is hashed at every call: it is never kept.
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            await _call(auth, "gm-never-issued")
+    assert hashed == [key, "gm-never-issued", "gm-never-issued"]
+
+    # Two more keys in use: the first key's hash, the oldest kept, goes.
+    others = []
+    async with sessionmaker() as session:
+        for user in ("bob", "carol"):
+            _, other = await accounts.create_key(session, SECRET.encode(), user, "red")
+            others.append(other)
+        await session.commit()
+    for other in others:
+        await _call(auth, other)
+    hashed.clear()
+    assert (await _call(auth, key)).user_name == "alice"
+    assert hashed == [key]
+
+    # Revoked: the key's hash is kept, and the key is refused once its entry is read again.
+    async with sessionmaker() as session:
+        assert await accounts.revoke_key(session, key_id)
+        await session.commit()
+    clock.now += TTL + 1
+    with pytest.raises(Unauthenticated):
+        await _call(auth, key)
+    assert hashed == [key]
