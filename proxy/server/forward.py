@@ -311,6 +311,13 @@ async def _pump(
 ) -> web.StreamResponse:
     decode = Decoder(upstream.headers.get("content-encoding", "identity").lower())
     relayed = UsageChunkFilter() if call.drops_usage_chunk else None
+    # A tap that only reads (a generateContent or chat stream's) reads each chunk once it
+    # is relayed: its parse is not part of the client's wait for the bytes. The others
+    # read first: the filter rewrites the chunk, an interaction's owner is committed
+    # before the client sees its id, and a responses file's tap yields while it records.
+    after: StreamTap | None = None
+    if relayed is None and not isinstance(tap, batches.DownloadTap | InteractionStreamTap | None):
+        after = tap
     broken = False
     cut = False
     # The body's last bytes, held back to go out with its end in one write, once the
@@ -318,7 +325,7 @@ async def _pump(
     last = b""
     try:
         async for chunk in _timed(upstream, call):
-            if tap is not None or relayed is not None:
+            if after is None and (tap is not None or relayed is not None):
                 plain = decode(chunk)
                 if isinstance(tap, batches.DownloadTap):
                     await tap.feed(plain)  # it may hold many results: it yields between them
@@ -334,17 +341,18 @@ async def _pump(
             if call.client_disconnected:
                 if tap is None:
                     break
-                continue
-            if upstream.ended:
+            elif upstream.ended:
                 last = chunk
-                continue
-            try:
-                if chunk:
-                    await response.write(chunk)
-            except (ConnectionError, aiohttp.ClientConnectionResetError):
-                call.client_disconnected = True
-                if tap is None:
-                    break
+            else:
+                try:
+                    if chunk:
+                        await response.write(chunk)
+                except (ConnectionError, aiohttp.ClientConnectionResetError):
+                    call.client_disconnected = True
+                    if tap is None:
+                        break
+            if after is not None:
+                after.feed(decode(chunk))
     except (TimeoutError, *UPSTREAM_FAILURES):
         broken = True
         log.warning("upstream stream broke off: %s %s", request.method, request.path)

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from sqlalchemy import text
 
+from proxy.metering.streams import GenerateStreamTap, InteractionStreamTap
 from proxy.server.typedefs import sessionmaker_key
 from tests.factories import (
     INTERACTIONS,
@@ -419,6 +421,95 @@ async def test_a_stream_is_still_relayed_as_it_arrives(make_stack: StackFactory)
     assert segments == 2
     [record] = await stack.records()
     assert record["total_tokens"] == 7
+
+
+def _log_order(monkeypatch: pytest.MonkeyPatch, tap: type[Any]) -> list[str]:
+    """``tap``'s reads and the relay's writes to the client, in the order they happen."""
+    order: list[str] = []
+    feed, write = tap.feed, web.StreamResponse.write
+
+    def logged_feed(self: Any, data: bytes) -> None:
+        order.append("read")
+        feed(self, data)
+
+    async def logged_write(self: web.StreamResponse, data: bytes) -> None:
+        order.append("relay")
+        await write(self, data)
+
+    monkeypatch.setattr(tap, "feed", logged_feed)
+    monkeypatch.setattr(web.StreamResponse, "write", logged_write)
+    return order
+
+
+async def test_a_generate_stream_is_relayed_before_its_tap_reads_it(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+):
+    gate = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(SSE_HEAD + sse_text_event("first"))
+        await writer.drain()
+        await gate.wait()
+        writer.write(sse_text_event("second", STREAM_USAGE) + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    order = _log_order(monkeypatch, GenerateStreamTap)
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        await _stream_through(stack, gate)
+    finally:
+        server.close()
+    # The first event goes out before it is parsed; the last, held back for the end of the
+    # answer (written once the call is recorded), is read as it arrives.
+    assert order == ["relay", "read", "read"]
+    [record] = await stack.records()
+    assert record["total_tokens"] == 7
+
+
+async def test_an_interaction_stream_is_read_before_each_relay(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+):
+    gate = asyncio.Event()
+    interaction = {"id": "int-order", "status": "in_progress", "model": "gemini-3.5-flash"}
+    created = {"event_type": "interaction.created", "interaction": interaction}
+    done = {**interaction, "status": "completed", "usage": USAGE}
+    completed = {"event_type": "interaction.completed", "interaction": done}
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(SSE_HEAD + chunk(_sse(created)))
+        await writer.drain()
+        await gate.wait()
+        writer.write(chunk(_sse(completed) + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    order = _log_order(monkeypatch, InteractionStreamTap)
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                stack.url(INTERACTIONS), headers=stack.headers(), json={**SAY_HELLO, "stream": True}
+            ) as response,
+        ):
+            first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=5)
+            gate.set()
+            rest = await response.content.read()
+    finally:
+        server.close()
+    assert b"int-order" in first and rest.endswith(b"data: [DONE]\n\n")
+    # Its owner is committed before the client sees its id: the event is read, then relayed.
+    assert order == ["read", "relay", "read"]
+    [record] = await stack.records()
+    assert (record["interaction_id"], record["total_tokens"]) == ("int-order", 17)
 
 
 async def test_a_client_gone_before_a_stream_that_came_at_once_is_billed_and_flagged(
