@@ -908,17 +908,23 @@ def startup_only(
     return starts, theirs
 
 
-def latency_against(config: Config, against: Path) -> list[Run]:
+FirstBytes = dict[str, list[list[float]]]
+
+
+def latency_against(config: Config, against: Path) -> tuple[list[Run], FirstBytes]:
     """Only the wrk legs: direct calls, this copy's meter and the meter in ``against``
     (a checkout, or a directory holding its ``proxy`` package and ``migrations``, first on
     ``PYTHONPATH``), each leg plain and streamed at each of ``config.concurrency``,
-    ``config.reps`` repetitions in rotating order, against one stub.
+    ``config.reps`` repetitions in rotating order, against one stub. With
+    ``config.probe_seconds``, each repetition then times each target's streamed calls to
+    their first byte (``first_bytes``), in the same rotating order.
 
     Each meter has its own database (made by its own copy), so two copies of different
     schemas compare too. For an A/B of one change: its CPU per call, its rate under load,
-    and its effect on the tail.
+    its effect on the tail, and on a stream's first byte.
     """
     runs: list[Run] = []
+    first: FirstBytes = {}
     with workspace("gemini-meter-latency-") as (work, services):
         compile_bytecode()
         source = compile_copy(against)
@@ -942,7 +948,11 @@ def latency_against(config: Config, against: Path) -> list[Run]:
                     run_wrk(leg, stub, stream=stream, concurrency=1, seconds=config.warmup, rep=-1)
         for rep in range(config.reps):
             runs.extend(repetition(config, legs, stub, rep))
-    return runs
+            if config.probe_seconds:
+                for leg in rotated(legs, rep):
+                    times = asyncio.run(first_bytes(leg, config.probe_seconds))
+                    first.setdefault(leg.name, []).append([1000 * t for t in times])
+    return runs, first
 
 
 @dataclass
@@ -1063,7 +1073,7 @@ def repetition(config: Config, legs: list[Leg], stub: Service, rep: int) -> Iter
             )
 
 
-def render_latency(runs: Sequence[Run]) -> str:
+def render_latency(runs: Sequence[Run], first: FirstBytes | None = None) -> str:
     """The table of ``latency_against``: per call kind and concurrency, medians over the
     repetitions of the rate, p50 and p99, what each meter adds to the direct call's p50 and
     p99, and CPU per call (the stub's own for direct calls, as in the full comparison),
@@ -1090,6 +1100,27 @@ def render_latency(runs: Sequence[Run]) -> str:
                 f" {median([r.rps for r in mine]):.0f} | {p50:.2f} | {p99:.2f} |"
                 f" {_f(p50 - base50) if added else '–'} | {_f(p99 - base99) if added else '–'} |"
                 f" {cpu:.3f} | {loop} | {', '.join(f'{r.p99_ms:.2f}' for r in mine)} |"
+            )
+    if first:
+        lines += [
+            "",
+            "Time to first byte of a streamed call at c=1, one call after another (as in the"
+            " full comparison), medians over the repetitions; added is against the direct"
+            " figure of the same repetition:",
+            "",
+            "| target | calls | p50 ms | p99 ms | added p50 ms | added p99 ms"
+            " | added p50 of each rep |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        direct_p50s = [percentile(times, 50) for times in first.get("direct", [])]
+        for name, row in summarise_first_bytes(first).items():
+            each = "–"
+            if name != "direct":
+                p50s = [percentile(times, 50) for times in first[name]]
+                each = ", ".join(f"{m - d:.2f}" for m, d in zip(p50s, direct_p50s, strict=True))
+            lines.append(
+                f"| {name} | {row['calls']} | {_f(row['p50_ms'])} | {_f(row['p99_ms'])}"
+                f" | {_f(row.get('added_p50_ms'))} | {_f(row.get('added_p99_ms'))} | {each} |"
             )
     return "\n".join(lines)
 
@@ -1142,11 +1173,11 @@ def summarise(outcome: Outcome) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise_first_bytes(outcome: Outcome) -> dict[str, dict[str, Any]]:
+def summarise_first_bytes(first: FirstBytes) -> dict[str, dict[str, Any]]:
     """Per target: calls, median p50/p99 over repetitions, added against the same rep."""
-    direct = outcome.first_bytes.get("direct", [])
+    direct = first.get("direct", [])
     out: dict[str, dict[str, Any]] = {}
-    for name, reps in outcome.first_bytes.items():
+    for name, reps in first.items():
         row: dict[str, Any] = {
             "calls": sum(len(times) for times in reps),
             "p50_ms": median([percentile(times, 50) for times in reps]),
@@ -1253,7 +1284,7 @@ def render(outcome: Outcome, command: str) -> str:
             f" | {_ratio(peer.get('added_p50_ms'), meter.get('added_p50_ms'))}"
             f" | {_ratio(peer.get('added_p99_ms'), meter.get('added_p99_ms'))} |"
         )
-    first = summarise_first_bytes(outcome)
+    first = summarise_first_bytes(outcome.first_bytes)
     if first:
         lines += [
             "",
@@ -1410,8 +1441,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="only the wrk legs (plain and streamed at each --concurrency, --reps of --seconds "
-        "each): direct calls, this copy's meter and the one in DIR (a checkout of another "
-        "commit, or its proxy and migrations from `git archive`), interleaved",
+        "each) and the first-byte probe (--probe-seconds per rep; 0 leaves it out): direct "
+        "calls, this copy's meter and the one in DIR (a checkout of another commit, or its "
+        "proxy and migrations from `git archive`), interleaved",
     )
     parser.add_argument(
         "--paced",
@@ -1482,7 +1514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.latency_against is not None:
         load = os.getloadavg()[0]
-        print(render_latency(latency_against(config_from(args), args.latency_against)))
+        print(render_latency(*latency_against(config_from(args), args.latency_against)))
         print(load_line(load))
         return 0
     if args.smoke and args.write:
@@ -1503,7 +1535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "config": asdict(config),
                     "runs": [asdict(r) for r in outcome.runs],
                     "rows": summarise(outcome),
-                    "first_bytes": summarise_first_bytes(outcome),
+                    "first_bytes": summarise_first_bytes(outcome.first_bytes),
                     "processes": outcome.processes,
                     "memory": outcome.memory,
                     "starts": outcome.starts,
