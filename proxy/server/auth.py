@@ -278,8 +278,9 @@ class Authenticator:
         revoked is still refused by the principal cache's answer for the hash).
 
         The key itself is then held in this process's memory, as the upstream key and the
-        server secret are; it is never written anywhere. Only keys that named a principal
-        get here, so a flood of made-up keys cannot push the real ones out.
+        server secret are; it is never written anywhere. With virtual keys only keys that
+        named a principal get here, so a flood of made-up keys cannot push the real ones
+        out; in passthrough mode every key is its own user, and is kept like any other.
         """
         if len(self._hashes) >= _HASHES_KEPT:
             del self._hashes[next(iter(self._hashes))]
