@@ -4,11 +4,12 @@ streams, records and metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -179,21 +180,26 @@ async def _gated_upstream(aiohttp_server: Any, gate: asyncio.Event) -> Any:
     return await aiohttp_server(app)
 
 
-async def test_sse_is_relayed_event_by_event(make_stack: StackFactory, aiohttp_server: Any):
-    gate = asyncio.Event()
-    upstream = await _gated_upstream(aiohttp_server, gate)
-    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+async def _stream_interaction(stack: Stack, gate: asyncio.Event) -> tuple[bytes, bytes]:
+    """A streamed interaction through the proxy: its first event, read before ``gate``
+    opens (the upstream holds the rest back until then), and the rest."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(
             stack.url(INTERACTIONS), headers=stack.headers(), json={**SAY_HELLO, "stream": True}
         ) as response,
     ):
-        # the first event arrives while the upstream is still holding the rest back
         first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=5)
-        assert b"interaction.created" in first
         gate.set()
-        rest = await response.content.read()
+        return first, await response.content.read()
+
+
+async def test_sse_is_relayed_event_by_event(make_stack: StackFactory, aiohttp_server: Any):
+    gate = asyncio.Event()
+    upstream = await _gated_upstream(aiohttp_server, gate)
+    stack = await make_stack(upstream=str(upstream.make_url("")).rstrip("/"))
+    first, rest = await _stream_interaction(stack, gate)
+    assert b"interaction.created" in first
     assert b"interaction.completed" in rest and rest.endswith(b"data: [DONE]\n\n")
     [record] = await stack.records()
     assert (record["input_tokens"], record["thinking_tokens"], record["total_tokens"]) == (
@@ -368,6 +374,37 @@ async def _stream_through(stack: Stack, gate: asyncio.Event | None) -> tuple[byt
     return answer, segments
 
 
+@contextlib.asynccontextmanager
+async def _behind(
+    make_stack: StackFactory,
+    upstream: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[Stack]:
+    """A stack whose upstream is ``upstream``, served on a bare connection while in use."""
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        yield await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    finally:
+        server.close()
+
+
+def _answering(
+    first: bytes, rest: bytes, gate: asyncio.Event
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """An upstream that sends ``first`` as soon as a request's head is in, and ``rest``
+    once ``gate`` opens."""
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(first)
+        await writer.drain()
+        await gate.wait()
+        writer.write(rest)
+        await writer.drain()
+        writer.close()
+
+    return upstream
+
+
 async def test_a_stream_that_arrived_at_once_is_relayed_in_one_write(make_stack: StackFactory):
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -382,12 +419,8 @@ async def test_a_stream_that_arrived_at_once_is_relayed_in_one_write(make_stack:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    try:
-        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    async with _behind(make_stack, upstream) as stack:
         answer, segments = await _stream_through(stack, gate=None)
-    finally:
-        server.close()
     head, _, chunked = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
     assert all(word in chunked for word in (b"one", b"two", b"three"))
@@ -399,23 +432,11 @@ async def test_a_stream_that_arrived_at_once_is_relayed_in_one_write(make_stack:
 
 
 async def test_a_stream_is_still_relayed_as_it_arrives(make_stack: StackFactory):
-    gate = asyncio.Event()
-
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(SSE_HEAD + sse_text_event("first"))
-        await writer.drain()
-        await gate.wait()  # opened only once the client holds the first event
-        writer.write(sse_text_event("second", STREAM_USAGE) + b"0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    try:
-        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    gate = asyncio.Event()  # opened only once the client holds the first event
+    first, rest = SSE_HEAD + sse_text_event("first"), sse_text_event("second", STREAM_USAGE)
+    upstream = _answering(first, rest + b"0\r\n\r\n", gate)
+    async with _behind(make_stack, upstream) as stack:
         answer, segments = await _stream_through(stack, gate)
-    finally:
-        server.close()
     assert b"first" in answer and b"second" in answer
     # The head went with the first event; the last event went with the end.
     assert segments == 2
@@ -445,23 +466,11 @@ async def test_a_generate_stream_is_relayed_before_its_tap_reads_it(
     make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
 ):
     gate = asyncio.Event()
-
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(SSE_HEAD + sse_text_event("first"))
-        await writer.drain()
-        await gate.wait()
-        writer.write(sse_text_event("second", STREAM_USAGE) + b"0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
+    first, rest = SSE_HEAD + sse_text_event("first"), sse_text_event("second", STREAM_USAGE)
+    upstream = _answering(first, rest + b"0\r\n\r\n", gate)
     order = _log_order(monkeypatch, GenerateStreamTap)
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    try:
-        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    async with _behind(make_stack, upstream) as stack:
         await _stream_through(stack, gate)
-    finally:
-        server.close()
     # The first event goes out before it is parsed; the last, held back for the end of the
     # answer (written once the call is recorded), is read as it arrives.
     assert order == ["relay", "read", "read"]
@@ -481,30 +490,11 @@ async def test_an_interaction_stream_is_read_before_each_relay(
     def chunk(data: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(data), data)
 
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(SSE_HEAD + chunk(_sse(created)))
-        await writer.drain()
-        await gate.wait()
-        writer.write(chunk(_sse(completed) + b"data: [DONE]\n\n") + b"0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
+    head = SSE_HEAD + chunk(_sse(created))
+    upstream = _answering(head, chunk(_sse(completed) + b"data: [DONE]\n\n") + b"0\r\n\r\n", gate)
     order = _log_order(monkeypatch, InteractionStreamTap)
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    try:
-        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                stack.url(INTERACTIONS), headers=stack.headers(), json={**SAY_HELLO, "stream": True}
-            ) as response,
-        ):
-            first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=5)
-            gate.set()
-            rest = await response.content.read()
-    finally:
-        server.close()
+    async with _behind(make_stack, upstream) as stack:
+        first, rest = await _stream_interaction(stack, gate)
     assert b"int-order" in first and rest.endswith(b"data: [DONE]\n\n")
     # Its owner is committed before the client sees its id: the event is read, then relayed.
     assert order == ["read", "relay", "read"]
@@ -527,9 +517,7 @@ async def test_a_client_gone_before_a_stream_that_came_at_once_is_billed_and_fla
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    try:
-        stack = await make_stack(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    async with _behind(make_stack, upstream) as stack:
         host, port = stack.base_url.removeprefix("http://").split(":")
         _, writer = await asyncio.open_connection(host, int(port))
         writer.write(stream_request(stack.keys["alice"]))
@@ -543,7 +531,5 @@ async def test_a_client_gone_before_a_stream_that_came_at_once_is_billed_and_fla
             if records := await stack.records():
                 break
             await asyncio.sleep(0.02)
-    finally:
-        server.close()
     [record] = records
     assert (record["client_disconnected"], record["total_tokens"]) == (True, 7)
