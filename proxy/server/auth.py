@@ -58,7 +58,9 @@ from ..metering.records import Principal
 from ..settings import AuthMode, InteractionSharing, Settings
 from ..storage import accounts
 from ..storage.accounts import OwnedResource
-from ..storage.schema import ResourceKind
+from ..storage.bulk import owner_commits
+from ..storage.schema import ResourceKind, utcnow
+from ..storage.writes import owner_row
 from .keys import fingerprint, hash_key, seal, unseal
 
 log = logging.getLogger("gemini_meter.auth")
@@ -235,6 +237,8 @@ class Authenticator:
             _CACHE_LIMIT, clock
         )
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
+        # An owner is committed on its own, outside the ORM's session (storage.bulk).
+        self._owner_commits = owner_commits(sessionmaker)
         self._commits: set[asyncio.Task[None]] = set()
         self._refreshes: set[asyncio.Task[Principal | None]] = set()
         self._clock = clock
@@ -416,8 +420,7 @@ class Authenticator:
     async def _store_owner(
         self, interaction_id: str, principal: Principal, model: str | None
     ) -> None:
-        async with self._sessionmaker.begin() as session:
-            await accounts.record_owner(session, interaction_id, principal, model)
+        await self._owner_commits.commit(owner_row(interaction_id, principal, model, utcnow()))
 
     async def close(self, timeout: float) -> None:
         """Wait (at most ``timeout``) for owner commits that outlived their calls, and stop
@@ -426,6 +429,7 @@ class Authenticator:
             refresh.cancel()
         if self._commits:
             await asyncio.wait(set(self._commits), timeout=timeout)
+        await self._owner_commits.close()
 
     def _upload_hash(self, upload_id: str) -> str:
         return hash_key(self._secret, "upload:" + upload_id)

@@ -44,7 +44,7 @@ from .schema import (
     User,
     utcnow,
 )
-from .writes import insert_ignoring, insert_interaction_owners, owner_values, table_of
+from .writes import insert_ignoring, table_of
 
 __all__ = [
     "AccountError",
@@ -73,7 +73,6 @@ __all__ = [
     "principal_for_key_hash",
     "principal_for_user",
     "record_key_use",
-    "record_owner",
     "record_upload",
     "rename_team",
     "rename_user",
@@ -503,15 +502,6 @@ async def interaction_owner(session: AsyncSession, interaction_id: str) -> Princ
         return None
     user_id, user_name, team_id, team_name, key_id = row
     return Principal(user_id, user_name, team_id, team_name, key_id)
-
-
-async def record_owner(
-    session: AsyncSession, interaction_id: str, principal: Principal, model: str | None
-) -> None:
-    """Store "``principal`` owns ``interaction_id``"; the first owner stored stays."""
-    await insert_interaction_owners(
-        session, [owner_values(interaction_id, principal, model, utcnow())]
-    )
 
 
 # ------------------------------------------------------------------------ uploads

@@ -79,6 +79,7 @@ from .schema import (
     _on_sqlite_connect,
 )
 from .writes import (
+    OWNER_COLUMNS,
     insert_ignoring_in,
     insert_interaction_owners,
     insert_usage_rows,
@@ -89,11 +90,13 @@ from .writes import (
 
 __all__ = [
     "BatchStore",
+    "OwnerCommits",
     "PostgresStore",
     "RowRefused",
     "SessionStore",
     "SqliteStore",
     "batch_store",
+    "owner_commits",
     "is_row_error",
     "row_converter",
 ]
@@ -812,6 +815,96 @@ class SessionStore:
         pass
 
 
+# ------------------------------------------------------------------ one owner, at once
+
+
+class OwnerCommits(Protocol):
+    """Stores one row of ``interactions`` (``writes.owner_row``) and commits it before
+    returning: what ``Authenticator.commit_owner`` waits on before an interaction's id
+    is released, on a streamed interaction's way to its first byte."""
+
+    async def commit(self, row: tuple[Any, ...]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteOwners:
+    """The owner's ``INSERT ... ON CONFLICT (id) DO NOTHING`` on a connection and thread of
+    its own, in autocommit: one hop to that thread, where the ORM's session over aiosqlite
+    took one per operation (docs/benchmarks.md). Its thread is not the writer's, so it
+    never waits behind a batch being converted; a commit waiting on another process's
+    write lock holds up the next ones, which time out to the writer's queue meanwhile."""
+
+    def __init__(self, path: str, dialect: Dialect) -> None:
+        self._path = path
+        self._statements = _OwnerStatements(dialect)
+        self._connection: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-owners")
+
+    async def commit(self, row: tuple[Any, ...]) -> None:
+        ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._insert, sql, values[0])
+
+    def _insert(self, sql: str, values: tuple[Any, ...]) -> None:
+        if self._connection is None:
+            # isolation_level=None: the one statement is its own transaction, committed
+            # (in WAL, fsync'd) when it returns.
+            connection = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                _on_sqlite_connect(connection, None)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        self._connection.execute(sql, values)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        # queued behind a commit still running (one that outlived its call): it ends first
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class PostgresOwners:
+    """The owner's ``INSERT ... ON CONFLICT (id) DO NOTHING`` on a pooled connection's
+    asyncpg driver, outside any transaction (autocommit): one round trip, where the ORM's
+    session took three (BEGIN, INSERT, COMMIT)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._statements = _OwnerStatements(engine.dialect)
+
+    async def commit(self, row: tuple[Any, ...]) -> None:
+        ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])
+        async with self._engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None  # a checked-out connection has its driver's
+            await driver.execute(sql, *values[0])
+
+    async def close(self) -> None:
+        pass
+
+
+class SessionOwners:
+    """The owner's row through the ORM's session: any database SQLAlchemy drives."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    async def commit(self, row: tuple[Any, ...]) -> None:
+        async with self._sessionmaker.begin() as session:
+            await insert_interaction_owners(session, [dict(zip(OWNER_COLUMNS, row, strict=True))])
+
+    async def close(self) -> None:
+        pass
+
+
 # ------------------------------------------------------------------ choosing
 
 
@@ -819,13 +912,38 @@ def batch_store(sessionmaker: async_sessionmaker[AsyncSession]) -> BatchStore:
     """The fastest store for the engine ``sessionmaker`` is bound to."""
     engine = sessionmaker.kw.get("bind")
     if isinstance(engine, AsyncEngine):
-        if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+        if _on_asyncpg(engine):
             return PostgresStore(engine)
-        database = engine.url.database
-        if engine.dialect.name == "sqlite" and database and database != ":memory:":
-            if not engine.url.query and not database.startswith("file:"):
-                return SqliteStore(database, engine.dialect)
+        database = _sqlite_file(engine)
+        if database is not None:
+            return SqliteStore(database, engine.dialect)
     return SessionStore(sessionmaker)
+
+
+def owner_commits(sessionmaker: async_sessionmaker[AsyncSession]) -> OwnerCommits:
+    """The fastest way to commit one owner for the engine ``sessionmaker`` is bound to."""
+    engine = getattr(sessionmaker, "kw", {}).get("bind")
+    if isinstance(engine, AsyncEngine):
+        if _on_asyncpg(engine):
+            return PostgresOwners(engine)
+        database = _sqlite_file(engine)
+        if database is not None:
+            return SqliteOwners(database, engine.dialect)
+    return SessionOwners(sessionmaker)
+
+
+def _on_asyncpg(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
+
+
+def _sqlite_file(engine: AsyncEngine) -> str | None:
+    """The path of the SQLite file ``engine`` opens, if it is a plain file another
+    connection can open too (not ``:memory:``, nor a URI with options)."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        if not engine.url.query and not database.startswith("file:"):
+            return database
+    return None
 
 
 def _compile(stmt: Insert, dialect: Dialect, names: Sequence[str]) -> tuple[str, tuple[str, ...]]:

@@ -1,0 +1,80 @@
+"""One interaction's owner, committed at once outside the ORM (``storage.bulk.owner_commits``),
+on both databases: stored as the ORM's statement stores it, committed when ``commit``
+returns (a connection of the ORM's pool reads it), the first owner kept."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.metering.records import Principal
+from proxy.storage.accounts import create_key, interaction_owner, principal_for_user
+from proxy.storage.bulk import (
+    PostgresOwners,
+    SessionOwners,
+    SqliteOwners,
+    owner_commits,
+)
+from proxy.storage.schema import Interaction, make_engine
+from proxy.storage.writes import owner_row
+
+SECRET = b"owner-commit-secret"
+
+
+async def test_an_owner_is_committed_on_its_own_and_the_first_one_stays(
+    sessionmaker: async_sessionmaker[AsyncSession], db_kind: str
+):
+    async with sessionmaker.begin() as session:
+        info, _ = await create_key(session, SECRET, "alice", "ml")
+        alice = Principal(info.user_id, "alice", info.team_id, "ml", info.id)
+        bob = await principal_for_user(session, "bob")
+    owners = owner_commits(sessionmaker)
+    # The database's own path, not the ORM's session.
+    assert type(owners) is {"sqlite": SqliteOwners, "postgresql": PostgresOwners}[db_kind]
+    now = datetime.now(UTC)
+    try:
+        await owners.commit(owner_row("int-1", alice, "gemini-2.5-pro", now))
+        # Committed: another connection reads it the moment commit returns.
+        async with sessionmaker() as session:
+            assert await interaction_owner(session, "int-1") == alice
+        await owners.commit(owner_row("int-1", bob, None, now))  # the first owner stays
+        await owners.commit(owner_row("int-2", bob, None, now))
+    finally:
+        await owners.close()
+    async with sessionmaker() as session:
+        assert await interaction_owner(session, "int-1") == alice
+        assert await interaction_owner(session, "int-2") == bob
+        stored = await session.get(Interaction, "int-1")
+        assert stored is not None
+        assert (stored.model, stored.created_at) == ("gemini-2.5-pro", now)
+
+
+async def test_an_owner_the_database_refuses_raises_and_the_next_one_is_stored(
+    sessionmaker: async_sessionmaker[AsyncSession],
+):
+    async with sessionmaker.begin() as session:
+        bob = await principal_for_user(session, "bob")
+    nobody = Principal(10_000, "nobody", None, None, None)  # no such user: a foreign key fails
+    owners = owner_commits(sessionmaker)
+    try:
+        with pytest.raises(Exception, match="(?i)foreign key"):
+            await owners.commit(owner_row("int-x", nobody, None, datetime.now(UTC)))
+        await owners.commit(owner_row("int-y", bob, None, datetime.now(UTC)))
+    finally:
+        await owners.close()
+    async with sessionmaker() as session:
+        ids = (await session.scalars(select(Interaction.id))).all()
+    assert ids == ["int-y"]
+
+
+async def test_a_database_no_other_connection_can_open_goes_through_the_session():
+    engine = make_engine("sqlite+aiosqlite:///:memory:")
+    try:
+        owners = owner_commits(async_sessionmaker(engine))
+        assert type(owners) is SessionOwners
+        await owners.close()
+    finally:
+        await engine.dispose()
