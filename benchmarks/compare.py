@@ -105,6 +105,10 @@ BODY: Final = json.dumps(
     {"contents": [{"role": "user", "parts": [{"text": "Benchmark prompt " * 8}]}]},
     separators=(",", ":"),
 )
+# A streamed Interactions API call: the stub's interactions route, one new id each.
+INTERACTION_BODY: Final = json.dumps(
+    {"model": MODEL, "input": "Benchmark prompt " * 8, "stream": True}, separators=(",", ":")
+)
 DIRECT_KEY: Final = "direct-upstream-key"
 SECTION: Final = "benchmarks/compare.py"
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -453,6 +457,10 @@ class Leg:
         suffix = "?" + "&".join(query) if query else ""
         return f"http://127.0.0.1:{self.port}{self.prefix}/v1beta/models/{MODEL}:{method}{suffix}"
 
+    def interactions_url(self) -> str:
+        suffix = f"?key={self.query_key}" if self.query_key else ""
+        return f"http://127.0.0.1:{self.port}{self.prefix}/v1beta/interactions{suffix}"
+
 
 @dataclass
 class Run:
@@ -596,7 +604,13 @@ async def read_streams(url: str, key: str | None, count: int) -> tuple[int, int,
 
 
 async def first_bytes(
-    leg: Leg, seconds: float, *, stream: bool = True, shape: str = "trickle", pause: float = 0.0
+    leg: Leg,
+    seconds: float,
+    *,
+    stream: bool = True,
+    shape: str = "trickle",
+    pause: float = 0.0,
+    interaction: bool = False,
 ) -> list[float]:
     """Calls one after another for ``seconds``: each one's time to its first byte.
 
@@ -604,12 +618,15 @@ async def first_bytes(
     the first. By default the calls are streamed, on the stub's ``trickle`` reply, which
     sends its first event at once and the other two 10 ms apart, so a proxy that buffered
     the stream would show it here. ``pause`` seconds pass between one call's end and the
-    next one's start.
+    next one's start. With ``interaction``, the calls are streamed interactions instead
+    (the stub's first event at once, the second 10 ms later): a meter stores each new
+    interaction's owner before the client may see its id.
     """
     headers = {"Content-Type": "application/json"}
     if leg.header_key:
         headers["x-goog-api-key"] = leg.header_key
-    url = leg.url(stream, shape)
+    url = leg.interactions_url() if interaction else leg.url(stream, shape)
+    body = INTERACTION_BODY if interaction else BODY
     times: list[float] = []
     connector = aiohttp.TCPConnector(limit=1)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -617,7 +634,7 @@ async def first_bytes(
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            async with session.post(url, data=BODY, headers=headers) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 await response.content.readany()
                 first = time.perf_counter() - started
                 async for _ in response.content.iter_any():
@@ -708,6 +725,9 @@ class Outcome:
     runs: list[Run] = field(default_factory=list)
     # Per target, per repetition: the times to first byte of streamed calls at c=1, in ms.
     first_bytes: dict[str, list[list[float]]] = field(default_factory=dict)
+    # The same for streamed interactions (all but LiteLLM, whose pass-through route is run
+    # here for generateContent only).
+    interaction_first_bytes: dict[str, list[list[float]]] = field(default_factory=dict)
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     starts: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) seconds
@@ -787,6 +807,13 @@ async def run(config: Config) -> Outcome:
             for leg in rotated(legs, rep):
                 times = await first_bytes(leg, config.probe_seconds)
                 outcome.first_bytes.setdefault(leg.name, []).append([1000 * t for t in times])
+                answered[leg.name] += len(times)
+            for leg in rotated(legs, rep):
+                if leg.name == "LiteLLM":
+                    continue
+                times = await first_bytes(leg, config.probe_seconds, interaction=True)
+                probed = outcome.interaction_first_bytes.setdefault(leg.name, [])
+                probed.append([1000 * t for t in times])
                 answered[leg.name] += len(times)
         outcome.processes["direct"] = facts(stub)
         for name, service, key in forwarders:
@@ -1309,6 +1336,25 @@ def render(outcome: Outcome, command: str) -> str:
                 f" | {_f(f.get('added_p50_ms'))} | {_f(f.get('added_p99_ms'))}"
                 f" | {against[0]} | {against[1]} |"
             )
+    interactions = summarise_first_bytes(outcome.interaction_first_bytes)
+    if interactions:
+        lines += [
+            "",
+            f"The same for streamed interactions (`POST /v1beta/interactions`, `stream: true`),"
+            f" {config.probe_seconds:g} s per target and repetition: the stub sends"
+            " `interaction.created`, which names a new interaction, at once and"
+            " `interaction.completed` 10 ms later, and a meter stores the interaction's owner"
+            " before its first byte goes out. LiteLLM is left out: its pass-through route is"
+            " run here for generateContent only:",
+            "",
+            "| target | calls | p50 ms | p99 ms | added p50 ms | added p99 ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, f in interactions.items():
+            lines.append(
+                f"| {name} | {f['calls']} | {_f(f['p50_ms'])} | {_f(f['p99_ms'])}"
+                f" | {_f(f.get('added_p50_ms'))} | {_f(f.get('added_p99_ms'))} |"
+            )
     lines += [
         "",
         "Each process after the load. A meter's records are counted in its SQLite file after"
@@ -1536,6 +1582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "runs": [asdict(r) for r in outcome.runs],
                     "rows": summarise(outcome),
                     "first_bytes": summarise_first_bytes(outcome.first_bytes),
+                    "interaction_first_bytes": summarise_first_bytes(
+                        outcome.interaction_first_bytes
+                    ),
                     "processes": outcome.processes,
                     "memory": outcome.memory,
                     "starts": outcome.starts,

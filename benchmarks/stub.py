@@ -16,7 +16,10 @@ Routes: ``POST /{version}/models/{model}:generateContent`` (one JSON reply) and
 ``:streamGenerateContent`` (``?alt=sse``: ``data:`` events; without it a JSON array), both
 with a non-empty key in ``x-goog-api-key`` or ``?key=``. Every stream event carries the
 reply's final ``usageMetadata`` (a meter keeps the last one it sees, as with Gemini's
-cumulative figures).
+cumulative figures). ``POST /{version}/interactions`` creates an interaction with an id of
+its own (a meter stores each one's owner before its id goes out); with ``"stream": true``
+in the body it streams ``interaction.created`` at once and ``interaction.completed``, with
+the usage, 10 ms later.
 
 ``GET /_stub/stats`` is the upstream's ledger, the outside count a benchmark checks a
 proxy's records against. Per API key (a proxy has its own upstream key, so its calls are
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -188,6 +192,61 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# An Interactions API stream as Google's streaming guide frames it (an ``event:`` line, then
+# the event's ``data:``), its two events around each call's own id: created at once, then,
+# ``INTERACTION_DELAY`` later, completed with the usage, and the end of the stream.
+INTERACTION_MODEL: Final = "gemini-2.5-flash"
+INTERACTION_USAGE: Final = {"total_input_tokens": 9, "total_output_tokens": 16, "total_tokens": 25}
+INTERACTION_DELAY: Final = 0.010
+IDS: Final = web.AppKey("ids", itertools.count)
+
+
+def _interaction_events(interaction_id: str) -> tuple[bytes, bytes]:
+    interaction = {"id": interaction_id, "status": "in_progress", "model": INTERACTION_MODEL}
+    done = {**interaction, "status": "completed", "usage": INTERACTION_USAGE}
+    created = {"event_type": "interaction.created", "interaction": interaction, "event_id": "1"}
+    completed = {"event_type": "interaction.completed", "interaction": done, "event_id": "2"}
+    return (
+        b"event: interaction.created\ndata: " + json.dumps(created).encode() + b"\n\n",
+        b"event: interaction.completed\ndata: "
+        + json.dumps(completed).encode()
+        + b"\n\nevent: done\ndata: [DONE]\n\n",
+    )
+
+
+async def interactions(request: web.Request) -> web.StreamResponse:
+    """``POST /{version}/interactions``: a new interaction, each with an id of its own (its
+    owner is stored by a meter); streamed when the body asks, else the completed one."""
+    key = _api_key(request)
+    if key is None:
+        return _unauthorized()
+    body = json.loads(await request.read() or b"{}")
+    ledger = request.app[LEDGER]
+    ledger.received[key] += 1
+    ids = request.app[IDS]
+    interaction_id = f"bench-interaction-{next(ids)}"
+    created, completed = _interaction_events(interaction_id)
+    if body.get("stream") is not True:
+        done = {"id": interaction_id, "status": "completed", "model": INTERACTION_MODEL}
+        reply = json.dumps({**done, "usage": INTERACTION_USAGE}).encode()
+        ledger.served[key] += 1
+        ledger.bytes_sent += len(reply)
+        return web.Response(body=reply, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    try:
+        await response.prepare(request)
+        await response.write(created)
+        await asyncio.sleep(INTERACTION_DELAY)
+        await response.write(completed)
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        ledger.cut[key] += 1
+        raise
+    ledger.bytes_sent += len(created) + len(completed)
+    ledger.served[key] += 1
+    return response
+
+
 async def stats(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
     body = ledger.as_json()
@@ -219,6 +278,8 @@ def create_stub_app(
     prefix = f"/{VERSION_PATTERN}/models/{MODEL_PATTERN}"
     app.router.add_post(f"{prefix}:generateContent", generate)
     app.router.add_post(f"{prefix}:streamGenerateContent", stream)
+    app[IDS] = itertools.count(1)
+    app.router.add_post(f"/{VERSION_PATTERN}/interactions", interactions)
     app.router.add_get("/_stub/stats", stats)
     return app
 

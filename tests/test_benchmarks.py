@@ -148,12 +148,19 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
         assert p["received"] > 0, name
         assert p["records"] == p["received"], name
     served_by_wrk = sum(r["requests"] for r in runs if r["leg"] == "Gemini Meter")
-    probed = result["first_bytes"]
+    probed, interactions = result["first_bytes"], result["interaction_first_bytes"]
     forwarders = {"bare forwarder", "lean forwarder", "lean forwarder + uvloop"}
-    assert set(probed) == {"direct", "Gemini Meter", *forwarders}
-    assert all(p["calls"] > 0 and p["p50_ms"] > 0 for p in probed.values())
-    # no warm-up in a smoke run: wrk's responses and the first-byte probe's calls
-    assert meters["Gemini Meter"]["answered"] == served_by_wrk + probed["Gemini Meter"]["calls"]
+    assert set(probed) == set(interactions) == {"direct", "Gemini Meter", *forwarders}
+    assert all(
+        p["calls"] > 0 and p["p50_ms"] > 0 for p in [*probed.values(), *interactions.values()]
+    )
+
+    def by_probes(name: str) -> int:
+        return int(probed[name]["calls"] + interactions[name]["calls"])
+
+    # no warm-up in a smoke run: wrk's responses and both first-byte probes' calls; each
+    # streamed interaction is one record too
+    assert meters["Gemini Meter"]["answered"] == served_by_wrk + by_probes("Gemini Meter")
     assert meters["Gemini Meter"]["received"] >= served_by_wrk
     assert meters["Gemini Meter (memory scenarios)"]["answered"] == 50 + 1
     assert result["lost"] == dict.fromkeys(meters, 0)
@@ -161,7 +168,7 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
     # (at least every response wrk read in full; wrk may leave a call unread at its end).
     for name in forwarders:
         p = result["processes"][name]
-        relayed = sum(r["requests"] for r in runs if r["leg"] == name) + probed[name]["calls"]
+        relayed = sum(r["requests"] for r in runs if r["leg"] == name) + by_probes(name)
         assert "records" not in p and p["answered"] == relayed, name
         assert p["received"] >= relayed, name
 
@@ -172,6 +179,7 @@ def test_the_smoke_run_completes_and_every_call_received_upstream_is_recorded(tm
     assert all(result["memory"][s]["rss_peak_mib"] > 0 for s in ("held", "big"))
 
     assert "| plain | 1 | Gemini Meter |" in done.stdout
+    assert "The same for streamed interactions" in done.stdout
     assert "Reproduce: `python benchmarks/compare.py --smoke`" in done.stdout
 
 
@@ -384,6 +392,10 @@ def _outcome() -> Outcome:
         "lean forwarder": [[1.5, 1.0, 3.0]],
         "LiteLLM": [[21.0, 21.0, 42.0]],
     }
+    outcome.interaction_first_bytes = {
+        "direct": [[1.0, 1.5, 2.0]],
+        "Gemini Meter": [[2.5, 3.5, 9.0]],
+    }
     outcome.processes = {
         "direct": {"start_s": 0.2, "start_cpu_s": 0.1, "rss_mib": 40.0},
         "bare forwarder": {
@@ -446,6 +458,10 @@ def test_the_report_puts_each_proxy_against_direct_calls_and_against_each_other(
     assert "| lean forwarder | 3 | 1.50 | 3.00 | 0.50 | 1.00 | – | – |" in report
     assert "| Gemini Meter | 3 | 2.00 | 6.00 | 1.00 | 4.00 | – | – |" in report
     assert "| LiteLLM | 3 | 21.00 | 42.00 | 20.00 | 40.00 | 20× | 10× |" in report
+    # Streamed interactions, a table of their own: p50 1.5 and 3.5, p99 2 and 9.
+    interactions = report[report.index("The same for streamed interactions") :]
+    assert "| Gemini Meter | 3 | 3.50 | 9.00 | 2.00 | 7.00 |" in interactions
+    assert "| direct | 3 | 1.50 | 2.00 | – | – |" in interactions
     # 1002 calls reached the stub, 1001 records: one lost.
     assert "| Gemini Meter | 0.40 | 0.30 | 90 | 1000 | 1002 | 1001 | 1 |" in report
     assert "median 0.50 s (min 0.40, max 0.60; target: under 0.5 s), of which CPU 0.40 s" in report
