@@ -96,8 +96,8 @@ __all__ = [
     "SessionStore",
     "SqliteStore",
     "batch_store",
-    "owner_commits",
     "is_row_error",
+    "owner_commits",
     "row_converter",
 ]
 
@@ -885,6 +885,8 @@ class PostgresOwners:
         async with self._engine.connect() as connection:
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None  # a checked-out connection has its driver's
+            # (a connection that died since is caught at its next checkout: the engine
+            # pings each one it hands out)
             await driver.execute(sql, *values[0])
 
     async def close(self) -> None:
