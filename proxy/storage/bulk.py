@@ -55,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import chain
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from sqlalchemy import JSON, Boolean, Table, column, select
@@ -104,6 +104,7 @@ __all__ = [
 # A row as the writer queues it: its column names and its values, in that order
 # (``writes.USAGE_COLUMNS`` and a ``usage_row`` tuple, or a replayed older layout).
 Row = tuple[tuple[str, ...], tuple[Any, ...]]
+T = TypeVar("T")
 
 
 class RowRefused(ValueError):
@@ -443,7 +444,49 @@ _WRITER_CACHE_KIB = 32 * 1024
 _SqliteWork = list[tuple[str, list[tuple[Any, ...]]]]
 
 
-class SqliteStore:
+class _SqliteThread:
+    """An SQLite connection opened and used in one thread of its own, closed in it."""
+
+    def __init__(self, path: str, thread_name: str) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+        # One thread: the connection is only ever used from it.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+
+    def _open(self, *pragmas: str) -> sqlite3.Connection:
+        """The connection, opened at first use with the engine's settings and ``pragmas``;
+        ``isolation_level=None``: transactions are the caller's explicit ones, and a
+        statement outside one commits on its own."""
+        if self._connection is None:
+            connection = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                _on_sqlite_connect(connection, None)
+                for pragma in pragmas:
+                    connection.execute(pragma)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        # queued behind work still running in the thread (a cancelled batch, a commit that
+        # outlived its call): it finishes first
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class SqliteStore(_SqliteThread):
     """Batches into an SQLite file through the writer's own connection and thread."""
 
     # ``executemany`` takes the GIL back for every row it binds: a conversion thread
@@ -452,12 +495,9 @@ class SqliteStore:
     prepares_ahead = False
 
     def __init__(self, path: str, dialect: Dialect) -> None:
-        self._path = path
+        # One thread, for conversion and writes.
+        super().__init__(path, "gemini-meter-writer")
         self._dialect = dialect
-        self._connection: sqlite3.Connection | None = None
-        self._closed = False
-        # One thread, for conversion and writes: the connection is only ever used from it.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-writer")
         self._usage: dict[tuple[str, ...], _SqliteStatements] = {}
         self._owners = _OwnerStatements(dialect)
 
@@ -523,26 +563,19 @@ class SqliteStore:
             raise
 
     def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            # isolation_level=None: the transaction is the explicit BEGIN ... COMMIT above.
-            connection = sqlite3.connect(self._path, isolation_level=None)
-            try:
-                _on_sqlite_connect(connection, None)
-                # A page cache of 32 MiB instead of 2: each batch inserts into seven
-                # B-trees at random places (request ids), and pages kept from the last
-                # batch are not read again (a fifth less CPU per row at 40k rows).
-                connection.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
-                # Each INSERT of a batch runs in a statement transaction of its own (an
-                # ON CONFLICT, a foreign key may abort it midway), whose journal of the
-                # pages it changes SQLite spills to a temporary file past 64 KiB: two
-                # to three pwrite calls per row here. Kept in memory, a fifth less CPU
-                # per row, and a statement journal never outlives its statement.
-                connection.execute("PRAGMA temp_store=MEMORY")
-            except BaseException:
-                connection.close()
-                raise
-            self._connection = connection
-        return self._connection
+        # The transaction is the explicit BEGIN ... COMMIT above.
+        return self._open(
+            # A page cache of 32 MiB instead of 2: each batch inserts into seven B-trees
+            # at random places (request ids), and pages kept from the last batch are not
+            # read again (a fifth less CPU per row at 40k rows).
+            f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}",
+            # Each INSERT of a batch runs in a statement transaction of its own (an ON
+            # CONFLICT, a foreign key may abort it midway), whose journal of the pages it
+            # changes SQLite spills to a temporary file past 64 KiB: two to three pwrite
+            # calls per row here. Kept in memory, a fifth less CPU per row, and a
+            # statement journal never outlives its statement.
+            "PRAGMA temp_store=MEMORY",
+        )
 
     def _abandon(self, connection: sqlite3.Connection) -> None:
         """After a failure: roll back, or drop the connection if even that fails."""
@@ -551,20 +584,6 @@ class SqliteStore:
                 connection.execute("ROLLBACK")
         except sqlite3.Error:
             connection.close()
-            self._connection = None
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        # queued behind a write still running (a cancelled batch): it finishes first
-        await loop.run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
             self._connection = None
 
 
@@ -828,7 +847,7 @@ class OwnerCommits(Protocol):
     async def close(self) -> None: ...
 
 
-class SqliteOwners:
+class SqliteOwners(_SqliteThread):
     """The owner's ``INSERT ... ON CONFLICT (id) DO NOTHING`` on a connection and thread of
     its own, in autocommit: one hop to that thread, where the ORM's session over aiosqlite
     took one per operation (docs/benchmarks.md). Its thread is not the writer's, so it
@@ -836,10 +855,8 @@ class SqliteOwners:
     write lock holds up the next ones, which time out to the writer's queue meanwhile."""
 
     def __init__(self, path: str, dialect: Dialect) -> None:
-        self._path = path
+        super().__init__(path, "gemini-meter-owners")
         self._statements = _OwnerStatements(dialect)
-        self._connection: sqlite3.Connection | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gemini-meter-owners")
 
     async def commit(self, row: tuple[Any, ...]) -> None:
         ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])
@@ -847,28 +864,9 @@ class SqliteOwners:
         await loop.run_in_executor(self._executor, self._insert, sql, values[0])
 
     def _insert(self, sql: str, values: tuple[Any, ...]) -> None:
-        if self._connection is None:
-            # isolation_level=None: the one statement is its own transaction, committed
-            # (in WAL, fsync'd) when it returns.
-            connection = sqlite3.connect(self._path, isolation_level=None)
-            try:
-                _on_sqlite_connect(connection, None)
-            except BaseException:
-                connection.close()
-                raise
-            self._connection = connection
-        self._connection.execute(sql, values)
-
-    async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        # queued behind a commit still running (one that outlived its call): it ends first
-        await loop.run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        # Outside a transaction: the statement is its own, committed (in WAL, fsync'd)
+        # when it returns.
+        self._open().execute(sql, values)
 
 
 class PostgresOwners:
@@ -912,26 +910,33 @@ class SessionOwners:
 
 def batch_store(sessionmaker: async_sessionmaker[AsyncSession]) -> BatchStore:
     """The fastest store for the engine ``sessionmaker`` is bound to."""
-    engine = sessionmaker.kw.get("bind")
-    if isinstance(engine, AsyncEngine):
-        if _on_asyncpg(engine):
-            return PostgresStore(engine)
-        database = _sqlite_file(engine)
-        if database is not None:
-            return SqliteStore(database, engine.dialect)
-    return SessionStore(sessionmaker)
+    postgres: Callable[[AsyncEngine], BatchStore] = PostgresStore  # (the three's one type)
+    return _fastest(sessionmaker, postgres, SqliteStore, SessionStore)
 
 
 def owner_commits(sessionmaker: async_sessionmaker[AsyncSession]) -> OwnerCommits:
     """The fastest way to commit one owner for the engine ``sessionmaker`` is bound to."""
+    postgres: Callable[[AsyncEngine], OwnerCommits] = PostgresOwners  # (the three's one type)
+    return _fastest(sessionmaker, postgres, SqliteOwners, SessionOwners)
+
+
+def _fastest(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    on_asyncpg: Callable[[AsyncEngine], T],
+    on_sqlite_file: Callable[[str, Dialect], T],
+    otherwise: Callable[[async_sessionmaker[AsyncSession]], T],
+) -> T:
+    """The driver's own way for asyncpg and for an SQLite file another connection can
+    open; the ORM's session for anything else (``:memory:``, a URI with options, a
+    sessionmaker bound to no engine)."""
     engine = getattr(sessionmaker, "kw", {}).get("bind")
     if isinstance(engine, AsyncEngine):
         if _on_asyncpg(engine):
-            return PostgresOwners(engine)
+            return on_asyncpg(engine)
         database = _sqlite_file(engine)
         if database is not None:
-            return SqliteOwners(database, engine.dialect)
-    return SessionOwners(sessionmaker)
+            return on_sqlite_file(database, engine.dialect)
+    return otherwise(sessionmaker)
 
 
 def _on_asyncpg(engine: AsyncEngine) -> bool:
@@ -939,8 +944,7 @@ def _on_asyncpg(engine: AsyncEngine) -> bool:
 
 
 def _sqlite_file(engine: AsyncEngine) -> str | None:
-    """The path of the SQLite file ``engine`` opens, if it is a plain file another
-    connection can open too (not ``:memory:``, nor a URI with options)."""
+    """The path of the SQLite file ``engine`` opens, if it is a plain file."""
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         if not engine.url.query and not database.startswith("file:"):
