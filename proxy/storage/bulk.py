@@ -891,18 +891,12 @@ class PostgresOwners:
         pass
 
 
-class SessionOwners:
-    """The owner's row through the ORM's session: any database SQLAlchemy drives."""
-
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        self._sessionmaker = sessionmaker
+class SessionOwners(SessionStore):
+    """The owner's row as the writer's ORM fallback stores a batch of one: any database
+    SQLAlchemy drives."""
 
     async def commit(self, row: tuple[Any, ...]) -> None:
-        async with self._sessionmaker.begin() as session:
-            await insert_interaction_owners(session, [dict(zip(OWNER_COLUMNS, row, strict=True))])
-
-    async def close(self) -> None:
-        pass
+        await self.write(await self.prepare([], [(OWNER_COLUMNS, row)]))
 
 
 # ------------------------------------------------------------------ choosing
@@ -931,25 +925,13 @@ def _fastest(
     sessionmaker bound to no engine)."""
     engine = getattr(sessionmaker, "kw", {}).get("bind")
     if isinstance(engine, AsyncEngine):
-        if _on_asyncpg(engine):
+        dialect, database = engine.dialect, engine.url.database
+        if dialect.name == "postgresql" and dialect.driver == "asyncpg":
             return on_asyncpg(engine)
-        database = _sqlite_file(engine)
-        if database is not None:
-            return on_sqlite_file(database, engine.dialect)
+        if dialect.name == "sqlite" and database and database != ":memory:":
+            if not engine.url.query and not database.startswith("file:"):
+                return on_sqlite_file(database, dialect)
     return otherwise(sessionmaker)
-
-
-def _on_asyncpg(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
-
-
-def _sqlite_file(engine: AsyncEngine) -> str | None:
-    """The path of the SQLite file ``engine`` opens, if it is a plain file."""
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and database != ":memory:":
-        if not engine.url.query and not database.startswith("file:"):
-            return database
-    return None
 
 
 def _compile(stmt: Insert, dialect: Dialect, names: Sequence[str]) -> tuple[str, tuple[str, ...]]:

@@ -44,9 +44,14 @@ async def test_an_owner_is_committed_on_its_own_and_the_first_one_stays(
         await owners.commit(owner_row("int-2", bob, None, now))
     finally:
         await owners.close()
+    # The fallback for other databases (the writer's ORM store, a batch of one) the same.
+    fallback = SessionOwners(sessionmaker)
+    await fallback.commit(owner_row("int-3", alice, None, now))
+    await fallback.commit(owner_row("int-3", bob, None, now))
     async with sessionmaker() as session:
         assert await interaction_owner(session, "int-1") == alice
         assert await interaction_owner(session, "int-2") == bob
+        assert await interaction_owner(session, "int-3") == alice
         stored = await session.get(Interaction, "int-1")
         assert stored is not None
         assert (stored.model, stored.created_at) == ("gemini-2.5-pro", now)
