@@ -390,9 +390,10 @@ class Authenticator:
         """Store an interaction's owner now, before the client learns its id.
 
         One short transaction, only on interaction creates: it is what lets a
-        second replica (or this one after a crash) answer the owner at once.
-        False when the database did not take it in time; the caller then queues
-        the row for the batching writer, and this process still knows the owner.
+        second replica answer the owner at once. Visible, not synced: the caller
+        has journaled and queued the row already (``owned.register_owner``).
+        False when the database did not take it in time; this process still knows
+        the owner, and the writer stores it.
         """
         self.remember_owner(interaction_id, principal)
         try:

@@ -115,11 +115,14 @@ async def register_owner(
 ) -> None:
     """Make an interaction's creator its owner, in the database before the id is released.
 
-    Committed at once in ``virtual_keys`` mode (the one database write on the
-    hot path, creates only), so any replica answers the owner the moment the
-    client has the id; if the database does not take it in time, the row goes
-    to the batching writer and this process answers from memory meanwhile.
-    Passthrough mode checks no owners, so the writer's queue is enough there.
+    The row is journaled and queued for the batching writer first, as a record is:
+    from then on it outlives a crash. In ``virtual_keys`` mode it is also committed at
+    once (the one database write on the hot path, creates only), so that any replica
+    answers the owner the moment the client has the id; that commit does not wait for
+    a sync (``storage.bulk.OwnerCommits``: the journal's group commit makes the row
+    durable). If the database does not take it in time, this process answers from
+    memory until the writer has stored it. Passthrough mode checks no owners, so the
+    writer's queue is enough there.
     """
     principal = call.principal
     if (
@@ -133,13 +136,11 @@ async def register_owner(
     call.owner_registered = True
     app = request.app
     auth = app[authenticator_key]
-    if auth.mode is AuthMode.VIRTUAL_KEYS:
-        if await auth.commit_owner(interaction_id, principal, call.meta.model):
-            return
-        app[metrics_key].owner_commit_fallbacks.inc()
-    else:
-        auth.remember_owner(interaction_id, principal)
     app[recorder_key].own(interaction_id, principal, call.meta.model)
+    if auth.mode is not AuthMode.VIRTUAL_KEYS:
+        auth.remember_owner(interaction_id, principal)
+    elif not await auth.commit_owner(interaction_id, principal, call.meta.model):
+        app[metrics_key].owner_commit_fallbacks.inc()
 
 
 # Where a list response carries its items, by the kind of resource listed.

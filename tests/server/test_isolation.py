@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from proxy.server.app import create_app
 from proxy.server.typedefs import metrics_key, sessionmaker_key
+from proxy.storage.journal import decode_frames
 from proxy.storage.schema import Interaction
 from tests.factories import (
     INTERACTIONS,
@@ -359,6 +360,34 @@ async def test_a_streamed_create_commits_its_owner_before_naming_the_id(
             owners = (await db.scalars(select(Interaction.id))).all()
         await response.read()
     assert owners == ["int-streamed"]
+
+
+async def test_an_interactions_owner_is_journaled_as_well_as_committed_before_its_id_goes_out(
+    make_stack: StackFactory, recording_upstream: RecordingUpstream
+):
+    """The direct commit makes the owner visible at once but does not wait for a sync
+    (``storage.bulk.OwnerCommits``): the row is journaled too, and the journal's group
+    commit makes it durable, as for a record. The writer waits a minute here, so what
+    the database holds is the direct commit's, and the journal still holds its frame."""
+    stack = await make_stack(upstream=recording_upstream.url, writer_flush_interval_seconds=60)
+    status, _, body = await raw(
+        "POST", stack.url(INTERACTIONS), headers=stack.headers(), json=SAY_HELLO
+    )
+    assert status == 200
+    iid = json.loads(body)["id"]
+    async with stack.app[sessionmaker_key]() as session:
+        row = await session.get(Interaction, iid)
+    assert row is not None and row.user_id == await stack.user_id("alice")
+    assert stack.settings.journal_dir is not None
+    journaled = [
+        dict(zip(names, values, strict=True))
+        for segment in sorted(stack.settings.journal_dir.glob("*/*.seg"))
+        for kind, names, values in decode_frames(segment.read_bytes())[0]
+        if kind == "owner"
+    ]
+    assert [(owner["id"], owner["user_id"]) for owner in journaled] == [
+        (iid, await stack.user_id("alice"))
+    ]
 
 
 @sqlite_only

@@ -83,3 +83,31 @@ async def test_a_database_no_other_connection_can_open_goes_through_the_session(
         await owners.close()
     finally:
         await engine.dispose()
+
+
+async def test_the_owners_commit_leaves_each_connection_as_it_found_it(
+    migrated_url: str, db_kind: str
+):
+    """The commit does not wait for a sync (``OwnerCommits``): on PostgreSQL the statement
+    turns ``synchronous_commit`` off for its own transaction alone, so the pooled
+    connection's next user (here the same one: a pool of one) has the server's setting;
+    on SQLite the owners' connection syncs less, and no other connection is touched."""
+    engine = make_engine(migrated_url, pool_size=1, max_overflow=0)
+    sessionmaker = async_sessionmaker(engine)
+    show = "SHOW synchronous_commit" if db_kind == "postgresql" else "PRAGMA synchronous"
+    try:
+        async with engine.connect() as connection:
+            before = (await connection.exec_driver_sql(show)).scalar()
+        async with sessionmaker.begin() as session:
+            bob = await principal_for_user(session, "bob")
+        owners = owner_commits(sessionmaker)
+        try:
+            await owners.commit(owner_row("int-1", bob, None, datetime.now(UTC)))
+        finally:
+            await owners.close()
+        async with engine.connect() as connection:
+            assert (await connection.exec_driver_sql(show)).scalar() == before
+            assert await interaction_owner(AsyncSession(connection), "int-1") == bob
+    finally:
+        await engine.dispose()
+    assert before == ("on" if db_kind == "postgresql" else 2)  # the defaults: FULL is 2
