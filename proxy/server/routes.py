@@ -42,7 +42,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from multidict import MultiMapping
@@ -209,6 +209,11 @@ _OPENAI_ACTIONS = {
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """What a request's method and path are to the meter. ``classify`` keeps its answers
+    per path, so what follows from the action is worked out once, here, not at each of
+    the dozen times a call asks (each of those was a property and an ``Action`` hashed
+    in Python)."""
+
     action: Action
     interaction_id: str | None = None
     model: str | None = None
@@ -219,47 +224,40 @@ class Route:
     # or a File Search store's methods), canonical ("batches/x", "cachedContents/x",
     # "files/x", "models/m/operations/x", "fileSearchStores/x" for anything under the store)
     resource: str | None = None
+    # Whether ``virtual_keys`` mode forwards the route, on the shared upstream key. Every
+    # route the proxy knows is, but for the rows of ``UNMETERED_ROUTES`` marked otherwise
+    # (``UnmeteredRoute.offered``); an unlisted one is not. In passthrough mode this does
+    # not apply: the client's own key answers for what it reaches.
+    offered: bool = field(init=False, compare=False)
+    resource_kind: ResourceKind | None = field(init=False, compare=False)
+    # the kind of owned resource a list method answers (filtered to the caller's)
+    lists: ResourceKind | None = field(init=False, compare=False)
+    # The response names owned resources: the proxy reads it whole before relaying it (to
+    # own what it creates, bill a cache's storage, or filter a list).
+    owns_response: bool = field(init=False, compare=False)
+    endpoint: EndpointKind | None = field(init=False, compare=False)
+    metered: bool = field(init=False, compare=False)
+    # The proxy reads the response (so asks the upstream for encodings it can undo); a
+    # download too, which may be a batch's responses file, metered line by line.
+    reads_response: bool = field(init=False, compare=False)
 
-    @property
-    def offered(self) -> bool:
-        """Whether ``virtual_keys`` mode forwards the route, on the shared upstream key.
-
-        Every route the proxy knows is, but for the rows of ``UNMETERED_ROUTES`` marked
-        otherwise (``UnmeteredRoute.offered``); an unlisted one is not. In passthrough mode
-        this does not apply: the client's own key answers for what it reaches.
-        """
-        if self.action is Action.UNLISTED:
-            return False
-        return self.unmetered is None or self.unmetered.offered
-
-    @property
-    def resource_kind(self) -> ResourceKind | None:
-        return _RESOURCE_KINDS.get(self.action)
-
-    @property
-    def lists(self) -> ResourceKind | None:
-        """The kind of owned resource a list method answers (filtered to the caller's)."""
-        return _LISTS.get(self.action)
-
-    @property
-    def owns_response(self) -> bool:
-        """The response names owned resources: the proxy reads it whole before relaying it
-        (to own what it creates, bill a cache's storage, or filter a list)."""
-        return self.action in _OWNED_RESPONSES
-
-    @property
-    def reads_response(self) -> bool:
-        """The proxy reads the response (so asks the upstream for encodings it can undo);
-        a download too, which may be a batch's responses file, metered line by line."""
-        return self.metered or self.owns_response or self.action is Action.FILE_DOWNLOAD
-
-    @property
-    def metered(self) -> bool:
-        return self.endpoint is not None
-
-    @property
-    def endpoint(self) -> EndpointKind | None:
-        return _ENDPOINTS.get(self.action)
+    def __post_init__(self) -> None:
+        action, unmetered = self.action, self.unmetered
+        endpoint = _ENDPOINTS.get(action)
+        owns_response = action in _OWNED_RESPONSES
+        put = object.__setattr__  # (frozen)
+        put(
+            self,
+            "offered",
+            action is not Action.UNLISTED and (unmetered is None or unmetered.offered),
+        )
+        put(self, "resource_kind", _RESOURCE_KINDS.get(action))
+        put(self, "lists", _LISTS.get(action))
+        put(self, "owns_response", owns_response)
+        put(self, "endpoint", endpoint)
+        put(self, "metered", endpoint is not None)
+        reads = endpoint is not None or owns_response or action is Action.FILE_DOWNLOAD
+        put(self, "reads_response", reads)
 
 
 _ENDPOINTS = {
