@@ -875,7 +875,7 @@ class OwnerCommits(Protocol):
     wait for a sync (a process that dies keeps it; a machine that fails may not). The row
     was journaled first (``owned.register_owner``), and the journal's group commit makes
     it durable as it does every record, for the writer to store again (the insert is
-    idempotent). A sync was 0.2 to 0.3 ms of the interaction's first byte.
+    idempotent). What the sync cost an interaction's first byte: docs/benchmarks.md.
     """
 
     async def commit(self, row: tuple[Any, ...]) -> None: ...

@@ -310,6 +310,16 @@ async def test_the_owner_is_known_on_another_replica_at_once(
         owner_row = await session.get(Interaction, iid)
     assert owner_row is not None
     assert owner_row.user_id == await stack.user_id("alice")
+    # That commit makes the row visible without waiting for a sync (storage.bulk.OwnerCommits):
+    # the row is journaled as well, whose group commit makes it durable, as for a record.
+    assert stack.settings.journal_dir is not None
+    journaled = [
+        dict(zip(names, values, strict=True))
+        for segment in sorted(stack.settings.journal_dir.glob("*/*.seg"))
+        for kind, names, values in decode_frames(segment.read_bytes())[0]
+        if kind == "owner"
+    ]
+    assert [(row["id"], row["user_id"]) for row in journaled] == [(iid, owner_row.user_id)]
 
     via_b = str(replica.make_url(f"{INTERACTIONS}/{iid}"))
     mine, _, _ = await raw("GET", via_b, headers={"x-goog-api-key": keys_b["alice"]})
@@ -360,34 +370,6 @@ async def test_a_streamed_create_commits_its_owner_before_naming_the_id(
             owners = (await db.scalars(select(Interaction.id))).all()
         await response.read()
     assert owners == ["int-streamed"]
-
-
-async def test_an_interactions_owner_is_journaled_as_well_as_committed_before_its_id_goes_out(
-    make_stack: StackFactory, recording_upstream: RecordingUpstream
-):
-    """The direct commit makes the owner visible at once but does not wait for a sync
-    (``storage.bulk.OwnerCommits``): the row is journaled too, and the journal's group
-    commit makes it durable, as for a record. The writer waits a minute here, so what
-    the database holds is the direct commit's, and the journal still holds its frame."""
-    stack = await make_stack(upstream=recording_upstream.url, writer_flush_interval_seconds=60)
-    status, _, body = await raw(
-        "POST", stack.url(INTERACTIONS), headers=stack.headers(), json=SAY_HELLO
-    )
-    assert status == 200
-    iid = json.loads(body)["id"]
-    async with stack.app[sessionmaker_key]() as session:
-        row = await session.get(Interaction, iid)
-    assert row is not None and row.user_id == await stack.user_id("alice")
-    assert stack.settings.journal_dir is not None
-    journaled = [
-        dict(zip(names, values, strict=True))
-        for segment in sorted(stack.settings.journal_dir.glob("*/*.seg"))
-        for kind, names, values in decode_frames(segment.read_bytes())[0]
-        if kind == "owner"
-    ]
-    assert [(owner["id"], owner["user_id"]) for owner in journaled] == [
-        (iid, await stack.user_id("alice"))
-    ]
 
 
 @sqlite_only
