@@ -472,6 +472,21 @@ _WRITER_CACHE_KIB = 32 * 1024
 _SqliteWork = list[tuple[str, list[tuple[Any, ...]]]]
 
 
+def _connect(path: str, *pragmas: str) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path`` with the engine's settings and
+    ``pragmas``; ``isolation_level=None``: transactions are the caller's explicit ones,
+    and a statement outside one commits on its own."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        _on_sqlite_connect(connection, None)
+        for pragma in pragmas:
+            connection.execute(pragma)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 class _SqliteThread:
     """An SQLite connection opened and used in one thread of its own, closed in it."""
 
@@ -483,19 +498,9 @@ class _SqliteThread:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
 
     def _open(self, *pragmas: str) -> sqlite3.Connection:
-        """The connection, opened at first use with the engine's settings and ``pragmas``;
-        ``isolation_level=None``: transactions are the caller's explicit ones, and a
-        statement outside one commits on its own."""
+        """The connection, opened at first use (``_connect``)."""
         if self._connection is None:
-            connection = sqlite3.connect(self._path, isolation_level=None)
-            try:
-                _on_sqlite_connect(connection, None)
-                for pragma in pragmas:
-                    connection.execute(pragma)
-            except BaseException:
-                connection.close()
-                raise
-            self._connection = connection
+            self._connection = _connect(self._path, *pragmas)
         return self._connection
 
     async def close(self) -> None:
@@ -884,26 +889,58 @@ class OwnerCommits(Protocol):
 
 
 class SqliteOwners(_SqliteThread):
-    """The owner's ``INSERT ... ON CONFLICT (id) DO NOTHING`` on a connection and thread of
-    its own, in autocommit: one hop to that thread, where the ORM's session over aiosqlite
-    took one per operation (docs/benchmarks.md). Its thread is not the writer's, so it
-    never waits behind a batch being converted; a commit waiting on another process's
-    write lock holds up the next ones, which time out to the writer's queue meanwhile."""
+    """The owner's ``INSERT ... ON CONFLICT (id) DO NOTHING`` in autocommit, on the event
+    loop itself when SQLite's write lock is free, else in a thread of its own.
+
+    The insert does not sync (``OwnerCommits``), so with the lock free it is a write into
+    the kernel's page cache, as the journal's append is: some 30 µs on a warm core, and
+    the hop to a thread and back cost an interaction's first byte more than the insert
+    itself (docs/benchmarks.md). The loop's connection never waits: no busy time-out (a
+    lock held elsewhere answers at once, and the thread's connection, which waits for it,
+    takes the row) and no automatic checkpoint (the writer's connection checkpoints, and
+    a checkpoint syncs). The thread is not the writer's, so it never waits behind a batch
+    being converted; a commit waiting there on another writer's lock holds up the next
+    ones that find the lock taken, which time out to the writer's queue meanwhile."""
+
+    # What the loop's connection does differently from the thread's (``_on_sqlite_connect``
+    # first, as for every connection).
+    _LOOP_PRAGMAS = ("PRAGMA busy_timeout=0", "PRAGMA wal_autocheckpoint=0")
 
     def __init__(self, path: str, dialect: Dialect) -> None:
         super().__init__(path, "gemini-meter-owners")
         self._statements = _OwnerStatements(dialect)
+        self._loop_connection: sqlite3.Connection | None = None
 
     async def commit(self, row: tuple[Any, ...]) -> None:
         ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])
+        try:
+            self._on_the_loop().execute(sql, values[0])
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._insert, sql, values[0])
 
+    def _on_the_loop(self) -> sqlite3.Connection:
+        if self._loop_connection is None:
+            self._loop_connection = _connect(self._path, _NO_SYNC, *self._LOOP_PRAGMAS)
+        return self._loop_connection
+
     def _insert(self, sql: str, values: tuple[Any, ...]) -> None:
-        # Outside a transaction: the statement is its own, committed when it returns; in
-        # WAL with synchronous=NORMAL that commit writes the WAL without syncing it
-        # (OwnerCommits: the journal makes the row durable).
-        self._open("PRAGMA synchronous=NORMAL").execute(sql, values)
+        # Outside a transaction: the statement is its own, committed when it returns
+        # (in WAL with synchronous=NORMAL, written and not synced: OwnerCommits).
+        self._open(_NO_SYNC).execute(sql, values)
+
+    async def close(self) -> None:
+        if self._loop_connection is not None:
+            self._loop_connection.close()
+            self._loop_connection = None
+        await super().close()
+
+
+# In WAL, a commit writes the WAL and does not sync it (a checkpoint still does).
+_NO_SYNC = "PRAGMA synchronous=NORMAL"
 
 
 class PostgresOwners:

@@ -4,6 +4,8 @@ returns (a connection of the ORM's pool reads it), the first owner kept."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
@@ -20,6 +22,7 @@ from proxy.storage.bulk import (
 )
 from proxy.storage.schema import Interaction, make_engine
 from proxy.storage.writes import owner_row
+from tests.factories import sqlite_only
 
 SECRET = b"owner-commit-secret"
 
@@ -111,3 +114,40 @@ async def test_the_owners_commit_leaves_each_connection_as_it_found_it(
     finally:
         await engine.dispose()
     assert before == ("on" if db_kind == "postgresql" else 2)  # the defaults: FULL is 2
+
+
+@sqlite_only
+async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_taken(
+    migrated_url: str,
+):
+    """With SQLite's write lock free the insert runs on the event loop itself: the commit
+    finishes on its first step, without handing the loop back (no hop to a thread and back).
+    With the lock held by another connection it never waits on the loop: the thread's
+    connection takes the row, once the lock is free again."""
+    engine = make_engine(migrated_url)
+    sessionmaker = async_sessionmaker(engine)
+    async with sessionmaker.begin() as session:
+        bob = await principal_for_user(session, "bob")
+    owners = owner_commits(sessionmaker)
+    holder = sqlite3.connect(migrated_url.removeprefix("sqlite+aiosqlite:///"))
+    holder.isolation_level = None
+    try:
+        step = owners.commit(owner_row("int-free", bob, None, datetime.now(UTC)))
+        with pytest.raises(StopIteration):
+            step.send(None)  # done at the first step: nothing awaited
+
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        waiting = asyncio.ensure_future(
+            owners.commit(owner_row("int-held", bob, None, datetime.now(UTC)))
+        )
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # in the thread, waiting for the lock; the loop is free
+        holder.execute("COMMIT")
+        await asyncio.wait_for(waiting, 10)
+        async with sessionmaker() as session:
+            assert await interaction_owner(session, "int-free") == bob
+            assert await interaction_owner(session, "int-held") == bob
+    finally:
+        holder.close()
+        await owners.close()
+        await engine.dispose()
