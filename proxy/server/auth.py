@@ -396,8 +396,11 @@ class Authenticator:
         the owner, and the writer stores it.
         """
         self.remember_owner(interaction_id, principal)
+        row = owner_row(interaction_id, principal, model, utcnow())
         try:
-            await self._commit(self._store_owner(interaction_id, principal, model))
+            # On SQLite with its write lock free, done at once: no task, no hop.
+            if not self._owner_commits.commit_now(row):
+                await self._commit(self._owner_commits.commit(row))
         except Exception as exc:  # any failure: fall back, never fail the call
             log.warning(
                 "interaction owner not committed (%s); left to the writer", type(exc).__name__
@@ -417,11 +420,6 @@ class Authenticator:
         commit.add_done_callback(_settle_commit)
         commit.add_done_callback(self._commits.discard)
         await asyncio.wait_for(asyncio.shield(commit), self._settings.owner_commit_timeout_seconds)
-
-    async def _store_owner(
-        self, interaction_id: str, principal: Principal, model: str | None
-    ) -> None:
-        await self._owner_commits.commit(owner_row(interaction_id, principal, model, utcnow()))
 
     async def close(self, timeout: float) -> None:
         """Wait (at most ``timeout``) for owner commits that outlived their calls, and stop

@@ -883,6 +883,11 @@ class OwnerCommits(Protocol):
     idempotent). What the sync cost an interaction's first byte: docs/benchmarks.md.
     """
 
+    def commit_now(self, row: tuple[Any, ...]) -> bool:
+        """Commit the row at once, without awaiting, where the database allows it (SQLite
+        with its write lock free); False when it is left for ``commit``."""
+        ...
+
     async def commit(self, row: tuple[Any, ...]) -> None: ...
 
     async def close(self) -> None: ...
@@ -911,21 +916,31 @@ class SqliteOwners(_SqliteThread):
         self._statements = _OwnerStatements(dialect)
         self._loop_connection: sqlite3.Connection | None = None
 
-    async def commit(self, row: tuple[Any, ...]) -> None:
-        ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])
-        try:
-            self._on_the_loop().execute(sql, values[0])
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._insert, sql, values[0])
+    def commit_now(self, row: tuple[Any, ...]) -> bool:
+        return self._insert_on_the_loop(*self._converted(row))
 
-    def _on_the_loop(self) -> sqlite3.Connection:
+    async def commit(self, row: tuple[Any, ...]) -> None:
+        sql, values = self._converted(row)
+        if not self._insert_on_the_loop(sql, values):
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._insert, sql, values)
+
+    def _converted(self, row: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+        ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])
+        return sql, values[0]
+
+    def _insert_on_the_loop(self, sql: str, values: tuple[Any, ...]) -> bool:
+        """The insert on the loop's connection; False, having changed nothing, when another
+        connection holds the write lock."""
         if self._loop_connection is None:
             self._loop_connection = _connect(self._path, _NO_SYNC, *self._LOOP_PRAGMAS)
-        return self._loop_connection
+        try:
+            self._loop_connection.execute(sql, values)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise
+        return True
 
     def _insert(self, sql: str, values: tuple[Any, ...]) -> None:
         # Outside a transaction: the statement is its own, committed when it returns
@@ -953,6 +968,9 @@ class PostgresOwners:
         self._engine = engine
         self._statements = _OwnerStatements(engine.dialect, visible_only=True)
 
+    def commit_now(self, row: tuple[Any, ...]) -> bool:
+        return False  # a round trip: only ``commit``
+
     async def commit(self, row: tuple[Any, ...]) -> None:
         ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])
         async with self._engine.connect() as connection:
@@ -969,6 +987,9 @@ class PostgresOwners:
 class SessionOwners(SessionStore):
     """The owner's row as the writer's ORM fallback stores a batch of one: any database
     SQLAlchemy drives."""
+
+    def commit_now(self, row: tuple[Any, ...]) -> bool:
+        return False  # the session's driver: only ``commit``
 
     async def commit(self, row: tuple[Any, ...]) -> None:
         await self.write(await self.prepare([], [(OWNER_COLUMNS, row)]))

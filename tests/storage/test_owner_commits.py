@@ -137,6 +137,7 @@ async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_ta
             step.send(None)  # done at the first step: nothing awaited
 
         holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        assert owners.commit_now(owner_row("int-later", bob, None, datetime.now(UTC))) is False
         waiting = asyncio.ensure_future(
             owners.commit(owner_row("int-held", bob, None, datetime.now(UTC)))
         )
@@ -147,6 +148,7 @@ async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_ta
         async with sessionmaker() as session:
             assert await interaction_owner(session, "int-free") == bob
             assert await interaction_owner(session, "int-held") == bob
+            assert await interaction_owner(session, "int-later") is None  # left as it was
     finally:
         holder.close()
         await owners.close()
