@@ -938,13 +938,15 @@ def startup_only(
 FirstBytes = dict[str, list[list[float]]]
 
 
-def latency_against(config: Config, against: Path) -> tuple[list[Run], FirstBytes]:
+def latency_against(config: Config, against: Path) -> tuple[list[Run], FirstBytes, FirstBytes]:
     """Only the wrk legs: direct calls, this copy's meter and the meter in ``against``
     (a checkout, or a directory holding its ``proxy`` package and ``migrations``, first on
     ``PYTHONPATH``), each leg plain and streamed at each of ``config.concurrency``,
     ``config.reps`` repetitions in rotating order, against one stub. With
     ``config.probe_seconds``, each repetition then times each target's streamed calls to
-    their first byte (``first_bytes``), in the same rotating order.
+    their first byte (``first_bytes``), generateContent's and then streamed interactions'
+    (whose owner a meter stores before the first byte), in the same rotating order; the
+    two are returned after the runs.
 
     Each meter has its own database (made by its own copy), so two copies of different
     schemas compare too. For an A/B of one change: its CPU per call, its rate under load,
@@ -952,6 +954,7 @@ def latency_against(config: Config, against: Path) -> tuple[list[Run], FirstByte
     """
     runs: list[Run] = []
     first: FirstBytes = {}
+    interactions: FirstBytes = {}
     with workspace("gemini-meter-latency-") as (work, services):
         compile_bytecode()
         source = compile_copy(against)
@@ -977,9 +980,12 @@ def latency_against(config: Config, against: Path) -> tuple[list[Run], FirstByte
             runs.extend(repetition(config, legs, stub, rep))
             if config.probe_seconds:
                 for leg in rotated(legs, rep):
-                    times = asyncio.run(first_bytes(leg, config.probe_seconds))
-                    first.setdefault(leg.name, []).append([1000 * t for t in times])
-    return runs, first
+                    for kind, interaction in ((first, False), (interactions, True)):
+                        times = asyncio.run(
+                            first_bytes(leg, config.probe_seconds, interaction=interaction)
+                        )
+                        kind.setdefault(leg.name, []).append([1000 * t for t in times])
+    return runs, first, interactions
 
 
 @dataclass
@@ -1100,7 +1106,9 @@ def repetition(config: Config, legs: list[Leg], stub: Service, rep: int) -> Iter
             )
 
 
-def render_latency(runs: Sequence[Run], first: FirstBytes | None = None) -> str:
+def render_latency(
+    runs: Sequence[Run], first: FirstBytes | None = None, interactions: FirstBytes | None = None
+) -> str:
     """The table of ``latency_against``: per call kind and concurrency, medians over the
     repetitions of the rate, p50 and p99, what each meter adds to the direct call's p50 and
     p99, and CPU per call (the stub's own for direct calls, as in the full comparison),
@@ -1128,22 +1136,27 @@ def render_latency(runs: Sequence[Run], first: FirstBytes | None = None) -> str:
                 f" {_f(p50 - base50) if added else '–'} | {_f(p99 - base99) if added else '–'} |"
                 f" {cpu:.3f} | {loop} | {', '.join(f'{r.p99_ms:.2f}' for r in mine)} |"
             )
-    if first:
+    for probed, calls in (
+        (first, "a streamed generateContent call"),
+        (interactions, "a streamed interaction"),
+    ):
+        if not probed:
+            continue
         lines += [
             "",
-            "Time to first byte of a streamed call at c=1, one call after another (as in the"
-            " full comparison), medians over the repetitions; added is against the direct"
-            " figure of the same repetition:",
+            f"Time to first byte of {calls} at c=1, one call after another (as in the full"
+            " comparison), medians over the repetitions; added is against the direct figure"
+            " of the same repetition:",
             "",
             "| target | calls | p50 ms | p99 ms | added p50 ms | added p99 ms"
             " | added p50 of each rep |",
             "|---|---:|---:|---:|---:|---:|---|",
         ]
-        direct_p50s = [percentile(times, 50) for times in first.get("direct", [])]
-        for name, row in summarise_first_bytes(first).items():
+        direct_p50s = [percentile(times, 50) for times in probed.get("direct", [])]
+        for name, row in summarise_first_bytes(probed).items():
             each = "–"
             if name != "direct":
-                p50s = [percentile(times, 50) for times in first[name]]
+                p50s = [percentile(times, 50) for times in probed[name]]
                 each = ", ".join(f"{m - d:.2f}" for m, d in zip(p50s, direct_p50s, strict=True))
             lines.append(
                 f"| {name} | {row['calls']} | {_f(row['p50_ms'])} | {_f(row['p99_ms'])}"

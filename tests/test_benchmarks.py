@@ -225,7 +225,7 @@ def test_startup_against_another_copy_interleaves_launches_of_that_copy(tmp_path
 def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path: Path):
     copy, marks = _other_copy(tmp_path)
     brief = replace(_brief(starts=0), concurrency=[1, 4], probe_seconds=0.5)
-    runs, first = latency_against(brief, copy)
+    runs, first, interactions = latency_against(brief, copy)
     other = f"`{copy}`"
     assert sorted((r.leg, r.stream, r.concurrency) for r in runs) == sorted(
         (leg, stream, c)
@@ -241,14 +241,18 @@ def test_latency_against_another_copy_runs_both_meters_and_direct_calls(tmp_path
     assert all((r.proxy_cpu_s if r.leg != "direct" else r.stub_cpu_s) > 0 for r in runs)
     meters = [r for r in runs if r.leg != "direct"]
     assert all(0 < r.proxy_loop_cpu_s <= r.proxy_cpu_s for r in meters)
-    # Each target's streamed calls timed to their first byte, once per repetition.
-    assert sorted(first) == sorted(("direct", "this copy", other))
-    assert all(len(reps) == 1 and reps[0] and min(reps[0]) > 0 for reps in first.values())
-    table = render_latency(runs, first)
+    # Each target's streamed calls, generateContent's and interactions', timed to their
+    # first byte, once per repetition.
+    for probed in (first, interactions):
+        assert sorted(probed) == sorted(("direct", "this copy", other))
+        assert all(len(reps) == 1 and reps[0] and min(reps[0]) > 0 for reps in probed.values())
+    table = render_latency(runs, first, interactions)
     assert f"| {other} | streamed | 4 |" in table and "| direct | plain | 1 |" in table
     assert "| c | req/s |" in table and "| CPU ms per call | of which the loop's thread |" in table
-    assert "| target | calls | p50 ms | p99 ms | added p50 ms |" in table
+    assert table.count("| target | calls | p50 ms | p99 ms | added p50 ms |") == 2
+    assert "first byte of a streamed interaction" in table
     assert f"| {other} | {len(first[other][0])} |" in table
+    assert f"| {other} | {len(interactions[other][0])} |" in table
 
 
 async def test_paced_calls_time_each_target_at_each_pause_one_call_at_a_time():
