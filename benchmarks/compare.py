@@ -1500,7 +1500,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="only the wrk legs (plain and streamed at each --concurrency, --reps of --seconds "
-        "each) and the first-byte probe (--probe-seconds per rep; 0 leaves it out): direct "
+        "each) and the first-byte probes, generateContent's and interactions' (--probe-seconds "
+        "each per rep; 0 leaves them out): direct "
         "calls, this copy's meter and the one in DIR (a checkout of another commit, or its "
         "proxy and migrations from `git archive`), interleaved",
     )
