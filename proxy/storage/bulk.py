@@ -472,11 +472,12 @@ _WRITER_CACHE_KIB = 32 * 1024
 _SqliteWork = list[tuple[str, list[tuple[Any, ...]]]]
 
 
-def _connect(path: str, *pragmas: str) -> sqlite3.Connection:
+def _connect(path: str, *pragmas: str, timeout: float = 5.0) -> sqlite3.Connection:
     """A connection to the SQLite file at ``path`` with the engine's settings and
     ``pragmas``; ``isolation_level=None``: transactions are the caller's explicit ones,
-    and a statement outside one commits on its own."""
-    connection = sqlite3.connect(path, isolation_level=None)
+    and a statement outside one commits on its own. ``timeout``: how long opening it may
+    wait for a lock held elsewhere."""
+    connection = sqlite3.connect(path, isolation_level=None, timeout=timeout)
     try:
         _on_sqlite_connect(connection, None)
         for pragma in pragmas:
@@ -930,11 +931,13 @@ class SqliteOwners(_SqliteThread):
         return sql, values[0]
 
     def _insert_on_the_loop(self, sql: str, values: tuple[Any, ...]) -> bool:
-        """The insert on the loop's connection; False, having changed nothing, when another
-        connection holds the write lock."""
-        if self._loop_connection is None:
-            self._loop_connection = _connect(self._path, _NO_SYNC, *self._LOOP_PRAGMAS)
+        """The insert on the loop's connection (opened at first use, without waiting
+        either); False, having changed nothing, when another connection holds a lock."""
         try:
+            if self._loop_connection is None:
+                self._loop_connection = _connect(
+                    self._path, _NO_SYNC, *self._LOOP_PRAGMAS, timeout=0
+                )
             self._loop_connection.execute(sql, values)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):

@@ -122,8 +122,8 @@ async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_ta
 ):
     """With SQLite's write lock free the insert runs on the event loop itself: the commit
     finishes on its first step, without handing the loop back (no hop to a thread and back).
-    With the lock held by another connection it never waits on the loop: the thread's
-    connection takes the row, once the lock is free again."""
+    With the lock held by another connection it never waits on the loop, not even to open
+    its connection: the thread's connection takes the row, once the lock is free again."""
     engine = make_engine(migrated_url)
     sessionmaker = async_sessionmaker(engine)
     async with sessionmaker.begin() as session:
@@ -132,11 +132,7 @@ async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_ta
     holder = sqlite3.connect(migrated_url.removeprefix("sqlite+aiosqlite:///"))
     holder.isolation_level = None
     try:
-        step = owners.commit(owner_row("int-free", bob, None, datetime.now(UTC)))
-        with pytest.raises(StopIteration):
-            step.send(None)  # done at the first step: nothing awaited
-
-        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        holder.execute("BEGIN EXCLUSIVE")  # another writer holds the lock from the start
         assert owners.commit_now(owner_row("int-later", bob, None, datetime.now(UTC))) is False
         waiting = asyncio.ensure_future(
             owners.commit(owner_row("int-held", bob, None, datetime.now(UTC)))
@@ -145,6 +141,10 @@ async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_ta
         assert not waiting.done()  # in the thread, waiting for the lock; the loop is free
         holder.execute("COMMIT")
         await asyncio.wait_for(waiting, 10)
+
+        step = owners.commit(owner_row("int-free", bob, None, datetime.now(UTC)))
+        with pytest.raises(StopIteration):
+            step.send(None)  # done at the first step: nothing awaited
         async with sessionmaker() as session:
             assert await interaction_owner(session, "int-free") == bob
             assert await interaction_owner(session, "int-held") == bob
