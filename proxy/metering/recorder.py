@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..pricing import Catalog, price
 from ..server.metrics import Metrics
@@ -57,9 +57,10 @@ class Recorder:
     def catalog(self) -> Catalog:
         return self._catalog
 
-    def own(self, interaction_id: str, principal: Principal, model: str | None) -> None:
-        """Remember who created an interaction, for ownership checks in any process."""
-        self._writer.submit_owner(interaction_id, principal, model)
+    def own(self, interaction_id: str, principal: Principal, model: str | None) -> tuple[Any, ...]:
+        """Remember who created an interaction, for ownership checks in any process; the
+        owner row journaled and queued (``writes.owner_row``)."""
+        return self._writer.submit_owner(interaction_id, principal, model)
 
     def finish(self, record: UsageRecord, reservation: Reservation | None = None) -> bool:
         """Price, count and hand on ``record``, settling the call's budget

@@ -59,8 +59,7 @@ from ..settings import AuthMode, InteractionSharing, Settings
 from ..storage import accounts
 from ..storage.accounts import OwnedResource
 from ..storage.bulk import owner_commits
-from ..storage.schema import ResourceKind, utcnow
-from ..storage.writes import owner_row
+from ..storage.schema import ResourceKind
 from .keys import fingerprint, hash_key, seal, unseal
 
 log = logging.getLogger("gemini_meter.auth")
@@ -385,18 +384,18 @@ class Authenticator:
         self._owners.put(interaction_id, principal, float("inf"))
 
     async def commit_owner(
-        self, interaction_id: str, principal: Principal, model: str | None
+        self, interaction_id: str, principal: Principal, row: tuple[Any, ...]
     ) -> bool:
         """Store an interaction's owner now, before the client learns its id.
 
         One short transaction, only on interaction creates: it is what lets a
         second replica answer the owner at once. Visible, not synced: the caller
-        has journaled and queued the row already (``owned.register_owner``).
+        has journaled and queued ``row`` already (``owned.register_owner``), the
+        owner row committed here as it is.
         False when the database did not take it in time; this process still knows
         the owner, and the writer stores it.
         """
         self.remember_owner(interaction_id, principal)
-        row = owner_row(interaction_id, principal, model, utcnow())
         try:
             # On SQLite with its write lock free, done at once: no task, no hop.
             if not self._owner_commits.commit_now(row):

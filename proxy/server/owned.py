@@ -136,10 +136,10 @@ async def register_owner(
     call.owner_registered = True
     app = request.app
     auth = app[authenticator_key]
-    app[recorder_key].own(interaction_id, principal, call.meta.model)
+    row = app[recorder_key].own(interaction_id, principal, call.meta.model)
     if auth.mode is not AuthMode.VIRTUAL_KEYS:
         auth.remember_owner(interaction_id, principal)
-    elif not await auth.commit_owner(interaction_id, principal, call.meta.model):
+    elif not await auth.commit_owner(interaction_id, principal, row):
         app[metrics_key].owner_commit_fallbacks.inc()
 
 

@@ -889,7 +889,10 @@ class OwnerCommits(Protocol):
         with its write lock free); False when it is left for ``commit``."""
         ...
 
-    async def commit(self, row: tuple[Any, ...]) -> None: ...
+    async def commit(self, row: tuple[Any, ...]) -> None:
+        """Commit the row, waiting as the database needs (a round trip, a lock held
+        elsewhere)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -921,10 +924,9 @@ class SqliteOwners(_SqliteThread):
         return self._insert_on_the_loop(*self._converted(row))
 
     async def commit(self, row: tuple[Any, ...]) -> None:
-        sql, values = self._converted(row)
-        if not self._insert_on_the_loop(sql, values):
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._insert, sql, values)
+        # In the thread, whose connection waits for a lock held elsewhere.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._insert, *self._converted(row))
 
     def _converted(self, row: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
         ((sql, values),) = self._statements.convert([(OWNER_COLUMNS, row)])

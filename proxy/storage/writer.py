@@ -193,10 +193,15 @@ class UsageWriter:
             return False
         return self._hand_over(True, USAGE_COLUMNS, values)
 
-    def submit_owner(self, interaction_id: str, principal: Principal, model: str | None) -> None:
-        """Queue "``principal`` owns ``interaction_id``". Never awaits, never raises."""
+    def submit_owner(
+        self, interaction_id: str, principal: Principal, model: str | None
+    ) -> tuple[Any, ...]:
+        """Queue "``principal`` owns ``interaction_id``", and return the row queued (for a
+        commit of that same row elsewhere: ``Authenticator.commit_owner``). Never awaits,
+        never raises."""
         row = owner_row(interaction_id, principal, model, utcnow())
         self._hand_over(False, OWNER_COLUMNS, row)
+        return row
 
     def _hand_over(self, is_usage: bool, names: tuple[str, ...], values: tuple[Any, ...]) -> bool:
         """Journal a row, which joins the queue once its group commit is fsync'd."""

@@ -319,7 +319,10 @@ async def test_the_owner_is_known_on_another_replica_at_once(
         for kind, names, values in decode_frames(segment.read_bytes())[0]
         if kind == "owner"
     ]
-    assert [(row["id"], row["user_id"]) for row in journaled] == [(iid, owner_row.user_id)]
+    # the very row committed, built once (its time of creation included)
+    assert [(row["id"], row["user_id"], row["created_at"]) for row in journaled] == [
+        (iid, owner_row.user_id, owner_row.created_at)
+    ]
 
     via_b = str(replica.make_url(f"{INTERACTIONS}/{iid}"))
     mine, _, _ = await raw("GET", via_b, headers={"x-goog-api-key": keys_b["alice"]})

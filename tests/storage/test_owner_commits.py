@@ -120,10 +120,10 @@ async def test_the_owners_commit_leaves_each_connection_as_it_found_it(
 async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_taken(
     migrated_url: str,
 ):
-    """With SQLite's write lock free the insert runs on the event loop itself: the commit
-    finishes on its first step, without handing the loop back (no hop to a thread and back).
-    With the lock held by another connection it never waits on the loop, not even to open
-    its connection: the thread's connection takes the row, once the lock is free again."""
+    """With SQLite's write lock free the insert runs on the event loop itself: ``commit_now``
+    commits it there and then (no hop to a thread and back). With the lock held by another
+    connection it never waits on the loop, not even to open its connection: it leaves the
+    row to ``commit``, whose thread waits for the lock while the loop goes on."""
     engine = make_engine(migrated_url)
     sessionmaker = async_sessionmaker(engine)
     async with sessionmaker.begin() as session:
@@ -142,9 +142,8 @@ async def test_on_sqlite_the_owner_is_inserted_on_the_loop_unless_the_lock_is_ta
         holder.execute("COMMIT")
         await asyncio.wait_for(waiting, 10)
 
-        step = owners.commit(owner_row("int-free", bob, None, datetime.now(UTC)))
-        with pytest.raises(StopIteration):
-            step.send(None)  # done at the first step: nothing awaited
+        # The lock is free: committed on the loop, there and then (no await).
+        assert owners.commit_now(owner_row("int-free", bob, None, datetime.now(UTC))) is True
         async with sessionmaker() as session:
             assert await interaction_owner(session, "int-free") == bob
             assert await interaction_owner(session, "int-held") == bob
