@@ -61,6 +61,7 @@ from .routes import (
     strict_json,
 )
 from .typedefs import (
+    ApiRequest,
     authenticator_key,
     budgets_key,
     catalog_key,
@@ -121,7 +122,7 @@ class Call:
     per_image: bool = False
 
 
-async def admit(request: web.Request, started: float) -> Call:
+async def admit(request: ApiRequest, started: float) -> Call:
     """Everything that may refuse a call before it reaches the upstream.
 
     The path is checked as it came (``routes.path_problem``) and classified as
@@ -236,7 +237,7 @@ async def admit(request: web.Request, started: float) -> Call:
     return call
 
 
-def _names_a_new_file(request: web.Request) -> bool:
+def _names_a_new_file(request: ApiRequest) -> bool:
     """A JSON request that creates a file (a resumable upload's start, ``files.create``):
     its metadata could choose the file's name."""
     return "upload_id" not in request.query and request.content_type == "application/json"
@@ -276,7 +277,7 @@ async def _owned_resource(
     return found
 
 
-async def check_references(request: web.Request, body: object, principal: Principal) -> None:
+async def check_references(request: ApiRequest, body: object, principal: Principal) -> None:
     """Refuse (404, like a missing one) a body naming a cache or file the caller may not use."""
     try:
         named = references(body, request.query)
@@ -347,7 +348,7 @@ def _ask_stream_usage(call: Call) -> None:
     call.drops_usage_chunk = True
 
 
-def _previous_interactions(body: object, request: web.Request) -> set[str]:
+def _previous_interactions(body: object, request: ApiRequest) -> set[str]:
     try:
         return previous_interaction_ids(body, request.query)
     except BodyRefused as exc:
@@ -379,7 +380,7 @@ _EMBEDDINGS = frozenset(
 _EMBEDDING_KINDS = frozenset({EndpointKind.ASYNC_BATCH_EMBED_CONTENT})
 
 
-def _budgeted(request: web.Request, route: Route) -> bool:
+def _budgeted(request: ApiRequest, route: Route) -> bool:
     """A billable call that may spend: metered creates and generations, and the
     unmetered routes' writes (reading a batch or an operation costs nothing)."""
     if route.unmetered is not None:
@@ -387,7 +388,7 @@ def _budgeted(request: web.Request, route: Route) -> bool:
     return route.action in _BUDGETED
 
 
-async def reserve(request: web.Request, call: Call) -> None:
+async def reserve(request: ApiRequest, call: Call) -> None:
     """Reserve the call's estimate against its budgets, or refuse it (429)."""
     route = call.route
     principal = call.owner or call.principal
@@ -424,7 +425,7 @@ async def reserve(request: web.Request, call: Call) -> None:
     call.reservation = await app[budgets_key].admit(principal, guess)
 
 
-def check_journal(request: web.Request, route: Route) -> None:
+def check_journal(request: ApiRequest, route: Route) -> None:
     """Refuse a billable call before forwarding it when its record could not be kept."""
     journal = request.app[journal_key]
     recorded = route.metered or route.unmetered is not None
@@ -441,7 +442,7 @@ _UPLOAD_LEGS = frozenset(
 )
 
 
-def _is_upload_leg(request: web.Request, route: Route) -> bool:
+def _is_upload_leg(request: ApiRequest, route: Route) -> bool:
     return (
         route.action in _UPLOAD_LEGS
         and request.path.startswith("/upload/")
@@ -453,7 +454,7 @@ def too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"Request body exceeds the proxy's limit of {limit} bytes.")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: ApiRequest, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     try:

@@ -24,6 +24,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -56,10 +57,12 @@ from .auth import Authenticator
 from .batches import BatchMeter
 from .client import Client
 from .forward import proxy_handler
+from .front import FrontServer
 from .live import auth_tokens_handler, end_live_sessions, live_handler
 from .metrics import build_metrics, exposition, watch_budgets, watch_journal, watch_writer
 from .otel import otel_ctx
 from .typedefs import (
+    ApiRequest,
     InFlight,
     alert_delivery_key,
     alert_evaluator_key,
@@ -84,7 +87,9 @@ from .typedefs import (
 
 log = logging.getLogger("gemini_meter.app")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# aiohttp's web.Request, or the lean lane's request (server.front)
+AnyRequest = TypeVar("AnyRequest", bound=ApiRequest)
+Handler = Callable[[AnyRequest], Awaitable[web.StreamResponse]]
 
 
 def _json_error(exc: ProxyError) -> web.Response:
@@ -102,7 +107,9 @@ _HTTP_STATUS = {
 
 
 @web.middleware
-async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def in_flight_middleware(
+    request: AnyRequest, handler: Handler[AnyRequest]
+) -> web.StreamResponse:
     """Counts the calls being handled, for a graceful shutdown to report and wait on."""
     counter = request.app[in_flight_key]
     counter.value += 1
@@ -113,7 +120,7 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(request: AnyRequest, handler: Handler[AnyRequest]) -> web.StreamResponse:
     """Every error the proxy itself answers, in Gemini's JSON error shape."""
     # An absolute-form target ("GET http://elsewhere/ HTTP/1.1") keeps its scheme in raw_path.
     if request.method == "CONNECT" or not request.raw_path.startswith("/"):
@@ -194,16 +201,27 @@ class _GeminiRequestHandler(RequestHandler):
         return response
 
 
-class _GeminiServer(web.Server):
-    def __call__(self) -> RequestHandler:
+async def _guarded(request: ApiRequest) -> web.StreamResponse:
+    return await error_middleware(request, proxy_handler)
+
+
+async def _lean(request: ApiRequest) -> web.StreamResponse:
+    """A request on the lean lane (``server.front``): the app's middlewares, then
+    ``proxy_handler``, where aiohttp's router would have sent it."""
+    return await in_flight_middleware(request, _guarded)
+
+
+class _GeminiServer(FrontServer):
+    def aiohttp_handler(self) -> RequestHandler:
         # aiohttp's Server builds a RequestHandler from the same keyword arguments.
         return _GeminiRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class ProxyRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections answer aiohttp's own rejections as Gemini does.
+    """An ``AppRunner`` whose connections start on the lean lane (``server.front``), and
+    whose aiohttp connections answer aiohttp's own rejections as Gemini does.
 
-    aiohttp offers no setting for this: its ``RequestHandler.handle_error``
+    aiohttp offers no setting for the latter: its ``RequestHandler.handle_error``
     writes plain text. The runner builds the same ``Server`` as aiohttp and
     hands connections to a handler that overrides that one method.
     """
@@ -212,6 +230,9 @@ class ProxyRunner(web.AppRunner):
         server = await super()._make_server()
         return _GeminiServer(
             server.request_handler,
+            app=self.app,
+            lean=_lean,
+            max_body=self.app[settings_key].max_request_bytes,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=server._loop,

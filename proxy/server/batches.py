@@ -62,7 +62,7 @@ from ..storage.schema import ResourceKind
 from .auth import Authenticator
 from .references import filtered_listing
 from .routes import Action, Route
-from .typedefs import authenticator_key, batch_meter_key, recorder_key
+from .typedefs import ApiRequest, authenticator_key, batch_meter_key, recorder_key
 
 log = logging.getLogger("gemini_meter.batches")
 
@@ -160,7 +160,7 @@ def _file_name(value: str) -> str:
 
 
 async def check_batch_call(
-    request: web.Request, route: Route, principal: Principal, body: object
+    request: ApiRequest, route: Route, principal: Principal, body: object
 ) -> Owned | None:
     """Refuse what the caller may not do on a batch or file; what admission learned."""
     auth = request.app[authenticator_key]
@@ -329,7 +329,7 @@ async def _done_batch(
         meter.later(_mark_recorded(app, ResourceKind.BATCH, batch, state, outcome))
 
 
-async def answer(request: web.Request, call: Call, status: int, payload: object) -> bytes | None:
+async def answer(request: ApiRequest, call: Call, status: int, payload: object) -> bytes | None:
     """Act on the whole JSON answer of a create, get or list of batches.
 
     Returns the body to send instead of the upstream's (a filtered list), or None to
@@ -429,7 +429,7 @@ class DownloadTap:
                 )
 
 
-def download_tap(request: web.Request, call: Call) -> DownloadTap | None:
+def download_tap(request: ApiRequest, call: Call) -> DownloadTap | None:
     """The tap for a file download if it is a batch's responses file not yet recorded."""
     file = call.route.resource
     if file is None:

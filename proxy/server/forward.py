@@ -48,6 +48,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -75,9 +76,11 @@ from ..metering.streams import InteractionStreamTap, StreamTap, stream_tap
 from . import batches
 from .admission import Call, admit, check_journal, mints_unmetered_access, reserve
 from .client import Response
+from .front import FrontRequest, FrontStream
 from .owned import register_media, register_owner, relay_owned, remember_upload, stable_request_id
 from .routes import Action, is_forwarded
 from .typedefs import (
+    ApiRequest,
     budgets_key,
     keyless_uploads_key,
     metrics_key,
@@ -92,7 +95,7 @@ __all__ = ["billing", "proxy_handler", "record_unmetered"]
 log = logging.getLogger("gemini_meter.proxy")
 
 
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
+async def proxy_handler(request: ApiRequest) -> web.StreamResponse:
     """Forward any request under the API prefixes; meter the ones that bill."""
     if not is_forwarded(request.path):
         raise NotFound(f"No Gemini API route at {request.path!r}.")
@@ -122,7 +125,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         return await _forward(request, call)
 
 
-async def _forward(request: web.Request, call: Call) -> web.StreamResponse:
+async def _forward(request: ApiRequest, call: Call) -> web.StreamResponse:
     opened = time.perf_counter()
     try:
         upstream = await open_upstream(request, call)
@@ -180,7 +183,7 @@ _BATCH_ANSWERS = frozenset(
 )
 
 
-async def _relay_whole(request: web.Request, upstream: Response, call: Call) -> web.StreamResponse:
+async def _relay_whole(request: ApiRequest, upstream: Response, call: Call) -> web.StreamResponse:
     """A metered call answered with one JSON body: read it, meter it, answer it."""
     body, decoded = await read_whole(upstream, call)
     response = web.Response(
@@ -201,7 +204,7 @@ def _batch_call(call: Call) -> batches.Call:
     return batches.Call(call.route, call.principal, call.owned, call.started)
 
 
-async def _relay_batch(request: web.Request, upstream: Response, call: Call) -> web.StreamResponse:
+async def _relay_batch(request: ApiRequest, upstream: Response, call: Call) -> web.StreamResponse:
     """A batch's create, get or list: read whole, own or record, answer (a list filtered)."""
     body, decoded = await read_whole(upstream, call)
     replaced = await batches.answer(
@@ -236,7 +239,7 @@ def _summarize(call: Call, payload: object, status: int) -> ResponseSummary:
 
 
 async def _relay_stream(
-    request: web.Request,
+    request: ApiRequest,
     upstream: Response,
     call: Call,
     tap: StreamTap | batches.DownloadTap | None,
@@ -261,7 +264,11 @@ async def _relay_stream(
     # on, not the upstream's bytes.
     rewritten = call.drops_usage_chunk
     headers = response_headers(upstream, keep_length=not rewritten, keep_encoding=not rewritten)
-    response = web.StreamResponse(status=upstream.status, headers=headers)
+    response = (
+        FrontStream(status=upstream.status, headers=headers)
+        if isinstance(request, FrontRequest)
+        else web.StreamResponse(status=upstream.status, headers=headers)
+    )
     if upstream.arrived:
         # The body's first bytes came with the head: they go out together, in one write.
         # (aiohttp's own switch, which web.Response turns off; a stream's head is otherwise
@@ -269,7 +276,7 @@ async def _relay_stream(
         response._send_headers_immediately = False
     call.streamed = True
     try:
-        await response.prepare(request)
+        await response.prepare(cast(web.BaseRequest, request))  # each answers its own kind
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         call.client_disconnected = True
     except BaseException:
@@ -286,7 +293,7 @@ async def _relay_stream(
 
 
 def _start_pump(
-    request: web.Request,
+    request: ApiRequest,
     response: web.StreamResponse,
     upstream: Response,
     call: Call,
@@ -303,7 +310,7 @@ def _start_pump(
 
 
 async def _pump(
-    request: web.Request,
+    request: ApiRequest,
     response: web.StreamResponse,
     upstream: Response,
     call: Call,
@@ -438,7 +445,7 @@ def billing(action: Action, status: int, streamed: bool, summary: ResponseSummar
     return False
 
 
-def _finish(request: web.Request, call: Call, status: int, summary: ResponseSummary) -> bool:
+def _finish(request: ApiRequest, call: Call, status: int, summary: ResponseSummary) -> bool:
     """Decide whether this response is billable and hand its record on; returns whether
     a record was kept (it is in the journal by then)."""
     action = call.route.action
@@ -486,7 +493,7 @@ def _finish(request: web.Request, call: Call, status: int, summary: ResponseSumm
     return request.app[recorder_key].finish(record, call.reservation)
 
 
-def record_unmetered(request: web.Request, call: Call, upstream: Response) -> bool:
+def record_unmetered(request: ApiRequest, call: Call, upstream: Response) -> bool:
     """Record a call on a billable route the meter cannot read: zero tokens, flagged.
 
     Recorded as soon as the upstream's status is known (so ``latency_seconds``

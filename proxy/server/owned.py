@@ -50,7 +50,7 @@ from .client import Response
 from .media import operation_bill, operation_created
 from .references import filtered_listing
 from .routes import Action, body_model
-from .typedefs import authenticator_key, metrics_key, recorder_key
+from .typedefs import ApiRequest, authenticator_key, metrics_key, recorder_key
 from .upstream import read_whole, response_headers
 
 __all__ = [
@@ -64,7 +64,7 @@ __all__ = [
 log = logging.getLogger("gemini_meter.proxy")
 
 
-async def remember_upload(request: web.Request, principal: Principal, upstream: Response) -> None:
+async def remember_upload(request: ApiRequest, principal: Principal, upstream: Response) -> None:
     """Record the upload id a start leg obtained, before its URL reaches the client."""
     url = upstream.headers["x-goog-upload-url"]
     upload_ids = parse_qs(urlsplit(url).query).get("upload_id", [])
@@ -79,7 +79,7 @@ async def remember_upload(request: web.Request, principal: Principal, upstream: 
         ) from exc
 
 
-async def register_media(request: web.Request, call: Call, payload: object, status: int) -> None:
+async def register_media(request: ApiRequest, call: Call, payload: object, status: int) -> None:
     """Own a new Veo operation, or bill a done one and own its videos, before relaying."""
     principal = call.principal
     if status >= 400 or principal is None:
@@ -111,7 +111,7 @@ async def register_media(request: web.Request, call: Call, payload: object, stat
 
 
 async def register_owner(
-    request: web.Request, call: Call, interaction_id: str | None, status: int
+    request: ApiRequest, call: Call, interaction_id: str | None, status: int
 ) -> None:
     """Make an interaction's creator its owner, in the database before the id is released.
 
@@ -151,7 +151,7 @@ _LIST_FIELDS = {
 }
 
 
-async def relay_owned(request: web.Request, upstream: Response, call: Call) -> web.StreamResponse:
+async def relay_owned(request: ApiRequest, upstream: Response, call: Call) -> web.StreamResponse:
     """A response that names owned resources: read it whole, act on it, then answer it.
 
     An upload's files become the uploader's, and a new cache its creator's, before the
@@ -181,7 +181,7 @@ async def relay_owned(request: web.Request, upstream: Response, call: Call) -> w
 
 
 async def _filtered_list(
-    request: web.Request, call: Call, kind: ResourceKind, decoded: bytes
+    request: ApiRequest, call: Call, kind: ResourceKind, decoded: bytes
 ) -> bytes:
     """A list response with only the items the caller may use (passthrough: all of them)."""
     auth = request.app[authenticator_key]
@@ -199,7 +199,7 @@ async def _filtered_list(
     return filtered_listing(payload, field, kept)
 
 
-def _through_proxy(request: web.Request, upload_url: str) -> str:
+def _through_proxy(request: ApiRequest, upload_url: str) -> str:
     """An upload session's URL with the proxy's origin for Google's.
 
     The SDK sends a resumable upload's byte legs to the URL the start leg answered
@@ -230,7 +230,7 @@ def _uploaded_files(payload: object) -> list[str]:
     return [name for name in names if name is not None and name.startswith("files/")]
 
 
-async def _own_files(request: web.Request, call: Call, payload: object) -> None:
+async def _own_files(request: ApiRequest, call: Call, payload: object) -> None:
     # A keyless leg's files are its session's starter's; a keyed call's, the caller's.
     owner = call.uploader or call.principal
     if owner is None:
@@ -239,7 +239,7 @@ async def _own_files(request: web.Request, call: Call, payload: object) -> None:
         await _own(request, ResourceKind.FILE, name, owner, model=None, state=None)
 
 
-async def _own_store(request: web.Request, call: Call, payload: object) -> None:
+async def _own_store(request: ApiRequest, call: Call, payload: object) -> None:
     """A new File Search store becomes its creator's, before its name reaches the client.
 
     Google names the store (``FileSearchStore.name`` is output only; the create request
@@ -262,7 +262,7 @@ async def _own_store(request: web.Request, call: Call, payload: object) -> None:
 
 
 async def _own(
-    request: web.Request,
+    request: ApiRequest,
     kind: ResourceKind,
     name: str,
     owner: Principal,
@@ -285,7 +285,7 @@ def stable_request_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "gemini-meter:" + ":".join(parts)).hex
 
 
-async def _bill_storage(request: web.Request, call: Call, status: int, payload: object) -> bool:
+async def _bill_storage(request: ApiRequest, call: Call, status: int, payload: object) -> bool:
     """Own a new cache and record its storage line (``metering.caching`` has the rules).
 
     create: the lifetime asked, charged whole; PATCH: the change of expiry; DELETE: the
@@ -359,7 +359,7 @@ async def _bill_storage(request: web.Request, call: Call, status: int, payload: 
 
 
 def _storage_record(
-    request: web.Request,
+    request: ApiRequest,
     call: Call,
     status: int,
     request_id: str,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDictProxy, MultiMapping
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 if TYPE_CHECKING:
@@ -22,6 +24,44 @@ if TYPE_CHECKING:
     from .batches import BatchMeter
     from .client import Client
     from .metrics import Metrics
+
+
+class BodyReader(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class ApiRequest(Protocol):
+    """What the API's handler reads of a request: aiohttp's ``web.Request``, or the lean
+    lane's ``front.FrontRequest``."""
+
+    @property
+    def app(self) -> web.Application: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def query(self) -> MultiMapping[str]: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def body_exists(self) -> bool: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def content(self) -> BodyReader: ...
+    async def read(self) -> bytes: ...
+
 
 settings_key: web.AppKey[Settings] = web.AppKey("settings")
 engine_key: web.AppKey[AsyncEngine] = web.AppKey("engine")

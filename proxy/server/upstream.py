@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote_plus
 
 import aiohttp
-from aiohttp import web
 from yarl import URL
 
 from ..errors import (
@@ -39,7 +38,7 @@ from ..settings import AuthMode
 from .admission import Call, too_large
 from .auth import key_carriers
 from .client import InvalidHeader, Response
-from .typedefs import settings_key, upstream_client_key
+from .typedefs import ApiRequest, settings_key, upstream_client_key
 
 __all__ = [
     "HOP_BY_HOP",
@@ -115,7 +114,7 @@ def hop_by_hop(headers: Mapping[str, str], always: frozenset[str]) -> set[str]:
     return drop
 
 
-def _upstream_headers(request: web.Request, call: Call, decoded: bool) -> list[tuple[str, str]]:
+def _upstream_headers(request: ApiRequest, call: Call, decoded: bool) -> list[tuple[str, str]]:
     """The client's headers as they go upstream, taken in one pass: hop-by-hop ones
     (and those its ``Connection`` names, RFC 9110 7.6.1) dropped, the client's key
     swapped for the upstream key in ``virtual_keys`` mode, and the encodings asked for
@@ -156,13 +155,13 @@ def _upstream_headers(request: web.Request, call: Call, decoded: bool) -> list[t
     return headers
 
 
-def _decoded_by_server(request: web.Request) -> bool:
+def _decoded_by_server(request: ApiRequest) -> bool:
     encoding = request.headers.get("content-encoding", "")
     return encoding.isascii() and encoding.lower() in _SERVER_DECODED
 
 
 async def _limited(
-    request: web.Request, limit: int, idle_timeout: float | None
+    request: ApiRequest, limit: int, idle_timeout: float | None
 ) -> AsyncIterator[bytes]:
     """The request body as it arrives, refused once it passes ``limit`` bytes
     or (with ``idle_timeout``) once the client sends nothing for that long."""
@@ -182,7 +181,7 @@ async def _limited(
         yield chunk
 
 
-async def open_upstream(request: web.Request, call: Call) -> Response:
+async def open_upstream(request: ApiRequest, call: Call) -> Response:
     settings = request.app[settings_key]
     client = request.app[upstream_client_key]
     virtual = settings.auth_mode is AuthMode.VIRTUAL_KEYS

@@ -18,6 +18,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from proxy.metering.streams import GenerateStreamTap, InteractionStreamTap
+from proxy.server.front import FrontStream
 from proxy.server.typedefs import sessionmaker_key
 from tests.factories import (
     INTERACTIONS,
@@ -445,20 +446,25 @@ async def test_a_stream_is_still_relayed_as_it_arrives(make_stack: StackFactory)
 
 
 def _log_order(monkeypatch: pytest.MonkeyPatch, tap: type[Any]) -> list[str]:
-    """``tap``'s reads and the relay's writes to the client, in the order they happen."""
+    """``tap``'s reads and the relay's writes to the client (on either lane), in the order
+    they happen."""
     order: list[str] = []
-    feed, write = tap.feed, web.StreamResponse.write
+    feed = tap.feed
 
     def logged_feed(self: Any, data: bytes) -> None:
         order.append("read")
         feed(self, data)
 
-    async def logged_write(self: web.StreamResponse, data: bytes) -> None:
-        order.append("relay")
-        await write(self, data)
+    def logged(write: Any) -> Any:
+        async def logged_write(self: web.StreamResponse, data: bytes) -> None:
+            order.append("relay")
+            await write(self, data)
+
+        return logged_write
 
     monkeypatch.setattr(tap, "feed", logged_feed)
-    monkeypatch.setattr(web.StreamResponse, "write", logged_write)
+    for kind in (web.StreamResponse, FrontStream):
+        monkeypatch.setattr(kind, "write", logged(kind.write))
     return order
 
 
