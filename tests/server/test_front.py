@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -311,3 +312,19 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_time(
     assert status == 200
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
     writer.close()
+
+
+@sqlite_only
+async def test_no_route_of_the_app_but_the_proxy_handler_is_reachable_on_the_lean_lane(
+    stack: Stack,
+):
+    """A route added under an API prefix must be reached through aiohttp's router: the lean
+    lane runs ``proxy_handler`` alone."""
+    paths = []
+    for resource in stack.app.router.resources():
+        if resource.canonical == "/{tail}":
+            continue  # proxy_handler's own
+        path = re.sub(r"\{version[^}]*\}", "v1beta", resource.canonical)
+        paths.append(re.sub(r"\{[^}]*\}", "x", path))
+    assert "/v1beta/auth_tokens" in paths and "/healthz" in paths
+    assert [p for p in paths if lean_path(p.encode())] == []
