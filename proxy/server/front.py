@@ -244,7 +244,9 @@ class FrontRequest:
 
     @property
     def scheme(self) -> str:
-        return "http"
+        transport = self._connection.transport
+        tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+        return "https" if tls else "http"
 
     @property
     def host(self) -> str:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proxy.server import front
 from proxy.server.front import FrontConnection, lean_path
-from tests.factories import Stack, StackFactory, gemini_error, sqlite_only
+from tests.factories import Stack, StackFactory, Tls, gemini_error, sqlite_only
 
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 BODY = json.dumps({"contents": [{"parts": [{"text": "Say hello."}]}]}).encode()
@@ -328,3 +328,32 @@ async def test_no_route_of_the_app_but_the_proxy_handler_is_reachable_on_the_lea
         paths.append(re.sub(r"\{[^}]*\}", "x", path))
     assert "/v1beta/auth_tokens" in paths and "/healthz" in paths
     assert [p for p in paths if lean_path(p.encode())] == []
+
+
+@sqlite_only
+async def test_a_lean_call_over_tls_is_answered_and_knows_its_scheme(
+    make_stack: StackFactory,
+    tls_proxy_server: Any,
+    tls: Tls,
+    lean_answers: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    stack = await make_stack(serve_proxy=tls_proxy_server)
+    assert stack.proxy.runner is not None
+    server = stack.proxy.runner.server
+    assert isinstance(server, front.FrontServer)
+    schemes: list[str] = []
+    lean = server.lean
+
+    async def seen(request: front.FrontRequest) -> web.StreamResponse:
+        schemes.append(request.scheme)
+        return await lean(request)
+
+    monkeypatch.setattr(server, "lean", seen)
+    host, port = stack.base_url.removeprefix("https://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=tls.client)
+    writer.write(_post(GENERATE, stack.keys["alice"]))
+    status, _, body = await _answer(reader)
+    writer.close()
+    assert status == 200 and "candidates" in json.loads(body)
+    assert lean_answers == [GENERATE] and schemes == ["https"]
