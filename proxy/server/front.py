@@ -30,7 +30,9 @@ to the connection's close), a body-less status without one; ``Date`` added,
 connection: bytes of the next one wait, unread past ``_PENDING_LIMIT``, until the answer
 is out. A client that leaves does not cancel the handler (as with aiohttp's default):
 the call is still recorded, and writes to it raise ``ConnectionResetError``. Idle
-keep-alive connections close after ``KEEPALIVE_SECONDS``; at shutdown, idle ones close
+connections close ``keepalive_timeout`` after their last answer (or their start) when no
+request is being answered, as aiohttp's do, a request half sent included; at shutdown,
+idle ones close
 at once and busy ones once their answer is out, or when the grace period ends.
 """
 
@@ -67,8 +69,8 @@ log = logging.getLogger("gemini_meter.front")
 # A head (request line and headers) longer than this goes to aiohttp, which refuses it
 # in Gemini's shape (its limits: 8,190 bytes a line or field, 128 fields).
 HEAD_LIMIT: Final = 16 * 1024
-# aiohttp's keepalive_timeout.
-KEEPALIVE_SECONDS: Final = 75.0
+# aiohttp's default keepalive_timeout (the runner's own setting, if given, is used).
+KEEPALIVE_SECONDS: Final = 3630.0
 # Bytes of a next request read while an answer is being made; past this, reading pauses.
 _PENDING_LIMIT: Final = 64 * 1024
 _VERSIONS: Final = {"1.1": HttpVersion11, "1.0": HttpVersion10}
@@ -154,6 +156,7 @@ class FrontServer(web.Server):
         self.max_line = int(kwargs.get("max_line_size", 8190))
         self.max_field = int(kwargs.get("max_field_size", 8190))
         self.max_headers = int(kwargs.get("max_headers", 128))
+        self.keepalive = float(kwargs.get("keepalive_timeout", KEEPALIVE_SECONDS))
         self.fronts: set[FrontConnection] = set()
 
     def aiohttp_handler(self) -> RequestHandler:
@@ -418,9 +421,6 @@ class FrontConnection(asyncio.Protocol):
     def _next(self) -> None:
         """Start the next request from the buffer once its head and body are all here;
         aiohttp takes the connection at the first request this lane does not take."""
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         if self._head is None:
             self._head = self._read_head()
             if self._head is None:
@@ -443,7 +443,6 @@ class FrontConnection(asyncio.Protocol):
         None, and the connection handed to aiohttp if the request is not the lane's."""
         buffer = self.buffer
         if not buffer:
-            self._wait_idle()
             return None
         end = buffer.find(b"\r\n\r\n", 0, HEAD_LIMIT)
         if end < 0:
@@ -509,6 +508,9 @@ class FrontConnection(asyncio.Protocol):
             return
         self.transport = None
         self.server.fronts.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()  # aiohttp's handler keeps its own time
+            self._idle = None
         handler = self.server.aiohttp_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
@@ -650,10 +652,16 @@ class FrontConnection(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
+        self._wait_idle()
         self._next()
 
     def _wait_idle(self) -> None:
-        self._idle = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS, self._close_idle)
+        """Close the connection ``keepalive`` seconds from now unless a request is being
+        answered then (aiohttp's keep-alive: from the start or the last answer, not from
+        the last byte, so a head sent a byte at a time does not hold it open)."""
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self.server.keepalive, self._close_idle)
 
     def _close_idle(self) -> None:
         self._idle = None

@@ -9,6 +9,7 @@ count of the lean lane's answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -302,15 +303,32 @@ async def test_a_bodiless_answer_has_no_length_and_the_connection_goes_on(
 
 
 @sqlite_only
-async def test_an_idle_connection_is_closed_after_the_keepalive_time(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+async def test_an_idle_or_half_sent_connection_is_closed_after_the_keepalive_time(
+    stack: Stack,
 ):
-    monkeypatch.setattr(front, "KEEPALIVE_SECONDS", 0.2)
+    assert stack.proxy.runner is not None
+    server = stack.proxy.runner.server
+    assert isinstance(server, front.FrontServer)
+    assert server.keepalive == 3630  # aiohttp's default
+    server.keepalive = 0.3
     reader, writer = await _connect(stack)
     writer.write(_post(GENERATE, stack.keys["alice"]))
     status, _, _ = await _answer(reader)
     assert status == 200
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # idle: closed by the proxy
+    writer.close()
+    # a head sent a byte at a time does not hold a connection open
+    reader, writer = await _connect(stack)
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        for byte in b"POST /v1beta/models/x:generateContent HTTP/1.1\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            sent += 1
+            await asyncio.sleep(0.02)
+    assert sent < 40  # cut off mid-line, some 0.3 s in
+    with contextlib.suppress(ConnectionError):  # (the broken pipe may be what it reads)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
 
 
