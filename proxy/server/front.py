@@ -11,7 +11,8 @@ lean lane only when it is unremarkable:
   ``auth_tokens`` of its own: what aiohttp would route to ``forward.proxy_handler``
   with the path exactly as written;
 - its method is one the API uses (GET, POST, PATCH, PUT, DELETE), its version HTTP/1.0
-  or 1.1, its head within ``HEAD_LIMIT`` and parsed without an error;
+  or 1.1, its head within aiohttp's limits (and ``HEAD_LIMIT``) and parsed without an
+  error;
 - its body, if any, has a ``Content-Length`` within the proxy's ``max_request_bytes``,
   and no ``Transfer-Encoding``, ``Content-Encoding``, ``Expect`` or ``Upgrade``.
 
@@ -29,11 +30,11 @@ to the connection's close), a body-less status without one; ``Date`` added,
 ``Connection`` as the request and the answer decide. One request at a time per
 connection: bytes of the next one wait, unread past ``_PENDING_LIMIT``, until the answer
 is out. A client that leaves does not cancel the handler (as with aiohttp's default):
-the call is still recorded, and writes to it raise ``ConnectionResetError``. Idle
-connections close ``keepalive_timeout`` after their last answer (or their start) when no
-request is being answered, as aiohttp's do, a request half sent included; at shutdown,
-idle ones close
-at once and busy ones once their answer is out, or when the grace period ends.
+the call is still recorded, and writes to it raise ``ConnectionResetError``. A
+connection closes ``keepalive_timeout`` after its start or its last answer if no request
+is being answered then (a request half sent included), as aiohttp's do. At shutdown,
+idle connections close at once and busy ones once their answer is out, or when the grace
+period ends.
 """
 
 from __future__ import annotations
