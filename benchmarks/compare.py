@@ -11,8 +11,9 @@ served). Then, per process: start time (launch to ready), resident memory after 
 and for Gemini Meter the records in its database after a graceful stop against the calls
 the stub received with its key.
 
-A fourth target, ``benchmarks/bare.py``, is an aiohttp forwarder that meters nothing: the
-same server and client libraries as the meter, doing only the relaying. The meter's CPU
+A fourth target, ``benchmarks/bare.py``, is an aiohttp forwarder that meters nothing:
+aiohttp's server and client (the meter's, before its own client and lean lane), doing only
+the relaying. The meter's CPU
 per call against it is what the metering costs; its own against the stub's is the floor
 aiohttp puts under any forwarder built on it.
 
