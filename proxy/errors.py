@@ -121,3 +121,8 @@ class UpstreamTimeout(ProxyError):
 def error_body(code: int, message: str, status: str) -> bytes:
     """The bytes of a Gemini error response."""
     return json.dumps({"error": {"code": code, "message": message, "status": status}}).encode()
+
+
+INTERNAL_MESSAGE = "Internal error in Gemini Meter."
+# What a client gets for a bug of the proxy's own, whichever lane it came by.
+INTERNAL_ERROR = error_body(500, INTERNAL_MESSAGE, "INTERNAL")

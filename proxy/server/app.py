@@ -38,6 +38,8 @@ from ..admin import add_admin_routes, add_meter_routes
 from ..budgets.alerts import AlertDelivery, AlertEvaluator
 from ..budgets.engine import BudgetEngine, build_budget_metrics
 from ..errors import (
+    INTERNAL_ERROR,
+    INTERNAL_MESSAGE,
     ConfigError,
     InvalidArgument,
     MethodNotAllowed,
@@ -147,7 +149,7 @@ async def error_middleware(request: AnyRequest, handler: Handler[AnyRequest]) ->
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.Response(
             status=500,
-            body=error_body(500, "Internal error in Gemini Meter.", "INTERNAL"),
+            body=INTERNAL_ERROR,
             content_type="application/json",
         )
 
@@ -159,7 +161,7 @@ _PROTOCOL_ERRORS = {
     413: ("INVALID_ARGUMENT", "The request is too large."),
     414: ("INVALID_ARGUMENT", "The request URL is too long."),
     431: ("INVALID_ARGUMENT", "The request headers are too large."),
-    500: ("INTERNAL", "Internal error in Gemini Meter."),
+    500: ("INTERNAL", INTERNAL_MESSAGE),
     504: ("DEADLINE_EXCEEDED", "Gemini Meter did not answer in time."),
 }
 

@@ -46,18 +46,18 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 from aiohttp import web
+from aiohttp.helpers import parse_content_type, rfc822_formatted_time
 from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 from aiohttp.log import access_logger
 from aiohttp.web_log import AccessLogger
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
-from ..errors import error_body
+from ..errors import INTERNAL_ERROR
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractAccessLogger
@@ -89,8 +89,12 @@ _TO_AIOHTTP: Final = frozenset(
 )
 # Statuses whose answer has no body (RFC 9110 6.4.1), besides 1xx.
 _BODILESS: Final = frozenset({204, 304})
+
 _CONNECTION_HEADERS: Final = frozenset({"connection", "keep-alive", "transfer-encoding"})
-_INTERNAL = error_body(500, "Internal error in Gemini Meter.", "INTERNAL")
+
+
+def _bodiless(status: int) -> bool:
+    return status < 200 or status in _BODILESS
 
 
 def lean_path(target: bytes) -> bool:
@@ -102,26 +106,6 @@ def lean_path(target: bytes) -> bool:
 
 
 Handler = Callable[["FrontRequest"], Awaitable[web.StreamResponse]]
-
-
-class _Date:
-    """The ``Date`` header's value, made once a second."""
-
-    __slots__ = ("second", "value")
-
-    def __init__(self) -> None:
-        self.second = 0
-        self.value = ""
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self.second:
-            self.second = second
-            self.value = formatdate(second, usegmt=True)
-        return self.value
-
-
-_date = _Date()
 
 
 class FrontServer(web.Server):
@@ -184,8 +168,8 @@ class FrontRequest:
         "_body",
         "_connection",
         "_query",
-        "_url",
         "app",
+        "content_length",
         "headers",
         "method",
         "path",
@@ -201,6 +185,7 @@ class FrontRequest:
         target: str,
         headers: CIMultiDictProxy[str],
         version: HttpVersion,
+        content_length: int | None,
         body: bytes,
     ) -> None:
         self._connection = connection
@@ -210,6 +195,7 @@ class FrontRequest:
         self.path = target.partition("?")[0]  # lean_path: no escapes, so decoded as is
         self.headers = headers
         self.version = version
+        self.content_length = content_length  # (its head's, checked when it was read)
         self._body = body
         self._query: MultiDictProxy[str] | None = None
 
@@ -227,20 +213,14 @@ class FrontRequest:
         return self.raw_path
 
     @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        return int(value) if value is not None else None
-
-    @property
     def body_exists(self) -> bool:
         return bool(self._body)
 
     @property
     def content_type(self) -> str:
+        """As aiohttp reads it, with its own parser (and its default)."""
         value = self.headers.get("content-type")
-        if value is None:
-            return "application/octet-stream"  # aiohttp's default
-        return value.partition(";")[0].strip().lower()
+        return "application/octet-stream" if value is None else parse_content_type(value)[0]
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -295,33 +275,7 @@ class FrontStream(web.StreamResponse):
         connection = request._connection
         self._connection = connection
         self._started = True
-        status = self.status
-        headers = self.headers
-        if status in _BODILESS or status < 200:
-            length: int | None = None
-            drop_length = status != 304
-            body = False
-        else:
-            drop_length = False
-            body = headers.get("content-length") != "0"
-            if "content-length" in headers:
-                length = None
-            elif request.version is HttpVersion11:
-                self._chunked = True
-                length = None
-            else:
-                connection.keep_alive = False  # the body ends with the connection
-                length = None
-        head = connection.head(
-            request,
-            status,
-            self.reason,
-            headers,
-            body=body,
-            length=length,
-            drop_length=drop_length,
-            chunked=self._chunked,
-        )
+        head, self._chunked = connection.head(request, self, length=None)
         if self._send_headers_immediately:
             await connection.send(head)
         else:
@@ -359,7 +313,7 @@ class _Head:
     headers: CIMultiDictProxy[str]
     version: HttpVersion
     end: int  # where the body starts in the buffer
-    length: int
+    length: int | None  # its Content-Length
 
 
 class FrontConnection(asyncio.Protocol):
@@ -428,14 +382,21 @@ class FrontConnection(asyncio.Protocol):
                 return
         buffer = self.buffer
         head = self._head
-        end = head.end + head.length
+        end = head.end + (head.length or 0)
         if len(buffer) < end:
             return  # the body is still arriving
         self._head = None
         body = bytes(buffer[head.end : end])
         del buffer[:end]
         request = FrontRequest(
-            self, self.server.app, head.method, head.target, head.headers, head.version, body
+            self,
+            self.server.app,
+            head.method,
+            head.target,
+            head.headers,
+            head.version,
+            head.length,
+            body,
         )
         self.busy = asyncio.get_running_loop().create_task(self._answer(request))
 
@@ -485,7 +446,7 @@ class FrontConnection(asyncio.Protocol):
             CIMultiDictProxy(CIMultiDict(self._headers)),
             _VERSIONS[version],
             end,
-            lengths[0] if lengths else 0,
+            lengths[0] if lengths else None,
         )
 
     # httptools' callbacks for the head
@@ -539,7 +500,9 @@ class FrontConnection(asyncio.Protocol):
             log.exception("unhandled error answering %s %s", request.method, request.path)
             self.keep_alive = False
             if response is None or not response.prepared:
-                response = web.Response(status=500, body=_INTERNAL, content_type="application/json")
+                response = web.Response(
+                    status=500, body=INTERNAL_ERROR, content_type="application/json"
+                )
                 with contextlib.suppress(ConnectionError):
                     await self._send_whole(request, response)
         finally:
@@ -554,56 +517,50 @@ class FrontConnection(asyncio.Protocol):
             body := response.body if response.body is not None else b"", bytes | bytearray
         ):
             raise TypeError(f"the lean lane cannot send {type(response).__name__}")
-        status = response.status
-        if status in _BODILESS or status < 200:
-            # aiohttp: no length for these, and 304's own left as it was
-            head = self.head(
-                request,
-                status,
-                response.reason,
-                response.headers,
-                body=False,
-                drop_length=status != 304,
-            )
-            body = b""
-        else:
-            head = self.head(
-                request,
-                status,
-                response.reason,
-                response.headers,
-                body=bool(body),
-                length=len(body),
-            )
         if response.keep_alive is False:
             self.keep_alive = False
+        head, _ = self.head(request, response, length=len(body))
         response._eof_sent = True
-        await self.send(head + body if body else head)
+        await self.send(head + body if body and not _bodiless(response.status) else head)
 
     def head(
-        self,
-        request: FrontRequest,
-        status: int,
-        reason: str,
-        headers: CIMultiDict[str] | CIMultiDictProxy[str],
-        *,
-        body: bool,
-        length: int | None = None,
-        drop_length: bool = False,
-        chunked: bool = False,
-    ) -> bytes:
-        """The status line and headers, as aiohttp writes them for this answer: ``length``
-        replaces any ``Content-Length`` given, ``drop_length`` drops it, ``chunked`` says the
-        body is; a body without a type is ``application/octet-stream``."""
-        keep_alive = self.keep_alive = self.keep_alive and not self.closing
+        self, request: FrontRequest, response: web.StreamResponse, *, length: int | None
+    ) -> tuple[bytes, bool]:
+        """The status line and headers of ``response``, framed as aiohttp frames them, and
+        whether its body goes chunked.
+
+        ``length`` is a whole body's (it replaces any ``Content-Length`` given); None is a
+        stream's, which keeps the one given, else goes chunked (HTTP/1.1) or to the
+        connection's close (HTTP/1.0). A 1xx, 204 or 304 answer has no body: no length
+        (a 304's own left as given) and no type. A body without a type is
+        ``application/octet-stream``; ``Date`` is added, ``Connection`` as needed.
+        """
+        status = response.status
+        headers = response.headers
         http10 = request.version is HttpVersion10
-        lines = [f"HTTP/{'1.0' if http10 else '1.1'} {status} {reason}\r\n"]
+        chunked = False
+        if _bodiless(status):
+            length = None
+            drop_length = status != 304
+            body = False
+        elif length is not None:
+            drop_length = True
+            body = length > 0
+        else:
+            drop_length = False
+            given = headers.get("content-length")
+            body = given != "0"
+            if given is None:
+                if http10:
+                    self.keep_alive = False  # the body ends with the connection
+                else:
+                    chunked = True
+        keep_alive = self.keep_alive = self.keep_alive and not self.closing
+        lines = [f"HTTP/{'1.0' if http10 else '1.1'} {status} {response.reason}\r\n"]
         has_type = has_date = False
         for name, value in headers.items():
             lowered = name.lower()
-            if lowered in _CONNECTION_HEADERS or (
-                lowered == "content-length" and (drop_length or length is not None)
-            ):
+            if lowered in _CONNECTION_HEADERS or (drop_length and lowered == "content-length"):
                 continue
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
                 raise ValueError("a line break in an answer's header")
@@ -619,14 +576,14 @@ class FrontConnection(asyncio.Protocol):
         if body and not has_type:
             lines.append("Content-Type: application/octet-stream\r\n")
         if not has_date:
-            lines.append(f"Date: {_date.now()}\r\n")
+            lines.append(f"Date: {rfc822_formatted_time()}\r\n")  # (aiohttp's, once a second)
         if http10:
             if keep_alive:
                 lines.append("Connection: keep-alive\r\n")
         elif not keep_alive:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        return "".join(lines).encode("utf-8", "surrogateescape"), chunked
 
     async def send(self, data: bytes) -> None:
         """Write to the client, waiting while its buffer is full; ``ConnectionResetError``
