@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from proxy.server import app as app_module
 from proxy.server import front
 from proxy.server.front import FrontConnection, lean_path
 from tests.factories import Stack, StackFactory, Tls, gemini_error, sqlite_only
@@ -375,3 +376,21 @@ async def test_a_lean_call_over_tls_is_answered_and_knows_its_scheme(
     writer.close()
     assert status == 200 and "candidates" in json.loads(body)
     assert lean_answers == [GENERATE] and schemes == ["https"]
+
+
+@sqlite_only
+async def test_an_answer_that_closes_its_connection_says_so_in_its_head(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    async def closing(request: Any) -> web.StreamResponse:
+        response = web.json_response({"ok": True})
+        response.force_close()
+        return response
+
+    monkeypatch.setattr(app_module, "proxy_handler", closing)
+    reader, writer = await _connect(stack)
+    writer.write(_post(GENERATE, stack.keys["alice"]))
+    status, headers, body = await _answer(reader)
+    assert (status, headers["connection"], json.loads(body)) == (200, "close", {"ok": True})
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # and closes it
+    writer.close()
