@@ -318,12 +318,18 @@ async def _pump(
 ) -> web.StreamResponse:
     decode = Decoder(upstream.headers.get("content-encoding", "identity").lower())
     relayed = UsageChunkFilter() if call.drops_usage_chunk else None
-    # A tap that only reads (a generateContent or chat stream's) reads each chunk once it
-    # is relayed: its parse is not part of the client's wait for the bytes. The others
-    # read first: the filter rewrites the chunk, an interaction's owner is committed
-    # before the client sees its id, and a responses file's tap yields while it records.
+    # A tap that only reads (a generateContent or chat stream's, an interaction's) reads
+    # each chunk once it is relayed: its parse is not part of the client's wait for the
+    # bytes. The others read first: the filter rewrites the chunk, and a responses file's
+    # tap yields while it records. A new interaction's stream is read first until its
+    # owner is committed, which must come before the client sees its id.
+    owner_first = (
+        tap
+        if isinstance(tap, InteractionStreamTap) and call.route.action is Action.INTERACTION_CREATE
+        else None
+    )
     after: StreamTap | None = None
-    if relayed is None and not isinstance(tap, batches.DownloadTap | InteractionStreamTap | None):
+    if relayed is None and owner_first is None and not isinstance(tap, batches.DownloadTap | None):
         after = tap
     broken = False
     cut = False
@@ -360,6 +366,8 @@ async def _pump(
                         break
             if after is not None:
                 after.feed(decode(chunk))
+            elif owner_first is not None and call.owner_registered:
+                after = owner_first  # from the next chunk on: the id is out
     except (TimeoutError, *UPSTREAM_FAILURES):
         broken = True
         log.warning("upstream stream broke off: %s %s", request.method, request.path)

@@ -106,6 +106,11 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 USAGE = {
     "total_input_tokens": 10,
     "total_output_tokens": 5,
@@ -484,28 +489,102 @@ async def test_a_generate_stream_is_relayed_before_its_tap_reads_it(
     assert record["total_tokens"] == 7
 
 
-async def test_an_interaction_stream_is_read_before_each_relay(
+async def test_an_interaction_stream_is_read_before_its_relay_until_its_owner_is_committed(
     make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
 ):
-    gate = asyncio.Event()
     interaction = {"id": "int-order", "status": "in_progress", "model": "gemini-3.5-flash"}
     created = {"event_type": "interaction.created", "interaction": interaction}
+    step = {"event_type": "step.start", "index": 0, "step": {"type": "thought"}}
     done = {**interaction, "status": "completed", "usage": USAGE}
     completed = {"event_type": "interaction.completed", "interaction": done}
 
-    def chunk(data: bytes) -> bytes:
-        return b"%x\r\n%s\r\n" % (len(data), data)
+    # Each event in a chunk of its own, the next sent once the client has the one before.
+    gates = [asyncio.Event(), asyncio.Event()]
+    parts = [
+        SSE_HEAD + _chunk(_sse(created)),
+        _chunk(_sse(step)),
+        _chunk(_sse(completed) + b"data: [DONE]\n\n") + b"0\r\n\r\n",
+    ]
 
-    head = SSE_HEAD + chunk(_sse(created))
-    upstream = _answering(head, chunk(_sse(completed) + b"data: [DONE]\n\n") + b"0\r\n\r\n", gate)
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for part, gate in zip(parts, [*gates, None], strict=True):
+            writer.write(part)
+            await writer.drain()
+            if gate is not None:
+                await gate.wait()
+        writer.close()
+
     order = _log_order(monkeypatch, InteractionStreamTap)
     async with _behind(make_stack, upstream) as stack:
-        first, rest = await _stream_interaction(stack, gate)
-    assert b"int-order" in first and rest.endswith(b"data: [DONE]\n\n")
-    # Its owner is committed before the client sees its id: the event is read, then relayed.
-    assert order == ["read", "relay", "read"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                stack.url(INTERACTIONS), headers=stack.headers(), json={**SAY_HELLO, "stream": True}
+            ) as response,
+        ):
+            events = []
+            for gate in gates:
+                events.append(await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5))
+                gate.set()
+            rest = await response.content.read()
+    assert b"int-order" in events[0] and b"step.start" in events[1]
+    assert rest.endswith(b"data: [DONE]\n\n")
+    # The event naming the interaction is read first: its owner is committed before the
+    # client sees its id. Later ones go out before they are read; the last, held back for
+    # the end of the answer (written once the call is recorded), is read as it arrives.
+    assert order == ["read", "relay", "relay", "read", "read"]
     [record] = await stack.records()
     assert (record["interaction_id"], record["total_tokens"]) == ("int-order", 17)
+
+
+async def test_a_resumed_interaction_stream_is_relayed_before_its_tap_reads_it(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+):
+    interaction = {"id": "int-resumed", "status": "in_progress", "model": "gemini-3.5-flash"}
+    done = {**interaction, "status": "completed", "usage": USAGE}
+    gate = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"POST"):  # the create, answered whole: its caller owns it
+            fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:-2])
+            await reader.readexactly(int(fields[b"content-length"]))
+            body = json.dumps(interaction).encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        else:  # the stream resumed: an event, then the last with the end, once gated
+            update = {"event_type": "interaction.status_update", "interaction_id": "int-resumed"}
+            writer.write(SSE_HEAD + _chunk(_sse({**update, "status": "in_progress"})))
+            await writer.drain()
+            await gate.wait()
+            last = _sse({"event_type": "interaction.completed", "interaction": done})
+            writer.write(_chunk(last + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    order = _log_order(monkeypatch, InteractionStreamTap)
+    async with _behind(make_stack, upstream) as stack:
+        created, _, _ = await raw(
+            "POST", stack.url(INTERACTIONS), headers=stack.headers(), json=SAY_HELLO
+        )
+        assert created == 200
+        order.clear()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                stack.url(f"{INTERACTIONS}/int-resumed?stream=true"), headers=stack.headers()
+            ) as response,
+        ):
+            first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+            gate.set()
+            rest = await response.content.read()
+    assert b"status_update" in first and rest.endswith(b"data: [DONE]\n\n")
+    # No owner to commit: its first event goes out before it is read, as a generate
+    # stream's does; the last, held back for the end of the answer, is read as it arrives.
+    assert order == ["relay", "read", "read"]
 
 
 async def test_a_client_gone_before_a_stream_that_came_at_once_is_billed_and_flagged(
