@@ -334,6 +334,7 @@ class FrontConnection(asyncio.Protocol):
         # the head being parsed
         self._url = b""
         self._headers: list[tuple[str, str]] = []
+        self._lengths: list[bytes] = []  # its Content-Length values
         self._to_aiohttp = False
 
     # asyncio's callbacks
@@ -418,13 +419,14 @@ class FrontConnection(asyncio.Protocol):
             return None
         self._url = b""
         self._headers = []
+        self._lengths = []
         self._to_aiohttp = False
         parser = httptools.HttpRequestParser(self)
         try:
-            parser.feed_data(bytes(buffer[:end]))
+            parser.feed_data(buffer[:end])
             method = parser.get_method().decode("ascii")
             version = parser.get_http_version()
-            lengths = [int(v) for n, v in self._headers if n.lower() == "content-length"]
+            lengths = [int(value) for value in self._lengths]
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, ValueError):
             self._hand_off()
             return None
@@ -458,6 +460,8 @@ class FrontConnection(asyncio.Protocol):
         lowered = name.lower()
         if lowered in _TO_AIOHTTP or len(name) + len(value) > self.server.max_field:
             self._to_aiohttp = True
+        elif lowered == b"content-length":
+            self._lengths.append(value)
         # (as written: a header is forwarded unchanged)
         self._headers.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
